@@ -1,0 +1,646 @@
+//! The driver task and the [`Client`] handle.
+//!
+//! [`Client::new`] spawns one task that owns the [`Session`], the transport and every timer,
+//! and returns a cloneable [`Client`] (commands go over a bounded channel) and the [`Events`]
+//! stream. The task's loop `select!`s over three things only: the two request lanes, the
+//! session's next deadline and the command channel; each arm hands its input to the session
+//! and then carries out the session's outputs.
+//!
+//! Deliveries are fanned out to every local [`Subscription`] whose pattern matches, with
+//! `send().await`: a slow subscriber slows the client down (back-pressure reaches the server
+//! as a later `/meta/connect`) instead of growing a queue without bound. A subscriber that
+//! awaits its own publishes must therefore read deliveries on another task.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, trace, warn};
+use url::Url;
+
+use super::channel::{ChannelPattern, validate_publish_channel};
+use super::error::{ClientError, PublishError, TransportError};
+use super::event::{Event, Next, Unrouted};
+use super::ext::Extension;
+use super::message::Message;
+use super::session::{Lane, Output, Session, SessionOptions};
+use super::transport::long_polling::LongPolling;
+use super::transport::{SendFuture, Transport};
+use crate::backoff::BackoffOptions;
+
+/// Everything a client needs to know. `Default` gives the documented defaults and an
+/// unusable URL; set [`ClientOptions::url`].
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// The Bayeux endpoint, e.g. `http://127.0.0.1:8080/cometd`.
+    pub url: Url,
+    /// Extra HTTP headers sent on every request (e.g. `Authorization`). Never logged.
+    pub headers: Vec<(String, String)>,
+    /// Allowance for the network on top of the server's hold time: the deadline of a
+    /// `/meta/connect` is `advice.timeout` + this; of any other request, this alone.
+    /// Default 10 s.
+    pub max_network_delay: Duration,
+    /// `advice.timeout` assumed until the server sends one. Default 60 s.
+    pub default_timeout: Duration,
+    /// Largest accepted response body. Default 10 MiB.
+    pub max_response_bytes: usize,
+    /// Backoff for failing handshakes, connects and subscriptions. Default 1 s steps to 30 s,
+    /// 20 % jitter.
+    pub backoff: BackoffOptions,
+    /// Publishes that may wait for a connection. Default 1000.
+    pub max_queued: usize,
+    /// Most messages in one request. Default 100.
+    pub max_batch: usize,
+    /// Deliveries buffered per subscription before the client waits for the reader.
+    /// Default 1024.
+    pub subscription_buffer: usize,
+    /// Events buffered before further events are dropped (and logged). Default 1024.
+    pub event_buffer: usize,
+    /// Message hooks, applied in order.
+    pub extensions: Vec<Arc<dyn Extension>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            url: Url::parse("http://127.0.0.1/cometd")
+                .unwrap_or_else(|_| unreachable!("a valid literal")),
+            headers: Vec::new(),
+            max_network_delay: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(60),
+            max_response_bytes: 10 * 1024 * 1024,
+            backoff: BackoffOptions::default(),
+            max_queued: 1000,
+            max_batch: 100,
+            subscription_buffer: 1024,
+            event_buffer: 1024,
+            extensions: Vec::new(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults for `url`.
+    pub fn new(url: Url) -> Self {
+        ClientOptions {
+            url,
+            ..ClientOptions::default()
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values may be credentials: show names only.
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ClientOptions")
+            .field("url", &redacted_url(&self.url))
+            .field("headers", &header_names)
+            .field("max_network_delay", &self.max_network_delay)
+            .field("default_timeout", &self.default_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("backoff", &self.backoff)
+            .field("max_queued", &self.max_queued)
+            .field("max_batch", &self.max_batch)
+            .field("extensions", &self.extensions.len())
+            .finish()
+    }
+}
+
+/// The URL without user info or query (which may carry credentials), for logs.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.to_string()
+}
+
+enum Command {
+    Subscribe {
+        patterns: Vec<ChannelPattern>,
+        tx: mpsc::Sender<Message>,
+    },
+    Unsubscribe {
+        pattern: ChannelPattern,
+    },
+    Publish {
+        channel: String,
+        data: Value,
+        ext: Option<Map<String, Value>>,
+        reply: oneshot::Sender<Result<Message, PublishError>>,
+    },
+    Disconnect {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to a running client. When every handle is dropped the client
+/// disconnects.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    subscription_buffer: usize,
+}
+
+/// Lifecycle events and unroutable messages, in order. Reading them is optional; if the
+/// buffer fills, further events are logged and dropped.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the client has stopped and every event was read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+/// Messages delivered on channels matching one pattern.
+#[derive(Debug)]
+pub struct Subscription {
+    patterns: Vec<ChannelPattern>,
+    rx: mpsc::Receiver<Message>,
+}
+
+impl Subscription {
+    /// The patterns subscribed to.
+    pub fn patterns(&self) -> &[ChannelPattern] {
+        &self.patterns
+    }
+
+    /// The next delivery; `None` once the client has stopped or the pattern was unsubscribed.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
+impl Client {
+    /// Starts a client on the current tokio runtime. It handshakes at once and keeps its
+    /// session alive until [`Client::disconnect`], the server's `reconnect: none`, or the
+    /// last handle being dropped.
+    pub fn new(options: ClientOptions) -> Result<(Client, Events), ClientError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &options.headers {
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
+            let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+                ClientError::Options(format!("invalid value for HTTP header {name}"))
+            })?;
+            headers.append(name, value);
+        }
+        match options.url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(ClientError::Options(format!(
+                    "unsupported URL scheme {other:?}"
+                )));
+            }
+        }
+        let transport = LongPolling::new(options.url.clone(), headers, options.max_response_bytes)
+            .map_err(ClientError::Options)?;
+        Ok(Self::with_transport(options, Arc::new(transport)))
+    }
+
+    /// Starts a client over a given transport (tests, other transports).
+    pub fn with_transport(
+        options: ClientOptions,
+        transport: Arc<dyn Transport>,
+    ) -> (Client, Events) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let subscription_buffer = options.subscription_buffer.max(1);
+        let (event_tx, event_rx) = mpsc::channel(options.event_buffer.max(1));
+        let session_options = SessionOptions {
+            connection_types: vec![transport.name().to_owned()],
+            backoff: options.backoff,
+            max_queued: options.max_queued,
+            max_batch: options.max_batch,
+            seed: None,
+        };
+        let span = info_span!("bayeux", server = %redacted_url(&options.url));
+        let driver = Driver {
+            session: Session::new(session_options, Instant::now().into_std()),
+            transport,
+            options,
+            commands: cmd_rx,
+            commands_open: true,
+            events: event_tx,
+            listeners: Vec::new(),
+            publishes: HashMap::new(),
+            connect_lane: None,
+            other_lane: None,
+            disconnect_waiters: Vec::new(),
+        };
+        tokio::spawn(driver.run().instrument(span));
+        (
+            Client {
+                commands: cmd_tx,
+                subscription_buffer,
+            },
+            Events { rx: event_rx },
+        )
+    }
+
+    /// Subscribes to a channel or pattern (`/a/b`, `/a/*`, `/a/**`). The subscription is
+    /// kept across re-handshakes; confirmation arrives as [`Event::SubscriptionConfirmed`].
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_all(&[pattern]).await
+    }
+
+    /// One local subscription for several patterns: each delivery that matches any of them
+    /// is received once.
+    pub async fn subscribe_all(&self, patterns: &[&str]) -> Result<Subscription, ClientError> {
+        let mut parsed = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
+            let pattern = ChannelPattern::parse(pattern)?;
+            if pattern.is_meta() {
+                return Err(ClientError::InvalidChannel(
+                    super::channel::InvalidChannel {
+                        name: pattern.to_string(),
+                        reason: "/meta/ channels are the protocol's own and cannot be subscribed to",
+                    },
+                ));
+            }
+            parsed.push(pattern);
+        }
+        let (tx, rx) = mpsc::channel(self.subscription_buffer);
+        self.send(Command::Subscribe {
+            patterns: parsed.clone(),
+            tx,
+        })
+        .await?;
+        Ok(Subscription {
+            patterns: parsed,
+            rx,
+        })
+    }
+
+    /// Removes every local subscription to exactly `pattern` and unsubscribes on the server.
+    pub async fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
+        let pattern = ChannelPattern::parse(pattern)?;
+        self.send(Command::Unsubscribe { pattern }).await
+    }
+
+    /// Publishes `data` on `channel` and waits for the server's verdict. While the client is
+    /// not connected the message waits in a bounded queue and is sent after the handshake.
+    pub async fn publish(&self, channel: &str, data: Value) -> Result<Message, PublishError> {
+        self.publish_with_ext(channel, data, None).await
+    }
+
+    /// [`Client::publish`] with `ext` fields on the message.
+    pub async fn publish_with_ext(
+        &self,
+        channel: &str,
+        data: Value,
+        ext: Option<Map<String, Value>>,
+    ) -> Result<Message, PublishError> {
+        let parsed = validate_publish_channel(channel)?;
+        if parsed.is_meta() {
+            return Err(PublishError::InvalidChannel(
+                super::channel::InvalidChannel {
+                    name: channel.to_owned(),
+                    reason: "/meta/ channels are the protocol's own and cannot be published to",
+                },
+            ));
+        }
+        let (reply, verdict) = oneshot::channel();
+        let command = Command::Publish {
+            channel: channel.to_owned(),
+            data,
+            ext,
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        verdict.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Sends `/meta/disconnect` after anything queued and waits until the client stopped.
+    pub async fn disconnect(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Disconnect { done })
+            .await
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
+    }
+
+    /// Whether the client task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ClientError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+}
+
+struct Listener {
+    patterns: Vec<ChannelPattern>,
+    tx: mpsc::Sender<Message>,
+}
+
+impl Listener {
+    fn matches(&self, channel: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(channel))
+    }
+}
+
+struct Driver {
+    session: Session,
+    transport: Arc<dyn Transport>,
+    options: ClientOptions,
+    commands: mpsc::Receiver<Command>,
+    commands_open: bool,
+    events: mpsc::Sender<Event>,
+    listeners: Vec<Listener>,
+    publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
+    connect_lane: Option<SendFuture>,
+    other_lane: Option<SendFuture>,
+    disconnect_waiters: Vec<oneshot::Sender<()>>,
+}
+
+enum Wake {
+    Response(Lane, Result<Vec<Message>, TransportError>),
+    Timer,
+    Command(Option<Command>),
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            self.carry_out().await;
+            if self.session.is_stopped() {
+                break;
+            }
+            let deadline = self.session.next_deadline().map(Instant::from_std);
+            let wake = tokio::select! {
+                result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
+                result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
+                _ = sleep_until(deadline) => Wake::Timer,
+                command = self.commands.recv(), if self.commands_open => Wake::Command(command),
+            };
+            let now = Instant::now().into_std();
+            match wake {
+                Wake::Response(lane, result) => {
+                    match lane {
+                        Lane::Other => self.other_lane = None,
+                        Lane::Connect => self.connect_lane = None,
+                    }
+                    let result = result.map(|messages| self.incoming(messages));
+                    if let Err(e) = &result {
+                        debug!(?lane, error = %e, "Request failed.");
+                    }
+                    self.session.on_response(lane, result, now);
+                }
+                Wake::Timer => self.session.on_timer(now),
+                Wake::Command(Some(command)) => self.command(command, now),
+                Wake::Command(None) => {
+                    // Every handle is gone: nobody can use this session any more.
+                    self.commands_open = false;
+                    self.session.disconnect(now);
+                }
+            }
+        }
+        for waiter in self.disconnect_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        debug!("Bayeux client task ended.");
+    }
+
+    fn command(&mut self, command: Command, now: std::time::Instant) {
+        match command {
+            Command::Subscribe { patterns, tx } => {
+                for pattern in &patterns {
+                    self.session.subscribe(pattern, now);
+                }
+                self.listeners.push(Listener { patterns, tx });
+            }
+            Command::Unsubscribe { pattern } => {
+                for listener in &mut self.listeners {
+                    listener.patterns.retain(|p| *p != pattern);
+                }
+                self.listeners.retain(|l| !l.patterns.is_empty());
+                self.session.unsubscribe(pattern.as_str(), now);
+            }
+            Command::Publish {
+                channel,
+                data,
+                ext,
+                reply,
+            } => match self.session.publish(&channel, data, ext, now) {
+                Ok(id) => {
+                    self.publishes.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Disconnect { done } => {
+                self.disconnect_waiters.push(done);
+                self.session.disconnect(now);
+            }
+        }
+    }
+
+    /// Carries out everything the session asked for.
+    async fn carry_out(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Send { lane, messages } => self.start(lane, messages),
+                Output::Abort(Lane::Connect) => self.connect_lane = None,
+                Output::Abort(Lane::Other) => self.other_lane = None,
+                Output::Event(event) => self.emit(event),
+                Output::Deliver(message) => self.deliver(message).await,
+                Output::PublishDone { id, result } => self.publish_done(id, result),
+            }
+        }
+    }
+
+    fn start(&mut self, lane: Lane, mut messages: Vec<Message>) {
+        for message in &mut messages {
+            for ext in &self.options.extensions {
+                ext.outgoing(message);
+            }
+        }
+        let deadline = match lane {
+            Lane::Connect => {
+                self.session
+                    .advice()
+                    .timeout_or(self.options.default_timeout)
+                    + self.options.max_network_delay
+            }
+            Lane::Other => self.options.max_network_delay,
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let what: Vec<String> = messages.iter().map(Message::describe).collect();
+            debug!(?lane, messages = ?what, ?deadline, "Sending.");
+        }
+        let request = self.transport.send(messages, deadline);
+        match lane {
+            Lane::Connect => self.connect_lane = Some(request),
+            Lane::Other => self.other_lane = Some(request),
+        }
+    }
+
+    fn incoming(&self, mut messages: Vec<Message>) -> Vec<Message> {
+        for message in &mut messages {
+            for ext in &self.options.extensions {
+                ext.incoming(message);
+            }
+            trace!(channel = %message.channel, message = ?message, "Received.");
+        }
+        messages
+    }
+
+    async fn deliver(&mut self, message: Message) {
+        let mut delivered = false;
+        let mut gone = Vec::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.matches(&message.channel) {
+                if listener.tx.send(message.clone()).await.is_ok() {
+                    delivered = true;
+                } else {
+                    gone.push(i);
+                }
+            }
+        }
+        let now = Instant::now().into_std();
+        for i in gone.into_iter().rev() {
+            let listener = self.listeners.remove(i);
+            for pattern in listener.patterns {
+                if !self.listeners.iter().any(|l| l.patterns.contains(&pattern)) {
+                    debug!(subscription = %pattern, "Last reader dropped; unsubscribing.");
+                    self.session.unsubscribe(pattern.as_str(), now);
+                }
+            }
+        }
+        if !delivered {
+            self.emit(Event::Unrouted {
+                reason: Unrouted::NoSubscription,
+                message: Box::new(message),
+            });
+        }
+    }
+
+    fn publish_done(&mut self, id: String, result: Result<Message, PublishError>) {
+        let unclaimed = match self.publishes.remove(&id) {
+            Some(reply) => reply.send(result).err(),
+            None => Some(result),
+        };
+        match unclaimed {
+            None => {}
+            Some(Ok(message)) => self.emit(Event::Unrouted {
+                reason: Unrouted::CallerGone,
+                message: Box::new(message),
+            }),
+            Some(Err(error)) => self.emit(Event::PublishFailed { id, error }),
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        log_event(&event);
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                warn!(
+                    ?event,
+                    "Event buffer full; the event is dropped (read Events to keep up)."
+                )
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Handshaken {
+            client_id: _,
+            connection_type,
+            rehandshake,
+        } => {
+            info!(%connection_type, rehandshake, "Handshake succeeded.")
+        }
+        Event::HandshakeFailed {
+            reason,
+            attempt,
+            retry_in,
+        } => {
+            warn!(%reason, attempt, ?retry_in, "Handshake failed; will retry.")
+        }
+        Event::Connected => info!("Connected."),
+        Event::ConnectFailed {
+            reason,
+            attempt,
+            next: Next::Retry(wait),
+        } => {
+            warn!(%reason, attempt, ?wait, "Connect failed; will retry.")
+        }
+        Event::ConnectFailed {
+            reason,
+            attempt,
+            next: Next::Handshake(wait),
+        } => {
+            warn!(%reason, attempt, ?wait, "Connect failed; will handshake again.")
+        }
+        Event::Disconnected { reason } => warn!(%reason, "Disconnected."),
+        Event::SubscriptionConfirmed { subscription } => info!(%subscription, "Subscribed."),
+        Event::SubscriptionFailed {
+            subscription,
+            error,
+            attempt,
+            retry_in,
+        } => {
+            warn!(%subscription, %error, attempt, ?retry_in, "Subscription failed; will retry.")
+        }
+        Event::Unsubscribed {
+            subscription,
+            error: None,
+        } => info!(%subscription, "Unsubscribed."),
+        Event::Unsubscribed {
+            subscription,
+            error: Some(error),
+        } => {
+            warn!(%subscription, %error, "Unsubscribe failed.")
+        }
+        Event::MultipleClients => warn!(
+            "The server reports several sessions sharing this client's cookie (multiple-clients advice)."
+        ),
+        Event::Unrouted { reason, message } => {
+            warn!(?reason, channel = %message.channel, id = ?message.id, "Message could not be routed.")
+        }
+        Event::PublishFailed { id, error } => {
+            warn!(%id, %error, "Publish failed and nobody awaits it.")
+        }
+        Event::Stopped { reason } => info!(%reason, "Bayeux client stopped."),
+    }
+}
+
+async fn poll_lane(lane: &mut Option<SendFuture>) -> Result<Vec<Message>, TransportError> {
+    match lane {
+        Some(request) => request.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,149 @@
+//! What to do after a failure: retry, handshake again, or stop.
+
+use super::*;
+
+impl Session {
+    /// A `/meta/connect` failed: with a server reply (`Some`) or at the transport (`None`).
+    pub(super) fn connect_failed(
+        &mut self,
+        reply: Option<(ServerError, Option<Advice>)>,
+        transport: String,
+        now: Instant,
+    ) {
+        let (reason, action) = match reply {
+            Some((error, own)) => {
+                let action = own
+                    .and_then(|a| a.reconnect)
+                    .or_else(|| error.is_unknown_session().then_some(Reconnect::Handshake))
+                    .or(self.advice.reconnect)
+                    .unwrap_or(Reconnect::Retry);
+                (error.raw, action)
+            }
+            None => (transport, Reconnect::Retry),
+        };
+        if self.connected {
+            self.connected = false;
+            self.event(Event::Disconnected {
+                reason: reason.clone(),
+            });
+        }
+        if action == Reconnect::None || self.advice.forbids_reconnect() {
+            self.stop(StopReason::ServerRefused {
+                error: Some(reason),
+            });
+            return;
+        }
+        let since = *self.unconnected_since.get_or_insert(now);
+        if action == Reconnect::Handshake {
+            let attempt = self.connect_backoff.attempts() + 1;
+            let wait = self.rehandshake(reason.clone(), self.advice.interval(), now);
+            self.event(Event::ConnectFailed {
+                reason,
+                attempt,
+                next: Next::Handshake(wait),
+            });
+            return;
+        }
+        let wait = self.advice.interval() + self.connect_backoff.next_delay();
+        // CometD: once the outage outlives what the server keeps a session for, the session
+        // is gone and connecting again can only earn "unknown session": handshake instead.
+        let expired = self.advice.max_interval().is_some_and(|max| {
+            let timeout = Duration::from_millis(self.advice.timeout.unwrap_or(0));
+            now.duration_since(since) + wait > timeout + self.advice.interval() + max
+        });
+        let attempt = self.connect_backoff.attempts();
+        self.connect_failing = true;
+        self.first_connect = true;
+        if expired {
+            let why = format!("{reason}; the session has expired on the server");
+            let wait = self.rehandshake(why.clone(), wait, now);
+            self.event(Event::ConnectFailed {
+                reason: why,
+                attempt,
+                next: Next::Handshake(wait),
+            });
+        } else {
+            self.event(Event::ConnectFailed {
+                reason,
+                attempt,
+                next: Next::Retry(wait),
+            });
+            self.connect_at = Some(now + wait);
+        }
+    }
+
+    pub(super) fn handshake_failed(&mut self, reason: String, now: Instant) {
+        self.phase = Phase::Unconnected;
+        let retry_in = self.advice.interval() + self.handshake_backoff.next_delay();
+        let attempt = self.handshake_backoff.attempts();
+        self.handshake_at = Some(now + retry_in);
+        self.event(Event::HandshakeFailed {
+            reason,
+            attempt,
+            retry_in,
+        });
+    }
+
+    /// Drops the session and schedules a handshake after `wait` (the advised interval) and
+    /// returns the actual wait. The first re-handshake after a working connection is
+    /// immediate; further ones before a connect succeeds again back off, so a server that
+    /// accepts handshakes but forgets the session at once gets no handshake storm
+    /// (aiocometd#1, faye#542).
+    pub(super) fn rehandshake(&mut self, reason: String, wait: Duration, now: Instant) -> Duration {
+        if matches!(
+            self.phase,
+            Phase::Unconnected | Phase::Handshaking | Phase::Stopped | Phase::Disconnecting
+        ) {
+            return wait;
+        }
+        let wait = if self.handshakes_since_connect > 0 {
+            wait + self.handshake_backoff.next_delay()
+        } else {
+            wait
+        };
+        if self.connected {
+            self.connected = false;
+            self.event(Event::Disconnected { reason });
+        }
+        self.phase = Phase::Unconnected;
+        self.client_id = None;
+        self.connect_at = None;
+        self.connect_failing = false;
+        if self.connect_id.take().is_some() {
+            self.outputs.push_back(Output::Abort(Lane::Connect));
+        }
+        for sub in self.subs.values_mut() {
+            if !sub.local_only {
+                sub.state = SubState::Wanted;
+            }
+        }
+        self.handshake_at = Some(now + wait);
+        wait
+    }
+
+    pub(super) fn stop(&mut self, reason: StopReason) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        self.phase = Phase::Stopped;
+        self.connected = false;
+        self.handshake_at = None;
+        self.connect_at = None;
+        if self.connect_id.take().is_some() {
+            self.outputs.push_back(Output::Abort(Lane::Connect));
+        }
+        let mut ids: Vec<String> = self.outbox.drain(..).filter_map(|m| m.id).collect();
+        ids.extend(
+            self.pending
+                .drain()
+                .filter_map(|(id, p)| matches!(p, Pending::Publish(_)).then_some(id)),
+        );
+        for id in ids {
+            self.outputs.push_back(Output::PublishDone {
+                id,
+                result: Err(PublishError::Closed),
+            });
+        }
+        self.event(Event::Stopped { reason });
+    }
+}

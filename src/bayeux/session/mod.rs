@@ -1,0 +1,451 @@
+//! The Bayeux session state machine. No IO, no timers, no tasks.
+//!
+//! Inputs are calls (`subscribe`, `publish`, `disconnect`), transport results
+//! ([`Session::on_response`]) and the passage of time ([`Session::on_timer`]); every input
+//! takes `now`. Outputs are queued [`Output`]s that the driver drains with
+//! [`Session::poll_output`]: batches to send on one of two lanes, events, deliveries and
+//! publish verdicts. [`Session::next_deadline`] tells the driver when to call `on_timer`.
+//!
+//! Invariants this module keeps (and tests):
+//! - at most one `/meta/connect` outstanding ([`Lane::Connect`]), at most one other request
+//!   in flight ([`Lane::Other`]), the handshake always alone in its request;
+//! - the next connect waits `advice.interval`; the first connect after a handshake or a
+//!   failure asks `advice: {timeout: 0}`;
+//! - advice is reset at every handshake; decisions come from the reply's own advice, then the
+//!   error code, then the remembered advice;
+//! - handshake and connect failures back off (interval + capped jittered backoff), reset
+//!   after success;
+//! - the subscription table belongs to the session: after every handshake everything is
+//!   resubscribed and each reply is checked; failures are retried with backoff.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+mod decide;
+mod receive;
+mod send;
+#[cfg(test)]
+mod tests;
+
+use serde_json::{Value, json};
+
+use super::advice::{Advice, Reconnect};
+use super::channel::{
+    ChannelPattern, META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
+};
+use super::error::{PublishError, ServerError, TransportError};
+use super::event::{Event, Next, StopReason, Unrouted};
+use super::message::{Kind, Message};
+use crate::backoff::{Backoff, BackoffOptions};
+
+/// How many times a publish refused with "unknown session" is re-sent after a re-handshake.
+/// Such a publish was not processed by the server, so re-sending it cannot duplicate it.
+const MAX_PUBLISH_REQUEUES: u32 = 2;
+
+/// Session settings (the pure part of the client options).
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Transports this client implements, in order of preference.
+    pub connection_types: Vec<String>,
+    /// Backoff for handshakes, connects and subscriptions.
+    pub backoff: BackoffOptions,
+    /// Publishes that may wait for a connection before `publish` fails with `QueueFull`.
+    pub max_queued: usize,
+    /// Most messages sent in one request (besides the handshake and connect).
+    pub max_batch: usize,
+    /// Seed for backoff jitter; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            connection_types: vec!["long-polling".to_owned()],
+            backoff: BackoffOptions::default(),
+            max_queued: 1000,
+            max_batch: 100,
+            seed: None,
+        }
+    }
+}
+
+/// Which request slot a batch goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// The single outstanding `/meta/connect` (the long poll).
+    Connect,
+    /// Everything else, one request at a time: handshake, (un)subscribe, publish, disconnect.
+    Other,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this batch on this lane, then report the result with `on_response`.
+    Send {
+        /// The lane.
+        lane: Lane,
+        /// The messages, in order.
+        messages: Vec<Message>,
+    },
+    /// Abandon the request in flight on this lane; no `on_response` is expected for it.
+    Abort(Lane),
+    /// Tell the caller.
+    Event(Event),
+    /// Fan this message out to the local subscriptions that match it.
+    Deliver(Message),
+    /// The verdict for the publish with this id.
+    PublishDone {
+        /// The id [`Session::publish`] returned.
+        id: String,
+        /// The server's reply, or why there is none.
+        result: Result<Message, PublishError>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Unconnected,
+    Handshaking,
+    Handshaken,
+    Disconnecting,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubState {
+    /// Must be sent (after a handshake, a failure or a new subscribe).
+    Wanted,
+    /// Sent with this message id.
+    Sending(String),
+    /// The server confirmed it in this session.
+    Confirmed,
+    /// Refused or failed; retried at `retry_at`.
+    Failed { retry_at: Instant },
+}
+
+#[derive(Debug, Clone)]
+struct Subscription {
+    state: SubState,
+    failures: u32,
+    /// `/service/**` patterns are local only: Faye refuses remote subscriptions to them and
+    /// CometD treats them as a no-op; replies are routed by id.
+    local_only: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Handshake,
+    Publish(Box<Message>),
+    Subscribe(String),
+    Unsubscribe(String),
+    Disconnect,
+}
+
+/// The protocol state of one Bayeux client.
+#[derive(Debug)]
+pub struct Session {
+    options: SessionOptions,
+    phase: Phase,
+    client_id: Option<String>,
+    connection_type: Option<String>,
+    handshakes: u32,
+    /// Successful handshakes since the last successful connect.
+    handshakes_since_connect: u32,
+    next_id: u64,
+    advice: Advice,
+    subs: BTreeMap<String, Subscription>,
+    outbox: VecDeque<Message>,
+    pending: HashMap<String, Pending>,
+    /// Publishes refused with "unknown session", by id: how often each was re-sent.
+    requeued: HashMap<String, u32>,
+    /// Publishes to put back at the head of the outbox once the current response is done.
+    to_requeue: Vec<Message>,
+    /// Ids sent in the request in flight on the other lane.
+    other_batch: Option<Vec<String>>,
+    /// Id of the outstanding `/meta/connect`.
+    connect_id: Option<String>,
+    handshake_at: Option<Instant>,
+    connect_at: Option<Instant>,
+    connected: bool,
+    connect_failing: bool,
+    first_connect: bool,
+    unconnected_since: Option<Instant>,
+    disconnect_requested: bool,
+    multiple_clients_reported: bool,
+    connect_backoff: Backoff,
+    handshake_backoff: Backoff,
+    sub_backoff: BackoffOptions,
+    outputs: VecDeque<Output>,
+}
+
+impl Session {
+    /// A new session that handshakes as soon as the driver polls it.
+    pub fn new(options: SessionOptions, now: Instant) -> Self {
+        let seed = options.seed;
+        let backoff = |salt: u64| match seed {
+            Some(s) => Backoff::with_seed(options.backoff, s ^ salt),
+            None => Backoff::new(options.backoff),
+        };
+        let mut session = Session {
+            connect_backoff: backoff(1),
+            handshake_backoff: backoff(2),
+            sub_backoff: options.backoff,
+            options,
+            phase: Phase::Unconnected,
+            client_id: None,
+            connection_type: None,
+            handshakes: 0,
+            handshakes_since_connect: 0,
+            next_id: 0,
+            advice: Advice::default(),
+            subs: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            pending: HashMap::new(),
+            requeued: HashMap::new(),
+            to_requeue: Vec::new(),
+            other_batch: None,
+            connect_id: None,
+            handshake_at: Some(now),
+            connect_at: None,
+            connected: false,
+            connect_failing: false,
+            first_connect: true,
+            unconnected_since: None,
+            disconnect_requested: false,
+            multiple_clients_reported: false,
+            outputs: VecDeque::new(),
+        };
+        session.pump(now);
+        session
+    }
+
+    /// The next queued output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the driver must call [`Session::on_timer`] next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Stopped {
+            return None;
+        }
+        let sub_retry = self.subs.values().filter_map(|s| match s.state {
+            SubState::Failed { retry_at } => Some(retry_at),
+            _ => None,
+        });
+        [self.handshake_at, self.connect_at]
+            .into_iter()
+            .flatten()
+            .chain(sub_retry)
+            .min()
+    }
+
+    /// Time has passed: start what is due.
+    pub fn on_timer(&mut self, now: Instant) {
+        for sub in self.subs.values_mut() {
+            if matches!(sub.state, SubState::Failed { retry_at } if retry_at <= now) {
+                sub.state = SubState::Wanted;
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Whether the session has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    /// The current session id, if handshaken.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    /// The remembered advice.
+    pub fn advice(&self) -> &Advice {
+        &self.advice
+    }
+
+    /// Whether the last `/meta/connect` succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Adds a pattern to the subscription table. Subscribing to a pattern already in the
+    /// table only re-reports its confirmation.
+    pub fn subscribe(&mut self, pattern: &ChannelPattern, now: Instant) {
+        if let Some(existing) = self.subs.get(pattern.as_str()) {
+            if existing.state == SubState::Confirmed {
+                self.event(Event::SubscriptionConfirmed {
+                    subscription: pattern.to_string(),
+                });
+            }
+            return;
+        }
+        let local_only = pattern.is_service();
+        let state = if local_only {
+            SubState::Confirmed
+        } else {
+            SubState::Wanted
+        };
+        self.subs.insert(
+            pattern.to_string(),
+            Subscription {
+                state,
+                failures: 0,
+                local_only,
+            },
+        );
+        if local_only {
+            self.event(Event::SubscriptionConfirmed {
+                subscription: pattern.to_string(),
+            });
+        }
+        self.pump(now);
+    }
+
+    /// Removes a pattern from the subscription table and unsubscribes on the server.
+    pub fn unsubscribe(&mut self, pattern: &str, now: Instant) {
+        let Some(sub) = self.subs.remove(pattern) else {
+            return;
+        };
+        let on_server =
+            !sub.local_only && matches!(sub.state, SubState::Confirmed | SubState::Sending(_));
+        if on_server && self.phase == Phase::Handshaken {
+            let mut msg = Message::new(META_UNSUBSCRIBE);
+            msg.subscription = Some(Value::String(pattern.to_owned()));
+            self.outbox.push_back(msg);
+        } else {
+            self.event(Event::Unsubscribed {
+                subscription: pattern.to_owned(),
+                error: None,
+            });
+        }
+        self.pump(now);
+    }
+
+    /// Queues a publish and returns its id; the verdict arrives as [`Output::PublishDone`].
+    pub fn publish(
+        &mut self,
+        channel: &str,
+        data: Value,
+        ext: Option<serde_json::Map<String, Value>>,
+        now: Instant,
+    ) -> Result<String, PublishError> {
+        if matches!(self.phase, Phase::Stopped | Phase::Disconnecting) {
+            return Err(PublishError::Closed);
+        }
+        let queued = self
+            .outbox
+            .iter()
+            .filter(|m| !m.channel.starts_with("/meta/"))
+            .count();
+        if queued >= self.options.max_queued {
+            return Err(PublishError::QueueFull(queued));
+        }
+        let mut msg = Message::new(channel);
+        msg.data = Some(data);
+        msg.ext = ext;
+        let id = self.new_id();
+        msg.id = Some(id.clone());
+        self.outbox.push_back(msg);
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Sends `/meta/disconnect` (after anything already queued) and stops.
+    pub fn disconnect(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Stopped | Phase::Disconnecting => {}
+            Phase::Handshaken if !self.connect_failing => {
+                self.disconnect_requested = true;
+                self.phase = Phase::Disconnecting;
+                self.handshake_at = None;
+                self.connect_at = None;
+                self.pump(now);
+            }
+            _ => self.stop(StopReason::Disconnected),
+        }
+    }
+
+    /// The result of the request on `lane`.
+    pub fn on_response(
+        &mut self,
+        lane: Lane,
+        result: Result<Vec<Message>, TransportError>,
+        now: Instant,
+    ) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        match lane {
+            Lane::Connect => {
+                let sent_id = self.connect_id.clone();
+                match result {
+                    Ok(messages) => {
+                        for msg in messages {
+                            self.receive(msg, now);
+                        }
+                        // A reply handler clears `connect_id`; if it is still set the response
+                        // did not answer the connect.
+                        if sent_id.is_some() && self.connect_id == sent_id {
+                            self.connect_id = None;
+                            if self.phase == Phase::Handshaken {
+                                self.connect_failed(
+                                    None,
+                                    "response carried no /meta/connect reply".into(),
+                                    now,
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.connect_id = None;
+                        if self.phase == Phase::Handshaken {
+                            self.connect_failed(None, e.to_string(), now);
+                        }
+                    }
+                }
+            }
+            Lane::Other => {
+                let batch = self.other_batch.take().unwrap_or_default();
+                match result {
+                    Ok(messages) => {
+                        for msg in messages {
+                            self.receive(msg, now);
+                        }
+                        self.unanswered(batch, "the server sent no reply to this message", now);
+                    }
+                    Err(e) => self.unanswered(batch, &e.to_string(), now),
+                }
+            }
+        }
+        for msg in std::mem::take(&mut self.to_requeue).into_iter().rev() {
+            self.outbox.push_front(msg);
+        }
+        self.pump(now);
+    }
+
+    // ----- helpers ----------------------------------------------------------------------
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        self.next_id.to_string()
+    }
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn unrouted(&mut self, reason: Unrouted, message: Message) {
+        self.event(Event::Unrouted {
+            reason,
+            message: Box::new(message),
+        });
+    }
+}
+
+/// The deterministic (unjittered) wait before attempt `attempt` of a subscription.
+fn linear_backoff(options: &BackoffOptions, attempt: u32) -> Duration {
+    options.increment.saturating_mul(attempt).min(options.max)
+}

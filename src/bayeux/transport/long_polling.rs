@@ -1,0 +1,114 @@
+//! The long-polling transport: each batch is an HTTP POST of a JSON array; the reply is the
+//! response body.
+//!
+//! One `reqwest::Client`, and so one cookie jar and one connection pool, per transport and so
+//! per Bayeux client: CometD servers bind a session to its `BAYEUX_BROWSER` cookie and
+//! Salesforce needs its load-balancer cookies, and sharing a jar between two sessions makes a
+//! CometD server answer with `multiple-clients` advice. There is no client-wide timeout:
+//! every request gets its own deadline from the driver (`advice.timeout` + network delay for
+//! `/meta/connect`). Bodies are read in chunks up to a cap, so an oversized reply is a
+//! reported failure, not an allocation of unbounded size.
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use url::Url;
+
+use super::{SendFuture, Transport};
+use crate::bayeux::error::TransportError;
+use crate::bayeux::message::{DecodeError, Message, decode_batch, encode_batch};
+
+/// Long-polling over HTTP(S).
+#[derive(Debug, Clone)]
+pub struct LongPolling {
+    http: reqwest::Client,
+    url: Url,
+    max_body: usize,
+}
+
+impl LongPolling {
+    /// A transport for `url` sending `headers` on every request, accepting reply bodies of
+    /// at most `max_body` bytes.
+    pub fn new(url: Url, headers: HeaderMap, max_body: usize) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .default_headers(headers)
+            .http1_only()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(LongPolling {
+            http,
+            url,
+            max_body,
+        })
+    }
+}
+
+impl Transport for LongPolling {
+    fn name(&self) -> &'static str {
+        "long-polling"
+    }
+
+    fn send(&self, messages: Vec<Message>, deadline: Duration) -> SendFuture {
+        let request = self
+            .http
+            .post(self.url.clone())
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json;charset=UTF-8"),
+            )
+            .body(encode_batch(&messages));
+        let max_body = self.max_body;
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, exchange(request, max_body)).await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::Timeout(deadline)),
+            }
+        })
+    }
+}
+
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    max_body: usize,
+) -> Result<Vec<Message>, TransportError> {
+    let mut response = request.send().await.map_err(io_error)?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        return Err(TransportError::Status {
+            status: status.as_u16(),
+        });
+    }
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(TransportError::TooLarge { cap: max_body });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max_body));
+    while let Some(chunk) = response.chunk().await.map_err(io_error)? {
+        if body.len() + chunk.len() > max_body {
+            return Err(TransportError::TooLarge { cap: max_body });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    decode_batch(&body).map_err(|e| match e {
+        DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
+        DecodeError::Invalid(why) => TransportError::Decode(why),
+    })
+}
+
+/// Describes a reqwest error without its URL (which may carry credentials), with its causes.
+fn io_error(e: reqwest::Error) -> TransportError {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    TransportError::Io(text)
+}

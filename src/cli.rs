@@ -1,0 +1,200 @@
+//! The `sub` and `pub` operator tools: test a Bayeux endpoint the way `mosquitto_sub` and
+//! `mosquitto_pub` test a broker. Messages go to stdout, one compact JSON object per line;
+//! logs go to stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use url::Url;
+
+use crate::bayeux::{Client, ClientOptions, Event, StopReason};
+
+/// Options shared by `sub` and `pub`.
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// The Bayeux endpoint, e.g. http://127.0.0.1:8080/cometd.
+    #[arg(long)]
+    pub url: Url,
+    /// An HTTP header sent on every request, as 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "'Name: value'", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// `sub` arguments.
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// Disconnect and exit 0 after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Channels or patterns (/a/b, /a/*, /a/**).
+    #[arg(required = true, value_name = "CHANNEL")]
+    pub channels: Vec<String>,
+}
+
+/// `pub` arguments.
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// Give up if the server has not answered within this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// The channel to publish on.
+    #[arg(value_name = "CHANNEL")]
+    pub channel: String,
+    /// The message's data, as JSON.
+    #[arg(value_name = "JSON")]
+    pub json: String,
+}
+
+fn parse_header(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once(':')
+        .ok_or_else(|| "expected 'Name: value'".to_owned())?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("the header name is empty".to_owned());
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+fn client_for(endpoint: &EndpointArgs) -> Result<(Client, crate::bayeux::client::Events), String> {
+    let mut options = ClientOptions::new(endpoint.url.clone());
+    options.headers = endpoint.headers.clone();
+    Client::new(options).map_err(|e| e.to_string())
+}
+
+/// Runs `sub`: prints deliveries until `--count` is reached, the server stops the session,
+/// or SIGINT/SIGTERM.
+pub async fn sub(args: SubArgs) -> ExitCode {
+    let (client, mut events) = match client_for(&args.endpoint) {
+        Ok(pair) => pair,
+        Err(e) => return fail(&e),
+    };
+    let patterns: Vec<&str> = args.channels.iter().map(String::as_str).collect();
+    let mut subscription = match client.subscribe_all(&patterns).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if args.count == Some(0) {
+        client.disconnect().await;
+        return ExitCode::SUCCESS;
+    }
+    let mut printed = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            message = subscription.recv() => {
+                let Some(message) = message else { break };
+                let line = serde_json::to_string(&printable(message)).unwrap_or_default();
+                if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+                    // stdout closed (e.g. piped into `head`): stop quietly.
+                    client.disconnect().await;
+                    return ExitCode::SUCCESS;
+                }
+                printed += 1;
+                if args.count.is_some_and(|n| printed >= n) {
+                    client.disconnect().await;
+                    return ExitCode::SUCCESS;
+                }
+            }
+            event = events.recv() => match event {
+                Some(Event::Stopped { reason }) => return stopped(&reason),
+                Some(_) => {}
+                None => break,
+            },
+            () = &mut shutdown => {
+                client.disconnect().await;
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    fail("the Bayeux client stopped")
+}
+
+/// Runs `pub`: publishes one message and exits 0 if the server answered `successful: true`.
+pub async fn publish(args: PubArgs) -> ExitCode {
+    let data: serde_json::Value = match serde_json::from_str(&args.json) {
+        Ok(v) => v,
+        Err(e) => return fail(&format!("the JSON argument is not valid JSON: {e}")),
+    };
+    let (client, _events) = match client_for(&args.endpoint) {
+        Ok(pair) => pair,
+        Err(e) => return fail(&e),
+    };
+    let verdict = tokio::time::timeout(
+        Duration::from_secs(args.timeout),
+        client.publish(&args.channel, data),
+    )
+    .await;
+    let code = match verdict {
+        Ok(Ok(_reply)) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(&e.to_string()),
+        Err(_) => fail(&format!(
+            "no answer from the server within {} s",
+            args.timeout
+        )),
+    };
+    // Bounded: a dead server must not keep the tool hanging on its way out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+    code
+}
+
+/// The delivered message without the session id, which is not the reader's business.
+fn printable(mut message: crate::bayeux::Message) -> crate::bayeux::Message {
+    message.client_id = None;
+    message
+}
+
+fn stopped(reason: &StopReason) -> ExitCode {
+    fail(&format!("the Bayeux client stopped: {reason}"))
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_as_name_colon_value() {
+        assert_eq!(
+            parse_header("Authorization: Bearer a:b").unwrap(),
+            ("Authorization".into(), "Bearer a:b".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": v").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! bayeux-mqtt-bridge: a daemon that keeps Bayeux (CometD) subscriptions open and moves
+//! channel traffic to MQTT topics and back.
+//!
+//! # Layout
+//!
+//! - [`bayeux`]: a reusable Bayeux client library. Pure parts (`message`, `channel`,
+//!   `advice`, `session`, `ext`) do no IO; `client` drives them over a `transport`. It knows
+//!   nothing of MQTT, the bridge, config files or metrics.
+//! - [`backoff`]: the capped, jittered backoff shared by both sides.
+//! - [`cli`]: the `sub` and `pub` operator tools.
+//! - [`telemetry`]: `tracing` setup (logs on stderr).
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls into these.
+
+pub mod backoff;
+pub mod bayeux;
+pub mod cli;
+pub mod telemetry;

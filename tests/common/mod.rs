@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod bayeux_client;
 pub mod fake_server;
 pub mod peers;

@@ -9,6 +9,7 @@
 pub mod advice;
 pub mod channel;
 pub mod client;
+mod driver;
 pub mod error;
 pub mod event;
 pub mod ext;

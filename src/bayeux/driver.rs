@@ -1,0 +1,339 @@
+//! The driver task: owns the [`Session`], the transport and every timer.
+//!
+//! Its loop `select!`s over three things only: the two request lanes, the session's next
+//! deadline and the command channel; each arm hands its input to the session and then carries
+//! out the session's outputs (start requests, emit events, fan deliveries out, settle
+//! publishes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, trace, warn};
+
+use super::channel::ChannelPattern;
+use super::client::{ClientOptions, Command};
+use super::error::{PublishError, TransportError};
+use super::event::{Event, Next, Unrouted};
+use super::message::Message;
+use super::session::{Lane, Output, Session};
+use super::transport::{SendFuture, Transport};
+
+struct Listener {
+    patterns: Vec<ChannelPattern>,
+    tx: mpsc::Sender<Message>,
+}
+
+impl Listener {
+    fn matches(&self, channel: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(channel))
+    }
+}
+
+pub(super) struct Driver {
+    session: Session,
+    transport: Arc<dyn Transport>,
+    options: ClientOptions,
+    commands: mpsc::Receiver<Command>,
+    commands_open: bool,
+    events: mpsc::Sender<Event>,
+    listeners: Vec<Listener>,
+    publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
+    connect_lane: Option<SendFuture>,
+    other_lane: Option<SendFuture>,
+    disconnect_waiters: Vec<oneshot::Sender<()>>,
+}
+
+enum Wake {
+    Response(Lane, Result<Vec<Message>, TransportError>),
+    Timer,
+    Command(Option<Command>),
+}
+
+impl Driver {
+    pub(super) fn new(
+        session: Session,
+        transport: Arc<dyn Transport>,
+        options: ClientOptions,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Driver {
+            session,
+            transport,
+            options,
+            commands,
+            commands_open: true,
+            events,
+            listeners: Vec::new(),
+            publishes: HashMap::new(),
+            connect_lane: None,
+            other_lane: None,
+            disconnect_waiters: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            self.carry_out().await;
+            if self.session.is_stopped() {
+                break;
+            }
+            let deadline = self.session.next_deadline().map(Instant::from_std);
+            let wake = tokio::select! {
+                result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
+                result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
+                _ = sleep_until(deadline) => Wake::Timer,
+                command = self.commands.recv(), if self.commands_open => Wake::Command(command),
+            };
+            let now = Instant::now().into_std();
+            match wake {
+                Wake::Response(lane, result) => {
+                    match lane {
+                        Lane::Other => self.other_lane = None,
+                        Lane::Connect => self.connect_lane = None,
+                    }
+                    let result = result.map(|messages| self.incoming(messages));
+                    if let Err(e) = &result {
+                        debug!(?lane, error = %e, "Request failed.");
+                    }
+                    self.session.on_response(lane, result, now);
+                }
+                Wake::Timer => self.session.on_timer(now),
+                Wake::Command(Some(command)) => self.command(command, now),
+                Wake::Command(None) => {
+                    // Every handle is gone: nobody can use this session any more.
+                    self.commands_open = false;
+                    self.session.disconnect(now);
+                }
+            }
+        }
+        for waiter in self.disconnect_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        debug!("Bayeux client task ended.");
+    }
+
+    fn command(&mut self, command: Command, now: std::time::Instant) {
+        match command {
+            Command::Subscribe { patterns, tx } => {
+                for pattern in &patterns {
+                    self.session.subscribe(pattern, now);
+                }
+                self.listeners.push(Listener { patterns, tx });
+            }
+            Command::Unsubscribe { pattern } => {
+                for listener in &mut self.listeners {
+                    listener.patterns.retain(|p| *p != pattern);
+                }
+                self.listeners.retain(|l| !l.patterns.is_empty());
+                self.session.unsubscribe(pattern.as_str(), now);
+            }
+            Command::Publish {
+                channel,
+                data,
+                ext,
+                reply,
+            } => match self.session.publish(&channel, data, ext, now) {
+                Ok(id) => {
+                    self.publishes.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Disconnect { done } => {
+                self.disconnect_waiters.push(done);
+                self.session.disconnect(now);
+            }
+        }
+    }
+
+    /// Carries out everything the session asked for.
+    async fn carry_out(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Send { lane, messages } => self.start(lane, messages),
+                Output::Abort(Lane::Connect) => self.connect_lane = None,
+                Output::Abort(Lane::Other) => self.other_lane = None,
+                Output::Event(event) => self.emit(event),
+                Output::Deliver(message) => self.deliver(message).await,
+                Output::PublishDone { id, result } => self.publish_done(id, result),
+            }
+        }
+    }
+
+    fn start(&mut self, lane: Lane, mut messages: Vec<Message>) {
+        for message in &mut messages {
+            for ext in &self.options.extensions {
+                ext.outgoing(message);
+            }
+        }
+        let deadline = match lane {
+            Lane::Connect => {
+                self.session
+                    .advice()
+                    .timeout_or(self.options.default_timeout)
+                    + self.options.max_network_delay
+            }
+            Lane::Other => self.options.max_network_delay,
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let what: Vec<String> = messages.iter().map(Message::describe).collect();
+            debug!(?lane, messages = ?what, ?deadline, "Sending.");
+        }
+        let request = self.transport.send(messages, deadline);
+        match lane {
+            Lane::Connect => self.connect_lane = Some(request),
+            Lane::Other => self.other_lane = Some(request),
+        }
+    }
+
+    fn incoming(&self, mut messages: Vec<Message>) -> Vec<Message> {
+        for message in &mut messages {
+            for ext in &self.options.extensions {
+                ext.incoming(message);
+            }
+            trace!(channel = %message.channel, message = ?message, "Received.");
+        }
+        messages
+    }
+
+    async fn deliver(&mut self, message: Message) {
+        let mut delivered = false;
+        let mut gone = Vec::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.matches(&message.channel) {
+                if listener.tx.send(message.clone()).await.is_ok() {
+                    delivered = true;
+                } else {
+                    gone.push(i);
+                }
+            }
+        }
+        let now = Instant::now().into_std();
+        for i in gone.into_iter().rev() {
+            let listener = self.listeners.remove(i);
+            for pattern in listener.patterns {
+                if !self.listeners.iter().any(|l| l.patterns.contains(&pattern)) {
+                    debug!(subscription = %pattern, "Last reader dropped; unsubscribing.");
+                    self.session.unsubscribe(pattern.as_str(), now);
+                }
+            }
+        }
+        if !delivered {
+            self.emit(Event::Unrouted {
+                reason: Unrouted::NoSubscription,
+                message: Box::new(message),
+            });
+        }
+    }
+
+    fn publish_done(&mut self, id: String, result: Result<Message, PublishError>) {
+        let unclaimed = match self.publishes.remove(&id) {
+            Some(reply) => reply.send(result).err(),
+            None => Some(result),
+        };
+        match unclaimed {
+            None => {}
+            Some(Ok(message)) => self.emit(Event::Unrouted {
+                reason: Unrouted::CallerGone,
+                message: Box::new(message),
+            }),
+            Some(Err(error)) => self.emit(Event::PublishFailed { id, error }),
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        log_event(&event);
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                warn!(
+                    ?event,
+                    "Event buffer full; the event is dropped (read Events to keep up)."
+                )
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Handshaken {
+            client_id: _,
+            connection_type,
+            rehandshake,
+        } => {
+            info!(%connection_type, rehandshake, "Handshake succeeded.")
+        }
+        Event::HandshakeFailed {
+            reason,
+            attempt,
+            retry_in,
+        } => {
+            warn!(%reason, attempt, ?retry_in, "Handshake failed; will retry.")
+        }
+        Event::Connected => info!("Connected."),
+        Event::ConnectFailed {
+            reason,
+            attempt,
+            next: Next::Retry(wait),
+        } => {
+            warn!(%reason, attempt, ?wait, "Connect failed; will retry.")
+        }
+        Event::ConnectFailed {
+            reason,
+            attempt,
+            next: Next::Handshake(wait),
+        } => {
+            warn!(%reason, attempt, ?wait, "Connect failed; will handshake again.")
+        }
+        Event::Disconnected { reason } => warn!(%reason, "Disconnected."),
+        Event::SubscriptionConfirmed { subscription } => info!(%subscription, "Subscribed."),
+        Event::SubscriptionFailed {
+            subscription,
+            error,
+            attempt,
+            retry_in,
+        } => {
+            warn!(%subscription, %error, attempt, ?retry_in, "Subscription failed; will retry.")
+        }
+        Event::Unsubscribed {
+            subscription,
+            error: None,
+        } => info!(%subscription, "Unsubscribed."),
+        Event::Unsubscribed {
+            subscription,
+            error: Some(error),
+        } => {
+            warn!(%subscription, %error, "Unsubscribe failed.")
+        }
+        Event::MultipleClients => warn!(
+            "The server reports several sessions sharing this client's cookie (multiple-clients advice)."
+        ),
+        Event::Unrouted { reason, message } => {
+            warn!(?reason, channel = %message.channel, id = ?message.id, "Message could not be routed.")
+        }
+        Event::PublishFailed { id, error } => {
+            warn!(%id, %error, "Publish failed and nobody awaits it.")
+        }
+        Event::Stopped { reason } => info!(%reason, "Bayeux client stopped."),
+    }
+}
+
+async fn poll_lane(lane: &mut Option<SendFuture>) -> Result<Vec<Message>, TransportError> {
+    match lane {
+        Some(request) => request.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -109,7 +109,8 @@ impl Session {
         self.client_id = None;
         self.connect_at = None;
         self.connect_failing = false;
-        if self.connect_id.take().is_some() {
+        if let Some(abandoned) = self.connect_id.take() {
+            self.abandoned_connect = Some(abandoned);
             self.outputs.push_back(Output::Abort(Lane::Connect));
         }
         for sub in self.subs.values_mut() {
@@ -129,7 +130,8 @@ impl Session {
         self.connected = false;
         self.handshake_at = None;
         self.connect_at = None;
-        if self.connect_id.take().is_some() {
+        if let Some(abandoned) = self.connect_id.take() {
+            self.abandoned_connect = Some(abandoned);
             self.outputs.push_back(Output::Abort(Lane::Connect));
         }
         let mut ids: Vec<String> = self.outbox.drain(..).filter_map(|m| m.id).collect();

@@ -165,6 +165,9 @@ pub struct Session {
     other_batch: Option<Vec<String>>,
     /// Id of the outstanding `/meta/connect`.
     connect_id: Option<String>,
+    /// Id of the last `/meta/connect` given up on (re-handshake, stop): its reply, if it
+    /// still comes, is expected and dropped quietly.
+    abandoned_connect: Option<String>,
     handshake_at: Option<Instant>,
     connect_at: Option<Instant>,
     connected: bool,
@@ -206,6 +209,7 @@ impl Session {
             to_requeue: Vec::new(),
             other_batch: None,
             connect_id: None,
+            abandoned_connect: None,
             handshake_at: Some(now),
             connect_at: None,
             connected: false,

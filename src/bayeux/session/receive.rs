@@ -15,6 +15,8 @@ impl Session {
                     if msg.id.is_some() && msg.id == self.connect_id {
                         self.connect_id = None;
                         self.on_connect_reply(msg, now);
+                    } else if msg.id.is_some() && msg.id == self.abandoned_connect {
+                        // The reply to a long poll given up on; nothing to do.
                     } else {
                         self.unrouted(Unrouted::MismatchedConnect, msg);
                     }

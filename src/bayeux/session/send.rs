@@ -113,7 +113,8 @@ impl Session {
             msg.id = Some(id.clone());
             self.pending.insert(id, Pending::Disconnect);
             batch.push(msg);
-            if self.connect_id.take().is_some() {
+            if let Some(abandoned) = self.connect_id.take() {
+                self.abandoned_connect = Some(abandoned);
                 self.outputs.push_back(Output::Abort(Lane::Connect));
             }
         }

@@ -96,8 +96,25 @@ async fn exchange(
     }
     decode_batch(&body).map_err(|e| match e {
         DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
-        DecodeError::Invalid(why) => TransportError::Decode(why),
+        DecodeError::Invalid(why) => {
+            TransportError::Decode(format!("{why}; body starts with {:?}", excerpt(&body)))
+        }
     })
+}
+
+/// The first bytes of a body, as text, for error messages (a proxy's HTML error page is
+/// recognisable from its start).
+fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 120;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let mut shown: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if body.len() > MAX {
+        shown.push('…');
+    }
+    shown
 }
 
 /// Describes a reqwest error without its URL (which may carry credentials), with its causes.

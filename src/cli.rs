@@ -91,7 +91,15 @@ pub async fn sub(args: SubArgs) -> ExitCode {
     loop {
         tokio::select! {
             message = subscription.recv() => {
-                let Some(message) = message else { break };
+                let Some(message) = message else {
+                    // The client stopped: its reason is (or is about to be) in the events.
+                    while let Some(event) = events.recv().await {
+                        if let Event::Stopped { reason } = event {
+                            return stopped(&reason);
+                        }
+                    }
+                    break;
+                };
                 let line = serde_json::to_string(&printable(message)).unwrap_or_default();
                 if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
                     // stdout closed (e.g. piped into `head`): stop quietly.

@@ -3,6 +3,8 @@
 //! `RUST_LOG` (an `EnvFilter` directive such as `info,bayeux_mqtt_bridge=debug`) wins when
 //! set; otherwise the level comes from the `-v` count.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The default level for `verbosity` (`-v` count): 0 → `warn`, 1 → `debug`, 2+ → `trace`.
@@ -23,6 +25,7 @@ pub fn init(verbosity: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -317,6 +317,13 @@ fn log_event(event: &Event) {
         Event::Unrouted { reason, message } => {
             warn!(?reason, channel = %message.channel, id = ?message.id, "Message could not be routed.")
         }
+        // Its caller gave up; at shutdown that is expected and not worth a warning.
+        Event::PublishFailed {
+            id,
+            error: PublishError::Closed,
+        } => {
+            debug!(%id, "Publish abandoned at shutdown; nobody awaits it.")
+        }
         Event::PublishFailed { id, error } => {
             warn!(%id, %error, "Publish failed and nobody awaits it.")
         }

@@ -160,6 +160,25 @@ impl Events {
     }
 }
 
+/// The server's verdict on a queued publish (see [`Client::publish_queued`]).
+#[derive(Debug)]
+pub struct Verdict {
+    rx: oneshot::Receiver<Result<Message, PublishError>>,
+}
+
+impl std::future::Future for Verdict {
+    type Output = Result<Message, PublishError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(PublishError::Closed)))
+    }
+}
+
 /// Messages delivered on channels matching one pattern.
 #[derive(Debug)]
 pub struct Subscription {
@@ -292,6 +311,19 @@ impl Client {
         data: Value,
         ext: Option<Map<String, Value>>,
     ) -> Result<Message, PublishError> {
+        self.publish_queued(channel, data, ext).await?.await
+    }
+
+    /// Hands a publish to the client and returns, once it is queued, the future of its
+    /// verdict. Awaiting this call in a loop keeps messages in order while their verdicts are
+    /// awaited concurrently (awaiting several [`Client::publish`] futures at once does not
+    /// guarantee the order they reach the client in).
+    pub async fn publish_queued(
+        &self,
+        channel: &str,
+        data: Value,
+        ext: Option<Map<String, Value>>,
+    ) -> Result<Verdict, PublishError> {
         let parsed = validate_publish_channel(channel)?;
         if parsed.is_meta() {
             return Err(PublishError::InvalidChannel(
@@ -312,7 +344,7 @@ impl Client {
             .send(command)
             .await
             .map_err(|_| PublishError::Closed)?;
-        verdict.await.unwrap_or(Err(PublishError::Closed))
+        Ok(Verdict { rx: verdict })
     }
 
     /// Sends `/meta/disconnect` after anything queued and waits until the client stopped.

@@ -18,7 +18,7 @@ pub mod session;
 pub mod transport;
 
 pub use channel::ChannelPattern;
-pub use client::{Client, ClientOptions, Events, Subscription};
+pub use client::{Client, ClientOptions, Events, Subscription, Verdict};
 pub use error::{ClientError, PublishError, ServerError, TransportError};
 pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;

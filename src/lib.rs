@@ -8,11 +8,13 @@
 //!   nothing of MQTT, the bridge, config files or metrics.
 //! - [`backoff`]: the capped, jittered backoff shared by both sides.
 //! - [`cli`]: the `sub` and `pub` operator tools.
-//! - [`telemetry`]: `tracing` setup (logs on stderr).
+//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 
 pub mod backoff;
 pub mod bayeux;
 pub mod cli;
+pub mod shutdown;
 pub mod telemetry;

@@ -7,6 +7,10 @@
 //!   `advice`, `session`, `ext`) do no IO; `client` drives them over a `transport`. It knows
 //!   nothing of MQTT, the bridge, config files or metrics.
 //! - [`backoff`]: the capped, jittered backoff shared by both sides.
+//! - [`config`]: the configuration file (TOML + `BAYEUX_MQTT_BRIDGE__*` environment
+//!   overrides + secret files), loaded and validated before anything connects; a leaf.
+//! - [`bridge`]: the daemon joining both sides; `bridge::mapping` (routes: channel ↔ topic
+//!   rewriting) and `bridge::payload` (message body conversion) are pure.
 //! - [`cli`]: the `sub` and `pub` operator tools.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
@@ -15,6 +19,8 @@
 
 pub mod backoff;
 pub mod bayeux;
+pub mod bridge;
 pub mod cli;
+pub mod config;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,536 @@
+//! Table tests for route compilation and name rewriting.
+
+use super::names::filter_matches;
+use super::report::{bayeux_segs, mqtt_segs, overlap};
+use super::*;
+
+fn config(bayeux: &str, mqtt: &str, direction: Direction) -> RouteConfig {
+    RouteConfig {
+        bayeux: bayeux.to_owned(),
+        mqtt: mqtt.to_owned(),
+        direction,
+        qos: 1,
+        retain: false,
+        payload: PayloadMode::Data,
+    }
+}
+
+fn both(bayeux: &str, mqtt: &str) -> Route {
+    compile(&[config(bayeux, mqtt, Direction::Both)])
+        .unwrap_or_else(|e| panic!("{bayeux} ↔ {mqtt}: {e}"))
+        .remove(0)
+}
+
+fn refusal(bayeux: &str, mqtt: &str, direction: Direction) -> MappingError {
+    match compile(&[config(bayeux, mqtt, direction)]) {
+        Ok(_) => panic!("{bayeux} ↔ {mqtt} compiled"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn names_are_rewritten_both_ways_by_corresponding_wildcards() {
+    // (bayeux, mqtt, channel, topic, mqtt filter subscribed to)
+    let table = [
+        ("/a/b", "x/y", "/a/b", "x/y", "x/y"),
+        ("/a/b/c", "x", "/a/b/c", "x", "x"),
+        (
+            "/sensors/*",
+            "sensors/+",
+            "/sensors/kitchen",
+            "sensors/kitchen",
+            "sensors/+",
+        ),
+        (
+            "/sensors/**",
+            "sensors/#",
+            "/sensors/a/b",
+            "sensors/a/b",
+            "sensors/#",
+        ),
+        (
+            "/sensors/**",
+            "sensors/#",
+            "/sensors/a",
+            "sensors/a",
+            "sensors/#",
+        ),
+        (
+            "/sf/events/**",
+            "salesforce/#",
+            "/sf/events/Order__e",
+            "salesforce/Order__e",
+            "salesforce/#",
+        ),
+        ("/a/*", "x/y/z/+", "/a/q", "x/y/z/q", "x/y/z/+"),
+        ("/a/**", "#", "/a/b/c", "b/c", "#"),
+        ("/**", "#", "/a/b", "a/b", "#"),
+        ("/*", "+", "/a", "a", "+"),
+        ("/*", "x/+", "/a", "x/a", "x/+"),
+        (
+            "/sensors/*",
+            "sensors/{1}/temp",
+            "/sensors/k",
+            "sensors/k/temp",
+            "sensors/+/temp",
+        ),
+        ("/sensors/*", "{1}/temp", "/sensors/k", "k/temp", "+/temp"),
+        ("/sensors/**", "x/{1}", "/sensors/a/b", "x/a/b", "x/#"),
+        ("/a/*", "x/*/+", "/a/b", "x/*/b", "x/*/+"),
+        ("/a b/*", "x y/+", "/a b/c d", "x y/c d", "x y/+"),
+    ];
+    for (bayeux, mqtt, channel, topic, filter) in table {
+        let route = both(bayeux, mqtt);
+        let case = format!("{bayeux} ↔ {mqtt}");
+        assert_eq!(route.mqtt_filter, filter, "{case}");
+        assert!(route.matches_channel(channel), "{case}: {channel}");
+        assert!(route.matches_topic(topic), "{case}: {topic}");
+        assert_eq!(
+            route.channel_to_topic(channel).as_deref(),
+            Some(topic),
+            "{case}"
+        );
+        assert_eq!(
+            route.topic_to_channel(topic).as_deref(),
+            Some(channel),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn channels_without_a_topic_do_not_translate() {
+    // (bayeux, mqtt, channel)
+    let table = [
+        ("/sensors/*", "sensors/+", "/sensors/a/b"),
+        ("/sensors/*", "sensors/+", "/sensors"),
+        ("/sensors/*", "sensors/+", "/other/a"),
+        ("/sensors/**", "sensors/#", "/sensors"),
+        ("/a/b", "x", "/a/b/c"),
+        ("/a/*", "x/+", "/a/b+c"),
+        ("/a/*", "x/+", "/a/b#"),
+        ("/a/**", "x/#", "/a/b/#"),
+        ("/*", "+", "/$SYS"),
+        ("/**", "#", "/$share/g/t"),
+        ("/a/*", "x/+", "not-a-channel"),
+    ];
+    for (bayeux, mqtt, channel) in table {
+        let route = both(bayeux, mqtt);
+        assert_eq!(
+            route.channel_to_topic(channel),
+            None,
+            "{bayeux} ↔ {mqtt}: {channel}"
+        );
+    }
+}
+
+#[test]
+fn topics_without_a_channel_do_not_translate() {
+    // (bayeux, mqtt, topic)
+    let table = [
+        // `#` matches its parent level; `**` needs one more segment.
+        ("/sensors/**", "sensors/#", "sensors"),
+        ("/sensors/*", "sensors/+", "sensors/"),
+        ("/sensors/*", "sensors/+", "sensors/a/b"),
+        ("/sensors/*", "sensors/+", "other/a"),
+        ("/a/**", "x/#", "x//b"),
+        ("/a/**", "x/#", "x/b/"),
+        ("/a/*", "x/+", "x/*"),
+        ("/a/*", "x/+", "x/**"),
+        ("/a/*", "x/+", "x/b*"),
+        ("/a/*", "x/+", "x/a\u{1}b"),
+        ("/**", "#", "meta/connect"),
+        ("/**", "#", "$SYS/broker/load"),
+        ("/sensors/*", "sensors/{1}/temp", "sensors/k/humidity"),
+        ("/sensors/*", "sensors/{1}/temp", "sensors/k"),
+        ("/a/b", "x/y", "x/y/z"),
+    ];
+    for (bayeux, mqtt, topic) in table {
+        let route = both(bayeux, mqtt);
+        assert_eq!(
+            route.topic_to_channel(topic),
+            None,
+            "{bayeux} ↔ {mqtt}: {topic:?}"
+        );
+    }
+}
+
+#[test]
+fn untranslatable_routes_are_refused_naming_the_key() {
+    use Direction::{BayeuxToMqtt as B2M, Both, MqttToBayeux as M2B};
+    // (bayeux, mqtt, direction, key, part of the reason)
+    let table = [
+        (
+            "/a/b",
+            "x/+",
+            Both,
+            "mqtt",
+            "has a wildcard but the Bayeux channel /a/b has none",
+        ),
+        (
+            "/a/b",
+            "x/#",
+            B2M,
+            "mqtt",
+            "has a wildcard but the Bayeux channel",
+        ),
+        (
+            "/a/*",
+            "x/y",
+            Both,
+            "mqtt",
+            "has no wildcard but the Bayeux pattern /a/* has one",
+        ),
+        ("/a/**", "x", M2B, "mqtt", "add `#` as the last level"),
+        ("/a/*", "x/#", Both, "mqtt", "corresponds to `+`, not `#`"),
+        ("/a/**", "x/+", Both, "mqtt", "corresponds to `#`, not `+`"),
+        (
+            "/a/**",
+            "x/+/y",
+            Both,
+            "mqtt",
+            "corresponds to `#`, not `+`",
+        ),
+        ("/a/*", "x/+/+", Both, "mqtt", "has 2 wildcards"),
+        ("/a/**", "+/x/#", Both, "mqtt", "has 2 wildcards"),
+        (
+            "/sensors/temp/*",
+            "sensors/+/temp",
+            Both,
+            "mqtt",
+            "followed by more levels",
+        ),
+        (
+            "/sensors/*",
+            "sensors/+/temp",
+            B2M,
+            "mqtt",
+            "write `{1}` at that level",
+        ),
+        ("/meta/**", "m/#", B2M, "bayeux", "is a /meta/ channel"),
+        ("/meta/connect", "m", M2B, "bayeux", "is a /meta/ channel"),
+        (
+            "/service/echo",
+            "s",
+            Both,
+            "bayeux",
+            "is a /service/ channel",
+        ),
+        (
+            "/service/**",
+            "s/#",
+            B2M,
+            "bayeux",
+            "is a /service/ channel",
+        ),
+        (
+            "/a/*/b",
+            "x/+",
+            Both,
+            "bayeux",
+            "\"/a/*/b\" is not a valid channel",
+        ),
+        ("a/b", "x", Both, "bayeux", "must start with '/'"),
+        ("/a//b", "x", Both, "bayeux", "empty segment"),
+        ("/a/*", "$SYS/+", Both, "mqtt", "starts with '$'"),
+        ("/a", "$x", M2B, "mqtt", "starts with '$'"),
+        ("/a/**", "x/#/y", Both, "mqtt", "'#' must be the last level"),
+        ("/a/*", "x/a+", Both, "mqtt", "must be whole levels"),
+        ("/a/**", "x#", Both, "mqtt", "must be whole levels"),
+        ("/a/*", "", Both, "mqtt", "must not be empty"),
+        ("/a/*", "x/\0/+", Both, "mqtt", "NUL"),
+        ("/a/*", "x/{2}", Both, "mqtt", "only `{1}` exists"),
+        ("/a/*", "{1}/x/{1}", Both, "mqtt", "may appear only once"),
+        ("/a/b", "x/{1}", Both, "mqtt", "but /a/b has none"),
+        (
+            "/a/**",
+            "x/{1}/y",
+            Both,
+            "mqtt",
+            "`{1}` must be the last level",
+        ),
+        ("/a/*", "x/{1}/+", Both, "mqtt", "mixes `{1}` with `+`/`#`"),
+    ];
+    for (bayeux, mqtt, direction, key, reason) in table {
+        let err = refusal(bayeux, mqtt, direction);
+        assert_eq!(err.field, key, "{bayeux} ↔ {mqtt}: {err}");
+        assert!(err.reason.contains(reason), "{bayeux} ↔ {mqtt}: {err}");
+    }
+}
+
+#[test]
+fn errors_name_the_route_number_from_one() {
+    let routes = [
+        config("/a/*", "a/+", Direction::Both),
+        config("/b/*", "b/+", Direction::Both),
+        config("/c/*", "c/#", Direction::Both),
+    ];
+    let err = compile(&routes).unwrap_err();
+    assert_eq!(err.route, 3);
+    assert_eq!(err.key(), "route[3].mqtt");
+    assert_eq!(
+        err.to_string(),
+        "route[3].mqtt: /c/* ends in `*` (exactly one segment), which corresponds to `+`, not `#`"
+    );
+    let in_file = err.in_file(Path::new("bridge.toml"));
+    assert_eq!(
+        in_file.to_string(),
+        "bridge.toml: route[3].mqtt: /c/* ends in `*` (exactly one segment), which corresponds \
+         to `+`, not `#`"
+    );
+}
+
+#[test]
+fn service_channels_may_be_published_to() {
+    let routes = compile(&[config("/service/cmd", "cmd", Direction::MqttToBayeux)]).unwrap();
+    assert_eq!(
+        routes[0].topic_to_channel("cmd").as_deref(),
+        Some("/service/cmd")
+    );
+}
+
+#[test]
+fn direction_decides_the_subscriptions() {
+    // (direction, subscribes bayeux, subscribes mqtt)
+    let table = [
+        (Direction::BayeuxToMqtt, true, false),
+        (Direction::MqttToBayeux, false, true),
+        (Direction::Both, true, true),
+    ];
+    for (direction, bayeux, mqtt) in table {
+        let route = compile(&[config("/a/*", "a/+", direction)])
+            .unwrap()
+            .remove(0);
+        assert_eq!(route.subscribes_bayeux(), bayeux, "{direction}");
+        assert_eq!(route.subscribes_mqtt(), mqtt, "{direction}");
+    }
+}
+
+#[test]
+fn routes_keep_their_settings_and_position() {
+    let mut second = config("/b", "b", Direction::BayeuxToMqtt);
+    second.qos = 2;
+    second.retain = true;
+    second.payload = PayloadMode::Message;
+    let routes = compile(&[config("/a", "a", Direction::Both), second]).unwrap();
+    let route = &routes[1];
+    assert_eq!((route.index, route.number()), (1, 2));
+    assert_eq!(
+        (route.qos, route.retain, route.payload),
+        (2, true, PayloadMode::Message)
+    );
+    assert_eq!(route.bayeux.as_str(), "/b");
+}
+
+#[test]
+fn mqtt_filters_match_by_mqtt_rules() {
+    // (filter, topic, matches?)
+    let table = [
+        ("a/b", "a/b", true),
+        ("a/b", "a/b/c", false),
+        ("a/+", "a/b", true),
+        ("a/+", "a/", true),
+        ("a/+", "a", false),
+        ("a/+", "a/b/c", false),
+        ("a/#", "a", true),
+        ("a/#", "a/b/c", true),
+        ("a/#", "b", false),
+        ("#", "a/b", true),
+        ("#", "$SYS/x", false),
+        ("+/x", "$SYS/x", false),
+        ("+/+/c", "a/b/c", true),
+        ("+/+/c", "a/b/d", false),
+    ];
+    for (filter, topic, expected) in table {
+        assert_eq!(
+            filter_matches(filter, topic),
+            expected,
+            "{filter} vs {topic}"
+        );
+    }
+}
+
+#[test]
+fn subscriptions_are_deduplicated_with_the_highest_qos() {
+    let mut qos2 = config("/a/*", "a/+", Direction::MqttToBayeux);
+    qos2.qos = 2;
+    let routes = compile(&[
+        config("/a/*", "a/+", Direction::Both),
+        qos2,
+        config("/a/*", "z/+", Direction::BayeuxToMqtt),
+        config("/b", "b", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    let bayeux: Vec<String> = bayeux_subscriptions(&routes)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(bayeux, ["/a/*"]);
+    assert_eq!(
+        mqtt_subscriptions(&routes),
+        [("a/+".to_owned(), 2), ("b".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn patterns_overlap_when_some_name_matches_both() {
+    let b = |s: &str| ChannelPattern::parse(s).unwrap();
+    // (pattern, pattern, overlap?)
+    let bayeux = [
+        ("/a/**", "/a/b/*", true),
+        ("/a/**", "/a/b", true),
+        ("/a/**", "/a", false),
+        ("/a/*", "/a/b", true),
+        ("/a/*", "/b/*", false),
+        ("/a/*", "/a/b/c", false),
+        ("/**", "/x/y", true),
+        ("/a/b", "/a/b", true),
+    ];
+    for (x, y, expected) in bayeux {
+        let (px, py) = (b(x), b(y));
+        assert_eq!(
+            overlap(&bayeux_segs(&px), &bayeux_segs(&py), 1),
+            expected,
+            "{x} {y}"
+        );
+        assert_eq!(
+            overlap(&bayeux_segs(&py), &bayeux_segs(&px), 1),
+            expected,
+            "{y} {x}"
+        );
+    }
+    let mqtt = [
+        ("a/#", "a", true),
+        ("a/#", "a/b/c", true),
+        ("a/+", "a/b/c", false),
+        ("+/b", "a/+", true),
+        ("a/+/c", "a/b/d", false),
+        ("#", "x", true),
+    ];
+    for (x, y, expected) in mqtt {
+        assert_eq!(
+            overlap(&mqtt_segs(x), &mqtt_segs(y), 0),
+            expected,
+            "{x} {y}"
+        );
+        assert_eq!(
+            overlap(&mqtt_segs(y), &mqtt_segs(x), 0),
+            expected,
+            "{y} {x}"
+        );
+    }
+}
+
+#[test]
+fn overlapping_routes_in_the_same_direction_are_warned_about() {
+    let routes = compile(&[
+        config("/sensors/**", "sensors/#", Direction::BayeuxToMqtt),
+        config("/sensors/a/*", "a/+", Direction::Both),
+        config("/other/*", "sensors/x/+", Direction::MqttToBayeux),
+        config("/cmd/*", "cmd/+", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    assert_eq!(
+        warnings(&routes),
+        [
+            "route[1] (/sensors/**) and route[2] (/sensors/a/*) overlap: a Bayeux message on a \
+             channel both match is forwarded to MQTT once per route",
+        ]
+    );
+    let routes = compile(&[
+        config("/x/*", "sensors/+", Direction::Both),
+        config("/y/**", "sensors/#", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    assert_eq!(
+        warnings(&routes),
+        [
+            "route[1] (sensors/+) and route[2] (sensors/#) overlap: an MQTT message on a topic \
+             both match is forwarded to Bayeux once per distinct channel",
+        ]
+    );
+}
+
+#[test]
+fn mirrored_routes_in_opposite_directions_are_not_warned_about() {
+    let routes = compile(&[
+        config("/a/**", "a/#", Direction::BayeuxToMqtt),
+        config("/a/**", "a/#", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    assert!(warnings(&routes).is_empty(), "{:?}", warnings(&routes));
+}
+
+#[test]
+fn keys_without_effect_are_warned_about() {
+    let mut route = config("/a", "/a", Direction::MqttToBayeux);
+    route.retain = true;
+    route.payload = PayloadMode::Message;
+    let routes = compile(&[route]).unwrap();
+    assert_eq!(
+        warnings(&routes),
+        [
+            "route[1].retain has no effect: the route only forwards MQTT → Bayeux",
+            "route[1].payload has no effect: the route only forwards MQTT → Bayeux",
+            "route[1].mqtt \"/a\" starts with '/', so its first level is empty; MQTT topics \
+             usually do not",
+        ]
+    );
+}
+
+#[test]
+fn describe_shows_routes_examples_and_subscriptions() {
+    let mut cmd = config("/devices/*", "cmd/{1}/set", Direction::MqttToBayeux);
+    cmd.qos = 2;
+    let routes = compile(&[
+        config("/sensors/**", "sensors/#", Direction::BayeuxToMqtt),
+        config("/chat/*", "chat/+", Direction::Both),
+        cmd,
+        config("/sf/**", "sf/#", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    let expected = "\
+4 routes:
+
+route[1]  bayeux_to_mqtt  qos 1, retain false, payload data
+  subscribe Bayeux /sensors/**, publish MQTT sensors/#
+  e.g. /sensors/x → sensors/x
+       /sensors/x/y → sensors/x/y
+
+route[2]  both  qos 1, retain false, payload data
+  subscribe and publish Bayeux /chat/* and MQTT chat/+
+  e.g. /chat/x ↔ chat/x
+
+route[3]  mqtt_to_bayeux  qos 2
+  subscribe MQTT cmd/{1}/set (filter cmd/+/set), publish Bayeux /devices/*
+  e.g. /devices/x ← cmd/x/set
+
+route[4]  mqtt_to_bayeux  qos 1
+  subscribe MQTT sf/#, publish Bayeux /sf/**
+  e.g. /sf/x ← sf/x
+       /sf/x/y ← sf/x/y
+  not forwarded: topic sf (matches sf/# but /sf/** needs one more segment)
+
+Bayeux subscriptions: /sensors/**, /chat/*
+MQTT subscriptions: chat/+ (qos 1), cmd/+/set (qos 2), sf/# (qos 1)
+";
+    assert_eq!(describe(&routes), expected);
+}
+
+#[test]
+fn describe_lists_warnings_last() {
+    let routes = compile(&[
+        config("/a/**", "a/#", Direction::BayeuxToMqtt),
+        config("/a/b", "b", Direction::BayeuxToMqtt),
+    ])
+    .unwrap();
+    let text = describe(&routes);
+    assert!(text.starts_with("2 routes:\n"), "{text}");
+    assert!(
+        text.ends_with(
+            "\nWarnings:\n  - route[1] (/a/**) and route[2] (/a/b) overlap: a Bayeux message on \
+             a channel both match is forwarded to MQTT once per route\n"
+        ),
+        "{text}"
+    );
+}

@@ -1,0 +1,185 @@
+//! Message bodies between the two sides. Pure: no IO.
+//!
+//! MQTT → Bayeux: a payload that is valid JSON becomes the Bayeux `data` as is; other UTF-8
+//! text becomes a JSON string; anything else is binary, refused or wrapped as
+//! `{"base64": "..."}` by [`BinaryPolicy`]. Bayeux → MQTT: the message's `data` as JSON, or
+//! the whole message, by the route's [`PayloadMode`].
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+
+use crate::bayeux::Message;
+pub use crate::config::{BinaryPolicy, PayloadMode};
+
+/// Why an MQTT payload was not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload is not UTF-8 and `bridge.binary_payloads = "refuse"`.
+    #[error(
+        "payload of {len} bytes is not UTF-8 (invalid at byte {valid_up_to}) and \
+         bridge.binary_payloads = \"refuse\""
+    )]
+    Binary {
+        /// Payload length in bytes.
+        len: usize,
+        /// Length of the valid UTF-8 prefix.
+        valid_up_to: usize,
+    },
+}
+
+/// The Bayeux `data` for an MQTT payload.
+///
+/// JSON text (any JSON value, surrounding whitespace allowed) is used as is; other UTF-8
+/// text, including the empty payload, becomes a JSON string; non-UTF-8 bytes are refused
+/// or base64-wrapped per `binary`. Numbers that do not fit an `f64`/`i64`/`u64` and JSON
+/// nested deeper than 128 levels are not parsed and travel as strings.
+pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Value, PayloadError> {
+    if let Ok(value) = serde_json::from_slice::<Value>(payload) {
+        return Ok(value);
+    }
+    match std::str::from_utf8(payload) {
+        Ok(text) => Ok(Value::String(text.to_owned())),
+        Err(e) => match binary {
+            BinaryPolicy::Refuse => Err(PayloadError::Binary {
+                len: payload.len(),
+                valid_up_to: e.valid_up_to(),
+            }),
+            BinaryPolicy::Base64 => {
+                let mut wrapped = serde_json::Map::new();
+                wrapped.insert("base64".to_owned(), Value::String(STANDARD.encode(payload)));
+                Ok(Value::Object(wrapped))
+            }
+        },
+    }
+}
+
+/// The MQTT payload for a Bayeux message: its `data` as compact JSON (`null` when it has
+/// none), or with [`PayloadMode::Message`] the whole message as JSON without `clientId`
+/// (the bridge's own session id means nothing to MQTT subscribers).
+pub fn bayeux_to_mqtt_payload(message: &Message, mode: PayloadMode) -> Vec<u8> {
+    match mode {
+        PayloadMode::Data => message
+            .data
+            .as_ref()
+            .unwrap_or(&Value::Null)
+            .to_string()
+            .into_bytes(),
+        PayloadMode::Message => {
+            let without_client_id = Message {
+                client_id: None,
+                ..message.clone()
+            };
+            // Serializing a `Message` cannot fail: every map in it has string keys.
+            serde_json::to_vec(&without_client_id)
+                .unwrap_or_else(|_| unreachable!("a Message always serializes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn mqtt_payloads_become_bayeux_data_by_content() {
+        // (payload, policy, expected data)
+        let table: [(&[u8], BinaryPolicy, Value); 10] = [
+            (br#"{"t":21.5}"#, BinaryPolicy::Refuse, json!({"t": 21.5})),
+            (b"[1,2]", BinaryPolicy::Refuse, json!([1, 2])),
+            (b" 42 \n", BinaryPolicy::Refuse, json!(42)),
+            (b"true", BinaryPolicy::Refuse, json!(true)),
+            (b"null", BinaryPolicy::Refuse, Value::Null),
+            (br#""quoted""#, BinaryPolicy::Refuse, json!("quoted")),
+            (b"hello world", BinaryPolicy::Refuse, json!("hello world")),
+            (b"", BinaryPolicy::Refuse, json!("")),
+            (b"{broken", BinaryPolicy::Refuse, json!("{broken")),
+            ("21,5 °C".as_bytes(), BinaryPolicy::Refuse, json!("21,5 °C")),
+        ];
+        for (payload, policy, expected) in table {
+            assert_eq!(
+                mqtt_to_bayeux_data(payload, policy),
+                Ok(expected),
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn binary_payloads_are_refused_by_default() {
+        let err = mqtt_to_bayeux_data(&[0x61, 0xff, 0x00], BinaryPolicy::Refuse).unwrap_err();
+        assert_eq!(
+            err,
+            PayloadError::Binary {
+                len: 3,
+                valid_up_to: 1
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "payload of 3 bytes is not UTF-8 (invalid at byte 1) and \
+             bridge.binary_payloads = \"refuse\""
+        );
+    }
+
+    #[test]
+    fn binary_payloads_are_wrapped_in_base64_when_configured() {
+        let data = mqtt_to_bayeux_data(&[0xde, 0xad, 0xbe, 0xef], BinaryPolicy::Base64);
+        assert_eq!(data, Ok(json!({"base64": "3q2+7w=="})));
+    }
+
+    #[test]
+    fn text_payloads_ignore_the_binary_policy() {
+        assert_eq!(
+            mqtt_to_bayeux_data(b"plain", BinaryPolicy::Base64),
+            Ok(json!("plain"))
+        );
+    }
+
+    fn delivery() -> Message {
+        let mut message = Message::new("/sensors/a");
+        message.data = Some(json!({"t": 21.5}));
+        message.id = Some("7".into());
+        message.client_id = Some("secret-session".into());
+        message
+    }
+
+    #[test]
+    fn data_mode_publishes_the_data_as_json() {
+        let payload = bayeux_to_mqtt_payload(&delivery(), PayloadMode::Data);
+        assert_eq!(payload, br#"{"t":21.5}"#);
+    }
+
+    #[test]
+    fn data_mode_publishes_null_when_there_is_no_data() {
+        let payload = bayeux_to_mqtt_payload(&Message::new("/a"), PayloadMode::Data);
+        assert_eq!(payload, b"null");
+    }
+
+    #[test]
+    fn message_mode_publishes_the_whole_message_without_client_id() {
+        let mut message = delivery();
+        message.other.insert("EventType".into(), json!("created"));
+        let payload = bayeux_to_mqtt_payload(&message, PayloadMode::Message);
+        let value: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(
+            value,
+            json!({"channel": "/sensors/a", "id": "7", "data": {"t": 21.5}, "EventType": "created"})
+        );
+    }
+
+    #[test]
+    fn json_round_trips_through_both_directions() {
+        let original = br#"{"a":[1,"x",null],"b":{"c":false}}"#;
+        let data = mqtt_to_bayeux_data(original, BinaryPolicy::Refuse).unwrap();
+        let mut message = Message::new("/a");
+        message.data = Some(data);
+        assert_eq!(
+            bayeux_to_mqtt_payload(&message, PayloadMode::Data),
+            original
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Whether the bridge can forward: both sides connected and every subscription confirmed.
+//!
+//! Fed by the pipelines' view of each side's events; logs each transition at info ("Bridge
+//! ready." / "Bridge not ready: …"), which is also what tests and operators wait for. The
+//! HTTP `/readyz` endpoint will read the same state.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use tracing::info;
+
+#[derive(Debug, Default)]
+struct State {
+    bayeux_connected: bool,
+    mqtt_connected: bool,
+    bayeux_confirmed: BTreeSet<String>,
+    mqtt_subscribed: BTreeSet<String>,
+    ready: bool,
+}
+
+/// Shared readiness state.
+#[derive(Debug)]
+pub struct Readiness {
+    bayeux_wanted: BTreeSet<String>,
+    mqtt_wanted: BTreeSet<String>,
+    state: Mutex<State>,
+}
+
+impl Readiness {
+    /// Readiness for a bridge that subscribes to `bayeux` channels and `mqtt` filters.
+    pub fn new(bayeux: impl IntoIterator<Item = String>, mqtt: impl IntoIterator<Item = String>) -> Self {
+        Readiness {
+            bayeux_wanted: bayeux.into_iter().collect(),
+            mqtt_wanted: mqtt.into_iter().collect(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Whether the bridge is ready now.
+    pub fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// Why the bridge is not ready (empty when it is).
+    pub fn reasons(&self) -> Vec<String> {
+        let state = self.lock();
+        self.reasons_of(&state)
+    }
+
+    /// The Bayeux side connected (`true`) or lost its connection (`false`).
+    pub fn bayeux_connected(&self, up: bool) {
+        self.update(|s| s.bayeux_connected = up);
+    }
+
+    /// A new Bayeux session: every subscription must be confirmed again.
+    pub fn bayeux_new_session(&self) {
+        self.update(|s| s.bayeux_confirmed.clear());
+    }
+
+    /// The Bayeux server confirmed `channel`.
+    pub fn bayeux_confirmed(&self, channel: &str) {
+        self.update(|s| {
+            s.bayeux_confirmed.insert(channel.to_owned());
+        });
+    }
+
+    /// The MQTT side connected; with a present session the broker kept the subscriptions.
+    pub fn mqtt_connected(&self, session_present: bool) {
+        let wanted = self.mqtt_wanted.clone();
+        self.update(|s| {
+            s.mqtt_connected = true;
+            if session_present {
+                s.mqtt_subscribed = wanted;
+            } else {
+                s.mqtt_subscribed.clear();
+            }
+        });
+    }
+
+    /// The MQTT side lost its connection.
+    pub fn mqtt_disconnected(&self) {
+        self.update(|s| s.mqtt_connected = false);
+    }
+
+    /// The broker confirmed `filter`.
+    pub fn mqtt_subscribed(&self, filter: &str) {
+        self.update(|s| {
+            s.mqtt_subscribed.insert(filter.to_owned());
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.lock();
+        change(&mut state);
+        let reasons = self.reasons_of(&state);
+        let ready = reasons.is_empty();
+        if ready != state.ready {
+            state.ready = ready;
+            if ready {
+                info!("Bridge ready.");
+            } else {
+                info!(reasons = %reasons.join("; "), "Bridge not ready.");
+            }
+        }
+    }
+
+    fn reasons_of(&self, s: &State) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !s.bayeux_connected {
+            reasons.push("Bayeux server not connected".to_owned());
+        }
+        if !s.mqtt_connected {
+            reasons.push("MQTT broker not connected".to_owned());
+        }
+        let missing: Vec<&str> =
+            self.bayeux_wanted.difference(&s.bayeux_confirmed).map(String::as_str).collect();
+        if !missing.is_empty() {
+            reasons.push(format!("Bayeux subscriptions not confirmed: {}", missing.join(", ")));
+        }
+        let missing: Vec<&str> =
+            self.mqtt_wanted.difference(&s.mqtt_subscribed).map(String::as_str).collect();
+        if !missing.is_empty() {
+            reasons.push(format!("MQTT subscriptions not confirmed: {}", missing.join(", ")));
+        }
+        reasons
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_both_sides_up_and_everything_confirmed() {
+        let r = Readiness::new(["/a".to_owned()], ["t/#".to_owned()]);
+        assert!(!r.is_ready());
+        r.bayeux_connected(true);
+        r.bayeux_confirmed("/a");
+        r.mqtt_connected(false);
+        assert!(!r.is_ready());
+        assert_eq!(r.reasons(), vec!["MQTT subscriptions not confirmed: t/#"]);
+        r.mqtt_subscribed("t/#");
+        assert!(r.is_ready());
+        r.bayeux_new_session();
+        assert!(!r.is_ready(), "a new Bayeux session must confirm its subscriptions again");
+        r.bayeux_confirmed("/a");
+        assert!(r.is_ready());
+        r.mqtt_disconnected();
+        assert!(!r.is_ready());
+        r.mqtt_connected(true);
+        assert!(r.is_ready(), "a present session keeps the broker-side subscriptions");
+    }
+}

@@ -1,0 +1,388 @@
+//! Range and cross-field checks on a deserialized [`Config`], and warnings about valid but
+//! doubtful settings. Pure, except that referenced TLS files and the log directory must
+//! exist.
+
+use std::path::Path;
+
+use super::{BayeuxConfig, BridgeConfig, Config, LogConfig, MqttConfig, MqttProtocol, RouteConfig};
+
+/// The largest MQTT packet the protocol can describe (remaining length 268,435,455 plus a
+/// five-byte fixed header).
+const MQTT_MAX_PACKET: u32 = 268_435_460;
+
+/// A key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks every section; the first problem found is returned.
+pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
+    bayeux(&config.bayeux)?;
+    mqtt(&config.mqtt)?;
+    bridge(&config.bridge)?;
+    log(&config.log)?;
+    routes(&config.route)
+}
+
+fn at_least(key: &str, value: u64, min: u64) -> Result<(), Invalid> {
+    if value < min {
+        return Err(Invalid::new(
+            key,
+            format!("must be at least {min}, found {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn backoff(section: &str, increment_ms: u64, max_ms: u64) -> Result<(), Invalid> {
+    at_least(&format!("{section}.backoff_increment_ms"), increment_ms, 1)?;
+    if max_ms < increment_ms {
+        return Err(Invalid::new(
+            format!("{section}.backoff_max_ms"),
+            format!("must be at least backoff_increment_ms ({increment_ms}), found {max_ms}"),
+        ));
+    }
+    Ok(())
+}
+
+fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
+    if !matches!(c.url.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            "bayeux.url",
+            format!(
+                "must be an http:// or https:// URL, found {}://",
+                c.url.scheme()
+            ),
+        ));
+    }
+    if c.url.host_str().is_none_or(str::is_empty) {
+        return Err(Invalid::new("bayeux.url", "has no host"));
+    }
+    for (name, value) in &c.headers {
+        let key = format!("bayeux.headers.{name}");
+        if !is_header_name(name) {
+            return Err(Invalid::new(key, "is not a valid HTTP header name"));
+        }
+        // The value itself is never quoted: it may be a credential.
+        if !value
+            .expose()
+            .chars()
+            .all(|c| c == '\t' || (' '..='~').contains(&c))
+        {
+            return Err(Invalid::new(
+                key,
+                "the value may hold only printable ASCII (no line breaks or control characters)",
+            ));
+        }
+    }
+    at_least("bayeux.max_network_delay_secs", c.max_network_delay_secs, 1)?;
+    at_least(
+        "bayeux.max_response_bytes",
+        c.max_response_bytes as u64,
+        1024,
+    )?;
+    backoff("bayeux", c.backoff_increment_ms, c.backoff_max_ms)
+}
+
+/// RFC 9110 `token`.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
+    let host = c.host.trim();
+    if host.is_empty() {
+        return Err(Invalid::new("mqtt.host", "must not be empty"));
+    }
+    if host.contains("://") {
+        return Err(Invalid::new(
+            "mqtt.host",
+            "must be a host name or IP address, not a URL (set mqtt.port and [mqtt.tls] apart)",
+        ));
+    }
+    if host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(Invalid::new(
+            "mqtt.host",
+            "must be a host name or IP address",
+        ));
+    }
+    at_least("mqtt.port", c.port.into(), 1)?;
+    if c.client_id.is_empty() {
+        return Err(Invalid::new("mqtt.client_id", "must not be empty"));
+    }
+    if c.client_id.contains('\0') {
+        return Err(Invalid::new("mqtt.client_id", "must not contain NUL"));
+    }
+    if c.protocol == MqttProtocol::V311 && c.password.is_some() && c.username.is_none() {
+        return Err(Invalid::new(
+            "mqtt.username",
+            "is required with a password when mqtt.protocol = \"3.1.1\"",
+        ));
+    }
+    at_least("mqtt.keep_alive_secs", c.keep_alive_secs, 1)?;
+    if c.keep_alive_secs > u64::from(u16::MAX) {
+        return Err(Invalid::new(
+            "mqtt.keep_alive_secs",
+            format!("must be at most 65535, found {}", c.keep_alive_secs),
+        ));
+    }
+    at_least("mqtt.max_packet_size", c.max_packet_size.into(), 1024)?;
+    if c.max_packet_size > MQTT_MAX_PACKET {
+        return Err(Invalid::new(
+            "mqtt.max_packet_size",
+            format!(
+                "must be at most {MQTT_MAX_PACKET}, found {}",
+                c.max_packet_size
+            ),
+        ));
+    }
+    at_least("mqtt.inflight", c.inflight.into(), 1)?;
+    at_least("mqtt.connect_timeout_secs", c.connect_timeout_secs, 1)?;
+    backoff("mqtt", c.backoff_increment_ms, c.backoff_max_ms)?;
+    if let Err(reason) = topic_name(&c.status_topic) {
+        let derived = format!("bayeux-mqtt-bridge/{}/status", c.client_id);
+        let hint = if c.status_topic == derived {
+            " (derived from mqtt.client_id: set mqtt.status_topic)"
+        } else {
+            ""
+        };
+        return Err(Invalid::new("mqtt.status_topic", format!("{reason}{hint}")));
+    }
+    if let Some(tls) = &c.tls {
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            let missing = if tls.cert_file.is_some() {
+                "key_file"
+            } else {
+                "cert_file"
+            };
+            return Err(Invalid::new(
+                format!("mqtt.tls.{missing}"),
+                "cert_file and key_file must be set together",
+            ));
+        }
+        for (name, file) in [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ] {
+            if let Some(path) = file {
+                readable_file(path).map_err(|r| Invalid::new(format!("mqtt.tls.{name}"), r))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An MQTT topic name the bridge may publish to: no wildcards, no NUL, not a `$` topic.
+fn topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if topic.contains(['+', '#']) {
+        return Err(format!(
+            "{topic:?} is not a topic name: it holds a wildcard"
+        ));
+    }
+    if topic.contains('\0') {
+        return Err("must not contain NUL".into());
+    }
+    if topic.starts_with('$') {
+        return Err(format!(
+            "{topic:?} starts with '$', which is reserved for the broker"
+        ));
+    }
+    if topic.len() > usize::from(u16::MAX) {
+        return Err("is longer than 65535 bytes".into());
+    }
+    Ok(())
+}
+
+fn readable_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn bridge(c: &BridgeConfig) -> Result<(), Invalid> {
+    at_least("bridge.queue_capacity", c.queue_capacity as u64, 1)?;
+    at_least("bridge.drain_timeout_secs", c.drain_timeout_secs, 1)
+}
+
+fn log(c: &LogConfig) -> Result<(), Invalid> {
+    log_level(&c.level).map_err(|r| Invalid::new("log.level", r))?;
+    if let Some(file) = &c.file {
+        if file.is_dir() {
+            return Err(Invalid::new(
+                "log.file",
+                format!("{} is a directory", file.display()),
+            ));
+        }
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            return Err(Invalid::new(
+                "log.file",
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A level or comma-separated `tracing` directives whose levels are all known names. A bare
+/// word is accepted only if it is a level: `inof` would otherwise mean "everything from the
+/// target `inof`".
+fn log_level(text: &str) -> Result<(), String> {
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()));
+    let bad = || {
+        format!(
+            "expected a level ({}) or directives like \"info,bayeux_mqtt_bridge=debug\", \
+             found {text:?}",
+            LEVELS.join(", ")
+        )
+    };
+    if text.trim().is_empty() {
+        return Err(bad());
+    }
+    for directive in text.split(',') {
+        let ok = match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
+    if routes.is_empty() {
+        return Err(Invalid::new(
+            "route",
+            "at least one [[route]] is required; the bridge would forward nothing",
+        ));
+    }
+    for (i, route) in routes.iter().enumerate() {
+        if route.qos > 2 {
+            return Err(Invalid::new(
+                format!("route[{}].qos", i + 1),
+                format!("must be 0, 1 or 2, found {}", route.qos),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Valid settings that are probably mistakes.
+pub(super) fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let (bridge, mqtt) = (&config.bridge, &config.mqtt);
+    if bridge.drain_timeout_secs >= 10 {
+        out.push(format!(
+            "bridge.drain_timeout_secs = {} is not under Docker's default 10 s stop timeout: \
+             `docker stop` kills the bridge before it has drained (raise --stop-timeout)",
+            bridge.drain_timeout_secs
+        ));
+    }
+    match (&mqtt.tls, mqtt.port) {
+        (Some(_), 1883) => out.push(
+            "[mqtt.tls] is set but mqtt.port is 1883, the usual plain-text port (TLS is \
+             usually 8883)"
+                .to_owned(),
+        ),
+        (None, 8883) => {
+            out.push("mqtt.port is 8883, the usual TLS port, but [mqtt.tls] is not set".to_owned())
+        }
+        _ => {}
+    }
+    if mqtt.clean_start {
+        out.push(
+            "mqtt.clean_start = true: messages the broker queued while the bridge was away \
+             are discarded at each connect"
+                .to_owned(),
+        );
+    }
+    let url = &config.bayeux.url;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if url.scheme() == "http" && !loopback && !config.bayeux.headers.is_empty() {
+        out.push(
+            "bayeux.url is plain http:// to a remote host: bayeux.headers (and any token) \
+             travel unencrypted"
+                .to_owned(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_accept_levels_and_directives_only() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,bayeux_mqtt_bridge=trace",
+            "off",
+            "rumqttc=error",
+        ] {
+            assert!(log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "inof", "info,", "bayeux_mqtt_bridge", "a=loud", "=info"] {
+            assert!(log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_topics_must_be_publishable_names() {
+        assert!(topic_name("bayeux-mqtt-bridge/gw/status").is_ok());
+        for bad in ["", "a/+/b", "a/#", "$SYS/x", "a\0b"] {
+            assert!(topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn header_names_are_http_tokens() {
+        assert!(is_header_name("X-Api-Key"));
+        assert!(is_header_name("Authorization"));
+        assert!(!is_header_name("X Api"));
+        assert!(!is_header_name(""));
+        assert!(!is_header_name("a:b"));
+    }
+
+    #[test]
+    fn backoff_max_may_not_be_below_the_increment() {
+        assert!(backoff("mqtt", 1000, 1000).is_ok());
+        let err = backoff("mqtt", 1000, 500).unwrap_err();
+        assert_eq!(err.key, "mqtt.backoff_max_ms");
+        assert_eq!(
+            err.reason,
+            "must be at least backoff_increment_ms (1000), found 500"
+        );
+        assert_eq!(
+            backoff("bayeux", 0, 5).unwrap_err().key,
+            "bayeux.backoff_increment_ms"
+        );
+    }
+}

@@ -1,0 +1,621 @@
+//! The configuration files: every example in `config/` loads, validates and compiles; bad
+//! files fail naming the file, the key and the reason; environment variables override keys;
+//! secrets stay out of errors and debug output.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bayeux_mqtt_bridge::bridge::mapping;
+use bayeux_mqtt_bridge::config::{
+    Config, ConfigError, Direction, LogFormat, MqttProtocol, env_var_for, load, load_with_env,
+};
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bayeux-mqtt-bridge-config-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Loads and compiles, as `check` does.
+fn check(path: &Path, vars: &[(&str, &str)]) -> Result<(Config, Vec<mapping::Route>), ConfigError> {
+    let config = load_with_env(path, env(vars))?;
+    let routes = mapping::compile(&config.route).map_err(|e| e.in_file(path))?;
+    Ok((config, routes))
+}
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+const MINIMAL: &str = r#"
+[bayeux]
+url = "http://127.0.0.1:8080/cometd"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[route]]
+bayeux = "/sensors/**"
+mqtt = "sensors/#"
+direction = "bayeux_to_mqtt"
+"#;
+
+#[test]
+fn every_example_config_loads_validates_and_compiles() {
+    let scratch = Scratch::new();
+    let token = scratch.file("token", "abc.def\n");
+    let password = scratch.file("password", "pw\n");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(repo_file("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // The secret files the examples name do not exist here; point at stand-ins.
+        let vars = match name.as_str() {
+            "salesforce.toml" => vec![
+                (
+                    "BAYEUX_MQTT_BRIDGE__BAYEUX__TOKEN_FILE",
+                    token.to_str().unwrap(),
+                ),
+                (
+                    "BAYEUX_MQTT_BRIDGE__MQTT__PASSWORD_FILE",
+                    password.to_str().unwrap(),
+                ),
+            ],
+            _ => vec![],
+        };
+        let (config, routes) = check(&path, &vars).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!routes.is_empty(), "{name}");
+        assert_eq!(config.warnings(), Vec::<String>::new(), "{name}");
+        assert_eq!(mapping::warnings(&routes), Vec::<String>::new(), "{name}");
+        assert!(mapping::describe(&routes).contains("route[1]"), "{name}");
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["bridge.toml", "quickstart.toml", "salesforce.toml"]);
+}
+
+#[test]
+fn the_reference_config_sets_every_key_to_its_default() {
+    let scratch = Scratch::new();
+    let minimal = scratch.file("minimal.toml", MINIMAL);
+    let minimal = load_with_env(&minimal, []).unwrap();
+    let full = load_with_env(&repo_file("config/bridge.toml"), []).unwrap();
+    assert_eq!(full.bayeux, minimal.bayeux);
+    assert_eq!(full.mqtt, minimal.mqtt);
+    assert_eq!(full.bridge, minimal.bridge);
+    assert_eq!(full.log, minimal.log);
+    assert_eq!(full.route[0], minimal.route[0]);
+}
+
+/// Every key there is, as written in the file.
+const ALL_KEYS: &[&str] = &[
+    "bayeux.url",
+    "bayeux.headers",
+    "bayeux.token_file",
+    "bayeux.max_network_delay_secs",
+    "bayeux.max_response_bytes",
+    "bayeux.backoff_increment_ms",
+    "bayeux.backoff_max_ms",
+    "mqtt.host",
+    "mqtt.port",
+    "mqtt.client_id",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.password_file",
+    "mqtt.protocol",
+    "mqtt.keep_alive_secs",
+    "mqtt.clean_start",
+    "mqtt.session_expiry_secs",
+    "mqtt.max_packet_size",
+    "mqtt.inflight",
+    "mqtt.connect_timeout_secs",
+    "mqtt.backoff_increment_ms",
+    "mqtt.backoff_max_ms",
+    "mqtt.status_topic",
+    "mqtt.tls.ca_file",
+    "mqtt.tls.cert_file",
+    "mqtt.tls.key_file",
+    "bridge.queue_capacity",
+    "bridge.drain_timeout_secs",
+    "bridge.binary_payloads",
+    "log.level",
+    "log.format",
+    "log.file",
+    "route.bayeux",
+    "route.mqtt",
+    "route.direction",
+    "route.qos",
+    "route.retain",
+    "route.payload",
+];
+
+#[test]
+fn every_key_is_in_the_reference_config_and_the_docs() {
+    let example = std::fs::read_to_string(repo_file("config/bridge.toml")).unwrap();
+    let docs = std::fs::read_to_string(repo_file("docs/configuration.md")).unwrap();
+    for key in ALL_KEYS {
+        let name = key.rsplit('.').next().unwrap();
+        assert!(
+            example.contains(&format!("{name} = ")),
+            "config/bridge.toml lacks {key}"
+        );
+        assert!(
+            docs.contains(&format!("`{key}`")),
+            "docs/configuration.md lacks `{key}`"
+        );
+        if !key.starts_with("route.") {
+            assert!(
+                docs.contains(&env_var_for(key)),
+                "docs lack {}",
+                env_var_for(key)
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_key_is_refused_rather_than_ignored() {
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "typo.toml",
+        &MINIMAL.replace("direction = ", "directon = \"both\"\ndirection = "),
+    );
+    let err = check(&path, &[]).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("route[1].directon"));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: route[1].directon: unknown key (known keys here: `bayeux`, `mqtt`, \
+             `direction`, `qos`, `retain`, `payload`)",
+            path.display()
+        )
+    );
+}
+
+/// (file content, environment, expected key, expected reason)
+type BadCase<'a> = (String, Vec<(&'a str, &'a str)>, &'a str, String);
+
+#[test]
+fn bad_files_name_the_file_the_key_and_the_reason() {
+    let scratch = Scratch::new();
+    let ca = scratch.file("ca.pem", "not checked here");
+    let missing = scratch.0.join("missing.pem");
+    let empty = scratch.file("empty-secret", " \n");
+    let ca = ca.display();
+    let missing_text = missing.display();
+    let route = "[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/+\"\ndirection = \"both\"\n";
+    let head = "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n[mqtt]\nhost = \"h\"\n";
+    // (file content, environment, expected key, expected reason)
+    let table: Vec<BadCase> = vec![
+        (
+            format!("{head}hots = \"x\"\n{route}"),
+            vec![],
+            "mqtt.hots",
+            "unknown key (known keys here: `host`, `port`, `client_id`, `username`, `password`, \
+             `password_file`, `protocol`, `keep_alive_secs`, `clean_start`, \
+             `session_expiry_secs`, `max_packet_size`, `inflight`, `connect_timeout_secs`, \
+             `backoff_increment_ms`, `backoff_max_ms`, `status_topic`, `tls`)"
+                .into(),
+        ),
+        (
+            format!("{head}{route}[loging]\nlevel = \"info\"\n"),
+            vec![],
+            "loging",
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `route`)".into(),
+        ),
+        (
+            format!("{head}port = \"abc\"\n{route}"),
+            vec![],
+            "mqtt.port",
+            "expected an integer, found string \"abc\"".into(),
+        ),
+        (
+            format!("{head}port = 70000\n{route}"),
+            vec![],
+            "mqtt.port",
+            "expected an unsigned 16 bit integer, found 64-bit unsigned integer `70000`".into(),
+        ),
+        (
+            format!("{head}port = 0\n{route}"),
+            vec![],
+            "mqtt.port",
+            "must be at least 1, found 0".into(),
+        ),
+        (
+            format!("{head}protocol = \"4\"\n{route}"),
+            vec![],
+            "mqtt.protocol",
+            "expected one of \"5\", \"3.1.1\", found \"4\"".into(),
+        ),
+        (
+            format!("[mqtt]\nhost = \"h\"\n{route}"),
+            vec![],
+            "bayeux",
+            "required section [bayeux] is missing".into(),
+        ),
+        (
+            format!("[bayeux]\n[mqtt]\nhost = \"h\"\n{route}"),
+            vec![],
+            "bayeux.url",
+            "required key is missing".into(),
+        ),
+        (
+            format!("[bayeux]\nurl = \"ws://x/cometd\"\n[mqtt]\nhost = \"h\"\n{route}"),
+            vec![],
+            "bayeux.url",
+            "must be an http:// or https:// URL, found ws://".into(),
+        ),
+        (
+            format!("[bayeux]\nurl = \"http://x/c\"\n[mqtt]\nhost = \"mqtt://broker\"\n{route}"),
+            vec![],
+            "mqtt.host",
+            "must be a host name or IP address, not a URL (set mqtt.port and [mqtt.tls] apart)"
+                .into(),
+        ),
+        (
+            head.to_owned(),
+            vec![],
+            "route",
+            "at least one [[route]] is required; the bridge would forward nothing".into(),
+        ),
+        (
+            format!("{head}{route}{route}qos = 3\n"),
+            vec![],
+            "route[2].qos",
+            "must be 0, 1 or 2, found 3".into(),
+        ),
+        (
+            format!("{head}{route}[[route]]\nbayeux = \"/b\"\nmqtt = \"b\"\ndirection = \"up\"\n"),
+            vec![],
+            "route[2].direction",
+            "expected one of \"bayeux_to_mqtt\", \"mqtt_to_bayeux\", \"both\", found \"up\"".into(),
+        ),
+        (
+            format!("{head}{route}[[route]]\nbayeux = \"/b\"\nmqtt = \"b\"\n"),
+            vec![],
+            "route[2].direction",
+            "required key is missing".into(),
+        ),
+        (
+            format!(
+                "{head}{route}[[route]]\nbayeux = \"/b/*\"\nmqtt = \"b/#\"\ndirection = \"both\"\n"
+            ),
+            vec![],
+            "route[2].mqtt",
+            "/b/* ends in `*` (exactly one segment), which corresponds to `+`, not `#`".into(),
+        ),
+        (
+            format!(
+                "{head}{route}[[route]]\nbayeux = \"/meta/**\"\nmqtt = \"m/#\"\ndirection = \"bayeux_to_mqtt\"\n"
+            ),
+            vec![],
+            "route[2].bayeux",
+            "/meta/** is a /meta/ channel: those belong to the Bayeux protocol itself".into(),
+        ),
+        (
+            format!("{head}password = \"pw\"\npassword_file = \"secret\"\n{route}"),
+            vec![],
+            "mqtt.password_file",
+            "set either mqtt.password or mqtt.password_file, not both".into(),
+        ),
+        (
+            format!("{head}password_file = \"{}\"\n{route}", empty.display()),
+            vec![],
+            "mqtt.password_file",
+            format!("{} is empty", empty.display()),
+        ),
+        (
+            format!("{head}password_file = \"missing.pem\"\n{route}"),
+            vec![],
+            "mqtt.password_file",
+            format!("cannot read {missing_text}: No such file or directory (os error 2)"),
+        ),
+        (
+            format!("{head}protocol = \"3.1.1\"\npassword = \"pw\"\n{route}"),
+            vec![],
+            "mqtt.username",
+            "is required with a password when mqtt.protocol = \"3.1.1\"".into(),
+        ),
+        (
+            format!("{head}[mqtt.tls]\ncert_file = \"{ca}\"\n{route}"),
+            vec![],
+            "mqtt.tls.key_file",
+            "cert_file and key_file must be set together".into(),
+        ),
+        (
+            format!("{head}[mqtt.tls]\nca_file = \"missing.pem\"\n{route}"),
+            vec![],
+            "mqtt.tls.ca_file",
+            format!("cannot read {missing_text}: No such file or directory (os error 2)"),
+        ),
+        (
+            format!(
+                "[bayeux]\nurl = \"http://x/c\"\ntoken_file = \"{ca}\"\nheaders = {{ authorization = \"Basic x\" }}\n[mqtt]\nhost = \"h\"\n{route}"
+            ),
+            vec![],
+            "bayeux.token_file",
+            "set either bayeux.headers.authorization or bayeux.token_file, not both".into(),
+        ),
+        (
+            format!(
+                "[bayeux]\nurl = \"http://x/c\"\nheaders = {{ \"X Key\" = \"v\" }}\n[mqtt]\nhost = \"h\"\n{route}"
+            ),
+            vec![],
+            "bayeux.headers.X Key",
+            "is not a valid HTTP header name".into(),
+        ),
+        (
+            format!("{head}client_id = \"a+b\"\n{route}"),
+            vec![],
+            "mqtt.status_topic",
+            "\"bayeux-mqtt-bridge/a+b/status\" is not a topic name: it holds a wildcard \
+             (derived from mqtt.client_id: set mqtt.status_topic)"
+                .into(),
+        ),
+        (
+            format!("{head}status_topic = \"\"\n{route}"),
+            vec![],
+            "mqtt.status_topic",
+            "must not be empty (leave the key out for the default)".into(),
+        ),
+        (
+            format!("{head}keep_alive_secs = 0\n{route}"),
+            vec![],
+            "mqtt.keep_alive_secs",
+            "must be at least 1, found 0".into(),
+        ),
+        (
+            format!("{head}{route}[bridge]\ndrain_timeout_secs = 0\n"),
+            vec![],
+            "bridge.drain_timeout_secs",
+            "must be at least 1, found 0".into(),
+        ),
+        (
+            format!("{head}{route}[log]\nlevel = \"verbose\"\n"),
+            vec![],
+            "log.level",
+            "expected a level (trace, debug, info, warn, error, off) or directives like \
+             \"info,bayeux_mqtt_bridge=debug\", found \"verbose\""
+                .into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__MQTT__PORT", "eighty")],
+            "mqtt.port",
+            "expected an integer, found string \"eighty\" (set by environment variable \
+             BAYEUX_MQTT_BRIDGE__MQTT__PORT)"
+                .into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__MQTT__INFLIGHT", "0")],
+            "mqtt.inflight",
+            "must be at least 1, found 0 (set by environment variable \
+             BAYEUX_MQTT_BRIDGE__MQTT__INFLIGHT)"
+                .into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__ROUTE__0__QOS", "2")],
+            "route",
+            "routes cannot be set from the environment (BAYEUX_MQTT_BRIDGE__ROUTE__0__QOS); \
+             write them as [[route]] tables in the file"
+                .into(),
+        ),
+    ];
+    for (i, (content, vars, key, reason)) in table.into_iter().enumerate() {
+        let path = scratch.file(&format!("bad-{i}.toml"), &content);
+        let err = match check(&path, &vars) {
+            Ok(_) => panic!("case {i} loaded:\n{content}"),
+            Err(err) => err,
+        };
+        assert_eq!(err.file, path, "case {i}");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: {key}: {reason}", path.display()),
+            "case {i}:\n{content}"
+        );
+    }
+}
+
+#[test]
+fn toml_syntax_errors_give_the_position_but_not_the_line() {
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "syntax.toml",
+        "[bayeux]\nurl = \"http://x/c\"\n[mqtt]\nhost = \"h\"\npassword = \"s3cret\n",
+    );
+    let err = load_with_env(&path, []).unwrap_err();
+    assert_eq!(err.key, None);
+    assert!(
+        err.reason
+            .starts_with("TOML parse error at line 5, column 19"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_reported_with_its_path() {
+    let err = load_with_env(Path::new("/nonexistent/bridge.toml"), []).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/bridge.toml: cannot read the file: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn environment_variables_override_keys() {
+    let scratch = Scratch::new();
+    let ca = scratch.file("ca.pem", "x");
+    let path = scratch.file(
+        "env.toml",
+        &MINIMAL.replace(
+            "[mqtt]",
+            "headers = { \"X-Api-Key\" = \"from-file\", \"X-Other\" = \"o\" }\n\n[mqtt]",
+        ),
+    );
+    let config = load_with_env(
+        &path,
+        env(&[
+            ("BAYEUX_MQTT_BRIDGE__MQTT__HOST", "broker.internal"),
+            ("BAYEUX_MQTT_BRIDGE__MQTT__PORT", "8883"),
+            ("bayeux_mqtt_bridge__mqtt__clean_start", "true"),
+            ("BAYEUX_MQTT_BRIDGE__MQTT__PROTOCOL", "3.1.1"),
+            (
+                "BAYEUX_MQTT_BRIDGE__MQTT__TLS__CA_FILE",
+                ca.to_str().unwrap(),
+            ),
+            (
+                "BAYEUX_MQTT_BRIDGE__BAYEUX__URL",
+                "https://cometd.example/cometd",
+            ),
+            ("BAYEUX_MQTT_BRIDGE__BAYEUX__HEADERS__X_API_KEY", "from-env"),
+            ("BAYEUX_MQTT_BRIDGE__LOG__FORMAT", "json"),
+            // Empty variables are ignored (compose files pass unset ones as empty).
+            ("BAYEUX_MQTT_BRIDGE__LOG__LEVEL", ""),
+            // Not ours: a single underscore after the prefix.
+            ("BAYEUX_MQTT_BRIDGE_MQTT__PORT", "1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.mqtt.host, "broker.internal");
+    assert_eq!(config.mqtt.port, 8883);
+    assert!(config.mqtt.clean_start);
+    assert_eq!(config.mqtt.protocol, MqttProtocol::V311);
+    assert_eq!(
+        config.mqtt.tls.unwrap().ca_file.as_deref(),
+        Some(ca.as_path())
+    );
+    assert_eq!(config.bayeux.url.as_str(), "https://cometd.example/cometd");
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.level, "info");
+    // The variable's header replaces the file's spelling of the same header.
+    let headers: Vec<(String, String)> = config.bayeux.header_pairs();
+    assert_eq!(
+        headers,
+        [
+            ("X-Other".to_owned(), "o".to_owned()),
+            ("x-api-key".to_owned(), "from-env".to_owned())
+        ]
+    );
+    assert_eq!(config.route[0].direction, Direction::BayeuxToMqtt);
+}
+
+#[test]
+fn the_quickstart_config_takes_its_ports_from_the_environment() {
+    let config = load_with_env(
+        &repo_file("config/quickstart.toml"),
+        env(&[
+            (
+                "BAYEUX_MQTT_BRIDGE__BAYEUX__URL",
+                "http://127.0.0.1:41234/cometd",
+            ),
+            ("BAYEUX_MQTT_BRIDGE__MQTT__PORT", "41235"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.bayeux.url.port(), Some(41234));
+    assert_eq!(config.mqtt.port, 41235);
+    assert_eq!(
+        config.mqtt.status_topic,
+        "bayeux-mqtt-bridge/bayeux-mqtt-bridge-quickstart/status"
+    );
+}
+
+#[test]
+fn secret_files_become_the_password_and_a_bearer_header() {
+    let scratch = Scratch::new();
+    scratch.file("token", "  tok-123\n");
+    scratch.file("mqtt-password", "pw-456\n");
+    // Relative paths are relative to the config file's directory.
+    let path = scratch.file(
+        "secrets.toml",
+        &MINIMAL
+            .replace("[mqtt]", "token_file = \"token\"\n\n[mqtt]")
+            .replace(
+                "host = \"127.0.0.1\"",
+                "host = \"127.0.0.1\"\nusername = \"u\"\npassword_file = \"mqtt-password\"",
+            ),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert_eq!(config.mqtt.password.as_ref().unwrap().expose(), "pw-456");
+    assert_eq!(
+        config.bayeux.header_pairs(),
+        [("Authorization".to_owned(), "Bearer tok-123".to_owned())]
+    );
+    assert_eq!(config.bayeux.token_file, Some(scratch.0.join("token")));
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let scratch = Scratch::new();
+    scratch.file("token", "tok-secret-1\n");
+    let path = scratch.file(
+        "secrets.toml",
+        &MINIMAL
+            .replace(
+                "url = \"http://127.0.0.1:8080/cometd\"",
+                "url = \"https://user:url-secret-2@x.example/cometd?key=url-secret-3\"\n\
+                 token_file = \"token\"\nheaders = { \"X-Api-Key\" = \"hdr-secret-4\" }",
+            )
+            .replace(
+                "host = \"127.0.0.1\"",
+                "host = \"h\"\npassword = \"pw-secret-5\"",
+            ),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    let debug = format!("{config:?} {config:#?}");
+    for secret in [
+        "tok-secret-1",
+        "url-secret-2",
+        "url-secret-3",
+        "hdr-secret-4",
+        "pw-secret-5",
+    ] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(debug.contains("<redacted>"));
+}
+
+#[test]
+fn load_reads_the_process_environment() {
+    let path = repo_file("config/quickstart.toml");
+    // SAFETY (edition 2024 makes set_var unsafe): every environment access in this test
+    // binary goes through std, which serialises it; only this test calls `load`.
+    unsafe { std::env::set_var("BAYEUX_MQTT_BRIDGE__BRIDGE__QUEUE_CAPACITY", "7") };
+    let config = load(&path);
+    unsafe { std::env::remove_var("BAYEUX_MQTT_BRIDGE__BRIDGE__QUEUE_CAPACITY") };
+    assert_eq!(config.unwrap().bridge.queue_capacity, 7);
+}

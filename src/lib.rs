@@ -12,6 +12,8 @@
 //! - [`bridge`]: the daemon joining both sides; `bridge::mapping` (routes: channel ↔ topic
 //!   rewriting) and `bridge::payload` (message body conversion) are pure.
 //! - [`cli`]: the `sub` and `pub` operator tools.
+//! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
+//!   nothing of Bayeux or the bridge.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
 //!
@@ -22,5 +24,6 @@ pub mod bayeux;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod mqtt;
 pub mod shutdown;
 pub mod telemetry;

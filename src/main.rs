@@ -1,46 +1,141 @@
-//! `bayeux-mqtt-bridge`: command line, logging, run. No logic lives here.
+//! `bayeux-mqtt-bridge`: command line, config, logging, signals, run. No logic lives here.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bayeux_mqtt_bridge::{cli, telemetry};
-use clap::{Parser, Subcommand};
+use bayeux_mqtt_bridge::{bridge, cli, config, shutdown, telemetry};
+use clap::{Args, Parser, Subcommand};
 
 /// Bridge Bayeux (CometD) channels and MQTT topics.
 #[derive(Debug, Parser)]
-#[command(name = "bayeux-mqtt-bridge", version, about)]
+#[command(
+    name = "bayeux-mqtt-bridge",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Run the bridge daemon with this config file (same as `run --config FILE`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// More log output on stderr (-v debug, -vv trace). RUST_LOG wins when set.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The bridge's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the bridge daemon.
+    Run(ConfigArg),
+    /// Load and validate a config file, print the compiled routes, and exit.
+    Check(ConfigArg),
     /// Subscribe to Bayeux channels and print each message as a JSON line on stdout.
     Sub(cli::SubArgs),
     /// Publish one message and exit 0 if the server accepted it.
     Pub(cli::PubArgs),
 }
 
+/// Exit code for a config file that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let command = match (cli.command, cli.config) {
+        (Some(command), _) => command,
+        (None, Some(config)) => Command::Run(ConfigArg { config }),
+        (None, None) => {
+            eprintln!(
+                "error: nothing to do: give --config FILE to run the bridge, or a command (see --help)"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match command {
+        Command::Check(args) => check(&args.config),
+        Command::Run(args) => run(&args.config, cli.verbose),
+        Command::Sub(args) => {
+            telemetry::init(cli.verbose);
+            block_on(cli::sub(args))
+        }
+        Command::Pub(args) => {
+            telemetry::init(cli.verbose);
+            block_on(cli::publish(args))
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path)
+        .and_then(|config| bridge::describe(&config).map_err(|e| e.in_file(path)))
+    {
+        Ok(description) => {
+            print!("{description}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let level = if verbose > 0 {
+        telemetry::level_for(verbose).to_owned()
+    } else {
+        config.log.level.clone()
+    };
+    let format = match config.log.format {
+        config::LogFormat::Text => telemetry::LogFormat::Text,
+        config::LogFormat::Json => telemetry::LogFormat::Json,
+    };
+    if let Err(e) = telemetry::init_daemon(&level, format, config.log.file.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "Config warning.");
+    }
+    block_on(async move {
+        match bridge::run(config, shutdown::signal()).await {
+            Ok(_) => {
+                tracing::info!("Bridge stopped.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Bridge failed.");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(runtime) => runtime.block_on(future),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(async {
-        match cli.command {
-            Command::Sub(args) => cli::sub(args).await,
-            Command::Pub(args) => cli::publish(args).await,
-        }
-    })
+    }
 }

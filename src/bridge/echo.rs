@@ -27,7 +27,11 @@ pub struct EchoFilter {
 impl EchoFilter {
     /// A filter whose records expire after `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        EchoFilter { ttl, pending: HashMap::new(), order: VecDeque::new() }
+        EchoFilter {
+            ttl,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Records that the bridge published `payload` on `name`.
@@ -101,7 +105,10 @@ mod tests {
         let mut f = EchoFilter::new(TTL);
         f.record("/a", b"1", now);
         assert!(f.take("/a", b"1", now));
-        assert!(!f.take("/a", b"1", now), "a second identical message is not an echo");
+        assert!(
+            !f.take("/a", b"1", now),
+            "a second identical message is not an echo"
+        );
     }
 
     #[test]

@@ -1,7 +1,365 @@
-//! The bridge daemon: joins the Bayeux client and the MQTT client according to the routes.
+//! The bridge: the only part of the daemon that sees both sides.
 //!
-//! [`mapping`] compiles the `[[route]]` tables and rewrites names; [`payload`] converts
-//! message bodies. Both are pure.
+//! [`run`] turns a loaded [`Config`] into a running bridge: it compiles the routes
+//! ([`mapping`]), starts the Bayeux client and the MQTT client, and runs one pipeline per
+//! direction ([`b2m`]: Bayeux → MQTT, [`m2b`]: MQTT → Bayeux) until the shutdown future
+//! resolves; then it drains (stops taking messages, waits for those in flight up to
+//! `bridge.drain_timeout_secs`), publishes the retained `offline` status, sends
+//! `/meta/disconnect` and disconnects from the broker.
+//!
+//! Delivery guarantees: each direction has `bridge.queue_capacity` permits; a message holds
+//! one from the moment it is taken from its source until its destination acknowledged it, so
+//! when a side is down messages wait (bounded) and then the bridge stops taking more
+//! (back-pressure) instead of dropping. Every drop is logged with its reason and counted.
 
+pub mod echo;
 pub mod mapping;
 pub mod payload;
+pub mod readiness;
+pub mod stats;
+
+mod b2m;
+mod m2b;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::backoff::BackoffOptions;
+use crate::bayeux::{self, Client, ClientOptions, Event};
+use crate::config::{BinaryPolicy, Config, MqttProtocol};
+use crate::mqtt::{self, MqttHandle, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
+use echo::EchoFilter;
+use mapping::Route;
+use readiness::Readiness;
+use stats::{Direction, Stats};
+
+/// How long an own publish is remembered for echo suppression.
+const ECHO_TTL: Duration = Duration::from_secs(60);
+
+/// Why the bridge could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The routes do not compile.
+    #[error("{0}")]
+    Mapping(String),
+    /// The Bayeux client could not start.
+    #[error("Bayeux client: {0}")]
+    Bayeux(#[from] bayeux::ClientError),
+    /// The MQTT client could not start.
+    #[error("MQTT client: {0}")]
+    Mqtt(#[from] mqtt::MqttError),
+    /// The Bayeux server ended the session for good.
+    #[error("the Bayeux client stopped: {0}")]
+    BayeuxStopped(String),
+}
+
+/// State both pipelines share.
+pub(crate) struct Shared {
+    pub(crate) routes: Vec<Route>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) binary_payloads: BinaryPolicy,
+    pub(crate) status_topic: String,
+    /// Own publishes to Bayeux, which the server echoes back to our subscriptions.
+    bayeux_echoes: Mutex<EchoFilter>,
+    /// Own publishes to MQTT, on 3.1.1 only (MQTT 5 subscriptions use No Local).
+    mqtt_echoes: Option<Mutex<EchoFilter>>,
+}
+
+impl Shared {
+    pub(crate) fn bayeux_echoes(&self) -> MutexGuard<'_, EchoFilter> {
+        self.bayeux_echoes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mqtt_echoes(&self) -> Option<MutexGuard<'_, EchoFilter>> {
+        self.mqtt_echoes
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Logs and counts a message that will not be forwarded.
+    pub(crate) fn drop_message(
+        &self,
+        direction: Direction,
+        reason: &'static str,
+        route: usize,
+        name: &str,
+        detail: &str,
+    ) {
+        self.stats.of(direction).dropped(reason);
+        warn!(%direction, reason, route, name, detail, "Message dropped.");
+    }
+}
+
+/// The Bayeux client options the config asks for.
+pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
+    let b = &config.bayeux;
+    let mut options = ClientOptions::new(b.url.clone());
+    options.headers = b.header_pairs();
+    options.max_network_delay = b.max_network_delay();
+    options.max_response_bytes = b.max_response_bytes;
+    options.backoff = BackoffOptions {
+        increment: b.backoff_increment(),
+        max: b.backoff_max(),
+        ..BackoffOptions::default()
+    };
+    options.max_queued = queued;
+    options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
+    options
+}
+
+/// The MQTT client options the config asks for, with the `offline` status as the will.
+pub fn mqtt_options(config: &Config) -> MqttOptions {
+    let m = &config.mqtt;
+    let mut options = MqttOptions::new(m.host.clone(), m.port, m.client_id.clone());
+    options.username = m.username.clone();
+    options.password = m.password.as_ref().map(|p| p.expose().to_owned());
+    options.protocol = match m.protocol {
+        MqttProtocol::V5 => mqtt::Protocol::V5,
+        MqttProtocol::V311 => mqtt::Protocol::V311,
+    };
+    options.keep_alive = m.keep_alive();
+    options.clean_start = m.clean_start;
+    options.session_expiry = m.session_expiry();
+    options.max_packet_size = m.max_packet_size as usize;
+    options.inflight = m.inflight;
+    options.connect_timeout = m.connect_timeout();
+    options.backoff = BackoffOptions {
+        increment: m.backoff_increment(),
+        max: m.backoff_max(),
+        ..BackoffOptions::default()
+    };
+    options.tls = m.tls.as_ref().map(|t| TlsFiles {
+        ca_file: t.ca_file.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+    });
+    options.last_will = Some(Will {
+        topic: m.status_topic.clone(),
+        payload: b"offline".to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    });
+    options
+}
+
+/// The MQTT QoS of a route's 0–2 number (validated when the routes compiled).
+pub(crate) fn qos_of(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// What `bayeux-mqtt-bridge check` prints: the compiled routes, what the bridge subscribes to
+/// on each side, and warnings.
+pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
+    let routes = mapping::compile(&config.route)?;
+    let mut text = mapping::describe(&routes);
+    let warnings: Vec<String> = config
+        .warnings()
+        .into_iter()
+        .chain(mapping::warnings(&routes))
+        .collect();
+    for warning in warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    Ok(text)
+}
+
+/// Runs the bridge until `shutdown` resolves, then drains and disconnects.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Arc<Stats>, BridgeError> {
+    let routes =
+        mapping::compile(&config.route).map_err(|e| BridgeError::Mapping(e.to_string()))?;
+    for warning in mapping::warnings(&routes) {
+        warn!(%warning, "Route warning.");
+    }
+    let capacity = config.bridge.queue_capacity.max(1);
+    let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
+    let bayeux_channels: Vec<String> = routes
+        .iter()
+        .filter(|r| r.subscribes_bayeux())
+        .map(|r| r.bayeux.to_string())
+        .collect();
+    let mqtt_filters: Vec<String> = mapping::mqtt_subscriptions(&routes)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    let readiness = Arc::new(Readiness::new(
+        bayeux_channels.clone(),
+        mqtt_filters.clone(),
+    ));
+    let stats = Arc::new(Stats::default());
+    let v311 = config.mqtt.protocol == MqttProtocol::V311;
+    let shared = Arc::new(Shared {
+        routes,
+        stats: Arc::clone(&stats),
+        readiness: Arc::clone(&readiness),
+        binary_payloads: config.bridge.binary_payloads,
+        status_topic: config.mqtt.status_topic.clone(),
+        bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
+        mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
+    });
+
+    // No Local on every subscription: the bridge never wants its own publishes back.
+    let subscriptions: Vec<SubscriptionSpec> = mapping::mqtt_subscriptions(&shared.routes)
+        .into_iter()
+        .map(|(filter, qos)| SubscriptionSpec {
+            filter,
+            qos: qos_of(qos),
+            no_local: true,
+        })
+        .collect();
+    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), subscriptions)?;
+    let (bayeux, bayeux_events) = Client::new(bayeux_options(&config, capacity * m2b_routes))?;
+    let mut route_subscriptions = Vec::new();
+    for (index, route) in shared
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.subscribes_bayeux())
+    {
+        route_subscriptions.push((index, bayeux.subscribe(route.bayeux.as_str()).await?));
+    }
+    info!(routes = shared.routes.len(), bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let b2m_permits = Arc::new(Semaphore::new(capacity));
+    let m2b_permits = Arc::new(Semaphore::new(capacity));
+    let b2m = tokio::spawn(
+        b2m::run(
+            Arc::clone(&shared),
+            mqtt.clone(),
+            route_subscriptions,
+            Arc::clone(&b2m_permits),
+            stop_rx.clone(),
+        )
+        .instrument(info_span!("bayeux_to_mqtt")),
+    );
+    let m2b = tokio::spawn(
+        m2b::run(
+            Arc::clone(&shared),
+            bayeux.clone(),
+            mqtt.clone(),
+            mqtt_events,
+            Arc::clone(&m2b_permits),
+            stop_rx.clone(),
+        )
+        .instrument(info_span!("mqtt_to_bayeux")),
+    );
+    let watcher = watch_bayeux(bayeux_events, Arc::clone(&readiness));
+
+    let outcome = tokio::select! {
+        () = shutdown => { info!("Shutdown requested; draining."); Ok(()) }
+        stopped = watcher => Err(BridgeError::BayeuxStopped(stopped)),
+    };
+    let deadline = Instant::now() + config.bridge.drain_timeout();
+    let _ = stop_tx.send(true);
+    // The loops stop at once unless a hand-over to a side that is down blocks them.
+    let (b2m_abort, m2b_abort) = (b2m.abort_handle(), m2b.abort_handle());
+    let stopping = async {
+        let _ = tokio::join!(b2m, m2b);
+    };
+    if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stopping)
+        .await
+        .is_err()
+    {
+        b2m_abort.abort();
+        m2b_abort.abort();
+    }
+    drain(&stats, &b2m_permits, &m2b_permits, capacity, deadline).await;
+    finish(&shared, &bayeux, &mqtt, deadline).await;
+    log_summary(&stats);
+    outcome.map(|()| stats)
+}
+
+/// Follows the Bayeux client's events for readiness; resolves with the reason if the client
+/// stops for good.
+async fn watch_bayeux(mut events: bayeux::Events, readiness: Arc<Readiness>) -> String {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Handshaken { .. } => readiness.bayeux_new_session(),
+            Event::Connected => readiness.bayeux_connected(true),
+            Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
+                readiness.bayeux_connected(false)
+            }
+            Event::SubscriptionConfirmed { subscription } => {
+                readiness.bayeux_confirmed(&subscription)
+            }
+            Event::Stopped { reason } => return reason.to_string(),
+            _ => {}
+        }
+    }
+    "the Bayeux client ended".to_owned()
+}
+
+/// Waits until every permit is back (nothing in flight) or the deadline, keeping a second
+/// for the goodbyes.
+async fn drain(
+    stats: &Stats,
+    b2m: &Arc<Semaphore>,
+    m2b: &Arc<Semaphore>,
+    capacity: usize,
+    deadline: Instant,
+) {
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(Duration::from_secs(1));
+    let n = u32::try_from(capacity).unwrap_or(u32::MAX);
+    let all_back = async {
+        let _ = tokio::join!(b2m.acquire_many(n), m2b.acquire_many(n));
+    };
+    if tokio::time::timeout(budget, all_back).await.is_err() {
+        let lost = capacity - b2m.available_permits();
+        let unacked = capacity - m2b.available_permits();
+        for _ in 0..lost {
+            stats.of(Direction::BayeuxToMqtt).dropped("shutdown");
+        }
+        error!(
+            bayeux_to_mqtt_in_flight = lost,
+            mqtt_to_bayeux_unacknowledged = unacked,
+            "Drain deadline reached; Bayeux messages not yet acknowledged by the broker are lost, MQTT messages not yet acknowledged will be redelivered by the broker."
+        );
+    }
+}
+
+/// Says goodbye on both sides within what is left of the deadline.
+async fn finish(shared: &Shared, bayeux: &Client, mqtt: &MqttHandle, deadline: Instant) {
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200))
+    };
+    let offline = mqtt.publish(
+        &shared.status_topic,
+        "offline".into(),
+        QoS::AtLeastOnce,
+        true,
+    );
+    if tokio::time::timeout(left() / 2, offline).await.is_err() {
+        warn!("Could not publish the offline status in time.");
+    }
+    if tokio::time::timeout(left() / 2, bayeux.disconnect())
+        .await
+        .is_err()
+    {
+        warn!("The Bayeux server did not answer /meta/disconnect in time.");
+    }
+    mqtt.disconnect(left()).await;
+}
+
+fn log_summary(stats: &Stats) {
+    for direction in [Direction::BayeuxToMqtt, Direction::MqttToBayeux] {
+        let s = stats.of(direction);
+        info!(%direction, received = stats::read(&s.received), forwarded = stats::read(&s.forwarded),
+            echoes = stats::read(&s.echoes), dropped = ?s.drops(), "Totals.");
+    }
+}

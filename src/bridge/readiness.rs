@@ -28,7 +28,10 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness for a bridge that subscribes to `bayeux` channels and `mqtt` filters.
-    pub fn new(bayeux: impl IntoIterator<Item = String>, mqtt: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        bayeux: impl IntoIterator<Item = String>,
+        mqtt: impl IntoIterator<Item = String>,
+    ) -> Self {
         Readiness {
             bayeux_wanted: bayeux.into_iter().collect(),
             mqtt_wanted: mqtt.into_iter().collect(),
@@ -112,21 +115,35 @@ impl Readiness {
         if !s.mqtt_connected {
             reasons.push("MQTT broker not connected".to_owned());
         }
-        let missing: Vec<&str> =
-            self.bayeux_wanted.difference(&s.bayeux_confirmed).map(String::as_str).collect();
+        let missing: Vec<&str> = self
+            .bayeux_wanted
+            .difference(&s.bayeux_confirmed)
+            .map(String::as_str)
+            .collect();
         if !missing.is_empty() {
-            reasons.push(format!("Bayeux subscriptions not confirmed: {}", missing.join(", ")));
+            reasons.push(format!(
+                "Bayeux subscriptions not confirmed: {}",
+                missing.join(", ")
+            ));
         }
-        let missing: Vec<&str> =
-            self.mqtt_wanted.difference(&s.mqtt_subscribed).map(String::as_str).collect();
+        let missing: Vec<&str> = self
+            .mqtt_wanted
+            .difference(&s.mqtt_subscribed)
+            .map(String::as_str)
+            .collect();
         if !missing.is_empty() {
-            reasons.push(format!("MQTT subscriptions not confirmed: {}", missing.join(", ")));
+            reasons.push(format!(
+                "MQTT subscriptions not confirmed: {}",
+                missing.join(", ")
+            ));
         }
         reasons
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -146,12 +163,18 @@ mod tests {
         r.mqtt_subscribed("t/#");
         assert!(r.is_ready());
         r.bayeux_new_session();
-        assert!(!r.is_ready(), "a new Bayeux session must confirm its subscriptions again");
+        assert!(
+            !r.is_ready(),
+            "a new Bayeux session must confirm its subscriptions again"
+        );
         r.bayeux_confirmed("/a");
         assert!(r.is_ready());
         r.mqtt_disconnected();
         assert!(!r.is_ready());
         r.mqtt_connected(true);
-        assert!(r.is_ready(), "a present session keeps the broker-side subscriptions");
+        assert!(
+            r.is_ready(),
+            "a present session keeps the broker-side subscriptions"
+        );
     }
 }

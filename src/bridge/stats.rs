@@ -47,13 +47,19 @@ pub struct DirectionStats {
 impl DirectionStats {
     /// Counts a drop for `reason` (a short snake_case word).
     pub fn dropped(&self, reason: &'static str) {
-        let mut dropped = self.dropped.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut dropped = self
+            .dropped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *dropped.entry(reason).or_default() += 1;
     }
 
     /// Drops so far, by reason.
     pub fn drops(&self) -> BTreeMap<&'static str, u64> {
-        self.dropped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.dropped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// All drops so far.

@@ -3,4 +3,5 @@
 
 pub mod bayeux_client;
 pub mod fake_server;
+pub mod mosquitto;
 pub mod peers;

@@ -1,0 +1,243 @@
+//! MQTT → Bayeux: messages from the broker become Bayeux publishes; each is acknowledged to
+//! the broker only after the Bayeux server answered `successful: true` (at-least-once).
+//!
+//! Acks are released in receive order by the MQTT client. A publish whose request failed is
+//! retried with backoff until the server answers (a duplicate is possible if the first try
+//! reached the server); one the server refuses for good is dropped, counted and acknowledged
+//! so it does not block the messages behind it. At shutdown, unanswered messages are left
+//! unacknowledged for the broker to deliver again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::{debug, info, trace, warn};
+
+use super::Shared;
+use super::payload::mqtt_to_bayeux_data;
+use super::stats::{Direction, bump};
+use crate::backoff::{Backoff, BackoffOptions};
+use crate::bayeux::{Client, PublishError, Verdict};
+use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
+
+/// Runs until `stop` turns true or the MQTT client has ended.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    bayeux: Client,
+    mqtt: MqttHandle,
+    mut events: mpsc::Receiver<MqttEvent>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let event = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            event = events.recv() => event,
+        };
+        match event {
+            None => break,
+            Some(MqttEvent::Message(message)) => {
+                forward(&shared, &bayeux, &mqtt, message, permit, stop.clone()).await
+            }
+            Some(MqttEvent::Connected { session_present }) => {
+                shared.readiness.mqtt_connected(session_present);
+                announce_online(&shared, &mqtt);
+            }
+            Some(MqttEvent::Disconnected { .. }) => shared.readiness.mqtt_disconnected(),
+            Some(MqttEvent::Subscribed { filter }) => shared.readiness.mqtt_subscribed(&filter),
+            Some(MqttEvent::Dropped { topic, reason }) => {
+                shared.drop_message(Direction::MqttToBayeux, "receiver_full", 0, &topic, &reason)
+            }
+            Some(_) => {}
+        }
+    }
+    debug!("MQTT → Bayeux pipeline stopped taking messages.");
+}
+
+/// Publishes the retained `online` status (the will says `offline`).
+fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
+    let mqtt = mqtt.clone();
+    let topic = shared.status_topic.clone();
+    tokio::spawn(async move {
+        match mqtt
+            .publish(&topic, "online".into(), QoS::AtLeastOnce, true)
+            .await
+        {
+            Ok(()) => info!(%topic, "Status online."),
+            Err(e) => warn!(%topic, error = %e, "Could not publish the online status."),
+        }
+    });
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    bayeux: &Client,
+    mqtt: &MqttHandle,
+    message: IncomingMessage,
+    permit: OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+) {
+    let stats = shared.stats.of(Direction::MqttToBayeux);
+    bump(&stats.received);
+    let now = Instant::now();
+    if let Some(mut echoes) = shared.mqtt_echoes() {
+        if echoes.take(&message.topic, &message.payload, now) {
+            bump(&stats.echoes);
+            debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+            mqtt.ack(message.token);
+            return;
+        }
+    }
+    let mut targets: Vec<(usize, String)> = Vec::new();
+    for route in shared
+        .routes
+        .iter()
+        .filter(|r| r.subscribes_mqtt() && r.matches_topic(&message.topic))
+    {
+        match route.topic_to_channel(&message.topic) {
+            Some(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
+                targets.push((route.number(), channel))
+            }
+            Some(_) => {}
+            None => shared.drop_message(
+                Direction::MqttToBayeux,
+                "unmapped",
+                route.number(),
+                &message.topic,
+                "the topic has no Bayeux channel under this route",
+            ),
+        }
+    }
+    if targets.is_empty() {
+        mqtt.ack(message.token);
+        return;
+    }
+    let data = match mqtt_to_bayeux_data(&message.payload, shared.binary_payloads) {
+        Ok(data) => data,
+        Err(e) => {
+            shared.drop_message(
+                Direction::MqttToBayeux,
+                "binary_payload",
+                targets[0].0,
+                &message.topic,
+                &e.to_string(),
+            );
+            mqtt.ack(message.token);
+            return;
+        }
+    };
+    let fingerprint = serde_json::to_vec(&data).unwrap_or_default();
+    trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
+    let mut verdicts = Vec::with_capacity(targets.len());
+    for (route, channel) in targets {
+        shared.bayeux_echoes().record(&channel, &fingerprint, now);
+        match bayeux.publish_queued(&channel, data.clone(), None).await {
+            Ok(verdict) => verdicts.push(Pending {
+                route,
+                channel,
+                verdict,
+            }),
+            Err(PublishError::Closed) => return, // shutting down: the broker keeps the message
+            Err(e) => shared.drop_message(
+                Direction::MqttToBayeux,
+                "invalid_channel",
+                route,
+                &channel,
+                &e.to_string(),
+            ),
+        }
+    }
+    let shared = Arc::clone(shared);
+    let bayeux = bayeux.clone();
+    let mqtt = mqtt.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut all_settled = true;
+        for pending in verdicts {
+            all_settled &=
+                settle(&shared, &bayeux, pending, &data, &fingerprint, stop.clone()).await;
+        }
+        if all_settled {
+            mqtt.ack(message.token);
+        }
+    });
+}
+
+struct Pending {
+    route: usize,
+    channel: String,
+    verdict: Verdict,
+}
+
+/// Waits for the verdict, retrying failed requests; returns whether the message may be
+/// acknowledged (accepted, or refused for good and counted as dropped).
+async fn settle(
+    shared: &Shared,
+    bayeux: &Client,
+    pending: Pending,
+    data: &Value,
+    fingerprint: &[u8],
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let Pending {
+        route,
+        channel,
+        verdict,
+    } = pending;
+    let mut backoff = Backoff::new(BackoffOptions {
+        max: Duration::from_secs(30),
+        ..BackoffOptions::default()
+    });
+    let mut result = verdict.await;
+    loop {
+        match result {
+            Ok(_) => {
+                bump(&shared.stats.of(Direction::MqttToBayeux).forwarded);
+                return true;
+            }
+            Err(PublishError::Refused(error)) => {
+                shared.drop_message(
+                    Direction::MqttToBayeux,
+                    "bayeux_refused",
+                    route,
+                    &channel,
+                    &error.raw,
+                );
+                return true;
+            }
+            Err(PublishError::InvalidChannel(e)) => {
+                shared.drop_message(
+                    Direction::MqttToBayeux,
+                    "invalid_channel",
+                    route,
+                    &channel,
+                    &e.to_string(),
+                );
+                return true;
+            }
+            Err(PublishError::Closed) => return false,
+            Err(e @ (PublishError::Transport(_) | PublishError::QueueFull(_))) => {
+                let wait = backoff.next_delay();
+                warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return false,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                shared
+                    .bayeux_echoes()
+                    .record(&channel, fingerprint, Instant::now());
+                result = bayeux.publish(&channel, data.clone()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Translation between rumqttc's v5 / v3.1.1 types and the tracker's.
+
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5 as p5;
+
+use crate::mqtt::tracker::{Ev, OutMessage, Replay};
+use crate::mqtt::{QoS, SubscriptionSpec};
+
+pub(super) fn qos5(qos: QoS) -> QoS5 {
+    match qos {
+        QoS::AtMostOnce => QoS5::AtMostOnce,
+        QoS::AtLeastOnce => QoS5::AtLeastOnce,
+        QoS::ExactlyOnce => QoS5::ExactlyOnce,
+    }
+}
+
+pub(super) fn qos4(qos: QoS) -> rumqttc::QoS {
+    match qos {
+        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+pub(super) fn from_qos5(qos: QoS5) -> QoS {
+    match qos {
+        QoS5::AtMostOnce => QoS::AtMostOnce,
+        QoS5::AtLeastOnce => QoS::AtLeastOnce,
+        QoS5::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub(super) fn from_qos4(qos: rumqttc::QoS) -> QoS {
+    match qos {
+        rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// Subscriptions ask for QoS 1 at most (see [`SubscriptionSpec::qos`]).
+pub(super) fn subscribed_qos(spec: &SubscriptionSpec) -> QoS {
+    spec.qos.min(QoS::AtLeastOnce)
+}
+
+pub(super) fn filter5(spec: &SubscriptionSpec) -> p5::Filter {
+    let mut filter = p5::Filter::new(spec.filter.clone(), qos5(subscribed_qos(spec)));
+    filter.nolocal = spec.no_local;
+    filter
+}
+
+pub(super) fn filter4(spec: &SubscriptionSpec) -> rumqttc::SubscribeFilter {
+    rumqttc::SubscribeFilter::new(spec.filter.clone(), qos4(subscribed_qos(spec)))
+}
+
+pub(super) fn publish5(m: OutMessage, pkid: u16, dup: bool) -> p5::Publish {
+    let mut publish = p5::Publish::new(m.topic, qos5(m.qos), m.payload, None);
+    publish.retain = m.retain;
+    publish.pkid = pkid;
+    publish.dup = dup;
+    publish
+}
+
+pub(super) fn publish4(m: OutMessage, pkid: u16, dup: bool) -> rumqttc::Publish {
+    let mut publish = rumqttc::Publish::from_bytes(m.topic, qos4(m.qos), m.payload);
+    publish.retain = m.retain;
+    publish.pkid = pkid;
+    publish.dup = dup;
+    publish
+}
+
+pub(super) fn replay5(replay: Replay) -> rumqttc::v5::Request {
+    use rumqttc::v5::Request as R;
+    match replay {
+        Replay::Resend { pkid, message } => R::Publish(publish5(message, pkid, true)),
+        Replay::Release { pkid } => R::PubRel(p5::PubRel::new(pkid, None)),
+        Replay::Fresh(message) => R::Publish(publish5(message, 0, false)),
+        Replay::Subscribe(specs) => {
+            R::Subscribe(p5::Subscribe::new_many(specs.iter().map(filter5), None))
+        }
+        Replay::Unsubscribe(filter) => R::Unsubscribe(p5::Unsubscribe::new(filter, None)),
+    }
+}
+
+pub(super) fn replay4(replay: Replay) -> rumqttc::Request {
+    use rumqttc::Request as R;
+    match replay {
+        Replay::Resend { pkid, message } => R::Publish(publish4(message, pkid, true)),
+        Replay::Release { pkid } => R::PubRel(rumqttc::PubRel::new(pkid)),
+        Replay::Fresh(message) => R::Publish(publish4(message, 0, false)),
+        Replay::Subscribe(specs) => {
+            R::Subscribe(rumqttc::Subscribe::new_many(specs.iter().map(filter4)))
+        }
+        Replay::Unsubscribe(filter) => R::Unsubscribe(rumqttc::Unsubscribe::new(filter)),
+    }
+}
+
+pub(super) fn outgoing_ev(outgoing: rumqttc::Outgoing) -> Ev {
+    use rumqttc::Outgoing as O;
+    match outgoing {
+        O::Publish(pkid) => Ev::OutPublish(pkid),
+        O::AwaitAck(pkid) => Ev::OutAwaitAck(pkid),
+        O::Subscribe(pkid) => Ev::OutSubscribe(pkid),
+        O::Unsubscribe(pkid) => Ev::OutUnsubscribe(pkid),
+        O::Disconnect => Ev::OutDisconnect,
+        O::PubAck(_) | O::PubRec(_) | O::PubRel(_) | O::PubComp(_) | O::PingReq | O::PingResp => {
+            Ev::Other
+        }
+    }
+}
+
+/// `None` for success codes, the code's name otherwise.
+fn failure<T: PartialEq + std::fmt::Debug>(code: T, successes: &[T]) -> Option<String> {
+    (!successes.contains(&code)).then(|| format!("{code:?}"))
+}
+
+pub(super) fn incoming5(packet: p5::Packet) -> Ev {
+    use p5::Packet as P;
+    match packet {
+        P::ConnAck(connack) => Ev::ConnAck {
+            session_present: connack.session_present,
+            max_packet_size: connack.properties.as_ref().and_then(|p| p.max_packet_size),
+            receive_maximum: connack.properties.as_ref().and_then(|p| p.receive_max),
+        },
+        P::Publish(publish) => Ev::Publish {
+            // MQTT 5 requires UTF-8 topics; a broker that breaks this gets a lossy topic
+            // rather than a dropped connection.
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: publish.payload,
+            qos: from_qos5(publish.qos),
+            retain: publish.retain,
+            pkid: publish.pkid,
+        },
+        P::PubAck(ack) => Ev::PubAck {
+            pkid: ack.pkid,
+            failure: failure(
+                ack.reason,
+                &[
+                    p5::PubAckReason::Success,
+                    p5::PubAckReason::NoMatchingSubscribers,
+                ],
+            ),
+        },
+        P::PubRec(rec) => Ev::PubRec {
+            pkid: rec.pkid,
+            failure: failure(
+                rec.reason,
+                &[
+                    p5::PubRecReason::Success,
+                    p5::PubRecReason::NoMatchingSubscribers,
+                ],
+            ),
+        },
+        P::PubComp(comp) => Ev::PubComp {
+            pkid: comp.pkid,
+            failure: failure(comp.reason, &[p5::PubCompReason::Success]),
+        },
+        P::SubAck(suback) => Ev::SubAck {
+            pkid: suback.pkid,
+            codes: suback
+                .return_codes
+                .into_iter()
+                .map(|code| match code {
+                    p5::SubscribeReasonCode::Success(_) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                })
+                .collect(),
+        },
+        P::UnsubAck(unsuback) => Ev::UnsubAck {
+            pkid: unsuback.pkid,
+            failure: unsuback.reasons.into_iter().find_map(|reason| {
+                failure(
+                    reason,
+                    &[
+                        p5::UnsubAckReason::Success,
+                        p5::UnsubAckReason::NoSubscriptionExisted,
+                    ],
+                )
+            }),
+        },
+        _ => Ev::Other,
+    }
+}
+
+pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
+    use rumqttc::Packet as P;
+    match packet {
+        P::ConnAck(connack) => Ev::ConnAck {
+            session_present: connack.session_present,
+            max_packet_size: None,
+            receive_maximum: None,
+        },
+        P::Publish(publish) => Ev::Publish {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: from_qos4(publish.qos),
+            retain: publish.retain,
+            pkid: publish.pkid,
+        },
+        P::PubAck(ack) => Ev::PubAck {
+            pkid: ack.pkid,
+            failure: None,
+        },
+        P::PubRec(rec) => Ev::PubRec {
+            pkid: rec.pkid,
+            failure: None,
+        },
+        P::PubComp(comp) => Ev::PubComp {
+            pkid: comp.pkid,
+            failure: None,
+        },
+        P::SubAck(suback) => Ev::SubAck {
+            pkid: suback.pkid,
+            codes: suback
+                .return_codes
+                .into_iter()
+                .map(|code| match code {
+                    rumqttc::SubscribeReasonCode::Success(_) => Ok(()),
+                    rumqttc::SubscribeReasonCode::Failure => Err("Failure (0x80)".to_owned()),
+                })
+                .collect(),
+        },
+        P::UnsubAck(unsuback) => Ev::UnsubAck {
+            pkid: unsuback.pkid,
+            failure: None,
+        },
+        _ => Ev::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::mqtt::Protocol;
+    use crate::mqtt::engine::publish_packet_size;
+
+    #[test]
+    fn the_publish_size_matches_rumqttc_encoding() {
+        for payload_len in [0, 1, 100, 127, 128, 16_000, 16_384, 2_097_152, 3_000_000] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+                let topic = "some/topic";
+                let payload = Bytes::from(vec![0u8; payload_len]);
+                let mut v5 = p5::Publish::new(topic, qos5(qos), payload.clone(), None);
+                v5.pkid = 1;
+                let mut v4 = rumqttc::Publish::from_bytes(topic, qos4(qos), payload);
+                v4.pkid = 1;
+                assert_eq!(
+                    publish_packet_size(Protocol::V5, topic, payload_len, qos),
+                    v5.size(),
+                    "v5 {payload_len} {qos:?}"
+                );
+                assert_eq!(
+                    publish_packet_size(Protocol::V311, topic, payload_len, qos),
+                    v4.size(),
+                    "v3 {payload_len} {qos:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn subscriptions_never_ask_for_qos_2() {
+        let spec = SubscriptionSpec {
+            filter: "a/#".into(),
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+        };
+        let f = filter5(&spec);
+        assert_eq!(f.qos, QoS5::AtLeastOnce);
+        assert!(f.nolocal);
+        assert_eq!(filter4(&spec).qos, rumqttc::QoS::AtLeastOnce);
+    }
+}

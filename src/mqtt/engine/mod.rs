@@ -1,0 +1,289 @@
+//! rumqttc's two event loops (MQTT 5 and 3.1.1) behind one interface, translating their
+//! packets into the tracker's [`Ev`] and its requests into rumqttc's. The only module that
+//! names rumqttc types (besides `tls`).
+
+mod convert;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::tokio_rustls::rustls::ClientConfig;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{TlsConfiguration, Transport};
+
+use super::QoS;
+use super::options::{MqttOptions, Protocol};
+use super::tracker::{Drained, Ev, Replay, Request, Sink};
+use convert::{filter4, filter5, incoming4, incoming5, outgoing_ev, qos4, qos5, replay4, replay5};
+
+/// The sending side of rumqttc's request channel.
+#[derive(Clone)]
+pub(super) enum Sender {
+    V5(rumqttc::v5::AsyncClient),
+    V311(rumqttc::AsyncClient),
+}
+
+/// rumqttc's event loop for the chosen protocol.
+pub(super) enum Engine {
+    V5(Box<rumqttc::v5::EventLoop>),
+    V311(Box<rumqttc::EventLoop>),
+}
+
+/// The encoded size of a PUBLISH packet without properties (MQTT 3.1.1 §3.3, 5.0 §3.3).
+pub(super) fn publish_packet_size(
+    protocol: Protocol,
+    topic: &str,
+    payload_len: usize,
+    qos: QoS,
+) -> usize {
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let properties = match protocol {
+        Protocol::V5 => 1,
+        Protocol::V311 => 0,
+    };
+    let remaining = 2 + topic.len() + packet_id + properties + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+impl Engine {
+    /// Creates the event loop and its request channel (`capacity` requests).
+    pub(super) fn new(
+        options: &MqttOptions,
+        tls: Option<Arc<ClientConfig>>,
+        capacity: usize,
+    ) -> (Sender, Engine) {
+        // Our own timeout (`MqttOptions::connect_timeout`) fires first; rumqttc's, in whole
+        // seconds, is a backstop and also bounds a flush while connected.
+        let rumqttc_timeout = options.connect_timeout.as_secs().saturating_add(1);
+        let transport = match tls {
+            Some(config) => Transport::Tls(TlsConfiguration::Rustls(config)),
+            None => Transport::Tcp,
+        };
+        let keep_alive = Duration::from_secs(options.keep_alive.as_secs());
+        match options.protocol {
+            Protocol::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(
+                    options.client_id.clone(),
+                    options.host.clone(),
+                    options.port,
+                );
+                o.set_keep_alive(keep_alive)
+                    .set_clean_start(options.clean_start)
+                    .set_manual_acks(true)
+                    .set_transport(transport)
+                    .set_connection_timeout(rumqttc_timeout)
+                    .set_outgoing_inflight_upper_limit(options.inflight)
+                    .set_receive_maximum(Some(options.inflight))
+                    .set_max_packet_size(Some(
+                        u32::try_from(options.max_packet_size).unwrap_or(u32::MAX),
+                    ))
+                    .set_session_expiry_interval(Some(
+                        u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX),
+                    ));
+                if let Some(username) = &options.username {
+                    o.set_credentials(
+                        username.clone(),
+                        options.password.clone().unwrap_or_default(),
+                    );
+                }
+                if let Some(will) = &options.last_will {
+                    o.set_last_will(p5::LastWill::new(
+                        will.topic.clone(),
+                        will.payload.clone(),
+                        qos5(will.qos),
+                        will.retain,
+                        None,
+                    ));
+                }
+                let (client, event_loop) = rumqttc::v5::AsyncClient::new(o, capacity);
+                (Sender::V5(client), Engine::V5(Box::new(event_loop)))
+            }
+            Protocol::V311 => {
+                let mut o = rumqttc::MqttOptions::new(
+                    options.client_id.clone(),
+                    options.host.clone(),
+                    options.port,
+                );
+                o.set_keep_alive(keep_alive)
+                    .set_clean_session(options.clean_start)
+                    .set_manual_acks(true)
+                    .set_transport(transport)
+                    .set_inflight(options.inflight)
+                    .set_max_packet_size(options.max_packet_size, options.max_packet_size);
+                if let Some(username) = &options.username {
+                    o.set_credentials(
+                        username.clone(),
+                        options.password.clone().unwrap_or_default(),
+                    );
+                }
+                if let Some(will) = &options.last_will {
+                    o.set_last_will(rumqttc::LastWill::new(
+                        will.topic.clone(),
+                        will.payload.clone(),
+                        qos4(will.qos),
+                        will.retain,
+                    ));
+                }
+                let (client, mut event_loop) = rumqttc::AsyncClient::new(o, capacity);
+                let mut network = rumqttc::NetworkOptions::new();
+                network.set_connection_timeout(rumqttc_timeout);
+                event_loop.set_network_options(network);
+                (Sender::V311(client), Engine::V311(Box::new(event_loop)))
+            }
+        }
+    }
+
+    /// The next event. Polling again after an error reconnects at once; the caller sleeps.
+    /// Cancel-safe only while not connected (rumqttc may be mid-write otherwise).
+    pub(super) async fn poll(&mut self) -> Result<Ev, String> {
+        match self {
+            Engine::V5(event_loop) => match event_loop.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(packet)) => Ok(incoming5(packet)),
+                Ok(rumqttc::v5::Event::Outgoing(outgoing)) => Ok(outgoing_ev(outgoing)),
+                Err(e) => Err(e.to_string()),
+            },
+            Engine::V311(event_loop) => match event_loop.poll().await {
+                Ok(rumqttc::Event::Incoming(packet)) => Ok(incoming4(packet)),
+                Ok(rumqttc::Event::Outgoing(outgoing)) => Ok(outgoing_ev(outgoing)),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// After a poll error: the events rumqttc had buffered but not returned yet (they
+    /// happened; the tracker must see them before the drop is handled).
+    pub(super) fn take_buffered_events(&mut self) -> Vec<Ev> {
+        match self {
+            Engine::V5(event_loop) => event_loop
+                .state
+                .events
+                .drain(..)
+                .map(|event| match event {
+                    rumqttc::v5::Event::Incoming(packet) => incoming5(packet),
+                    rumqttc::v5::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
+                })
+                .collect(),
+            Engine::V311(event_loop) => event_loop
+                .state
+                .events
+                .drain(..)
+                .map(|event| match event {
+                    rumqttc::Event::Incoming(packet) => incoming4(packet),
+                    rumqttc::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
+                })
+                .collect(),
+        }
+    }
+
+    /// After a poll error: empties rumqttc's replay queue (and its collision slot, which its
+    /// own cleanup keeps) and counts the requests that came from its request channel or
+    /// from an earlier replay list. The tracker rebuilds the replay list on CONNACK.
+    pub(super) fn take_pending(&mut self) -> Drained {
+        let mut drained = Drained::default();
+        match self {
+            Engine::V5(event_loop) => {
+                event_loop.state.collision = None;
+                for request in std::mem::take(&mut event_loop.pending) {
+                    match request {
+                        rumqttc::v5::Request::Publish(p) if p.pkid == 0 => drained.publishes += 1,
+                        rumqttc::v5::Request::Subscribe(_)
+                        | rumqttc::v5::Request::Unsubscribe(_) => drained.controls += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Engine::V311(event_loop) => {
+                event_loop.state.collision = None;
+                for request in std::mem::take(&mut event_loop.pending) {
+                    match request {
+                        rumqttc::Request::Publish(p) if p.pkid == 0 => drained.publishes += 1,
+                        rumqttc::Request::Subscribe(_) | rumqttc::Request::Unsubscribe(_) => {
+                            drained.controls += 1
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        drained
+    }
+
+    /// Queues requests that rumqttc sends before anything from its request channel, and
+    /// regardless of its in-flight limit.
+    pub(super) fn push_pending(&mut self, replays: impl IntoIterator<Item = Replay>) {
+        match self {
+            Engine::V5(event_loop) => event_loop.pending.extend(replays.into_iter().map(replay5)),
+            Engine::V311(event_loop) => event_loop.pending.extend(replays.into_iter().map(replay4)),
+        }
+    }
+
+    /// Whether rumqttc's `pending` queue is empty (it then reads its request channel, unless
+    /// its in-flight window is full).
+    pub(super) fn pending_is_empty(&self) -> bool {
+        match self {
+            Engine::V5(event_loop) => event_loop.pending.is_empty(),
+            Engine::V311(event_loop) => event_loop.pending.is_empty(),
+        }
+    }
+
+    /// Whether rumqttc holds a publish whose packet id is still in use (it then reads no
+    /// new requests, and a second one would overwrite the first).
+    pub(super) fn has_collision(&self) -> bool {
+        match self {
+            Engine::V5(event_loop) => event_loop.state.collision.is_some(),
+            Engine::V311(event_loop) => event_loop.state.collision.is_some(),
+        }
+    }
+
+    /// QoS 1/2 publishes rumqttc has in flight.
+    pub(super) fn inflight(&self) -> u16 {
+        match self {
+            Engine::V5(event_loop) => event_loop.state.inflight(),
+            Engine::V311(event_loop) => event_loop.state.inflight(),
+        }
+    }
+}
+
+impl Sink for Sender {
+    fn try_send(&self, request: &Request) -> bool {
+        match self {
+            Sender::V5(client) => match request {
+                Request::Publish(m) => client
+                    .try_publish(m.topic.clone(), qos5(m.qos), m.retain, m.payload.clone())
+                    .is_ok(),
+                Request::Subscribe(specs) => {
+                    client.try_subscribe_many(specs.iter().map(filter5)).is_ok()
+                }
+                Request::Unsubscribe(filter) => client.try_unsubscribe(filter.clone()).is_ok(),
+                Request::Ack { pkid, qos, .. } => {
+                    let mut publish = p5::Publish::new("", qos5(*qos), bytes::Bytes::new(), None);
+                    publish.pkid = *pkid;
+                    client.try_ack(&publish).is_ok()
+                }
+                Request::Disconnect => client.try_disconnect().is_ok(),
+            },
+            Sender::V311(client) => match request {
+                // rumqttc 0.25 has no non-blocking bytes publish for 3.1.1: this copies.
+                Request::Publish(m) => client
+                    .try_publish(m.topic.clone(), qos4(m.qos), m.retain, m.payload.to_vec())
+                    .is_ok(),
+                Request::Subscribe(specs) => {
+                    client.try_subscribe_many(specs.iter().map(filter4)).is_ok()
+                }
+                Request::Unsubscribe(filter) => client.try_unsubscribe(filter.clone()).is_ok(),
+                Request::Ack { pkid, qos, .. } => {
+                    let mut publish = rumqttc::Publish::new("", qos4(*qos), Vec::new());
+                    publish.pkid = *pkid;
+                    client.try_ack(&publish).is_ok()
+                }
+                Request::Disconnect => client.try_disconnect().is_ok(),
+            },
+        }
+    }
+}

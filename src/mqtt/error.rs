@@ -1,0 +1,104 @@
+//! What a caller of the MQTT client sees go wrong. Network and broker trouble is not an error
+//! here: the client reconnects and reports it as an [`super::MqttEvent`].
+
+/// An MQTT client error; each variant carries the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MqttError {
+    /// An [`super::MqttOptions`] field is out of range or inconsistent.
+    #[error("invalid MQTT option `{option}`: {reason}")]
+    InvalidOption {
+        /// The field name.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A topic cannot be published to (see [`super::validate_topic`]).
+    #[error("invalid MQTT topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic as given.
+        topic: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A subscription filter is malformed (see [`super::validate_filter`]).
+    #[error("invalid MQTT topic filter {filter:?}: {reason}")]
+    InvalidFilter {
+        /// The filter as given.
+        filter: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A number that is not a QoS level (0, 1 or 2).
+    #[error("invalid MQTT QoS {0}: expected 0, 1 or 2")]
+    InvalidQoS(u8),
+    /// The PUBLISH packet would exceed the maximum packet size (ours, or the broker's when it
+    /// announced a smaller one). Nothing was sent; the connection is unaffected.
+    #[error("a publish to {topic:?} would be a {size}-byte packet; the limit is {max} bytes")]
+    PayloadTooLarge {
+        /// The topic of the refused message.
+        topic: String,
+        /// The encoded packet size.
+        size: usize,
+        /// The limit it exceeds.
+        max: usize,
+    },
+    /// A TLS file could not be used.
+    #[error("MQTT TLS setup failed ({file}): {reason}")]
+    Tls {
+        /// The file (or setting) at fault.
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An MQTT 5 broker acknowledged a publish with a failure reason code (e.g.
+    /// `NotAuthorized`, `QuotaExceeded`). Sending it again would not help, so it is not.
+    #[error("the MQTT broker refused the publish to {topic:?}: {reason}")]
+    Rejected {
+        /// The topic of the refused message.
+        topic: String,
+        /// The broker's reason code.
+        reason: String,
+    },
+    /// The broker answered a subscription with a failure code.
+    #[error("the MQTT broker refused the subscription to {filter:?}: {reason}")]
+    SubscribeRefused {
+        /// The refused filter.
+        filter: String,
+        /// The broker's reason code.
+        reason: String,
+    },
+    /// An MQTT 5 broker answered an unsubscription with a failure code.
+    #[error("the MQTT broker refused to unsubscribe {filter:?}: {reason}")]
+    UnsubscribeRefused {
+        /// The filter.
+        filter: String,
+        /// The broker's reason code.
+        reason: String,
+    },
+    /// The client was shut down ([`super::MqttHandle::disconnect`], or every handle was
+    /// dropped) before the operation completed.
+    #[error("the MQTT client has shut down")]
+    Shutdown,
+    /// [`super::start`] was called outside a Tokio runtime.
+    #[error("the MQTT client must be started from within a Tokio runtime")]
+    NoRuntime,
+}
+
+impl MqttError {
+    /// A short, stable label for metrics and logs (`snake_case`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MqttError::InvalidOption { .. } => "invalid_option",
+            MqttError::InvalidTopic { .. } => "invalid_topic",
+            MqttError::InvalidFilter { .. } => "invalid_filter",
+            MqttError::InvalidQoS(_) => "invalid_qos",
+            MqttError::PayloadTooLarge { .. } => "payload_too_large",
+            MqttError::Tls { .. } => "tls",
+            MqttError::Rejected { .. } => "rejected",
+            MqttError::SubscribeRefused { .. } => "subscribe_refused",
+            MqttError::UnsubscribeRefused { .. } => "unsubscribe_refused",
+            MqttError::Shutdown => "shutdown",
+            MqttError::NoRuntime => "no_runtime",
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The daemon's MQTT client: a reconnecting, at-least-once wrapper around rumqttc (MQTT 5 or
+//! 3.1.1) that the rest of the daemon can use without knowing rumqttc's sharp edges.
+//!
+//! It owns the broker connection, the session, subscriptions, publish acknowledgements and
+//! ordered manual acks. It knows nothing of the other side of the bridge, of config files or
+//! of metrics.
+//!
+//! # Use
+//!
+//! [`start`] validates [`MqttOptions`], spawns the client task and returns a cloneable
+//! [`MqttHandle`] plus a channel of [`MqttEvent`]s (lifecycle facts and incoming messages).
+//!
+//! # Guarantees
+//!
+//! - **Publishing is at-least-once.** [`MqttHandle::publish`] resolves `Ok` when the broker
+//!   acknowledged the message (QoS 1 PUBACK, QoS 2 PUBCOMP; QoS 0 once it was written). Until
+//!   then the client keeps the message: after a reconnect it is sent again, with its packet id
+//!   if the broker kept the session, or as a new publish if the session was lost. The broker
+//!   (and subscribers) may therefore see a message twice; they never silently lose one the
+//!   caller was told was acknowledged. Nothing survives the process: un-acknowledged messages
+//!   die with it.
+//! - **Incoming acks are released in receive order** (MQTT-4.6.0-2): [`MqttHandle::ack`] on
+//!   message 2 before message 1 holds 2's PUBACK until 1 is acknowledged. A message not
+//!   acknowledged before the connection drops is redelivered by the broker (if the session
+//!   survives) and shows up again as a new [`IncomingMessage`].
+//! - **Subscriptions survive session loss**: after a CONNACK without a session (and on the
+//!   first connect) the client subscribes every [`SubscriptionSpec`] itself.
+//! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset by a CONNACK.
+//!
+//! # Layout
+//!
+//! - `options`, `error`, `topic`, `tls`: settings, errors, topic rules, rustls setup.
+//! - `tracker/`: the bookkeeping, no IO: `publish` (publish ↔ packet id correlation and what
+//!   is sent again after a reconnect), `acks` (ordered acks), `controls` (the subscription
+//!   set, SUBACK/UNSUBACK).
+//! - `engine/`: the two rumqttc event loops (v5, v3.1.1) behind one interface; `convert`
+//!   translates their types.
+//! - `driver`: the task that only polls rumqttc and routes what comes out.
+//! - `client`: [`start`] and the [`MqttHandle`].
+
+mod client;
+mod driver;
+mod engine;
+mod error;
+mod options;
+mod tls;
+mod topic;
+mod tracker;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use client::{MqttHandle, PublishCompletion, start};
+pub use error::MqttError;
+pub use options::{MqttOptions, Protocol, TlsFiles, Will};
+pub use topic::{filter_matches, validate_filter, validate_topic};
+
+/// MQTT quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QoS {
+    /// QoS 0: fire and forget.
+    AtMostOnce,
+    /// QoS 1: acknowledged, may be duplicated.
+    AtLeastOnce,
+    /// QoS 2: acknowledged in two steps, not duplicated by the protocol itself.
+    ExactlyOnce,
+}
+
+impl QoS {
+    /// The level as a number (0, 1, 2).
+    pub fn as_u8(self) -> u8 {
+        match self {
+            QoS::AtMostOnce => 0,
+            QoS::AtLeastOnce => 1,
+            QoS::ExactlyOnce => 2,
+        }
+    }
+}
+
+impl TryFrom<u8> for QoS {
+    type Error = MqttError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(QoS::AtMostOnce),
+            1 => Ok(QoS::AtLeastOnce),
+            2 => Ok(QoS::ExactlyOnce),
+            other => Err(MqttError::InvalidQoS(other)),
+        }
+    }
+}
+
+/// One subscription the client keeps in place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubscriptionSpec {
+    /// Topic filter (see [`validate_filter`]).
+    pub filter: String,
+    /// Highest QoS wanted. QoS 2 is requested as QoS 1: rumqttc 0.25 forgets its QoS 2
+    /// receive state on reconnect and would then drop the connection on the broker's PUBREL
+    /// retransmission, in a loop. Manual acks give at-least-once either way.
+    pub qos: QoS,
+    /// MQTT 5: do not deliver our own publishes back to us (loop prevention). Ignored on
+    /// MQTT 3.1.1, which has no such option.
+    pub no_local: bool,
+}
+
+impl SubscriptionSpec {
+    /// A subscription without `no_local`.
+    pub fn new(filter: impl Into<String>, qos: QoS) -> Self {
+        SubscriptionSpec {
+            filter: filter.into(),
+            qos,
+            no_local: false,
+        }
+    }
+}
+
+/// What the client reports on the event channel, in the order it happened.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// The broker accepted the connection. Without `session_present` (and on the first
+    /// connect) the client subscribes every [`SubscriptionSpec`] again by itself.
+    Connected {
+        /// Whether the broker resumed the previous session.
+        session_present: bool,
+    },
+    /// A connection attempt failed; the client sleeps `retry_in`, then tries again.
+    ConnectFailed {
+        /// Why the attempt failed.
+        reason: String,
+        /// Consecutive failed attempts in this outage, from 1.
+        attempt: u32,
+        /// The wait before the next attempt.
+        retry_in: Duration,
+    },
+    /// An established connection was lost (once per outage); reconnecting follows.
+    Disconnected {
+        /// Why it was lost.
+        reason: String,
+    },
+    /// The broker confirmed a subscription.
+    Subscribed {
+        /// The filter.
+        filter: String,
+    },
+    /// The broker refused a subscription (it stays in the set and is tried again after the
+    /// next session loss).
+    SubscribeFailed {
+        /// The filter.
+        filter: String,
+        /// The broker's reason code.
+        reason: String,
+    },
+    /// An incoming message. QoS 1/2 messages must be passed to [`MqttHandle::ack`].
+    Message(IncomingMessage),
+    /// Incoming messages were dropped: QoS 0 messages arriving while the event channel was
+    /// full. `topic` is the last dropped message's topic; `reason` says how many.
+    Dropped {
+        /// Topic of the (last) dropped message.
+        topic: String,
+        /// Why, and how many.
+        reason: String,
+    },
+}
+
+/// A message delivered by the broker.
+pub struct IncomingMessage {
+    /// The topic it was published to.
+    pub topic: String,
+    /// The message body.
+    pub payload: Bytes,
+    /// The QoS it was delivered with.
+    pub qos: QoS,
+    /// Whether it is a retained message (sent because we subscribed).
+    pub retain: bool,
+    /// Pass to [`MqttHandle::ack`] once the message is processed (QoS 1/2).
+    pub token: AckToken,
+}
+
+impl fmt::Debug for IncomingMessage {
+    // The payload is left out: payloads are logged at TRACE only, by whoever chooses to.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingMessage")
+            .field("topic", &self.topic)
+            .field("payload_len", &self.payload.len())
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Identifies one received message for [`MqttHandle::ack`]. Opaque: it carries the
+/// connection it arrived on, its receive sequence number and packet id. A token from a
+/// connection that has since been lost is ignored (the broker redelivers the message).
+#[derive(Debug, PartialEq, Eq)]
+pub struct AckToken {
+    pub(crate) epoch: u64,
+    pub(crate) seq: u64,
+    pub(crate) pkid: u16,
+    pub(crate) qos: QoS,
+}
+
+impl AckToken {
+    /// Whether acknowledging does anything (false for QoS 0 messages).
+    pub fn needs_ack(&self) -> bool {
+        self.qos != QoS::AtMostOnce
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_converts_both_ways() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            assert_eq!(QoS::try_from(qos.as_u8()), Ok(qos));
+        }
+        assert_eq!(QoS::try_from(3), Err(MqttError::InvalidQoS(3)));
+    }
+}

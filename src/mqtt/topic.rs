@@ -1,0 +1,170 @@
+//! MQTT topic names and topic filters: validation and matching (MQTT 3.1.1 §4.7, 5.0 §4.7).
+//! Pure; the same rules hold for both protocol versions.
+
+/// The longest topic or filter MQTT can encode (a two-byte length prefix).
+pub(super) const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Checks a topic name that messages are published to: not empty, no `+` or `#` wildcards,
+/// no NUL character, at most 65 535 bytes. The error says what is wrong.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    check_common(topic, "topic")?;
+    if topic.contains(['+', '#']) {
+        return Err("wildcards (`+`, `#`) are only allowed in subscription filters".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks a subscription filter: not empty, no NUL, at most 65 535 bytes, `+` only as a whole
+/// level, `#` only as the whole last level. The error says what is wrong.
+pub fn validate_filter(filter: &str) -> Result<(), String> {
+    check_common(filter, "filter")?;
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (index, level) in levels.iter().enumerate() {
+        if level.contains('+') && *level != "+" {
+            return Err(format!("`+` must be a whole level, not part of {level:?}"));
+        }
+        if level.contains('#') {
+            if *level != "#" {
+                return Err(format!("`#` must be a whole level, not part of {level:?}"));
+            }
+            if index + 1 != levels.len() {
+                return Err("`#` is only allowed as the last level".to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `topic` matches `filter` under MQTT rules: `+` matches exactly one level (possibly
+/// empty), `#` matches the parent level and any number of levels below, and a topic starting
+/// with `$` (e.g. `$SYS/...`) is not matched by a filter starting with a wildcard. Expects a
+/// valid filter and topic (see [`validate_filter`], [`validate_topic`]).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn check_common(value: &str, what: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("a {what} must not be empty"));
+    }
+    if value.len() > MAX_TOPIC_BYTES {
+        return Err(format!(
+            "the {what} is {} bytes long; MQTT allows at most {MAX_TOPIC_BYTES}",
+            value.len()
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("a {what} must not contain the NUL character"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_topics_without_wildcards_are_valid() {
+        for topic in [
+            "a",
+            "a/b",
+            "/a",
+            "a/",
+            "a//b",
+            "$SYS/x",
+            "sport/tennis player1",
+            "ü/€",
+        ] {
+            assert_eq!(validate_topic(topic), Ok(()), "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn publish_topics_with_wildcards_nul_or_no_name_are_rejected() {
+        for topic in ["", "a/+", "a/#", "+", "#", "a+b", "a\0b"] {
+            assert!(validate_topic(topic).is_err(), "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn a_topic_of_65535_bytes_is_the_longest_allowed() {
+        assert_eq!(validate_topic(&"a".repeat(MAX_TOPIC_BYTES)), Ok(()));
+        let error = validate_topic(&"a".repeat(MAX_TOPIC_BYTES + 1)).unwrap_err();
+        assert!(error.contains("65536"), "{error}");
+    }
+
+    #[test]
+    fn filters_with_whole_level_wildcards_are_valid() {
+        for filter in [
+            "#", "+", "a/#", "a/+/b", "+/+", "/+", "a/+/#", "$SYS/#", "a//b", "+/",
+        ] {
+            assert_eq!(validate_filter(filter), Ok(()), "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn filters_with_partial_or_misplaced_wildcards_are_rejected() {
+        for filter in [
+            "", "a+", "a/b+/c", "a/#/b", "#/a", "a#", "a/b#", "##", "a\0",
+        ] {
+            assert!(validate_filter(filter).is_err(), "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn matching_follows_the_mqtt_rules() {
+        let table = [
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/b", "a/b/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/", true),
+            ("a/+", "a", false),
+            ("a/+", "a/b/c", false),
+            ("+/b", "a/b", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "/a", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "b/a", false),
+            ("#", "a/b/c", true),
+            ("#", "/", true),
+            ("a/+/#", "a/b", true),
+            ("a/+/#", "a", false),
+            ("/a", "a", false),
+            ("a//b", "a//b", true),
+            ("a/+/b", "a//b", true),
+        ];
+        for (filter, topic, expected) in table {
+            assert_eq!(
+                filter_matches(filter, topic),
+                expected,
+                "{filter:?} vs {topic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_a_leading_wildcard() {
+        assert!(!filter_matches("#", "$SYS/broker/uptime"));
+        assert!(!filter_matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(filter_matches("$SYS/+/uptime", "$SYS/broker/uptime"));
+        assert!(filter_matches("a/#", "a/$b"));
+    }
+}

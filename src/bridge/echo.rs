@@ -144,8 +144,9 @@ mod tests {
         // The first record has expired, the second has not.
         assert!(f.take("/a", b"1", now + Duration::from_secs(31)));
         assert!(!f.take("/a", b"1", now + Duration::from_secs(31)));
-        f.record("/b", b"2", now);
-        assert!(!f.take("/b", b"2", now + TTL));
+        let later = now + Duration::from_secs(40);
+        f.record("/b", b"2", later);
+        assert!(!f.take("/b", b"2", later + TTL), "a record is gone once its ttl is over");
         assert!(f.is_empty());
     }
 }

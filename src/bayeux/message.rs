@@ -30,8 +30,13 @@ pub struct Message {
     /// The session id the server assigned at handshake.
     #[serde(rename = "clientId", default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// Application payload of a publish or a delivery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Application payload of a publish or a delivery. A `"data": null` on the wire is
+    /// `Some(Value::Null)`: still a delivery, unlike a message without `data`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub data: Option<Value>,
     /// Reply verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,6 +201,14 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D>(deserializer: D) -> Result<Option<Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Value::deserialize(deserializer).map(Some)
+}
+
 /// Accepts ids sent as strings or numbers (some servers echo numeric ids).
 fn lenient_id<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
 where
@@ -247,6 +260,19 @@ mod tests {
             back[0].get("clientId").is_none(),
             "absent fields are not serialized"
         );
+    }
+
+    #[test]
+    fn a_null_data_field_is_still_a_delivery() {
+        let msgs = decode_batch(
+            br#"[{"channel":"/a","data":null},{"channel":"/a","id":"1","successful":true}]"#,
+        )
+        .unwrap();
+        assert_eq!(msgs[0].data, Some(Value::Null));
+        assert_eq!(msgs[0].kind(), Kind::Delivery);
+        assert_eq!(msgs[1].kind(), Kind::PublishReply);
+        let back: Value = serde_json::from_slice(&encode_batch(&msgs[..1])).unwrap();
+        assert_eq!(back[0], json!({"channel":"/a","data":null}));
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct Config {
     /// `[log]`: logging. Optional.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[http]`: the optional metrics and health listener. Optional; off by default.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// `[[route]]`: what is forwarded where. At least one is required. Cannot be set from the
     /// environment.
     #[serde(default)]
@@ -464,6 +467,17 @@ impl Default for LogConfig {
             file: None,
         }
     }
+}
+
+/// `[http]`: the metrics and health listener.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve `/metrics`, `/livez` and `/readyz` on, e.g. `"127.0.0.1:9464"`. Off
+    /// when unset (the default). Anything beyond loopback exposes the metrics, which name
+    /// channels and topics, to the network without authentication.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[[route]]`: one forwarding rule between a Bayeux channel (pattern) and an MQTT topic

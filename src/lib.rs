@@ -14,6 +14,8 @@
 //! - [`cli`]: the `sub` and `pub` operator tools.
 //! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
 //!   nothing of Bayeux or the bridge.
+//! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,
+//!   `RELOADING=1`, `STOPPING=1`) over `NOTIFY_SOCKET`; a no-op outside systemd.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
 //!
@@ -24,6 +26,9 @@ pub mod bayeux;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod shutdown;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bayeux_mqtt_bridge::{bridge, cli, config, shutdown, telemetry};
+use bayeux_mqtt_bridge::{bridge, cli, config, http, shutdown, telemetry};
 use clap::{Args, Parser, Subcommand};
 
 /// Bridge Bayeux (CometD) channels and MQTT topics.
@@ -32,12 +32,22 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The endpoint to probe.
+    #[arg(long, default_value = "http://127.0.0.1:9464/readyz")]
+    url: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the bridge daemon.
     Run(ConfigArg),
     /// Load and validate a config file, print the compiled routes, and exit.
     Check(ConfigArg),
+    /// Exit 0 if the URL answers HTTP 200 (a health check for images without curl), e.g.
+    /// `health --url http://127.0.0.1:9464/readyz`.
+    Health(HealthArgs),
     /// Subscribe to Bayeux channels and print each message as a JSON line on stdout.
     Sub(cli::SubArgs),
     /// Publish one message and exit 0 if the server accepted it.
@@ -62,6 +72,15 @@ fn main() -> ExitCode {
     match command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config, cli.verbose),
+        Command::Health(args) => block_on(async move {
+            match http::probe(&args.url).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::Sub(args) => {
             telemetry::init(cli.verbose);
             block_on(cli::sub(args))

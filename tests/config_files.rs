@@ -115,6 +115,7 @@ fn the_reference_config_sets_every_key_to_its_default() {
     assert_eq!(full.mqtt, minimal.mqtt);
     assert_eq!(full.bridge, minimal.bridge);
     assert_eq!(full.log, minimal.log);
+    assert_eq!(full.http, minimal.http);
     assert_eq!(full.route[0], minimal.route[0]);
 }
 
@@ -152,6 +153,7 @@ const ALL_KEYS: &[&str] = &[
     "log.level",
     "log.format",
     "log.file",
+    "http.listen",
     "route.bayeux",
     "route.mqtt",
     "route.direction",
@@ -232,7 +234,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `route`)".into(),
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `route`)".into(),
         ),
         (
             format!("{head}port = \"abc\"\n{route}"),

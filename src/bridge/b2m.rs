@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::Shared;
 use super::payload::bayeux_to_mqtt_payload;
-use super::stats::{Direction, bump};
+use super::stats::Direction;
+use super::{Shared, Slot};
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::{MqttError, MqttHandle};
 
@@ -50,7 +50,8 @@ pub(super) async fn run(
             next = deliveries.next() => next,
         };
         let Some((route, message)) = next else { break };
-        forward(&shared, &mqtt, route, message, permit).await;
+        let slot = Slot::new(permit, &shared.b2m_in_flight);
+        forward(&shared, &mqtt, route, message, slot).await;
     }
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
 }
@@ -60,20 +61,21 @@ async fn forward(
     mqtt: &MqttHandle,
     route_index: usize,
     message: Message,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
 ) {
-    let stats = shared.stats.of(Direction::BayeuxToMqtt);
-    bump(&stats.received);
     let Some(route) = shared.routes.get(route_index) else {
         return;
     };
+    shared
+        .stats
+        .received(Direction::BayeuxToMqtt, route.number());
     let data =
         serde_json::to_vec(message.data.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
     if shared
         .bayeux_echoes()
         .take(&message.channel, &data, Instant::now())
     {
-        bump(&stats.echoes);
+        shared.stats.echo(Direction::BayeuxToMqtt);
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return;
     }
@@ -103,19 +105,23 @@ async fn forward(
             tokio::spawn(async move {
                 let _permit = permit;
                 match completion.await {
-                    Ok(()) => bump(&shared.stats.of(Direction::BayeuxToMqtt).forwarded),
-                    Err(e) => shared.drop_message(
-                        Direction::BayeuxToMqtt,
-                        reason(&e),
-                        number,
-                        &topic,
-                        &e.to_string(),
-                    ),
+                    Ok(()) => shared.stats.forwarded(Direction::BayeuxToMqtt, number),
+                    Err(e) => {
+                        shared.count_publish_error("mqtt", reason(&e));
+                        shared.drop_message(
+                            Direction::BayeuxToMqtt,
+                            reason(&e),
+                            number,
+                            &topic,
+                            &e.to_string(),
+                        )
+                    }
                 }
             });
         }
         Err(e) => {
             warn!(%topic, error = %e, "MQTT refused the publish.");
+            shared.count_publish_error("mqtt", reason(&e));
             shared.drop_message(
                 Direction::BayeuxToMqtt,
                 reason(&e),

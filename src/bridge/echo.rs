@@ -146,7 +146,10 @@ mod tests {
         assert!(!f.take("/a", b"1", now + Duration::from_secs(31)));
         let later = now + Duration::from_secs(40);
         f.record("/b", b"2", later);
-        assert!(!f.take("/b", b"2", later + TTL), "a record is gone once its ttl is over");
+        assert!(
+            !f.take("/b", b"2", later + TTL),
+            "a record is gone once its ttl is over"
+        );
         assert!(f.is_empty());
     }
 }

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
-use super::Shared;
 use super::payload::mqtt_to_bayeux_data;
-use super::stats::{Direction, bump};
+use super::stats::Direction;
+use super::{Shared, Slot};
 use crate::backoff::{Backoff, BackoffOptions};
 use crate::bayeux::{Client, PublishError, Verdict};
 use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
@@ -47,13 +47,18 @@ pub(super) async fn run(
         match event {
             None => break,
             Some(MqttEvent::Message(message)) => {
-                forward(&shared, &bayeux, &mqtt, message, permit, stop.clone()).await
+                let slot = Slot::new(permit, &shared.m2b_in_flight);
+                forward(&shared, &bayeux, &mqtt, message, slot, stop.clone()).await
             }
             Some(MqttEvent::Connected { session_present }) => {
                 shared.readiness.mqtt_connected(session_present);
                 announce_online(&shared, &mqtt);
             }
-            Some(MqttEvent::Disconnected { .. }) => shared.readiness.mqtt_disconnected(),
+            Some(MqttEvent::Disconnected { .. }) => {
+                shared.count_reconnect("disconnected");
+                shared.readiness.mqtt_disconnected()
+            }
+            Some(MqttEvent::ConnectFailed { .. }) => shared.count_reconnect("connect_failed"),
             Some(MqttEvent::Subscribed { filter }) => shared.readiness.mqtt_subscribed(&filter),
             Some(MqttEvent::Dropped { topic, reason }) => {
                 shared.drop_message(Direction::MqttToBayeux, "receiver_full", 0, &topic, &reason)
@@ -84,15 +89,14 @@ async fn forward(
     bayeux: &Client,
     mqtt: &MqttHandle,
     message: IncomingMessage,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     stop: watch::Receiver<bool>,
 ) {
-    let stats = shared.stats.of(Direction::MqttToBayeux);
-    bump(&stats.received);
     let now = Instant::now();
     if let Some(mut echoes) = shared.mqtt_echoes() {
         if echoes.take(&message.topic, &message.payload, now) {
-            bump(&stats.echoes);
+            shared.stats.received(Direction::MqttToBayeux, 0);
+            shared.stats.echo(Direction::MqttToBayeux);
             debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
             mqtt.ack(message.token);
             return;
@@ -118,6 +122,8 @@ async fn forward(
             ),
         }
     }
+    let first_route = targets.first().map_or(0, |(route, _)| *route);
+    shared.stats.received(Direction::MqttToBayeux, first_route);
     if targets.is_empty() {
         mqtt.ack(message.token);
         return;
@@ -202,10 +208,11 @@ async fn settle(
     loop {
         match result {
             Ok(_) => {
-                bump(&shared.stats.of(Direction::MqttToBayeux).forwarded);
+                shared.stats.forwarded(Direction::MqttToBayeux, route);
                 return true;
             }
             Err(PublishError::Refused(error)) => {
+                shared.count_publish_error("bayeux", "refused");
                 shared.drop_message(
                     Direction::MqttToBayeux,
                     "bayeux_refused",
@@ -227,6 +234,7 @@ async fn settle(
             }
             Err(PublishError::Closed) => return false,
             Err(e @ (PublishError::Transport(_) | PublishError::QueueFull(_))) => {
+                shared.count_publish_error("bayeux", "transport");
                 let wait = backoff.next_delay();
                 warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
                 tokio::select! {

@@ -19,6 +19,7 @@ pub mod readiness;
 pub mod stats;
 
 mod b2m;
+pub mod endpoints;
 mod m2b;
 
 use std::future::Future;
@@ -31,6 +32,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::backoff::BackoffOptions;
 use crate::bayeux::{self, Client, ClientOptions, Event};
 use crate::config::{BinaryPolicy, Config, MqttProtocol};
+use crate::metrics::CauseLabels;
 use crate::mqtt::{self, MqttHandle, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
 use echo::EchoFilter;
 use mapping::Route;
@@ -52,9 +54,39 @@ pub enum BridgeError {
     /// The MQTT client could not start.
     #[error("MQTT client: {0}")]
     Mqtt(#[from] mqtt::MqttError),
+    /// The HTTP listener could not start.
+    #[error("HTTP listener: {0}")]
+    Http(String),
     /// The Bayeux server ended the session for good.
     #[error("the Bayeux client stopped: {0}")]
     BayeuxStopped(String),
+}
+
+/// A message's place in its direction's bounded queue: the semaphore permit (released when
+/// the destination acknowledged it) plus the in-flight count the metrics report.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        count: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            count: Arc::clone(count),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// State both pipelines share.
@@ -64,6 +96,10 @@ pub(crate) struct Shared {
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) binary_payloads: BinaryPolicy,
     pub(crate) status_topic: String,
+    /// Messages in flight Bayeux → MQTT.
+    pub(crate) b2m_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Messages in flight MQTT → Bayeux.
+    pub(crate) m2b_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Own publishes to Bayeux, which the server echoes back to our subscriptions.
     bayeux_echoes: Mutex<EchoFilter>,
     /// Own publishes to MQTT, on 3.1.1 only (MQTT 5 subscriptions use No Local).
@@ -81,6 +117,25 @@ impl Shared {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Counts a lost connection or failed attempt on the MQTT side.
+    pub(crate) fn count_reconnect(&self, cause: &'static str) {
+        let labels = CauseLabels {
+            side: "mqtt",
+            cause,
+        };
+        self.stats.metrics.reconnects.get_or_create(&labels).inc();
+    }
+
+    /// Counts a failed publish attempt on `side` (`bayeux` or `mqtt`).
+    pub(crate) fn count_publish_error(&self, side: &'static str, cause: &'static str) {
+        let labels = CauseLabels { side, cause };
+        self.stats
+            .metrics
+            .publish_errors
+            .get_or_create(&labels)
+            .inc();
+    }
+
     /// Logs and counts a message that will not be forwarded.
     pub(crate) fn drop_message(
         &self,
@@ -90,7 +145,7 @@ impl Shared {
         name: &str,
         detail: &str,
     ) {
-        self.stats.of(direction).dropped(reason);
+        self.stats.dropped(direction, route, reason);
         warn!(%direction, reason, route, name, detail, "Message dropped.");
     }
 }
@@ -193,11 +248,11 @@ pub async fn run(
         .into_iter()
         .map(|(f, _)| f)
         .collect();
-    let readiness = Arc::new(Readiness::new(
-        bayeux_channels.clone(),
-        mqtt_filters.clone(),
-    ));
     let stats = Arc::new(Stats::default());
+    let readiness = Arc::new(
+        Readiness::new(bayeux_channels.clone(), mqtt_filters.clone())
+            .with_stats(Arc::clone(&stats)),
+    );
     let v311 = config.mqtt.protocol == MqttProtocol::V311;
     let shared = Arc::new(Shared {
         routes,
@@ -205,6 +260,8 @@ pub async fn run(
         readiness: Arc::clone(&readiness),
         binary_payloads: config.bridge.binary_payloads,
         status_topic: config.mqtt.status_topic.clone(),
+        b2m_in_flight: Arc::default(),
+        m2b_in_flight: Arc::default(),
         bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
         mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
     });
@@ -218,6 +275,10 @@ pub async fn run(
             no_local: true,
         })
         .collect();
+    let listener = match config.http.listen {
+        Some(addr) => Some(crate::http::bind(addr).await.map_err(BridgeError::Http)?),
+        None => None,
+    };
     let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), subscriptions)?;
     let (bayeux, bayeux_events) = Client::new(bayeux_options(&config, capacity * m2b_routes))?;
     let mut route_subscriptions = Vec::new();
@@ -255,7 +316,20 @@ pub async fn run(
         )
         .instrument(info_span!("mqtt_to_bayeux")),
     );
-    let watcher = watch_bayeux(bayeux_events, Arc::clone(&readiness));
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = listener.map(|listener| {
+        let endpoints = Arc::new(endpoints::BridgeEndpoints {
+            stats: Arc::clone(&stats),
+            readiness: Arc::clone(&readiness),
+            b2m: Arc::clone(&shared.b2m_in_flight),
+            m2b: Arc::clone(&shared.m2b_in_flight),
+            capacity,
+        });
+        tokio::spawn(crate::http::serve(listener, endpoints, async {
+            let _ = http_stopped.await;
+        }))
+    });
+    let watcher = watch_bayeux(bayeux_events, Arc::clone(&readiness), Arc::clone(&stats));
 
     let outcome = tokio::select! {
         () = shutdown => { info!("Shutdown requested; draining."); Ok(()) }
@@ -278,19 +352,56 @@ pub async fn run(
     drain(&stats, &b2m_permits, &m2b_permits, capacity, deadline).await;
     finish(&shared, &bayeux, &mqtt, deadline).await;
     log_summary(&stats);
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     outcome.map(|()| stats)
 }
 
 /// Follows the Bayeux client's events for readiness; resolves with the reason if the client
 /// stops for good.
-async fn watch_bayeux(mut events: bayeux::Events, readiness: Arc<Readiness>) -> String {
+async fn watch_bayeux(
+    mut events: bayeux::Events,
+    readiness: Arc<Readiness>,
+    stats: Arc<Stats>,
+) -> String {
+    let count = |family: &prometheus_client::metrics::family::Family<
+        CauseLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+                 cause| {
+        family
+            .get_or_create(&CauseLabels {
+                side: "bayeux",
+                cause,
+            })
+            .inc();
+    };
     while let Some(event) = events.recv().await {
         match event {
-            Event::Handshaken { .. } => readiness.bayeux_new_session(),
+            Event::Handshaken { rehandshake, .. } => {
+                count(
+                    &stats.metrics.handshakes,
+                    if rehandshake {
+                        "rehandshake"
+                    } else {
+                        "initial"
+                    },
+                );
+                readiness.bayeux_new_session()
+            }
+            Event::HandshakeFailed { .. } => count(&stats.metrics.reconnects, "handshake_failed"),
             Event::Connected => readiness.bayeux_connected(true),
-            Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
+            Event::ConnectFailed { next, .. } => {
+                let cause = match next {
+                    bayeux::Next::Retry(_) => "connect_failed",
+                    bayeux::Next::Handshake(_) => "session_lost",
+                };
+                count(&stats.metrics.reconnects, cause);
                 readiness.bayeux_connected(false)
             }
+            Event::Disconnected { .. } => readiness.bayeux_connected(false),
             Event::SubscriptionConfirmed { subscription } => {
                 readiness.bayeux_confirmed(&subscription)
             }
@@ -321,7 +432,7 @@ async fn drain(
         let lost = capacity - b2m.available_permits();
         let unacked = capacity - m2b.available_permits();
         for _ in 0..lost {
-            stats.of(Direction::BayeuxToMqtt).dropped("shutdown");
+            stats.dropped(Direction::BayeuxToMqtt, 0, "shutdown");
         }
         error!(
             bayeux_to_mqtt_in_flight = lost,

@@ -5,9 +5,12 @@
 //! HTTP `/readyz` endpoint will read the same state.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::info;
+
+use super::stats::Stats;
+use crate::metrics::{SideLabels, SubscriptionLabels};
 
 #[derive(Debug, Default)]
 struct State {
@@ -24,6 +27,8 @@ pub struct Readiness {
     bayeux_wanted: BTreeSet<String>,
     mqtt_wanted: BTreeSet<String>,
     state: Mutex<State>,
+    /// Where the state is mirrored as gauges (`bridge_connected`, `bridge_ready`, ...).
+    stats: Option<Arc<Stats>>,
 }
 
 impl Readiness {
@@ -36,7 +41,14 @@ impl Readiness {
             bayeux_wanted: bayeux.into_iter().collect(),
             mqtt_wanted: mqtt.into_iter().collect(),
             state: Mutex::new(State::default()),
+            stats: None,
         }
+    }
+
+    /// Mirrors the state into `stats`' gauges.
+    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     /// Whether the bridge is ready now.
@@ -97,6 +109,7 @@ impl Readiness {
         change(&mut state);
         let reasons = self.reasons_of(&state);
         let ready = reasons.is_empty();
+        self.mirror(&state, ready);
         if ready != state.ready {
             state.ready = ready;
             if ready {
@@ -105,6 +118,33 @@ impl Readiness {
                 info!(reasons = %reasons.join("; "), "Bridge not ready.");
             }
         }
+    }
+
+    fn mirror(&self, s: &State, ready: bool) {
+        let Some(stats) = &self.stats else { return };
+        let m = &stats.metrics;
+        let flag = |b: bool| i64::from(b);
+        m.connected
+            .get_or_create(&SideLabels { side: "bayeux" })
+            .set(flag(s.bayeux_connected));
+        m.connected
+            .get_or_create(&SideLabels { side: "mqtt" })
+            .set(flag(s.mqtt_connected));
+        for (side, wanted, have) in [
+            ("bayeux", &self.bayeux_wanted, &s.bayeux_confirmed),
+            ("mqtt", &self.mqtt_wanted, &s.mqtt_subscribed),
+        ] {
+            for subscription in wanted {
+                let labels = SubscriptionLabels {
+                    side,
+                    subscription: subscription.clone(),
+                };
+                m.subscriptions
+                    .get_or_create(&labels)
+                    .set(flag(have.contains(subscription)));
+            }
+        }
+        m.ready.set(flag(ready));
     }
 
     fn reasons_of(&self, s: &State) -> Vec<String> {

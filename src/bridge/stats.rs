@@ -1,11 +1,13 @@
 //! Counters of what the bridge did, per direction: received, forwarded, dropped by reason,
-//! echoes suppressed. Cheap (atomics), shared by the pipelines; logged at shutdown and the
-//! source of the metrics endpoint later.
+//! echoes suppressed. Cheap (atomics), shared by the pipelines. Each record goes both to the
+//! per-direction totals logged at shutdown and to the Prometheus [`Metrics`] (per route).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{DirectionLabels, DropLabels, Metrics, RouteLabels};
 
 /// Which way a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,9 +77,48 @@ pub struct Stats {
     pub bayeux_to_mqtt: DirectionStats,
     /// MQTT → Bayeux.
     pub mqtt_to_bayeux: DirectionStats,
+    /// The same, per route, for `/metrics`; plus connection and subscription state.
+    pub metrics: Metrics,
 }
 
 impl Stats {
+    /// A message was taken from the source side for `route` (1-based).
+    pub fn received(&self, direction: Direction, route: usize) {
+        bump(&self.of(direction).received);
+        let labels = RouteLabels {
+            direction: direction.as_str(),
+            route: route_label(route),
+        };
+        self.metrics.received.get_or_create(&labels).inc();
+    }
+
+    /// The destination side acknowledged a message of `route`.
+    pub fn forwarded(&self, direction: Direction, route: usize) {
+        bump(&self.of(direction).forwarded);
+        self.metrics
+            .forwarded(direction.as_str(), route_label(route));
+    }
+
+    /// An own publish came back and was not forwarded again.
+    pub fn echo(&self, direction: Direction) {
+        bump(&self.of(direction).echoes);
+        let labels = DirectionLabels {
+            direction: direction.as_str(),
+        };
+        self.metrics.echoes.get_or_create(&labels).inc();
+    }
+
+    /// A message of `route` (0: none) was dropped for `reason`.
+    pub fn dropped(&self, direction: Direction, route: usize, reason: &'static str) {
+        self.of(direction).dropped(reason);
+        let labels = DropLabels {
+            direction: direction.as_str(),
+            route: route_label(route),
+            reason,
+        };
+        self.metrics.dropped.get_or_create(&labels).inc();
+    }
+
     /// The counters of `direction`.
     pub fn of(&self, direction: Direction) -> &DirectionStats {
         match direction {
@@ -85,6 +126,10 @@ impl Stats {
             Direction::MqttToBayeux => &self.mqtt_to_bayeux,
         }
     }
+}
+
+fn route_label(route: usize) -> u32 {
+    u32::try_from(route).unwrap_or(u32::MAX)
 }
 
 /// Adds one to a counter.
@@ -104,9 +149,12 @@ mod tests {
     #[test]
     fn drops_are_counted_by_reason() {
         let stats = Stats::default();
-        stats.of(Direction::MqttToBayeux).dropped("binary_payload");
-        stats.of(Direction::MqttToBayeux).dropped("binary_payload");
-        stats.of(Direction::MqttToBayeux).dropped("unmapped");
+        stats.dropped(Direction::MqttToBayeux, 1, "binary_payload");
+        stats.dropped(Direction::MqttToBayeux, 1, "binary_payload");
+        stats.dropped(Direction::MqttToBayeux, 2, "unmapped");
+        assert!(stats.metrics.encode().contains(
+            r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="1",reason="binary_payload"} 2"#
+        ));
         let d = stats.mqtt_to_bayeux.drops();
         assert_eq!(d.get("binary_payload"), Some(&2));
         assert_eq!(stats.mqtt_to_bayeux.dropped_total(), 3);

@@ -1,0 +1,262 @@
+//! Prometheus metrics: names, labels and record helpers, in the Prometheus text format via the
+//! `prometheus-client` crate. A leaf module: it knows metric names, not where the numbers come
+//! from. Names follow the Prometheus conventions (`_total` counters, base units).
+
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// `direction` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
+    pub direction: &'static str,
+}
+
+/// `direction` and `route` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
+    pub direction: &'static str,
+    /// The 1-based route number (`0` when no route applies).
+    pub route: u32,
+}
+
+/// `direction`, `route` and `reason` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
+    pub direction: &'static str,
+    /// The 1-based route number (`0` when no route applies).
+    pub route: u32,
+    /// Why, e.g. `binary_payload`, `unmapped`, `bayeux_refused`.
+    pub reason: &'static str,
+}
+
+/// `side` and `cause` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// `bayeux` or `mqtt`.
+    pub side: &'static str,
+    /// Why, e.g. `connect_failed`, `session_unknown`, `initial`.
+    pub cause: &'static str,
+}
+
+/// `side` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabels {
+    /// `bayeux` or `mqtt`.
+    pub side: &'static str,
+}
+
+/// `side` and `subscription` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// `bayeux` or `mqtt`.
+    pub side: &'static str,
+    /// The channel pattern or topic filter.
+    pub subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Every metric the bridge exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `bridge_messages_received_total{direction,route}`.
+    pub received: Family<RouteLabels, Counter>,
+    /// `bridge_messages_forwarded_total{direction,route}`.
+    pub forwarded: Family<RouteLabels, Counter>,
+    /// `bridge_messages_dropped_total{direction,route,reason}`.
+    pub dropped: Family<DropLabels, Counter>,
+    /// `bridge_echoes_suppressed_total{direction}`.
+    pub echoes: Family<DirectionLabels, Counter>,
+    /// `bridge_publish_errors_total{side,cause}`: failed publish attempts (retried or not).
+    pub publish_errors: Family<CauseLabels, Counter>,
+    /// `bridge_in_flight_messages{direction}`: taken from the source, not yet acknowledged.
+    pub in_flight: Family<DirectionLabels, Gauge>,
+    /// `bridge_queue_capacity{direction}`.
+    pub capacity: Family<DirectionLabels, Gauge>,
+    /// `bridge_reconnects_total{side,cause}`.
+    pub reconnects: Family<CauseLabels, Counter>,
+    /// `bridge_handshakes_total{side,cause}` (Bayeux: `initial` or `rehandshake`).
+    pub handshakes: Family<CauseLabels, Counter>,
+    /// `bridge_connected{side}`: 1 while connected.
+    pub connected: Family<SideLabels, Gauge>,
+    /// `bridge_subscription_confirmed{side,subscription}`: 1 while confirmed.
+    pub subscriptions: Family<SubscriptionLabels, Gauge>,
+    /// `bridge_last_forward_timestamp_seconds{direction}`.
+    pub last_forward: Family<DirectionLabels, Gauge<f64, AtomicU64>>,
+    /// `bridge_ready`: 1 while ready.
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bridge");
+        let m = Metrics {
+            received: Family::default(),
+            forwarded: Family::default(),
+            dropped: Family::default(),
+            echoes: Family::default(),
+            publish_errors: Family::default(),
+            in_flight: Family::default(),
+            capacity: Family::default(),
+            reconnects: Family::default(),
+            handshakes: Family::default(),
+            connected: Family::default(),
+            subscriptions: Family::default(),
+            last_forward: Family::default(),
+            ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "Messages taken from the source side",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_forwarded",
+            "Messages the destination side acknowledged",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages not forwarded, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "echoes_suppressed",
+            "Own publishes that came back and were not forwarded again",
+            m.echoes.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Failed publish attempts, by side and cause",
+            m.publish_errors.clone(),
+        );
+        registry.register(
+            "in_flight_messages",
+            "Messages taken from the source and not yet acknowledged by the destination",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "queue_capacity",
+            "Most messages in flight per direction before back-pressure",
+            m.capacity.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Lost connections or failed attempts, by side and cause",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Successful Bayeux handshakes, initial or after a lost session",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while the side is connected",
+            m.connected.clone(),
+        );
+        registry.register(
+            "subscription_confirmed",
+            "1 while the subscription is confirmed by the server or broker",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "last_forward_timestamp_seconds",
+            "Unix time of the last forwarded message",
+            m.last_forward.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the bridge is ready (see /readyz)",
+            m.ready.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Records a forwarded message now.
+    pub fn forwarded(&self, direction: &'static str, route: u32) {
+        self.forwarded
+            .get_or_create(&RouteLabels { direction, route })
+            .inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_forward
+            .get_or_create(&DirectionLabels { direction })
+            .set(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefixed_names_labels_and_build_info() {
+        let m = Metrics::new();
+        m.received
+            .get_or_create(&RouteLabels {
+                direction: "bayeux_to_mqtt",
+                route: 1,
+            })
+            .inc();
+        m.forwarded("bayeux_to_mqtt", 1);
+        m.dropped
+            .get_or_create(&DropLabels {
+                direction: "mqtt_to_bayeux",
+                route: 2,
+                reason: "binary_payload",
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"bridge_messages_received_total{direction="bayeux_to_mqtt",route="1"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="2",reason="binary_payload"} 1"#));
+        assert!(text.contains("bridge_build_info{version="));
+        assert!(text.contains("# TYPE bridge_last_forward_timestamp_seconds gauge"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

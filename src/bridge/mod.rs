@@ -249,9 +249,14 @@ pub async fn run(
         .map(|(f, _)| f)
         .collect();
     let stats = Arc::new(Stats::default());
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        n.status("Connecting to the Bayeux server and the MQTT broker");
+    }
     let readiness = Arc::new(
         Readiness::new(bayeux_channels.clone(), mqtt_filters.clone())
-            .with_stats(Arc::clone(&stats)),
+            .with_stats(Arc::clone(&stats))
+            .with_notifier(notifier.clone()),
     );
     let v311 = config.mqtt.protocol == MqttProtocol::V311;
     let shared = Arc::new(Shared {
@@ -329,6 +334,16 @@ pub async fn run(
             let _ = http_stopped.await;
         }))
     });
+    let watchdog = notifier.clone().and_then(|n| {
+        let interval = n.watchdog_interval()?;
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                n.watchdog();
+            }
+        }))
+    });
     let watcher = watch_bayeux(bayeux_events, Arc::clone(&readiness), Arc::clone(&stats));
 
     let outcome = tokio::select! {
@@ -336,6 +351,10 @@ pub async fn run(
         stopped = watcher => Err(BridgeError::BayeuxStopped(stopped)),
     };
     let deadline = Instant::now() + config.bridge.drain_timeout();
+    if let Some(n) = &notifier {
+        n.stopping();
+        n.status("Draining: finishing messages in flight");
+    }
     let _ = stop_tx.send(true);
     // The loops stop at once unless a hand-over to a side that is down blocks them.
     let (b2m_abort, m2b_abort) = (b2m.abort_handle(), m2b.abort_handle());
@@ -353,6 +372,9 @@ pub async fn run(
     finish(&shared, &bayeux, &mqtt, deadline).await;
     log_summary(&stats);
     let _ = http_stop.send(());
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if let Some(http) = http {
         let _ = http.await;
     }

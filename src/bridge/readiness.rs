@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::stats::Stats;
 use crate::metrics::{SideLabels, SubscriptionLabels};
+use crate::notify::Notifier;
 
 #[derive(Debug, Default)]
 struct State {
@@ -29,6 +30,8 @@ pub struct Readiness {
     state: Mutex<State>,
     /// Where the state is mirrored as gauges (`bridge_connected`, `bridge_ready`, ...).
     stats: Option<Arc<Stats>>,
+    /// systemd, told `READY=1` and `STATUS=` on each transition.
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Readiness {
@@ -42,7 +45,14 @@ impl Readiness {
             mqtt_wanted: mqtt.into_iter().collect(),
             state: Mutex::new(State::default()),
             stats: None,
+            notifier: None,
         }
+    }
+
+    /// Tells systemd about each transition (`READY=1` once ready, `STATUS=` always).
+    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Mirrors the state into `stats`' gauges.
@@ -116,6 +126,14 @@ impl Readiness {
                 info!("Bridge ready.");
             } else {
                 info!(reasons = %reasons.join("; "), "Bridge not ready.");
+            }
+            if let Some(notifier) = &self.notifier {
+                if ready {
+                    notifier.ready();
+                    notifier.status("Forwarding: both sides connected, subscriptions confirmed");
+                } else {
+                    notifier.status(&format!("Not ready: {}", reasons.join("; ")));
+                }
             }
         }
     }

@@ -62,8 +62,8 @@ impl Notifier {
         })
     }
 
-    /// How often to call [`Notifier::watchdog`]: half of `WatchdogSec=`, as `sd_watchdog_enabled(3)`
-    /// advises. `None` when the watchdog is off.
+    /// How often to call [`Notifier::watchdog`]: half of `WatchdogSec=`, as
+    /// `sd_watchdog_enabled(3)` advises. `None` when the watchdog is off.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog_interval
     }

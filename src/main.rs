@@ -132,7 +132,11 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
         tracing::warn!(%warning, "Config warning.");
     }
     block_on(async move {
-        match bridge::run(config, shutdown::signal()).await {
+        let reload = bridge::ReloadSource {
+            path: path.to_owned(),
+            requests: shutdown::reload_requests(),
+        };
+        match bridge::run_with_reload(config, shutdown::signal(), Some(reload)).await {
             Ok(_) => {
                 tracing::info!("Bridge stopped.");
                 ExitCode::SUCCESS

@@ -6,66 +6,121 @@
 //! client's subscription buffer fills, and the client stops polling the server: back-pressure,
 //! not drops. Publishes are handed to the MQTT client in delivery order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use futures_util::stream::{BoxStream, SelectAll};
 use serde_json::Value;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
 
+use super::mapping::Route;
 use super::payload::bayeux_to_mqtt_payload;
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::{MqttError, MqttHandle};
 
-/// Runs until `stop` turns true or every subscription has ended.
+/// A change to the set of routes the pipeline reads (live reload).
+pub(super) enum Control {
+    /// Start reading `subscription` for `route`, identified by `key`.
+    Add {
+        key: u64,
+        route: Arc<Route>,
+        subscription: Subscription,
+    },
+    /// Stop reading the route `key`; what its subscription still buffers is dropped with it.
+    Remove { key: u64 },
+}
+
+type Deliveries = SelectAll<BoxStream<'static, (Arc<Route>, Message)>>;
+
+/// Runs until `stop` turns true.
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
-    subscriptions: Vec<(usize, Subscription)>,
+    routes: Vec<(u64, Arc<Route>, Subscription)>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    mut control: mpsc::Receiver<Control>,
 ) {
-    let streams = subscriptions.into_iter().map(|(route, subscription)| {
-        futures_util::stream::unfold(subscription, move |mut s| async move {
-            s.recv().await.map(|message| ((route, message), s))
-        })
-        .boxed()
-    });
-    let mut deliveries = futures_util::stream::select_all(streams);
-    loop {
+    let mut deliveries: Deliveries = SelectAll::new();
+    let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    for (key, route, subscription) in routes {
+        add(&mut deliveries, &mut cancels, key, route, subscription);
+    }
+    'taking: loop {
         let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
+            Some(change) = control.recv() => {
+                apply(&mut deliveries, &mut cancels, change);
+                continue;
+            }
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
-        let next = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            next = deliveries.next() => next,
+        let (route, message) = loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => break 'taking,
+                Some(change) = control.recv() => apply(&mut deliveries, &mut cancels, change),
+                Some(next) = deliveries.next(), if !deliveries.is_empty() => break next,
+            }
         };
-        let Some((route, message)) = next else { break };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
-        forward(&shared, &mqtt, route, message, slot).await;
+        forward(&shared, &mqtt, &route, message, slot).await;
     }
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
+}
+
+fn apply(
+    deliveries: &mut Deliveries,
+    cancels: &mut HashMap<u64, oneshot::Sender<()>>,
+    change: Control,
+) {
+    match change {
+        Control::Add {
+            key,
+            route,
+            subscription,
+        } => add(deliveries, cancels, key, route, subscription),
+        Control::Remove { key } => {
+            // Dropping the sender ends that route's stream at its next poll.
+            cancels.remove(&key);
+        }
+    }
+}
+
+fn add(
+    deliveries: &mut Deliveries,
+    cancels: &mut HashMap<u64, oneshot::Sender<()>>,
+    key: u64,
+    route: Arc<Route>,
+    subscription: Subscription,
+) {
+    let (cancel, cancelled) = oneshot::channel::<()>();
+    cancels.insert(key, cancel);
+    let stream = futures_util::stream::unfold((route, subscription), |(route, mut s)| async move {
+        let message = s.recv().await?;
+        Some(((Arc::clone(&route), message), (route, s)))
+    })
+    .take_until(cancelled)
+    .boxed();
+    deliveries.push(stream);
 }
 
 async fn forward(
     shared: &Arc<Shared>,
     mqtt: &MqttHandle,
-    route_index: usize,
+    route: &Route,
     message: Message,
     permit: Slot,
 ) {
-    let Some(route) = shared.routes.get(route_index) else {
-        return;
-    };
     shared
         .stats
         .received(Direction::BayeuxToMqtt, route.number());

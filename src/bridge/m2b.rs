@@ -24,7 +24,6 @@ use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 /// Runs until `stop` turns true or the MQTT client has ended.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    bayeux: Client,
     mqtt: MqttHandle,
     mut events: mpsc::Receiver<MqttEvent>,
     permits: Arc<Semaphore>,
@@ -48,6 +47,7 @@ pub(super) async fn run(
             None => break,
             Some(MqttEvent::Message(message)) => {
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
+                let bayeux = shared.bayeux();
                 forward(&shared, &bayeux, &mqtt, message, slot, stop.clone()).await
             }
             Some(MqttEvent::Connected { session_present }) => {
@@ -103,8 +103,8 @@ async fn forward(
         }
     }
     let mut targets: Vec<(usize, String)> = Vec::new();
-    for route in shared
-        .routes
+    let routes = shared.routes();
+    for route in routes
         .iter()
         .filter(|r| r.subscribes_mqtt() && r.matches_topic(&message.topic))
     {

@@ -21,12 +21,13 @@ pub mod stats;
 mod b2m;
 pub mod endpoints;
 mod m2b;
+mod reload;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::backoff::BackoffOptions;
@@ -91,7 +92,10 @@ impl Drop for Slot {
 
 /// State both pipelines share.
 pub(crate) struct Shared {
-    pub(crate) routes: Vec<Route>,
+    /// The current routes (replaced by a reload).
+    routes: RwLock<Arc<Vec<Route>>>,
+    /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
+    bayeux: RwLock<Client>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) binary_payloads: BinaryPolicy,
@@ -107,6 +111,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The current routes.
+    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
+        Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn set_routes(&self, routes: Vec<Route>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// The current Bayeux client.
+    pub(crate) fn bayeux(&self) -> Client {
+        self.bayeux
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_bayeux(&self, client: Client) {
+        *self.bayeux.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
     pub(crate) fn bayeux_echoes(&self) -> MutexGuard<'_, EchoFilter> {
         self.bayeux_echoes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -227,10 +251,28 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
     Ok(text)
 }
 
+/// Where a running bridge re-reads its config from, and the requests (SIGHUP) to do so.
+#[derive(Debug)]
+pub struct ReloadSource {
+    /// The config file.
+    pub path: std::path::PathBuf,
+    /// One item per reload request.
+    pub requests: mpsc::Receiver<()>,
+}
+
 /// Runs the bridge until `shutdown` resolves, then drains and disconnects.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
+) -> Result<Arc<Stats>, BridgeError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// [`run`], re-reading the config file on each reload request.
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reload: Option<ReloadSource>,
 ) -> Result<Arc<Stats>, BridgeError> {
     let routes =
         mapping::compile(&config.route).map_err(|e| BridgeError::Mapping(e.to_string()))?;
@@ -238,16 +280,7 @@ pub async fn run(
         warn!(%warning, "Route warning.");
     }
     let capacity = config.bridge.queue_capacity.max(1);
-    let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
-    let bayeux_channels: Vec<String> = routes
-        .iter()
-        .filter(|r| r.subscribes_bayeux())
-        .map(|r| r.bayeux.to_string())
-        .collect();
-    let mqtt_filters: Vec<String> = mapping::mqtt_subscriptions(&routes)
-        .into_iter()
-        .map(|(f, _)| f)
-        .collect();
+    let (bayeux_channels, mqtt_filters) = wanted(&routes);
     let stats = Arc::new(Stats::default());
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
@@ -258,9 +291,17 @@ pub async fn run(
             .with_stats(Arc::clone(&stats))
             .with_notifier(notifier.clone()),
     );
+    let listener = match config.http.listen {
+        Some(addr) => Some(crate::http::bind(addr).await.map_err(BridgeError::Http)?),
+        None => None,
+    };
+    // No Local on every subscription: the bridge never wants its own publishes back.
+    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), mqtt_specs(&routes))?;
+    let (bayeux, bayeux_events) = Client::new(bayeux_options(&config, queued(&config, &routes)))?;
     let v311 = config.mqtt.protocol == MqttProtocol::V311;
     let shared = Arc::new(Shared {
-        routes,
+        routes: RwLock::new(Arc::new(Vec::new())),
+        bayeux: RwLock::new(bayeux.clone()),
         stats: Arc::clone(&stats),
         readiness: Arc::clone(&readiness),
         binary_payloads: config.bridge.binary_payloads,
@@ -270,32 +311,11 @@ pub async fn run(
         bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
         mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
     });
-
-    // No Local on every subscription: the bridge never wants its own publishes back.
-    let subscriptions: Vec<SubscriptionSpec> = mapping::mqtt_subscriptions(&shared.routes)
-        .into_iter()
-        .map(|(filter, qos)| SubscriptionSpec {
-            filter,
-            qos: qos_of(qos),
-            no_local: true,
-        })
-        .collect();
-    let listener = match config.http.listen {
-        Some(addr) => Some(crate::http::bind(addr).await.map_err(BridgeError::Http)?),
-        None => None,
-    };
-    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), subscriptions)?;
-    let (bayeux, bayeux_events) = Client::new(bayeux_options(&config, capacity * m2b_routes))?;
-    let mut route_subscriptions = Vec::new();
-    for (index, route) in shared
-        .routes
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.subscribes_bayeux())
-    {
-        route_subscriptions.push((index, bayeux.subscribe(route.bayeux.as_str()).await?));
-    }
-    info!(routes = shared.routes.len(), bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
+    let (b2m_control, b2m_control_rx) = mpsc::channel(64);
+    let mut live = reload::Live::new(config.clone(), b2m_control, mqtt.clone());
+    let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
+    shared.set_routes(routes);
+    info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let b2m_permits = Arc::new(Semaphore::new(capacity));
@@ -304,16 +324,16 @@ pub async fn run(
         b2m::run(
             Arc::clone(&shared),
             mqtt.clone(),
-            route_subscriptions,
+            initial,
             Arc::clone(&b2m_permits),
             stop_rx.clone(),
+            b2m_control_rx,
         )
         .instrument(info_span!("bayeux_to_mqtt")),
     );
     let m2b = tokio::spawn(
         m2b::run(
             Arc::clone(&shared),
-            bayeux.clone(),
             mqtt.clone(),
             mqtt_events,
             Arc::clone(&m2b_permits),
@@ -344,13 +364,27 @@ pub async fn run(
             }
         }))
     });
-    let watcher = watch_bayeux(bayeux_events, Arc::clone(&readiness), Arc::clone(&stats));
+    let mut watcher = spawn_watcher(bayeux_events, &shared);
 
-    let outcome = tokio::select! {
-        () = shutdown => { info!("Shutdown requested; draining."); Ok(()) }
-        stopped = watcher => Err(BridgeError::BayeuxStopped(stopped)),
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("Shutdown requested; draining.");
+                break Ok(());
+            }
+            stopped = &mut watcher => {
+                let reason = stopped.unwrap_or_else(|e| format!("the Bayeux event watcher failed: {e}"));
+                break Err(BridgeError::BayeuxStopped(reason));
+            }
+            Some(()) = next_reload(&mut reload) => {
+                if let Some(source) = &reload {
+                    live.reload(&source.path, &shared, &mut watcher, notifier.as_deref()).await;
+                }
+            }
+        }
     };
-    let deadline = Instant::now() + config.bridge.drain_timeout();
+    let deadline = Instant::now() + live.config().bridge.drain_timeout();
     if let Some(n) = &notifier {
         n.stopping();
         n.status("Draining: finishing messages in flight");
@@ -369,7 +403,8 @@ pub async fn run(
         m2b_abort.abort();
     }
     drain(&stats, &b2m_permits, &m2b_permits, capacity, deadline).await;
-    finish(&shared, &bayeux, &mqtt, deadline).await;
+    finish(&shared, &shared.bayeux(), &mqtt, deadline).await;
+    watcher.abort();
     log_summary(&stats);
     let _ = http_stop.send(());
     if let Some(watchdog) = watchdog {
@@ -379,6 +414,56 @@ pub async fn run(
         let _ = http.await;
     }
     outcome.map(|()| stats)
+}
+
+/// The Bayeux channels and MQTT filters `routes` subscribe to.
+pub(crate) fn wanted(routes: &[Route]) -> (Vec<String>, Vec<String>) {
+    let channels = mapping::bayeux_subscriptions(routes)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let filters = mapping::mqtt_subscriptions(routes)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    (channels, filters)
+}
+
+/// The MQTT subscriptions of `routes`, all with No Local.
+pub(crate) fn mqtt_specs(routes: &[Route]) -> Vec<SubscriptionSpec> {
+    mapping::mqtt_subscriptions(routes)
+        .into_iter()
+        .map(|(filter, qos)| SubscriptionSpec {
+            filter,
+            qos: qos_of(qos),
+            no_local: true,
+        })
+        .collect()
+}
+
+/// How many publishes the Bayeux client may queue: one per route for every message in flight.
+pub(crate) fn queued(config: &Config, routes: &[Route]) -> usize {
+    let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
+    config.bridge.queue_capacity.max(1) * m2b_routes
+}
+
+async fn next_reload(reload: &mut Option<ReloadSource>) -> Option<()> {
+    match reload {
+        Some(source) => source.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches a Bayeux client's events on a task of its own (so a reload can replace it).
+pub(crate) fn spawn_watcher(
+    events: bayeux::Events,
+    shared: &Shared,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(watch_bayeux(
+        events,
+        Arc::clone(&shared.readiness),
+        Arc::clone(&shared.stats),
+    ))
 }
 
 /// Follows the Bayeux client's events for readiness; resolves with the reason if the client

@@ -15,6 +15,8 @@ use crate::notify::Notifier;
 
 #[derive(Debug, Default)]
 struct State {
+    bayeux_wanted: BTreeSet<String>,
+    mqtt_wanted: BTreeSet<String>,
     bayeux_connected: bool,
     mqtt_connected: bool,
     bayeux_confirmed: BTreeSet<String>,
@@ -25,8 +27,6 @@ struct State {
 /// Shared readiness state.
 #[derive(Debug)]
 pub struct Readiness {
-    bayeux_wanted: BTreeSet<String>,
-    mqtt_wanted: BTreeSet<String>,
     state: Mutex<State>,
     /// Where the state is mirrored as gauges (`bridge_connected`, `bridge_ready`, ...).
     stats: Option<Arc<Stats>>,
@@ -41,9 +41,11 @@ impl Readiness {
         mqtt: impl IntoIterator<Item = String>,
     ) -> Self {
         Readiness {
-            bayeux_wanted: bayeux.into_iter().collect(),
-            mqtt_wanted: mqtt.into_iter().collect(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                bayeux_wanted: bayeux.into_iter().collect(),
+                mqtt_wanted: mqtt.into_iter().collect(),
+                ..State::default()
+            }),
             stats: None,
             notifier: None,
         }
@@ -89,13 +91,26 @@ impl Readiness {
         });
     }
 
+    /// What must be subscribed from now on (after a reload).
+    pub fn set_wanted(
+        &self,
+        bayeux: impl IntoIterator<Item = String>,
+        mqtt: impl IntoIterator<Item = String>,
+    ) {
+        let (bayeux, mqtt): (BTreeSet<String>, BTreeSet<String>) =
+            (bayeux.into_iter().collect(), mqtt.into_iter().collect());
+        self.update(|s| {
+            s.bayeux_wanted = bayeux;
+            s.mqtt_wanted = mqtt;
+        });
+    }
+
     /// The MQTT side connected; with a present session the broker kept the subscriptions.
     pub fn mqtt_connected(&self, session_present: bool) {
-        let wanted = self.mqtt_wanted.clone();
         self.update(|s| {
             s.mqtt_connected = true;
             if session_present {
-                s.mqtt_subscribed = wanted;
+                s.mqtt_subscribed = s.mqtt_wanted.clone();
             } else {
                 s.mqtt_subscribed.clear();
             }
@@ -149,8 +164,8 @@ impl Readiness {
             .get_or_create(&SideLabels { side: "mqtt" })
             .set(flag(s.mqtt_connected));
         for (side, wanted, have) in [
-            ("bayeux", &self.bayeux_wanted, &s.bayeux_confirmed),
-            ("mqtt", &self.mqtt_wanted, &s.mqtt_subscribed),
+            ("bayeux", &s.bayeux_wanted, &s.bayeux_confirmed),
+            ("mqtt", &s.mqtt_wanted, &s.mqtt_subscribed),
         ] {
             for subscription in wanted {
                 let labels = SubscriptionLabels {
@@ -173,7 +188,7 @@ impl Readiness {
         if !s.mqtt_connected {
             reasons.push("MQTT broker not connected".to_owned());
         }
-        let missing: Vec<&str> = self
+        let missing: Vec<&str> = s
             .bayeux_wanted
             .difference(&s.bayeux_confirmed)
             .map(String::as_str)
@@ -184,7 +199,7 @@ impl Readiness {
                 missing.join(", ")
             ));
         }
-        let missing: Vec<&str> = self
+        let missing: Vec<&str> = s
             .mqtt_wanted
             .difference(&s.mqtt_subscribed)
             .map(String::as_str)

@@ -1,0 +1,297 @@
+//! Live reload (SIGHUP, `systemctl reload`): re-read the config and apply it without dropping
+//! either connection.
+//!
+//! - Routes: new ones subscribe, removed ones unsubscribe, changed ones are replaced; routes
+//!   that did not change keep their subscriptions, so their traffic never pauses.
+//! - `[bayeux]` changed: a new Bayeux client takes over (new session, every route subscribed
+//!   on it); the old one finishes what it has queued and disconnects. The MQTT side is
+//!   untouched.
+//! - `[mqtt]`, `[bridge]`, `[log]`, `[http]` changed: logged; they take effect at the next
+//!   restart.
+//! - An invalid file is refused with a log line naming the file, key and reason; the running
+//!   config stays in force.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::mapping::{self, Route};
+use super::{BridgeError, Shared, b2m, bayeux_options, mqtt_specs, queued, spawn_watcher, wanted};
+use crate::bayeux::{Client, Subscription};
+use crate::config::{self, Config, RouteConfig};
+use crate::mqtt::MqttHandle;
+use crate::notify::Notifier;
+
+/// A Bayeux → MQTT route the pipeline is reading.
+struct LiveRoute {
+    key: u64,
+    config: RouteConfig,
+    route: Arc<Route>,
+}
+
+/// What a reload compares against and changes.
+pub(super) struct Live {
+    config: Config,
+    b2m_routes: Vec<LiveRoute>,
+    next_key: u64,
+    b2m: mpsc::Sender<b2m::Control>,
+    mqtt: MqttHandle,
+}
+
+impl Live {
+    pub(super) fn new(config: Config, b2m: mpsc::Sender<b2m::Control>, mqtt: MqttHandle) -> Self {
+        Live {
+            config,
+            b2m_routes: Vec::new(),
+            next_key: 0,
+            b2m,
+            mqtt,
+        }
+    }
+
+    /// The config in force.
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Subscribes every Bayeux → MQTT route on `client`; returns what the pipeline reads.
+    pub(super) async fn subscribe_all(
+        &mut self,
+        client: &Client,
+        configs: &[RouteConfig],
+        routes: &[Route],
+    ) -> Result<Vec<(u64, Arc<Route>, Subscription)>, BridgeError> {
+        let mut out = Vec::new();
+        for (config, route) in configs
+            .iter()
+            .zip(routes)
+            .filter(|(_, r)| r.subscribes_bayeux())
+        {
+            let subscription = client.subscribe(route.bayeux.as_str()).await?;
+            let key = self.key();
+            let route = Arc::new(route.clone());
+            self.b2m_routes.push(LiveRoute {
+                key,
+                config: config.clone(),
+                route: Arc::clone(&route),
+            });
+            out.push((key, route, subscription));
+        }
+        Ok(out)
+    }
+
+    /// Re-reads `path` and applies it; never fails the bridge.
+    pub(super) async fn reload(
+        &mut self,
+        path: &Path,
+        shared: &Arc<Shared>,
+        watcher: &mut JoinHandle<String>,
+        notifier: Option<&Notifier>,
+    ) {
+        info!(file = %path.display(), "Reloading the config.");
+        if let Some(n) = notifier {
+            n.reloading();
+        }
+        match self.apply(path, shared, watcher).await {
+            Ok(summary) => info!(%summary, "Config reloaded."),
+            Err(e) => {
+                error!(error = %e, "Config reload refused; the running config stays in force.")
+            }
+        }
+        if let Some(n) = notifier {
+            // systemd waits for READY=1 after RELOADING=1, whatever the outcome.
+            n.ready();
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        path: &Path,
+        shared: &Arc<Shared>,
+        watcher: &mut JoinHandle<String>,
+    ) -> Result<String, String> {
+        let new = config::load(path).map_err(|e| e.to_string())?;
+        let routes = mapping::compile(&new.route).map_err(|e| e.in_file(path).to_string())?;
+        for warning in new.warnings().into_iter().chain(mapping::warnings(&routes)) {
+            warn!(%warning, "Config warning.");
+        }
+        for (section, changed) in [
+            ("[mqtt]", new.mqtt != self.config.mqtt),
+            ("[bridge]", new.bridge != self.config.bridge),
+            ("[log]", new.log != self.config.log),
+            ("[http]", new.http != self.config.http),
+        ] {
+            if changed {
+                warn!(
+                    section,
+                    "This section changed; it takes effect at the next restart."
+                );
+            }
+        }
+        let mut summary = Vec::new();
+        if new.bayeux != self.config.bayeux {
+            self.replace_bayeux(&new, &routes, shared, watcher).await?;
+            summary
+                .push("reconnected to the Bayeux server with the new [bayeux] settings".to_owned());
+        } else {
+            summary.extend(
+                self.update_bayeux_routes(&new, &routes, &shared.bayeux())
+                    .await?,
+            );
+        }
+        summary.extend(self.update_mqtt_subscriptions(&routes, shared).await?);
+        let (channels, filters) = wanted(&routes);
+        shared.set_routes(routes);
+        shared.readiness.set_wanted(channels, filters);
+        // Sections that are not applied live keep their running values, so the next reload
+        // still sees them as changed.
+        let running = std::mem::replace(&mut self.config, new);
+        self.config.mqtt = running.mqtt;
+        self.config.bridge = running.bridge;
+        self.config.log = running.log;
+        self.config.http = running.http;
+        if summary.is_empty() {
+            summary.push("no route changes".to_owned());
+        }
+        Ok(summary.join("; "))
+    }
+
+    /// Routes diff on the running Bayeux client.
+    async fn update_bayeux_routes(
+        &mut self,
+        new: &Config,
+        routes: &[Route],
+        client: &Client,
+    ) -> Result<Vec<String>, String> {
+        let mut wanted: Vec<(RouteConfig, Route)> = new
+            .route
+            .iter()
+            .cloned()
+            .zip(routes.iter().cloned())
+            .filter(|(_, r)| r.subscribes_bayeux())
+            .collect();
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for live in self.b2m_routes.drain(..) {
+            match wanted.iter().position(|(config, _)| *config == live.config) {
+                Some(pos) => {
+                    wanted.remove(pos);
+                    kept.push(live);
+                }
+                None => removed.push(live),
+            }
+        }
+        let mut summary = Vec::new();
+        for live in removed {
+            let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
+            let pattern = live.route.bayeux.as_str();
+            let still_used = kept.iter().any(|k| k.route.bayeux.as_str() == pattern)
+                || wanted.iter().any(|(_, r)| r.bayeux.as_str() == pattern);
+            if !still_used {
+                client
+                    .unsubscribe(pattern)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            summary.push(format!("stopped reading {pattern}"));
+        }
+        for (config, route) in wanted {
+            let subscription = client
+                .subscribe(route.bayeux.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let key = self.key();
+            let route = Arc::new(route);
+            summary.push(format!("started reading {}", route.bayeux));
+            let _ = self
+                .b2m
+                .send(b2m::Control::Add {
+                    key,
+                    route: Arc::clone(&route),
+                    subscription,
+                })
+                .await;
+            kept.push(LiveRoute { key, config, route });
+        }
+        self.b2m_routes = kept;
+        Ok(summary)
+    }
+
+    /// A new Bayeux client for new `[bayeux]` settings; the old one winds down.
+    async fn replace_bayeux(
+        &mut self,
+        new: &Config,
+        routes: &[Route],
+        shared: &Arc<Shared>,
+        watcher: &mut JoinHandle<String>,
+    ) -> Result<(), String> {
+        let (client, events) =
+            Client::new(bayeux_options(new, queued(new, routes))).map_err(|e| e.to_string())?;
+        for live in self.b2m_routes.drain(..) {
+            let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
+        }
+        let subscriptions = self
+            .subscribe_all(&client, &new.route, routes)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (key, route, subscription) in subscriptions {
+            let _ = self
+                .b2m
+                .send(b2m::Control::Add {
+                    key,
+                    route,
+                    subscription,
+                })
+                .await;
+        }
+        let old = shared.bayeux();
+        shared.set_bayeux(client);
+        watcher.abort();
+        shared.readiness.bayeux_connected(false);
+        shared.readiness.bayeux_new_session();
+        *watcher = spawn_watcher(events, shared);
+        // Publishes already queued on the old client are sent before its /meta/disconnect.
+        tokio::spawn(async move { old.disconnect().await });
+        Ok(())
+    }
+
+    /// MQTT filters diff on the running MQTT client.
+    async fn update_mqtt_subscriptions(
+        &self,
+        routes: &[Route],
+        shared: &Shared,
+    ) -> Result<Vec<String>, String> {
+        let old = mqtt_specs(&shared.routes());
+        let new = mqtt_specs(routes);
+        let mut summary = Vec::new();
+        for spec in old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.filter == o.filter))
+        {
+            self.mqtt
+                .unsubscribe(&spec.filter)
+                .await
+                .map_err(|e| e.to_string())?;
+            summary.push(format!("unsubscribed from {}", spec.filter));
+        }
+        for spec in new
+            .iter()
+            .filter(|n| !old.iter().any(|o| o.filter == n.filter && o.qos == n.qos))
+        {
+            self.mqtt
+                .subscribe(spec.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            summary.push(format!("subscribed to {}", spec.filter));
+        }
+        Ok(summary)
+    }
+
+    fn key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+}

@@ -1,0 +1,2105 @@
+//! End-to-end tests of the bridge daemon (issue 3, "Tests"): the real binary
+//! (`common::bridge`), a real Mosquitto broker (`common::mosquitto`) and real Bayeux servers
+//! (`common::peers`: the CometD Node server, and Faye once), each started by the test on free
+//! loopback ports. The test clients on both sides are the project's own libraries (Bayeux
+//! client, MQTT client), except where a test must see what a subscription at QoS 2 receives:
+//! the library asks for QoS 2 as QoS 1 by design, so that test uses plain rumqttc.
+//!
+//! Synchronisation is by events: the bridge's JSON log lines (`Bridge ready.`, `Totals.`, …,
+//! read as they are written), the test clients' deliveries and the servers' own start-up
+//! lines. Every wait has a deadline and fails with what was seen. The only sleeps are
+//! bounded observation windows that prove something does *not* happen (commented where
+//! used) and the pacing of load generators.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bayeux_mqtt_bridge::backoff::BackoffOptions;
+use bayeux_mqtt_bridge::bayeux::{Client, Message};
+use bayeux_mqtt_bridge::mqtt::{
+    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, QoS, SubscriptionSpec,
+};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use common::bayeux_client::{confirmed, fast_options, start as start_bayeux_client};
+use common::bridge::{BridgeProcess, ConfigFile, LogLine, TempDir, check};
+use common::mosquitto::Mosquitto;
+use common::peers::{PeerKind, PeerServer};
+
+/// Longest any single expected event may take. Generous: it only bounds failures.
+const WAIT: Duration = Duration::from_secs(30);
+/// Observation window for proving that nothing (more) arrives: a loop or a duplicate on
+/// loopback would show up within milliseconds, so one second is many round trips.
+const QUIET: Duration = Duration::from_secs(1);
+/// The default `bridge.drain_timeout_secs`.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+
+// ---------------------------------------------------------------------------------------------
+// Collecting what arrives
+// ---------------------------------------------------------------------------------------------
+
+/// Items pushed by a background task, with event-driven waits on them.
+struct Inbox<T> {
+    tx: Arc<watch::Sender<Vec<T>>>,
+}
+
+impl<T> Clone for Inbox<T> {
+    fn clone(&self) -> Self {
+        Inbox {
+            tx: Arc::clone(&self.tx),
+        }
+    }
+}
+
+impl<T: Clone + Debug> Inbox<T> {
+    fn new() -> Self {
+        Inbox {
+            tx: Arc::new(watch::channel(Vec::new()).0),
+        }
+    }
+
+    fn push(&self, item: T) {
+        self.tx.send_modify(|items| items.push(item));
+    }
+
+    fn snapshot(&self) -> Vec<T> {
+        self.tx.borrow().clone()
+    }
+
+    /// Waits until `done` holds for everything received so far.
+    async fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut(&[T]) -> bool) {
+        let mut rx = self.tx.subscribe();
+        if tokio::time::timeout(timeout, rx.wait_for(|items| done(items)))
+            .await
+            .is_err()
+        {
+            let items = self.snapshot();
+            let skip = items.len().saturating_sub(8);
+            panic!(
+                "waiting for {what}: timed out after {timeout:?}; {} items arrived, the last: \
+                 {:#?}",
+                items.len(),
+                &items[skip..]
+            );
+        }
+    }
+}
+
+/// An MQTT message as a test client received it.
+#[derive(Debug, Clone)]
+struct Got {
+    topic: String,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+}
+
+impl Got {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("payload on {} is not JSON ({e}): {:?}", self.topic, self))
+    }
+
+    /// The `id` of a `{"id": n}` payload.
+    fn id(&self) -> u64 {
+        id_of(&self.json())
+    }
+}
+
+fn id_of(data: &Value) -> u64 {
+    data.get("id")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no numeric id in {data}"))
+}
+
+/// How often each id arrived.
+fn id_counts(ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn missing(counts: &BTreeMap<u64, usize>, wanted: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    wanted
+        .into_iter()
+        .filter(|id| !counts.contains_key(id))
+        .collect()
+}
+
+fn duplicates(counts: &BTreeMap<u64, usize>) -> usize {
+    counts.values().map(|n| n - 1).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test clients
+// ---------------------------------------------------------------------------------------------
+
+/// Options for a test MQTT client: fast, jitter-free reconnects.
+fn mqtt_options(broker: &Mosquitto, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(broker.host(), broker.port(), client_id);
+    options.backoff = BackoffOptions {
+        increment: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        jitter: 0.0,
+    };
+    options.connect_timeout = Duration::from_secs(2);
+    options
+}
+
+/// What happened to a test MQTT client's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Life {
+    Connected { session_present: bool },
+    Disconnected,
+}
+
+/// A test client on the library's MQTT client. A background task acknowledges and collects
+/// every message.
+struct MqttPeer {
+    handle: MqttHandle,
+    inbox: Inbox<Got>,
+    life: Inbox<Life>,
+}
+
+impl MqttPeer {
+    /// Connects and waits until every filter is subscribed (or the broker resumed a session,
+    /// which keeps them).
+    async fn connect(options: MqttOptions, filters: &[(&str, QoS)]) -> MqttPeer {
+        let name = options.client_id.clone();
+        let specs = filters
+            .iter()
+            .map(|(filter, qos)| SubscriptionSpec::new(*filter, *qos))
+            .collect();
+        let (handle, mut events) = mqtt::start(options, specs).expect("valid MQTT options");
+        let inbox = Inbox::new();
+        let life = Inbox::new();
+        let mut pending: BTreeSet<String> = filters.iter().map(|(f, _)| f.to_string()).collect();
+        let mut connected = false;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !connected || !pending.is_empty() {
+            let event = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "MQTT client {name}: not connected and subscribed within {WAIT:?} \
+                         (connected: {connected}, pending: {pending:?})"
+                    )
+                })
+                .unwrap_or_else(|| panic!("MQTT client {name} stopped"));
+            match event {
+                MqttEvent::Connected { session_present } => {
+                    connected = true;
+                    life.push(Life::Connected { session_present });
+                    if session_present {
+                        pending.clear();
+                    }
+                }
+                MqttEvent::Subscribed { filter } => {
+                    pending.remove(&filter);
+                }
+                MqttEvent::SubscribeFailed { filter, reason } => {
+                    panic!("MQTT client {name}: subscription {filter} refused: {reason}")
+                }
+                MqttEvent::Message(message) => record(&handle, &inbox, message),
+                _ => {}
+            }
+        }
+        let (task_handle, task_inbox, task_life) = (handle.clone(), inbox.clone(), life.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    MqttEvent::Message(message) => record(&task_handle, &task_inbox, message),
+                    MqttEvent::Connected { session_present } => {
+                        task_life.push(Life::Connected { session_present })
+                    }
+                    MqttEvent::Disconnected { .. } => task_life.push(Life::Disconnected),
+                    _ => {}
+                }
+            }
+        });
+        MqttPeer {
+            handle,
+            inbox,
+            life,
+        }
+    }
+
+    /// Publishes and waits for the broker's acknowledgement.
+    async fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS) {
+        tokio::time::timeout(WAIT, self.handle.publish(topic, payload.into(), qos, false))
+            .await
+            .unwrap_or_else(|_| panic!("publish to {topic}: not acknowledged within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
+    }
+
+    /// Publishes `{"id": n}` for every id at QoS 1, pipelined, and waits for every PUBACK.
+    async fn publish_ids(&self, topic: &str, ids: Range<u64>) {
+        let mut completions = Vec::new();
+        for id in ids {
+            let payload = Bytes::from(json!({ "id": id }).to_string());
+            let completion = self
+                .handle
+                .publish_queued(topic, payload, QoS::AtLeastOnce, false)
+                .await
+                .unwrap_or_else(|e| panic!("publish of id {id} to {topic} refused: {e}"));
+            completions.push((id, completion));
+        }
+        for (id, completion) in completions {
+            tokio::time::timeout(WAIT, completion)
+                .await
+                .unwrap_or_else(|_| panic!("id {id} on {topic}: no PUBACK within {WAIT:?}"))
+                .unwrap_or_else(|e| panic!("id {id} on {topic} failed: {e}"));
+        }
+    }
+
+    /// Ids of `{"id": n}` messages received on topics starting with `prefix`.
+    fn ids(&self, prefix: &str) -> BTreeMap<u64, usize> {
+        id_counts(
+            self.inbox
+                .snapshot()
+                .iter()
+                .filter(|g| g.topic.starts_with(prefix))
+                .map(Got::id),
+        )
+    }
+
+    /// Waits until every id of `wanted` arrived on topics starting with `prefix`.
+    async fn wait_for_ids(&self, what: &str, prefix: &str, wanted: Range<u64>) {
+        self.inbox
+            .wait_until(what, WAIT, |got| {
+                let have: BTreeSet<u64> = got
+                    .iter()
+                    .filter(|g| g.topic.starts_with(prefix))
+                    .map(Got::id)
+                    .collect();
+                wanted.clone().all(|id| have.contains(&id))
+            })
+            .await;
+    }
+}
+
+fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage) {
+    let IncomingMessage {
+        topic,
+        payload,
+        qos,
+        retain,
+        token,
+    } = message;
+    handle.ack(token);
+    inbox.push(Got {
+        topic,
+        payload,
+        qos,
+        retain,
+    });
+}
+
+/// A plain rumqttc MQTT 3.1.1 subscriber at QoS 2. Unlike the library's client (which asks
+/// for QoS 2 as QoS 1), it receives each message at the QoS the publisher used, so it shows
+/// the QoS of the bridge's publishes. Returns once the broker confirmed the subscription.
+async fn qos2_subscriber(broker: &Mosquitto, client_id: &str, filter: &str) -> Inbox<Got> {
+    let mut options = rumqttc::MqttOptions::new(client_id, broker.host(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    client
+        .subscribe(filter, rumqttc::QoS::ExactlyOnce)
+        .await
+        .expect("queue the SUBSCRIBE");
+    let inbox = Inbox::new();
+    let subacks: Inbox<()> = Inbox::new();
+    let (task_inbox, task_subacks) = (inbox.clone(), subacks.clone());
+    let filter = filter.to_owned();
+    tokio::spawn(async move {
+        let _client = client; // keeps the event loop's request channel open
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => task_inbox.push(Got {
+                    topic: p.topic,
+                    payload: p.payload,
+                    qos: match p.qos {
+                        rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
+                        rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
+                        rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+                    },
+                    retain: p.retain,
+                }),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => task_subacks.push(()),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("rumqttc subscriber {filter:?}: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    subacks
+        .wait_until(&format!("SUBACK for {client_id}"), WAIT, |s| !s.is_empty())
+        .await;
+    inbox
+}
+
+/// A test client on the library's Bayeux client. Deliveries of its subscription (if any)
+/// and its events are collected by background tasks.
+struct BayeuxPeer {
+    client: Client,
+    inbox: Inbox<Message>,
+}
+
+impl BayeuxPeer {
+    /// A client that only publishes (it handshakes in the background; publishes wait).
+    fn publisher(url: &str) -> BayeuxPeer {
+        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        BayeuxPeer {
+            client,
+            inbox: Inbox::new(),
+        }
+    }
+
+    /// A client subscribed to `pattern`; returns once the server confirmed it.
+    async fn subscriber(url: &str, pattern: &str) -> BayeuxPeer {
+        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
+        let mut subscription = client
+            .subscribe(pattern)
+            .await
+            .unwrap_or_else(|e| panic!("subscribe {pattern}: {e}"));
+        confirmed(&mut events, pattern).await;
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let inbox = Inbox::new();
+        let task_inbox = inbox.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.recv().await {
+                task_inbox.push(message);
+            }
+        });
+        BayeuxPeer { client, inbox }
+    }
+
+    /// Publishes and waits for the server's `successful: true`.
+    async fn publish(&self, channel: &str, data: Value) {
+        tokio::time::timeout(WAIT, self.client.publish(channel, data))
+            .await
+            .unwrap_or_else(|_| panic!("publish on {channel}: no verdict within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("publish on {channel} failed: {e}"));
+    }
+
+    /// Publishes `{"id": n}` for every id, pipelined, and waits for every verdict.
+    async fn publish_ids(&self, channel: &str, ids: Range<u64>) {
+        let mut verdicts = Vec::new();
+        for id in ids {
+            let verdict = self
+                .client
+                .publish_queued(channel, json!({ "id": id }), None)
+                .await
+                .unwrap_or_else(|e| panic!("publish of id {id} on {channel} refused: {e}"));
+            verdicts.push((id, verdict));
+        }
+        for (id, verdict) in verdicts {
+            tokio::time::timeout(WAIT, verdict)
+                .await
+                .unwrap_or_else(|_| panic!("id {id} on {channel}: no verdict within {WAIT:?}"))
+                .unwrap_or_else(|e| panic!("id {id} on {channel} failed: {e}"));
+        }
+    }
+
+    /// Ids of `{"id": n}` deliveries on channels starting with `prefix`.
+    fn ids(&self, prefix: &str) -> BTreeMap<u64, usize> {
+        id_counts(
+            self.inbox
+                .snapshot()
+                .iter()
+                .filter(|m| m.channel.starts_with(prefix))
+                .map(|m| id_of(m.data.as_ref().unwrap_or(&Value::Null))),
+        )
+    }
+
+    /// Waits until every id of `wanted` arrived on channels starting with `prefix`.
+    async fn wait_for_ids(&self, what: &str, prefix: &str, wanted: &BTreeSet<u64>) {
+        self.inbox
+            .wait_until(what, WAIT, |messages| {
+                let have: BTreeSet<u64> = messages
+                    .iter()
+                    .filter(|m| m.channel.starts_with(prefix))
+                    .filter_map(|m| m.data.as_ref()?.get("id")?.as_u64())
+                    .collect();
+                wanted.is_subset(&have)
+            })
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bridge configuration
+// ---------------------------------------------------------------------------------------------
+
+/// One `[[route]]` table; `extra` holds further `key = value` lines.
+fn route(bayeux: &str, mqtt: &str, direction: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\nbayeux = \"{bayeux}\"\nmqtt = \"{mqtt}\"\ndirection = \"{direction}\"\n{extra}\n"
+    )
+}
+
+/// A bridge config for `url` and `broker` with fast reconnects on both sides; `mqtt_extra`
+/// goes into `[mqtt]`, `sections` (e.g. `[bridge]`) before the routes.
+fn bridge_toml(
+    url: &str,
+    broker: &Mosquitto,
+    client_id: &str,
+    mqtt_extra: &str,
+    sections: &str,
+    routes: &[String],
+) -> String {
+    format!(
+        "[bayeux]\n\
+         url = \"{url}\"\n\
+         backoff_increment_ms = 100\n\
+         backoff_max_ms = 1000\n\
+         \n\
+         [mqtt]\n\
+         host = \"{host}\"\n\
+         port = {port}\n\
+         client_id = \"{client_id}\"\n\
+         connect_timeout_secs = 2\n\
+         backoff_increment_ms = 100\n\
+         backoff_max_ms = 1000\n\
+         {mqtt_extra}\n\
+         \n\
+         {sections}\n\
+         \n\
+         {routes}",
+        host = broker.host(),
+        port = broker.port(),
+        routes = routes.concat(),
+    )
+}
+
+/// `RUST_LOG` that adds the pipelines' per-message trace lines (`Forwarding to MQTT.`,
+/// `Forwarding to Bayeux.`), which show what the bridge has taken from its source.
+const TRACE_PIPELINES: (&str, &str) = (
+    "RUST_LOG",
+    "info,bayeux_mqtt_bridge::bridge::b2m=trace,bayeux_mqtt_bridge::bridge::m2b=trace",
+);
+
+/// Ids of the `{"id": n}` payloads in the bridge's `message` trace lines whose `name_field`
+/// starts with `prefix`.
+fn traced_ids(lines: &[LogLine], message: &str, name_field: &str, prefix: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| l.is(message))
+        .filter(|l| {
+            l.str_field(name_field)
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter_map(|l| serde_json::from_str::<Value>(l.str_field("payload")?).ok())
+        .filter_map(|v| v.get("id")?.as_u64())
+        .collect()
+}
+
+/// `RUST_LOG` that adds the Bayeux client's `Received.` trace line for every message the
+/// bridge's Bayeux client got from the server.
+const TRACE_BAYEUX_RECEIVED: (&str, &str) =
+    ("RUST_LOG", "info,bayeux_mqtt_bridge::bayeux::driver=trace");
+
+/// [`TRACE_PIPELINES`] and [`TRACE_BAYEUX_RECEIVED`] together.
+const TRACE_PIPELINES_AND_BAYEUX_RECEIVED: (&str, &str) = (
+    "RUST_LOG",
+    "info,bayeux_mqtt_bridge::bayeux::driver=trace,bayeux_mqtt_bridge::bridge::b2m=trace,\
+     bayeux_mqtt_bridge::bridge::m2b=trace",
+);
+
+/// Ids of the `{"id": n}` deliveries on channels starting with `prefix` that the bridge's
+/// Bayeux client received from the server (its `Received.` trace lines). Such a line has a
+/// second `message` field (the message's `Debug` form), which is the one a JSON parser keeps.
+fn client_received_ids(lines: &[LogLine], prefix: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| {
+            l.str_field("channel")
+                .is_some_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|l| {
+            let debug = l.message()?.strip_prefix("Message {")?;
+            let digits = debug.split("\"id\": Number(").nth(1)?;
+            digits.split(')').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// SIGTERMs the bridge, checks that it exited 0 and returns the time from signal to exit.
+async fn stop(bridge: &mut BridgeProcess) -> Duration {
+    let (status, elapsed) = bridge.terminate(WAIT).await;
+    assert!(
+        status.success(),
+        "the bridge exited with {status} after SIGTERM; its log ends:\n{}",
+        bridge.tail(40)
+    );
+    elapsed
+}
+
+fn no_drops() -> BTreeMap<String, u64> {
+    BTreeMap::new()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Both directions with literal, `*`/`+` and `**`/`#` routes
+// ---------------------------------------------------------------------------------------------
+
+async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind) {
+    let server = PeerServer::start_async(kind).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let mqtt_sub = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-routes-sub"),
+        &[("fromb/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-routes-pub"), &[]).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/m2b/**").await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-routes",
+        "",
+        "",
+        &[
+            route("/b2m/lit", "fromb/lit", "bayeux_to_mqtt", ""),
+            route("/b2m/one/*", "fromb/one/+", "bayeux_to_mqtt", ""),
+            route("/b2m/many/**", "fromb/many/#", "bayeux_to_mqtt", ""),
+            route("/m2b/lit", "tob/lit", "mqtt_to_bayeux", ""),
+            route("/m2b/one/*", "tob/one/+", "mqtt_to_bayeux", ""),
+            route("/m2b/many/**", "tob/many/#", "mqtt_to_bayeux", ""),
+        ],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // Bayeux → MQTT: literal, one segment, several segments (with a prefix rewrite each).
+    let b2m = [
+        ("/b2m/lit", "fromb/lit"),
+        ("/b2m/one/kitchen", "fromb/one/kitchen"),
+        ("/b2m/many/a/b/c", "fromb/many/a/b/c"),
+    ];
+    for (channel, _) in b2m {
+        bayeux.publish(channel, json!({ "via": channel })).await;
+    }
+    let wanted: BTreeSet<&str> = b2m.iter().map(|(_, topic)| *topic).collect();
+    mqtt_sub
+        .inbox
+        .wait_until("the three Bayeux → MQTT messages", WAIT, |got| {
+            let topics: BTreeSet<&str> = got.iter().map(|g| g.topic.as_str()).collect();
+            wanted.is_subset(&topics)
+        })
+        .await;
+    let got = mqtt_sub.inbox.snapshot();
+    let by_topic: BTreeMap<&str, Value> =
+        got.iter().map(|g| (g.topic.as_str(), g.json())).collect();
+    let expected: BTreeMap<&str, Value> = b2m
+        .iter()
+        .map(|(channel, topic)| (*topic, json!({ "via": channel })))
+        .collect();
+    assert_eq!(by_topic, expected, "Bayeux → MQTT on {kind:?}");
+
+    // MQTT → Bayeux.
+    let m2b = [
+        ("tob/lit", "/m2b/lit"),
+        ("tob/one/pump", "/m2b/one/pump"),
+        ("tob/many/x/y", "/m2b/many/x/y"),
+    ];
+    for (topic, _) in m2b {
+        mqtt_pub
+            .publish(topic, json!({ "via": topic }).to_string(), QoS::AtLeastOnce)
+            .await;
+    }
+    let wanted: BTreeSet<&str> = m2b.iter().map(|(_, channel)| *channel).collect();
+    bayeux
+        .inbox
+        .wait_until("the three MQTT → Bayeux messages", WAIT, |messages| {
+            let channels: BTreeSet<&str> = messages.iter().map(|m| m.channel.as_str()).collect();
+            wanted.is_subset(&channels)
+        })
+        .await;
+    let messages = bayeux.inbox.snapshot();
+    let by_channel: BTreeMap<&str, Value> = messages
+        .iter()
+        .map(|m| (m.channel.as_str(), m.data.clone().unwrap_or(Value::Null)))
+        .collect();
+    let expected: BTreeMap<&str, Value> = m2b
+        .iter()
+        .map(|(topic, channel)| (*channel, json!({ "via": topic })))
+        .collect();
+    assert_eq!(by_channel, expected, "MQTT → Bayeux on {kind:?}");
+
+    stop(&mut bridge).await;
+    assert_eq!(bridge.totals("bayeux_to_mqtt").forwarded, 3);
+    assert_eq!(bridge.totals("mqtt_to_bayeux").forwarded, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_single_and_multi_level_routes_forward_both_ways_cometd() {
+    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::CometD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_single_and_multi_level_routes_forward_both_ways_faye() {
+    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::Faye).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. QoS 0/1/2 and retain
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let live = qos2_subscriber(&broker, "e2e-qos-live", "qos/out/#").await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/mq/**").await;
+    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-qos-pub"), &[]).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-qos",
+        "",
+        "",
+        &[
+            route("/qos/zero", "qos/out/zero", "bayeux_to_mqtt", "qos = 0"),
+            route("/qos/one", "qos/out/one", "bayeux_to_mqtt", "qos = 1"),
+            route("/qos/two", "qos/out/two", "bayeux_to_mqtt", "qos = 2"),
+            route(
+                "/qos/kept",
+                "qos/out/kept",
+                "bayeux_to_mqtt",
+                "qos = 1\nretain = true",
+            ),
+            route("/mq/zero/*", "mq/zero/+", "mqtt_to_bayeux", "qos = 0"),
+            route("/mq/one/*", "mq/one/+", "mqtt_to_bayeux", "qos = 1"),
+            route("/mq/two/*", "mq/two/+", "mqtt_to_bayeux", "qos = 2"),
+        ],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // Bayeux → MQTT: a QoS 2 subscription receives each message at the QoS the bridge used.
+    for name in ["zero", "one", "two", "kept"] {
+        bayeux
+            .publish(&format!("/qos/{name}"), json!({ "q": name }))
+            .await;
+    }
+    live.wait_until("the four Bayeux → MQTT messages", WAIT, |got| {
+        got.len() >= 4
+    })
+    .await;
+    let qos_by_topic: BTreeMap<String, (QoS, Value)> = live
+        .snapshot()
+        .iter()
+        .map(|g| (g.topic.clone(), (g.qos, g.json())))
+        .collect();
+    let expected: BTreeMap<String, (QoS, Value)> = [
+        ("zero", QoS::AtMostOnce),
+        ("one", QoS::AtLeastOnce),
+        ("two", QoS::ExactlyOnce),
+        ("kept", QoS::AtLeastOnce),
+    ]
+    .into_iter()
+    .map(|(name, qos)| (format!("qos/out/{name}"), (qos, json!({ "q": name }))))
+    .collect();
+    assert_eq!(
+        qos_by_topic, expected,
+        "the QoS of each route's publishes, as delivered to a QoS 2 subscription"
+    );
+
+    // Retain: a subscriber that arrives afterwards gets the retained message, and only that
+    // one. Retained messages come right after the SUBACK, so once a later live message has
+    // arrived every retained one has too.
+    let late = qos2_subscriber(&broker, "e2e-qos-late", "qos/out/#").await;
+    bayeux.publish("/qos/one", json!({ "q": "after" })).await;
+    late.wait_until("the live message after the retained ones", WAIT, |got| {
+        got.iter().any(|g| g.json() == json!({ "q": "after" }))
+    })
+    .await;
+    let before_live: Vec<(String, bool, Value)> = late
+        .snapshot()
+        .iter()
+        .take_while(|g| g.json() != json!({ "q": "after" }))
+        .map(|g| (g.topic.clone(), g.retain, g.json()))
+        .collect();
+    assert_eq!(
+        before_live,
+        vec![("qos/out/kept".to_owned(), true, json!({ "q": "kept" }))],
+        "a late subscriber sees exactly the message of the retain route, flagged retained"
+    );
+
+    // MQTT → Bayeux through routes (and so subscriptions) of each QoS.
+    for (name, qos) in [
+        ("zero", QoS::AtMostOnce),
+        ("one", QoS::AtLeastOnce),
+        ("two", QoS::ExactlyOnce),
+    ] {
+        mqtt_pub
+            .publish(
+                &format!("mq/{name}/a"),
+                json!({ "q": name }).to_string(),
+                qos,
+            )
+            .await;
+    }
+    bayeux
+        .inbox
+        .wait_until("the three MQTT → Bayeux messages", WAIT, |m| {
+            m.iter().filter(|m| m.channel.starts_with("/mq/")).count() >= 3
+        })
+        .await;
+    let by_channel: BTreeMap<String, Value> = bayeux
+        .inbox
+        .snapshot()
+        .into_iter()
+        .filter(|m| m.channel.starts_with("/mq/"))
+        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .collect();
+    let expected: BTreeMap<String, Value> = ["zero", "one", "two"]
+        .into_iter()
+        .map(|name| (format!("/mq/{name}/a"), json!({ "q": name })))
+        .collect();
+    assert_eq!(by_channel, expected, "MQTT → Bayeux at QoS 0, 1 and 2");
+    stop(&mut bridge).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Payload modes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let mqtt_sub = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-payload-sub"),
+        &[("pay/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    let bayeux = BayeuxPeer::publisher(&url);
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-payload",
+        "",
+        "",
+        &[
+            route(
+                "/pay/data/*",
+                "pay/data/+",
+                "bayeux_to_mqtt",
+                "payload = \"data\"",
+            ),
+            route(
+                "/pay/msg/*",
+                "pay/msg/+",
+                "bayeux_to_mqtt",
+                "payload = \"message\"",
+            ),
+        ],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    let data = json!({ "t": 21.5, "tags": ["a", "b"] });
+    bayeux.publish("/pay/data/kitchen", data.clone()).await;
+    bayeux.publish("/pay/msg/kitchen", data.clone()).await;
+    mqtt_sub
+        .inbox
+        .wait_until("both payload modes", WAIT, |got| got.len() >= 2)
+        .await;
+    let got = mqtt_sub.inbox.snapshot();
+    let find = |topic: &str| {
+        got.iter()
+            .find(|g| g.topic == topic)
+            .unwrap_or_else(|| panic!("nothing on {topic}: {got:#?}"))
+            .json()
+    };
+    assert_eq!(
+        find("pay/data/kitchen"),
+        data,
+        "payload = \"data\": the MQTT payload is the Bayeux data"
+    );
+    let whole = find("pay/msg/kitchen");
+    assert_eq!(
+        whole.get("channel"),
+        Some(&json!("/pay/msg/kitchen")),
+        "payload = \"message\" carries the channel: {whole}"
+    );
+    assert_eq!(
+        whole.get("data"),
+        Some(&data),
+        "payload = \"message\" carries the data: {whole}"
+    );
+    assert_eq!(
+        whole.get("clientId"),
+        None,
+        "the bridge's own session id is left out: {whole}"
+    );
+    stop(&mut bridge).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. direction = "both": no echo, no loop
+// ---------------------------------------------------------------------------------------------
+
+async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol: &str) {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    // Each test client also sees its own publish (no No Local): a loop would show up as a
+    // second copy on either side.
+    let mqtt = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-both-peer"),
+        &[("chat/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/chat/**").await;
+    let client_id = format!("e2e-both-{}", protocol.replace('.', ""));
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        &client_id,
+        &format!("protocol = \"{protocol}\""),
+        "",
+        &[route("/chat/*", "chat/+", "both", "")],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    let from_mqtt = json!({ "from": "mqtt" });
+    let from_bayeux = json!({ "from": "bayeux" });
+    mqtt.publish("chat/m", from_mqtt.to_string(), QoS::AtLeastOnce)
+        .await;
+    bayeux.publish("/chat/b", from_bayeux.clone()).await;
+    bayeux
+        .inbox
+        .wait_until("the MQTT message on Bayeux", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/chat/m")
+        })
+        .await;
+    mqtt.inbox
+        .wait_until("the Bayeux message on MQTT", WAIT, |g| {
+            g.iter().any(|g| g.topic == "chat/b")
+        })
+        .await;
+    // Observation window: a ping-pong would keep producing copies within milliseconds.
+    tokio::time::sleep(QUIET).await;
+
+    let on_bayeux: Vec<(String, Value)> = bayeux
+        .inbox
+        .snapshot()
+        .into_iter()
+        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .collect();
+    let mut expected_bayeux = vec![
+        ("/chat/m".to_owned(), from_mqtt.clone()),
+        ("/chat/b".to_owned(), from_bayeux.clone()),
+    ];
+    let mut sorted = on_bayeux.clone();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    expected_bayeux.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        sorted, expected_bayeux,
+        "MQTT {protocol}: Bayeux side sees the MQTT message once and its own once"
+    );
+    let mut on_mqtt: Vec<(String, Value)> = mqtt
+        .inbox
+        .snapshot()
+        .iter()
+        .map(|g| (g.topic.clone(), g.json()))
+        .collect();
+    on_mqtt.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        on_mqtt,
+        vec![
+            ("chat/b".to_owned(), from_bayeux),
+            ("chat/m".to_owned(), from_mqtt),
+        ],
+        "MQTT {protocol}: MQTT side sees the Bayeux message once and its own once"
+    );
+
+    stop(&mut bridge).await;
+    // The Bayeux server echoes the bridge's own publish (/chat/m) to its subscription.
+    let b2m = bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        (b2m.received, b2m.forwarded, b2m.echoes, b2m.dropped),
+        (2, 1, 1, no_drops()),
+        "MQTT {protocol}: Bayeux → MQTT totals (received, forwarded, echoes, dropped)"
+    );
+    // MQTT 5 No Local keeps the bridge's own publish (chat/b) from coming back; MQTT 3.1.1 has
+    // no such option, so it comes back and is suppressed as an echo.
+    let m2b = bridge.totals("mqtt_to_bayeux");
+    let expected = if protocol == "5" {
+        (1, 1, 0, no_drops())
+    } else {
+        (2, 1, 1, no_drops())
+    };
+    assert_eq!(
+        (m2b.received, m2b.forwarded, m2b.echoes, m2b.dropped),
+        expected,
+        "MQTT {protocol}: MQTT → Bayeux totals (received, forwarded, echoes, dropped)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_forward_each_message_once_without_echo_or_loop_mqtt_5() {
+    both_directions_forward_each_message_once_without_echo_or_loop("5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_forward_each_message_once_without_echo_or_loop_mqtt_3_1_1() {
+    both_directions_forward_each_message_once_without_echo_or_loop("3.1.1").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Mosquitto killed mid-stream: no Bayeux → MQTT message lost at QoS 1
+// ---------------------------------------------------------------------------------------------
+
+/// Sends a signal by name to a process with `kill(1)`.
+fn signal_pid(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill -{name}: {e}"));
+    assert!(status.success(), "kill -{name} {pid} failed: {status}");
+}
+
+/// A Mosquitto that writes its pid to a file, so a test can freeze it (SIGSTOP): the
+/// helper only exposes kill and terminate.
+struct FreezableBroker {
+    broker: Mosquitto,
+    pid_file: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl FreezableBroker {
+    async fn start(persistence: bool) -> FreezableBroker {
+        let dir = TempDir::new("mosquitto-pid");
+        let pid_file = dir.path().join("mosquitto.pid");
+        let broker = Mosquitto::start_configured_async(
+            persistence,
+            &format!("pid_file {}", pid_file.display()),
+        )
+        .await;
+        FreezableBroker {
+            broker,
+            pid_file,
+            _dir: dir,
+        }
+    }
+
+    /// SIGSTOPs the running broker: it reads, writes and acknowledges nothing until killed.
+    fn freeze(&self) {
+        freeze(&self.pid_file);
+    }
+}
+
+/// SIGSTOPs the broker whose pid is in `pid_file`.
+fn freeze(pid_file: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .unwrap_or_else(|e| panic!("mosquitto's pid file {}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .expect("a pid in mosquitto's pid file");
+    signal_pid(pid, "STOP");
+}
+
+/// A SIGKILLed broker loses whatever it had acknowledged to a publisher but not yet passed
+/// on, so a naive "kill the broker during the stream" test can lose messages that are not
+/// the bridge's fault. This test rules that out:
+///
+/// - The broker runs with persistence, and is restarted gracefully (SIGTERM, which saves)
+///   *before* the bridge starts, so its file holds the subscriber's persistent session and
+///   subscription. After the SIGKILL it reloads that file: messages the bridge publishes
+///   while the subscriber is still reconnecting are queued for it, not discarded.
+/// - Before the kill the broker is frozen (SIGSTOP) at a moment when the subscriber has
+///   received every message published so far, so nothing the broker ever acknowledged is
+///   missing at the subscriber. While it is frozen it acknowledges nothing, but the bridge
+///   keeps taking messages from Bayeux and writing them to the broker: they are in flight
+///   (sent, unacknowledged) when the broker is SIGKILLed.
+/// - More messages are published while the broker is down and after it is back.
+///
+/// So every message the subscriber misses is one the bridge took from Bayeux and never got
+/// acknowledged by a broker: the bridge's loss. Duplicates are allowed (QoS 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1() {
+    const N: u64 = 300;
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let url = server.url();
+    let mut freezable = FreezableBroker::start(true).await;
+    let pid_file = freezable.pid_file.clone();
+    let broker = &mut freezable.broker;
+    let subscriber = MqttPeer::connect(
+        mqtt_options(broker, "e2e-kill-sub"),
+        &[("stream/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    broker.terminate();
+    broker.restart_async().await;
+    subscriber
+        .life
+        .wait_until("the subscriber to resume its saved session", WAIT, |life| {
+            life.contains(&Life::Connected {
+                session_present: true,
+            })
+        })
+        .await;
+
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        broker,
+        "e2e-kill",
+        "",
+        "",
+        &[route("/stream/**", "stream/#", "bayeux_to_mqtt", "qos = 1")],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let publisher = BayeuxPeer::publisher(&url);
+
+    // Phase 1: the broker runs; wait until the subscriber has everything.
+    publisher.publish_ids("/stream/n", 0..100).await;
+    subscriber
+        .wait_for_ids("ids 0..100 before the kill", "stream/", 0..100)
+        .await;
+
+    // Phase 2: freeze the broker, keep publishing; the bridge forwards into the frozen broker.
+    freeze(&pid_file);
+    publisher.publish_ids("/stream/n", 100..200).await;
+    bridge
+        .wait_until(
+            "the bridge to hand at least 50 of ids 100..200 to its MQTT client",
+            WAIT,
+            |lines| {
+                traced_ids(lines, "Forwarding to MQTT.", "topic", "stream/")
+                    .into_iter()
+                    .filter(|id| (100..200).contains(id))
+                    .count()
+                    >= 50
+            },
+        )
+        .await;
+    broker.kill(); // SIGKILL, with the bridge's publishes unacknowledged
+    bridge.wait_for_log("Bridge not ready.", WAIT).await;
+
+    // Phase 3: the broker is down.
+    publisher.publish_ids("/stream/n", 200..250).await;
+    // Phase 4: the broker is back (with the subscriber's saved session).
+    broker.restart_async().await;
+    publisher.publish_ids("/stream/n", 250..N).await;
+
+    subscriber
+        .wait_for_ids("all ids at the subscriber", "stream/", 0..N)
+        .await;
+    let counts = subscriber.ids("stream/");
+    let lost = missing(&counts, 0..N);
+    let dups = duplicates(&counts);
+    eprintln!(
+        "mosquitto SIGKILL: {N} published, {} distinct received, {} lost, {dups} duplicates",
+        counts.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost ids: {lost:?}");
+    // The messages in flight at the kill were sent again after the reconnect.
+    let reconnect = bridge
+        .wait_for_nth("Connected to the MQTT broker.", 2, WAIT)
+        .await;
+    let sent_again = reconnect.u64_field("resent").unwrap_or(0)
+        + reconnect.u64_field("republished").unwrap_or(0);
+    eprintln!("mosquitto SIGKILL: the bridge sent {sent_again} unacknowledged publishes again");
+    assert!(
+        sent_again > 0,
+        "the bridge had nothing unacknowledged to send again: {}",
+        reconnect.raw
+    );
+    bridge.wait_for_nth("Bridge ready.", 2, WAIT).await;
+    stop(&mut bridge).await;
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (N, N, no_drops()),
+        "Bayeux → MQTT totals (received, forwarded, dropped)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Bayeux server restarted mid-stream
+// ---------------------------------------------------------------------------------------------
+
+/// One publish of the background publisher.
+#[derive(Debug, Clone)]
+struct Sent {
+    id: u64,
+    /// Whether the publish started after the test saw the bridge ready again.
+    after_ready: bool,
+    /// Whether the server answered `successful: true`.
+    ok: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice() {
+    const AFTER: usize = 30;
+    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let subscriber = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-restart-sub"),
+        &[("restart/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-restart",
+        "",
+        "",
+        &[route(
+            "/restart/*",
+            "restart/+",
+            "bayeux_to_mqtt",
+            "qos = 1",
+        )],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // A publisher that keeps going through the restart.
+    let publisher = BayeuxPeer::publisher(&url);
+    let after_ready = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let sent: Inbox<Sent> = Inbox::new();
+    let task = {
+        let (client, after_ready, done, sent) = (
+            publisher.client.clone(),
+            Arc::clone(&after_ready),
+            Arc::clone(&done),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            for id in 0.. {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let after_ready = after_ready.load(Ordering::SeqCst);
+                let verdict =
+                    tokio::time::timeout(WAIT, client.publish("/restart/n", json!({ "id": id })))
+                        .await;
+                let ok = matches!(verdict, Ok(Ok(_)));
+                sent.push(Sent {
+                    id,
+                    after_ready,
+                    ok,
+                });
+                // Pacing, not synchronisation.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    subscriber
+        .inbox
+        .wait_until("traffic before the restart", WAIT, |got| got.len() >= 20)
+        .await;
+
+    server.kill();
+    bridge.wait_for_log("Bridge not ready.", WAIT).await;
+    server.restart_async().await;
+    bridge.wait_for_nth("Bridge ready.", 2, WAIT).await;
+    after_ready.store(true, Ordering::SeqCst);
+    sent.wait_until(
+        &format!("{AFTER} publishes after the bridge was ready again"),
+        WAIT,
+        |sent| sent.iter().filter(|s| s.after_ready && s.ok).count() >= AFTER,
+    )
+    .await;
+    done.store(true, Ordering::SeqCst);
+    task.await.expect("the publisher task");
+
+    let sent = sent.snapshot();
+    let after: BTreeSet<u64> = sent
+        .iter()
+        .filter(|s| s.after_ready && s.ok)
+        .map(|s| s.id)
+        .collect();
+    let last = sent.last().map_or(0, |s| s.id);
+    subscriber
+        .inbox
+        .wait_until("every id published after the restart", WAIT, |got| {
+            let have: BTreeSet<u64> = got.iter().map(Got::id).collect();
+            after.is_subset(&have)
+        })
+        .await;
+    // Observation window: a duplicate forwarded by the bridge would arrive within it.
+    tokio::time::sleep(QUIET).await;
+
+    let counts = subscriber.ids("restart/");
+    let twice: BTreeMap<u64, usize> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (*id, *n))
+        .collect();
+    let lost_in_outage = missing(&counts, 0..=last);
+    eprintln!(
+        "Bayeux restart: {} published ({} after ready), {} distinct received, {} duplicates; \
+         not delivered (published while the bridge had no subscription on the new server, \
+         which Bayeux does not keep): {lost_in_outage:?}",
+        sent.len(),
+        after.len(),
+        counts.len(),
+        duplicates(&counts)
+    );
+    assert!(twice.is_empty(), "ids forwarded more than once: {twice:?}");
+    let after_missing: Vec<u64> = after
+        .iter()
+        .copied()
+        .filter(|id| counts.get(id) != Some(&1))
+        .collect();
+    assert!(
+        after_missing.is_empty(),
+        "ids published after the bridge was ready again that did not arrive exactly once: \
+         {after_missing:?}"
+    );
+    assert!(
+        lost_in_outage.iter().all(|id| !after.contains(id)),
+        "only ids published during the outage may be missing"
+    );
+    stop(&mut bridge).await;
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        (totals.received, totals.dropped.clone()),
+        (totals.forwarded, no_drops()),
+        "everything received was forwarded: {totals:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. MQTT → Bayeux while the Bayeux server is down
+// ---------------------------------------------------------------------------------------------
+
+/// The bridge config of the MQTT → Bayeux outage tests.
+fn m2b_outage_config(url: &str, broker: &Mosquitto, client_id: &str) -> ConfigFile {
+    ConfigFile::new(&bridge_toml(
+        url,
+        broker,
+        client_id,
+        "",
+        "",
+        &[route("/cmd/*", "cmd/+", "mqtt_to_bayeux", "qos = 1")],
+    ))
+}
+
+/// Kills the Bayeux server under a ready bridge, publishes `ids` to MQTT, and waits until the
+/// bridge has taken them all (its `Forwarding to Bayeux.` trace lines).
+async fn publish_while_bayeux_is_down(
+    server: &mut PeerServer,
+    bridge: &BridgeProcess,
+    publisher: &MqttPeer,
+    ids: Range<u64>,
+) {
+    server.kill();
+    bridge.wait_for_log("Bridge not ready.", WAIT).await;
+    publisher.publish_ids("cmd/x", ids.clone()).await;
+    bridge
+        .wait_until(
+            "the bridge to take every message from the broker",
+            WAIT,
+            |lines| {
+                let taken: BTreeSet<u64> =
+                    traced_ids(lines, "Forwarding to Bayeux.", "topic", "cmd/")
+                        .into_iter()
+                        .collect();
+                ids.clone().all(|id| taken.contains(&id))
+            },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns() {
+    const N: u64 = 20;
+    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-wait-pub"), &[]).await;
+    let config = m2b_outage_config(&url, &broker, "e2e-wait");
+    let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    publish_while_bayeux_is_down(&mut server, &bridge, &publisher, 0..N).await;
+    // The bridge holds the messages. A Bayeux server keeps nothing for channels nobody is
+    // subscribed to, so the bridge is frozen while the server comes back and our subscriber
+    // subscribes: otherwise the bridge could publish first and the server would discard them.
+    // Freezing changes only the timing, not what the bridge does.
+    bridge.signal("STOP");
+    server.restart_async().await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    bridge.signal("CONT");
+    subscriber
+        .wait_for_ids(
+            "every message held during the outage",
+            "/cmd/",
+            &(0..N).collect(),
+        )
+        .await;
+    bridge.wait_for_nth("Bridge ready.", 2, WAIT).await;
+    let counts = subscriber.ids("/cmd/");
+    eprintln!(
+        "MQTT → Bayeux held during outage: {N} published, {} distinct delivered, {} duplicates",
+        counts.len(),
+        duplicates(&counts)
+    );
+    stop(&mut bridge).await;
+    let totals = bridge.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (N, N, no_drops()),
+        "MQTT → Bayeux totals (received, forwarded, dropped)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_is_not_acknowledged_to_the_broker_before_the_bayeux_server_accepted_it() {
+    const N: u64 = 20;
+    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-noack-pub"), &[]).await;
+    let config = m2b_outage_config(&url, &broker, "e2e-noack");
+    let mut first = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
+    first.wait_for_log("Bridge ready.", WAIT).await;
+
+    publish_while_bayeux_is_down(&mut server, &first, &publisher, 0..N).await;
+    // The bridge has taken every message; SIGKILL it. Whatever it held in memory is gone, so
+    // the messages can only arrive now if the broker still has them: if the bridge did not
+    // acknowledge them.
+    first.kill().await;
+    server.restart_async().await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    let mut second = BridgeProcess::spawn(&config, &[]);
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    subscriber
+        .wait_for_ids(
+            "the broker's redelivery of every unacknowledged message",
+            "/cmd/",
+            &(0..N).collect(),
+        )
+        .await;
+    let counts = subscriber.ids("/cmd/");
+    eprintln!(
+        "MQTT → Bayeux after SIGKILL of the bridge: {N} published, {} distinct delivered, {} \
+         duplicates",
+        counts.len(),
+        duplicates(&counts)
+    );
+    stop(&mut second).await;
+    let totals = second.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (N, N, no_drops()),
+        "the restarted bridge got every message again from the broker"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. `check`
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_prints_the_routes_of_good_files_and_names_file_key_and_reason_for_bad_ones() {
+    let good = ConfigFile::new(
+        "[bayeux]\nurl = \"http://127.0.0.1:9/cometd\"\n[mqtt]\nhost = \"127.0.0.1\"\n\n\
+         [[route]]\nbayeux = \"/sensors/**\"\nmqtt = \"sensors/#\"\ndirection = \"bayeux_to_mqtt\"\n\n\
+         [[route]]\nbayeux = \"/commands/*\"\nmqtt = \"cmd/+\"\ndirection = \"mqtt_to_bayeux\"\nqos = 2\n\n\
+         [[route]]\nbayeux = \"/chat/lobby\"\nmqtt = \"chat/lobby\"\ndirection = \"both\"\nqos = 0\n",
+    );
+    let out = check(good.path());
+    assert!(out.status.success(), "check on a good file: {out:#?}");
+    for expected in [
+        "route[1]",
+        "route[2]",
+        "route[3]",
+        "/sensors/x → sensors/x",
+        "/commands/x ← cmd/x",
+        "/chat/lobby ↔ chat/lobby",
+        "Bayeux subscriptions: /sensors/**, /chat/lobby",
+        "MQTT subscriptions: cmd/+ (qos 2), chat/lobby (qos 0)",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "check's output lacks {expected:?}:\n{}",
+            out.stdout
+        );
+    }
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/config/quickstart.toml");
+    let out = check(std::path::Path::new(quickstart));
+    assert!(out.status.success(), "check on {quickstart}: {out:#?}");
+    assert!(
+        out.stdout.contains("/demo/chat/x ↔ demo/chat/x"),
+        "check's output for {quickstart}:\n{}",
+        out.stdout
+    );
+
+    let header = "[bayeux]\nurl = \"http://127.0.0.1:9/cometd\"\n";
+    let ok_route = "[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/+\"\ndirection = \"both\"\n";
+    let bad: [(&str, String, &[&str]); 3] = [
+        (
+            "unknown key",
+            format!("{header}[mqtt]\nhost = \"127.0.0.1\"\nhots = \"x\"\n{ok_route}"),
+            &["mqtt.hots", "unknown key", "`host`"],
+        ),
+        (
+            "bad route translation",
+            format!(
+                "{header}[mqtt]\nhost = \"127.0.0.1\"\n{ok_route}\
+                 [[route]]\nbayeux = \"/c/*\"\nmqtt = \"c/#\"\ndirection = \"both\"\n"
+            ),
+            &["route[2].mqtt", "/c/*", "`+`, not `#`"],
+        ),
+        (
+            "missing section",
+            format!("[mqtt]\nhost = \"127.0.0.1\"\n{ok_route}"),
+            &["bayeux", "required section [bayeux] is missing"],
+        ),
+    ];
+    for (case, content, needles) in bad {
+        let file = ConfigFile::new(&content);
+        let out = check(file.path());
+        assert!(
+            !out.status.success(),
+            "check must fail for {case}: {out:#?}"
+        );
+        let path = file.path().display().to_string();
+        assert!(
+            out.stderr.contains(&format!("{path}: ")),
+            "{case}: stderr does not name the file {path}: {}",
+            out.stderr
+        );
+        for needle in needles {
+            assert!(
+                out.stderr.contains(needle),
+                "{case}: stderr lacks {needle:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(
+            out.stdout.is_empty(),
+            "{case}: nothing on stdout: {}",
+            out.stdout
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. SIGTERM under load
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_accepted() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let mqtt_sub = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-load-sub"),
+        &[("load/b/#", QoS::AtLeastOnce)],
+    )
+    .await;
+    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-load-pub"), &[]).await;
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/load/m/**").await;
+    let bayeux_pub = BayeuxPeer::publisher(&url);
+    // Default drain deadline (8 s).
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-load",
+        "",
+        "",
+        &[
+            route("/load/b/*", "load/b/+", "bayeux_to_mqtt", "qos = 1"),
+            route("/load/m/*", "load/m/+", "mqtt_to_bayeux", "qos = 1"),
+        ],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[TRACE_BAYEUX_RECEIVED]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // Two load generators, up to about 2000 messages/s each, until told to stop.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let bayeux_load = {
+        let (client, stop_load) = (bayeux_pub.client.clone(), Arc::clone(&stop_load));
+        tokio::spawn(async move {
+            let mut verdicts = Vec::new();
+            let mut id = 0u64;
+            while !stop_load.load(Ordering::SeqCst) {
+                for _ in 0..20 {
+                    match client
+                        .publish_queued("/load/b/x", json!({ "id": id }), None)
+                        .await
+                    {
+                        Ok(verdict) => verdicts.push(verdict),
+                        Err(e) => panic!("Bayeux load publish {id}: {e}"),
+                    }
+                    id += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await; // pacing
+            }
+            let mut ok = 0;
+            for verdict in verdicts {
+                if matches!(tokio::time::timeout(WAIT, verdict).await, Ok(Ok(_))) {
+                    ok += 1;
+                }
+            }
+            (id, ok)
+        })
+    };
+    let mqtt_acked: Inbox<u64> = Inbox::new();
+    let mqtt_load = {
+        let (handle, stop_load, acked) = (
+            mqtt_pub.handle.clone(),
+            Arc::clone(&stop_load),
+            mqtt_acked.clone(),
+        );
+        tokio::spawn(async move {
+            let mut id = 0u64;
+            while !stop_load.load(Ordering::SeqCst) {
+                for _ in 0..20 {
+                    let payload = Bytes::from(json!({ "id": id }).to_string());
+                    let completion = handle
+                        .publish_queued("load/m/x", payload, QoS::AtLeastOnce, false)
+                        .await
+                        .unwrap_or_else(|e| panic!("MQTT load publish {id}: {e}"));
+                    let acked = acked.clone();
+                    let this = id;
+                    tokio::spawn(async move {
+                        if completion.await.is_ok() {
+                            acked.push(this);
+                        }
+                    });
+                    id += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await; // pacing
+            }
+            id
+        })
+    };
+    mqtt_sub
+        .inbox
+        .wait_until("Bayeux → MQTT traffic", WAIT, |got| got.len() >= 1000)
+        .await;
+    bayeux_sub
+        .inbox
+        .wait_until("MQTT → Bayeux traffic", WAIT, |m| m.len() >= 1000)
+        .await;
+
+    let elapsed = stop(&mut bridge).await;
+    stop_load.store(true, Ordering::SeqCst);
+    let (bayeux_published, bayeux_ok) = bayeux_load.await.expect("Bayeux load task");
+    let mqtt_published = mqtt_load.await.expect("MQTT load task");
+    mqtt_acked
+        .wait_until("every MQTT load publish acknowledged", WAIT, |acked| {
+            acked.len() as u64 >= mqtt_published
+        })
+        .await;
+    let b2m = bridge.totals("bayeux_to_mqtt");
+    let m2b = bridge.totals("mqtt_to_bayeux");
+    eprintln!(
+        "SIGTERM under load: exit after {elapsed:?}; Bayeux → MQTT {b2m:?} ({bayeux_published} \
+         published, {bayeux_ok} accepted by the server); MQTT → Bayeux {m2b:?} \
+         ({mqtt_published} published)"
+    );
+    assert!(
+        elapsed <= DRAIN_DEADLINE,
+        "SIGTERM to exit took {elapsed:?}, over the drain deadline of {DRAIN_DEADLINE:?}"
+    );
+    assert_eq!(
+        b2m.dropped,
+        no_drops(),
+        "no Bayeux → MQTT drops (shutdown or other)"
+    );
+    assert_eq!(
+        m2b.dropped,
+        no_drops(),
+        "no MQTT → Bayeux drops (shutdown or other)"
+    );
+    // Bayeux → MQTT: everything the bridge took was acknowledged by the broker, and reached
+    // the subscriber.
+    assert_eq!(
+        b2m.received,
+        b2m.forwarded + b2m.echoes,
+        "Bayeux → MQTT: every message taken was forwarded: {b2m:?}"
+    );
+    let forwarded = b2m.forwarded;
+    mqtt_sub
+        .inbox
+        .wait_until(
+            "every message the bridge forwarded at the MQTT subscriber",
+            WAIT,
+            |got| got.iter().map(Got::id).collect::<BTreeSet<u64>>().len() as u64 >= forwarded,
+        )
+        .await;
+    assert_eq!(mqtt_sub.ids("load/b/").len() as u64, forwarded);
+    // And nothing the bridge's Bayeux client had already received from the server was
+    // discarded at shutdown without being forwarded or counted.
+    let at_mqtt = mqtt_sub.ids("load/b/");
+    let client_received: BTreeSet<u64> = client_received_ids(&bridge.lines(), "/load/b/")
+        .into_iter()
+        .collect();
+    let vanished: Vec<u64> = client_received
+        .iter()
+        .copied()
+        .filter(|id| !at_mqtt.contains_key(id))
+        .collect();
+    eprintln!(
+        "SIGTERM under load, Bayeux → MQTT: the bridge's Bayeux client received {} messages, \
+         {} reached MQTT, {} neither forwarded nor counted: {vanished:?}",
+        client_received.len(),
+        at_mqtt.len(),
+        vanished.len()
+    );
+
+    // MQTT → Bayeux: what the bridge did not acknowledge stays with the broker. A second
+    // bridge on the same session gets it; then every id the broker accepted from the
+    // publisher must have reached Bayeux. One the first bridge acknowledged and then lost
+    // would be missing.
+    let mut second = BridgeProcess::spawn(&config, &[]);
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    let all: BTreeSet<u64> = mqtt_acked.snapshot().into_iter().collect();
+    bayeux_sub
+        .wait_for_ids("every MQTT id at Bayeux", "/load/m/", &all)
+        .await;
+    let counts = bayeux_sub.ids("/load/m/");
+    eprintln!(
+        "SIGTERM under load, MQTT → Bayeux: {} acknowledged by the broker, {} distinct at \
+         Bayeux ({} by the first bridge), {} duplicates",
+        all.len(),
+        counts.len(),
+        m2b.forwarded,
+        duplicates(&counts)
+    );
+    stop(&mut second).await;
+    // Checked last, so that the MQTT → Bayeux half above runs either way.
+    assert!(
+        vanished.is_empty(),
+        "messages the bridge had received from the Bayeux server were discarded at shutdown \
+         without being forwarded, logged or counted as dropped: {vanished:?}"
+    );
+}
+
+/// Under back-pressure the bridge's Bayeux client holds deliveries the pipeline has not taken
+/// yet: its subscription buffer, and the rest of the server's response being handed over. At
+/// SIGTERM they must be forwarded or, failing that, logged and counted as dropped. Here the
+/// broker is frozen, so nothing can be forwarded: every message the bridge received from the
+/// Bayeux server must show up as a drop in the totals. (The SIGTERM test above shows the same
+/// loss with both sides up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_counts_as_dropped_every_bayeux_message_the_bridge_received_but_did_not_forward() {
+    const CAPACITY: u64 = 5;
+    const N: u64 = 30;
+    let drain = Duration::from_secs(2);
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = FreezableBroker::start(false).await;
+    let url = server.url();
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker.broker,
+        "e2e-held",
+        "",
+        &format!(
+            "[bridge]\nqueue_capacity = {CAPACITY}\ndrain_timeout_secs = {}",
+            drain.as_secs()
+        ),
+        &[route("/held/*", "held/+", "bayeux_to_mqtt", "qos = 1")],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES_AND_BAYEUX_RECEIVED]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    broker.freeze();
+    BayeuxPeer::publisher(&url)
+        .publish_ids("/held/n", 0..N)
+        .await;
+    // The pipeline takes CAPACITY messages (they wait for the frozen broker) and the
+    // subscription buffer holds CAPACITY more; the client has received (and logged) the next
+    // one when it blocks handing it over.
+    bridge
+        .wait_until(
+            "the pipeline to be full and the bridge's Bayeux client to hold more",
+            WAIT,
+            |lines| {
+                traced_ids(lines, "Forwarding to MQTT.", "topic", "held/").len() as u64 >= CAPACITY
+                    && client_received_ids(lines, "/held/").len() as u64 > 2 * CAPACITY
+            },
+        )
+        .await;
+    let elapsed = stop(&mut bridge).await;
+    let received = client_received_ids(&bridge.lines(), "/held/").len() as u64;
+    let totals = bridge.totals("bayeux_to_mqtt");
+    let dropped: u64 = totals.dropped.values().sum();
+    eprintln!(
+        "SIGTERM with the broker frozen: exit after {elapsed:?} (drain deadline {drain:?}); \
+         the bridge's Bayeux client received {received} messages; totals {totals:?}"
+    );
+    assert!(
+        elapsed <= drain + Duration::from_secs(1),
+        "SIGTERM to exit took {elapsed:?} with a drain deadline of {drain:?}"
+    );
+    let mut problems = Vec::new();
+    if totals.forwarded + totals.echoes + dropped != received {
+        problems.push(format!(
+            "the bridge's Bayeux client received {received} messages, but only {} are \
+             accounted for (forwarded {} + echoes {} + dropped {dropped}): the rest vanished \
+             without a \"Message dropped.\" line or a count",
+            totals.forwarded + totals.echoes + dropped,
+            totals.forwarded,
+            totals.echoes
+        ));
+    }
+    if dropped != totals.received - totals.forwarded - totals.echoes {
+        problems.push(format!(
+            "the pipeline took {} messages and forwarded {}, but the totals count {dropped} \
+             drops: each must be counted once",
+            totals.received, totals.forwarded
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "at SIGTERM, every message the bridge had received must be forwarded or counted as \
+         dropped, once:\n- {}\ntotals: {totals:?}",
+        problems.join("\n- ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_bayeux_server_down_exits_0_by_the_drain_deadline_and_leaves_held_mqtt_messages_to_the_broker()
+ {
+    const N: u64 = 10;
+    let drain = Duration::from_secs(2);
+    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-drain-pub"), &[]).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-drain",
+        "",
+        &format!("[bridge]\ndrain_timeout_secs = {}", drain.as_secs()),
+        &[route("/cmd/*", "cmd/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+    let mut first = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
+    first.wait_for_log("Bridge ready.", WAIT).await;
+    publish_while_bayeux_is_down(&mut server, &first, &publisher, 0..N).await;
+
+    let elapsed = stop(&mut first).await;
+    eprintln!(
+        "SIGTERM with the Bayeux server down: exit after {elapsed:?} (drain deadline {drain:?})"
+    );
+    assert!(
+        elapsed <= drain + Duration::from_secs(1),
+        "SIGTERM to exit took {elapsed:?} with a drain deadline of {drain:?}"
+    );
+    let totals = first.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (N, 0, no_drops()),
+        "held messages are neither forwarded nor dropped: they stay unacknowledged"
+    );
+
+    // They are still the broker's: the next bridge on the same session forwards them.
+    server.restart_async().await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    let mut second = BridgeProcess::spawn(&config, &[]);
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    subscriber
+        .wait_for_ids(
+            "the held messages, via the next bridge",
+            "/cmd/",
+            &(0..N).collect(),
+        )
+        .await;
+    stop(&mut second).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Non-JSON and binary MQTT payloads
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_base64() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-bin-pub"), &[]).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/pay/**").await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-bin",
+        "",
+        "",
+        &[route("/pay/*", "pay/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+
+    // Default policy: refuse binary.
+    let refused: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
+    let mut first = BridgeProcess::spawn(&config, &[]);
+    first.wait_for_log("Bridge ready.", WAIT).await;
+    publisher
+        .publish("pay/text", "hello, world", QoS::AtLeastOnce)
+        .await;
+    publisher
+        .publish("pay/json", r#"{"a":[1,2]}"#, QoS::AtLeastOnce)
+        .await;
+    publisher
+        .publish("pay/bin", refused.to_vec(), QoS::AtLeastOnce)
+        .await;
+    publisher.publish("pay/end", "end", QoS::AtLeastOnce).await;
+    // The bridge forwards in order, so once "end" arrived everything before it has too.
+    bayeux
+        .inbox
+        .wait_until("the message after the binary one", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/pay/end")
+        })
+        .await;
+    let delivered: Vec<(String, Value)> = bayeux
+        .inbox
+        .snapshot()
+        .into_iter()
+        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![
+            ("/pay/text".to_owned(), json!("hello, world")),
+            ("/pay/json".to_owned(), json!({ "a": [1, 2] })),
+            ("/pay/end".to_owned(), json!("end")),
+        ],
+        "text as a JSON string, JSON as is, binary not forwarded"
+    );
+    let dropped = first.wait_for_log("Message dropped.", WAIT).await;
+    assert_eq!(
+        (
+            dropped.str_field("direction"),
+            dropped.str_field("reason"),
+            dropped.u64_field("route"),
+            dropped.str_field("name"),
+        ),
+        (
+            Some("mqtt_to_bayeux"),
+            Some("binary_payload"),
+            Some(1),
+            Some("pay/bin")
+        ),
+        "the drop is logged with its reason: {}",
+        dropped.raw
+    );
+    stop(&mut first).await;
+    let totals = first.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (4, 3, BTreeMap::from([("binary_payload".to_owned(), 1)])),
+        "MQTT → Bayeux totals with binary refused"
+    );
+
+    // base64, by environment override, on the same persistent session: had the refused
+    // message not been acknowledged, the broker would deliver it again first, and this
+    // bridge would forward it.
+    let sent: &[u8] = &[0xde, 0xad, 0xbe, 0xef];
+    let before = bayeux.inbox.snapshot().len();
+    let mut second = BridgeProcess::spawn(
+        &config,
+        &[("BAYEUX_MQTT_BRIDGE__BRIDGE__BINARY_PAYLOADS", "base64")],
+    );
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    publisher
+        .publish("pay/bin2", sent.to_vec(), QoS::AtLeastOnce)
+        .await;
+    bayeux
+        .inbox
+        .wait_until("the base64 message", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/pay/bin2")
+        })
+        .await;
+    let delivered: Vec<(String, Value)> = bayeux.inbox.snapshot()[before..]
+        .iter()
+        .map(|m| (m.channel.clone(), m.data.clone().unwrap_or(Value::Null)))
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![("/pay/bin2".to_owned(), json!({ "base64": "3q2+7w==" }))],
+        "binary as base64, and the refused message was not redelivered"
+    );
+    stop(&mut second).await;
+    let totals = second.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (1, 1, no_drops()),
+        "the second bridge received only the new message"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Status topic
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the repository's quick-start config, pointed at the test servers by environment
+/// overrides (as its comments describe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_topic_is_online_while_running_and_offline_after_sigterm_and_sigkill() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let quickstart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/quickstart.toml"
+    ))
+    .expect("config/quickstart.toml");
+    let config = ConfigFile::new(&quickstart);
+    let port = broker.port().to_string();
+    let url = server.url();
+    let env = [
+        ("BAYEUX_MQTT_BRIDGE__BAYEUX__URL", url.as_str()),
+        ("BAYEUX_MQTT_BRIDGE__MQTT__PORT", port.as_str()),
+    ];
+    // The default status topic is derived from the client id.
+    let topic = "bayeux-mqtt-bridge/bayeux-mqtt-bridge-quickstart/status";
+    let status_of =
+        |got: &[Got]| -> Vec<(String, bool)> { got.iter().map(|g| (g.text(), g.retain)).collect() };
+
+    let mut bridge = BridgeProcess::spawn(&config, &env);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    bridge.wait_for_log("Status online.", WAIT).await;
+    // Subscribed after the bridge announced itself: the retained status.
+    let watcher = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-status-watch"),
+        &[(topic, QoS::AtLeastOnce)],
+    )
+    .await;
+    watcher
+        .inbox
+        .wait_until("the retained status", WAIT, |got| !got.is_empty())
+        .await;
+    assert_eq!(
+        status_of(&watcher.inbox.snapshot()),
+        vec![("online".to_owned(), true)],
+        "retained online while running"
+    );
+
+    stop(&mut bridge).await;
+    watcher
+        .inbox
+        .wait_until("the status after SIGTERM", WAIT, |got| got.len() >= 2)
+        .await;
+    assert_eq!(
+        status_of(&watcher.inbox.snapshot())[1].0,
+        "offline",
+        "offline published at a clean shutdown"
+    );
+    let late = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-status-late1"),
+        &[(topic, QoS::AtLeastOnce)],
+    )
+    .await;
+    late.inbox
+        .wait_until("the retained status after SIGTERM", WAIT, |got| {
+            !got.is_empty()
+        })
+        .await;
+    assert_eq!(
+        status_of(&late.inbox.snapshot()),
+        vec![("offline".to_owned(), true)],
+        "retained offline after SIGTERM"
+    );
+
+    let mut bridge = BridgeProcess::spawn(&config, &env);
+    bridge.wait_for_log("Status online.", WAIT).await;
+    watcher
+        .inbox
+        .wait_until("online again", WAIT, |got| got.len() >= 3)
+        .await;
+    assert_eq!(status_of(&watcher.inbox.snapshot())[2].0, "online");
+    bridge.kill().await;
+    watcher
+        .inbox
+        .wait_until("the will after SIGKILL", WAIT, |got| got.len() >= 4)
+        .await;
+    assert_eq!(
+        status_of(&watcher.inbox.snapshot())[3].0,
+        "offline",
+        "the will says offline after SIGKILL"
+    );
+    let late = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-status-late2"),
+        &[(topic, QoS::AtLeastOnce)],
+    )
+    .await;
+    late.inbox
+        .wait_until("the retained status after SIGKILL", WAIT, |got| {
+            !got.is_empty()
+        })
+        .await;
+    assert_eq!(
+        status_of(&late.inbox.snapshot()),
+        vec![("offline".to_owned(), true)],
+        "the will is retained"
+    );
+}
+
+/// The status must say `online` whenever the bridge is connected, also when a broker restart
+/// (without persistence) wiped the retained message while MQTT → Bayeux is back-pressured:
+/// the Bayeux server is down and the MQTT → Bayeux queue (`queue_capacity = 1`) is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_topic_says_online_again_after_a_broker_restart_while_mqtt_to_bayeux_is_back_pressured()
+ {
+    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-bp-pub"), &[]).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-bp",
+        "",
+        "[bridge]\nqueue_capacity = 1",
+        &[route("/cmd/*", "cmd/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+    let bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    bridge.wait_for_log("Status online.", WAIT).await;
+    // Fill the queue: one message waits for the Bayeux server, the next waits for room.
+    publish_while_bayeux_is_down(&mut server, &bridge, &publisher, 0..1).await;
+    publisher.publish_ids("cmd/x", 1..3).await;
+
+    broker.restart_async().await; // SIGKILL: the retained `online` is gone with the broker
+    bridge
+        .wait_for_nth("Connected to the MQTT broker.", 2, WAIT)
+        .await;
+    // The announcement follows the connection at once when it happens; ten seconds only
+    // bounds the failure.
+    bridge
+        .wait_for_nth("Status online.", 2, Duration::from_secs(10))
+        .await;
+    let watcher = MqttPeer::connect(
+        mqtt_options(&broker, "e2e-bp-watch"),
+        &[("bayeux-mqtt-bridge/e2e-bp/status", QoS::AtLeastOnce)],
+    )
+    .await;
+    watcher
+        .inbox
+        .wait_until("the retained status", WAIT, |got| !got.is_empty())
+        .await;
+    assert_eq!(watcher.inbox.snapshot()[0].text(), "online");
+}

@@ -234,7 +234,8 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `route`)".into(),
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `route`)"
+                .into(),
         ),
         (
             format!("{head}port = \"abc\"\n{route}"),

@@ -37,15 +37,32 @@ pub(super) enum Control {
 
 type Deliveries = SelectAll<BoxStream<'static, (Arc<Route>, Message)>>;
 
-/// Runs until `stop` turns true.
+/// How long, after the drain deadline, received messages are still counted as dropped while
+/// the Bayeux client winds down.
+pub(super) const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How the pipeline is told to end.
+pub(super) struct Stop {
+    /// Soft: keep forwarding until every subscription has ended (the Bayeux client closes them
+    /// after delivering what it holds), then stop.
+    pub(super) draining: watch::Receiver<bool>,
+    /// Hard: stop now (the drain deadline); whatever is still buffered is counted as dropped.
+    pub(super) now: watch::Receiver<bool>,
+}
+
+/// Runs until the subscriptions end after `stop.draining`, or `stop.now`.
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
     routes: Vec<(u64, Arc<Route>, Subscription)>,
     permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
     mut control: mpsc::Receiver<Control>,
 ) {
+    let Stop {
+        mut draining,
+        now: mut stop,
+    } = stop;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     for (key, route, subscription) in routes {
@@ -55,6 +72,7 @@ pub(super) async fn run(
         let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
+            _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
                 apply(&mut deliveries, &mut cancels, change);
                 continue;
@@ -68,12 +86,39 @@ pub(super) async fn run(
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break 'taking,
+                _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
                 Some(change) = control.recv() => apply(&mut deliveries, &mut cancels, change),
-                Some(next) = deliveries.next(), if !deliveries.is_empty() => break next,
+                // `None`: the last stream just ended; loop to re-check the conditions above.
+                next = deliveries.next(), if !deliveries.is_empty() => if let Some(next) = next {
+                    break next;
+                },
             }
         };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
         forward(&shared, &mqtt, &route, message, slot).await;
+    }
+    // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
+    // hands over until it has stopped and closed them, will not be forwarded. Count it.
+    let mut left = 0usize;
+    let counting = async {
+        while let Some((route, message)) = deliveries.next().await {
+            left += 1;
+            // Received from the server, never forwarded: in both totals.
+            shared
+                .stats
+                .received(Direction::BayeuxToMqtt, route.number());
+            shared
+                .stats
+                .dropped(Direction::BayeuxToMqtt, route.number(), "shutdown");
+            trace!(channel = %message.channel, "Not forwarded: shutting down.");
+        }
+    };
+    let _ = tokio::time::timeout(LEFTOVER_WAIT, counting).await;
+    if left > 0 {
+        warn!(
+            left,
+            "Drain deadline reached; Bayeux messages received but not forwarded are dropped."
+        );
     }
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
 }

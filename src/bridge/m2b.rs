@@ -7,11 +7,12 @@
 //! so it does not block the messages behind it. At shutdown, unanswered messages are left
 //! unacknowledged for the broker to deliver again.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
 use super::payload::mqtt_to_bayeux_data;
@@ -22,6 +23,15 @@ use crate::bayeux::{Client, PublishError, Verdict};
 use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 
 /// Runs until `stop` turns true or the MQTT client has ended.
+///
+/// Lifecycle events (connected, subscribed, disconnected) are handled as they come, even when
+/// every slot is taken (the Bayeux side is down); messages wait in `pending` for a slot. QoS 1
+/// and 2 messages there are bounded by the broker's in-flight window (they are not
+/// acknowledged yet); QoS 0 floods are bounded by [`PENDING_LIMIT`], beyond which the loop
+/// stops reading until slots free up.
+/// Most messages waiting for a slot before the loop stops reading events.
+const PENDING_LIMIT: usize = 4096;
+
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
@@ -29,44 +39,61 @@ pub(super) async fn run(
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
+    let mut open = true;
+    let retries_stop = stop.clone();
+    enum Wake {
+        Stop,
+        Slot(Option<OwnedSemaphorePermit>),
+        Event(Option<MqttEvent>),
+    }
     loop {
-        let permit = tokio::select! {
+        let wake = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            _ = stop.wait_for(|stop| *stop) => Wake::Stop,
+            permit = permits.clone().acquire_owned(), if !pending.is_empty() => Wake::Slot(permit.ok()),
+            event = events.recv(), if open && pending.len() < PENDING_LIMIT => Wake::Event(event),
+            else => Wake::Stop,
         };
-        let event = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            event = events.recv() => event,
-        };
-        match event {
-            None => break,
-            Some(MqttEvent::Message(message)) => {
+        match wake {
+            Wake::Stop | Wake::Slot(None) => break,
+            Wake::Slot(Some(permit)) => {
+                let Some(message) = pending.pop_front() else {
+                    continue;
+                };
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
                 let bayeux = shared.bayeux();
-                forward(&shared, &bayeux, &mqtt, message, slot, stop.clone()).await
+                forward(&shared, &bayeux, &mqtt, message, slot, retries_stop.clone()).await;
             }
-            Some(MqttEvent::Connected { session_present }) => {
-                shared.readiness.mqtt_connected(session_present);
-                announce_online(&shared, &mqtt);
-            }
-            Some(MqttEvent::Disconnected { .. }) => {
-                shared.count_reconnect("disconnected");
-                shared.readiness.mqtt_disconnected()
-            }
-            Some(MqttEvent::ConnectFailed { .. }) => shared.count_reconnect("connect_failed"),
-            Some(MqttEvent::Subscribed { filter }) => shared.readiness.mqtt_subscribed(&filter),
-            Some(MqttEvent::Dropped { topic, reason }) => {
-                shared.drop_message(Direction::MqttToBayeux, "receiver_full", 0, &topic, &reason)
-            }
-            Some(_) => {}
+            Wake::Event(None) => open = false,
+            Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
+            Wake::Event(Some(event)) => lifecycle(&shared, &mqtt, event),
         }
     }
-    debug!("MQTT → Bayeux pipeline stopped taking messages.");
+    // Messages still pending are not acknowledged: the broker delivers them again.
+    debug!(
+        pending = pending.len(),
+        "MQTT → Bayeux pipeline stopped taking messages."
+    );
+}
+
+fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
+    match event {
+        MqttEvent::Connected { session_present } => {
+            shared.readiness.mqtt_connected(session_present);
+            announce_online(shared, mqtt);
+        }
+        MqttEvent::Disconnected { .. } => {
+            shared.count_reconnect("disconnected");
+            shared.readiness.mqtt_disconnected()
+        }
+        MqttEvent::ConnectFailed { .. } => shared.count_reconnect("connect_failed"),
+        MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
+        MqttEvent::Dropped { topic, reason } => {
+            shared.drop_message(Direction::MqttToBayeux, "receiver_full", 0, &topic, &reason)
+        }
+        _ => {}
+    }
 }
 
 /// Publishes the retained `online` status (the will says `offline`).

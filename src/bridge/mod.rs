@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::BackoffOptions;
 use crate::bayeux::{self, Client, ClientOptions, Event};
@@ -317,7 +317,9 @@ pub async fn run_with_reload(
     shared.set_routes(routes);
     info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_m2b, m2b_stopped) = watch::channel(false);
+    let (drain_b2m, b2m_draining) = watch::channel(false);
+    let (stop_b2m, b2m_stopped) = watch::channel(false);
     let b2m_permits = Arc::new(Semaphore::new(capacity));
     let m2b_permits = Arc::new(Semaphore::new(capacity));
     let b2m = tokio::spawn(
@@ -326,7 +328,10 @@ pub async fn run_with_reload(
             mqtt.clone(),
             initial,
             Arc::clone(&b2m_permits),
-            stop_rx.clone(),
+            b2m::Stop {
+                draining: b2m_draining,
+                now: b2m_stopped,
+            },
             b2m_control_rx,
         )
         .instrument(info_span!("bayeux_to_mqtt")),
@@ -337,7 +342,7 @@ pub async fn run_with_reload(
             mqtt.clone(),
             mqtt_events,
             Arc::clone(&m2b_permits),
-            stop_rx.clone(),
+            m2b_stopped,
         )
         .instrument(info_span!("mqtt_to_bayeux")),
     );
@@ -389,21 +394,53 @@ pub async fn run_with_reload(
         n.stopping();
         n.status("Draining: finishing messages in flight");
     }
-    let _ = stop_tx.send(true);
-    // The loops stop at once unless a hand-over to a side that is down blocks them.
-    let (b2m_abort, m2b_abort) = (b2m.abort_handle(), m2b.abort_handle());
-    let stopping = async {
-        let _ = tokio::join!(b2m, m2b);
-    };
-    if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stopping)
+    // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
+    //    (unacknowledged ones are delivered again by the broker).
+    let _ = stop_m2b.send(true);
+    let reserve = Duration::from_secs(1);
+    let until = |reserve: Duration| deadline.checked_sub(reserve).unwrap_or(deadline);
+    let mut m2b = m2b;
+    if tokio::time::timeout_at(until(reserve).into(), &mut m2b)
         .await
         .is_err()
     {
-        b2m_abort.abort();
-        m2b_abort.abort();
+        m2b.abort();
     }
-    drain(&stats, &b2m_permits, &m2b_permits, capacity, deadline).await;
-    finish(&shared, &shared.bayeux(), &mqtt, deadline).await;
+    all_back(&m2b_permits, capacity, until(reserve)).await;
+    debug!("Drain: MQTT → Bayeux settled.");
+    // 2. The Bayeux client delivers what it holds, sends /meta/disconnect and closes the
+    //    subscriptions; Bayeux → MQTT forwards until they end, then waits for the broker.
+    let bayeux = shared.bayeux();
+    if tokio::time::timeout_at(until(reserve).into(), bayeux.disconnect())
+        .await
+        .is_err()
+    {
+        warn!("The Bayeux server did not answer /meta/disconnect in time.");
+    }
+    debug!("Drain: Bayeux client disconnected.");
+    let _ = drain_b2m.send(true);
+    let mut b2m = b2m;
+    if tokio::time::timeout_at(until(reserve).into(), &mut b2m)
+        .await
+        .is_err()
+    {
+        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
+        let _ = stop_b2m.send(true);
+        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
+        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
+            b2m.abort();
+        }
+    }
+    all_back(&b2m_permits, capacity, until(reserve)).await;
+    debug!("Drain: Bayeux → MQTT settled.");
+    // 3. Goodbye to the broker; publishes still unacknowledged fail and count as dropped.
+    finish(&shared, &mqtt, deadline).await;
+    all_back(
+        &b2m_permits,
+        capacity,
+        Instant::now() + Duration::from_millis(500),
+    )
+    .await;
     watcher.abort();
     log_summary(&stats);
     let _ = http_stop.send(());
@@ -519,38 +556,17 @@ async fn watch_bayeux(
     "the Bayeux client ended".to_owned()
 }
 
-/// Waits until every permit is back (nothing in flight) or the deadline, keeping a second
-/// for the goodbyes.
-async fn drain(
-    stats: &Stats,
-    b2m: &Arc<Semaphore>,
-    m2b: &Arc<Semaphore>,
-    capacity: usize,
-    deadline: Instant,
-) {
-    let budget = deadline
-        .saturating_duration_since(Instant::now())
-        .saturating_sub(Duration::from_secs(1));
+/// Waits until every permit of `permits` is back (nothing in flight) or `until`.
+async fn all_back(permits: &Semaphore, capacity: usize, until: Instant) {
     let n = u32::try_from(capacity).unwrap_or(u32::MAX);
-    let all_back = async {
-        let _ = tokio::join!(b2m.acquire_many(n), m2b.acquire_many(n));
-    };
-    if tokio::time::timeout(budget, all_back).await.is_err() {
-        let lost = capacity - b2m.available_permits();
-        let unacked = capacity - m2b.available_permits();
-        for _ in 0..lost {
-            stats.dropped(Direction::BayeuxToMqtt, 0, "shutdown");
-        }
-        error!(
-            bayeux_to_mqtt_in_flight = lost,
-            mqtt_to_bayeux_unacknowledged = unacked,
-            "Drain deadline reached; Bayeux messages not yet acknowledged by the broker are lost, MQTT messages not yet acknowledged will be redelivered by the broker."
-        );
+    if let Ok(Ok(all)) = tokio::time::timeout_at(until.into(), permits.acquire_many(n)).await {
+        // Give them back: counting only.
+        drop(all);
     }
 }
 
-/// Says goodbye on both sides within what is left of the deadline.
-async fn finish(shared: &Shared, bayeux: &Client, mqtt: &MqttHandle, deadline: Instant) {
+/// Publishes the `offline` status and disconnects from the broker within the deadline.
+async fn finish(shared: &Shared, mqtt: &MqttHandle, deadline: Instant) {
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -564,12 +580,6 @@ async fn finish(shared: &Shared, bayeux: &Client, mqtt: &MqttHandle, deadline: I
     );
     if tokio::time::timeout(left() / 2, offline).await.is_err() {
         warn!("Could not publish the offline status in time.");
-    }
-    if tokio::time::timeout(left() / 2, bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
     }
     mqtt.disconnect(left()).await;
 }

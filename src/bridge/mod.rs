@@ -20,21 +20,26 @@ pub mod stats;
 
 mod b2m;
 pub mod endpoints;
+mod lifecycle;
 mod m2b;
+pub mod options;
 mod reload;
+
+use lifecycle::{log_summary, spawn_watcher};
+pub use options::{bayeux_options, mqtt_options};
+pub(crate) use options::{mqtt_specs, qos_of, queued, wanted};
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
-use crate::backoff::BackoffOptions;
-use crate::bayeux::{self, Client, ClientOptions, Event};
+use crate::bayeux::{self, Client};
 use crate::config::{BinaryPolicy, Config, MqttProtocol};
 use crate::metrics::CauseLabels;
-use crate::mqtt::{self, MqttHandle, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
+use crate::mqtt;
 use echo::EchoFilter;
 use mapping::Route;
 use readiness::Readiness;
@@ -171,67 +176,6 @@ impl Shared {
     ) {
         self.stats.dropped(direction, route, reason);
         warn!(%direction, reason, route, name, detail, "Message dropped.");
-    }
-}
-
-/// The Bayeux client options the config asks for.
-pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
-    let b = &config.bayeux;
-    let mut options = ClientOptions::new(b.url.clone());
-    options.headers = b.header_pairs();
-    options.max_network_delay = b.max_network_delay();
-    options.max_response_bytes = b.max_response_bytes;
-    options.backoff = BackoffOptions {
-        increment: b.backoff_increment(),
-        max: b.backoff_max(),
-        ..BackoffOptions::default()
-    };
-    options.max_queued = queued;
-    options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
-    options
-}
-
-/// The MQTT client options the config asks for, with the `offline` status as the will.
-pub fn mqtt_options(config: &Config) -> MqttOptions {
-    let m = &config.mqtt;
-    let mut options = MqttOptions::new(m.host.clone(), m.port, m.client_id.clone());
-    options.username = m.username.clone();
-    options.password = m.password.as_ref().map(|p| p.expose().to_owned());
-    options.protocol = match m.protocol {
-        MqttProtocol::V5 => mqtt::Protocol::V5,
-        MqttProtocol::V311 => mqtt::Protocol::V311,
-    };
-    options.keep_alive = m.keep_alive();
-    options.clean_start = m.clean_start;
-    options.session_expiry = m.session_expiry();
-    options.max_packet_size = m.max_packet_size as usize;
-    options.inflight = m.inflight;
-    options.connect_timeout = m.connect_timeout();
-    options.backoff = BackoffOptions {
-        increment: m.backoff_increment(),
-        max: m.backoff_max(),
-        ..BackoffOptions::default()
-    };
-    options.tls = m.tls.as_ref().map(|t| TlsFiles {
-        ca_file: t.ca_file.clone(),
-        cert_file: t.cert_file.clone(),
-        key_file: t.key_file.clone(),
-    });
-    options.last_will = Some(Will {
-        topic: m.status_topic.clone(),
-        payload: b"offline".to_vec(),
-        qos: QoS::AtLeastOnce,
-        retain: true,
-    });
-    options
-}
-
-/// The MQTT QoS of a route's 0–2 number (validated when the routes compiled).
-pub(crate) fn qos_of(qos: u8) -> QoS {
-    match qos {
-        0 => QoS::AtMostOnce,
-        2 => QoS::ExactlyOnce,
-        _ => QoS::AtLeastOnce,
     }
 }
 
@@ -394,51 +338,20 @@ pub async fn run_with_reload(
         n.stopping();
         n.status("Draining: finishing messages in flight");
     }
-    // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
-    //    (unacknowledged ones are delivered again by the broker).
-    let _ = stop_m2b.send(true);
-    let reserve = Duration::from_secs(1);
-    let until = |reserve: Duration| deadline.checked_sub(reserve).unwrap_or(deadline);
-    let mut m2b = m2b;
-    if tokio::time::timeout_at(until(reserve).into(), &mut m2b)
-        .await
-        .is_err()
-    {
-        m2b.abort();
-    }
-    all_back(&m2b_permits, capacity, until(reserve)).await;
-    debug!("Drain: MQTT → Bayeux settled.");
-    // 2. The Bayeux client delivers what it holds, sends /meta/disconnect and closes the
-    //    subscriptions; Bayeux → MQTT forwards until they end, then waits for the broker.
-    let bayeux = shared.bayeux();
-    if tokio::time::timeout_at(until(reserve).into(), bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
-    }
-    debug!("Drain: Bayeux client disconnected.");
-    let _ = drain_b2m.send(true);
-    let mut b2m = b2m;
-    if tokio::time::timeout_at(until(reserve).into(), &mut b2m)
-        .await
-        .is_err()
-    {
-        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
-        let _ = stop_b2m.send(true);
-        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
-        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
-            b2m.abort();
-        }
-    }
-    all_back(&b2m_permits, capacity, until(reserve)).await;
-    debug!("Drain: Bayeux → MQTT settled.");
-    // 3. Goodbye to the broker; publishes still unacknowledged fail and count as dropped.
-    finish(&shared, &mqtt, deadline).await;
-    all_back(
-        &b2m_permits,
+    lifecycle::drain(
+        &shared,
+        &mqtt,
+        lifecycle::Pipelines {
+            b2m,
+            m2b,
+            stop_m2b,
+            drain_b2m,
+            stop_b2m,
+            b2m_permits,
+            m2b_permits,
+        },
         capacity,
-        Instant::now() + Duration::from_millis(500),
+        deadline,
     )
     .await;
     watcher.abort();
@@ -453,141 +366,9 @@ pub async fn run_with_reload(
     outcome.map(|()| stats)
 }
 
-/// The Bayeux channels and MQTT filters `routes` subscribe to.
-pub(crate) fn wanted(routes: &[Route]) -> (Vec<String>, Vec<String>) {
-    let channels = mapping::bayeux_subscriptions(routes)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let filters = mapping::mqtt_subscriptions(routes)
-        .into_iter()
-        .map(|(f, _)| f)
-        .collect();
-    (channels, filters)
-}
-
-/// The MQTT subscriptions of `routes`, all with No Local.
-pub(crate) fn mqtt_specs(routes: &[Route]) -> Vec<SubscriptionSpec> {
-    mapping::mqtt_subscriptions(routes)
-        .into_iter()
-        .map(|(filter, qos)| SubscriptionSpec {
-            filter,
-            qos: qos_of(qos),
-            no_local: true,
-        })
-        .collect()
-}
-
-/// How many publishes the Bayeux client may queue: one per route for every message in flight.
-pub(crate) fn queued(config: &Config, routes: &[Route]) -> usize {
-    let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
-    config.bridge.queue_capacity.max(1) * m2b_routes
-}
-
 async fn next_reload(reload: &mut Option<ReloadSource>) -> Option<()> {
     match reload {
         Some(source) => source.requests.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Watches a Bayeux client's events on a task of its own (so a reload can replace it).
-pub(crate) fn spawn_watcher(
-    events: bayeux::Events,
-    shared: &Shared,
-) -> tokio::task::JoinHandle<String> {
-    tokio::spawn(watch_bayeux(
-        events,
-        Arc::clone(&shared.readiness),
-        Arc::clone(&shared.stats),
-    ))
-}
-
-/// Follows the Bayeux client's events for readiness; resolves with the reason if the client
-/// stops for good.
-async fn watch_bayeux(
-    mut events: bayeux::Events,
-    readiness: Arc<Readiness>,
-    stats: Arc<Stats>,
-) -> String {
-    let count = |family: &prometheus_client::metrics::family::Family<
-        CauseLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-                 cause| {
-        family
-            .get_or_create(&CauseLabels {
-                side: "bayeux",
-                cause,
-            })
-            .inc();
-    };
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Handshaken { rehandshake, .. } => {
-                count(
-                    &stats.metrics.handshakes,
-                    if rehandshake {
-                        "rehandshake"
-                    } else {
-                        "initial"
-                    },
-                );
-                readiness.bayeux_new_session()
-            }
-            Event::HandshakeFailed { .. } => count(&stats.metrics.reconnects, "handshake_failed"),
-            Event::Connected => readiness.bayeux_connected(true),
-            Event::ConnectFailed { next, .. } => {
-                let cause = match next {
-                    bayeux::Next::Retry(_) => "connect_failed",
-                    bayeux::Next::Handshake(_) => "session_lost",
-                };
-                count(&stats.metrics.reconnects, cause);
-                readiness.bayeux_connected(false)
-            }
-            Event::Disconnected { .. } => readiness.bayeux_connected(false),
-            Event::SubscriptionConfirmed { subscription } => {
-                readiness.bayeux_confirmed(&subscription)
-            }
-            Event::Stopped { reason } => return reason.to_string(),
-            _ => {}
-        }
-    }
-    "the Bayeux client ended".to_owned()
-}
-
-/// Waits until every permit of `permits` is back (nothing in flight) or `until`.
-async fn all_back(permits: &Semaphore, capacity: usize, until: Instant) {
-    let n = u32::try_from(capacity).unwrap_or(u32::MAX);
-    if let Ok(Ok(all)) = tokio::time::timeout_at(until.into(), permits.acquire_many(n)).await {
-        // Give them back: counting only.
-        drop(all);
-    }
-}
-
-/// Publishes the `offline` status and disconnects from the broker within the deadline.
-async fn finish(shared: &Shared, mqtt: &MqttHandle, deadline: Instant) {
-    let left = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(200))
-    };
-    let offline = mqtt.publish(
-        &shared.status_topic,
-        "offline".into(),
-        QoS::AtLeastOnce,
-        true,
-    );
-    if tokio::time::timeout(left() / 2, offline).await.is_err() {
-        warn!("Could not publish the offline status in time.");
-    }
-    mqtt.disconnect(left()).await;
-}
-
-fn log_summary(stats: &Stats) {
-    for direction in [Direction::BayeuxToMqtt, Direction::MqttToBayeux] {
-        let s = stats.of(direction);
-        info!(%direction, received = stats::read(&s.received), forwarded = stats::read(&s.forwarded),
-            echoes = stats::read(&s.echoes), dropped = ?s.drops(), "Totals.");
     }
 }

@@ -1,0 +1,100 @@
+//! Turning the config file into the two clients' options, in one place.
+
+use crate::backoff::BackoffOptions;
+use crate::bayeux::ClientOptions;
+use crate::config::{Config, MqttProtocol};
+use crate::mqtt::{self, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
+
+use super::mapping::{self, Route};
+
+/// The Bayeux client options the config asks for.
+pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
+    let b = &config.bayeux;
+    let mut options = ClientOptions::new(b.url.clone());
+    options.headers = b.header_pairs();
+    options.max_network_delay = b.max_network_delay();
+    options.max_response_bytes = b.max_response_bytes;
+    options.backoff = BackoffOptions {
+        increment: b.backoff_increment(),
+        max: b.backoff_max(),
+        ..BackoffOptions::default()
+    };
+    options.max_queued = queued;
+    options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
+    options
+}
+
+/// The MQTT client options the config asks for, with the `offline` status as the will.
+pub fn mqtt_options(config: &Config) -> MqttOptions {
+    let m = &config.mqtt;
+    let mut options = MqttOptions::new(m.host.clone(), m.port, m.client_id.clone());
+    options.username = m.username.clone();
+    options.password = m.password.as_ref().map(|p| p.expose().to_owned());
+    options.protocol = match m.protocol {
+        MqttProtocol::V5 => mqtt::Protocol::V5,
+        MqttProtocol::V311 => mqtt::Protocol::V311,
+    };
+    options.keep_alive = m.keep_alive();
+    options.clean_start = m.clean_start;
+    options.session_expiry = m.session_expiry();
+    options.max_packet_size = m.max_packet_size as usize;
+    options.inflight = m.inflight;
+    options.connect_timeout = m.connect_timeout();
+    options.backoff = BackoffOptions {
+        increment: m.backoff_increment(),
+        max: m.backoff_max(),
+        ..BackoffOptions::default()
+    };
+    options.tls = m.tls.as_ref().map(|t| TlsFiles {
+        ca_file: t.ca_file.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+    });
+    options.last_will = Some(Will {
+        topic: m.status_topic.clone(),
+        payload: b"offline".to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    });
+    options
+}
+
+/// The MQTT QoS of a route's 0–2 number (validated when the routes compiled).
+pub(crate) fn qos_of(qos: u8) -> QoS {
+    match qos {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// The Bayeux channels and MQTT filters `routes` subscribe to.
+pub(crate) fn wanted(routes: &[Route]) -> (Vec<String>, Vec<String>) {
+    let channels = mapping::bayeux_subscriptions(routes)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let filters = mapping::mqtt_subscriptions(routes)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    (channels, filters)
+}
+
+/// The MQTT subscriptions of `routes`, all with No Local.
+pub(crate) fn mqtt_specs(routes: &[Route]) -> Vec<SubscriptionSpec> {
+    mapping::mqtt_subscriptions(routes)
+        .into_iter()
+        .map(|(filter, qos)| SubscriptionSpec {
+            filter,
+            qos: qos_of(qos),
+            no_local: true,
+        })
+        .collect()
+}
+
+/// How many publishes the Bayeux client may queue: one per route for every message in flight.
+pub(crate) fn queued(config: &Config, routes: &[Route]) -> usize {
+    let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
+    config.bridge.queue_capacity.max(1) * m2b_routes
+}

@@ -166,7 +166,12 @@ const ALL_KEYS: &[&str] = &[
 fn every_key_is_in_the_reference_config_and_the_docs() {
     let example = std::fs::read_to_string(repo_file("config/bridge.toml")).unwrap();
     let docs = std::fs::read_to_string(repo_file("docs/configuration.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
     for key in ALL_KEYS {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "README.md's key table lacks `{key}`"
+        );
         let name = key.rsplit('.').next().unwrap();
         assert!(
             example.contains(&format!("{name} = ")),

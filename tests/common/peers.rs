@@ -65,6 +65,8 @@ impl PeerKind {
 pub struct PeerServer {
     kind: PeerKind,
     long_poll_timeout_ms: Option<u64>,
+    /// More server.js arguments (e.g. `--ack`), kept for restarts.
+    extra_args: Vec<String>,
     port: u16,
     path: String,
     running: Option<Running>,
@@ -93,13 +95,13 @@ impl PeerServer {
     /// stderr). Uses the server's default long-poll timeout (CometD: 30 s,
     /// Faye: 60 s).
     pub fn start(kind: PeerKind) -> PeerServer {
-        Self::start_inner(kind, None)
+        Self::start_inner(kind, None, Vec::new())
     }
 
     /// Like [`PeerServer::start`], with the server's long-poll timeout (how
     /// long a `/meta/connect` is held) set to `long_poll_timeout_ms`.
     pub fn start_with_timeout(kind: PeerKind, long_poll_timeout_ms: u64) -> PeerServer {
-        Self::start_inner(kind, Some(long_poll_timeout_ms))
+        Self::start_inner(kind, Some(long_poll_timeout_ms), Vec::new())
     }
 
     /// [`PeerServer::start`] on tokio's blocking pool, for async tests.
@@ -118,8 +120,22 @@ impl PeerServer {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
-    fn start_inner(kind: PeerKind, long_poll_timeout_ms: Option<u64>) -> PeerServer {
-        let (running, port, path) = match launch(kind, long_poll_timeout_ms, 0) {
+    /// Like [`PeerServer::start_async`], with more server.js arguments, e.g. `&["--ack"]`
+    /// (cometd only: installs the server's acknowledgement extension) or
+    /// `&["--ack", "--timeout", "1000"]`. They are kept for [`PeerServer::restart`].
+    pub async fn start_with_args_async(kind: PeerKind, extra_args: &[&str]) -> PeerServer {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || PeerServer::start_inner(kind, None, extra_args))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    fn start_inner(
+        kind: PeerKind,
+        long_poll_timeout_ms: Option<u64>,
+        extra_args: Vec<String>,
+    ) -> PeerServer {
+        let (running, port, path) = match launch(kind, long_poll_timeout_ms, 0, &extra_args) {
             Ok(launched) => launched,
             Err(LaunchError::AddrInUse { stderr }) => {
                 panic!("{kind:?} test server could not bind a free port; its stderr:\n{stderr}")
@@ -129,6 +145,7 @@ impl PeerServer {
         PeerServer {
             kind,
             long_poll_timeout_ms,
+            extra_args,
             port,
             path,
             running: Some(running),
@@ -184,7 +201,12 @@ impl PeerServer {
     /// for up to 10 s while the port is still in use.
     pub fn restart(&mut self) {
         self.kill();
-        let running = relaunch_on_port(self.kind, self.long_poll_timeout_ms, self.port);
+        let running = relaunch_on_port(
+            self.kind,
+            self.long_poll_timeout_ms,
+            self.port,
+            &self.extra_args,
+        );
         self.running = Some(running);
     }
 
@@ -192,9 +214,11 @@ impl PeerServer {
     pub async fn restart_async(&mut self) {
         self.kill();
         let (kind, timeout, port) = (self.kind, self.long_poll_timeout_ms, self.port);
-        let running = tokio::task::spawn_blocking(move || relaunch_on_port(kind, timeout, port))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let args = self.extra_args.clone();
+        let running =
+            tokio::task::spawn_blocking(move || relaunch_on_port(kind, timeout, port, &args))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         self.running = Some(running);
     }
 }
@@ -215,10 +239,15 @@ impl std::fmt::Debug for PeerServer {
     }
 }
 
-fn relaunch_on_port(kind: PeerKind, long_poll_timeout_ms: Option<u64>, port: u16) -> Running {
+fn relaunch_on_port(
+    kind: PeerKind,
+    long_poll_timeout_ms: Option<u64>,
+    port: u16,
+    extra_args: &[String],
+) -> Running {
     let deadline = Instant::now() + RESTART_BIND_TIMEOUT;
     loop {
-        match launch(kind, long_poll_timeout_ms, port) {
+        match launch(kind, long_poll_timeout_ms, port, extra_args) {
             Ok((running, actual, _)) => {
                 assert_eq!(
                     actual, port,
@@ -274,6 +303,7 @@ fn launch(
     kind: PeerKind,
     long_poll_timeout_ms: Option<u64>,
     port: u16,
+    extra_args: &[String],
 ) -> Result<(Running, u16, String), LaunchError> {
     let dir = peers_dir();
     check_installed(&dir);
@@ -291,6 +321,7 @@ fn launch(
     if let Some(ms) = long_poll_timeout_ms {
         command.args(["--timeout", &ms.to_string()]);
     }
+    command.args(extra_args);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -2,7 +2,7 @@
 // Test peer: a real Bayeux server (CometD or Faye) on 127.0.0.1, used by the
 // Rust integration tests (see tests/common/peers.rs).
 //
-//   node server.js --kind cometd|faye [--port N] [--timeout MS] [--exit-on-stdin-eof]
+//   node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]
 //
 // --kind     cometd: cometd-nodejs-server (long-polling), mounted at /cometd
 //            faye:   faye NodeAdapter, mounted at /bayeux
@@ -10,6 +10,13 @@
 //            used to restart a server on the port it had before.
 // --timeout  the server's long-poll (/meta/connect hold) timeout in ms.
 //            Default: each server's own default (CometD 30000 ms, Faye 60 s).
+// --ack      cometd only: install cometd-nodejs-server's acknowledged-messages
+//            extension (ack-extension.js). A client that offers ext.ack:true
+//            at handshake then gets ext.ack:true in the handshake reply and a
+//            batch number in ext.ack of every /meta/connect reply; messages are
+//            delivered only on /meta/connect replies and re-sent until the
+//            client acknowledges their batch. Without --ack (the default) the
+//            server has no extension and never sends ext.ack.
 // --exit-on-stdin-eof
 //            exit when stdin reaches EOF, so that a server started by a test
 //            process that dies (and so closes the pipe) does not outlive it.
@@ -23,12 +30,12 @@ const http = require('http');
 
 function usage(message) {
     process.stderr.write(`server.js: ${message}\n` +
-        'usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--exit-on-stdin-eof]\n');
+        'usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]\n');
     process.exit(2);
 }
 
 function parseArgs(argv) {
-    const options = { kind: null, port: 0, timeoutMs: null, exitOnStdinEof: false };
+    const options = { kind: null, port: 0, timeoutMs: null, ack: false, exitOnStdinEof: false };
     for (let i = 0; i < argv.length; ++i) {
         const arg = argv[i];
         const value = () => {
@@ -57,12 +64,15 @@ function parseArgs(argv) {
             case '--timeout':
                 options.timeoutMs = integer(value(), 1, 3600 * 1000);
                 break;
+            case '--ack':
+                options.ack = true;
+                break;
             case '--exit-on-stdin-eof':
                 options.exitOnStdinEof = true;
                 break;
             case '-h':
             case '--help':
-                process.stderr.write('usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--exit-on-stdin-eof]\n');
+                process.stderr.write('usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]\n');
                 process.exit(0);
                 break;
             default:
@@ -71,6 +81,9 @@ function parseArgs(argv) {
     }
     if (options.kind !== 'cometd' && options.kind !== 'faye') {
         usage('--kind must be cometd or faye');
+    }
+    if (options.ack && options.kind !== 'cometd') {
+        usage('--ack is supported only with --kind cometd');
     }
     return options;
 }
@@ -92,6 +105,10 @@ function createCometD(options) {
     // null) lets every remote client handshake, subscribe to and publish on
     // any channel.
     const cometdServer = cometd.createCometDServer(config);
+    if (options.ack) {
+        const { AcknowledgedMessagesExtension } = require('cometd-nodejs-server/ack-extension');
+        cometdServer.addExtension(new AcknowledgedMessagesExtension());
+    }
     const httpServer = http.createServer((request, response) => {
         const pathname = request.url.split('?')[0];
         // CometD clients may append the message type to the URL

@@ -3,8 +3,19 @@
 //! An extension adds `ext` fields to the handshake (authentication tokens, `ext.replay`,
 //! `ext.ack`) or to any outgoing message, and reads incoming `ext`. Hooks are synchronous and
 //! pure transforms; they run on the driver task in the order the extensions were given.
+//!
+//! Provided: [`HandshakeExt`] (fixed handshake fields), [`AckExtension`] (CometD's
+//! acknowledged delivery, [`ack`]) and [`ReplayExtension`] (Salesforce's replay ids,
+//! [`replay`]). The last two keep state that the caller reads (and, for replay, sets) through
+//! a clone of the `Arc` it put in the options.
 
 use super::message::Message;
+
+pub mod ack;
+pub mod replay;
+
+pub use ack::AckExtension;
+pub use replay::{ALL_RETAINED, NEW_EVENTS_ONLY, ReplayExtension};
 
 /// A message hook. Both methods default to doing nothing.
 pub trait Extension: Send + Sync + std::fmt::Debug {

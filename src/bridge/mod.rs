@@ -12,6 +12,7 @@
 //! when a side is down messages wait (bounded) and then the bridge stops taking more
 //! (back-pressure) instead of dropping. Every drop is logged with its reason and counted.
 
+pub mod checkpoint;
 pub mod echo;
 pub mod mapping;
 pub mod payload;

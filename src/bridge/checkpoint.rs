@@ -1,0 +1,1201 @@
+//! Durable replay checkpoints: per Bayeux channel, the replay id from which a restarted bridge
+//! resumes its subscription.
+//!
+//! The store knows nothing of Bayeux messages, MQTT or the bridge's tasks. It is a plain
+//! struct: the caller wraps it in a `Mutex`, calls [`begin`](CheckpointStore::begin) when it
+//! takes a message, [`ack`](CheckpointStore::ack) or [`abandon`](CheckpointStore::abandon)
+//! when the message is done, and [`flush`](CheckpointStore::flush) (or
+//! [`flush_if_due`](CheckpointStore::flush_if_due)) from a timer and at shutdown.
+//!
+//! # The guarantee
+//!
+//! A stored replay id is always that of an event which the MQTT broker acknowledged (or which
+//! the bridge dropped on purpose, see [`abandon`](CheckpointStore::abandon)) **and every
+//! event received before it on that channel was too**. Nothing still in flight, and nothing
+//! received after an event still in flight, is ever covered by a stored id. When the bridge
+//! resubscribes from a stored id the server delivers every retained event after it, so
+//! delivery to MQTT is **at-least-once**: no event is lost, some may be published twice.
+//!
+//! Duplicates appear in exactly two places:
+//!
+//! - **The in-flight window.** Events received after the oldest unacknowledged one may already
+//!   be acknowledged when the bridge stops, but the checkpoint cannot pass the unacknowledged
+//!   one, so they are delivered again. At most the number of messages in flight on the channel
+//!   (bounded by `bridge.queue_capacity`).
+//! - **The unflushed interval.** The checkpoint advances in memory on every acknowledgement and
+//!   reaches the disk in batches. A crash (`kill -9`, power loss) forgets the advances since
+//!   the last successful flush, and their events are delivered again: at most the events of one
+//!   flush interval. A clean shutdown that flushes after draining adds none.
+//!
+//! Events are lost only where the store cannot help: when a stored id is older than what the
+//! server still retains (the bridge's replay-gap policy reports those), and on servers
+//! without replay at all.
+//!
+//! # Receive order, not id arithmetic
+//!
+//! Replay ids are opaque: Salesforce's increase but are not contiguous (`4711` may be followed
+//! by `4790`), so a gap says nothing about a missing event and `id + 1` means nothing. The
+//! store therefore orders the messages of a channel by the order of their
+//! [`begin`](CheckpointStore::begin) calls, which must be the order in which the server
+//! delivered them, and stores the id of the last message of the longest acknowledged prefix.
+//! Ids are never compared. If the server delivers older events again (after a resubscribe
+//! from an older position), the checkpoint may move back to them: that adds duplicates, never
+//! losses.
+//!
+//! # Durability
+//!
+//! The state lives in `checkpoints.json` in the state directory (systemd `StateDirectory`):
+//!
+//! ```json
+//! {"version": 1, "channels": {"/event/Foo": {"replay_id": 4711, "updated": "1718000000"}}}
+//! ```
+//!
+//! `updated` is the Unix time (seconds, as a string; a number is accepted too) of the
+//! channel's last advance. A flush writes `checkpoints.json.tmp` in the same directory, syncs
+//! it, renames it over `checkpoints.json` and syncs the directory, so after `kill -9` or a
+//! power loss the file holds either the previous or the new checkpoints in full. A leftover
+//! temporary file (a flush interrupted before its rename) is ignored and removed at
+//! [`open`](CheckpointStore::open). A missing file is an empty store; a file that cannot be
+//! read or parsed is refused with [`CheckpointError`], never replaced by an empty store: the
+//! caller decides whether to stop or start over.
+//!
+//! # Cost
+//!
+//! [`begin`](CheckpointStore::begin), [`ack`](CheckpointStore::ack) and
+//! [`abandon`](CheckpointStore::abandon) work in memory in amortised constant time (one
+//! allocation the first time a channel is seen). The only IO is in
+//! [`open`](CheckpointStore::open) and the flush functions. To keep the file write and its
+//! syncs out of the caller's lock, take a [`snapshot`](CheckpointStore::snapshot) under the
+//! lock, [`write`](Snapshot::write) it without, and report it back with
+//! [`flushed`](CheckpointStore::flushed).
+//!
+//! # Channel keys
+//!
+//! Channels are stored exactly as given: the store neither normalises nor validates them. The
+//! bridge passes `bayeux::ext::replay::channel_key(channel)`, the key under which the replay
+//! extension sends the position, so that [`all`](CheckpointStore::all) can be handed to
+//! `ReplayExtension::set` unchanged.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tracing::warn;
+
+/// The name of the checkpoint file in the state directory.
+pub const FILE_NAME: &str = "checkpoints.json";
+/// The name of the temporary file a flush writes before renaming it over [`FILE_NAME`].
+pub const TEMP_FILE_NAME: &str = "checkpoints.json.tmp";
+/// The file format version this build reads and writes.
+pub const VERSION: u64 = 1;
+
+/// Why the checkpoint store could not be opened or written. Each variant names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The state directory could not be created or synced.
+    #[error("checkpoint directory {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The checkpoint file exists but could not be read.
+    #[error("cannot read checkpoint file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The checkpoint file is not a valid version 1 checkpoint file.
+    #[error(
+        "checkpoint file {} is corrupt: {detail}; repair it, or move it away to resume every \
+         channel from its configured default",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (with the line and column where the parser has them).
+        detail: String,
+    },
+    /// A flush failed; the previous checkpoint file is left as it was.
+    #[error("cannot write checkpoint file {}: {source}", path.display())]
+    Write {
+        /// The file being written or renamed.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// A message taken from a channel and not yet done. Hand it back to
+/// [`ack`](CheckpointStore::ack) or [`abandon`](CheckpointStore::abandon) of the store that
+/// issued it. A ticket that is dropped instead holds its channel's checkpoint back for the
+/// rest of the process (safe: its events are delivered again after a restart), which is what
+/// a shutdown that gives up on messages in flight wants.
+#[derive(Debug)]
+#[must_use = "a ticket never acknowledged holds its channel's checkpoint back"]
+pub struct Ticket {
+    channel: Arc<str>,
+    seq: u64,
+}
+
+impl Ticket {
+    /// The channel the message was taken from.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+/// A channel's checkpoint moved: what to pass to `ReplayExtension::set` so that a
+/// re-handshake in this process resumes from it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// The channel, as given to [`begin`](CheckpointStore::begin).
+    pub channel: Arc<str>,
+    /// Its new checkpoint.
+    pub replay_id: i64,
+}
+
+/// The durable per-channel replay checkpoints plus, per channel, the messages in flight in
+/// receive order. See the [module docs](self) for the guarantee.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    file: PathBuf,
+    temp: PathBuf,
+    /// The checkpoints, persisted or not.
+    channels: BTreeMap<String, Entry>,
+    /// Per channel, the messages begun and not yet passed by the checkpoint.
+    windows: HashMap<Arc<str>, Window>,
+    /// Bumped by every change to `channels`.
+    generation: u64,
+    /// The generation the file holds.
+    persisted: u64,
+    /// When [`flush_if_due`](Self::flush_if_due) last tried to write.
+    last_attempt: Option<Instant>,
+}
+
+impl CheckpointStore {
+    /// Opens the store in `dir`: creates the directory if it is missing (mode 0700 on unix),
+    /// removes a leftover temporary file and loads `checkpoints.json` if there is one. A
+    /// missing file is an empty store; an unreadable or corrupt one is an error.
+    pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
+        create_dir(dir)?;
+        let file = dir.join(FILE_NAME);
+        let temp = dir.join(TEMP_FILE_NAME);
+        remove_leftover(&temp);
+        let channels = match fs::read(&file) {
+            Ok(bytes) => decode(&bytes).map_err(|detail| CheckpointError::Corrupt {
+                path: file.clone(),
+                detail,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(CheckpointError::Read { path: file, source }),
+        };
+        Ok(CheckpointStore {
+            dir: dir.to_owned(),
+            file,
+            temp,
+            channels,
+            windows: HashMap::new(),
+            generation: 0,
+            persisted: 0,
+            last_attempt: None,
+        })
+    }
+
+    /// The checkpoint file.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The checkpoint of `channel`: the replay id to resume from.
+    pub fn get(&self, channel: &str) -> Option<i64> {
+        self.channels.get(channel).map(|e| e.replay_id)
+    }
+
+    /// Every checkpoint, by channel: what to `ReplayExtension::set` at startup.
+    pub fn all(&self) -> BTreeMap<String, i64> {
+        self.channels
+            .iter()
+            .map(|(channel, e)| (channel.clone(), e.replay_id))
+            .collect()
+    }
+
+    /// Forgets the checkpoint of `channel` (for example one the server rejected, once the
+    /// replay-gap policy has chosen where to resume) and returns it. Messages in flight on the
+    /// channel still advance it when they are done.
+    pub fn remove(&mut self, channel: &str) -> Option<i64> {
+        let removed = self.channels.remove(channel)?;
+        self.generation += 1;
+        Some(removed.replay_id)
+    }
+
+    /// Records that the message with `replay_id` was taken from `channel`. Call it in the
+    /// order the server delivered the channel's messages: that order, not the ids, decides
+    /// what the checkpoint may pass.
+    pub fn begin(&mut self, channel: &str, replay_id: i64) -> Ticket {
+        match self.windows.get_mut(channel) {
+            Some(window) => window.begin(replay_id),
+            None => {
+                let mut window = Window::new(Arc::from(channel));
+                let ticket = window.begin(replay_id);
+                self.windows.insert(Arc::clone(&window.channel), window);
+                ticket
+            }
+        }
+    }
+
+    /// The broker acknowledged the ticket's message. Advances the channel's checkpoint over
+    /// every message now done that has no earlier message still in flight, and returns the new
+    /// checkpoint if it changed.
+    pub fn ack(&mut self, ticket: Ticket) -> Option<Advance> {
+        self.complete(ticket)
+    }
+
+    /// The ticket's message will not be forwarded and must not be delivered again: dropped by
+    /// policy (unmapped channel, own echo, a publish the broker refused for good, ...) and
+    /// counted as such. For the checkpoint it is done, exactly like [`ack`](Self::ack). A
+    /// message that should be delivered again after a restart is not abandoned: drop its
+    /// ticket instead.
+    pub fn abandon(&mut self, ticket: Ticket) -> Option<Advance> {
+        self.complete(ticket)
+    }
+
+    /// How many messages of `channel` the checkpoint has not passed yet: those in flight plus
+    /// those done but waiting behind an earlier one.
+    pub fn in_flight(&self, channel: &str) -> usize {
+        self.windows.get(channel).map_or(0, |w| w.pending.len())
+    }
+
+    /// Whether some checkpoint changed since the last successful flush.
+    pub fn dirty(&self) -> bool {
+        self.generation != self.persisted
+    }
+
+    /// Writes the checkpoints if they changed since the last successful flush (see the
+    /// [module docs](self#durability) for how). On error the store stays dirty and the file
+    /// keeps its previous content.
+    pub fn flush(&mut self) -> Result<(), CheckpointError> {
+        if let Some(snapshot) = self.snapshot() {
+            snapshot.write()?;
+            self.flushed(snapshot);
+        }
+        Ok(())
+    }
+
+    /// [`flush`](Self::flush)es when the store is dirty and the last attempt made here is at
+    /// least `interval` before `now` (or there was none), and returns whether it wrote. Call
+    /// it as often as convenient (after each ack, from a timer): the file is written at most
+    /// once per `interval`, failed attempts included. A longer interval costs less IO and, after
+    /// a crash, more duplicates: up to `interval` of acknowledged events are delivered again.
+    pub fn flush_if_due(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+    ) -> Result<bool, CheckpointError> {
+        if !self.dirty() {
+            return Ok(false);
+        }
+        if self
+            .last_attempt
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            return Ok(false);
+        }
+        self.last_attempt = Some(now);
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// A copy of the checkpoints to write, or `None` when nothing changed since the last
+    /// successful flush. Write it with [`Snapshot::write`] (no borrow of the store, so outside
+    /// the caller's lock), then report success with [`flushed`](Self::flushed). At most one
+    /// snapshot may be written at a time: they share the temporary file.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.dirty().then(|| Snapshot {
+            dir: self.dir.clone(),
+            file: self.file.clone(),
+            temp: self.temp.clone(),
+            generation: self.generation,
+            file_content: FileV1 {
+                version: VERSION,
+                channels: self.channels.clone(),
+            },
+        })
+    }
+
+    /// `snapshot` was written: the store is clean unless something changed after it was taken.
+    pub fn flushed(&mut self, snapshot: Snapshot) {
+        self.persisted = self.persisted.max(snapshot.generation);
+    }
+
+    fn complete(&mut self, ticket: Ticket) -> Option<Advance> {
+        let replay_id = self
+            .windows
+            .get_mut(&*ticket.channel)?
+            .complete(ticket.seq)?;
+        let updated = unix_now();
+        match self.channels.get_mut(&*ticket.channel) {
+            Some(entry) if entry.replay_id == replay_id => return None,
+            Some(entry) => *entry = Entry { replay_id, updated },
+            None => {
+                let entry = Entry { replay_id, updated };
+                self.channels.insert(ticket.channel.to_string(), entry);
+            }
+        }
+        self.generation += 1;
+        Some(Advance {
+            channel: ticket.channel,
+            replay_id,
+        })
+    }
+}
+
+/// The checkpoints as of [`CheckpointStore::snapshot`], ready to be written.
+#[derive(Debug)]
+pub struct Snapshot {
+    dir: PathBuf,
+    file: PathBuf,
+    temp: PathBuf,
+    generation: u64,
+    file_content: FileV1,
+}
+
+impl Snapshot {
+    /// Writes the checkpoint file atomically and durably: the temporary file, synced, renamed
+    /// over the checkpoint file, then the directory synced. If any step fails the checkpoint
+    /// file holds its previous content (or, if only the directory sync failed, the new one
+    /// without the guarantee that it survives a power loss).
+    pub fn write(&self) -> Result<(), CheckpointError> {
+        let write_error = |path: &Path, source| CheckpointError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        // Plain maps of strings and integers: serialising cannot fail, but an empty file must
+        // never replace a good one, so a failure is still an error.
+        let bytes = serde_json::to_vec_pretty(&self.file_content)
+            .map_err(|e| write_error(&self.temp, io::Error::other(e)))?;
+        if let Err(source) = write_synced(&self.temp, &bytes) {
+            // Best effort: `open` ignores a leftover temporary file anyway.
+            let _ = fs::remove_file(&self.temp);
+            return Err(write_error(&self.temp, source));
+        }
+        fs::rename(&self.temp, &self.file).map_err(|source| write_error(&self.file, source))?;
+        // The rename is durable only once the directory entry is.
+        sync_dir(&self.dir).map_err(|source| CheckpointError::Dir {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+}
+
+/// Per channel, the messages begun and not yet passed by the checkpoint, in receive order.
+#[derive(Debug)]
+struct Window {
+    channel: Arc<str>,
+    /// The sequence number of `pending[0]`.
+    first_seq: u64,
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    replay_id: i64,
+    done: bool,
+}
+
+impl Window {
+    fn new(channel: Arc<str>) -> Self {
+        Window {
+            channel,
+            first_seq: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn begin(&mut self, replay_id: i64) -> Ticket {
+        let seq = self.first_seq + self.pending.len() as u64;
+        self.pending.push_back(Pending {
+            replay_id,
+            done: false,
+        });
+        Ticket {
+            channel: Arc::clone(&self.channel),
+            seq,
+        }
+    }
+
+    /// Marks message `seq` done and pops the done prefix; returns the replay id of the last
+    /// message popped, if any.
+    fn complete(&mut self, seq: u64) -> Option<i64> {
+        let index = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        let pending = self.pending.get_mut(index)?;
+        if pending.done {
+            return None;
+        }
+        pending.done = true;
+        let mut last = None;
+        while let Some(front) = self.pending.front() {
+            if !front.done {
+                break;
+            }
+            last = Some(front.replay_id);
+            self.pending.pop_front();
+            self.first_seq += 1;
+        }
+        last
+    }
+}
+
+/// The file, version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileV1 {
+    version: u64,
+    channels: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    replay_id: i64,
+    /// Unix seconds of the last advance; `0` when a hand-written file has none.
+    #[serde(
+        default,
+        serialize_with = "secs_as_string",
+        deserialize_with = "secs_from_string_or_number"
+    )]
+    updated: u64,
+}
+
+fn secs_as_string<S: Serializer>(secs: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(secs)
+}
+
+fn secs_from_string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Number(u64),
+        Text(String),
+    }
+    match Secs::deserialize(deserializer)? {
+        Secs::Number(secs) => Ok(secs),
+        Secs::Text(text) => text.parse().map_err(|_| {
+            serde::de::Error::custom(format!("`updated` must be Unix seconds, not {text:?}"))
+        }),
+    }
+}
+
+/// Parses the file; the error says what is wrong.
+fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Entry>, String> {
+    /// Read first, so a future version is reported as such rather than as unknown fields.
+    #[derive(Deserialize)]
+    struct Header {
+        version: u64,
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".to_owned());
+    }
+    let header: Header = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if header.version != VERSION {
+        return Err(format!(
+            "unsupported version {} (this build reads version {VERSION})",
+            header.version
+        ));
+    }
+    let file: FileV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(file.channels)
+}
+
+/// Creates `dir` (0700 on unix) unless it exists, and makes its entry durable.
+fn create_dir(dir: &Path) -> Result<(), CheckpointError> {
+    let dir_error = |path: &Path, source| CheckpointError::Dir {
+        path: path.to_owned(),
+        source,
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| dir_error(dir, e))?;
+    // Without this a power loss could take the new directory, and the first checkpoints
+    // written into it, away.
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    sync_dir(parent).map_err(|e| dir_error(parent, e))
+}
+
+/// Removes a temporary file left by a flush interrupted before its rename.
+fn remove_leftover(temp: &Path) {
+    match fs::remove_file(temp) {
+        Ok(()) => warn!(
+            path = %temp.display(),
+            "Removed a checkpoint file left by an interrupted flush; the previous checkpoints stand."
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // The next flush reports the problem if it persists.
+        Err(e) => warn!(
+            path = %temp.display(),
+            error = %e,
+            "Cannot remove a checkpoint file left by an interrupted flush."
+        ),
+    }
+}
+
+/// Creates or truncates `path` (0600 on unix), writes `bytes` and syncs the file.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Syncs a directory, making the entries created or renamed in it durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    // Elsewhere a directory cannot be opened as a file; the rename is as durable as it gets.
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("checkpoint-test-{}-{n}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            TestDir(path)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join(FILE_NAME)
+        }
+
+        fn temp(&self) -> PathBuf {
+            self.0.join(TEMP_FILE_NAME)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn open(dir: &TestDir) -> CheckpointStore {
+        CheckpointStore::open(dir.path()).unwrap()
+    }
+
+    /// Begins and acks one message, so the channel's checkpoint is `replay_id`.
+    fn advance(store: &mut CheckpointStore, channel: &str, replay_id: i64) {
+        let ticket = store.begin(channel, replay_id);
+        store.ack(ticket);
+        assert_eq!(store.get(channel), Some(replay_id));
+    }
+
+    fn file_json(dir: &TestDir) -> Value {
+        serde_json::from_slice(&fs::read(dir.file()).unwrap()).unwrap()
+    }
+
+    /// One step of an ordered-advance script: `Begin` issues ticket number `n` (counting from
+    /// 0 across channels), `Ack(n)` / `Abandon(n)` completes it.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Begin(&'static str, i64),
+        Ack(usize),
+        Abandon(usize),
+    }
+    use Step::{Abandon, Ack, Begin};
+
+    /// The checkpoint a channel must have: the id of the last message of the longest prefix
+    /// of its begun messages that are all done (the obvious, slow model).
+    fn model(begun: &[(&str, i64, bool)], channel: &str) -> Option<i64> {
+        begun
+            .iter()
+            .filter(|(c, _, _)| *c == channel)
+            .take_while(|(_, _, done)| *done)
+            .last()
+            .map(|(_, id, _)| *id)
+    }
+
+    /// Runs `steps` on an in-memory store, checking after every step that each channel's
+    /// checkpoint is what the model says (so never an id in flight or after one in flight).
+    fn run_script(steps: &[Step]) -> CheckpointStore {
+        let dir = TestDir::new("script");
+        let mut store = open(&dir);
+        let mut tickets: Vec<Option<Ticket>> = Vec::new();
+        let mut begun: Vec<(&str, i64, bool)> = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let before = store.all();
+            let advanced = match *step {
+                Begin(channel, id) => {
+                    tickets.push(Some(store.begin(channel, id)));
+                    begun.push((channel, id, false));
+                    None
+                }
+                Ack(n) | Abandon(n) => {
+                    let ticket = tickets[n].take().expect("each ticket completes once");
+                    begun[n].2 = true;
+                    match step {
+                        Ack(_) => store.ack(ticket),
+                        _ => store.abandon(ticket),
+                    }
+                }
+            };
+            for channel in ["a", "b", "c"] {
+                assert_eq!(
+                    store.get(channel),
+                    model(&begun, channel),
+                    "step {i} {step:?} channel {channel} in {steps:?}"
+                );
+            }
+            // An `Advance` is returned exactly when a checkpoint changed, and names it.
+            let after = store.all();
+            match advanced {
+                Some(a) => {
+                    assert_eq!(after.get(&*a.channel), Some(&a.replay_id), "step {i}");
+                    assert_ne!(before.get(&*a.channel), Some(&a.replay_id), "step {i}");
+                }
+                None => assert_eq!(before, after, "step {i} {step:?}"),
+            }
+        }
+        store
+    }
+
+    #[test]
+    fn the_checkpoint_advances_only_over_a_contiguous_prefix_of_done_messages() {
+        /// (case, steps, final checkpoints)
+        type Case = (&'static str, Vec<Step>, Vec<(&'static str, i64)>);
+        let table: Vec<Case> = vec![
+            ("nothing begun", vec![], vec![]),
+            ("begun, not acked", vec![Begin("a", 10)], vec![]),
+            ("one acked", vec![Begin("a", 10), Ack(0)], vec![("a", 10)]),
+            (
+                "in order",
+                vec![Begin("a", 10), Begin("a", 20), Ack(0), Ack(1)],
+                vec![("a", 20)],
+            ),
+            (
+                "a later ack waits for the earlier message",
+                vec![Begin("a", 10), Begin("a", 20), Ack(1)],
+                vec![],
+            ),
+            (
+                "then both pass at once",
+                vec![Begin("a", 10), Begin("a", 20), Ack(1), Ack(0)],
+                vec![("a", 20)],
+            ),
+            (
+                "a hole in the middle holds the rest back",
+                vec![
+                    Begin("a", 10),
+                    Begin("a", 20),
+                    Begin("a", 30),
+                    Begin("a", 40),
+                    Ack(0),
+                    Ack(2),
+                    Ack(3),
+                ],
+                vec![("a", 10)],
+            ),
+            (
+                "abandoned counts as done",
+                vec![Begin("a", 10), Begin("a", 20), Abandon(0), Ack(1)],
+                vec![("a", 20)],
+            ),
+            (
+                "the last message abandoned",
+                vec![Begin("a", 10), Begin("a", 20), Ack(0), Abandon(1)],
+                vec![("a", 20)],
+            ),
+            (
+                "channels do not hold each other back",
+                vec![
+                    Begin("a", 10),
+                    Begin("b", 5),
+                    Begin("a", 11),
+                    Ack(1),
+                    Ack(2),
+                ],
+                vec![("b", 5)],
+            ),
+            (
+                "interleaved channels",
+                vec![
+                    Begin("a", 100),
+                    Begin("b", 7),
+                    Begin("a", 140),
+                    Begin("b", 9),
+                    Begin("c", 1),
+                    Ack(3),
+                    Ack(0),
+                    Ack(4),
+                    Ack(1),
+                ],
+                vec![("a", 100), ("b", 9), ("c", 1)],
+            ),
+            (
+                "ids are opaque: receive order wins over numeric order",
+                vec![Begin("a", 500), Begin("a", 20), Ack(1), Ack(0)],
+                vec![("a", 20)],
+            ),
+            (
+                "a redelivered older event moves the checkpoint back",
+                vec![Begin("a", 10), Ack(0), Begin("a", 9), Ack(1)],
+                vec![("a", 9)],
+            ),
+            (
+                "the same id again is not a change",
+                vec![Begin("a", 10), Ack(0), Begin("a", 10), Ack(1)],
+                vec![("a", 10)],
+            ),
+            (
+                "begun after an ack, acked out of order",
+                vec![
+                    Begin("a", 1),
+                    Ack(0),
+                    Begin("a", 2),
+                    Begin("a", 3),
+                    Ack(2),
+                    Ack(1),
+                ],
+                vec![("a", 3)],
+            ),
+        ];
+        for (case, steps, expected) in table {
+            let store = run_script(&steps);
+            let expected: BTreeMap<String, i64> = expected
+                .into_iter()
+                .map(|(c, id)| (c.to_owned(), id))
+                .collect();
+            assert_eq!(store.all(), expected, "{case}");
+        }
+    }
+
+    /// Every permutation of `0..n`.
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for rest in permutations(n - 1) {
+            for at in 0..=rest.len() {
+                let mut p = rest.clone();
+                p.insert(at, n - 1);
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_ack_order_of_five_messages_matches_the_model() {
+        let ids = [3, 17, 18, 40, 41];
+        for order in permutations(ids.len()) {
+            let mut steps: Vec<Step> = ids.iter().map(|&id| Begin("a", id)).collect();
+            steps.extend(order.iter().map(|&n| Ack(n)));
+            let store = run_script(&steps);
+            assert_eq!(store.get("a"), Some(41), "{order:?}");
+            assert_eq!(store.in_flight("a"), 0, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn every_interleaving_of_two_channels_matches_the_model() {
+        // Tickets 0..3 on "a", 3..6 on "b"; begins interleaved, acks in every order, some
+        // abandoned.
+        let begins = [
+            Begin("a", 1),
+            Begin("b", 901),
+            Begin("a", 2),
+            Begin("b", 950),
+            Begin("b", 951),
+            Begin("a", 7),
+        ];
+        for order in permutations(begins.len()) {
+            let mut steps = begins.to_vec();
+            steps.extend(
+                order
+                    .iter()
+                    .map(|&n| if n % 2 == 0 { Ack(n) } else { Abandon(n) }),
+            );
+            let store = run_script(&steps);
+            assert_eq!(
+                store.all(),
+                BTreeMap::from([("a".to_owned(), 7), ("b".to_owned(), 951)]),
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_flight_counts_messages_the_checkpoint_has_not_passed() {
+        let dir = TestDir::new("in-flight");
+        let mut store = open(&dir);
+        let first = store.begin("a", 1);
+        let second = store.begin("a", 2);
+        assert_eq!(store.in_flight("a"), 2);
+        assert_eq!(store.ack(second), None);
+        assert_eq!(store.in_flight("a"), 2, "done, but behind the first");
+        assert_eq!(
+            store.ack(first),
+            Some(Advance {
+                channel: Arc::from("a"),
+                replay_id: 2
+            })
+        );
+        assert_eq!(store.in_flight("a"), 0);
+        assert_eq!(store.in_flight("never"), 0);
+    }
+
+    #[test]
+    fn checkpoints_survive_a_reopen() {
+        let dir = TestDir::new("round-trip");
+        let mut store = open(&dir);
+        advance(&mut store, "/event/Order__e", 4711);
+        advance(&mut store, "/data/AccountChangeEvent", 12);
+        advance(&mut store, "/event/Order__e", 4790);
+        store.flush().unwrap();
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(
+            store.all(),
+            BTreeMap::from([
+                ("/data/AccountChangeEvent".to_owned(), 12),
+                ("/event/Order__e".to_owned(), 4790),
+            ])
+        );
+        assert!(!store.dirty());
+    }
+
+    #[test]
+    fn the_file_has_the_documented_format() {
+        let dir = TestDir::new("format");
+        let mut store = open(&dir);
+        advance(&mut store, "/event/Foo", 4711);
+        store.flush().unwrap();
+        let json = file_json(&dir);
+        assert_eq!(json["version"], json!(1));
+        assert_eq!(json["channels"]["/event/Foo"]["replay_id"], json!(4711));
+        let updated = json["channels"]["/event/Foo"]["updated"].as_str().unwrap();
+        let updated: u64 = updated.parse().unwrap();
+        assert!(updated.abs_diff(unix_now()) < 60, "{updated}");
+        assert_eq!(json.as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_hand_written_file_loads() {
+        let dir = TestDir::new("hand-written");
+        fs::create_dir_all(dir.path()).unwrap();
+        let text = r#"{"version":1,"channels":{
+            "/event/Foo":{"replay_id":4711,"updated":"1718000000"},
+            "/event/Bar":{"replay_id":-2,"updated":1718000001},
+            "/event/Baz":{"replay_id":9}}}"#;
+        fs::write(dir.file(), text).unwrap();
+        let store = open(&dir);
+        assert_eq!(store.get("/event/Foo"), Some(4711));
+        assert_eq!(store.get("/event/Bar"), Some(-2));
+        assert_eq!(store.get("/event/Baz"), Some(9));
+    }
+
+    #[test]
+    fn channel_keys_are_stored_exactly_as_given() {
+        let dir = TestDir::new("keys");
+        let mut store = open(&dir);
+        let channels = [
+            "/topic/Orders?Status=Open",
+            "/topic/Orders",
+            "/event/Trailing/",
+            "/event/ümlaut \"quoted\" \\ back\tslash",
+            "",
+        ];
+        for (n, channel) in channels.iter().enumerate() {
+            advance(&mut store, channel, n as i64);
+        }
+        store.flush().unwrap();
+        let store = open(&dir);
+        let expected: BTreeMap<String, i64> = channels
+            .iter()
+            .enumerate()
+            .map(|(n, c)| ((*c).to_owned(), n as i64))
+            .collect();
+        assert_eq!(store.all(), expected);
+        assert_eq!(store.get("/topic/Orders?Status=Closed"), None);
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_private() {
+        let dir = TestDir::new("create");
+        let nested = dir.path().join("state").join("bridge");
+        let mut store = CheckpointStore::open(&nested).unwrap();
+        assert!(nested.is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&nested).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        assert_eq!(store.all(), BTreeMap::new());
+        assert!(!nested.join(FILE_NAME).exists(), "opening writes nothing");
+        advance(&mut store, "/event/Foo", 1);
+        store.flush().unwrap();
+        assert!(nested.join(FILE_NAME).is_file());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_its_path_and_the_problem() {
+        // (content, part of the error)
+        let table = [
+            ("", "empty"),
+            ("  \n", "empty"),
+            ("not json", "line 1 column"),
+            (r#"{"version":1,"channels":{"/a":{"replay_id":4"#, "EOF"),
+            (r#"{"channels":{}}"#, "version"),
+            (r#"{"version":2,"channels":{}}"#, "unsupported version 2"),
+            (r#"{"version":"1","channels":{}}"#, "line 1 column"),
+            (r#"{"version":1}"#, "channels"),
+            (r#"{"version":1,"channels":[]}"#, "line 1 column"),
+            (r#"{"version":1,"channels":{"/a":{}}}"#, "replay_id"),
+            (
+                r#"{"version":1,"channels":{"/a":{"replay_id":"4711"}}}"#,
+                "line 1",
+            ),
+            (
+                r#"{"version":1,"channels":{"/a":{"replay_id":4.5}}}"#,
+                "line 1",
+            ),
+            (
+                r#"{"version":1,"channels":{"/a":{"replayId":4711}}}"#,
+                "replayId",
+            ),
+            (r#"{"version":1,"channels":{},"extra":true}"#, "extra"),
+            (
+                r#"{"version":1,"channels":{"/a":{"replay_id":1,"updated":"yesterday"}}}"#,
+                "updated",
+            ),
+            ("[1]", "line 1"),
+        ];
+        for (content, expected) in table {
+            let dir = TestDir::new("corrupt");
+            fs::create_dir_all(dir.path()).unwrap();
+            fs::write(dir.file(), content).unwrap();
+            let error = CheckpointStore::open(dir.path()).unwrap_err();
+            assert!(
+                matches!(&error, CheckpointError::Corrupt { path, .. } if *path == dir.file()),
+                "{content:?}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(FILE_NAME), "{content:?}: {message}");
+            assert!(message.contains(expected), "{content:?}: {message}");
+            assert_eq!(
+                fs::read_to_string(dir.file()).unwrap(),
+                content,
+                "a refused file is left alone"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error() {
+        let dir = TestDir::new("unreadable");
+        fs::create_dir_all(dir.file()).unwrap();
+        let error = CheckpointStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Read { path, .. } if *path == dir.file()),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_directory_that_is_a_file_is_an_error() {
+        let dir = TestDir::new("not-a-dir");
+        fs::create_dir_all(dir.path()).unwrap();
+        let path = dir.path().join("state");
+        fs::write(&path, "").unwrap();
+        let error = CheckpointStore::open(&path).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Dir { path: p, .. } if *p == path),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_leftover_temp_file_is_ignored_and_removed() {
+        let dir = TestDir::new("leftover");
+        let mut store = open(&dir);
+        advance(&mut store, "/event/Foo", 10);
+        store.flush().unwrap();
+        drop(store);
+        // A flush killed before its rename: a half-written temporary file.
+        fs::write(
+            dir.temp(),
+            r#"{"version":1,"channels":{"/event/Foo":{"repl"#,
+        )
+        .unwrap();
+        let store = open(&dir);
+        assert_eq!(store.get("/event/Foo"), Some(10));
+        assert!(!dir.temp().exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_intact_and_the_store_dirty() {
+        let dir = TestDir::new("atomic");
+        let mut store = open(&dir);
+        advance(&mut store, "/event/Foo", 10);
+        store.flush().unwrap();
+        let before = fs::read(dir.file()).unwrap();
+        // The temporary file cannot be created: its path is a directory.
+        fs::create_dir(dir.temp()).unwrap();
+        advance(&mut store, "/event/Foo", 11);
+        let error = store.flush().unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Write { path, .. } if *path == dir.temp()),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(TEMP_FILE_NAME), "{error}");
+        assert_eq!(fs::read(dir.file()).unwrap(), before);
+        assert!(store.dirty(), "the failed flush is retried later");
+        assert!(dir.temp().is_dir(), "a directory is never removed");
+        // Once the obstacle is gone the next flush succeeds.
+        fs::remove_dir(dir.temp()).unwrap();
+        store.flush().unwrap();
+        assert!(!store.dirty());
+        assert_eq!(open(&dir).get("/event/Foo"), Some(11));
+    }
+
+    #[test]
+    fn flush_writes_only_when_dirty() {
+        let dir = TestDir::new("dirty");
+        let mut store = open(&dir);
+        assert!(!store.dirty());
+        store.flush().unwrap();
+        assert!(!dir.file().exists(), "a clean store writes nothing");
+        let ticket = store.begin("/event/Foo", 1);
+        assert!(!store.dirty(), "begun is not a change");
+        store.ack(ticket);
+        assert!(store.dirty());
+        store.flush().unwrap();
+        assert!(!store.dirty());
+        // A second flush does not write: the removed file stays removed.
+        fs::remove_file(dir.file()).unwrap();
+        store.flush().unwrap();
+        assert!(!dir.file().exists());
+        // An ack that does not move the checkpoint is not a change either.
+        let first = store.begin("/event/Foo", 2);
+        let second = store.begin("/event/Foo", 3);
+        store.ack(second);
+        assert!(!store.dirty());
+        store.ack(first);
+        assert!(store.dirty());
+        assert_eq!(store.remove("/event/Foo"), Some(3));
+        assert!(store.dirty(), "a removal is a change");
+        assert_eq!(store.remove("/event/Foo"), None);
+    }
+
+    #[test]
+    fn flush_if_due_writes_at_most_once_per_interval() {
+        let dir = TestDir::new("due");
+        let mut store = open(&dir);
+        let interval = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert!(!store.flush_if_due(t0, interval).unwrap(), "clean");
+        advance(&mut store, "/event/Foo", 1);
+        assert!(
+            store.flush_if_due(t0, interval).unwrap(),
+            "the first is due"
+        );
+        advance(&mut store, "/event/Foo", 2);
+        let half = t0 + interval / 2;
+        assert!(!store.flush_if_due(half, interval).unwrap(), "too soon");
+        assert!(store.dirty());
+        assert_eq!(open(&dir).get("/event/Foo"), Some(1));
+        assert!(store.flush_if_due(t0 + interval, interval).unwrap());
+        assert_eq!(open(&dir).get("/event/Foo"), Some(2));
+        // A failed attempt counts too: no retry on every call while the disk is unhappy.
+        fs::create_dir(dir.temp()).unwrap();
+        advance(&mut store, "/event/Foo", 3);
+        let t2 = t0 + 2 * interval;
+        assert!(store.flush_if_due(t2, interval).is_err());
+        assert!(!store.flush_if_due(t2 + interval / 2, interval).unwrap());
+        fs::remove_dir(dir.temp()).unwrap();
+        assert!(store.flush_if_due(t2 + interval, interval).unwrap());
+        assert_eq!(open(&dir).get("/event/Foo"), Some(3));
+    }
+
+    #[test]
+    fn a_snapshot_written_outside_the_store_marks_only_what_it_holds() {
+        let dir = TestDir::new("snapshot");
+        let mut store = open(&dir);
+        assert!(store.snapshot().is_none());
+        advance(&mut store, "/event/Foo", 1);
+        let snapshot = store.snapshot().unwrap();
+        // An advance while the snapshot is being written.
+        advance(&mut store, "/event/Foo", 2);
+        snapshot.write().unwrap();
+        store.flushed(snapshot);
+        assert!(store.dirty(), "the later advance is not on disk yet");
+        assert_eq!(open(&dir).get("/event/Foo"), Some(1));
+        store.flush().unwrap();
+        assert!(!store.dirty());
+        assert_eq!(open(&dir).get("/event/Foo"), Some(2));
+    }
+
+    #[test]
+    fn checkpoints_are_visible_before_they_are_flushed() {
+        let dir = TestDir::new("memory");
+        let mut store = open(&dir);
+        advance(&mut store, "/event/Foo", 7);
+        assert_eq!(store.all(), BTreeMap::from([("/event/Foo".to_owned(), 7)]));
+        drop(store);
+        assert_eq!(open(&dir).get("/event/Foo"), None, "never flushed");
+    }
+}

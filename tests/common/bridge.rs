@@ -450,3 +450,22 @@ pub fn check(path: &Path) -> CheckOutput {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+impl BridgeProcess {
+    /// Whether the event `message` is logged within `timeout`: like
+    /// [`BridgeProcess::wait_for_log`], but answers `false` (instead of failing) when it is not
+    /// logged in time or the process exits first, so the caller can fail with its own message.
+    pub async fn logs_within(&self, message: &str, timeout: Duration) -> bool {
+        let mut rx = self.log.clone();
+        let mut seen = false;
+        let _ = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|state| {
+                seen = state.lines.iter().any(|l| l.is(message));
+                seen || state.closed
+            }),
+        )
+        .await;
+        seen
+    }
+}

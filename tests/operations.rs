@@ -1189,8 +1189,8 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
     for part in [
         "stopped reading /gone/*",
         "started reading /added/*",
-        "unsubscribed from mq/old/+",
-        "subscribed to mq/new/+",
+        "unsubscribing from mq/old/+",
+        "subscribing to mq/new/+",
     ] {
         assert!(
             summary.contains(part),
@@ -1912,7 +1912,8 @@ async fn a_changed_route_forwards_or_counts_the_messages_already_taken_from_baye
     bridge.signal("HUP");
     bridge.wait_for_log("Config reloaded.", WAIT).await;
     signal_pid(broker_pid, "CONT");
-    wait_bayeux_subscribed(&bridge, "/chg/*", 2).await;
+    // The route still reads /chg/*, so the reload kept its subscription (no second
+    // confirmation): publishes reach the new rule at once.
     publisher.publish_ids("/chg/n", AFTER).await;
     let after: BTreeSet<u64> = AFTER.collect();
     mqtt_sub

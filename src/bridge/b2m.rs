@@ -31,11 +31,22 @@ pub(super) enum Control {
         route: Arc<Route>,
         subscription: Subscription,
     },
-    /// Stop reading the route `key`; what its subscription still buffers is dropped with it.
+    /// Route `key` changed but reads the same Bayeux pattern: keep its subscription (nothing
+    /// buffered is lost), forward by the new rule from now on.
+    Replace { key: u64, route: Arc<Route> },
+    /// Stop reading route `key`. What its subscription still buffers is taken and counted as
+    /// dropped (`route_removed`), then its stream ends.
     Remove { key: u64 },
 }
 
-type Deliveries = SelectAll<BoxStream<'static, (Arc<Route>, Message)>>;
+type Deliveries = SelectAll<BoxStream<'static, (u64, Message)>>;
+
+/// The routes being read, by key, and how to stop each one's stream.
+#[derive(Default)]
+struct Live {
+    routes: HashMap<u64, Arc<Route>>,
+    cancels: HashMap<u64, oneshot::Sender<()>>,
+}
 
 /// How long, after the drain deadline, received messages are still counted as dropped while
 /// the Bayeux client winds down.
@@ -64,9 +75,9 @@ pub(super) async fn run(
         now: mut stop,
     } = stop;
     let mut deliveries: Deliveries = SelectAll::new();
-    let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    let mut live = Live::default();
     for (key, route, subscription) in routes {
-        add(&mut deliveries, &mut cancels, key, route, subscription);
+        add(&mut deliveries, &mut live, key, route, subscription);
     }
     'taking: loop {
         let permit = tokio::select! {
@@ -74,7 +85,7 @@ pub(super) async fn run(
             _ = stop.wait_for(|stop| *stop) => break,
             _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
-                apply(&mut deliveries, &mut cancels, change);
+                apply(&mut deliveries, &mut live, change);
                 continue;
             }
             permit = permits.clone().acquire_owned() => match permit {
@@ -82,17 +93,29 @@ pub(super) async fn run(
                 Err(_) => break,
             },
         };
-        let (route, message) = loop {
+        let (key, message) = loop {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break 'taking,
                 _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
-                Some(change) = control.recv() => apply(&mut deliveries, &mut cancels, change),
+                Some(change) = control.recv() => apply(&mut deliveries, &mut live, change),
                 // `None`: the last stream just ended; loop to re-check the conditions above.
                 next = deliveries.next(), if !deliveries.is_empty() => if let Some(next) = next {
                     break next;
                 },
             }
+        };
+        let Some(route) = live.routes.get(&key).cloned() else {
+            // Left over from a route a reload removed.
+            shared.stats.received(Direction::BayeuxToMqtt, 0);
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                "route_removed",
+                0,
+                &message.channel,
+                "received before its route was removed by a reload",
+            );
+            continue;
         };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
         forward(&shared, &mqtt, &route, message, slot).await;
@@ -101,15 +124,14 @@ pub(super) async fn run(
     // hands over until it has stopped and closed them, will not be forwarded. Count it.
     let mut left = 0usize;
     let counting = async {
-        while let Some((route, message)) = deliveries.next().await {
+        while let Some((key, message)) = deliveries.next().await {
             left += 1;
+            let route = live.routes.get(&key).map_or(0, |r| r.number());
             // Received from the server, never forwarded: in both totals.
+            shared.stats.received(Direction::BayeuxToMqtt, route);
             shared
                 .stats
-                .received(Direction::BayeuxToMqtt, route.number());
-            shared
-                .stats
-                .dropped(Direction::BayeuxToMqtt, route.number(), "shutdown");
+                .dropped(Direction::BayeuxToMqtt, route, "shutdown");
             trace!(channel = %message.channel, "Not forwarded: shutting down.");
         }
     };
@@ -123,38 +145,55 @@ pub(super) async fn run(
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
 }
 
-fn apply(
-    deliveries: &mut Deliveries,
-    cancels: &mut HashMap<u64, oneshot::Sender<()>>,
-    change: Control,
-) {
+fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
     match change {
         Control::Add {
             key,
             route,
             subscription,
-        } => add(deliveries, cancels, key, route, subscription),
+        } => add(deliveries, live, key, route, subscription),
+        Control::Replace { key, route } => {
+            live.routes.insert(key, route);
+        }
         Control::Remove { key } => {
-            // Dropping the sender ends that route's stream at its next poll.
-            cancels.remove(&key);
+            live.routes.remove(&key);
+            if let Some(cancel) = live.cancels.remove(&key) {
+                let _ = cancel.send(());
+            }
         }
     }
 }
 
+struct Reading {
+    subscription: Subscription,
+    cancelled: Option<oneshot::Receiver<()>>,
+}
+
 fn add(
     deliveries: &mut Deliveries,
-    cancels: &mut HashMap<u64, oneshot::Sender<()>>,
+    live: &mut Live,
     key: u64,
     route: Arc<Route>,
     subscription: Subscription,
 ) {
     let (cancel, cancelled) = oneshot::channel::<()>();
-    cancels.insert(key, cancel);
-    let stream = futures_util::stream::unfold((route, subscription), |(route, mut s)| async move {
-        let message = s.recv().await?;
-        Some(((Arc::clone(&route), message), (route, s)))
+    live.cancels.insert(key, cancel);
+    live.routes.insert(key, route);
+    let reading = Reading {
+        subscription,
+        cancelled: Some(cancelled),
+    };
+    let stream = futures_util::stream::unfold(reading, move |mut r| async move {
+        if let Some(cancelled) = r.cancelled.as_mut() {
+            tokio::select! {
+                biased;
+                _ = cancelled => r.cancelled = None,
+                message = r.subscription.recv() => return message.map(|m| ((key, m), r)),
+            }
+        }
+        // Cancelled: hand over what is already buffered, then end.
+        r.subscription.try_recv().map(|m| ((key, m), r))
     })
-    .take_until(cancelled)
     .boxed();
     deliveries.push(stream);
 }

@@ -191,14 +191,12 @@ async fn forward(
         }
     }
     let shared = Arc::clone(shared);
-    let bayeux = bayeux.clone();
     let mqtt = mqtt.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let mut all_settled = true;
         for pending in verdicts {
-            all_settled &=
-                settle(&shared, &bayeux, pending, &data, &fingerprint, stop.clone()).await;
+            all_settled &= settle(&shared, pending, &data, &fingerprint, stop.clone()).await;
         }
         if all_settled {
             mqtt.ack(message.token);
@@ -216,7 +214,6 @@ struct Pending {
 /// acknowledged (accepted, or refused for good and counted as dropped).
 async fn settle(
     shared: &Shared,
-    bayeux: &Client,
     pending: Pending,
     data: &Value,
     fingerprint: &[u8],
@@ -259,8 +256,13 @@ async fn settle(
                 );
                 return true;
             }
-            Err(PublishError::Closed) => return false,
-            Err(e @ (PublishError::Transport(_) | PublishError::QueueFull(_))) => {
+            // Shutting down: leave it to the broker. Otherwise the client was replaced by a
+            // reload (new [bayeux] settings): publish again through the current one.
+            Err(PublishError::Closed) if *stop.borrow() => return false,
+            Err(
+                e
+                @ (PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_)),
+            ) => {
                 shared.count_publish_error("bayeux", "transport");
                 let wait = backoff.next_delay();
                 warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
@@ -271,7 +273,7 @@ async fn settle(
                 shared
                     .bayeux_echoes()
                     .record(&channel, fingerprint, Instant::now());
-                result = bayeux.publish(&channel, data.clone()).await;
+                result = shared.bayeux().publish(&channel, data.clone()).await;
             }
         }
     }

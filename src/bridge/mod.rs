@@ -304,16 +304,11 @@ pub async fn run_with_reload(
             let _ = http_stopped.await;
         }))
     });
-    let watchdog = notifier.clone().and_then(|n| {
-        let interval = n.watchdog_interval()?;
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                n.watchdog();
-            }
-        }))
-    });
+    // WATCHDOG=1 from the main loop below, so a loop that stops turning stops the pings.
+    let mut watchdog = notifier
+        .as_ref()
+        .and_then(|n| n.watchdog_interval())
+        .map(tokio::time::interval);
     let mut watcher = spawn_watcher(bayeux_events, &shared);
 
     tokio::pin!(shutdown);
@@ -327,9 +322,22 @@ pub async fn run_with_reload(
                 let reason = stopped.unwrap_or_else(|e| format!("the Bayeux event watcher failed: {e}"));
                 break Err(BridgeError::BayeuxStopped(reason));
             }
+            _ = tick(&mut watchdog) => ping(notifier.as_deref()),
             Some(()) = next_reload(&mut reload) => {
-                if let Some(source) = &reload {
-                    live.reload(&source.path, &shared, &mut watcher, notifier.as_deref()).await;
+                let Some(path) = reload.as_ref().map(|r| r.path.clone()) else { continue };
+                let reloading = live.reload(&path, &shared, &mut watcher, notifier.as_deref());
+                tokio::pin!(reloading);
+                // A reload never holds up a shutdown (nor the watchdog).
+                let stop = loop {
+                    tokio::select! {
+                        () = &mut reloading => break false,
+                        () = &mut shutdown => break true,
+                        _ = tick(&mut watchdog) => ping(notifier.as_deref()),
+                    }
+                };
+                if stop {
+                    info!("Shutdown requested during a reload; draining.");
+                    break Ok(());
                 }
             }
         }
@@ -358,13 +366,26 @@ pub async fn run_with_reload(
     watcher.abort();
     log_summary(&stats);
     let _ = http_stop.send(());
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
     if let Some(http) = http {
         let _ = http.await;
     }
     outcome.map(|()| stats)
+}
+
+/// The next watchdog tick, or never when the watchdog is off.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn ping(notifier: Option<&crate::notify::Notifier>) {
+    if let Some(n) = notifier {
+        n.watchdog();
+    }
 }
 
 async fn next_reload(reload: &mut Option<ReloadSource>) -> Option<()> {

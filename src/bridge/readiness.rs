@@ -91,7 +91,8 @@ impl Readiness {
         });
     }
 
-    /// What must be subscribed from now on (after a reload).
+    /// What must be subscribed from now on (after a reload). Subscriptions no longer wanted
+    /// are forgotten, also in the metrics; a re-added one counts only once confirmed again.
     pub fn set_wanted(
         &self,
         bayeux: impl IntoIterator<Item = String>,
@@ -99,10 +100,29 @@ impl Readiness {
     ) {
         let (bayeux, mqtt): (BTreeSet<String>, BTreeSet<String>) =
             (bayeux.into_iter().collect(), mqtt.into_iter().collect());
+        let mut gone: Vec<(&'static str, String)> = Vec::new();
         self.update(|s| {
+            gone.extend(
+                s.bayeux_wanted
+                    .difference(&bayeux)
+                    .map(|b| ("bayeux", b.clone())),
+            );
+            gone.extend(s.mqtt_wanted.difference(&mqtt).map(|m| ("mqtt", m.clone())));
+            s.bayeux_confirmed
+                .retain(|b| bayeux.contains(b) && s.bayeux_wanted.contains(b));
+            s.mqtt_subscribed
+                .retain(|m| mqtt.contains(m) && s.mqtt_wanted.contains(m));
             s.bayeux_wanted = bayeux;
             s.mqtt_wanted = mqtt;
         });
+        if let Some(stats) = &self.stats {
+            for (side, subscription) in gone {
+                stats
+                    .metrics
+                    .subscriptions
+                    .remove(&SubscriptionLabels { side, subscription });
+            }
+        }
     }
 
     /// The MQTT side connected; with a present session the broker kept the subscriptions.
@@ -249,5 +269,26 @@ mod tests {
             r.is_ready(),
             "a present session keeps the broker-side subscriptions"
         );
+    }
+
+    #[test]
+    fn a_reload_forgets_removed_subscriptions_and_waits_for_new_ones() {
+        let stats = Arc::new(Stats::default());
+        let r =
+            Readiness::new(["/a".to_owned()], ["t/#".to_owned()]).with_stats(Arc::clone(&stats));
+        r.bayeux_connected(true);
+        r.bayeux_confirmed("/a");
+        r.mqtt_connected(false);
+        r.mqtt_subscribed("t/#");
+        assert!(r.is_ready());
+        r.set_wanted(["/b".to_owned()], ["t/#".to_owned()]);
+        assert_eq!(r.reasons(), vec!["Bayeux subscriptions not confirmed: /b"]);
+        let text = stats.metrics.encode();
+        assert!(!text.contains(r#"subscription="/a""#), "{text}");
+        r.bayeux_confirmed("/b");
+        assert!(r.is_ready());
+        // Re-adding /a later: not confirmed until the server says so again.
+        r.set_wanted(["/a".to_owned(), "/b".to_owned()], ["t/#".to_owned()]);
+        assert!(!r.is_ready());
     }
 }

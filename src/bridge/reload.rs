@@ -142,7 +142,7 @@ impl Live {
                     .await?,
             );
         }
-        summary.extend(self.update_mqtt_subscriptions(&routes, shared).await?);
+        summary.extend(self.update_mqtt_subscriptions(&routes, shared));
         let (channels, filters) = wanted(&routes);
         shared.set_routes(routes);
         shared.readiness.set_wanted(channels, filters);
@@ -185,7 +185,33 @@ impl Live {
             }
         }
         let mut summary = Vec::new();
+        // A changed route that still reads the same pattern keeps its subscription: nothing
+        // it has buffered is lost, and the server sees no unsubscribe/subscribe.
+        let mut removed_for_good = Vec::new();
         for live in removed {
+            let same = wanted
+                .iter()
+                .position(|(_, r)| r.bayeux == live.route.bayeux);
+            match same {
+                Some(pos) => {
+                    let (config, route) = wanted.remove(pos);
+                    let route = Arc::new(route);
+                    let replace = b2m::Control::Replace {
+                        key: live.key,
+                        route: Arc::clone(&route),
+                    };
+                    let _ = self.b2m.send(replace).await;
+                    summary.push(format!("changed the route reading {}", route.bayeux));
+                    kept.push(LiveRoute {
+                        key: live.key,
+                        config,
+                        route,
+                    });
+                }
+                None => removed_for_good.push(live),
+            }
+        }
+        for live in removed_for_good {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
             let pattern = live.route.bayeux.as_str();
             let still_used = kept.iter().any(|k| k.route.bayeux.as_str() == pattern)
@@ -258,12 +284,10 @@ impl Live {
         Ok(())
     }
 
-    /// MQTT filters diff on the running MQTT client.
-    async fn update_mqtt_subscriptions(
-        &self,
-        routes: &[Route],
-        shared: &Shared,
-    ) -> Result<Vec<String>, String> {
+    /// MQTT filters diff on the running MQTT client. The (un)subscribes are handed over and
+    /// not awaited: with the broker down they would wait for it, and a reload must never hold
+    /// up a shutdown. Readiness follows the broker's confirmations.
+    fn update_mqtt_subscriptions(&self, routes: &[Route], shared: &Shared) -> Vec<String> {
         let old = mqtt_specs(&shared.routes());
         let new = mqtt_specs(routes);
         let mut summary = Vec::new();
@@ -271,23 +295,28 @@ impl Live {
             .iter()
             .filter(|o| !new.iter().any(|n| n.filter == o.filter))
         {
-            self.mqtt
-                .unsubscribe(&spec.filter)
-                .await
-                .map_err(|e| e.to_string())?;
-            summary.push(format!("unsubscribed from {}", spec.filter));
+            let (mqtt, filter) = (self.mqtt.clone(), spec.filter.clone());
+            summary.push(format!("unsubscribing from {filter}"));
+            tokio::spawn(async move {
+                if let Err(e) = mqtt.unsubscribe(&filter).await {
+                    warn!(%filter, error = %e, "MQTT unsubscribe after a reload failed.");
+                }
+            });
         }
         for spec in new
             .iter()
             .filter(|n| !old.iter().any(|o| o.filter == n.filter && o.qos == n.qos))
         {
-            self.mqtt
-                .subscribe(spec.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            summary.push(format!("subscribed to {}", spec.filter));
+            let (mqtt, spec) = (self.mqtt.clone(), spec.clone());
+            summary.push(format!("subscribing to {}", spec.filter));
+            tokio::spawn(async move {
+                let filter = spec.filter.clone();
+                if let Err(e) = mqtt.subscribe(spec).await {
+                    warn!(%filter, error = %e, "MQTT subscribe after a reload failed.");
+                }
+            });
         }
-        Ok(summary)
+        summary
     }
 
     fn key(&mut self) -> u64 {

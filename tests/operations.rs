@@ -2117,3 +2117,59 @@ async fn subscriptions_removed_by_a_reload_are_no_longer_reported_confirmed() {
     );
     stop(&mut bridge).await;
 }
+
+/// A reload that changes `[mqtt]` (here: the broker's port) connects to the new broker and
+/// carries on in both directions there, without touching the Bayeux session.
+#[tokio::test]
+async fn a_changed_mqtt_broker_reconnects_only_the_mqtt_side() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let (first, second) = tokio::join!(Mosquitto::start_async(), Mosquitto::start_async());
+    let url = server.url();
+    let sub1 = MqttPeer::connect(mqtt_options(&first, "ops-mq-sub1"), &["m/#"]).await;
+    let sub2 = MqttPeer::connect(mqtt_options(&second, "ops-mq-sub2"), &["m/#"]).await;
+    let pub2 = MqttPeer::connect(mqtt_options(&second, "ops-mq-pub2"), &[]).await;
+    let bayeux_pub = BayeuxPeer::publisher(&url);
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/n/**").await;
+    let mut setup = Setup::new(&url, &first, "ops-mq", false);
+    let routes = [
+        route("/m/*", "m/+", "bayeux_to_mqtt"),
+        route("/n/*", "n/+", "mqtt_to_bayeux"),
+    ];
+    let (config, mut bridge) = spawn_bridge(&mut setup, &routes, &[]).await;
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    bayeux_pub.publish("/m/a", json!({ "broker": 1 })).await;
+    sub1.wait_for("m/a", &json!({ "broker": 1 })).await;
+    let handshakes = bridge.count("Handshake succeeded.");
+
+    setup.port = second.port();
+    rewrite(&config, &setup.toml(&routes));
+    bridge.signal("HUP");
+    let reloaded = bridge.wait_for_log("Config reloaded.", WAIT).await;
+    assert!(
+        reloaded
+            .str_field("summary")
+            .is_some_and(|s| s.contains("reconnected to the MQTT broker")),
+        "{}",
+        reloaded.raw
+    );
+    bridge.wait_for_nth("Bridge ready.", 2, WAIT).await;
+
+    bayeux_pub.publish("/m/b", json!({ "broker": 2 })).await;
+    sub2.wait_for("m/b", &json!({ "broker": 2 })).await;
+    pub2.publish("n/b", json!({ "from": 2 }).to_string()).await;
+    bayeux_sub.wait_for("/n/b", &json!({ "from": 2 })).await;
+    // Observation window: a forward to the old broker would arrive within it.
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        sub1.on("m/b").is_empty(),
+        "still publishing to the old broker"
+    );
+    assert_eq!(
+        bridge.count("Handshake succeeded."),
+        handshakes,
+        "the Bayeux session was not touched; log:\n{}",
+        bridge.tail(40)
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "exit {status:?}");
+}

@@ -34,6 +34,10 @@ pub(super) enum Control {
     /// Route `key` changed but reads the same Bayeux pattern: keep its subscription (nothing
     /// buffered is lost), forward by the new rule from now on.
     Replace { key: u64, route: Arc<Route> },
+    /// Stop taking messages (a reload is replacing the MQTT client).
+    Pause,
+    /// Take messages again, publishing through `mqtt`.
+    Resume(MqttHandle),
     /// Stop reading route `key`. What its subscription still buffers is taken and counted as
     /// dropped (`route_removed`), then its stream ends.
     Remove { key: u64 },
@@ -46,6 +50,10 @@ type Deliveries = SelectAll<BoxStream<'static, (u64, Message)>>;
 struct Live {
     routes: HashMap<u64, Arc<Route>>,
     cancels: HashMap<u64, oneshot::Sender<()>>,
+    /// Not taking messages while the MQTT client is replaced.
+    paused: bool,
+    /// The MQTT client to use from now on, after a resume.
+    resumed_with: Option<MqttHandle>,
 }
 
 /// How long, after the drain deadline, received messages are still counted as dropped while
@@ -74,6 +82,7 @@ pub(super) async fn run(
         mut draining,
         now: mut stop,
     } = stop;
+    let mut mqtt = mqtt;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
     for (key, route, subscription) in routes {
@@ -86,9 +95,12 @@ pub(super) async fn run(
             _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
                 apply(&mut deliveries, &mut live, change);
+                if let Some(handle) = live.resumed_with.take() {
+                    mqtt = handle;
+                }
                 continue;
             }
-            permit = permits.clone().acquire_owned() => match permit {
+            permit = permits.clone().acquire_owned(), if !live.paused => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
@@ -98,9 +110,14 @@ pub(super) async fn run(
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break 'taking,
                 _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
-                Some(change) = control.recv() => apply(&mut deliveries, &mut live, change),
+                Some(change) = control.recv() => {
+                    apply(&mut deliveries, &mut live, change);
+                    if let Some(handle) = live.resumed_with.take() {
+                        mqtt = handle;
+                    }
+                }
                 // `None`: the last stream just ended; loop to re-check the conditions above.
-                next = deliveries.next(), if !deliveries.is_empty() => if let Some(next) = next {
+                next = deliveries.next(), if !deliveries.is_empty() && !live.paused => if let Some(next) = next {
                     break next;
                 },
             }
@@ -154,6 +171,11 @@ fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
         } => add(deliveries, live, key, route, subscription),
         Control::Replace { key, route } => {
             live.routes.insert(key, route);
+        }
+        Control::Pause => live.paused = true,
+        Control::Resume(handle) => {
+            live.paused = false;
+            live.resumed_with = Some(handle);
         }
         Control::Remove { key } => {
             live.routes.remove(&key);

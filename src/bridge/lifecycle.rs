@@ -96,17 +96,13 @@ pub(super) async fn all_back(permits: &Semaphore, capacity: usize, until: Instan
 
 /// Publishes the `offline` status and disconnects from the broker within the deadline.
 pub(super) async fn finish(shared: &Shared, mqtt: &MqttHandle, deadline: Instant) {
+    let status_topic = shared.status_topic();
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(200))
     };
-    let offline = mqtt.publish(
-        &shared.status_topic,
-        "offline".into(),
-        QoS::AtLeastOnce,
-        true,
-    );
+    let offline = mqtt.publish(&status_topic, "offline".into(), QoS::AtLeastOnce, true);
     if tokio::time::timeout(left() / 2, offline).await.is_err() {
         warn!("Could not publish the offline status in time.");
     }

@@ -29,6 +29,9 @@ use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 /// and 2 messages there are bounded by the broker's in-flight window (they are not
 /// acknowledged yet); QoS 0 floods are bounded by [`PENDING_LIMIT`], beyond which the loop
 /// stops reading until slots free up.
+/// A new MQTT client and its events, after a reload changed `[mqtt]`.
+pub(super) type Swap = (MqttHandle, mpsc::Receiver<MqttEvent>);
+
 /// Most messages waiting for a slot before the loop stops reading events.
 const PENDING_LIMIT: usize = 4096;
 
@@ -38,7 +41,9 @@ pub(super) async fn run(
     mut events: mpsc::Receiver<MqttEvent>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    mut swaps: mpsc::Receiver<Swap>,
 ) {
+    let mut mqtt = mqtt;
     let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
     let mut open = true;
     let retries_stop = stop.clone();
@@ -46,11 +51,13 @@ pub(super) async fn run(
         Stop,
         Slot(Option<OwnedSemaphorePermit>),
         Event(Option<MqttEvent>),
+        Swap(Swap),
     }
     loop {
         let wake = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => Wake::Stop,
+            Some(swap) = swaps.recv() => Wake::Swap(swap),
             permit = permits.clone().acquire_owned(), if !pending.is_empty() => Wake::Slot(permit.ok()),
             event = events.recv(), if open && pending.len() < PENDING_LIMIT => Wake::Event(event),
             else => Wake::Stop,
@@ -68,6 +75,18 @@ pub(super) async fn run(
             Wake::Event(None) => open = false,
             Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
             Wake::Event(Some(event)) => lifecycle(&shared, &mqtt, event),
+            Wake::Swap((handle, new_events)) => {
+                // Messages of the old connection that were not forwarded yet are not
+                // acknowledged: the broker delivers them again on the new one.
+                debug!(
+                    dropped_pending = pending.len(),
+                    "Switching to the new MQTT client."
+                );
+                pending.clear();
+                mqtt = handle;
+                events = new_events;
+                open = true;
+            }
         }
     }
     // Messages still pending are not acknowledged: the broker delivers them again.
@@ -99,7 +118,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
 /// Publishes the retained `online` status (the will says `offline`).
 fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
     let mqtt = mqtt.clone();
-    let topic = shared.status_topic.clone();
+    let topic = shared.status_topic();
     tokio::spawn(async move {
         match mqtt
             .publish(&topic, "online".into(), QoS::AtLeastOnce, true)

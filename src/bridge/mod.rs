@@ -40,7 +40,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::bayeux::{self, Client};
 use crate::config::{BinaryPolicy, Config, MqttProtocol};
 use crate::metrics::CauseLabels;
-use crate::mqtt;
+use crate::mqtt::{self, MqttHandle};
 use echo::EchoFilter;
 use mapping::Route;
 use readiness::Readiness;
@@ -105,7 +105,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) binary_payloads: BinaryPolicy,
-    pub(crate) status_topic: String,
+    /// The retained online/offline topic (replaced with `[mqtt]` on a reload).
+    status_topic: RwLock<String>,
+    /// The current MQTT client (replaced when a reload changes `[mqtt]`).
+    mqtt: RwLock<MqttHandle>,
     /// Messages in flight Bayeux → MQTT.
     pub(crate) b2m_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Messages in flight MQTT → Bayeux.
@@ -132,6 +135,24 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The current MQTT client.
+    pub(crate) fn mqtt(&self) -> MqttHandle {
+        self.mqtt.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current status topic.
+    pub(crate) fn status_topic(&self) -> String {
+        self.status_topic
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, status_topic: String) {
+        *self.mqtt.write().unwrap_or_else(|p| p.into_inner()) = mqtt;
+        *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = status_topic;
     }
 
     pub(crate) fn set_bayeux(&self, client: Client) {
@@ -250,14 +271,16 @@ pub async fn run_with_reload(
         stats: Arc::clone(&stats),
         readiness: Arc::clone(&readiness),
         binary_payloads: config.bridge.binary_payloads,
-        status_topic: config.mqtt.status_topic.clone(),
+        status_topic: RwLock::new(config.mqtt.status_topic.clone()),
+        mqtt: RwLock::new(mqtt.clone()),
         b2m_in_flight: Arc::default(),
         m2b_in_flight: Arc::default(),
         bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
         mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
     });
     let (b2m_control, b2m_control_rx) = mpsc::channel(64);
-    let mut live = reload::Live::new(config.clone(), b2m_control, mqtt.clone());
+    let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
+    let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap);
     let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
     shared.set_routes(routes);
     info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
@@ -288,6 +311,7 @@ pub async fn run_with_reload(
             mqtt_events,
             Arc::clone(&m2b_permits),
             m2b_stopped,
+            m2b_swap_rx,
         )
         .instrument(info_span!("mqtt_to_bayeux")),
     );
@@ -349,7 +373,7 @@ pub async fn run_with_reload(
     }
     lifecycle::drain(
         &shared,
-        &mqtt,
+        &shared.mqtt(),
         lifecycle::Pipelines {
             b2m,
             m2b,

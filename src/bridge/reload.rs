@@ -6,13 +6,21 @@
 //! - `[bayeux]` changed: a new Bayeux client takes over (new session, every route subscribed
 //!   on it); the old one finishes what it has queued and disconnects. The MQTT side is
 //!   untouched.
-//! - `[mqtt]`, `[bridge]`, `[log]`, `[http]` changed: logged; they take effect at the next
-//!   restart.
+//! - `[mqtt]` changed: Bayeux → MQTT pauses and lets its publishes be acknowledged, the old
+//!   MQTT client disconnects cleanly, a new one connects with the new settings, and both
+//!   pipelines continue on it. MQTT messages not yet forwarded stay unacknowledged and the
+//!   broker delivers them again. The Bayeux side is untouched.
+//! - `[bridge]`, `[log]`, `[http]` changed: logged; they take effect at the next restart.
 //! - An invalid file is refused with a log line naming the file, key and reason; the running
 //!   config stays in force.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a reload of `[mqtt]` waits for Bayeux → MQTT publishes to be acknowledged, and
+/// then for the old client to disconnect.
+const SETTLE: Duration = Duration::from_secs(3);
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,7 +30,6 @@ use super::mapping::{self, Route};
 use super::{BridgeError, Shared, b2m, bayeux_options, mqtt_specs, queued, spawn_watcher, wanted};
 use crate::bayeux::{Client, Subscription};
 use crate::config::{self, Config, RouteConfig};
-use crate::mqtt::MqttHandle;
 use crate::notify::Notifier;
 
 /// A Bayeux → MQTT route the pipeline is reading.
@@ -38,17 +45,21 @@ pub(super) struct Live {
     b2m_routes: Vec<LiveRoute>,
     next_key: u64,
     b2m: mpsc::Sender<b2m::Control>,
-    mqtt: MqttHandle,
+    m2b: mpsc::Sender<super::m2b::Swap>,
 }
 
 impl Live {
-    pub(super) fn new(config: Config, b2m: mpsc::Sender<b2m::Control>, mqtt: MqttHandle) -> Self {
+    pub(super) fn new(
+        config: Config,
+        b2m: mpsc::Sender<b2m::Control>,
+        m2b: mpsc::Sender<super::m2b::Swap>,
+    ) -> Self {
         Live {
             config,
             b2m_routes: Vec::new(),
             next_key: 0,
             b2m,
-            mqtt,
+            m2b,
         }
     }
 
@@ -119,7 +130,6 @@ impl Live {
             warn!(%warning, "Config warning.");
         }
         for (section, changed) in [
-            ("[mqtt]", new.mqtt != self.config.mqtt),
             ("[bridge]", new.bridge != self.config.bridge),
             ("[log]", new.log != self.config.log),
             ("[http]", new.http != self.config.http),
@@ -142,14 +152,18 @@ impl Live {
                     .await?,
             );
         }
-        summary.extend(self.update_mqtt_subscriptions(&routes, shared));
+        if new.mqtt != self.config.mqtt {
+            self.replace_mqtt(&new, &routes, shared).await?;
+            summary.push("reconnected to the MQTT broker with the new [mqtt] settings".to_owned());
+        } else {
+            summary.extend(self.update_mqtt_subscriptions(&routes, shared));
+        }
         let (channels, filters) = wanted(&routes);
         shared.set_routes(routes);
         shared.readiness.set_wanted(channels, filters);
         // Sections that are not applied live keep their running values, so the next reload
         // still sees them as changed.
         let running = std::mem::replace(&mut self.config, new);
-        self.config.mqtt = running.mqtt;
         self.config.bridge = running.bridge;
         self.config.log = running.log;
         self.config.http = running.http;
@@ -284,6 +298,37 @@ impl Live {
         Ok(())
     }
 
+    /// A new MQTT client for new `[mqtt]` settings; see the module docs for the order.
+    async fn replace_mqtt(
+        &mut self,
+        new: &Config,
+        routes: &[Route],
+        shared: &Arc<Shared>,
+    ) -> Result<(), String> {
+        let options = super::mqtt_options(new);
+        options.validate().map_err(|e| e.to_string())?;
+        let _ = self.b2m.send(b2m::Control::Pause).await;
+        let settle_until = tokio::time::Instant::now() + SETTLE;
+        while shared
+            .b2m_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < settle_until
+        {
+            // Polled, bounded: completions do not announce "all done".
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let old = shared.mqtt();
+        old.disconnect(SETTLE).await;
+        shared.readiness.mqtt_disconnected();
+        let (mqtt, events) =
+            crate::mqtt::start(options, mqtt_specs(routes)).map_err(|e| e.to_string())?;
+        shared.set_mqtt(mqtt.clone(), new.mqtt.status_topic.clone());
+        let _ = self.m2b.send((mqtt.clone(), events)).await;
+        let _ = self.b2m.send(b2m::Control::Resume(mqtt)).await;
+        Ok(())
+    }
+
     /// MQTT filters diff on the running MQTT client. The (un)subscribes are handed over and
     /// not awaited: with the broker down they would wait for it, and a reload must never hold
     /// up a shutdown. Readiness follows the broker's confirmations.
@@ -295,7 +340,7 @@ impl Live {
             .iter()
             .filter(|o| !new.iter().any(|n| n.filter == o.filter))
         {
-            let (mqtt, filter) = (self.mqtt.clone(), spec.filter.clone());
+            let (mqtt, filter) = (shared.mqtt(), spec.filter.clone());
             summary.push(format!("unsubscribing from {filter}"));
             tokio::spawn(async move {
                 if let Err(e) = mqtt.unsubscribe(&filter).await {
@@ -307,7 +352,7 @@ impl Live {
             .iter()
             .filter(|n| !old.iter().any(|o| o.filter == n.filter && o.qos == n.qos))
         {
-            let (mqtt, spec) = (self.mqtt.clone(), spec.clone());
+            let (mqtt, spec) = (shared.mqtt(), spec.clone());
             summary.push(format!("subscribing to {}", spec.filter));
             tokio::spawn(async move {
                 let filter = spec.filter.clone();

@@ -251,7 +251,13 @@ async fn forward(
         return;
     };
     let payload = bayeux_to_mqtt_payload(&message, route.payload);
-    if let Some(mut echoes) = shared.mqtt_echoes() {
+    // Only a topic the bridge also subscribes to can come back (MQTT 3.1.1 has no No Local).
+    if let Some(mut echoes) = shared.mqtt_echoes()
+        && shared
+            .routes()
+            .iter()
+            .any(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
+    {
         echoes.record(&topic, &payload, Instant::now());
     }
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");

@@ -189,10 +189,17 @@ async fn forward(
         }
     };
     let fingerprint = serde_json::to_vec(&data).unwrap_or_default();
+    let routes = shared.routes();
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
     let mut verdicts = Vec::with_capacity(targets.len());
     for (route, channel) in targets {
-        shared.bayeux_echoes().record(&channel, &fingerprint, now);
+        // Only a channel the bridge also reads can come back as an echo.
+        let echoes_back = routes
+            .iter()
+            .any(|r| r.subscribes_bayeux() && r.matches_channel(&channel));
+        if echoes_back {
+            shared.bayeux_echoes().record(&channel, &fingerprint, now);
+        }
         match bayeux.publish_queued(&channel, data.clone(), None).await {
             Ok(verdict) => verdicts.push(Pending {
                 route,
@@ -289,9 +296,15 @@ async fn settle(
                     _ = stop.wait_for(|stop| *stop) => return false,
                     () = tokio::time::sleep(wait) => {}
                 }
-                shared
-                    .bayeux_echoes()
-                    .record(&channel, fingerprint, Instant::now());
+                let echoes_back = shared
+                    .routes()
+                    .iter()
+                    .any(|r| r.subscribes_bayeux() && r.matches_channel(&channel));
+                if echoes_back {
+                    shared
+                        .bayeux_echoes()
+                        .record(&channel, fingerprint, Instant::now());
+                }
                 result = shared.bayeux().publish(&channel, data.clone()).await;
             }
         }

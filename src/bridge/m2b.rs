@@ -108,8 +108,20 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         MqttEvent::ConnectFailed { .. } => shared.count_reconnect("connect_failed"),
         MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
-        MqttEvent::Dropped { topic, reason } => {
-            shared.drop_message(Direction::MqttToBayeux, "receiver_full", 0, &topic, &reason)
+        MqttEvent::Dropped {
+            topic,
+            count,
+            reason,
+        } => {
+            let route = shared
+                .routes()
+                .iter()
+                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
+                .map_or(0, |r| r.number());
+            shared
+                .stats
+                .dropped_many(Direction::MqttToBayeux, route, "receiver_full", count);
+            warn!(%topic, count, route, %reason, "Messages dropped.");
         }
         _ => {}
     }

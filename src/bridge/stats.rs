@@ -49,11 +49,16 @@ pub struct DirectionStats {
 impl DirectionStats {
     /// Counts a drop for `reason` (a short snake_case word).
     pub fn dropped(&self, reason: &'static str) {
+        self.dropped_many(reason, 1);
+    }
+
+    /// Counts `n` drops for `reason`.
+    pub fn dropped_many(&self, reason: &'static str, n: u64) {
         let mut dropped = self
             .dropped
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *dropped.entry(reason).or_default() += 1;
+        *dropped.entry(reason).or_default() += n;
     }
 
     /// Drops so far, by reason.
@@ -110,13 +115,18 @@ impl Stats {
 
     /// A message of `route` (0: none) was dropped for `reason`.
     pub fn dropped(&self, direction: Direction, route: usize, reason: &'static str) {
-        self.of(direction).dropped(reason);
+        self.dropped_many(direction, route, reason, 1);
+    }
+
+    /// `n` messages of `route` (0: none) were dropped for `reason`.
+    pub fn dropped_many(&self, direction: Direction, route: usize, reason: &'static str, n: u64) {
+        self.of(direction).dropped_many(reason, n);
         let labels = DropLabels {
             direction: direction.as_str(),
             route: route_label(route),
             reason,
         };
-        self.metrics.dropped.get_or_create(&labels).inc();
+        self.metrics.dropped.get_or_create(&labels).inc_by(n);
     }
 
     /// The counters of `direction`.

@@ -310,6 +310,7 @@ impl Driver {
         };
         let event = MqttEvent::Dropped {
             topic: topic.clone(),
+            count,
             reason: format!("{count} QoS 0 message(s) dropped: the event channel was full"),
         };
         if let Err(TrySendError::Full(_)) = self.events.try_send(event) {

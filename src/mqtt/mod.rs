@@ -160,6 +160,8 @@ pub enum MqttEvent {
     Dropped {
         /// Topic of the (last) dropped message.
         topic: String,
+        /// How many messages were dropped.
+        count: u64,
         /// Why, and how many.
         reason: String,
     },

@@ -27,10 +27,10 @@ use bayeux_mqtt_bridge::mqtt::{
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use common::bayeux_client::{confirmed, fast_options, start as start_bayeux_client};
 use common::bridge::{BridgeProcess, ConfigFile, LogLine, TempDir, check};
+use common::inbox::Inbox;
 use common::mosquitto::Mosquitto;
 use common::peers::{PeerKind, PeerServer};
 
@@ -45,53 +45,6 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 // ---------------------------------------------------------------------------------------------
 // Collecting what arrives
 // ---------------------------------------------------------------------------------------------
-
-/// Items pushed by a background task, with event-driven waits on them.
-struct Inbox<T> {
-    tx: Arc<watch::Sender<Vec<T>>>,
-}
-
-impl<T> Clone for Inbox<T> {
-    fn clone(&self) -> Self {
-        Inbox {
-            tx: Arc::clone(&self.tx),
-        }
-    }
-}
-
-impl<T: Clone + Debug> Inbox<T> {
-    fn new() -> Self {
-        Inbox {
-            tx: Arc::new(watch::channel(Vec::new()).0),
-        }
-    }
-
-    fn push(&self, item: T) {
-        self.tx.send_modify(|items| items.push(item));
-    }
-
-    fn snapshot(&self) -> Vec<T> {
-        self.tx.borrow().clone()
-    }
-
-    /// Waits until `done` holds for everything received so far.
-    async fn wait_until(&self, what: &str, timeout: Duration, mut done: impl FnMut(&[T]) -> bool) {
-        let mut rx = self.tx.subscribe();
-        if tokio::time::timeout(timeout, rx.wait_for(|items| done(items)))
-            .await
-            .is_err()
-        {
-            let items = self.snapshot();
-            let skip = items.len().saturating_sub(8);
-            panic!(
-                "waiting for {what}: timed out after {timeout:?}; {} items arrived, the last: \
-                 {:#?}",
-                items.len(),
-                &items[skip..]
-            );
-        }
-    }
-}
 
 /// An MQTT message as a test client received it.
 #[derive(Debug, Clone)]

@@ -4,5 +4,6 @@
 pub mod bayeux_client;
 pub mod bridge;
 pub mod fake_server;
+pub mod inbox;
 pub mod mosquitto;
 pub mod peers;

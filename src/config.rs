@@ -189,6 +189,19 @@ choice! {
     }
 }
 
+choice! {
+    /// What to do when the server rejects a stored replay id (`replay.on_invalid`).
+    pub enum ReplayInvalidPolicy {
+        /// `"latest"`: resubscribe with -1 (new events only); the gap is reported (default).
+        #[default]
+        Latest = "latest",
+        /// `"earliest"`: resubscribe with -2 (every event the server still retains).
+        Earliest = "earliest",
+        /// `"stop"`: stop the bridge (exit 1) so an operator decides.
+        Stop = "stop",
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +219,9 @@ pub struct Config {
     /// `[http]`: the optional metrics and health listener. Optional; off by default.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[replay]`: the replay extension (Salesforce) and durable checkpoints. Off by default.
+    #[serde(default)]
+    pub replay: ReplayConfig,
     /// `[[route]]`: what is forwarded where. At least one is required. Cannot be set from the
     /// environment.
     #[serde(default)]
@@ -469,6 +485,51 @@ impl Default for LogConfig {
     }
 }
 
+/// `[replay]`: resume Bayeux → MQTT from durable checkpoints after any restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Offer the replay extension at handshake, subscribe from stored replay ids, and store
+    /// per channel the id of the last event the MQTT broker acknowledged. Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Directory of `checkpoints.json` (systemd's `StateDirectory`). Default
+    /// `/var/lib/bayeux-mqtt-bridge`; a relative path is taken from the config file's directory.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// How often acknowledged positions are written (atomically, with fsync). After a crash,
+    /// events of at most this long are delivered again. Default 1000, at least 10.
+    #[serde(default = "defaults::checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Where a channel without a checkpoint starts: -1 new events only (default), -2 every
+    /// event the server retains.
+    #[serde(default = "defaults::start_from")]
+    pub start_from: i64,
+    /// A stored id the server rejects (expired, unknown): `"latest"` (default), `"earliest"`
+    /// or `"stop"`. Every such gap is logged, counted and published on the status topic.
+    #[serde(default)]
+    pub on_invalid: ReplayInvalidPolicy,
+}
+
+impl ReplayConfig {
+    /// `checkpoint_interval_ms` as a duration.
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            enabled: false,
+            state_dir: defaults::state_dir(),
+            checkpoint_interval_ms: defaults::checkpoint_interval_ms(),
+            start_from: defaults::start_from(),
+            on_invalid: ReplayInvalidPolicy::default(),
+        }
+    }
+}
+
 /// `[http]`: the metrics and health listener.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -508,6 +569,15 @@ pub struct RouteConfig {
 
 /// Default values, shared by serde and the `Default` impls.
 mod defaults {
+    pub fn state_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from("/var/lib/bayeux-mqtt-bridge")
+    }
+    pub const fn checkpoint_interval_ms() -> u64 {
+        1000
+    }
+    pub const fn start_from() -> i64 {
+        -1
+    }
     pub const fn max_network_delay_secs() -> u64 {
         10
     }

@@ -65,6 +65,20 @@ pub struct SubscriptionLabels {
     pub subscription: String,
 }
 
+/// `channel` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// The Bayeux channel.
+    pub channel: String,
+}
+
+/// `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -100,6 +114,12 @@ pub struct Metrics {
     pub last_forward: Family<DirectionLabels, Gauge<f64, AtomicU64>>,
     /// `bridge_ready`: 1 while ready.
     pub ready: Gauge,
+    /// `bridge_replay_checkpoint{channel}`: the replay id the channel resumes after.
+    pub checkpoint: Family<ChannelLabels, Gauge>,
+    /// `bridge_replay_checkpoint_writes_total{outcome}`.
+    pub checkpoint_writes: Family<OutcomeLabels, Counter>,
+    /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
+    pub replay_gaps: Family<ChannelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,6 +146,9 @@ impl Metrics {
             subscriptions: Family::default(),
             last_forward: Family::default(),
             ready: Gauge::default(),
+            checkpoint: Family::default(),
+            checkpoint_writes: Family::default(),
+            replay_gaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +215,21 @@ impl Metrics {
             "ready",
             "1 while the bridge is ready (see /readyz)",
             m.ready.clone(),
+        );
+        registry.register(
+            "replay_checkpoint",
+            "Replay id of the last event acknowledged by the broker, per channel (in memory)",
+            m.checkpoint.clone(),
+        );
+        registry.register(
+            "replay_checkpoint_writes",
+            "Writes of the checkpoint file, by outcome",
+            m.checkpoint_writes.clone(),
+        );
+        registry.register(
+            "replay_gaps",
+            "Stored replay ids the server refused (events lost), per channel",
+            m.replay_gaps.clone(),
         );
         registry.register(
             "build",

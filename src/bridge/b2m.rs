@@ -11,17 +11,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
 
+use super::checkpoint::Ticket;
 use super::mapping::Route;
 use super::payload::bayeux_to_mqtt_payload;
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::bayeux::{Message, Subscription};
-use crate::mqtt::{MqttError, MqttHandle};
+use crate::mqtt::{MqttError, MqttHandle, PublishCompletion};
 
 /// A change to the set of routes the pipeline reads (live reload).
 pub(super) enum Control {
@@ -85,6 +86,8 @@ pub(super) async fn run(
     let mut mqtt = mqtt;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
+    let (completions, publishes) = mpsc::unbounded_channel();
+    tokio::spawn(complete(Arc::clone(&shared), publishes));
     for (key, route, subscription) in routes {
         add(&mut deliveries, &mut live, key, route, subscription);
     }
@@ -135,7 +138,7 @@ pub(super) async fn run(
             continue;
         };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
-        forward(&shared, &mqtt, &route, message, slot).await;
+        forward(&shared, &mqtt, &route, message, slot, &completions).await;
     }
     // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
     // hands over until it has stopped and closed them, will not be forwarded. Count it.
@@ -220,27 +223,89 @@ fn add(
     deliveries.push(stream);
 }
 
+/// A publish handed to the MQTT client, waiting for the broker's acknowledgement.
+struct InFlight {
+    completion: PublishCompletion,
+    /// Released only once the outcome is recorded (and the checkpoint advanced), so a drain
+    /// that waits for every permit also waits for the checkpoints.
+    slot: Slot,
+    ticket: Option<Ticket>,
+    route: usize,
+    topic: String,
+}
+
+/// Records the outcome of each publish as the broker acknowledges it, in any order: one task
+/// for all of them. Ends when the pipeline has stopped and the last publish has its outcome.
+async fn complete(shared: Arc<Shared>, mut publishes: mpsc::UnboundedReceiver<InFlight>) {
+    let mut waiting = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = publishes.recv(), if open => match next {
+                Some(InFlight { completion, slot, ticket, route, topic }) => waiting.push(async move {
+                    (completion.await, slot, ticket, route, topic)
+                }),
+                None => open = false,
+            },
+            Some((outcome, slot, ticket, route, topic)) = waiting.next(), if !waiting.is_empty() => {
+                match outcome {
+                    Ok(()) => {
+                        if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
+                            replay.ack(ticket);
+                        }
+                        shared.stats.forwarded(Direction::BayeuxToMqtt, route);
+                    }
+                    Err(e) => {
+                        shared.count_publish_error("mqtt", e.reason());
+                        settle(&shared, ticket, redeliver_after_restart(&e));
+                        shared.drop_message(Direction::BayeuxToMqtt, e.reason(), route, &topic, &e.to_string());
+                    }
+                }
+                drop(slot);
+            },
+            else => return,
+        }
+    }
+}
+
+/// A message that will not be forwarded: its checkpoint ticket is abandoned (the checkpoint
+/// may pass it: it is dropped on purpose and counted) unless it should come back after a
+/// restart, in which case the ticket is dropped and holds the checkpoint back.
+fn settle(shared: &Shared, ticket: Option<Ticket>, redeliver: bool) {
+    if let (Some(replay), Some(ticket)) = (&shared.replay, ticket)
+        && !redeliver
+    {
+        replay.abandon(ticket);
+    }
+}
+
+/// Whether an event whose publish failed this way should be delivered again after a restart:
+/// yes when the client shut down before the broker acknowledged it, no when the broker or the
+/// message itself is the problem (it would fail again).
+fn redeliver_after_restart(e: &MqttError) -> bool {
+    matches!(e, MqttError::Shutdown | MqttError::NoRuntime)
+}
+
 async fn forward(
     shared: &Arc<Shared>,
     mqtt: &MqttHandle,
     route: &Route,
     message: Message,
-    permit: Slot,
+    slot: Slot,
+    completions: &mpsc::UnboundedSender<InFlight>,
 ) {
     shared
         .stats
         .received(Direction::BayeuxToMqtt, route.number());
-    let data =
-        serde_json::to_vec(message.data.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
-    if shared
-        .bayeux_echoes()
-        .take(&message.channel, &data, Instant::now())
-    {
+    let ticket = shared.replay.as_ref().and_then(|r| r.begin(&message));
+    if is_own_echo(shared, &message) {
         shared.stats.echo(Direction::BayeuxToMqtt);
+        settle(shared, ticket, false);
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return;
     }
     let Some(topic) = route.channel_to_topic(&message.channel) else {
+        settle(shared, ticket, false);
         shared.drop_message(
             Direction::BayeuxToMqtt,
             "unmapped",
@@ -267,31 +332,33 @@ async fn forward(
         .await
     {
         Ok(completion) => {
-            let shared = Arc::clone(shared);
-            let number = route.number();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match completion.await {
-                    Ok(()) => shared.stats.forwarded(Direction::BayeuxToMqtt, number),
-                    Err(e) => {
-                        shared.count_publish_error("mqtt", reason(&e));
-                        shared.drop_message(
-                            Direction::BayeuxToMqtt,
-                            reason(&e),
-                            number,
-                            &topic,
-                            &e.to_string(),
-                        )
-                    }
-                }
-            });
+            let in_flight = InFlight {
+                completion,
+                slot,
+                ticket,
+                route: route.number(),
+                topic,
+            };
+            if let Err(mpsc::error::SendError(lost)) = completions.send(in_flight) {
+                // The completion task ends only after this pipeline: unreachable in practice,
+                // but the message must not vanish uncounted.
+                settle(shared, lost.ticket, true);
+                shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    "shutdown",
+                    lost.route,
+                    &lost.topic,
+                    "the completion task has stopped",
+                );
+            }
         }
         Err(e) => {
             warn!(%topic, error = %e, "MQTT refused the publish.");
-            shared.count_publish_error("mqtt", reason(&e));
+            shared.count_publish_error("mqtt", e.reason());
+            settle(shared, ticket, redeliver_after_restart(&e));
             shared.drop_message(
                 Direction::BayeuxToMqtt,
-                reason(&e),
+                e.reason(),
                 route.number(),
                 &topic,
                 &e.to_string(),
@@ -300,7 +367,14 @@ async fn forward(
     }
 }
 
-/// The drop reason for an MQTT publish failure.
-fn reason(e: &MqttError) -> &'static str {
-    e.reason()
+/// Whether `message` is the Bayeux server's copy of one of the bridge's own publishes. The
+/// data is serialised for the comparison only while some own publish can still come back.
+fn is_own_echo(shared: &Shared, message: &Message) -> bool {
+    let mut echoes = shared.bayeux_echoes();
+    if echoes.is_empty() {
+        return false;
+    }
+    let data =
+        serde_json::to_vec(message.data.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
+    echoes.take(&message.channel, &data, Instant::now())
 }

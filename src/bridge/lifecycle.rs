@@ -13,9 +13,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::readiness::Readiness;
+use super::replay::Gap;
 use super::stats::{self, Direction, Stats};
-use super::{Shared, b2m};
+use super::{BridgeError, Shared, b2m};
 use crate::bayeux::{self, Event};
 use crate::metrics::CauseLabels;
 use crate::mqtt::{MqttHandle, QoS};
@@ -23,22 +23,16 @@ use crate::mqtt::{MqttHandle, QoS};
 /// Watches a Bayeux client's events on a task of its own (so a reload can replace it).
 pub(crate) fn spawn_watcher(
     events: bayeux::Events,
-    shared: &Shared,
-) -> tokio::task::JoinHandle<String> {
-    tokio::spawn(watch_bayeux(
-        events,
-        Arc::clone(&shared.readiness),
-        Arc::clone(&shared.stats),
-    ))
+    shared: &Arc<Shared>,
+) -> tokio::task::JoinHandle<BridgeError> {
+    tokio::spawn(watch_bayeux(events, Arc::clone(shared)))
 }
 
-/// Follows the Bayeux client's events for readiness; resolves with the reason if the client
-/// stops for good.
-async fn watch_bayeux(
-    mut events: bayeux::Events,
-    readiness: Arc<Readiness>,
-    stats: Arc<Stats>,
-) -> String {
+/// Follows the Bayeux client's events for readiness and replay gaps; resolves with the reason
+/// if the client stops for good, or a replay gap stops the bridge.
+async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> BridgeError {
+    let readiness = &shared.readiness;
+    let stats = &shared.stats;
     let count = |family: &prometheus_client::metrics::family::Family<
         CauseLabels,
         prometheus_client::metrics::counter::Counter,
@@ -78,12 +72,62 @@ async fn watch_bayeux(
             Event::SubscriptionConfirmed { subscription } => {
                 readiness.bayeux_confirmed(&subscription)
             }
-            Event::Stopped { reason } => return reason.to_string(),
+            Event::SubscriptionFailed {
+                subscription,
+                error,
+                ..
+            } => {
+                let gap = shared
+                    .replay
+                    .as_ref()
+                    .and_then(|r| r.on_subscription_failed(&subscription, &error));
+                if let Some(gap) = gap {
+                    report_gap(&shared, &gap).await;
+                    if gap.resumed_from.is_none() {
+                        return BridgeError::ReplayGap {
+                            channel: gap.channel,
+                            last_good: gap.last_good,
+                            error: gap.error,
+                        };
+                    }
+                }
+            }
+            Event::Stopped { reason } => return BridgeError::BayeuxStopped(reason.to_string()),
             _ => {}
         }
     }
-    "the Bayeux client ended".to_owned()
+    BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
 }
+
+/// Reports a replay gap loudly: a warning, and a non-retained message on the status topic
+/// (the retained `online`/`offline` stays as it is). The metric is counted by the replay
+/// state.
+async fn report_gap(shared: &Shared, gap: &Gap) {
+    warn!(
+        channel = %gap.channel,
+        last_good_replay_id = gap.last_good,
+        resumed_from = ?gap.resumed_from,
+        error = %gap.error,
+        "The Bayeux server refused the stored replay id: events after it that the server no \
+         longer retains are lost."
+    );
+    let mqtt = shared.mqtt();
+    let status_topic = shared.status_topic();
+    let publish = mqtt.publish(
+        &status_topic,
+        gap.status_message().into(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    match tokio::time::timeout(GAP_REPORT_TIMEOUT, publish).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "Could not publish the replay gap on the status topic."),
+        Err(_) => warn!("The replay gap report was not acknowledged by the broker in time."),
+    }
+}
+
+/// How long a gap report waits for the broker before the watcher goes on.
+const GAP_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until every permit of `permits` is back (nothing in flight) or `until`.
 pub(super) async fn all_back(permits: &Semaphore, capacity: usize, until: Instant) {

@@ -17,6 +17,7 @@ pub mod echo;
 pub mod mapping;
 pub mod payload;
 pub mod readiness;
+mod replay;
 pub mod stats;
 
 mod b2m;
@@ -44,6 +45,7 @@ use crate::mqtt::{self, MqttHandle};
 use echo::EchoFilter;
 use mapping::Route;
 use readiness::Readiness;
+use replay::Replay;
 use stats::{Direction, Stats};
 
 /// How long an own publish is remembered for echo suppression.
@@ -67,6 +69,24 @@ pub enum BridgeError {
     /// The Bayeux server ended the session for good.
     #[error("the Bayeux client stopped: {0}")]
     BayeuxStopped(String),
+    /// The replay checkpoints could not be opened.
+    #[error("replay checkpoints: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A stored replay id was refused and `replay.on_invalid = "stop"`.
+    #[error(
+        "the Bayeux server refused the stored replay id {last_good} of {channel} ({error}); \
+         stopping as replay.on_invalid = \"stop\" asks: events after it may be lost. Set \
+         on_invalid to \"latest\" or \"earliest\", or remove the channel from the checkpoint \
+         file, to resume"
+    )]
+    ReplayGap {
+        /// The channel.
+        channel: String,
+        /// The refused id.
+        last_good: i64,
+        /// The server's error.
+        error: String,
+    },
 }
 
 /// A message's place in its direction's bounded queue: the semaphore permit (released when
@@ -117,9 +137,16 @@ pub(crate) struct Shared {
     bayeux_echoes: Mutex<EchoFilter>,
     /// Own publishes to MQTT, on 3.1.1 only (MQTT 5 subscriptions use No Local).
     mqtt_echoes: Option<Mutex<EchoFilter>>,
+    /// Replay extension and checkpoints, with `[replay] enabled`.
+    replay: Option<Arc<Replay>>,
 }
 
 impl Shared {
+    /// `options` with the replay extension, when replay is on.
+    pub(crate) fn with_replay(&self, options: bayeux::ClientOptions) -> bayeux::ClientOptions {
+        replay::with_extension(options, self.replay.as_deref())
+    }
+
     /// The current routes.
     pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
         Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
@@ -263,7 +290,14 @@ pub async fn run_with_reload(
     };
     // No Local on every subscription: the bridge never wants its own publishes back.
     let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), mqtt_specs(&routes))?;
-    let (bayeux, bayeux_events) = Client::new(bayeux_options(&config, queued(&config, &routes)))?;
+    let replay = match config.replay.enabled {
+        true => Some(Arc::new(Replay::open(&config.replay, Arc::clone(&stats))?)),
+        false => None,
+    };
+    let (bayeux, bayeux_events) = Client::new(replay::with_extension(
+        bayeux_options(&config, queued(&config, &routes)),
+        replay.as_deref(),
+    ))?;
     let v311 = config.mqtt.protocol == MqttProtocol::V311;
     let shared = Arc::new(Shared {
         routes: RwLock::new(Arc::new(Vec::new())),
@@ -277,7 +311,12 @@ pub async fn run_with_reload(
         m2b_in_flight: Arc::default(),
         bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
         mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
+        replay: replay.clone(),
     });
+    let (stop_flusher, flusher_stopped) = watch::channel(false);
+    let flusher = replay
+        .clone()
+        .map(|r| tokio::spawn(r.run_flusher(flusher_stopped)));
     let (b2m_control, b2m_control_rx) = mpsc::channel(64);
     let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
     let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap);
@@ -343,8 +382,9 @@ pub async fn run_with_reload(
                 break Ok(());
             }
             stopped = &mut watcher => {
-                let reason = stopped.unwrap_or_else(|e| format!("the Bayeux event watcher failed: {e}"));
-                break Err(BridgeError::BayeuxStopped(reason));
+                break Err(stopped.unwrap_or_else(|e| {
+                    BridgeError::BayeuxStopped(format!("the Bayeux event watcher failed: {e}"))
+                }));
             }
             _ = tick(&mut watchdog) => ping(notifier.as_deref()),
             Some(()) = next_reload(&mut reload) => {
@@ -388,6 +428,17 @@ pub async fn run_with_reload(
     )
     .await;
     watcher.abort();
+    // Every message in flight has its outcome now (or was given up at the deadline): the last
+    // checkpoints, so a restart resumes exactly after what the broker acknowledged.
+    let _ = stop_flusher.send(true);
+    if let Some(flusher) = flusher {
+        let _ = flusher.await;
+    }
+    if let Some(replay) = &replay
+        && replay.flush().await
+    {
+        info!("Replay checkpoints saved.");
+    }
     log_summary(&stats);
     let _ = http_stop.send(());
     if let Some(http) = http {

@@ -10,7 +10,8 @@
 //!   MQTT client disconnects cleanly, a new one connects with the new settings, and both
 //!   pipelines continue on it. MQTT messages not yet forwarded stay unacknowledged and the
 //!   broker delivers them again. The Bayeux side is untouched.
-//! - `[bridge]`, `[log]`, `[http]` changed: logged; they take effect at the next restart.
+//! - `[bridge]`, `[log]`, `[http]`, `[replay]` changed: logged; they take effect at the next
+//!   restart.
 //! - An invalid file is refused with a log line naming the file, key and reason; the running
 //!   config stays in force.
 
@@ -99,7 +100,7 @@ impl Live {
         &mut self,
         path: &Path,
         shared: &Arc<Shared>,
-        watcher: &mut JoinHandle<String>,
+        watcher: &mut JoinHandle<BridgeError>,
         notifier: Option<&Notifier>,
     ) {
         info!(file = %path.display(), "Reloading the config.");
@@ -122,7 +123,7 @@ impl Live {
         &mut self,
         path: &Path,
         shared: &Arc<Shared>,
-        watcher: &mut JoinHandle<String>,
+        watcher: &mut JoinHandle<BridgeError>,
     ) -> Result<String, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
         let routes = mapping::compile(&new.route).map_err(|e| e.in_file(path).to_string())?;
@@ -133,6 +134,7 @@ impl Live {
             ("[bridge]", new.bridge != self.config.bridge),
             ("[log]", new.log != self.config.log),
             ("[http]", new.http != self.config.http),
+            ("[replay]", new.replay != self.config.replay),
         ] {
             if changed {
                 warn!(
@@ -167,6 +169,7 @@ impl Live {
         self.config.bridge = running.bridge;
         self.config.log = running.log;
         self.config.http = running.http;
+        self.config.replay = running.replay;
         if summary.is_empty() {
             summary.push("no route changes".to_owned());
         }
@@ -266,10 +269,11 @@ impl Live {
         new: &Config,
         routes: &[Route],
         shared: &Arc<Shared>,
-        watcher: &mut JoinHandle<String>,
+        watcher: &mut JoinHandle<BridgeError>,
     ) -> Result<(), String> {
         let (client, events) =
-            Client::new(bayeux_options(new, queued(new, routes))).map_err(|e| e.to_string())?;
+            Client::new(shared.with_replay(bayeux_options(new, queued(new, routes))))
+                .map_err(|e| e.to_string())?;
         for live in self.b2m_routes.drain(..) {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
         }

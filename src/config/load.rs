@@ -281,6 +281,9 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
     relative(&mut config.bayeux.token_file);
     relative(&mut config.mqtt.password_file);
     relative(&mut config.log.file);
+    if config.replay.state_dir.is_relative() {
+        config.replay.state_dir = base.join(&config.replay.state_dir);
+    }
     if let Some(tls) = &mut config.mqtt.tls {
         relative(&mut tls.ca_file);
         relative(&mut tls.cert_file);

@@ -32,7 +32,26 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     mqtt(&config.mqtt)?;
     bridge(&config.bridge)?;
     log(&config.log)?;
+    replay(&config.replay)?;
     routes(&config.route)
+}
+
+fn replay(c: &super::ReplayConfig) -> Result<(), Invalid> {
+    at_least(
+        "replay.checkpoint_interval_ms",
+        c.checkpoint_interval_ms,
+        10,
+    )?;
+    if c.start_from != -1 && c.start_from != -2 {
+        return Err(Invalid::new(
+            "replay.start_from",
+            format!(
+                "must be -1 (new events only) or -2 (all retained), found {}",
+                c.start_from
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn at_least(key: &str, value: u64, min: u64) -> Result<(), Invalid> {

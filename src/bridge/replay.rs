@@ -1,0 +1,362 @@
+//! Replay in the bridge: the Bayeux replay extension fed from durable checkpoints, so that
+//! Bayeux → MQTT resumes after any restart or re-handshake from the last event the broker
+//! acknowledged (see [`checkpoint`](super::checkpoint) for the exact guarantee).
+//!
+//! [`Replay`] ties three things together:
+//! - the [`ReplayExtension`] every Bayeux client of the bridge carries: at startup it is set
+//!   to the stored checkpoints, and every advance of a checkpoint is set on it too, so a
+//!   re-handshake in this process resumes from the same place a restart would;
+//! - the [`CheckpointStore`], which `b2m` tells about each event it takes ([`Replay::begin`])
+//!   and each one done ([`Replay::ack`], [`Replay::abandon`]);
+//! - the flusher ([`Replay::run_flusher`]), which writes the store every
+//!   `replay.checkpoint_interval_ms` outside the store's lock, and a last time after the drain.
+//!
+//! A stored id the server refuses (older than its retention, or unknown) is a gap: events
+//! were lost. [`Replay::on_subscription_failed`] recognises the refusal and applies
+//! `replay.on_invalid`; the caller reports the [`Gap`] (log, metric, status topic).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::checkpoint::{CheckpointError, CheckpointStore, Ticket};
+use super::stats::Stats;
+use crate::bayeux::Message;
+use crate::bayeux::ext::replay::{self as ext, ReplayExtension};
+use crate::config::{ReplayConfig, ReplayInvalidPolicy};
+use crate::metrics::{ChannelLabels, OutcomeLabels};
+
+/// The bridge's replay state: extension, checkpoint store and policy.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    extension: Arc<ReplayExtension>,
+    store: Mutex<CheckpointStore>,
+    /// One flush at a time: snapshots share the temporary file.
+    flushing: tokio::sync::Mutex<()>,
+    interval: Duration,
+    policy: ReplayInvalidPolicy,
+    stats: Arc<Stats>,
+}
+
+/// A stored replay id the server refused, and what the bridge did about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Gap {
+    /// The channel.
+    pub(crate) channel: String,
+    /// The refused id: the last event acknowledged by the broker before the gap.
+    pub(crate) last_good: i64,
+    /// Where the channel resumes (`-1` or `-2`), or `None` with the `stop` policy.
+    pub(crate) resumed_from: Option<i64>,
+    /// The server's error.
+    pub(crate) error: String,
+}
+
+impl Gap {
+    /// The non-retained message published on the status topic.
+    pub(crate) fn status_message(&self) -> Vec<u8> {
+        json!({
+            "event": "replay_gap",
+            "channel": self.channel,
+            "last_good_replay_id": self.last_good,
+            "resumed_from": self.resumed_from,
+            "error": self.error,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+impl Replay {
+    /// Opens the checkpoint store under `config.state_dir` and sets every stored checkpoint on
+    /// a new replay extension.
+    pub(crate) fn open(
+        config: &ReplayConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Replay, CheckpointError> {
+        let store = CheckpointStore::open(&config.state_dir)?;
+        let extension = Arc::new(ReplayExtension::with_default(config.start_from));
+        let stored = store.all();
+        for (channel, replay_id) in &stored {
+            extension.set(channel, *replay_id);
+            stats
+                .metrics
+                .checkpoint
+                .get_or_create(&ChannelLabels {
+                    channel: channel.clone(),
+                })
+                .set(*replay_id);
+            info!(channel, replay_id, "Resuming from the stored checkpoint.");
+        }
+        info!(
+            file = %store.path().display(),
+            channels = stored.len(),
+            start_from = config.start_from,
+            "Replay checkpoints loaded."
+        );
+        Ok(Replay {
+            extension,
+            store: Mutex::new(store),
+            flushing: tokio::sync::Mutex::new(()),
+            interval: config.checkpoint_interval(),
+            policy: config.on_invalid,
+            stats,
+        })
+    }
+
+    /// The extension to add to every Bayeux client of the bridge.
+    pub(crate) fn extension(&self) -> Arc<ReplayExtension> {
+        Arc::clone(&self.extension)
+    }
+
+    fn store(&self) -> MutexGuard<'_, CheckpointStore> {
+        // Every store operation completes its bookkeeping before it can fail or panic.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `message` was taken, if it carries a replay id. Call in delivery order.
+    pub(crate) fn begin(&self, message: &Message) -> Option<Ticket> {
+        let replay_id = ext::replay_id(message)?;
+        Some(
+            self.store()
+                .begin(ext::channel_key(&message.channel), replay_id),
+        )
+    }
+
+    /// The broker acknowledged the ticket's event.
+    pub(crate) fn ack(&self, ticket: Ticket) {
+        let advance = self.store().ack(ticket);
+        self.advanced(advance);
+    }
+
+    /// The ticket's event was dropped on purpose and must not be delivered again.
+    pub(crate) fn abandon(&self, ticket: Ticket) {
+        let advance = self.store().abandon(ticket);
+        self.advanced(advance);
+    }
+
+    fn advanced(&self, advance: Option<super::checkpoint::Advance>) {
+        if let Some(advance) = advance {
+            self.extension.set(&advance.channel, advance.replay_id);
+            self.stats
+                .metrics
+                .checkpoint
+                .get_or_create(&ChannelLabels {
+                    channel: advance.channel.to_string(),
+                })
+                .set(advance.replay_id);
+        }
+    }
+
+    /// Writes the checkpoints if they changed since the last write. The file IO runs on a
+    /// blocking thread, outside the store's lock. A failure is logged and counted; the store
+    /// stays dirty and the next flush tries again.
+    pub(crate) async fn flush(&self) -> bool {
+        let _one_at_a_time = self.flushing.lock().await;
+        let Some(snapshot) = self.store().snapshot() else {
+            return true;
+        };
+        let written =
+            tokio::task::spawn_blocking(move || snapshot.write().map(|()| snapshot)).await;
+        let outcome = match written {
+            Ok(Ok(snapshot)) => {
+                self.store().flushed(snapshot);
+                debug!("Replay checkpoints written.");
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "Could not write the replay checkpoints; retrying at the next interval.");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "The checkpoint writer failed; retrying at the next interval.");
+                false
+            }
+        };
+        self.stats
+            .metrics
+            .checkpoint_writes
+            .get_or_create(&OutcomeLabels {
+                outcome: if outcome { "ok" } else { "error" },
+            })
+            .inc();
+        outcome
+    }
+
+    /// Flushes every `checkpoint_interval_ms` until `stop` turns true. The final flush, after
+    /// the drain, is the caller's.
+    pub(crate) async fn run_flusher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut interval = tokio::time::interval(self.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopped = tokio::select! {
+                _ = stop.wait_for(|s| *s) => true,
+                _ = interval.tick() => false,
+            };
+            if stopped {
+                return;
+            }
+            self.flush().await;
+        }
+    }
+
+    /// The server refused the subscription `channel` with `error`. If that is a refused
+    /// stored replay id, applies `replay.on_invalid` (the client's next attempt resumes from
+    /// `-1` or `-2`, or none with `stop`), forgets the checkpoint, counts the gap and returns
+    /// it for the caller to report. Any other failure is left to the client's retries.
+    pub(crate) fn on_subscription_failed(&self, channel: &str, error: &str) -> Option<Gap> {
+        if !is_invalid_replay_id(error) {
+            return None;
+        }
+        let last_good = self.extension.resume_from(channel);
+        if last_good < 0 {
+            // -1 or -2 refused: not a stored position, nothing to fall back from.
+            return None;
+        }
+        let resumed_from = match self.policy {
+            ReplayInvalidPolicy::Latest => Some(ext::NEW_EVENTS_ONLY),
+            ReplayInvalidPolicy::Earliest => Some(ext::ALL_RETAINED),
+            ReplayInvalidPolicy::Stop => None,
+        };
+        let key = ext::channel_key(channel);
+        if let Some(from) = resumed_from {
+            self.extension.set(key, from);
+            self.store().remove(key);
+        }
+        self.stats
+            .metrics
+            .replay_gaps
+            .get_or_create(&ChannelLabels {
+                channel: key.to_owned(),
+            })
+            .inc();
+        Some(Gap {
+            channel: key.to_owned(),
+            last_good,
+            resumed_from,
+            error: error.to_owned(),
+        })
+    }
+}
+
+/// `options` with `replay`'s extension added, if any.
+pub(crate) fn with_extension(
+    mut options: crate::bayeux::ClientOptions,
+    replay: Option<&Replay>,
+) -> crate::bayeux::ClientOptions {
+    if let Some(replay) = replay {
+        options.extensions.push(replay.extension());
+    }
+    options
+}
+
+/// Whether a subscribe error is the server refusing the replay id it was given (Salesforce:
+/// `400::The replayId {N} you provided was invalid. ...`).
+fn is_invalid_replay_id(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("replayid") && (error.contains("invalid") || error.contains("expired"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_salesforce_replay_refusals_only() {
+        assert!(is_invalid_replay_id(
+            "400::The replayId {42} you provided was invalid. Please provide a valid ID, -2 to \
+             replay all events, or -1 to replay only new events."
+        ));
+        assert!(!is_invalid_replay_id(
+            "400::The channel you requested to subscribe to does not exist"
+        ));
+        assert!(!is_invalid_replay_id("403::Unknown client"));
+    }
+
+    fn replay(policy: ReplayInvalidPolicy, dir: &std::path::Path) -> Replay {
+        let config = ReplayConfig {
+            enabled: true,
+            state_dir: dir.to_owned(),
+            on_invalid: policy,
+            ..ReplayConfig::default()
+        };
+        Replay::open(&config, Arc::new(Stats::default())).expect("opens")
+    }
+
+    fn temp_dir(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bridge-replay-{label}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn event(channel: &str, id: i64) -> Message {
+        let mut m = Message::new(channel);
+        m.data = Some(json!({"event": {"replayId": id}, "payload": {}}));
+        m
+    }
+
+    const REFUSED: &str = "400::The replayId {7} you provided was invalid.";
+
+    #[test]
+    fn acknowledged_events_move_the_extension_and_a_refused_id_falls_back_by_policy() {
+        let dir = temp_dir("policy");
+        let r = replay(ReplayInvalidPolicy::Earliest, &dir);
+        let t = r.begin(&event("/event/A", 7)).expect("has an id");
+        assert!(
+            r.begin(&Message::new("/event/A")).is_none(),
+            "no id, no ticket"
+        );
+        r.ack(t);
+        assert_eq!(r.extension.get("/event/A"), Some(7));
+        let gap = r
+            .on_subscription_failed("/event/A", REFUSED)
+            .expect("a gap");
+        assert_eq!(gap.last_good, 7);
+        assert_eq!(gap.resumed_from, Some(ext::ALL_RETAINED));
+        assert_eq!(r.extension.get("/event/A"), Some(ext::ALL_RETAINED));
+        assert_eq!(r.store().get("/event/A"), None);
+        // -2 refused again is not a second gap.
+        assert!(r.on_subscription_failed("/event/A", REFUSED).is_none());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn stop_policy_keeps_the_checkpoint() {
+        let dir = temp_dir("stop");
+        let r = replay(ReplayInvalidPolicy::Stop, &dir);
+        let t = r.begin(&event("/event/A", 7)).expect("has an id");
+        r.ack(t);
+        let gap = r
+            .on_subscription_failed("/event/A", REFUSED)
+            .expect("a gap");
+        assert_eq!(gap.resumed_from, None);
+        assert_eq!(r.store().get("/event/A"), Some(7));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn flushed_checkpoints_are_loaded_into_the_extension_at_open() {
+        let dir = temp_dir("reopen");
+        let r = replay(ReplayInvalidPolicy::Latest, &dir);
+        let first = r.begin(&event("/event/A", 3)).expect("id");
+        let second = r.begin(&event("/event/A", 9)).expect("id");
+        r.ack(second);
+        assert_eq!(r.extension.get("/event/A"), None, "3 is still in flight");
+        r.ack(first);
+        assert!(r.flush().await);
+        drop(r);
+        let reopened = replay(ReplayInvalidPolicy::Latest, &dir);
+        assert_eq!(reopened.extension.resume_from("/event/A"), 9);
+        assert_eq!(
+            reopened.extension.resume_from("/event/B"),
+            ext::NEW_EVENTS_ONLY
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

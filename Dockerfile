@@ -18,6 +18,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 RUN cargo build --release --locked
+# An empty state directory for the runtime stage (which has no shell to make one).
+RUN mkdir -p /state/bayeux-mqtt-bridge
 
 # Runtime stage: glibc, libgcc, CA certificates and nothing else (no shell, no package
 # manager). Debian 12 like the build stage, so the binary's glibc matches.
@@ -29,6 +31,10 @@ COPY --from=build /src/target/release/bayeux-mqtt-bridge /usr/local/bin/bayeux-m
 # distroless's `nonroot` user. A mounted secret file (mqtt.password_file, bayeux.token_file)
 # must be readable by this uid.
 USER 65532:65532
+# `[replay] state_dir`: the replay checkpoints. Mount a volume here to keep them across
+# container replacements.
+COPY --from=build --chown=65532:65532 /state/bayeux-mqtt-bridge /var/lib/bayeux-mqtt-bridge
+VOLUME ["/var/lib/bayeux-mqtt-bridge"]
 # The optional metrics and health listener (`[http] listen`).
 EXPOSE 9464
 # The daemon is PID 1 (exec form, no shell, no init) and drains on SIGTERM within

@@ -154,6 +154,11 @@ const ALL_KEYS: &[&str] = &[
     "log.format",
     "log.file",
     "http.listen",
+    "replay.enabled",
+    "replay.state_dir",
+    "replay.checkpoint_interval_ms",
+    "replay.start_from",
+    "replay.on_invalid",
     "route.bayeux",
     "route.mqtt",
     "route.direction",
@@ -239,7 +244,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `route`)"
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `route`)"
                 .into(),
         ),
         (
@@ -431,6 +436,26 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             "mqtt.inflight",
             "must be at least 1, found 0 (set by environment variable \
              BAYEUX_MQTT_BRIDGE__MQTT__INFLIGHT)"
+                .into(),
+        ),
+        (
+            format!("{head}[replay]\nstart_from = 5\n{route}"),
+            vec![],
+            "replay.start_from",
+            "must be -1 (new events only) or -2 (all retained), found 5".into(),
+        ),
+        (
+            format!("{head}[replay]\ncheckpoint_interval_ms = 1\n{route}"),
+            vec![],
+            "replay.checkpoint_interval_ms",
+            "must be at least 10, found 1".into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__REPLAY__ON_INVALID", "skip")],
+            "replay.on_invalid",
+            "expected one of \"latest\", \"earliest\", \"stop\", found \"skip\" (set by \
+             environment variable BAYEUX_MQTT_BRIDGE__REPLAY__ON_INVALID)"
                 .into(),
         ),
         (

@@ -4,11 +4,8 @@
 //! invalid`, `403::Handshake denied`, `403::Unknown client` and the control
 //! endpoints the bridge tests script it with.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -16,97 +13,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const CLIENT_ID: &str = "test-client-id";
-const CLIENT_SECRET: &str = "test-client-secret";
+use common::salesforce::{CLIENT_ID, CLIENT_SECRET, SalesforceFake, http_client};
+
 const CHANNEL: &str = "/event/Order__e";
-
-/// The fake, run as `node tests/peers/salesforce.js`; killed on drop. It runs
-/// with `--exit-on-stdin-eof` and we hold its stdin, so it also dies with us.
-struct SalesforceFake {
-    child: Child,
-    _stdin: ChildStdin,
-    base: String,
-    url: String,
-}
-
-impl SalesforceFake {
-    fn start(extra_args: &[&str]) -> SalesforceFake {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
-        let mut child = Command::new("node")
-            .current_dir(&dir)
-            .args([
-                "salesforce.js",
-                "--exit-on-stdin-eof",
-                "--client-id",
-                CLIENT_ID,
-            ])
-            .args([
-                "--client-secret",
-                CLIENT_SECRET,
-                "--refresh-token",
-                "refresh-1",
-            ])
-            .args(extra_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not run `node salesforce.js` in {}: {e}. The test servers need \
-                     Node.js: run `scripts/test` (it installs Node and tests/peers/node_modules)",
-                    dir.display()
-                )
-            });
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        // Forward the server's log into the (captured) test output.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[salesforce.js] {line}");
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "salesforce.js printed {line:?} (within 30 s) instead of \
-                 {{\"port\":N,\"path\":...}}; its stderr is above"
-            )
-        });
-        let base = format!("http://127.0.0.1:{}", ready["port"]);
-        let url = format!("{base}{}", ready["path"].as_str().expect("path"));
-        SalesforceFake {
-            child,
-            _stdin: stdin,
-            base,
-            url,
-        }
-    }
-}
-
-impl Drop for SalesforceFake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_client(cookies: bool) -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(cookies)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("build reqwest client")
-}
 
 /// POSTs a form to the token endpoint; returns the status and JSON body.
 async fn token_request(fake: &SalesforceFake, form: &[(&str, &str)]) -> (StatusCode, Value) {
@@ -144,20 +53,11 @@ async fn client_credentials_token(fake: &SalesforceFake) -> String {
 }
 
 async fn control(fake: &SalesforceFake, name: &str, body: Value) -> Value {
-    let response = http_client(false)
-        .post(format!("{}/_control/{name}", fake.base))
-        .json(&body)
-        .send()
-        .await
-        .expect("control request");
-    assert_eq!(response.status(), StatusCode::OK, "/_control/{name}");
-    response.json().await.expect("control reply is JSON")
+    fake.control(name, body).await
 }
 
 async fn stats(fake: &SalesforceFake) -> Value {
-    let url = format!("{}/_control/stats", fake.base);
-    let response = http_client(false).get(url).send().await.expect("stats");
-    response.json().await.expect("stats JSON")
+    fake.stats().await
 }
 
 /// POSTs Bayeux messages with a bearer token; returns the status and the replies.

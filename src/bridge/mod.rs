@@ -233,6 +233,20 @@ impl Shared {
 pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
     let routes = mapping::compile(&config.route)?;
     let mut text = mapping::describe(&routes);
+    if config.replay.enabled {
+        text.push_str(&format!(
+            "replay: on; checkpoints in {}, written every {} ms; channels without one start \
+             from {}; a refused stored id: {}\n",
+            config
+                .replay
+                .state_dir
+                .join(checkpoint::FILE_NAME)
+                .display(),
+            config.replay.checkpoint_interval_ms,
+            config.replay.start_from,
+            config.replay.on_invalid.as_str(),
+        ));
+    }
     let warnings: Vec<String> = config
         .warnings()
         .into_iter()

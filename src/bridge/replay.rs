@@ -321,6 +321,11 @@ mod tests {
         assert_eq!(gap.resumed_from, Some(ext::ALL_RETAINED));
         assert_eq!(r.extension.get("/event/A"), Some(ext::ALL_RETAINED));
         assert_eq!(r.store().get("/event/A"), None);
+        let metrics = r.stats.metrics.encode();
+        assert!(
+            metrics.contains(r#"bridge_replay_gaps_total{channel="/event/A"} 1"#),
+            "{metrics}"
+        );
         // -2 refused again is not a second gap.
         assert!(r.on_subscription_failed("/event/A", REFUSED).is_none());
         std::fs::remove_dir_all(dir).ok();

@@ -6,4 +6,6 @@ pub mod bridge;
 pub mod fake_server;
 pub mod inbox;
 pub mod mosquitto;
+pub mod mqtt_peer;
 pub mod peers;
+pub mod salesforce;

@@ -453,3 +453,52 @@ async fn expired_checkpoint_with_stop_exits_non_zero_naming_the_channel_and_id()
         "stop keeps the checkpoint for the operator"
     );
 }
+
+/// `403::Unknown client` in the middle of a stream (Salesforce expires sessions every few
+/// hours) is routine: the bridge handshakes again and resubscribes from its in-memory
+/// checkpoints, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_client_mid_stream_resumes_from_the_checkpoint() {
+    let broker = Mosquitto::start_async().await;
+    let fake = SalesforceFake::start(&["--token", TOKEN, "--poll-timeout-ms", "5000"]);
+    let setup = Setup::new(&fake, &broker, "stop");
+    let peer = MqttPeer::connect(mqtt_options(&broker, "replay-expiry-sub"), &[TOPIC]).await;
+    let (_config, mut bridge) = setup.start().await;
+    fake.publish(CHANNEL, 200).await;
+    peer.inbox
+        .wait_until("some of the first 200 events", WAIT, |got| got.len() >= 50)
+        .await;
+    let expired = fake.control("expire-sessions", serde_json::json!({})).await;
+    assert_eq!(expired["expired"], 1, "{expired}");
+    // Events while the bridge has no session: they are only reachable by replay.
+    fake.publish(CHANNEL, 100).await;
+    bridge
+        .wait_until("a second handshake", WAIT, |lines| {
+            lines.iter().filter(|l| l.is("Subscribed.")).count() >= 2
+        })
+        .await;
+    let resumed_from = last_subscribe_position(&fake)
+        .await
+        .expect("the resubscribe carries a replay position");
+    assert!(
+        resumed_from > 0,
+        "resumed from a checkpoint, not {resumed_from}"
+    );
+    fake.publish(CHANNEL, 100).await;
+    wait_for_seqs(&peer, "all 400 events", 1..=400).await;
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "{}", bridge.tail(20));
+    let counts = counts(&events(&peer));
+    let duplicated = counts.values().filter(|n| **n > 1).count();
+    println!(
+        "403::Unknown client mid-stream: 400 events, lost = 0, duplicated = {duplicated} \
+         (resumed from replay id {resumed_from})"
+    );
+    // Redelivered after the resubscribe: what was in flight (at most CAPACITY) or still
+    // buffered in the Bayeux client (at most CAPACITY too) when the session ended.
+    assert!(
+        duplicated <= 2 * CAPACITY,
+        "{duplicated} duplicates: more than the in-flight and buffered window of {}",
+        2 * CAPACITY
+    );
+}

@@ -90,6 +90,8 @@ use tracing::warn;
 pub const FILE_NAME: &str = "checkpoints.json";
 /// The name of the temporary file a flush writes before renaming it over [`FILE_NAME`].
 pub const TEMP_FILE_NAME: &str = "checkpoints.json.tmp";
+/// The lock file that keeps two bridges from sharing a state directory.
+pub const LOCK_FILE_NAME: &str = "checkpoints.lock";
 /// The file format version this build reads and writes.
 pub const VERSION: u64 = 1;
 
@@ -123,6 +125,16 @@ pub enum CheckpointError {
         path: PathBuf,
         /// What is wrong with it (with the line and column where the parser has them).
         detail: String,
+    },
+    /// Another process holds the state directory's lock.
+    #[error(
+        "{} is locked by another process: another bridge uses this state directory; give each \
+         bridge its own replay.state_dir",
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
     },
     /// A flush failed; the previous checkpoint file is left as it was.
     #[error("cannot write checkpoint file {}: {source}", path.display())]
@@ -180,6 +192,8 @@ pub struct CheckpointStore {
     persisted: u64,
     /// When [`flush_if_due`](Self::flush_if_due) last tried to write.
     last_attempt: Option<Instant>,
+    /// Held (locked) for the store's lifetime; the lock goes with the process.
+    _lock: File,
 }
 
 impl CheckpointStore {
@@ -188,6 +202,7 @@ impl CheckpointStore {
     /// missing file is an empty store; an unreadable or corrupt one is an error.
     pub fn open(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
         create_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let file = dir.join(FILE_NAME);
         let temp = dir.join(TEMP_FILE_NAME);
         remove_leftover(&temp);
@@ -208,6 +223,7 @@ impl CheckpointStore {
             generation: 0,
             persisted: 0,
             last_attempt: None,
+            _lock: lock,
         })
     }
 
@@ -543,6 +559,26 @@ fn create_dir(dir: &Path) -> Result<(), CheckpointError> {
 }
 
 /// Removes a temporary file left by a flush interrupted before its rename.
+/// Takes the state directory's exclusive lock (released when the file is closed, including
+/// when the process dies), so two bridges never write the same checkpoints.
+fn lock_dir(dir: &Path) -> Result<File, CheckpointError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| CheckpointError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked { path }),
+        Err(fs::TryLockError::Error(source)) => Err(CheckpointError::Dir { path, source }),
+    }
+}
+
 fn remove_leftover(temp: &Path) {
     match fs::remove_file(temp) {
         Ok(()) => warn!(
@@ -633,6 +669,33 @@ mod tests {
 
     fn open(dir: &TestDir) -> CheckpointStore {
         CheckpointStore::open(dir.path()).unwrap()
+    }
+
+    /// What the checkpoint file holds, read without the directory lock (which the store under
+    /// test holds).
+    fn on_disk(dir: &TestDir) -> BTreeMap<String, i64> {
+        match fs::read(dir.file()) {
+            Ok(bytes) => decode(&bytes)
+                .unwrap()
+                .into_iter()
+                .map(|(channel, e)| (channel, e.replay_id))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let dir = TestDir::new("locked");
+        let store = open(&dir);
+        let err = CheckpointStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, CheckpointError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("another bridge uses this state directory")
+        );
+        drop(store);
+        open(&dir);
     }
 
     /// Begins and acks one message, so the channel's checkpoint is `replay_id`.
@@ -962,6 +1025,7 @@ mod tests {
             advance(&mut store, channel, n as i64);
         }
         store.flush().unwrap();
+        drop(store);
         let store = open(&dir);
         let expected: BTreeMap<String, i64> = channels
             .iter()
@@ -1109,7 +1173,7 @@ mod tests {
         fs::remove_dir(dir.temp()).unwrap();
         store.flush().unwrap();
         assert!(!store.dirty());
-        assert_eq!(open(&dir).get("/event/Foo"), Some(11));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(11));
     }
 
     #[test]
@@ -1157,9 +1221,9 @@ mod tests {
         let half = t0 + interval / 2;
         assert!(!store.flush_if_due(half, interval).unwrap(), "too soon");
         assert!(store.dirty());
-        assert_eq!(open(&dir).get("/event/Foo"), Some(1));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(1));
         assert!(store.flush_if_due(t0 + interval, interval).unwrap());
-        assert_eq!(open(&dir).get("/event/Foo"), Some(2));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(2));
         // A failed attempt counts too: no retry on every call while the disk is unhappy.
         fs::create_dir(dir.temp()).unwrap();
         advance(&mut store, "/event/Foo", 3);
@@ -1168,7 +1232,7 @@ mod tests {
         assert!(!store.flush_if_due(t2 + interval / 2, interval).unwrap());
         fs::remove_dir(dir.temp()).unwrap();
         assert!(store.flush_if_due(t2 + interval, interval).unwrap());
-        assert_eq!(open(&dir).get("/event/Foo"), Some(3));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(3));
     }
 
     #[test]
@@ -1183,10 +1247,10 @@ mod tests {
         snapshot.write().unwrap();
         store.flushed(snapshot);
         assert!(store.dirty(), "the later advance is not on disk yet");
-        assert_eq!(open(&dir).get("/event/Foo"), Some(1));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(1));
         store.flush().unwrap();
         assert!(!store.dirty());
-        assert_eq!(open(&dir).get("/event/Foo"), Some(2));
+        assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(2));
     }
 
     #[test]
@@ -1196,6 +1260,10 @@ mod tests {
         advance(&mut store, "/event/Foo", 7);
         assert_eq!(store.all(), BTreeMap::from([("/event/Foo".to_owned(), 7)]));
         drop(store);
-        assert_eq!(open(&dir).get("/event/Foo"), None, "never flushed");
+        assert_eq!(
+            on_disk(&dir).get("/event/Foo").copied(),
+            None,
+            "never flushed"
+        );
     }
 }

@@ -151,14 +151,14 @@ async fn forward(
     stop: watch::Receiver<bool>,
 ) {
     let now = Instant::now();
-    if let Some(mut echoes) = shared.mqtt_echoes() {
-        if echoes.take(&message.topic, &message.payload, now) {
-            shared.stats.received(Direction::MqttToBayeux, 0);
-            shared.stats.echo(Direction::MqttToBayeux);
-            debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
-            mqtt.ack(message.token);
-            return;
-        }
+    if let Some(mut echoes) = shared.mqtt_echoes()
+        && echoes.take(&message.topic, &message.payload, now)
+    {
+        shared.stats.received(Direction::MqttToBayeux, 0);
+        shared.stats.echo(Direction::MqttToBayeux);
+        debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+        mqtt.ack(message.token);
+        return;
     }
     let mut targets: Vec<(usize, String)> = Vec::new();
     let routes = shared.routes();

@@ -228,13 +228,13 @@ impl MqttOptions {
                 ),
             ));
         }
-        if let Some(tls) = &self.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(invalid(
-                    "tls",
-                    "cert_file and key_file must be given together".into(),
-                ));
-            }
+        if let Some(tls) = &self.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err(invalid(
+                "tls",
+                "cert_file and key_file must be given together".into(),
+            ));
         }
         if let Some(will) = &self.last_will {
             validate_topic(&will.topic).map_err(|reason| MqttError::InvalidTopic {

@@ -217,14 +217,14 @@ impl Extension for ReplayExtension {
                 let accepted = message.ext.as_ref().and_then(|e| e.get(REPLAY_FIELD));
                 self.state().enabled = accepted == Some(&Value::Bool(true));
             }
-        } else if message.kind() == Kind::Delivery {
-            if let Some(id) = replay_id(message) {
-                let mut state = self.state();
-                if state.enabled {
-                    state
-                        .last_seen
-                        .insert(channel_key(&message.channel).to_owned(), id);
-                }
+        } else if message.kind() == Kind::Delivery
+            && let Some(id) = replay_id(message)
+        {
+            let mut state = self.state();
+            if state.enabled {
+                state
+                    .last_seen
+                    .insert(channel_key(&message.channel).to_owned(), id);
             }
         }
     }

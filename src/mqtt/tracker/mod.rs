@@ -182,11 +182,11 @@ impl Tracker {
                 // rumqttc holds this publish until `pkid` is acknowledged, then reports
                 // `Outgoing::Publish(pkid)` for it. It holds only one: the driver feeds it
                 // nothing more meanwhile, so a second one would be a bug.
-                if let Some(entry) = self.pop_unbound() {
-                    if let Some((_, lost)) = self.collided.replace((pkid, entry)) {
-                        error!(topic = %lost.message.topic, "Internal error: a second packet id collision; the first publish fails.");
-                        self.complete(lost, Err(MqttError::Shutdown));
-                    }
+                if let Some(entry) = self.pop_unbound()
+                    && let Some((_, lost)) = self.collided.replace((pkid, entry))
+                {
+                    error!(topic = %lost.message.topic, "Internal error: a second packet id collision; the first publish fails.");
+                    self.complete(lost, Err(MqttError::Shutdown));
                 }
             }
             Ev::PubAck { pkid, failure } => match self.awaiting.remove(&pkid) {

@@ -119,12 +119,12 @@ impl Tracker {
             }
         } else if self.awaiting.contains_key(&pkid) {
             trace!(pkid, "Publish sent again after reconnecting.");
-        } else if let Some(entry) = self.pop_unbound() {
-            if let Some(previous) = self.awaiting.insert(pkid, entry) {
-                // Cannot happen: rumqttc does not reuse a packet id before its ack.
-                error!(pkid, "Internal error: packet id reused while in flight.");
-                self.complete(previous, Err(MqttError::Shutdown));
-            }
+        } else if let Some(entry) = self.pop_unbound()
+            && let Some(previous) = self.awaiting.insert(pkid, entry)
+        {
+            // Cannot happen: rumqttc does not reuse a packet id before its ack.
+            error!(pkid, "Internal error: packet id reused while in flight.");
+            self.complete(previous, Err(MqttError::Shutdown));
         }
     }
 

@@ -7,3 +7,4 @@ pub mod fake_server;
 pub mod inbox;
 pub mod mosquitto;
 pub mod peers;
+pub mod salesforce;

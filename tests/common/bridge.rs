@@ -330,7 +330,7 @@ impl BridgeProcess {
     }
 
     /// Waits for the process to exit (its stderr closing) and reaps it.
-    async fn wait_exit(&mut self, what: &str, timeout: Duration) -> ExitStatus {
+    pub async fn wait_exit(&mut self, what: &str, timeout: Duration) -> ExitStatus {
         if let Some(status) = self.exit {
             return status;
         }

@@ -19,7 +19,7 @@
 //!   resubscribed and each reply is checked; failures are retried with backoff;
 //! - with tokens ([`SessionOptions::uses_tokens`]) no handshake starts without a fresh one
 //!   ([`Output::FetchToken`]); a refused token ends the session, and a new one is fetched
-//!   after a backoff, at most `max_auth_attempts` times in a row ([`auth`](self) decisions in
+//!   after a backoff, at most `max_auth_attempts` times in a row (the decisions are in
 //!   `auth.rs`);
 //! - no request other than the handshake and the connect is larger than
 //!   [`SessionOptions::max_request_bytes`] (extensions' additions included): batches are

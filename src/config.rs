@@ -142,6 +142,20 @@ choice! {
 }
 
 choice! {
+    /// How the bridge gets its Bayeux token from an OAuth 2.0 token endpoint
+    /// (`bayeux.oauth.grant`).
+    pub enum OAuthGrant {
+        /// `"client_credentials"`: the connected app's `client_id` and `client_secret`.
+        #[default]
+        ClientCredentials = "client_credentials",
+        /// `"jwt_bearer"`: an RS256 assertion signed with `private_key_file`, for `username`.
+        JwtBearer = "jwt_bearer",
+        /// `"refresh_token"`: trades `refresh_token` for access tokens.
+        RefreshToken = "refresh_token",
+    }
+}
+
+choice! {
     /// Which way a route forwards (`route[n].direction`).
     pub enum Direction {
         /// `"bayeux_to_mqtt"`: subscribe on Bayeux, publish to MQTT.
@@ -267,6 +281,70 @@ pub struct BayeuxConfig {
     /// Longest backoff wait. Default 30000; at least `backoff_increment_ms`.
     #[serde(default = "defaults::bayeux_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Largest HTTP request body: batches are split to stay under it, and a message larger
+    /// on its own is dropped (`payload_too_large`). Default 0 (no limit); Salesforce needs
+    /// 32768. 0 or at least 1024.
+    #[serde(default)]
+    pub max_request_bytes: usize,
+    /// `[bayeux.oauth]`: fetch (and refresh) the bearer token from an OAuth 2.0 token
+    /// endpoint. Optional; may not be combined with `token_file` or an `Authorization`
+    /// header.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[bayeux.oauth]`: where the bearer token comes from when it is not fixed. The token is
+/// fetched before the first handshake and again whenever the server refuses it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The token endpoint, e.g. `https://login.salesforce.com/services/oauth2/token`.
+    /// Required.
+    #[serde(deserialize_with = "de_url")]
+    pub token_url: Url,
+    /// `"client_credentials"`, `"jwt_bearer"` or `"refresh_token"`. Required.
+    pub grant: OAuthGrant,
+    /// The connected app's client (consumer) id; the JWT's `iss`. Required.
+    #[serde(deserialize_with = "de_non_empty")]
+    pub client_id: String,
+    /// The client secret: required with `client_credentials`, optional with
+    /// `refresh_token`. A secret: prefer `client_secret_file`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// A file holding the client secret (trimmed). After [`load`], read into
+    /// `client_secret`.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// The user the token is for (the JWT's `sub`); `jwt_bearer` only, required there.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// PEM file of the RSA private key that signs the JWT (PKCS#8 or PKCS#1); `jwt_bearer`
+    /// only, required there. After [`load`], its content is in `private_key`.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The content of `private_key_file` (not a key of the file).
+    #[serde(skip)]
+    pub private_key: Option<Secret>,
+    /// The JWT's `aud`. Default `"https://login.salesforce.com"` (sandboxes:
+    /// `"https://test.salesforce.com"`).
+    #[serde(default = "defaults::oauth_audience")]
+    pub audience: String,
+    /// The refresh token; `refresh_token` grant only, required there (or
+    /// `refresh_token_file`). A secret: prefer the file.
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    /// A file holding the refresh token (trimmed). After [`load`], read into
+    /// `refresh_token`.
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// The `scope` asked for. Default none (the app's configured scopes).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// How many fresh tokens in a row the server may refuse (HTTP 401,
+    /// `401::Authentication invalid`, `403::Handshake denied`) before the bridge stops
+    /// (exit 1). Default 5, at least 1.
+    #[serde(default = "defaults::max_auth_attempts")]
+    pub max_auth_attempts: u32,
 }
 
 impl BayeuxConfig {
@@ -309,6 +387,8 @@ impl fmt::Debug for BayeuxConfig {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("backoff_increment_ms", &self.backoff_increment_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("oauth", &self.oauth)
             .finish()
     }
 }
@@ -589,6 +669,12 @@ mod defaults {
     }
     pub const fn bayeux_backoff_max_ms() -> u64 {
         30_000
+    }
+    pub fn oauth_audience() -> String {
+        "https://login.salesforce.com".to_owned()
+    }
+    pub const fn max_auth_attempts() -> u32 {
+        5
     }
     pub const fn mqtt_port() -> u16 {
         1883

@@ -84,7 +84,7 @@ fn every_example_config_loads_validates_and_compiles() {
         let vars = match name.as_str() {
             "salesforce.toml" => vec![
                 (
-                    "BAYEUX_MQTT_BRIDGE__BAYEUX__TOKEN_FILE",
+                    "BAYEUX_MQTT_BRIDGE__BAYEUX__OAUTH__CLIENT_SECRET_FILE",
                     token.to_str().unwrap(),
                 ),
                 (
@@ -128,6 +128,19 @@ const ALL_KEYS: &[&str] = &[
     "bayeux.max_response_bytes",
     "bayeux.backoff_increment_ms",
     "bayeux.backoff_max_ms",
+    "bayeux.max_request_bytes",
+    "bayeux.oauth.token_url",
+    "bayeux.oauth.grant",
+    "bayeux.oauth.client_id",
+    "bayeux.oauth.client_secret",
+    "bayeux.oauth.client_secret_file",
+    "bayeux.oauth.username",
+    "bayeux.oauth.private_key_file",
+    "bayeux.oauth.audience",
+    "bayeux.oauth.refresh_token",
+    "bayeux.oauth.refresh_token_file",
+    "bayeux.oauth.scope",
+    "bayeux.oauth.max_auth_attempts",
     "mqtt.host",
     "mqtt.port",
     "mqtt.client_id",

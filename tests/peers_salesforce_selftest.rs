@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::salesforce::{CLIENT_ID, CLIENT_SECRET, SalesforceFake, http_client};
+use common::salesforce::{CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SalesforceFake, http_client};
 
 const CHANNEL: &str = "/event/Order__e";
 
@@ -175,7 +175,7 @@ async fn oauth_grants() {
     let refresh = [
         ("grant_type", "refresh_token"),
         ("client_id", CLIENT_ID),
-        ("refresh_token", "refresh-1"),
+        ("refresh_token", REFRESH_TOKEN),
     ];
     let (status, body) = token_request(&fake, &refresh).await;
     assert_eq!(status, StatusCode::OK, "reply: {body}");

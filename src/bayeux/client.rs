@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 use url::Url;
 
+use super::auth::TokenSource;
 use super::channel::{ChannelPattern, validate_publish_channel};
 use super::driver::Driver;
 use super::error::{ClientError, PublishError};
@@ -61,6 +62,18 @@ pub struct ClientOptions {
     pub event_buffer: usize,
     /// Message hooks, applied in order.
     pub extensions: Vec<Arc<dyn Extension>>,
+    /// Where the bearer token comes from (e.g. [`OAuthTokenSource`](super::auth::OAuthTokenSource)).
+    /// With one, a token is fetched before the first handshake and again whenever the server
+    /// refuses it, and sent as `Authorization: Bearer` on every request; `headers` must then
+    /// hold no `Authorization`. Default none.
+    pub token_source: Option<Arc<dyn TokenSource>>,
+    /// With a token source: how many fresh tokens in a row the server may refuse before the
+    /// client stops with [`StopReason::AuthenticationFailed`](super::StopReason). Default 5.
+    pub max_auth_attempts: u32,
+    /// Largest request body in bytes; batches are split to stay under it, and a message
+    /// larger on its own fails with [`PublishError::TooLarge`]. 0 (the default): no limit.
+    /// Salesforce: 32768.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +91,9 @@ impl Default for ClientOptions {
             subscription_buffer: 1024,
             event_buffer: 1024,
             extensions: Vec::new(),
+            token_source: None,
+            max_auth_attempts: 5,
+            max_request_bytes: 0,
         }
     }
 }
@@ -106,6 +122,9 @@ impl fmt::Debug for ClientOptions {
             .field("max_queued", &self.max_queued)
             .field("max_batch", &self.max_batch)
             .field("extensions", &self.extensions.len())
+            .field("token_source", &self.token_source)
+            .field("max_auth_attempts", &self.max_auth_attempts)
+            .field("max_request_bytes", &self.max_request_bytes)
             .finish()
     }
 }
@@ -209,6 +228,16 @@ impl Client {
     /// last handle being dropped.
     pub fn new(options: ClientOptions) -> Result<(Client, Events), ClientError> {
         let mut headers = HeaderMap::new();
+        if options.token_source.is_some()
+            && options
+                .headers
+                .iter()
+                .any(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
+        {
+            return Err(ClientError::Options(
+                "set either a token source or an Authorization header, not both".to_owned(),
+            ));
+        }
         for (name, value) in &options.headers {
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
@@ -244,6 +273,10 @@ impl Client {
             max_queued: options.max_queued,
             max_batch: options.max_batch,
             seed: None,
+            uses_tokens: options.token_source.is_some(),
+            max_auth_attempts: options.max_auth_attempts,
+            max_request_bytes: options.max_request_bytes,
+            extensions: options.extensions.clone(),
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
         let session = Session::new(session_options, Instant::now().into_std());

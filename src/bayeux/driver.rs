@@ -1,21 +1,23 @@
 //! The driver task: owns the [`Session`], the transport and every timer.
 //!
-//! Its loop `select!`s over three things only: the two request lanes, the session's next
-//! deadline and the command channel; each arm hands its input to the session and then carries
-//! out the session's outputs (start requests, emit events, fan deliveries out, settle
-//! publishes).
+//! Its loop `select!`s over four things only: the two request lanes, the token fetch, the
+//! session's next deadline and the command channel; each arm hands its input to the session
+//! and then carries out the session's outputs (start requests, fetch a token, emit events,
+//! fan deliveries out, settle publishes). A fetched token goes straight to the transport
+//! (`Authorization: Bearer`); the session only learns that there is one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
+use super::auth::{AccessToken, TokenFuture};
 use super::channel::ChannelPattern;
 use super::client::{ClientOptions, Command};
-use super::error::{PublishError, TransportError};
-use super::event::{Event, Next, Unrouted};
+use super::error::{PublishError, TokenError, TransportError};
+use super::event::{Event, Next, StopReason, Unrouted};
 use super::message::Message;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
@@ -42,11 +44,13 @@ pub(super) struct Driver {
     publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
     connect_lane: Option<SendFuture>,
     other_lane: Option<SendFuture>,
+    token_lane: Option<TokenFuture>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
 }
 
 enum Wake {
     Response(Lane, Result<Vec<Message>, TransportError>),
+    Token(Result<AccessToken, TokenError>),
     Timer,
     Command(Option<Command>),
 }
@@ -70,6 +74,7 @@ impl Driver {
             publishes: HashMap::new(),
             connect_lane: None,
             other_lane: None,
+            token_lane: None,
             disconnect_waiters: Vec::new(),
         }
     }
@@ -84,6 +89,7 @@ impl Driver {
             let wake = tokio::select! {
                 result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
                 result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
+                result = poll_token(&mut self.token_lane) => Wake::Token(result),
                 _ = sleep_until(deadline) => Wake::Timer,
                 command = self.commands.recv(), if self.commands_open => Wake::Command(command),
             };
@@ -99,6 +105,11 @@ impl Driver {
                         debug!(?lane, error = %e, "Request failed.");
                     }
                     self.session.on_response(lane, result, now);
+                }
+                Wake::Token(result) => {
+                    self.token_lane = None;
+                    let result = result.and_then(|token| self.install(&token));
+                    self.session.on_token(result, now);
                 }
                 Wake::Timer => self.session.on_timer(now),
                 Wake::Command(Some(command)) => self.command(command, now),
@@ -160,16 +171,34 @@ impl Driver {
                 Output::Event(event) => self.emit(event),
                 Output::Deliver(message) => self.deliver(message).await,
                 Output::PublishDone { id, result } => self.publish_done(id, result),
+                Output::FetchToken => self.fetch_token(),
             }
         }
     }
 
-    fn start(&mut self, lane: Lane, mut messages: Vec<Message>) {
-        for message in &mut messages {
-            for ext in &self.options.extensions {
-                ext.outgoing(message);
+    fn fetch_token(&mut self) {
+        match &self.options.token_source {
+            Some(source) => {
+                debug!("Fetching a token.");
+                self.token_lane = Some(source.fetch());
+            }
+            None => {
+                // Cannot happen: the session asks only when told there is a source.
+                let none = TokenError::Refused("no token source".to_owned());
+                self.session.on_token(Err(none), Instant::now().into_std());
             }
         }
+    }
+
+    /// Makes the transport send `token` from now on.
+    fn install(&self, token: &AccessToken) -> Result<(), TokenError> {
+        self.transport
+            .set_bearer_token(Some(token.secret()))
+            .map_err(TokenError::Refused)
+    }
+
+    fn start(&mut self, lane: Lane, messages: Vec<Message>) {
+        // The session has already applied the outgoing extension hooks.
         let deadline = match lane {
             Lane::Connect => {
                 self.session
@@ -276,6 +305,15 @@ fn log_event(event: &Event) {
         } => {
             warn!(%reason, attempt, ?retry_in, "Handshake failed; will retry.")
         }
+        Event::TokenRefreshed { initial: true } => info!("Token fetched."),
+        Event::TokenRefreshed { initial: false } => info!("Token refreshed."),
+        Event::AuthenticationFailed {
+            reason,
+            attempt,
+            retry_in,
+        } => {
+            warn!(%reason, attempt, ?retry_in, "Authentication failed; will fetch a new token.")
+        }
         Event::Connected => info!("Connected."),
         Event::ConnectFailed {
             reason,
@@ -327,6 +365,9 @@ fn log_event(event: &Event) {
         Event::PublishFailed { id, error } => {
             warn!(%id, %error, "Publish failed and nobody awaits it.")
         }
+        Event::Stopped {
+            reason: reason @ StopReason::AuthenticationFailed { .. },
+        } => error!(%reason, "Bayeux client stopped."),
         Event::Stopped { reason } => info!(%reason, "Bayeux client stopped."),
     }
 }
@@ -334,6 +375,13 @@ fn log_event(event: &Event) {
 async fn poll_lane(lane: &mut Option<SendFuture>) -> Result<Vec<Message>, TransportError> {
     match lane {
         Some(request) => request.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_token(lane: &mut Option<TokenFuture>) -> Result<AccessToken, TokenError> {
+    match lane {
+        Some(fetch) => fetch.as_mut().await,
         None => std::future::pending().await,
     }
 }

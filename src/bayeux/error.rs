@@ -80,6 +80,23 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// Whether the server refused the credentials rather than the session: Salesforce's
+    /// `401::Authentication invalid` (a revoked or expired token) and `401::Request requires
+    /// authentication`, and `403::Handshake denied` (which it sends for a bad token at the
+    /// handshake). Faye's `401:<id>:Unknown client` is an unknown session, not this.
+    pub fn is_authentication_failure(&self) -> bool {
+        if self.is_unknown_session() {
+            return false;
+        }
+        match self.code {
+            Some(401) => true,
+            Some(403) => self.message.eq_ignore_ascii_case("handshake denied"),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -110,6 +127,27 @@ pub enum TransportError {
     /// The body was empty or not a Bayeux batch.
     #[error("bad response body: {0}")]
     Decode(String),
+}
+
+/// Why a token could not be fetched from a [`super::auth::TokenSource`]. Never holds a
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The token endpoint refused the credentials for good (`invalid_grant`,
+    /// `invalid_client`, an unusable private key, ...): retrying cannot help.
+    #[error("the token endpoint refused the credentials: {0}")]
+    Refused(String),
+    /// The token endpoint could not be reached or failed (network, timeout, HTTP 5xx or
+    /// 429): worth retrying later.
+    #[error("the token endpoint is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl TokenError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, TokenError::Refused(_))
+    }
 }
 
 /// Errors returned by the [`super::Client`] handle.
@@ -144,6 +182,15 @@ pub enum PublishError {
     /// The channel is not valid for publishing.
     #[error(transparent)]
     InvalidChannel(#[from] InvalidChannel),
+    /// The message alone is larger than the request size cap
+    /// ([`super::ClientOptions::max_request_bytes`]); it was not sent.
+    #[error("the message is {size} bytes as JSON, over the {cap}-byte request cap; not sent")]
+    TooLarge {
+        /// The message's size in the request, in bytes.
+        size: usize,
+        /// The cap.
+        cap: usize,
+    },
 }
 
 #[cfg(test)]
@@ -176,6 +223,30 @@ mod tests {
             "Unknown client",
         ] {
             assert!(!ServerError::parse(raw).is_unknown_session(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn authentication_failures_are_told_from_unknown_sessions() {
+        for raw in [
+            "401::Authentication invalid",
+            "401::Request requires authentication",
+            "403::Handshake denied",
+        ] {
+            assert!(ServerError::parse(raw).is_authentication_failure(), "{raw}");
+        }
+        for raw in [
+            "401:abc123:Unknown client",
+            "403::Unknown client",
+            "402::session_unknown",
+            "403::Organization concurrent user limit exceeded",
+            "403::Publish not allowed",
+            "400::Invalid connection type",
+        ] {
+            assert!(
+                !ServerError::parse(raw).is_authentication_failure(),
+                "{raw}"
+            );
         }
     }
 

@@ -24,6 +24,12 @@ pub enum StopReason {
         /// The server's error string, if it sent one.
         error: Option<String>,
     },
+    /// The token source refused the credentials, or the server refused
+    /// `max_auth_attempts` fresh tokens in a row.
+    AuthenticationFailed {
+        /// What was refused, and by whom (never a secret).
+        reason: String,
+    },
     /// Client and server have no transport in common.
     NoCommonTransport {
         /// What the client offered.
@@ -45,6 +51,9 @@ impl std::fmt::Display for StopReason {
             }
             StopReason::ServerRefused { error: None } => {
                 f.write_str("the server advised not to reconnect")
+            }
+            StopReason::AuthenticationFailed { reason } => {
+                write!(f, "authentication failed for good: {reason}")
             }
             StopReason::NoCommonTransport { client, server } => write!(
                 f,
@@ -86,6 +95,22 @@ pub enum Event {
         /// Consecutive failed attempts.
         attempt: u32,
         /// Wait before the next attempt.
+        retry_in: Duration,
+    },
+    /// A token was fetched from the token source; a handshake with it follows.
+    TokenRefreshed {
+        /// Whether it is the first token of this client.
+        initial: bool,
+    },
+    /// The server refused the token, or the token endpoint was unavailable; a new token is
+    /// fetched after `retry_in`. (When this cannot help, [`Event::Stopped`] with
+    /// [`StopReason::AuthenticationFailed`] follows instead.)
+    AuthenticationFailed {
+        /// What went wrong (never a secret).
+        reason: String,
+        /// Consecutive failures of this kind.
+        attempt: u32,
+        /// Wait before the next token fetch.
         retry_in: Duration,
     },
     /// The first successful `/meta/connect` of a session or after a failure.

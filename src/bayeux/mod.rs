@@ -1,12 +1,13 @@
 //! A Bayeux (CometD) client.
 //!
 //! Reusable on its own: this module knows nothing of MQTT, the bridge, config files or
-//! metrics. The pure parts — [`message`] (codec), [`channel`] (names and patterns),
+//! metrics. [`auth`] fetches bearer tokens (a fixed one, or OAuth 2.0 grants). The pure parts — [`message`] (codec), [`channel`] (names and patterns),
 //! [`advice`], [`session`] (the protocol state machine) and [`ext`] (extension hooks) — do no
 //! IO and are tested without a runtime. [`client`] is the driver: it owns the transport and
 //! the timers and hands out a cloneable [`Client`].
 
 pub mod advice;
+pub mod auth;
 pub mod channel;
 pub mod client;
 mod driver;
@@ -17,9 +18,10 @@ pub mod message;
 pub mod session;
 pub mod transport;
 
+pub use auth::{AccessToken, Grant, OAuthTokenSource, StaticToken, TokenSource};
 pub use channel::ChannelPattern;
 pub use client::{Client, ClientOptions, Events, Subscription, Verdict};
-pub use error::{ClientError, PublishError, ServerError, TransportError};
+pub use error::{ClientError, PublishError, ServerError, TokenError, TransportError};
 pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;
 pub use message::Message;

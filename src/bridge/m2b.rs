@@ -294,6 +294,17 @@ async fn settle(
                 );
                 return true;
             }
+            // Over `bayeux.max_request_bytes`: it can never be sent.
+            Err(e @ PublishError::TooLarge { .. }) => {
+                shared.drop_message(
+                    Direction::MqttToBayeux,
+                    "payload_too_large",
+                    route,
+                    &channel,
+                    &e.to_string(),
+                );
+                return true;
+            }
             // Shutting down: leave it to the broker. Otherwise the client was replaced by a
             // reload (new [bayeux] settings): publish again through the current one.
             Err(PublishError::Closed) if *stop.borrow() => return false,

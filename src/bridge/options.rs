@@ -1,8 +1,11 @@
 //! Turning the config file into the two clients' options, in one place.
 
+use std::sync::Arc;
+
 use crate::backoff::BackoffOptions;
-use crate::bayeux::ClientOptions;
-use crate::config::{Config, MqttProtocol};
+use crate::bayeux::auth::{Grant, OAuthTokenSource, TokenFuture, TokenSource};
+use crate::bayeux::{ClientOptions, TokenError};
+use crate::config::{Config, MqttProtocol, OAuthConfig, OAuthGrant};
 use crate::mqtt::{self, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
 
 use super::mapping::{self, Route};
@@ -21,7 +24,55 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
     };
     options.max_queued = queued;
     options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
+    options.max_request_bytes = b.max_request_bytes;
+    if let Some(oauth) = &b.oauth {
+        options.max_auth_attempts = oauth.max_auth_attempts;
+        // Token requests get the same network allowance as Bayeux requests.
+        options.token_source = Some(token_source(oauth, b.max_network_delay()));
+    }
     options
+}
+
+/// The token source `[bayeux.oauth]` describes. One that cannot be built (a key that is PEM
+/// but not RSA) refuses every fetch, so the client stops at once, naming the reason.
+fn token_source(c: &OAuthConfig, timeout: std::time::Duration) -> Arc<dyn TokenSource> {
+    let exposed = |s: &Option<crate::config::Secret>| {
+        s.as_ref()
+            .map(|s| s.expose().to_owned())
+            .unwrap_or_default()
+    };
+    let grant = match c.grant {
+        OAuthGrant::ClientCredentials => Grant::ClientCredentials {
+            client_id: c.client_id.clone(),
+            client_secret: exposed(&c.client_secret),
+        },
+        OAuthGrant::RefreshToken => Grant::RefreshToken {
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.as_ref().map(|s| s.expose().to_owned()),
+            refresh_token: exposed(&c.refresh_token),
+        },
+        OAuthGrant::JwtBearer => Grant::JwtBearer {
+            client_id: c.client_id.clone(),
+            username: c.username.clone().unwrap_or_default(),
+            audience: c.audience.clone(),
+            private_key_pem: exposed(&c.private_key),
+        },
+    };
+    match OAuthTokenSource::new(c.token_url.clone(), grant, c.scope.clone(), timeout) {
+        Ok(source) => Arc::new(source),
+        Err(error) => Arc::new(Unusable(error)),
+    }
+}
+
+/// A token source whose configuration cannot work.
+#[derive(Debug)]
+struct Unusable(TokenError);
+
+impl TokenSource for Unusable {
+    fn fetch(&self) -> TokenFuture {
+        let error = self.0.clone();
+        Box::pin(async move { Err(error) })
+    }
 }
 
 /// The MQTT client options the config asks for, with the `offline` status as the will.

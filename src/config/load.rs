@@ -279,6 +279,11 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
         }
     };
     relative(&mut config.bayeux.token_file);
+    if let Some(oauth) = &mut config.bayeux.oauth {
+        relative(&mut oauth.client_secret_file);
+        relative(&mut oauth.private_key_file);
+        relative(&mut oauth.refresh_token_file);
+    }
     relative(&mut config.mqtt.password_file);
     relative(&mut config.log.file);
     if config.replay.state_dir.is_relative() {
@@ -304,6 +309,23 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
         let password = read_secret(file).map_err(|r| Invalid::new("mqtt.password_file", r))?;
         config.mqtt.password = Some(Secret(password));
     }
+    if let Some(oauth) = &mut config.bayeux.oauth {
+        if config.bayeux.token_file.is_some() {
+            return Err(Invalid::new(
+                "bayeux.oauth",
+                "set either bayeux.token_file or [bayeux.oauth], not both",
+            ));
+        }
+        if let Some(name) =
+            (config.bayeux.headers.keys()).find(|n| n.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(Invalid::new(
+                "bayeux.oauth",
+                format!("set either bayeux.headers.{name} or [bayeux.oauth], not both"),
+            ));
+        }
+        resolve_oauth(oauth)?;
+    }
     if let Some(file) = &config.bayeux.token_file {
         if let Some(name) =
             (config.bayeux.headers.keys()).find(|n| n.eq_ignore_ascii_case("authorization"))
@@ -324,6 +346,49 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
             "Authorization".to_owned(),
             Secret(format!("Bearer {token}")),
         );
+    }
+    Ok(())
+}
+
+/// Reads the secret files of `[bayeux.oauth]`.
+fn resolve_oauth(oauth: &mut super::OAuthConfig) -> Result<(), Invalid> {
+    for (key, file, value, other) in [
+        (
+            "bayeux.oauth.client_secret_file",
+            &oauth.client_secret_file,
+            &mut oauth.client_secret,
+            "client_secret",
+        ),
+        (
+            "bayeux.oauth.refresh_token_file",
+            &oauth.refresh_token_file,
+            &mut oauth.refresh_token,
+            "refresh_token",
+        ),
+    ] {
+        if let Some(file) = file {
+            if value.is_some() {
+                return Err(Invalid::new(
+                    key,
+                    format!("set either bayeux.oauth.{other} or {key}, not both"),
+                ));
+            }
+            *value = Some(Secret(read_secret(file).map_err(|r| Invalid::new(key, r))?));
+        }
+    }
+    if let Some(file) = &oauth.private_key_file {
+        let key = "bayeux.oauth.private_key_file";
+        let pem = read_secret(file).map_err(|r| Invalid::new(key, r))?;
+        if !pem.contains("-----BEGIN") || !pem.contains("PRIVATE KEY-----") {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or                      -----BEGIN RSA PRIVATE KEY-----)",
+                    file.display()
+                ),
+            ));
+        }
+        oauth.private_key = Some(Secret(pem));
     }
     Ok(())
 }

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use super::{BayeuxConfig, BridgeConfig, Config, LogConfig, MqttConfig, MqttProtocol, RouteConfig};
+use super::{
+    BayeuxConfig, BridgeConfig, Config, LogConfig, MqttConfig, MqttProtocol, OAuthConfig,
+    OAuthGrant, RouteConfig,
+};
 
 /// The largest MQTT packet the protocol can describe (remaining length 268,435,455 plus a
 /// five-byte fixed header).
@@ -111,7 +114,102 @@ fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
         c.max_response_bytes as u64,
         1024,
     )?;
+    if c.max_request_bytes != 0 && c.max_request_bytes < 1024 {
+        return Err(Invalid::new(
+            "bayeux.max_request_bytes",
+            format!(
+                "must be 0 (no limit) or at least 1024, found {}",
+                c.max_request_bytes
+            ),
+        ));
+    }
+    if let Some(oauth) = &c.oauth {
+        self::oauth(oauth)?;
+    }
     backoff("bayeux", c.backoff_increment_ms, c.backoff_max_ms)
+}
+
+fn oauth(c: &OAuthConfig) -> Result<(), Invalid> {
+    let key = |name: &str| format!("bayeux.oauth.{name}");
+    if !matches!(c.token_url.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            key("token_url"),
+            format!(
+                "must be an http:// or https:// URL, found {}://",
+                c.token_url.scheme()
+            ),
+        ));
+    }
+    if c.token_url.host_str().is_none_or(str::is_empty) {
+        return Err(Invalid::new(key("token_url"), "has no host"));
+    }
+    at_least(&key("max_auth_attempts"), c.max_auth_attempts.into(), 1)?;
+    let grant = format!("with grant = {:?}", c.grant.as_str());
+    let required = |name: &str, present: bool, hint: &str| {
+        if present {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                key(name),
+                format!("is required {grant}{hint}"),
+            ))
+        }
+    };
+    let unused = |name: &str, present: bool| {
+        if present {
+            Err(Invalid::new(key(name), format!("is not used {grant}")))
+        } else {
+            Ok(())
+        }
+    };
+    // A secret read from a file is reported under the key that was written.
+    let secret_key = |name: &'static str, file: bool| {
+        if file {
+            match name {
+                "client_secret" => "client_secret_file",
+                _ => "refresh_token_file",
+            }
+        } else {
+            name
+        }
+    };
+    let client_secret = secret_key("client_secret", c.client_secret_file.is_some());
+    let refresh_token = secret_key("refresh_token", c.refresh_token_file.is_some());
+    match c.grant {
+        OAuthGrant::ClientCredentials => {
+            required(
+                "client_secret",
+                c.client_secret.is_some(),
+                " (or client_secret_file)",
+            )?;
+            unused("username", c.username.is_some())?;
+            unused("private_key_file", c.private_key_file.is_some())?;
+            unused(refresh_token, c.refresh_token.is_some())?;
+        }
+        OAuthGrant::JwtBearer => {
+            required(
+                "username",
+                c.username.as_deref().is_some_and(|u| !u.is_empty()),
+                "",
+            )?;
+            required("private_key_file", c.private_key.is_some(), "")?;
+            if c.audience.is_empty() {
+                return Err(Invalid::new(key("audience"), "must not be empty"));
+            }
+            unused(client_secret, c.client_secret.is_some())?;
+            unused(refresh_token, c.refresh_token.is_some())?;
+        }
+        OAuthGrant::RefreshToken => {
+            required(
+                "refresh_token",
+                c.refresh_token.is_some(),
+                " (or refresh_token_file)",
+            )?;
+            unused("username", c.username.is_some())?;
+            unused("private_key_file", c.private_key_file.is_some())?;
+        }
+    }
+    Ok(())
 }
 
 /// RFC 9110 `token`.
@@ -342,6 +440,17 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
         );
     }
     let url = &config.bayeux.url;
+    if url
+        .host_str()
+        .is_some_and(|h| h.ends_with(".salesforce.com"))
+        && config.bayeux.max_request_bytes == 0
+    {
+        out.push(
+            "bayeux.url is a Salesforce endpoint but bayeux.max_request_bytes is 0 (no limit): \
+             Salesforce refuses requests over 32768 bytes; set bayeux.max_request_bytes = 32768"
+                .to_owned(),
+        );
+    }
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     if url.scheme() == "http" && !loopback && !config.bayeux.headers.is_empty() {
         out.push(

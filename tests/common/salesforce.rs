@@ -1,6 +1,10 @@
-//! The Salesforce Streaming API fake (`tests/peers/salesforce.js`, a scripted test server:
-//! no real server offers Salesforce's replay, retention and token behaviour offline), started
-//! on a free loopback port, with its control endpoints.
+//! The Salesforce Streaming API fake (`tests/peers/salesforce.js`) as a child process, for
+//! tests of the Bayeux client against Salesforce behaviour (bearer tokens, the OAuth token
+//! endpoint, replay ids, the 32 KiB request cap). It is a scripted fake, not Salesforce: no
+//! Salesforce can be run offline; its header comment documents what it does.
+//!
+//! Starting waits for the one JSON line the fake prints once it listens. The child runs with
+//! `--exit-on-stdin-eof` and its stdin is held here, so it dies with the test process.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,24 +13,22 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-/// The connected app's client id the fake is started with.
+/// The connected app's id the fake accepts.
 pub const CLIENT_ID: &str = "test-client-id";
-/// The connected app's client secret the fake is started with.
+/// The connected app's secret the fake accepts.
 pub const CLIENT_SECRET: &str = "test-client-secret";
 /// A refresh token the fake accepts.
-pub const REFRESH_TOKEN: &str = "refresh-1";
+pub const REFRESH_TOKEN: &str = "test-refresh-token";
 
-/// The fake, run as `node tests/peers/salesforce.js`; killed on drop. It runs
-/// with `--exit-on-stdin-eof` and we hold its stdin, so it also dies with us.
+/// A running `salesforce.js`; killed on drop.
 pub struct SalesforceFake {
     child: Child,
     _stdin: ChildStdin,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:<port>`.
     pub base: String,
-    /// The Bayeux endpoint.
+    /// The Bayeux endpoint, `<base>/cometd/60.0`.
     pub url: String,
 }
 
@@ -36,18 +38,9 @@ impl SalesforceFake {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
         let mut child = Command::new("node")
             .current_dir(&dir)
-            .args([
-                "salesforce.js",
-                "--exit-on-stdin-eof",
-                "--client-id",
-                CLIENT_ID,
-            ])
-            .args([
-                "--client-secret",
-                CLIENT_SECRET,
-                "--refresh-token",
-                REFRESH_TOKEN,
-            ])
+            .args(["salesforce.js", "--exit-on-stdin-eof"])
+            .args(["--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
+            .args(["--refresh-token", REFRESH_TOKEN])
             .args(extra_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -63,7 +56,6 @@ impl SalesforceFake {
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        // Forward the server's log into the (captured) test output.
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[salesforce.js] {line}");
@@ -81,7 +73,8 @@ impl SalesforceFake {
             let _ = child.wait();
             panic!(
                 "salesforce.js printed {line:?} (within 30 s) instead of \
-                 {{\"port\":N,\"path\":...}}; its stderr is above"
+                 {{\"port\":N,\"path\":...}}; its stderr is above. Is Node.js installed \
+                 (`scripts/test` installs it)?"
             )
         });
         let base = format!("http://127.0.0.1:{}", ready["port"]);
@@ -94,44 +87,54 @@ impl SalesforceFake {
         }
     }
 
-    /// The OAuth token endpoint.
-    pub fn token_url(&self) -> String {
-        format!("{}/services/oauth2/token", self.base)
+    /// [`SalesforceFake::start`] on tokio's blocking pool, for async tests.
+    pub async fn start_async(extra_args: &[&str]) -> SalesforceFake {
+        let args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            SalesforceFake::start(&args)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
-    /// POSTs `body` to `/_control/{name}` and returns the JSON reply.
+    /// The OAuth token endpoint.
+    pub fn token_url(&self) -> url::Url {
+        format!("{}/services/oauth2/token", self.base)
+            .parse()
+            .expect("token URL")
+    }
+
+    /// POSTs to a control endpoint and returns its JSON reply.
     pub async fn control(&self, name: &str, body: Value) -> Value {
-        let response = http_client(false)
+        let response = http()
             .post(format!("{}/_control/{name}", self.base))
             .json(&body)
             .send()
             .await
             .expect("control request");
-        assert_eq!(response.status(), StatusCode::OK, "/_control/{name}");
+        assert!(response.status().is_success(), "/_control/{name}");
         response.json().await.expect("control reply is JSON")
     }
 
-    /// `GET /_control/stats`.
+    /// The fake's counters (`GET /_control/stats`).
     pub async fn stats(&self) -> Value {
-        let url = format!("{}/_control/stats", self.base);
-        let response = http_client(false).get(url).send().await.expect("stats");
-        response.json().await.expect("stats JSON")
+        http()
+            .get(format!("{}/_control/stats", self.base))
+            .send()
+            .await
+            .expect("stats request")
+            .json()
+            .await
+            .expect("stats JSON")
     }
 
-    /// Publishes `count` events on `channel`; returns their replay ids in order.
-    pub async fn publish(&self, channel: &str, count: usize) -> Vec<i64> {
+    /// Publishes `count` events on `channel`; returns their `{replayId, seq}` list.
+    pub async fn publish(&self, channel: &str, count: usize) -> Vec<Value> {
         let reply = self
-            .control(
-                "publish",
-                serde_json::json!({"channel": channel, "count": count, "payload": {}}),
-            )
+            .control("publish", json!({"channel": channel, "count": count}))
             .await;
-        reply["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .map(|e| e["replayId"].as_i64().expect("replayId"))
-            .collect()
+        reply["events"].as_array().cloned().unwrap_or_default()
     }
 }
 
@@ -142,11 +145,15 @@ impl Drop for SalesforceFake {
     }
 }
 
+fn http() -> reqwest::Client {
+    http_client(false)
+}
+
 /// A reqwest client for the tests' own requests, with or without a cookie jar.
 pub fn http_client(cookies: bool) -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(cookies)
         .timeout(Duration::from_secs(20))
         .build()
-        .expect("build reqwest client")
+        .expect("reqwest client")
 }

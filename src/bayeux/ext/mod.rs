@@ -19,7 +19,10 @@ pub use replay::{ALL_RETAINED, NEW_EVENTS_ONLY, ReplayExtension};
 
 /// A message hook. Both methods default to doing nothing.
 pub trait Extension: Send + Sync + std::fmt::Debug {
-    /// Called for every outgoing message, handshake included, just before it is sent.
+    /// Called for every outgoing message, handshake included, as it is put into a request.
+    /// With a request size cap (`ClientOptions::max_request_bytes`) a message that does not
+    /// fit is deferred to the next request and the hook runs again on it then, so hooks
+    /// should set fields rather than accumulate.
     fn outgoing(&self, _message: &mut Message) {}
     /// Called for every incoming message before the session sees it.
     fn incoming(&self, _message: &mut Message) {}

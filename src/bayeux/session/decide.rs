@@ -101,6 +101,14 @@ impl Session {
         } else {
             wait
         };
+        self.drop_session(reason);
+        self.handshake_at = Some(now + wait);
+        wait
+    }
+
+    /// Forgets the session (its id, its outstanding connect, its confirmed subscriptions);
+    /// the caller schedules what comes next.
+    pub(super) fn drop_session(&mut self, reason: String) {
         if self.connected {
             self.connected = false;
             self.event(Event::Disconnected { reason });
@@ -118,8 +126,6 @@ impl Session {
                 sub.state = SubState::Wanted;
             }
         }
-        self.handshake_at = Some(now + wait);
-        wait
     }
 
     pub(super) fn stop(&mut self, reason: StopReason) {

@@ -16,11 +16,20 @@
 //! - handshake and connect failures back off (interval + capped jittered backoff), reset
 //!   after success;
 //! - the subscription table belongs to the session: after every handshake everything is
-//!   resubscribed and each reply is checked; failures are retried with backoff.
+//!   resubscribed and each reply is checked; failures are retried with backoff;
+//! - with tokens ([`SessionOptions::uses_tokens`]) no handshake starts without a fresh one
+//!   ([`Output::FetchToken`]); a refused token ends the session, and a new one is fetched
+//!   after a backoff, at most `max_auth_attempts` times in a row (the decisions are in
+//!   `auth.rs`);
+//! - no request other than the handshake and the connect is larger than
+//!   [`SessionOptions::max_request_bytes`] (extensions' additions included): batches are
+//!   split, and a message too large on its own is refused without being sent.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod auth;
 mod decide;
 mod receive;
 mod send;
@@ -33,8 +42,9 @@ use super::advice::{Advice, Reconnect};
 use super::channel::{
     ChannelPattern, META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
 };
-use super::error::{PublishError, ServerError, TransportError};
+use super::error::{PublishError, ServerError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
+use super::ext::Extension;
 use super::message::{Kind, Message};
 use crate::backoff::{Backoff, BackoffOptions};
 
@@ -55,6 +65,18 @@ pub struct SessionOptions {
     pub max_batch: usize,
     /// Seed for backoff jitter; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Whether the driver has a token source: a token is fetched ([`Output::FetchToken`])
+    /// before each new session, and refused tokens are replaced.
+    pub uses_tokens: bool,
+    /// Consecutive refusals of freshly fetched tokens after which the session stops
+    /// (at least 1).
+    pub max_auth_attempts: u32,
+    /// Largest request body in bytes (0: no limit). Does not apply to the handshake and the
+    /// connect, which are always alone in their request.
+    pub max_request_bytes: usize,
+    /// Outgoing hooks, applied to each message as it is put into a request (so that the
+    /// size cap counts what they add).
+    pub extensions: Vec<Arc<dyn Extension>>,
 }
 
 impl Default for SessionOptions {
@@ -65,6 +87,10 @@ impl Default for SessionOptions {
             max_queued: 1000,
             max_batch: 100,
             seed: None,
+            uses_tokens: false,
+            max_auth_attempts: 5,
+            max_request_bytes: 0,
+            extensions: Vec::new(),
         }
     }
 }
@@ -94,6 +120,8 @@ pub enum Output {
     Event(Event),
     /// Fan this message out to the local subscriptions that match it.
     Deliver(Message),
+    /// Fetch a token from the token source and report it with [`Session::on_token`].
+    FetchToken,
     /// The verdict for the publish with this id.
     PublishDone {
         /// The id [`Session::publish`] returned.
@@ -179,6 +207,8 @@ pub struct Session {
     connect_backoff: Backoff,
     handshake_backoff: Backoff,
     sub_backoff: BackoffOptions,
+    /// Token state, when the driver has a token source.
+    auth: Option<auth::AuthState>,
     outputs: VecDeque<Output>,
 }
 
@@ -186,13 +216,18 @@ impl Session {
     /// A new session that handshakes as soon as the driver polls it.
     pub fn new(options: SessionOptions, now: Instant) -> Self {
         let seed = options.seed;
+        let options_uses_tokens = options.uses_tokens;
         let backoff = |salt: u64| match seed {
             Some(s) => Backoff::with_seed(options.backoff, s ^ salt),
             None => Backoff::new(options.backoff),
         };
+        let auth = options
+            .uses_tokens
+            .then(|| auth::AuthState::new(backoff(3), backoff(4), now));
         let mut session = Session {
             connect_backoff: backoff(1),
             handshake_backoff: backoff(2),
+            auth,
             sub_backoff: options.backoff,
             options,
             phase: Phase::Unconnected,
@@ -210,7 +245,8 @@ impl Session {
             other_batch: None,
             connect_id: None,
             abandoned_connect: None,
-            handshake_at: Some(now),
+            // With tokens, the handshake waits for the first one.
+            handshake_at: (!options_uses_tokens).then_some(now),
             connect_at: None,
             connected: false,
             connect_failing: false,
@@ -238,7 +274,8 @@ impl Session {
             SubState::Failed { retry_at } => Some(retry_at),
             _ => None,
         });
-        [self.handshake_at, self.connect_at]
+        let token_at = self.auth.as_ref().and_then(|a| a.fetch_at);
+        [self.handshake_at, self.connect_at, token_at]
             .into_iter()
             .flatten()
             .chain(sub_retry)
@@ -405,7 +442,9 @@ impl Session {
                     }
                     Err(e) => {
                         self.connect_id = None;
-                        if self.phase == Phase::Handshaken {
+                        if self.phase == Phase::Handshaken && self.is_auth_status(&e) {
+                            self.auth_refused(e.to_string(), now);
+                        } else if self.phase == Phase::Handshaken {
                             self.connect_failed(None, e.to_string(), now);
                         }
                     }
@@ -419,6 +458,15 @@ impl Session {
                             self.receive(msg, now);
                         }
                         self.unanswered(batch, "the server sent no reply to this message", now);
+                    }
+                    Err(e) if self.is_auth_status(&e) => {
+                        // The server took nothing from this request: publishes go again in
+                        // the next session, with a new token.
+                        self.requeue_publishes(&batch);
+                        if matches!(self.phase, Phase::Handshaking | Phase::Handshaken) {
+                            self.auth_refused(e.to_string(), now);
+                        }
+                        self.unanswered(batch, &e.to_string(), now);
                     }
                     Err(e) => self.unanswered(batch, &e.to_string(), now),
                 }
@@ -439,6 +487,13 @@ impl Session {
 
     fn event(&mut self, event: Event) {
         self.outputs.push_back(Output::Event(event));
+    }
+
+    /// Runs the outgoing extension hooks on a message about to be sent.
+    fn outgoing(&self, message: &mut Message) {
+        for ext in &self.options.extensions {
+            ext.outgoing(message);
+        }
     }
 
     fn unrouted(&mut self, reason: Unrouted, message: Message) {

@@ -55,6 +55,15 @@ impl Session {
                 .error
                 .clone()
                 .unwrap_or_else(|| "handshake refused".to_owned());
+            if self.is_auth_refusal(&ServerError::parse(&error)) {
+                // Salesforce names the real cause in ext.sfdc.failureReason.
+                let why = failure_reason(&msg)
+                    .map(|r| format!("{error} ({r})"))
+                    .unwrap_or(error);
+                self.phase = Phase::Unconnected;
+                self.auth_refused(why, now);
+                return;
+            }
             let own = msg
                 .advice
                 .as_ref()
@@ -119,6 +128,10 @@ impl Session {
         }
         if !msg.is_successful() {
             let error = ServerError::parse(msg.error.as_deref().unwrap_or("connect failed"));
+            if self.is_auth_refusal(&error) {
+                self.auth_refused(error.raw, now);
+                return;
+            }
             let own = msg
                 .advice
                 .as_ref()
@@ -127,6 +140,7 @@ impl Session {
             return;
         }
         self.connect_backoff.reset();
+        self.auth_confirmed();
         // Only a session that works (a successful connect) proves the handshakes are not
         // looping: a server that accepts handshakes but forgets the session at once must
         // not get a handshake storm (aiocometd#1, faye#542).
@@ -321,4 +335,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Salesforce's `ext.sfdc.failureReason` of a refusal, if any.
+fn failure_reason(msg: &Message) -> Option<String> {
+    msg.ext
+        .as_ref()?
+        .get("sfdc")?
+        .get("failureReason")?
+        .as_str()
+        .map(str::to_owned)
 }

@@ -5,6 +5,7 @@ use super::*;
 impl Session {
     /// Starts whatever may start now.
     pub(super) fn pump(&mut self, now: Instant) {
+        self.pump_token(now);
         if self.phase == Phase::Unconnected
             && self.other_batch.is_none()
             && self.handshake_at.is_some_and(|t| t <= now)
@@ -20,7 +21,7 @@ impl Session {
         let can_send =
             matches!(self.phase, Phase::Handshaken | Phase::Disconnecting) && !self.connect_failing;
         if can_send && self.other_batch.is_none() {
-            self.send_batch();
+            self.send_batch(now);
         }
     }
 
@@ -36,6 +37,7 @@ impl Session {
         msg.version = Some("1.0".to_owned());
         msg.minimum_version = Some("1.0".to_owned());
         msg.supported_connection_types = Some(self.options.connection_types.clone());
+        self.outgoing(&mut msg);
         self.pending.insert(id.clone(), Pending::Handshake);
         self.other_batch = Some(vec![id]);
         self.outputs.push_back(Output::Send {
@@ -55,6 +57,7 @@ impl Session {
             // Ask the server to answer at once, so a lost session is found out quickly.
             msg.advice = Some(json!({ "timeout": 0 }));
         }
+        self.outgoing(&mut msg);
         self.connect_id = Some(id);
         self.outputs.push_back(Output::Send {
             lane: Lane::Connect,
@@ -62,10 +65,13 @@ impl Session {
         });
     }
 
-    pub(super) fn send_batch(&mut self) {
-        let mut batch = Vec::new();
-        let mut ids = Vec::new();
+    /// Starts one request with what is waiting: subscriptions first, then the outbox
+    /// (publishes, unsubscribes), then a requested disconnect. At most `max_batch` messages
+    /// and, with a cap, at most `max_request_bytes` bytes: what does not fit waits for the
+    /// next request, and a message larger than the cap on its own is refused unsent.
+    pub(super) fn send_batch(&mut self, now: Instant) {
         let max = self.options.max_batch.max(1);
+        let mut batch = Batch::new(self.options.max_request_bytes);
         if self.phase == Phase::Handshaken {
             let wanted: Vec<String> = self
                 .subs
@@ -79,12 +85,19 @@ impl Session {
                 let mut msg = Message::new(META_SUBSCRIBE);
                 msg.client_id.clone_from(&self.client_id);
                 msg.subscription = Some(Value::String(pattern.clone()));
-                if let Some(sub) = self.subs.get_mut(&pattern) {
-                    sub.state = SubState::Sending(id.clone());
+                msg.id = Some(id.clone());
+                self.outgoing(&mut msg);
+                match batch.fit(&msg) {
+                    Fit::Yes(size) => {
+                        if let Some(sub) = self.subs.get_mut(&pattern) {
+                            sub.state = SubState::Sending(id.clone());
+                        }
+                        self.pending.insert(id, Pending::Subscribe(pattern));
+                        batch.push(msg, size);
+                    }
+                    Fit::NextRequest => break,
+                    Fit::Never(size) => self.subscribe_too_large(&pattern, size, batch.cap, now),
                 }
-                self.pending.insert(id.clone(), Pending::Subscribe(pattern));
-                msg.id = Some(id);
-                batch.push(msg);
             }
         }
         while batch.len() < max {
@@ -96,36 +109,151 @@ impl Session {
                 None => self.new_id(),
             };
             msg.id = Some(id.clone());
+            let mut wire = msg.clone();
+            wire.client_id.clone_from(&self.client_id);
+            self.outgoing(&mut wire);
+            let size = match batch.fit(&wire) {
+                Fit::Yes(size) => size,
+                Fit::NextRequest => {
+                    self.outbox.push_front(msg);
+                    break;
+                }
+                Fit::Never(size) => {
+                    self.too_large(msg, size, batch.cap);
+                    continue;
+                }
+            };
             let pending = if msg.channel == META_UNSUBSCRIBE {
                 Pending::Unsubscribe(msg.subscriptions().into_iter().next().unwrap_or_default())
             } else {
-                Pending::Publish(Box::new(msg.clone()))
+                Pending::Publish(Box::new(msg))
             };
-            msg.client_id.clone_from(&self.client_id);
             self.pending.insert(id, pending);
-            batch.push(msg);
+            batch.push(wire, size);
         }
         if self.disconnect_requested && self.outbox.is_empty() && batch.len() < max {
-            self.disconnect_requested = false;
             let id = self.new_id();
             let mut msg = Message::new(META_DISCONNECT);
             msg.client_id.clone_from(&self.client_id);
             msg.id = Some(id.clone());
-            self.pending.insert(id, Pending::Disconnect);
-            batch.push(msg);
-            if let Some(abandoned) = self.connect_id.take() {
-                self.abandoned_connect = Some(abandoned);
-                self.outputs.push_back(Output::Abort(Lane::Connect));
+            self.outgoing(&mut msg);
+            // A disconnect always fits a request of its own.
+            if let Fit::Yes(size) | Fit::Never(size) = batch.fit(&msg) {
+                self.disconnect_requested = false;
+                self.pending.insert(id, Pending::Disconnect);
+                batch.push(msg, size);
+                if let Some(abandoned) = self.connect_id.take() {
+                    self.abandoned_connect = Some(abandoned);
+                    self.outputs.push_back(Output::Abort(Lane::Connect));
+                }
             }
         }
-        if batch.is_empty() {
+        if batch.messages.is_empty() {
             return;
         }
-        ids.extend(batch.iter().filter_map(|m| m.id.clone()));
+        let ids = batch.messages.iter().filter_map(|m| m.id.clone()).collect();
         self.other_batch = Some(ids);
         self.outputs.push_back(Output::Send {
             lane: Lane::Other,
-            messages: batch,
+            messages: batch.messages,
         });
     }
+
+    /// A publish or unsubscribe that can never fit the request cap.
+    fn too_large(&mut self, msg: Message, size: usize, cap: usize) {
+        let Some(id) = msg.id.clone() else {
+            return;
+        };
+        if msg.channel == META_UNSUBSCRIBE {
+            let pattern = msg.subscriptions().into_iter().next().unwrap_or_default();
+            self.event(Event::Unsubscribed {
+                subscription: pattern,
+                error: Some(PublishError::TooLarge { size, cap }.to_string()),
+            });
+            return;
+        }
+        self.requeued.remove(&id);
+        self.outputs.push_back(Output::PublishDone {
+            id,
+            result: Err(PublishError::TooLarge { size, cap }),
+        });
+    }
+
+    /// A subscribe that can never fit the request cap: failed, retried with backoff (an
+    /// extension may shrink it meanwhile).
+    fn subscribe_too_large(&mut self, pattern: &str, size: usize, cap: usize, now: Instant) {
+        let error = format!("the subscribe request is {size} bytes, over the {cap}-byte cap");
+        let Some(sub) = self.subs.get_mut(pattern) else {
+            return;
+        };
+        sub.failures += 1;
+        let attempt = sub.failures;
+        let retry_in = linear_backoff(&self.sub_backoff, attempt);
+        sub.state = SubState::Failed {
+            retry_at: now + retry_in,
+        };
+        self.event(Event::SubscriptionFailed {
+            subscription: pattern.to_owned(),
+            error,
+            attempt,
+            retry_in,
+        });
+    }
+}
+
+/// Whether a message fits the request being built.
+enum Fit {
+    /// Yes; its size in bytes.
+    Yes(usize),
+    /// Not with what is already in it: next request.
+    NextRequest,
+    /// Not even alone; its size in bytes.
+    Never(usize),
+}
+
+/// A request being built, with its size as JSON (`[m1,m2,...]`).
+struct Batch {
+    messages: Vec<Message>,
+    bytes: usize,
+    /// 0: no limit.
+    cap: usize,
+}
+
+impl Batch {
+    fn new(cap: usize) -> Self {
+        Batch {
+            messages: Vec::new(),
+            bytes: 2,
+            cap,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    fn fit(&self, msg: &Message) -> Fit {
+        if self.cap == 0 {
+            return Fit::Yes(0);
+        }
+        let size = encoded_len(msg);
+        let separator = usize::from(!self.messages.is_empty());
+        if size + 2 > self.cap {
+            Fit::Never(size)
+        } else if self.bytes + separator + size > self.cap {
+            Fit::NextRequest
+        } else {
+            Fit::Yes(size)
+        }
+    }
+
+    fn push(&mut self, msg: Message, size: usize) {
+        self.bytes += size + usize::from(!self.messages.is_empty());
+        self.messages.push(msg);
+    }
+}
+
+/// A message's size in a request body (the transport encodes batches as compact JSON).
+pub(super) fn encoded_len(msg: &Message) -> usize {
+    serde_json::to_vec(msg).map_or(0, |v| v.len())
 }

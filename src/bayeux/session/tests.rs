@@ -769,3 +769,5 @@ fn multiple_clients_advice_is_reported_once_per_session() {
         .count();
     assert_eq!(n, 1);
 }
+
+mod auth_and_size;

@@ -9,9 +9,10 @@
 //! `/meta/connect`). Bodies are read in chunks up to a cap, so an oversized reply is a
 //! reported failure, not an allocation of unbounded size.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use url::Url;
 
 use super::{SendFuture, Transport};
@@ -24,6 +25,8 @@ pub struct LongPolling {
     http: reqwest::Client,
     url: Url,
     max_body: usize,
+    /// The current `Authorization` value from a token source, marked sensitive.
+    bearer: Arc<RwLock<Option<HeaderValue>>>,
 }
 
 impl LongPolling {
@@ -40,6 +43,7 @@ impl LongPolling {
             http,
             url,
             max_body,
+            bearer: Arc::default(),
         })
     }
 }
@@ -49,8 +53,22 @@ impl Transport for LongPolling {
         "long-polling"
     }
 
+    fn set_bearer_token(&self, token: Option<&str>) -> Result<(), String> {
+        let value = match token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| "the token is not a valid HTTP header value".to_owned())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        *self.bearer.write().unwrap_or_else(PoisonError::into_inner) = value;
+        Ok(())
+    }
+
     fn send(&self, messages: Vec<Message>, deadline: Duration) -> SendFuture {
-        let request = self
+        let mut request = self
             .http
             .post(self.url.clone())
             .header(
@@ -58,6 +76,14 @@ impl Transport for LongPolling {
                 HeaderValue::from_static("application/json;charset=UTF-8"),
             )
             .body(encode_batch(&messages));
+        let bearer = self
+            .bearer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(value) = bearer {
+            request = request.header(AUTHORIZATION, value);
+        }
         let max_body = self.max_body;
         Box::pin(async move {
             match tokio::time::timeout(deadline, exchange(request, max_body)).await {

@@ -22,4 +22,12 @@ pub trait Transport: Send + Sync {
     /// Sends `messages` as one request and resolves to the server's reply batch. The whole
     /// exchange (connect, send, wait, read) must finish within `deadline`.
     fn send(&self, messages: Vec<Message>, deadline: Duration) -> SendFuture;
+    /// Sends `Authorization: Bearer <token>` on every later request (`None`: no such
+    /// header). Transports that cannot carry a token refuse; the error never quotes it.
+    fn set_bearer_token(&self, _token: Option<&str>) -> Result<(), String> {
+        Err(format!(
+            "the {} transport cannot send a bearer token",
+            self.name()
+        ))
+    }
 }

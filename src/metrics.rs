@@ -120,6 +120,9 @@ pub struct Metrics {
     pub checkpoint_writes: Family<OutcomeLabels, Counter>,
     /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
     pub replay_gaps: Family<ChannelLabels, Counter>,
+    /// `bridge_bayeux_tokens_total{outcome}`: access tokens fetched (`ok`), and refusals or
+    /// failures that made the client fetch again (`error`).
+    pub tokens: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +152,7 @@ impl Metrics {
             checkpoint: Family::default(),
             checkpoint_writes: Family::default(),
             replay_gaps: Family::default(),
+            tokens: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -230,6 +234,11 @@ impl Metrics {
             "replay_gaps",
             "Stored replay ids the server refused (events lost), per channel",
             m.replay_gaps.clone(),
+        );
+        registry.register(
+            "bayeux_tokens",
+            "OAuth access tokens fetched (ok), and refused tokens or token endpoint failures (error)",
+            m.tokens.clone(),
         );
         registry.register(
             "build",

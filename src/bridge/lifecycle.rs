@@ -17,7 +17,7 @@ use super::replay::Gap;
 use super::stats::{self, Direction, Stats};
 use super::{BridgeError, Shared, b2m};
 use crate::bayeux::{self, Event};
-use crate::metrics::CauseLabels;
+use crate::metrics::{CauseLabels, OutcomeLabels};
 use crate::mqtt::{MqttHandle, QoS};
 
 /// Watches a Bayeux client's events on a task of its own (so a reload can replace it).
@@ -91,6 +91,14 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                         };
                     }
                 }
+            }
+            Event::TokenRefreshed { .. } => {
+                let labels = OutcomeLabels { outcome: "ok" };
+                stats.metrics.tokens.get_or_create(&labels).inc();
+            }
+            Event::AuthenticationFailed { .. } => {
+                let labels = OutcomeLabels { outcome: "error" };
+                stats.metrics.tokens.get_or_create(&labels).inc();
             }
             Event::Stopped { reason } => return BridgeError::BayeuxStopped(reason.to_string()),
             _ => {}

@@ -286,6 +286,10 @@ pub struct BayeuxConfig {
     /// 32768. 0 or at least 1024.
     #[serde(default)]
     pub max_request_bytes: usize,
+    /// Offer CometD's ack extension (reliable delivery within a session): used only when the
+    /// server's handshake reply accepts it, harmless otherwise. Default `true`.
+    #[serde(default = "defaults::ack_extension")]
+    pub ack_extension: bool,
     /// `[bayeux.oauth]`: fetch (and refresh) the bearer token from an OAuth 2.0 token
     /// endpoint. Optional; may not be combined with `token_file` or an `Authorization`
     /// header.
@@ -649,6 +653,9 @@ pub struct RouteConfig {
 
 /// Default values, shared by serde and the `Default` impls.
 mod defaults {
+    pub const fn ack_extension() -> bool {
+        true
+    }
     pub fn state_dir() -> std::path::PathBuf {
         std::path::PathBuf::from("/var/lib/bayeux-mqtt-bridge")
     }

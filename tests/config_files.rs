@@ -129,6 +129,7 @@ const ALL_KEYS: &[&str] = &[
     "bayeux.backoff_increment_ms",
     "bayeux.backoff_max_ms",
     "bayeux.max_request_bytes",
+    "bayeux.ack_extension",
     "bayeux.oauth.token_url",
     "bayeux.oauth.grant",
     "bayeux.oauth.client_id",

@@ -25,6 +25,12 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
     options.max_queued = queued;
     options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
     options.max_request_bytes = b.max_request_bytes;
+    if b.ack_extension {
+        // A fresh one per client: its batch number belongs to one client's sessions.
+        options
+            .extensions
+            .push(std::sync::Arc::new(crate::bayeux::ext::AckExtension::new()));
+    }
     if let Some(oauth) = &b.oauth {
         options.max_auth_attempts = oauth.max_auth_attempts;
         // Token requests get the same network allowance as Bayeux requests.
@@ -148,4 +154,34 @@ pub(crate) fn mqtt_specs(routes: &[Route]) -> Vec<SubscriptionSpec> {
 pub(crate) fn queued(config: &Config, routes: &[Route]) -> usize {
     let m2b_routes = routes.iter().filter(|r| r.subscribes_mqtt()).count().max(1);
     config.bridge.queue_capacity.max(1) * m2b_routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "bridge-options-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bridge.toml");
+        let toml = format!(
+            "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n{extra}\n[mqtt]\nhost = \"h\"\n\
+             [[route]]\nbayeux = \"/a\"\nmqtt = \"a\"\ndirection = \"both\"\n"
+        );
+        std::fs::write(&path, toml).expect("write config");
+        let config = crate::config::load(&path).expect("valid config");
+        std::fs::remove_dir_all(dir).ok();
+        config
+    }
+
+    #[test]
+    fn the_ack_extension_is_offered_unless_turned_off() {
+        assert_eq!(bayeux_options(&config(""), 1).extensions.len(), 1);
+        let off = config("ack_extension = false");
+        assert_eq!(bayeux_options(&off, 1).extensions.len(), 0);
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`run`] turns a loaded [`Config`] into a running bridge: it compiles the routes
 //! ([`mapping`]), starts the Bayeux client and the MQTT client, and runs one pipeline per
-//! direction ([`b2m`]: Bayeux → MQTT, [`m2b`]: MQTT → Bayeux) until the shutdown future
+//! direction (`b2m`: Bayeux → MQTT, `m2b`: MQTT → Bayeux) until the shutdown future
 //! resolves; then it drains (stops taking messages, waits for those in flight up to
 //! `bridge.drain_timeout_secs`), publishes the retained `offline` status, sends
 //! `/meta/disconnect` and disconnects from the broker.

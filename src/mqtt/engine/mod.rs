@@ -223,6 +223,16 @@ impl Engine {
         }
     }
 
+    /// Sets how many requests rumqttc writes before one flush (vendor/rumqttc/PATCHES.md):
+    /// after the first, it takes more only from its request channel, only while its
+    /// `pending` queue is empty, its in-flight window has room and no packet id collides.
+    pub(super) fn set_request_batch(&mut self, batch: usize) {
+        match self {
+            Engine::V5(event_loop) => event_loop.request_batch = batch,
+            Engine::V311(event_loop) => event_loop.request_batch = batch,
+        }
+    }
+
     /// Whether rumqttc's `pending` queue is empty (it then reads its request channel, unless
     /// its in-flight window is full).
     pub(super) fn pending_is_empty(&self) -> bool {

@@ -84,6 +84,10 @@ pub struct EventLoop {
     pub network: Option<Network>,
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
+    /// Most requests written per flush (patched in; 1 is upstream's behaviour): after a
+    /// request, further ones already waiting in the request channel are written too, while
+    /// `pending` is empty, the in-flight window has room and there is no collision.
+    pub request_batch: usize,
     pub network_options: NetworkOptions,
 }
 
@@ -113,6 +117,7 @@ impl EventLoop {
             pending,
             network: None,
             keepalive_timeout: None,
+            request_batch: 1,
             network_options: NetworkOptions::new(),
         }
     }
@@ -244,6 +249,21 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                    }
+                    // Patched: write what else is waiting, then flush once.
+                    for _ in 1..self.request_batch {
+                        if !self.pending.is_empty()
+                            || self.state.inflight >= self.mqtt_options.inflight
+                            || self.state.collision.is_some()
+                        {
+                            break;
+                        }
+                        let Ok(request) = self.requests_rx.try_recv() else {
+                            break;
+                        };
+                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                            network.write(outgoing).await?;
+                        }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,

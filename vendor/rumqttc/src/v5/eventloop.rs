@@ -82,6 +82,10 @@ pub struct EventLoop {
     network: Option<Network>,
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
+    /// Most requests written per flush (patched in; 1 is upstream's behaviour): after a
+    /// request, further ones already waiting in the request channel are written too, while
+    /// `pending` is empty, the in-flight window has room and there is no collision.
+    pub request_batch: usize,
 }
 
 /// Events which can be yielded by the event loop
@@ -110,6 +114,7 @@ impl EventLoop {
             pending,
             network: None,
             keepalive_timeout: None,
+            request_batch: 1,
         }
     }
 
@@ -226,6 +231,21 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                    }
+                    // Patched: write what else is waiting, then flush once.
+                    for _ in 1..self.request_batch {
+                        if !self.pending.is_empty()
+                            || self.state.inflight >= self.state.max_outgoing_inflight
+                            || self.state.collision.is_some()
+                        {
+                            break;
+                        }
+                        let Ok(request) = self.requests_rx.try_recv() else {
+                            break;
+                        };
+                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                            network.write(outgoing).await?;
+                        }
                     }
                     network.flush().await?;
                     Ok(self.state.events.pop_front().unwrap())

@@ -160,9 +160,12 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, DecodeError> {
     // The index of the message being decoded, to name it in an error.
     let at = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let batch = BatchSeed { at: &at }
-        .deserialize(&mut deserializer)
-        .and_then(|batch| deserializer.end().map(|()| batch));
+    let batch = BatchSeed {
+        at: &at,
+        capacity: decode::capacity_hint(body),
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|batch| deserializer.end().map(|()| batch));
     batch.map_err(|e| match at.get() {
         Some(i) => DecodeError::Invalid(format!("message {i}: {e}")),
         None => DecodeError::Invalid(e.to_string()),
@@ -306,6 +309,18 @@ mod tests {
         let m = &decode_batch(br#"[{"channel":"/a","id":null,"clientId":null,"advice":null}]"#)
             .unwrap()[0];
         assert_eq!((&m.id, &m.client_id, &m.advice), (&None, &None, &None));
+    }
+
+    #[test]
+    fn the_capacity_hint_counts_top_level_elements_and_is_bounded_by_the_size() {
+        let body = br#"[{"channel":"/a","data":{"x":[1,2],"s":"a,b\\\",]"}},{"channel":"/b"}]"#;
+        assert_eq!(decode::capacity_hint(body), 2);
+        assert_eq!(decode_batch(body).unwrap().len(), 2);
+        assert_eq!(decode::capacity_hint(br#"{"channel":"/a"}"#), 1);
+        // Commas alone cannot reserve more than a minimal message per 15 bytes.
+        let commas: Vec<u8> = std::iter::once(b'[').chain([b','; 149]).collect();
+        assert_eq!(decode::capacity_hint(&commas), 10);
+        assert_eq!(decode::capacity_hint(b"[,,,,,,,,,,,,,,,,,,,,,,,,,,,,,]"), 2);
     }
 
     #[test]

@@ -151,10 +151,16 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker thread unless TOKIO_WORKER_THREADS says otherwise. The bridge is a pipeline
+    // whose stages hand each message to the next: on two workers every hand-over is a
+    // cross-thread wake-up (futex, eventfd, context switch), which cost more CPU than the
+    // second thread gave back (README, "Benchmarks"). Blocking work goes to spawn_blocking
+    // threads either way.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(future),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -48,10 +48,11 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const usage = 'usage: node bench.js --bin PATH [--messages 50000] [--repeat 3] [--paced-rate 2000] ' +
     '[--paced-seconds 5] [--bayeux-batch 50] [--bayeux-window 4] [--mosquitto-inflight 0] ' +
-    '[--max-other-load 0.25] [--json FILE] [--keep]';
+    '[--max-other-load 0.25] [--only KEY,KEY…] [--json FILE] [--keep]';
 const o = parseArgs(process.argv.slice(2), {
     bin: '', messages: 50000, repeat: 3, pacedRate: 2000, pacedSeconds: 5, mosquittoInflight: 0,
     json: '', keep: false, pidFile: '', work: '', maxOtherLoad: 0.25, bayeuxBatch: 50, bayeuxWindow: 4,
+    only: '',
 }, usage);
 if (!o.bin) {
     fail(usage, 2);
@@ -540,6 +541,15 @@ const scenarios = [
         },
     })),
 ];
+// `--only KEY,KEY…` runs just those scenarios (and their paced runs), for quick comparisons.
+const only = o.only ? new Set(o.only.split(',').map(k => k.trim()).filter(Boolean)) : null;
+if (only) {
+    const unknown = [...only].filter(k => !scenarios.some(s => s.key === k));
+    if (unknown.length) {
+        fail(`--only: unknown scenario(s) ${unknown.join(', ')}; known: ${scenarios.map(s => s.key).join(', ')}`, 2);
+    }
+}
+const selected = s => !only || only.has(s.key);
 const pacedKeys = ['direct-cometd', 'direct-sub', 'mqtt-direct-q0', 'mqtt-direct-q1', 'b2m-q0', 'b2m-q1', 'node-b2m-q1', 'm2b-q0', 'm2b-q1'];
 
 // ---------------------------------------------------------------- report
@@ -612,7 +622,7 @@ function report(results, paced) {
     const agg = Object.fromEntries(scenarios.map(s => [s.key, aggregate(s.key, results[s.key] || [])]));
     const directBest = Math.max(agg['direct-cometd'].rate || 0, agg['direct-sub'].rate || 0);
     const vs = s => {
-        if (s.direction === 'b2m' || s.direction === 'm2b') {
+        if (directBest && (s.direction === 'b2m' || s.direction === 'm2b')) {
             return `${fmt((agg[s.key].rate / directBest) * 100)} %`;
         }
         return '';
@@ -737,7 +747,7 @@ async function main() {
         return best;
     };
     for (let rep = 1; rep <= o.repeat; ++rep) {
-        for (const s of scenarios) {
+        for (const s of scenarios.filter(selected)) {
             (results[s.key] ||= []).push(await attempt(s, N, 0, `run ${rep}/${o.repeat}`));
         }
     }
@@ -746,6 +756,9 @@ async function main() {
         const count = Math.round(o.pacedRate * o.pacedSeconds);
         for (const key of pacedKeys) {
             const s = scenarios.find(x => x.key === key);
+            if (!selected(s)) {
+                continue;
+            }
             paced.push({ scenario: s, result: await attempt(s, count, o.pacedRate, 'paced') });
         }
     }

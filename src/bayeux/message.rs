@@ -5,8 +5,15 @@
 //! (meta reply, publish acknowledgement, delivery). It does no IO and knows nothing about
 //! sessions or transports.
 
-use serde::{Deserialize, Serialize};
+mod decode;
+
+use std::cell::Cell;
+
+use serde::Serialize;
+use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
+
+use decode::BatchSeed;
 
 use super::channel::{
     META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
@@ -16,66 +23,51 @@ use super::channel::{
 ///
 /// Known fields are typed; every other field the server sends (Salesforce's `EventType`,
 /// CometD's `x-messages`, ...) is kept in [`Message::other`] so nothing is lost on a round trip.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Deserializing (hand-written, in `decode`) accepts numeric ids as strings and keeps a
+/// `"data": null` as `Some(Value::Null)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Message {
     /// The channel this message is sent on or was delivered from.
     pub channel: String,
     /// Correlation id (alphanumeric). Replies to meta messages echo it.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient_id"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The session id the server assigned at handshake.
-    #[serde(rename = "clientId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "clientId", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Application payload of a publish or a delivery. A `"data": null` on the wire is
     /// `Some(Value::Null)`: still a delivery, unlike a message without `data`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
     /// Reply verdict.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub successful: Option<bool>,
     /// Reply error string (`code:args:message`), see [`super::error::ServerError`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Server advice (or client advice on `/meta/connect`), see [`super::advice`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<Value>,
     /// Extension fields, namespaced by extension.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ext: Option<Map<String, Value>>,
     /// Subscription pattern(s) of `/meta/subscribe` and `/meta/unsubscribe`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Value>,
     /// Protocol version (handshake).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Lowest protocol version accepted (handshake).
-    #[serde(
-        rename = "minimumVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "minimumVersion", skip_serializing_if = "Option::is_none")]
     pub minimum_version: Option<String>,
     /// Transports offered (handshake request) or accepted (handshake reply).
     #[serde(
         rename = "supportedConnectionTypes",
-        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub supported_connection_types: Option<Vec<String>>,
     /// Transport in use (`/meta/connect`).
-    #[serde(
-        rename = "connectionType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "connectionType", skip_serializing_if = "Option::is_none")]
     pub connection_type: Option<String>,
     /// Every other field, kept verbatim.
     #[serde(flatten)]
@@ -157,30 +149,27 @@ pub enum DecodeError {
 
 /// Decodes a batch. The spec says batches SHOULD be arrays and a single object MAY be
 /// accepted, so both are.
+///
+/// The body is parsed straight into [`Message`]s, one after the other: no tree of the whole
+/// batch is built first, so a long-poll reply carrying a backlog of thousands of messages
+/// costs the messages themselves and little more.
 pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, DecodeError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    let items = match value {
-        Value::Array(items) => items,
-        obj @ Value::Object(_) => vec![obj],
-        other => {
-            return Err(DecodeError::Invalid(format!(
-                "expected an array of messages, got {}",
-                json_type(&other)
-            )));
-        }
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            serde_json::from_value::<Message>(item)
-                .map_err(|e| DecodeError::Invalid(format!("message {i}: {e}")))
-        })
-        .collect()
+    // The index of the message being decoded, to name it in an error.
+    let at = Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let batch = BatchSeed {
+        at: &at,
+        capacity: decode::capacity_hint(body),
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|batch| deserializer.end().map(|()| batch));
+    batch.map_err(|e| match at.get() {
+        Some(i) => DecodeError::Invalid(format!("message {i}: {e}")),
+        None => DecodeError::Invalid(e.to_string()),
+    })
 }
 
 /// Encodes a batch as a JSON array (always an array, as the spec recommends).
@@ -188,39 +177,6 @@ pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
     // Serializing a struct of strings, bools and `Value`s cannot fail: `Value` keys are
     // always strings and there are no non-finite floats in a `Value`.
     serde_json::to_vec(messages).unwrap_or_else(|_| b"[]".to_vec())
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A field that is present is `Some`, even when it is `null`.
-fn present<'de, D>(deserializer: D) -> Result<Option<Value>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    Value::deserialize(deserializer).map(Some)
-}
-
-/// Accepts ids sent as strings or numbers (some servers echo numeric ids).
-fn lenient_id<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let v = Option::<Value>::deserialize(deserializer)?;
-    Ok(match v {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(other) => Some(other.to_string()),
-    })
 }
 
 /// True for the channels whose replies the session itself consumes.
@@ -297,6 +253,74 @@ mod tests {
             decode_batch(br#"[1]"#),
             Err(DecodeError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_error_names_the_message_it_is_in() {
+        let err = decode_batch(br#"[{"channel":"/a","data":1},{"data":1}]"#).unwrap_err();
+        let DecodeError::Invalid(why) = err else {
+            panic!("not Invalid: {err:?}");
+        };
+        assert!(
+            why.starts_with("message 1: missing field `channel`"),
+            "{why}"
+        );
+        let err = decode_batch(br#"{"channel":"/a","successful":"yes"}"#).unwrap_err();
+        assert!(matches!(&err, DecodeError::Invalid(why) if why.starts_with("message 0: ")));
+        let err = decode_batch(br#"[{"channel":"/a"}] x"#).unwrap_err();
+        assert!(matches!(&err, DecodeError::Invalid(why) if why.starts_with("trailing")));
+    }
+
+    #[test]
+    fn a_typed_field_given_twice_is_refused_and_other_fields_keep_the_last() {
+        assert!(matches!(
+            decode_batch(br#"[{"channel":"/a","channel":"/b"}]"#),
+            Err(DecodeError::Invalid(why)) if why.contains("duplicate field `channel`")
+        ));
+        let msgs = decode_batch(br#"[{"channel":"/a","x":1,"x":2}]"#).unwrap();
+        assert_eq!(msgs[0].other.get("x"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn every_field_is_decoded_into_its_place() {
+        let body = br#"[{"channel":"/meta/handshake","id":"1","clientId":"c1","successful":true,
+            "error":"403::x","advice":{"reconnect":"retry"},"ext":{"ack":true},
+            "subscription":["/a"],"version":"1.0","minimumVersion":"1.0",
+            "supportedConnectionTypes":["long-polling"],"connectionType":"long-polling",
+            "advice2":null}]"#;
+        let m = &decode_batch(body).unwrap()[0];
+        assert_eq!(m.client_id.as_deref(), Some("c1"));
+        assert_eq!(m.error.as_deref(), Some("403::x"));
+        assert_eq!(m.advice, Some(json!({"reconnect":"retry"})));
+        assert_eq!(
+            m.ext.as_ref().and_then(|e| e.get("ack")),
+            Some(&json!(true))
+        );
+        assert_eq!(m.subscriptions(), vec!["/a"]);
+        assert_eq!(m.version.as_deref(), Some("1.0"));
+        assert_eq!(m.minimum_version.as_deref(), Some("1.0"));
+        assert_eq!(
+            m.supported_connection_types.as_deref(),
+            Some(&["long-polling".to_owned()][..])
+        );
+        assert_eq!(m.connection_type.as_deref(), Some("long-polling"));
+        assert_eq!(m.other.get("advice2"), Some(&Value::Null));
+        // Null optional fields are absent, as with the derived decoder.
+        let m = &decode_batch(br#"[{"channel":"/a","id":null,"clientId":null,"advice":null}]"#)
+            .unwrap()[0];
+        assert_eq!((&m.id, &m.client_id, &m.advice), (&None, &None, &None));
+    }
+
+    #[test]
+    fn the_capacity_hint_counts_top_level_elements_and_is_bounded_by_the_size() {
+        let body = br#"[{"channel":"/a","data":{"x":[1,2],"s":"a,b\\\",]"}},{"channel":"/b"}]"#;
+        assert_eq!(decode::capacity_hint(body), 2);
+        assert_eq!(decode_batch(body).unwrap().len(), 2);
+        assert_eq!(decode::capacity_hint(br#"{"channel":"/a"}"#), 1);
+        // Commas alone cannot reserve more than a minimal message per 15 bytes.
+        let commas: Vec<u8> = std::iter::once(b'[').chain([b','; 149]).collect();
+        assert_eq!(decode::capacity_hint(&commas), 10);
+        assert_eq!(decode::capacity_hint(b"[,,,,,,,,,,,,,,,,,,,,,,,,,,,,,]"), 2);
     }
 
     #[test]

@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
+use super::mapping::Route;
 use super::payload::mqtt_to_bayeux_data;
 use super::stats::Direction;
 use super::{Shared, Slot};
@@ -200,19 +200,23 @@ async fn forward(
             return;
         }
     };
-    let fingerprint = serde_json::to_vec(&data).unwrap_or_default();
-    let routes = shared.routes();
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
+    // The serialized data, for the echo filter: made only when a target channel is one the
+    // bridge also reads (the only way it can come back).
+    let mut fingerprint: Option<Vec<u8>> = None;
     let mut verdicts = Vec::with_capacity(targets.len());
-    for (route, channel) in targets {
-        // Only a channel the bridge also reads can come back as an echo.
-        let echoes_back = routes
-            .iter()
-            .any(|r| r.subscribes_bayeux() && r.matches_channel(&channel));
-        if echoes_back {
-            shared.bayeux_echoes().record(&channel, &fingerprint, now);
+    let last = targets.len() - 1;
+    let mut data = Some(data);
+    for (i, (route, channel)) in targets.into_iter().enumerate() {
+        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
+            break;
+        };
+        if echoes_back(&routes, &channel) {
+            let fingerprint =
+                fingerprint.get_or_insert_with(|| serde_json::to_vec(&value).unwrap_or_default());
+            shared.bayeux_echoes().record(&channel, fingerprint, now);
         }
-        match bayeux.publish_queued(&channel, data.clone(), None).await {
+        match bayeux.publish_queued(&channel, value, None).await {
             Ok(verdict) => verdicts.push(Pending {
                 route,
                 channel,
@@ -234,12 +238,20 @@ async fn forward(
         let _permit = permit;
         let mut all_settled = true;
         for pending in verdicts {
-            all_settled &= settle(&shared, pending, &data, &fingerprint, stop.clone()).await;
+            all_settled &= settle(&shared, pending, &message.payload, stop.clone()).await;
         }
         if all_settled {
             mqtt.ack(message.token);
         }
     });
+}
+
+/// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
+/// the bridge also reads.
+fn echoes_back(routes: &[Route], channel: &str) -> bool {
+    routes
+        .iter()
+        .any(|r| r.subscribes_bayeux() && r.matches_channel(channel))
 }
 
 struct Pending {
@@ -249,12 +261,12 @@ struct Pending {
 }
 
 /// Waits for the verdict, retrying failed requests; returns whether the message may be
-/// acknowledged (accepted, or refused for good and counted as dropped).
+/// acknowledged (accepted, or refused for good and counted as dropped). A retry makes the
+/// Bayeux data from the MQTT `payload` again, so that no copy is kept for the common case.
 async fn settle(
     shared: &Shared,
     pending: Pending,
-    data: &Value,
-    fingerprint: &[u8],
+    payload: &[u8],
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let Pending {
@@ -319,16 +331,28 @@ async fn settle(
                     _ = stop.wait_for(|stop| *stop) => return false,
                     () = tokio::time::sleep(wait) => {}
                 }
-                let echoes_back = shared
-                    .routes()
-                    .iter()
-                    .any(|r| r.subscribes_bayeux() && r.matches_channel(&channel));
-                if echoes_back {
+                // Made from the same payload the first time, so this does not fail; if it
+                // did, the message is dropped as it would have been then.
+                let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        shared.drop_message(
+                            Direction::MqttToBayeux,
+                            "binary_payload",
+                            route,
+                            &channel,
+                            &e.to_string(),
+                        );
+                        return true;
+                    }
+                };
+                if echoes_back(&shared.routes(), &channel) {
+                    let fingerprint = serde_json::to_vec(&data).unwrap_or_default();
                     shared
                         .bayeux_echoes()
-                        .record(&channel, fingerprint, Instant::now());
+                        .record(&channel, &fingerprint, Instant::now());
                 }
-                result = shared.bayeux().publish(&channel, data.clone()).await;
+                result = shared.bayeux().publish(&channel, data).await;
             }
         }
     }

@@ -22,6 +22,11 @@ use super::options::{MqttOptions, Protocol};
 use super::tracker::{Ev, Replay, Tracker};
 use super::{MqttEvent, QoS};
 
+/// Most requests rumqttc writes to the socket before it flushes. One `writev` and one
+/// wake-up of the broker per batch instead of per packet; PUBLISH_SLOTS publishes plus acks
+/// are in its request channel at most, so a batch rarely reaches this.
+const REQUEST_BATCH: usize = 64;
+
 /// State shared by the handles and the driver.
 pub(super) struct Shared {
     tracker: Mutex<Tracker>,
@@ -132,6 +137,14 @@ impl Driver {
         while !self.disconnected {
             let polled = if self.connected {
                 self.top_up();
+                // While the backlog is not empty, requests from the channel (newer) must not
+                // follow a backlog publish in the same poll: one request per poll, as
+                // `top_up` expects.
+                self.engine.set_request_batch(if self.backlog.is_empty() {
+                    REQUEST_BATCH
+                } else {
+                    1
+                });
                 self.engine.poll().await
             } else {
                 // Not connected, rumqttc holds no state a cancelled connect could corrupt.

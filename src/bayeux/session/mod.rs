@@ -376,13 +376,17 @@ impl Session {
         if matches!(self.phase, Phase::Stopped | Phase::Disconnecting) {
             return Err(PublishError::Closed);
         }
-        let queued = self
-            .outbox
-            .iter()
-            .filter(|m| !m.channel.starts_with("/meta/"))
-            .count();
-        if queued >= self.options.max_queued {
-            return Err(PublishError::QueueFull(queued));
+        // Counting the publishes means a scan; it can only reach the limit when the whole
+        // outbox does, so the common case costs nothing.
+        if self.outbox.len() >= self.options.max_queued {
+            let queued = self
+                .outbox
+                .iter()
+                .filter(|m| !m.channel.starts_with("/meta/"))
+                .count();
+            if queued >= self.options.max_queued {
+                return Err(PublishError::QueueFull(queued));
+            }
         }
         let mut msg = Message::new(channel);
         msg.data = Some(data);

@@ -232,12 +232,25 @@ impl Driver {
     async fn deliver(&mut self, message: Message) {
         let mut delivered = false;
         let mut gone = Vec::new();
-        for (i, listener) in self.listeners.iter().enumerate() {
-            if listener.matches(&message.channel) {
-                if listener.tx.send(message.clone()).await.is_ok() {
-                    delivered = true;
-                } else {
+        let matching: Vec<usize> = (0..self.listeners.len())
+            .filter(|&i| self.listeners[i].matches(&message.channel))
+            .collect();
+        // Every matching listener but the last gets a copy; the last one takes the message.
+        let mut message = Some(message);
+        for (n, &i) in matching.iter().enumerate() {
+            let copy = if n + 1 == matching.len() {
+                message.take()
+            } else {
+                message.clone()
+            };
+            let Some(copy) = copy else { break };
+            match self.listeners[i].tx.send(copy).await {
+                Ok(()) => delivered = true,
+                Err(tokio::sync::mpsc::error::SendError(back)) => {
                     gone.push(i);
+                    if message.is_none() {
+                        message = Some(back);
+                    }
                 }
             }
         }
@@ -251,7 +264,7 @@ impl Driver {
                 }
             }
         }
-        if !delivered {
+        if !delivered && let Some(message) = message {
             self.emit(Event::Unrouted {
                 reason: Unrouted::NoSubscription,
                 message: Box::new(message),

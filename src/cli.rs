@@ -78,7 +78,18 @@ pub async fn sub(args: SubArgs) -> ExitCode {
     let patterns: Vec<&str> = args.channels.iter().map(String::as_str).collect();
     let mut subscription = match client.subscribe_all(&patterns).await {
         Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => {
+            // The client may have stopped before it took the subscription (a server that
+            // refuses the handshake for good): its reason is in the events.
+            while let Ok(Some(event)) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), events.recv()).await
+            {
+                if let Event::Stopped { reason } = event {
+                    return stopped(&reason);
+                }
+            }
+            return fail(&e.to_string());
+        }
     };
     if args.count == Some(0) {
         client.disconnect().await;

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tracing::{debug, trace, warn};
+use tracing::{Instrument, debug, trace, warn};
 
 use super::checkpoint::Ticket;
 use super::mapping::Route;
@@ -87,7 +87,7 @@ pub(super) async fn run(
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
     let (completions, publishes) = mpsc::unbounded_channel();
-    tokio::spawn(complete(Arc::clone(&shared), publishes));
+    tokio::spawn(complete(Arc::clone(&shared), publishes).in_current_span());
     for (key, route, subscription) in routes {
         add(&mut deliveries, &mut live, key, route, subscription);
     }

@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tracing::{debug, info, trace, warn};
+use tracing::{Instrument, debug, info, trace, warn};
 
 use super::mapping::Route;
 use super::payload::mqtt_to_bayeux_data;
@@ -44,6 +46,8 @@ pub(super) async fn run(
     mut swaps: mpsc::Receiver<Swap>,
 ) {
     let mut mqtt = mqtt;
+    let (settling, to_settle) = mpsc::unbounded_channel();
+    tokio::spawn(settle_all(to_settle).in_current_span());
     let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
     let mut open = true;
     let retries_stop = stop.clone();
@@ -70,7 +74,8 @@ pub(super) async fn run(
                 };
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
                 let bayeux = shared.bayeux();
-                forward(&shared, &bayeux, &mqtt, message, slot, retries_stop.clone()).await;
+                let stop = retries_stop.clone();
+                forward(&shared, &bayeux, &mqtt, message, slot, stop, &settling).await;
             }
             Wake::Event(None) => open = false,
             Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
@@ -149,6 +154,7 @@ async fn forward(
     message: IncomingMessage,
     permit: Slot,
     stop: watch::Receiver<bool>,
+    settling: &mpsc::UnboundedSender<Settling>,
 ) {
     let now = Instant::now();
     if let Some(mut echoes) = shared.mqtt_echoes()
@@ -234,7 +240,7 @@ async fn forward(
     }
     let shared = Arc::clone(shared);
     let mqtt = mqtt.clone();
-    tokio::spawn(async move {
+    let settle_message = Box::pin(async move {
         let _permit = permit;
         let mut all_settled = true;
         for pending in verdicts {
@@ -244,6 +250,30 @@ async fn forward(
             mqtt.ack(message.token);
         }
     });
+    if let Err(mpsc::error::SendError(orphan)) = settling.send(settle_message) {
+        // The settling task ends only after this pipeline; never lose a message anyway.
+        tokio::spawn(orphan);
+    }
+}
+
+/// A message's wait for its verdicts, then its acknowledgement to the broker.
+type Settling = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs every message's [`Settling`] concurrently on one task (instead of a task per
+/// message) until the pipeline has stopped and the last one is done.
+async fn settle_all(mut incoming: mpsc::UnboundedReceiver<Settling>) {
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = incoming.recv(), if open => match next {
+                Some(settling) => running.push(settling),
+                None => open = false,
+            },
+            Some(()) = running.next(), if !running.is_empty() => {}
+            else => return,
+        }
+    }
 }
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel

@@ -2,41 +2,15 @@
 //! files fail naming the file, the key and the reason; environment variables override keys;
 //! secrets stay out of errors and debug output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bayeux_mqtt_bridge::bridge::mapping;
 use bayeux_mqtt_bridge::config::{
     Config, ConfigError, Direction, LogFormat, MqttProtocol, env_var_for, load, load_with_env,
 };
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "bayeux-mqtt-bridge-config-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::bridge::TempDir;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter()
@@ -70,7 +44,7 @@ direction = "bayeux_to_mqtt"
 
 #[test]
 fn every_example_config_loads_validates_and_compiles() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let token = scratch.file("token", "abc.def\n");
     let password = scratch.file("password", "pw\n");
     let mut seen = Vec::new();
@@ -107,7 +81,7 @@ fn every_example_config_loads_validates_and_compiles() {
 
 #[test]
 fn the_reference_config_sets_every_key_to_its_default() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let minimal = scratch.file("minimal.toml", MINIMAL);
     let minimal = load_with_env(&minimal, []).unwrap();
     let full = load_with_env(&repo_file("config/bridge.toml"), []).unwrap();
@@ -212,10 +186,10 @@ fn every_key_is_in_the_reference_config_and_the_docs() {
 
 #[test]
 fn an_unknown_key_is_refused_rather_than_ignored() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let path = scratch.file(
         "typo.toml",
-        &MINIMAL.replace("direction = ", "directon = \"both\"\ndirection = "),
+        MINIMAL.replace("direction = ", "directon = \"both\"\ndirection = "),
     );
     let err = check(&path, &[]).unwrap_err();
     assert_eq!(err.key.as_deref(), Some("route[1].directon"));
@@ -234,9 +208,9 @@ type BadCase<'a> = (String, Vec<(&'a str, &'a str)>, &'a str, String);
 
 #[test]
 fn bad_files_name_the_file_the_key_and_the_reason() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let ca = scratch.file("ca.pem", "not checked here");
-    let missing = scratch.0.join("missing.pem");
+    let missing = scratch.path().join("missing.pem");
     let empty = scratch.file("empty-secret", " \n");
     let ca = ca.display();
     let missing_text = missing.display();
@@ -498,7 +472,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
 
 #[test]
 fn toml_syntax_errors_give_the_position_but_not_the_line() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let path = scratch.file(
         "syntax.toml",
         "[bayeux]\nurl = \"http://x/c\"\n[mqtt]\nhost = \"h\"\npassword = \"s3cret\n",
@@ -524,11 +498,11 @@ fn a_missing_file_is_reported_with_its_path() {
 
 #[test]
 fn environment_variables_override_keys() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     let ca = scratch.file("ca.pem", "x");
     let path = scratch.file(
         "env.toml",
-        &MINIMAL.replace(
+        MINIMAL.replace(
             "[mqtt]",
             "headers = { \"X-Api-Key\" = \"from-file\", \"X-Other\" = \"o\" }\n\n[mqtt]",
         ),
@@ -603,13 +577,13 @@ fn the_quickstart_config_takes_its_ports_from_the_environment() {
 
 #[test]
 fn secret_files_become_the_password_and_a_bearer_header() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     scratch.file("token", "  tok-123\n");
     scratch.file("mqtt-password", "pw-456\n");
     // Relative paths are relative to the config file's directory.
     let path = scratch.file(
         "secrets.toml",
-        &MINIMAL
+        MINIMAL
             .replace("[mqtt]", "token_file = \"token\"\n\n[mqtt]")
             .replace(
                 "host = \"127.0.0.1\"",
@@ -622,16 +596,16 @@ fn secret_files_become_the_password_and_a_bearer_header() {
         config.bayeux.header_pairs(),
         [("Authorization".to_owned(), "Bearer tok-123".to_owned())]
     );
-    assert_eq!(config.bayeux.token_file, Some(scratch.0.join("token")));
+    assert_eq!(config.bayeux.token_file, Some(scratch.path().join("token")));
 }
 
 #[test]
 fn secrets_never_appear_in_debug_output() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config");
     scratch.file("token", "tok-secret-1\n");
     let path = scratch.file(
         "secrets.toml",
-        &MINIMAL
+        MINIMAL
             .replace(
                 "url = \"http://127.0.0.1:8080/cometd\"",
                 "url = \"https://user:url-secret-2@x.example/cometd?key=url-secret-3\"\n\

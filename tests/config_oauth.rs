@@ -2,39 +2,11 @@
 //! secret files (read, resolved relative to the file, never shown), and validation errors that
 //! name the key and the reason. Also that the bridge turns them into client options.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
 use bayeux_mqtt_bridge::bridge::bayeux_options;
 use bayeux_mqtt_bridge::config::{OAuthGrant, load_with_env};
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "bayeux-mqtt-bridge-config-oauth-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::bridge::TempDir;
 
 const KEY: &str = include_str!("fixtures/jwt-test-key.pem");
 
@@ -51,7 +23,7 @@ const OAUTH: &str = "[bayeux.oauth]\ntoken_url = \"https://login.salesforce.com/
 
 #[test]
 fn defaults_are_no_request_cap_and_no_oauth() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config-oauth");
     let path = scratch.file(
         "b.toml",
         "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n[mqtt]\nhost = \"h\"\n[[route]]\n\
@@ -67,7 +39,7 @@ fn defaults_are_no_request_cap_and_no_oauth() {
 
 #[test]
 fn each_grant_loads_with_its_secret_files_resolved_and_read() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config-oauth");
     scratch.file("secret", "cs-secret-1\n");
     scratch.file("refresh", " rt-secret-2 \n");
     scratch.file("key.pem", KEY);
@@ -87,7 +59,7 @@ fn each_grant_loads_with_its_secret_files_resolved_and_read() {
         ),
     ];
     for (table, grant) in cases {
-        let path = scratch.file("b.toml", &config(&format!("{OAUTH}{table}")));
+        let path = scratch.file("b.toml", config(&format!("{OAUTH}{table}")));
         let config = load_with_env(&path, []).unwrap_or_else(|e| panic!("{grant}: {e}"));
         let oauth = config.bayeux.oauth.clone().unwrap();
         assert_eq!(oauth.grant, grant);
@@ -95,7 +67,10 @@ fn each_grant_loads_with_its_secret_files_resolved_and_read() {
         match grant {
             OAuthGrant::ClientCredentials => {
                 assert_eq!(oauth.client_secret.unwrap().expose(), "cs-secret-1");
-                assert_eq!(oauth.client_secret_file, Some(scratch.0.join("secret")));
+                assert_eq!(
+                    oauth.client_secret_file,
+                    Some(scratch.path().join("secret"))
+                );
                 assert_eq!(oauth.max_auth_attempts, 5);
             }
             OAuthGrant::RefreshToken => {
@@ -119,10 +94,10 @@ fn each_grant_loads_with_its_secret_files_resolved_and_read() {
 
 #[test]
 fn secrets_can_come_from_the_environment() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config-oauth");
     let path = scratch.file(
         "b.toml",
-        &config(&format!("{OAUTH}grant = \"client_credentials\"\n")),
+        config(&format!("{OAUTH}grant = \"client_credentials\"\n")),
     );
     let config = load_with_env(
         &path,
@@ -138,7 +113,7 @@ fn secrets_can_come_from_the_environment() {
 
 #[test]
 fn bad_oauth_settings_name_the_key_and_the_reason() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config-oauth");
     scratch.file("secret", "s\n");
     scratch.file("token", "t\n");
     scratch.file("not-a-key.pem", "hello\n");
@@ -233,10 +208,10 @@ fn bad_oauth_settings_name_the_key_and_the_reason() {
 
 #[test]
 fn a_salesforce_url_without_a_request_cap_is_warned_about() {
-    let scratch = Scratch::new();
+    let scratch = TempDir::new("config-oauth");
     let path = scratch.file(
         "b.toml",
-        &config("").replace("max_request_bytes = 32768\n", ""),
+        config("").replace("max_request_bytes = 32768\n", ""),
     );
     let warnings = load_with_env(&path, []).unwrap().warnings();
     assert!(

@@ -33,6 +33,7 @@ use url::Url;
 
 use super::client::redacted_url;
 pub use super::error::TokenError;
+use super::transport::long_polling::describe_http_error;
 
 /// The `grant_type` of the JWT bearer flow (RFC 7523).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -284,7 +285,7 @@ impl Inner {
             .form(&form)
             .send()
             .await
-            .map_err(|e| TokenError::Unavailable(describe(e)))?;
+            .map_err(|e| TokenError::Unavailable(describe_http_error(e)))?;
         let status = response.status();
         let body = read_capped(response).await?;
         classify(status.as_u16(), &body)
@@ -383,7 +384,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, TokenEr
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| TokenError::Unavailable(describe(e)))?
+        .map_err(|e| TokenError::Unavailable(describe_http_error(e)))?
     {
         if body.len() + chunk.len() > MAX_REPLY_BYTES {
             return Err(TokenError::Unavailable(format!(
@@ -442,19 +443,6 @@ pub fn classify(status: u16, body: &[u8]) -> Result<AccessToken, TokenError> {
 /// Whether `token` can go into an HTTP header as is.
 fn is_header_safe(token: &str) -> bool {
     token.bytes().all(|b| (0x21..0x7f).contains(&b))
-}
-
-/// A reqwest error without its URL, with its causes.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ impl TempDir {
     }
 
     /// Writes `content` to `name` in the directory and returns its path.
-    pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+    pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path.join(name);
         std::fs::write(&path, content)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));

@@ -230,21 +230,28 @@ impl Session {
                 let interval = self.advice.interval();
                 self.rehandshake(error, interval, now);
             }
-            Some(error) => {
-                sub.failures += 1;
-                let attempt = sub.failures;
-                let retry_in = linear_backoff(&self.sub_backoff, attempt);
-                sub.state = SubState::Failed {
-                    retry_at: now + retry_in,
-                };
-                self.event(Event::SubscriptionFailed {
-                    subscription: pattern.to_owned(),
-                    error,
-                    attempt,
-                    retry_in,
-                });
-            }
+            Some(error) => self.subscription_failed(pattern, error, now),
         }
+    }
+
+    /// Subscription `pattern` failed with `error`: it is retried after a backoff that grows
+    /// with its consecutive failures.
+    pub(super) fn subscription_failed(&mut self, pattern: &str, error: String, now: Instant) {
+        let Some(sub) = self.subs.get_mut(pattern) else {
+            return;
+        };
+        sub.failures += 1;
+        let attempt = sub.failures;
+        let retry_in = linear_backoff(&self.sub_backoff, attempt);
+        sub.state = SubState::Failed {
+            retry_at: now + retry_in,
+        };
+        self.event(Event::SubscriptionFailed {
+            subscription: pattern.to_owned(),
+            error,
+            attempt,
+            retry_in,
+        });
     }
 
     pub(super) fn on_publish_reply(&mut self, msg: Message, now: Instant) {

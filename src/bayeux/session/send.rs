@@ -183,21 +183,7 @@ impl Session {
     /// extension may shrink it meanwhile).
     fn subscribe_too_large(&mut self, pattern: &str, size: usize, cap: usize, now: Instant) {
         let error = format!("the subscribe request is {size} bytes, over the {cap}-byte cap");
-        let Some(sub) = self.subs.get_mut(pattern) else {
-            return;
-        };
-        sub.failures += 1;
-        let attempt = sub.failures;
-        let retry_in = linear_backoff(&self.sub_backoff, attempt);
-        sub.state = SubState::Failed {
-            retry_at: now + retry_in,
-        };
-        self.event(Event::SubscriptionFailed {
-            subscription: pattern.to_owned(),
-            error,
-            attempt,
-            retry_in,
-        });
+        self.subscription_failed(pattern, error, now);
     }
 }
 

@@ -143,8 +143,13 @@ fn excerpt(body: &[u8]) -> String {
     shown
 }
 
-/// Describes a reqwest error without its URL (which may carry credentials), with its causes.
+/// A failed request as a transport error.
 fn io_error(e: reqwest::Error) -> TransportError {
+    TransportError::Io(describe_http_error(e))
+}
+
+/// Describes a reqwest error without its URL (which may carry credentials), with its causes.
+pub(crate) fn describe_http_error(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -153,5 +158,5 @@ fn io_error(e: reqwest::Error) -> TransportError {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    TransportError::Io(text)
+    text
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use crate::bayeux::{Client, ClientOptions, Event, StopReason};
+use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError, StopReason};
 
 /// Options shared by `sub` and `pub`.
 #[derive(Debug, Args)]
@@ -78,9 +78,9 @@ pub async fn sub(args: SubArgs) -> ExitCode {
     let patterns: Vec<&str> = args.channels.iter().map(String::as_str).collect();
     let mut subscription = match client.subscribe_all(&patterns).await {
         Ok(s) => s,
-        Err(e) => {
-            // The client may have stopped before it took the subscription (a server that
-            // refuses the handshake for good): its reason is in the events.
+        Err(ClientError::Closed) => {
+            // The client stopped before it took the subscription (a server that refused
+            // the session for good): its reason is in the events.
             while let Ok(Some(event)) =
                 tokio::time::timeout(std::time::Duration::from_secs(1), events.recv()).await
             {
@@ -88,8 +88,9 @@ pub async fn sub(args: SubArgs) -> ExitCode {
                     return stopped(&reason);
                 }
             }
-            return fail(&e.to_string());
+            return fail(&ClientError::Closed.to_string());
         }
+        Err(e) => return fail(&e.to_string()),
     };
     if args.count == Some(0) {
         client.disconnect().await;
@@ -143,7 +144,7 @@ pub async fn publish(args: PubArgs) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&format!("the JSON argument is not valid JSON: {e}")),
     };
-    let (client, _events) = match client_for(&args.endpoint) {
+    let (client, mut events) = match client_for(&args.endpoint) {
         Ok(pair) => pair,
         Err(e) => return fail(&e),
     };
@@ -154,6 +155,17 @@ pub async fn publish(args: PubArgs) -> ExitCode {
     .await;
     let code = match verdict {
         Ok(Ok(_reply)) => ExitCode::SUCCESS,
+        Ok(Err(e @ PublishError::Closed)) => {
+            // The client stopped (a server that refused the session for good): say why.
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(1), events.recv()).await
+            {
+                if let Event::Stopped { reason } = event {
+                    return stopped(&reason);
+                }
+            }
+            fail(&e.to_string())
+        }
         Ok(Err(e)) => fail(&e.to_string()),
         Err(_) => fail(&format!(
             "no answer from the server within {} s",

@@ -694,6 +694,53 @@ async fn sub_exits_non_zero_when_the_server_says_reconnect_none() {
     );
 }
 
+/// A server that refuses every message with `403::Forbidden` and `reconnect: none`, so the
+/// client stops right after its handshake.
+async fn refusing_server() -> FakeServer {
+    FakeServer::start(|req: &Request| {
+        bayeux::reply_all(req, |m| {
+            bayeux::failure(m, "403::Forbidden", Some(json!({"reconnect": "none"})))
+        })
+    })
+    .await
+}
+
+/// `args` (with `--url` of a [`refusing_server`] first) fails every time with the server's
+/// reason on stderr, whether the client stopped before or after the tool handed it its
+/// work. Repeated for the same kind of race as above.
+async fn always_says_why(args: &[&str]) {
+    const RUNS: usize = 20;
+    let server = refusing_server().await;
+    let url = server.url();
+    let mut lost = Vec::new();
+    for _ in 0..RUNS {
+        let mut argv = vec![args[0], "--url", &url];
+        argv.extend_from_slice(&args[1..]);
+        let out = run(&argv, &[]).await;
+        out.assert_failure();
+        if !out.stderr.contains("403::Forbidden") {
+            lost.push(out);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "in {} of {RUNS} runs stderr did not carry the server's reason (403::Forbidden); \
+         the first such run:\n{}",
+        lost.len(),
+        lost[0].context()
+    );
+}
+
+#[tokio::test]
+async fn pub_exits_non_zero_with_the_reason_when_the_handshake_is_refused_for_good() {
+    always_says_why(&["pub", "/demo/x", "{}"]).await;
+}
+
+#[tokio::test]
+async fn sub_exits_non_zero_with_the_reason_when_the_handshake_is_refused_for_good() {
+    always_says_why(&["sub", "/demo/x"]).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. SIGTERM: disconnect, exit 0
 // ---------------------------------------------------------------------------------------

@@ -20,18 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bayeux_mqtt_bridge::backoff::BackoffOptions;
-use bayeux_mqtt_bridge::bayeux::{Client, Message};
-use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, QoS, SubscriptionSpec,
-};
+use bayeux_mqtt_bridge::mqtt::QoS;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use common::bayeux_client::{confirmed, fast_options, start as start_bayeux_client};
+use common::bayeux_peer::BayeuxPeer;
 use common::bridge::{BridgeProcess, ConfigFile, LogLine, TempDir, check};
 use common::inbox::Inbox;
 use common::mosquitto::Mosquitto;
+use common::mqtt_peer::{Got, Life, MqttPeer, duplicates, missing, mqtt_options};
 use common::peers::{PeerKind, PeerServer};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
@@ -43,224 +40,8 @@ const QUIET: Duration = Duration::from_secs(1);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
 
 // ---------------------------------------------------------------------------------------------
-// Collecting what arrives
-// ---------------------------------------------------------------------------------------------
-
-/// An MQTT message as a test client received it.
-#[derive(Debug, Clone)]
-struct Got {
-    topic: String,
-    payload: Bytes,
-    qos: QoS,
-    retain: bool,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload)
-            .unwrap_or_else(|e| panic!("payload on {} is not JSON ({e}): {:?}", self.topic, self))
-    }
-
-    /// The `id` of a `{"id": n}` payload.
-    fn id(&self) -> u64 {
-        id_of(&self.json())
-    }
-}
-
-fn id_of(data: &Value) -> u64 {
-    data.get("id")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no numeric id in {data}"))
-}
-
-/// How often each id arrived.
-fn id_counts(ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, usize> {
-    let mut counts = BTreeMap::new();
-    for id in ids {
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn missing(counts: &BTreeMap<u64, usize>, wanted: impl IntoIterator<Item = u64>) -> Vec<u64> {
-    wanted
-        .into_iter()
-        .filter(|id| !counts.contains_key(id))
-        .collect()
-}
-
-fn duplicates(counts: &BTreeMap<u64, usize>) -> usize {
-    counts.values().map(|n| n - 1).sum()
-}
-
-// ---------------------------------------------------------------------------------------------
 // Test clients
 // ---------------------------------------------------------------------------------------------
-
-/// Options for a test MQTT client: fast, jitter-free reconnects.
-fn mqtt_options(broker: &Mosquitto, client_id: &str) -> MqttOptions {
-    let mut options = MqttOptions::new(broker.host(), broker.port(), client_id);
-    options.backoff = BackoffOptions {
-        increment: Duration::from_millis(100),
-        max: Duration::from_secs(1),
-        jitter: 0.0,
-    };
-    options.connect_timeout = Duration::from_secs(2);
-    options
-}
-
-/// What happened to a test MQTT client's connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Life {
-    Connected { session_present: bool },
-    Disconnected,
-}
-
-/// A test client on the library's MQTT client. A background task acknowledges and collects
-/// every message.
-struct MqttPeer {
-    handle: MqttHandle,
-    inbox: Inbox<Got>,
-    life: Inbox<Life>,
-}
-
-impl MqttPeer {
-    /// Connects and waits until every filter is subscribed (or the broker resumed a session,
-    /// which keeps them).
-    async fn connect(options: MqttOptions, filters: &[(&str, QoS)]) -> MqttPeer {
-        let name = options.client_id.clone();
-        let specs = filters
-            .iter()
-            .map(|(filter, qos)| SubscriptionSpec::new(*filter, *qos))
-            .collect();
-        let (handle, mut events) = mqtt::start(options, specs).expect("valid MQTT options");
-        let inbox = Inbox::new();
-        let life = Inbox::new();
-        let mut pending: BTreeSet<String> = filters.iter().map(|(f, _)| f.to_string()).collect();
-        let mut connected = false;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !connected || !pending.is_empty() {
-            let event = tokio::time::timeout_at(deadline, events.recv())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "MQTT client {name}: not connected and subscribed within {WAIT:?} \
-                         (connected: {connected}, pending: {pending:?})"
-                    )
-                })
-                .unwrap_or_else(|| panic!("MQTT client {name} stopped"));
-            match event {
-                MqttEvent::Connected { session_present } => {
-                    connected = true;
-                    life.push(Life::Connected { session_present });
-                    if session_present {
-                        pending.clear();
-                    }
-                }
-                MqttEvent::Subscribed { filter } => {
-                    pending.remove(&filter);
-                }
-                MqttEvent::SubscribeFailed { filter, reason } => {
-                    panic!("MQTT client {name}: subscription {filter} refused: {reason}")
-                }
-                MqttEvent::Message(message) => record(&handle, &inbox, message),
-                _ => {}
-            }
-        }
-        let (task_handle, task_inbox, task_life) = (handle.clone(), inbox.clone(), life.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    MqttEvent::Message(message) => record(&task_handle, &task_inbox, message),
-                    MqttEvent::Connected { session_present } => {
-                        task_life.push(Life::Connected { session_present })
-                    }
-                    MqttEvent::Disconnected { .. } => task_life.push(Life::Disconnected),
-                    _ => {}
-                }
-            }
-        });
-        MqttPeer {
-            handle,
-            inbox,
-            life,
-        }
-    }
-
-    /// Publishes and waits for the broker's acknowledgement.
-    async fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS) {
-        tokio::time::timeout(WAIT, self.handle.publish(topic, payload.into(), qos, false))
-            .await
-            .unwrap_or_else(|_| panic!("publish to {topic}: not acknowledged within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
-    }
-
-    /// Publishes `{"id": n}` for every id at QoS 1, pipelined, and waits for every PUBACK.
-    async fn publish_ids(&self, topic: &str, ids: Range<u64>) {
-        let mut completions = Vec::new();
-        for id in ids {
-            let payload = Bytes::from(json!({ "id": id }).to_string());
-            let completion = self
-                .handle
-                .publish_queued(topic, payload, QoS::AtLeastOnce, false)
-                .await
-                .unwrap_or_else(|e| panic!("publish of id {id} to {topic} refused: {e}"));
-            completions.push((id, completion));
-        }
-        for (id, completion) in completions {
-            tokio::time::timeout(WAIT, completion)
-                .await
-                .unwrap_or_else(|_| panic!("id {id} on {topic}: no PUBACK within {WAIT:?}"))
-                .unwrap_or_else(|e| panic!("id {id} on {topic} failed: {e}"));
-        }
-    }
-
-    /// Ids of `{"id": n}` messages received on topics starting with `prefix`.
-    fn ids(&self, prefix: &str) -> BTreeMap<u64, usize> {
-        id_counts(
-            self.inbox
-                .snapshot()
-                .iter()
-                .filter(|g| g.topic.starts_with(prefix))
-                .map(Got::id),
-        )
-    }
-
-    /// Waits until every id of `wanted` arrived on topics starting with `prefix`.
-    async fn wait_for_ids(&self, what: &str, prefix: &str, wanted: Range<u64>) {
-        self.inbox
-            .wait_until(what, WAIT, |got| {
-                let have: BTreeSet<u64> = got
-                    .iter()
-                    .filter(|g| g.topic.starts_with(prefix))
-                    .map(Got::id)
-                    .collect();
-                wanted.clone().all(|id| have.contains(&id))
-            })
-            .await;
-    }
-}
-
-fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage) {
-    let IncomingMessage {
-        topic,
-        payload,
-        qos,
-        retain,
-        token,
-    } = message;
-    handle.ack(token);
-    inbox.push(Got {
-        topic,
-        payload,
-        qos,
-        retain,
-    });
-}
 
 /// A plain rumqttc MQTT 3.1.1 subscriber at QoS 2. Unlike the library's client (which asks
 /// for QoS 2 as QoS 1), it receives each message at the QoS the publisher used, so it shows
@@ -304,96 +85,6 @@ async fn qos2_subscriber(broker: &Mosquitto, client_id: &str, filter: &str) -> I
         .wait_until(&format!("SUBACK for {client_id}"), WAIT, |s| !s.is_empty())
         .await;
     inbox
-}
-
-/// A test client on the library's Bayeux client. Deliveries of its subscription (if any)
-/// and its events are collected by background tasks.
-struct BayeuxPeer {
-    client: Client,
-    inbox: Inbox<Message>,
-}
-
-impl BayeuxPeer {
-    /// A client that only publishes (it handshakes in the background; publishes wait).
-    fn publisher(url: &str) -> BayeuxPeer {
-        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-        BayeuxPeer {
-            client,
-            inbox: Inbox::new(),
-        }
-    }
-
-    /// A client subscribed to `pattern`; returns once the server confirmed it.
-    async fn subscriber(url: &str, pattern: &str) -> BayeuxPeer {
-        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
-        let mut subscription = client
-            .subscribe(pattern)
-            .await
-            .unwrap_or_else(|e| panic!("subscribe {pattern}: {e}"));
-        confirmed(&mut events, pattern).await;
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-        let inbox = Inbox::new();
-        let task_inbox = inbox.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscription.recv().await {
-                task_inbox.push(message);
-            }
-        });
-        BayeuxPeer { client, inbox }
-    }
-
-    /// Publishes and waits for the server's `successful: true`.
-    async fn publish(&self, channel: &str, data: Value) {
-        tokio::time::timeout(WAIT, self.client.publish(channel, data))
-            .await
-            .unwrap_or_else(|_| panic!("publish on {channel}: no verdict within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("publish on {channel} failed: {e}"));
-    }
-
-    /// Publishes `{"id": n}` for every id, pipelined, and waits for every verdict.
-    async fn publish_ids(&self, channel: &str, ids: Range<u64>) {
-        let mut verdicts = Vec::new();
-        for id in ids {
-            let verdict = self
-                .client
-                .publish_queued(channel, json!({ "id": id }), None)
-                .await
-                .unwrap_or_else(|e| panic!("publish of id {id} on {channel} refused: {e}"));
-            verdicts.push((id, verdict));
-        }
-        for (id, verdict) in verdicts {
-            tokio::time::timeout(WAIT, verdict)
-                .await
-                .unwrap_or_else(|_| panic!("id {id} on {channel}: no verdict within {WAIT:?}"))
-                .unwrap_or_else(|e| panic!("id {id} on {channel} failed: {e}"));
-        }
-    }
-
-    /// Ids of `{"id": n}` deliveries on channels starting with `prefix`.
-    fn ids(&self, prefix: &str) -> BTreeMap<u64, usize> {
-        id_counts(
-            self.inbox
-                .snapshot()
-                .iter()
-                .filter(|m| m.channel.starts_with(prefix))
-                .map(|m| id_of(m.data.as_ref().unwrap_or(&Value::Null))),
-        )
-    }
-
-    /// Waits until every id of `wanted` arrived on channels starting with `prefix`.
-    async fn wait_for_ids(&self, what: &str, prefix: &str, wanted: &BTreeSet<u64>) {
-        self.inbox
-            .wait_until(what, WAIT, |messages| {
-                let have: BTreeSet<u64> = messages
-                    .iter()
-                    .filter(|m| m.channel.starts_with(prefix))
-                    .filter_map(|m| m.data.as_ref()?.get("id")?.as_u64())
-                    .collect();
-                wanted.is_subset(&have)
-            })
-            .await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,13 +207,14 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
     let server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let mqtt_sub = MqttPeer::connect(
+    let mqtt_sub = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-routes-sub"),
         &[("fromb/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
-    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-routes-pub"), &[]).await;
-    let bayeux = BayeuxPeer::subscriber(&url, "/m2b/**").await;
+    let mqtt_pub = MqttPeer::connect_with(mqtt_options(&broker, "e2e-routes-pub"), &[], WAIT).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/m2b/**", WAIT).await;
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -575,7 +267,7 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
     ];
     for (topic, _) in m2b {
         mqtt_pub
-            .publish(topic, json!({ "via": topic }).to_string(), QoS::AtLeastOnce)
+            .publish_qos(topic, json!({ "via": topic }).to_string(), QoS::AtLeastOnce)
             .await;
     }
     let wanted: BTreeSet<&str> = m2b.iter().map(|(_, channel)| *channel).collect();
@@ -622,8 +314,8 @@ async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
     let broker = Mosquitto::start_async().await;
     let url = server.url();
     let live = qos2_subscriber(&broker, "e2e-qos-live", "qos/out/#").await;
-    let bayeux = BayeuxPeer::subscriber(&url, "/mq/**").await;
-    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-qos-pub"), &[]).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/mq/**", WAIT).await;
+    let mqtt_pub = MqttPeer::connect_with(mqtt_options(&broker, "e2e-qos-pub"), &[], WAIT).await;
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -705,7 +397,7 @@ async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
         ("two", QoS::ExactlyOnce),
     ] {
         mqtt_pub
-            .publish(
+            .publish_qos(
                 &format!("mq/{name}/a"),
                 json!({ "q": name }).to_string(),
                 qos,
@@ -742,12 +434,13 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
     let server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let mqtt_sub = MqttPeer::connect(
+    let mqtt_sub = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-payload-sub"),
         &[("pay/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
-    let bayeux = BayeuxPeer::publisher(&url);
+    let bayeux = BayeuxPeer::publisher(&url, WAIT);
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -820,12 +513,13 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
     let url = server.url();
     // Each test client also sees its own publish (no No Local): a loop would show up as a
     // second copy on either side.
-    let mqtt = MqttPeer::connect(
+    let mqtt = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-both-peer"),
         &[("chat/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
-    let bayeux = BayeuxPeer::subscriber(&url, "/chat/**").await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/chat/**", WAIT).await;
     let client_id = format!("e2e-both-{}", protocol.replace('.', ""));
     let config = ConfigFile::new(&bridge_toml(
         &url,
@@ -840,7 +534,7 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
 
     let from_mqtt = json!({ "from": "mqtt" });
     let from_bayeux = json!({ "from": "bayeux" });
-    mqtt.publish("chat/m", from_mqtt.to_string(), QoS::AtLeastOnce)
+    mqtt.publish_qos("chat/m", from_mqtt.to_string(), QoS::AtLeastOnce)
         .await;
     bayeux.publish("/chat/b", from_bayeux.clone()).await;
     bayeux
@@ -1001,9 +695,10 @@ async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_messa
     let mut freezable = FreezableBroker::start(true).await;
     let pid_file = freezable.pid_file.clone();
     let broker = &mut freezable.broker;
-    let subscriber = MqttPeer::connect(
+    let subscriber = MqttPeer::connect_with(
         mqtt_options(broker, "e2e-kill-sub"),
         &[("stream/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     broker.terminate();
@@ -1027,12 +722,12 @@ async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_messa
     ));
     let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
-    let publisher = BayeuxPeer::publisher(&url);
+    let publisher = BayeuxPeer::publisher(&url, WAIT);
 
     // Phase 1: the broker runs; wait until the subscriber has everything.
     publisher.publish_ids("/stream/n", 0..100).await;
     subscriber
-        .wait_for_ids("ids 0..100 before the kill", "stream/", 0..100)
+        .wait_for_ids_strict("ids 0..100 before the kill", "stream/", 0..100)
         .await;
 
     // Phase 2: freeze the broker, keep publishing; the bridge forwards into the frozen broker.
@@ -1061,9 +756,9 @@ async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_messa
     publisher.publish_ids("/stream/n", 250..N).await;
 
     subscriber
-        .wait_for_ids("all ids at the subscriber", "stream/", 0..N)
+        .wait_for_ids_strict("all ids at the subscriber", "stream/", 0..N)
         .await;
-    let counts = subscriber.ids("stream/");
+    let counts = subscriber.ids_strict("stream/");
     let lost = missing(&counts, 0..N);
     let dups = duplicates(&counts);
     eprintln!(
@@ -1114,9 +809,10 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
     let mut server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let subscriber = MqttPeer::connect(
+    let subscriber = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-restart-sub"),
         &[("restart/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     let config = ConfigFile::new(&bridge_toml(
@@ -1136,7 +832,7 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
     bridge.wait_for_log("Bridge ready.", WAIT).await;
 
     // A publisher that keeps going through the restart.
-    let publisher = BayeuxPeer::publisher(&url);
+    let publisher = BayeuxPeer::publisher(&url, WAIT);
     let after_ready = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let sent: Inbox<Sent> = Inbox::new();
@@ -1203,7 +899,7 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
     // Observation window: a duplicate forwarded by the bridge would arrive within it.
     tokio::time::sleep(QUIET).await;
 
-    let counts = subscriber.ids("restart/");
+    let counts = subscriber.ids_strict("restart/");
     let twice: BTreeMap<u64, usize> = counts
         .iter()
         .filter(|(_, n)| **n > 1)
@@ -1291,7 +987,7 @@ async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_a
     let mut server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-wait-pub"), &[]).await;
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-wait-pub"), &[], WAIT).await;
     let config = m2b_outage_config(&url, &broker, "e2e-wait");
     let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
@@ -1303,17 +999,13 @@ async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_a
     // Freezing changes only the timing, not what the bridge does.
     bridge.signal("STOP");
     server.restart_async().await;
-    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**", WAIT).await;
     bridge.signal("CONT");
     subscriber
-        .wait_for_ids(
-            "every message held during the outage",
-            "/cmd/",
-            &(0..N).collect(),
-        )
+        .wait_for_ids("every message held during the outage", "/cmd/", 0..N)
         .await;
     bridge.wait_for_nth("Bridge ready.", 2, WAIT).await;
-    let counts = subscriber.ids("/cmd/");
+    let counts = subscriber.ids_strict("/cmd/");
     eprintln!(
         "MQTT → Bayeux held during outage: {N} published, {} distinct delivered, {} duplicates",
         counts.len(),
@@ -1334,7 +1026,7 @@ async fn mqtt_to_bayeux_is_not_acknowledged_to_the_broker_before_the_bayeux_serv
     let mut server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-noack-pub"), &[]).await;
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-noack-pub"), &[], WAIT).await;
     let config = m2b_outage_config(&url, &broker, "e2e-noack");
     let mut first = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
     first.wait_for_log("Bridge ready.", WAIT).await;
@@ -1345,17 +1037,17 @@ async fn mqtt_to_bayeux_is_not_acknowledged_to_the_broker_before_the_bayeux_serv
     // acknowledge them.
     first.kill().await;
     server.restart_async().await;
-    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**", WAIT).await;
     let mut second = BridgeProcess::spawn(&config, &[]);
     second.wait_for_log("Bridge ready.", WAIT).await;
     subscriber
         .wait_for_ids(
             "the broker's redelivery of every unacknowledged message",
             "/cmd/",
-            &(0..N).collect(),
+            0..N,
         )
         .await;
-    let counts = subscriber.ids("/cmd/");
+    let counts = subscriber.ids_strict("/cmd/");
     eprintln!(
         "MQTT → Bayeux after SIGKILL of the bridge: {N} published, {} distinct delivered, {} \
          duplicates",
@@ -1469,14 +1161,15 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
     let server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let mqtt_sub = MqttPeer::connect(
+    let mqtt_sub = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-load-sub"),
         &[("load/b/#", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
-    let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "e2e-load-pub"), &[]).await;
-    let bayeux_sub = BayeuxPeer::subscriber(&url, "/load/m/**").await;
-    let bayeux_pub = BayeuxPeer::publisher(&url);
+    let mqtt_pub = MqttPeer::connect_with(mqtt_options(&broker, "e2e-load-pub"), &[], WAIT).await;
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/load/m/**", WAIT).await;
+    let bayeux_pub = BayeuxPeer::publisher(&url, WAIT);
     // Default drain deadline (8 s).
     let config = ConfigFile::new(&bridge_toml(
         &url,
@@ -1606,10 +1299,10 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
             |got| got.iter().map(Got::id).collect::<BTreeSet<u64>>().len() as u64 >= forwarded,
         )
         .await;
-    assert_eq!(mqtt_sub.ids("load/b/").len() as u64, forwarded);
+    assert_eq!(mqtt_sub.ids_strict("load/b/").len() as u64, forwarded);
     // And nothing the bridge's Bayeux client had already received from the server was
     // discarded at shutdown without being forwarded or counted.
-    let at_mqtt = mqtt_sub.ids("load/b/");
+    let at_mqtt = mqtt_sub.ids_strict("load/b/");
     let client_received: BTreeSet<u64> = client_received_ids(&bridge.lines(), "/load/b/")
         .into_iter()
         .collect();
@@ -1634,9 +1327,9 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
     second.wait_for_log("Bridge ready.", WAIT).await;
     let all: BTreeSet<u64> = mqtt_acked.snapshot().into_iter().collect();
     bayeux_sub
-        .wait_for_ids("every MQTT id at Bayeux", "/load/m/", &all)
+        .wait_for_ids("every MQTT id at Bayeux", "/load/m/", all.iter().copied())
         .await;
-    let counts = bayeux_sub.ids("/load/m/");
+    let counts = bayeux_sub.ids_strict("/load/m/");
     eprintln!(
         "SIGTERM under load, MQTT → Bayeux: {} acknowledged by the broker, {} distinct at \
          Bayeux ({} by the first bridge), {} duplicates",
@@ -1682,7 +1375,7 @@ async fn sigterm_counts_as_dropped_every_bayeux_message_the_bridge_received_but_
     let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES_AND_BAYEUX_RECEIVED]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
     broker.freeze();
-    BayeuxPeer::publisher(&url)
+    BayeuxPeer::publisher(&url, WAIT)
         .publish_ids("/held/n", 0..N)
         .await;
     // The pipeline takes CAPACITY messages (they wait for the frozen broker) and the
@@ -1744,7 +1437,7 @@ async fn sigterm_with_the_bayeux_server_down_exits_0_by_the_drain_deadline_and_l
     let mut server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-drain-pub"), &[]).await;
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-drain-pub"), &[], WAIT).await;
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -1774,15 +1467,11 @@ async fn sigterm_with_the_bayeux_server_down_exits_0_by_the_drain_deadline_and_l
 
     // They are still the broker's: the next bridge on the same session forwards them.
     server.restart_async().await;
-    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**").await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/cmd/**", WAIT).await;
     let mut second = BridgeProcess::spawn(&config, &[]);
     second.wait_for_log("Bridge ready.", WAIT).await;
     subscriber
-        .wait_for_ids(
-            "the held messages, via the next bridge",
-            "/cmd/",
-            &(0..N).collect(),
-        )
+        .wait_for_ids("the held messages, via the next bridge", "/cmd/", 0..N)
         .await;
     stop(&mut second).await;
 }
@@ -1796,8 +1485,8 @@ async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_b
     let server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
-    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-bin-pub"), &[]).await;
-    let bayeux = BayeuxPeer::subscriber(&url, "/pay/**").await;
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-bin-pub"), &[], WAIT).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/pay/**", WAIT).await;
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -1812,15 +1501,17 @@ async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_b
     let mut first = BridgeProcess::spawn(&config, &[]);
     first.wait_for_log("Bridge ready.", WAIT).await;
     publisher
-        .publish("pay/text", "hello, world", QoS::AtLeastOnce)
+        .publish_qos("pay/text", "hello, world", QoS::AtLeastOnce)
         .await;
     publisher
-        .publish("pay/json", r#"{"a":[1,2]}"#, QoS::AtLeastOnce)
+        .publish_qos("pay/json", r#"{"a":[1,2]}"#, QoS::AtLeastOnce)
         .await;
     publisher
-        .publish("pay/bin", refused.to_vec(), QoS::AtLeastOnce)
+        .publish_qos("pay/bin", refused.to_vec(), QoS::AtLeastOnce)
         .await;
-    publisher.publish("pay/end", "end", QoS::AtLeastOnce).await;
+    publisher
+        .publish_qos("pay/end", "end", QoS::AtLeastOnce)
+        .await;
     // The bridge forwards in order, so once "end" arrived everything before it has too.
     bayeux
         .inbox
@@ -1879,7 +1570,7 @@ async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_b
     );
     second.wait_for_log("Bridge ready.", WAIT).await;
     publisher
-        .publish("pay/bin2", sent.to_vec(), QoS::AtLeastOnce)
+        .publish_qos("pay/bin2", sent.to_vec(), QoS::AtLeastOnce)
         .await;
     bayeux
         .inbox
@@ -1936,9 +1627,10 @@ async fn status_topic_is_online_while_running_and_offline_after_sigterm_and_sigk
     bridge.wait_for_log("Bridge ready.", WAIT).await;
     bridge.wait_for_log("Status online.", WAIT).await;
     // Subscribed after the bridge announced itself: the retained status.
-    let watcher = MqttPeer::connect(
+    let watcher = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-status-watch"),
         &[(topic, QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     watcher
@@ -1961,9 +1653,10 @@ async fn status_topic_is_online_while_running_and_offline_after_sigterm_and_sigk
         "offline",
         "offline published at a clean shutdown"
     );
-    let late = MqttPeer::connect(
+    let late = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-status-late1"),
         &[(topic, QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     late.inbox
@@ -1994,9 +1687,10 @@ async fn status_topic_is_online_while_running_and_offline_after_sigterm_and_sigk
         "offline",
         "the will says offline after SIGKILL"
     );
-    let late = MqttPeer::connect(
+    let late = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-status-late2"),
         &[(topic, QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     late.inbox
@@ -2020,7 +1714,7 @@ async fn status_topic_says_online_again_after_a_broker_restart_while_mqtt_to_bay
     let mut server = PeerServer::start_async(PeerKind::CometD).await;
     let mut broker = Mosquitto::start_async().await;
     let url = server.url();
-    let publisher = MqttPeer::connect(mqtt_options(&broker, "e2e-bp-pub"), &[]).await;
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-bp-pub"), &[], WAIT).await;
     let config = ConfigFile::new(&bridge_toml(
         &url,
         &broker,
@@ -2045,9 +1739,10 @@ async fn status_topic_says_online_again_after_a_broker_restart_while_mqtt_to_bay
     bridge
         .wait_for_nth("Status online.", 2, Duration::from_secs(10))
         .await;
-    let watcher = MqttPeer::connect(
+    let watcher = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-bp-watch"),
         &[("bayeux-mqtt-bridge/e2e-bp/status", QoS::AtLeastOnce)],
+        WAIT,
     )
     .await;
     watcher

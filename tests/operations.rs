@@ -24,14 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bayeux_mqtt_bridge::bayeux::{Client, Message};
 use serde_json::{Value, json};
 
-use common::bayeux_client::{confirmed, fast_options, start as start_bayeux_client};
+use common::bayeux_peer::BayeuxPeer;
 use common::bridge::{BINARY, BridgeProcess, ConfigFile, LogLine, TempDir};
 use common::inbox::Inbox;
 use common::mosquitto::Mosquitto;
-use common::mqtt_peer::{MqttPeer, id_counts, id_of, mqtt_options};
+use common::mqtt_peer::{MqttPeer, mqtt_options};
 use common::peers::{PeerKind, PeerServer};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
@@ -41,121 +40,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_secs(1);
 /// Interval between two requests when polling an HTTP endpoint under test.
 const POLL: Duration = Duration::from_millis(50);
-
-// ---------------------------------------------------------------------------------------------
-// Test clients
-// ---------------------------------------------------------------------------------------------
-
-/// A test client on the library's Bayeux client; deliveries of its subscription (if any) are
-/// collected by a background task.
-struct BayeuxPeer {
-    client: Client,
-    inbox: Inbox<Message>,
-}
-
-impl BayeuxPeer {
-    /// A client that only publishes (it handshakes in the background; publishes wait).
-    fn publisher(url: &str) -> BayeuxPeer {
-        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-        BayeuxPeer {
-            client,
-            inbox: Inbox::new(),
-        }
-    }
-
-    /// A client subscribed to `pattern`; returns once the server confirmed it.
-    async fn subscriber(url: &str, pattern: &str) -> BayeuxPeer {
-        let (client, mut events) = start_bayeux_client(fast_options(url), Vec::new());
-        let mut subscription = client
-            .subscribe(pattern)
-            .await
-            .unwrap_or_else(|e| panic!("subscribe {pattern}: {e}"));
-        confirmed(&mut events, pattern).await;
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-        let inbox = Inbox::new();
-        let task_inbox = inbox.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscription.recv().await {
-                task_inbox.push(message);
-            }
-        });
-        BayeuxPeer { client, inbox }
-    }
-
-    /// Publishes and waits for the server's `successful: true`.
-    async fn publish(&self, channel: &str, data: Value) {
-        tokio::time::timeout(WAIT, self.client.publish(channel, data))
-            .await
-            .unwrap_or_else(|_| panic!("publish on {channel}: no verdict within {WAIT:?}"))
-            .unwrap_or_else(|e| panic!("publish on {channel} failed: {e}"));
-    }
-
-    /// Publishes `{"id": n}` for every id, pipelined, and waits for every verdict.
-    async fn publish_ids(&self, channel: &str, ids: Range<u64>) {
-        let mut verdicts = Vec::new();
-        for id in ids {
-            let verdict = self
-                .client
-                .publish_queued(channel, json!({ "id": id }), None)
-                .await
-                .unwrap_or_else(|e| panic!("publish of id {id} on {channel} refused: {e}"));
-            verdicts.push((id, verdict));
-        }
-        for (id, verdict) in verdicts {
-            tokio::time::timeout(WAIT, verdict)
-                .await
-                .unwrap_or_else(|_| panic!("id {id} on {channel}: no verdict within {WAIT:?}"))
-                .unwrap_or_else(|e| panic!("id {id} on {channel} failed: {e}"));
-        }
-    }
-
-    /// The data of every delivery on exactly `channel`.
-    fn on(&self, channel: &str) -> Vec<Value> {
-        self.inbox
-            .snapshot()
-            .into_iter()
-            .filter(|m| m.channel == channel)
-            .map(|m| m.data.unwrap_or(Value::Null))
-            .collect()
-    }
-
-    /// Waits until `data` arrived on `channel`.
-    async fn wait_for(&self, channel: &str, data: &Value) {
-        self.inbox
-            .wait_until(&format!("{data} on Bayeux {channel}"), WAIT, |messages| {
-                messages
-                    .iter()
-                    .any(|m| m.channel == channel && m.data.as_ref() == Some(data))
-            })
-            .await;
-    }
-
-    /// How often each `{"id": n}` arrived on channels starting with `prefix`.
-    fn ids(&self, prefix: &str) -> BTreeMap<u64, usize> {
-        id_counts(
-            self.inbox
-                .snapshot()
-                .iter()
-                .filter(|m| m.channel.starts_with(prefix))
-                .filter_map(|m| id_of(m.data.as_ref()?)),
-        )
-    }
-
-    /// Waits until every id of `wanted` arrived on channels starting with `prefix`.
-    async fn wait_for_ids(&self, what: &str, prefix: &str, wanted: &BTreeSet<u64>) {
-        self.inbox
-            .wait_until(what, WAIT, |messages| {
-                let have: BTreeSet<u64> = messages
-                    .iter()
-                    .filter(|m| m.channel.starts_with(prefix))
-                    .filter_map(|m| id_of(m.data.as_ref()?))
-                    .collect();
-                wanted.is_subset(&have)
-            })
-            .await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Bridge configuration and process
@@ -555,8 +439,8 @@ async fn metrics_change_as_traffic_flows() {
     let url = server.url();
     let mqtt_sub = MqttPeer::connect(mqtt_options(&broker, "ops-metrics-sub"), &["m/out/#"]).await;
     let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "ops-metrics-pub"), &[]).await;
-    let bayeux_sub = BayeuxPeer::subscriber(&url, "/m/in/**").await;
-    let bayeux_pub = BayeuxPeer::publisher(&url);
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/m/in/**", WAIT).await;
+    let bayeux_pub = BayeuxPeer::publisher(&url, WAIT);
     let mut setup = Setup::new(&url, &broker, "ops-metrics", true);
     let routes = [
         route("/m/out/*", "m/out/+", B2M),
@@ -638,10 +522,10 @@ async fn metrics_change_as_traffic_flows() {
     mqtt_pub.publish_ids("m/in/x", 0..N).await;
     let all: BTreeSet<u64> = (0..N).collect();
     mqtt_sub
-        .wait_for_ids("N ids Bayeux → MQTT", "m/out/", &all)
+        .wait_for_ids("N ids Bayeux → MQTT", "m/out/", all.iter().copied())
         .await;
     bayeux_sub
-        .wait_for_ids("N ids MQTT → Bayeux", "/m/in/", &all)
+        .wait_for_ids("N ids MQTT → Bayeux", "/m/in/", all.iter().copied())
         .await;
     // A message counts as forwarded once the destination acknowledged it, which may be a
     // moment after the test client saw it.
@@ -880,8 +764,8 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
     )
     .await;
     let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "ops-hup-pub"), &[]).await;
-    let bayeux_sub = BayeuxPeer::subscriber(&url, "/mq/**").await;
-    let bayeux_pub = BayeuxPeer::publisher(&url);
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/mq/**", WAIT).await;
+    let bayeux_pub = BayeuxPeer::publisher(&url, WAIT);
     let mut setup = Setup::new(&url, &broker, "ops-hup", false);
     let route_a = route("/keep/*", "keep/+", B2M);
     let route_b = route("/gone/*", "gone/+", B2M);
@@ -908,7 +792,7 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
     let sent: Inbox<Sent> = Inbox::new();
     let stopping = Arc::new(AtomicBool::new(false));
     let streamer = {
-        let publisher = BayeuxPeer::publisher(&url);
+        let publisher = BayeuxPeer::publisher(&url, WAIT);
         let (sent, stopping) = (sent.clone(), Arc::clone(&stopping));
         tokio::spawn(async move {
             let mut id = 0u64;
@@ -997,7 +881,7 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
     assert!(failed.is_empty(), "publishes on A failed: {failed:?}");
     let ids: BTreeSet<u64> = sent.iter().map(|s| s.id).collect();
     mqtt_sub
-        .wait_for_ids("every message on A at MQTT", "keep/", &ids)
+        .wait_for_ids("every message on A at MQTT", "keep/", ids.iter().copied())
         .await;
     // Observation window: a late duplicate on A, or a forward on a removed route, would
     // arrive within it.
@@ -1080,8 +964,8 @@ async fn a_bad_config_on_sighup_is_refused_and_the_bridge_keeps_working() {
     let mqtt_sub =
         MqttPeer::connect(mqtt_options(&broker, "ops-bad-sub"), &["ok/#", "new/#"]).await;
     let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "ops-bad-pub"), &[]).await;
-    let bayeux_sub = BayeuxPeer::subscriber(&url, "/okm/**").await;
-    let bayeux_pub = BayeuxPeer::publisher(&url);
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/okm/**", WAIT).await;
+    let bayeux_pub = BayeuxPeer::publisher(&url, WAIT);
     let mut setup = Setup::new(&url, &broker, "ops-bad", true);
     let good = [
         route("/ok/*", "ok/+", "bayeux_to_mqtt"),
@@ -1437,10 +1321,10 @@ async fn a_changed_bayeux_url_reconnects_only_the_bayeux_side() {
     let (url1, url2) = (first.url(), second.url());
     let mqtt_sub = MqttPeer::connect(mqtt_options(&broker, "ops-url-sub"), &["x/#"]).await;
     let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "ops-url-pub"), &[]).await;
-    let sub1 = BayeuxPeer::subscriber(&url1, "/y/**").await;
-    let sub2 = BayeuxPeer::subscriber(&url2, "/y/**").await;
-    let pub1 = BayeuxPeer::publisher(&url1);
-    let pub2 = BayeuxPeer::publisher(&url2);
+    let sub1 = BayeuxPeer::subscriber(&url1, "/y/**", WAIT).await;
+    let sub2 = BayeuxPeer::subscriber(&url2, "/y/**", WAIT).await;
+    let pub1 = BayeuxPeer::publisher(&url1, WAIT);
+    let pub2 = BayeuxPeer::publisher(&url2, WAIT);
     let mut setup = Setup::new(&url1, &broker, "ops-url", false);
     let routes = [
         route("/x/*", "x/+", "bayeux_to_mqtt"),
@@ -1639,7 +1523,7 @@ async fn a_changed_route_forwards_or_counts_the_messages_already_taken_from_baye
     let url = server.url();
     let mqtt_sub =
         MqttPeer::connect(mqtt_options(&broker, "ops-chg-sub"), &["chg/#", "chg2/#"]).await;
-    let publisher = BayeuxPeer::publisher(&url);
+    let publisher = BayeuxPeer::publisher(&url, WAIT);
     let mut setup = Setup::new(&url, &broker, "ops-chg", false);
     let (config, mut bridge) = spawn_bridge(
         &mut setup,
@@ -1680,7 +1564,11 @@ async fn a_changed_route_forwards_or_counts_the_messages_already_taken_from_baye
     publisher.publish_ids("/chg/n", AFTER).await;
     let after: BTreeSet<u64> = AFTER.collect();
     mqtt_sub
-        .wait_for_ids("the messages after the reload", "chg2/", &after)
+        .wait_for_ids(
+            "the messages after the reload",
+            "chg2/",
+            after.iter().copied(),
+        )
         .await;
     // Observation window: stragglers and duplicates would arrive within it.
     tokio::time::sleep(QUIET).await;
@@ -1746,7 +1634,7 @@ async fn mqtt_messages_waiting_for_a_dead_bayeux_server_reach_the_new_one_after_
     let broker = Mosquitto::start_async().await;
     let url2 = second.url();
     let mqtt_pub = MqttPeer::connect(mqtt_options(&broker, "ops-dead-pub"), &[]).await;
-    let sub2 = BayeuxPeer::subscriber(&url2, "/y/**").await;
+    let sub2 = BayeuxPeer::subscriber(&url2, "/y/**", WAIT).await;
     let mut setup = Setup::new(&first.url(), &broker, "ops-dead", false);
     let routes = [route("/y/*", "y/+", "mqtt_to_bayeux")];
     let (config, mut bridge) = spawn_bridge(
@@ -1781,7 +1669,7 @@ async fn mqtt_messages_waiting_for_a_dead_bayeux_server_reach_the_new_one_after_
     let deadline = Duration::from_secs(10);
     let arrived = tokio::time::timeout(
         deadline,
-        sub2.wait_for_ids("every id at the new server", "/y/", &wanted),
+        sub2.wait_for_ids("every id at the new server", "/y/", wanted.iter().copied()),
     )
     .await
     .is_ok();
@@ -1891,8 +1779,8 @@ async fn a_changed_mqtt_broker_reconnects_only_the_mqtt_side() {
     let sub1 = MqttPeer::connect(mqtt_options(&first, "ops-mq-sub1"), &["m/#"]).await;
     let sub2 = MqttPeer::connect(mqtt_options(&second, "ops-mq-sub2"), &["m/#"]).await;
     let pub2 = MqttPeer::connect(mqtt_options(&second, "ops-mq-pub2"), &[]).await;
-    let bayeux_pub = BayeuxPeer::publisher(&url);
-    let bayeux_sub = BayeuxPeer::subscriber(&url, "/n/**").await;
+    let bayeux_pub = BayeuxPeer::publisher(&url, WAIT);
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/n/**", WAIT).await;
     let mut setup = Setup::new(&url, &first, "ops-mq", false);
     let routes = [
         route("/m/*", "m/+", "bayeux_to_mqtt"),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bayeux_client;
+pub mod bayeux_peer;
 pub mod bridge;
 pub mod fake_server;
 pub mod inbox;

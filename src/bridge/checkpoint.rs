@@ -254,6 +254,19 @@ impl CheckpointStore {
         Some(removed.replay_id)
     }
 
+    /// Sets the checkpoint of `channel` to `replay_id` (for example `-1` or `-2` after the
+    /// server refused the stored id, so that a restart resumes where the replay-gap policy
+    /// chose, not from the configured default). Messages in flight on the channel still
+    /// advance it when they are done.
+    pub fn reset(&mut self, channel: &str, replay_id: i64) {
+        let entry = Entry {
+            replay_id,
+            updated: unix_now(),
+        };
+        self.channels.insert(channel.to_owned(), entry);
+        self.generation += 1;
+    }
+
     /// Records that the message with `replay_id` was taken from `channel`. Call it in the
     /// order the server delivered the channel's messages: that order, not the ids, decides
     /// what the checkpoint may pass.

@@ -204,8 +204,9 @@ impl Replay {
 
     /// The server refused the subscription `channel` with `error`. If that is a refused
     /// stored replay id, applies `replay.on_invalid` (the client's next attempt resumes from
-    /// `-1` or `-2`, or none with `stop`), forgets the checkpoint, counts the gap and returns
-    /// it for the caller to report. Any other failure is left to the client's retries.
+    /// `-1` or `-2`, also stored as the checkpoint; or, with `stop`, nothing changes), counts
+    /// the gap and returns it for the caller to report. Any other failure is left to the
+    /// client's retries.
     pub(crate) fn on_subscription_failed(&self, channel: &str, error: &str) -> Option<Gap> {
         if !is_invalid_replay_id(error) {
             return None;
@@ -223,7 +224,9 @@ impl Replay {
         let key = ext::channel_key(channel);
         if let Some(from) = resumed_from {
             self.extension.set(key, from);
-            self.store().remove(key);
+            // Stored too: a restart before the next event is acknowledged must resume from
+            // the policy's choice, not from `replay.start_from`.
+            self.store().reset(key, from);
         }
         self.stats
             .metrics
@@ -320,7 +323,7 @@ mod tests {
         assert_eq!(gap.last_good, 7);
         assert_eq!(gap.resumed_from, Some(ext::ALL_RETAINED));
         assert_eq!(r.extension.get("/event/A"), Some(ext::ALL_RETAINED));
-        assert_eq!(r.store().get("/event/A"), None);
+        assert_eq!(r.store().get("/event/A"), Some(ext::ALL_RETAINED));
         let metrics = r.stats.metrics.encode();
         assert!(
             metrics.contains(r#"bridge_replay_gaps_total{channel="/event/A"} 1"#),

@@ -11,14 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures_util::stream::{BoxStream, SelectAll};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tracing::{Instrument, debug, trace, warn};
+use tracing::{debug, trace, warn};
 
 use super::checkpoint::Ticket;
 use super::mapping::Route;
 use super::payload::bayeux_to_mqtt_payload;
+use super::settling::Settler;
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::bayeux::{Message, Subscription};
@@ -86,8 +87,7 @@ pub(super) async fn run(
     let mut mqtt = mqtt;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
-    let (completions, publishes) = mpsc::unbounded_channel();
-    tokio::spawn(complete(Arc::clone(&shared), publishes).in_current_span());
+    let settler = Settler::start();
     for (key, route, subscription) in routes {
         add(&mut deliveries, &mut live, key, route, subscription);
     }
@@ -138,7 +138,7 @@ pub(super) async fn run(
             continue;
         };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
-        forward(&shared, &mqtt, &route, message, slot, &completions).await;
+        forward(&shared, &mqtt, &route, message, slot, &settler).await;
     }
     // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
     // hands over until it has stopped and closed them, will not be forwarded. Count it.
@@ -223,55 +223,43 @@ fn add(
     deliveries.push(stream);
 }
 
-/// A publish handed to the MQTT client, waiting for the broker's acknowledgement.
-struct InFlight {
+/// Waits for the broker's acknowledgement of a publish and records the outcome. The slot is
+/// released only once the outcome is recorded (and the checkpoint advanced), so a drain that
+/// waits for every permit also waits for the checkpoints.
+async fn record_outcome(
+    shared: Arc<Shared>,
     completion: PublishCompletion,
-    /// Released only once the outcome is recorded (and the checkpoint advanced), so a drain
-    /// that waits for every permit also waits for the checkpoints.
     slot: Slot,
     ticket: Option<Ticket>,
     route: usize,
     topic: String,
-}
-
-/// Records the outcome of each publish as the broker acknowledges it, in any order: one task
-/// for all of them. Ends when the pipeline has stopped and the last publish has its outcome.
-async fn complete(shared: Arc<Shared>, mut publishes: mpsc::UnboundedReceiver<InFlight>) {
-    let mut waiting = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = publishes.recv(), if open => match next {
-                Some(InFlight { completion, slot, ticket, route, topic }) => waiting.push(async move {
-                    (completion.await, slot, ticket, route, topic)
-                }),
-                None => open = false,
-            },
-            Some((outcome, slot, ticket, route, topic)) = waiting.next(), if !waiting.is_empty() => {
-                match outcome {
-                    Ok(()) => {
-                        if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
-                            replay.ack(ticket);
-                        }
-                        shared.stats.forwarded(Direction::BayeuxToMqtt, route);
-                    }
-                    Err(e) => {
-                        shared.count_publish_error("mqtt", e.reason());
-                        settle(&shared, ticket, redeliver_after_restart(&e));
-                        shared.drop_message(Direction::BayeuxToMqtt, e.reason(), route, &topic, &e.to_string());
-                    }
-                }
-                drop(slot);
-            },
-            else => return,
+) {
+    match completion.await {
+        Ok(()) => {
+            if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
+                replay.ack(ticket);
+            }
+            shared.stats.forwarded(Direction::BayeuxToMqtt, route);
+        }
+        Err(e) => {
+            shared.count_publish_error("mqtt", e.reason());
+            release_ticket(&shared, ticket, redeliver_after_restart(&e));
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                e.reason(),
+                route,
+                &topic,
+                &e.to_string(),
+            );
         }
     }
+    drop(slot);
 }
 
 /// A message that will not be forwarded: its checkpoint ticket is abandoned (the checkpoint
 /// may pass it: it is dropped on purpose and counted) unless it should come back after a
 /// restart, in which case the ticket is dropped and holds the checkpoint back.
-fn settle(shared: &Shared, ticket: Option<Ticket>, redeliver: bool) {
+fn release_ticket(shared: &Shared, ticket: Option<Ticket>, redeliver: bool) {
     if let (Some(replay), Some(ticket)) = (&shared.replay, ticket)
         && !redeliver
     {
@@ -292,7 +280,7 @@ async fn forward(
     route: &Route,
     message: Message,
     slot: Slot,
-    completions: &mpsc::UnboundedSender<InFlight>,
+    settler: &Settler,
 ) {
     shared
         .stats
@@ -300,12 +288,12 @@ async fn forward(
     let ticket = shared.replay.as_ref().and_then(|r| r.begin(&message));
     if is_own_echo(shared, &message) {
         shared.stats.echo(Direction::BayeuxToMqtt);
-        settle(shared, ticket, false);
+        release_ticket(shared, ticket, false);
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return;
     }
     let Some(topic) = route.channel_to_topic(&message.channel) else {
-        settle(shared, ticket, false);
+        release_ticket(shared, ticket, false);
         shared.drop_message(
             Direction::BayeuxToMqtt,
             "unmapped",
@@ -331,31 +319,18 @@ async fn forward(
         .publish_queued(&topic, payload.into(), qos, route.retain)
         .await
     {
-        Ok(completion) => {
-            let in_flight = InFlight {
-                completion,
-                slot,
-                ticket,
-                route: route.number(),
-                topic,
-            };
-            if let Err(mpsc::error::SendError(lost)) = completions.send(in_flight) {
-                // The completion task ends only after this pipeline: unreachable in practice,
-                // but the message must not vanish uncounted.
-                settle(shared, lost.ticket, true);
-                shared.drop_message(
-                    Direction::BayeuxToMqtt,
-                    "shutdown",
-                    lost.route,
-                    &lost.topic,
-                    "the completion task has stopped",
-                );
-            }
-        }
+        Ok(completion) => settler.settle(record_outcome(
+            Arc::clone(shared),
+            completion,
+            slot,
+            ticket,
+            route.number(),
+            topic,
+        )),
         Err(e) => {
             warn!(%topic, error = %e, "MQTT refused the publish.");
             shared.count_publish_error("mqtt", e.reason());
-            settle(shared, ticket, redeliver_after_restart(&e));
+            release_ticket(shared, ticket, redeliver_after_restart(&e));
             shared.drop_message(
                 Direction::BayeuxToMqtt,
                 e.reason(),

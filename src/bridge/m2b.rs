@@ -11,13 +11,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tracing::{Instrument, debug, info, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::mapping::Route;
 use super::payload::mqtt_to_bayeux_data;
+use super::settling::Settler;
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::backoff::{Backoff, BackoffOptions};
@@ -46,8 +45,7 @@ pub(super) async fn run(
     mut swaps: mpsc::Receiver<Swap>,
 ) {
     let mut mqtt = mqtt;
-    let (settling, to_settle) = mpsc::unbounded_channel();
-    tokio::spawn(settle_all(to_settle).in_current_span());
+    let settler = Settler::start();
     let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
     let mut open = true;
     let retries_stop = stop.clone();
@@ -75,7 +73,7 @@ pub(super) async fn run(
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
                 let bayeux = shared.bayeux();
                 let stop = retries_stop.clone();
-                forward(&shared, &bayeux, &mqtt, message, slot, stop, &settling).await;
+                forward(&shared, &bayeux, &mqtt, message, slot, stop, &settler).await;
             }
             Wake::Event(None) => open = false,
             Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
@@ -154,7 +152,7 @@ async fn forward(
     message: IncomingMessage,
     permit: Slot,
     stop: watch::Receiver<bool>,
-    settling: &mpsc::UnboundedSender<Settling>,
+    settler: &Settler,
 ) {
     let now = Instant::now();
     if let Some(mut echoes) = shared.mqtt_echoes()
@@ -240,7 +238,7 @@ async fn forward(
     }
     let shared = Arc::clone(shared);
     let mqtt = mqtt.clone();
-    let settle_message = Box::pin(async move {
+    settler.settle(async move {
         let _permit = permit;
         let mut all_settled = true;
         for pending in verdicts {
@@ -250,30 +248,6 @@ async fn forward(
             mqtt.ack(message.token);
         }
     });
-    if let Err(mpsc::error::SendError(orphan)) = settling.send(settle_message) {
-        // The settling task ends only after this pipeline; never lose a message anyway.
-        tokio::spawn(orphan);
-    }
-}
-
-/// A message's wait for its verdicts, then its acknowledgement to the broker.
-type Settling = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Runs every message's [`Settling`] concurrently on one task (instead of a task per
-/// message) until the pipeline has stopped and the last one is done.
-async fn settle_all(mut incoming: mpsc::UnboundedReceiver<Settling>) {
-    let mut running = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = incoming.recv(), if open => match next {
-                Some(settling) => running.push(settling),
-                None => open = false,
-            },
-            Some(()) = running.next(), if !running.is_empty() => {}
-            else => return,
-        }
-    }
 }
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel

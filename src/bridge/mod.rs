@@ -26,6 +26,7 @@ mod lifecycle;
 mod m2b;
 pub mod options;
 mod reload;
+mod settling;
 
 use lifecycle::{log_summary, spawn_watcher};
 pub use options::{bayeux_options, mqtt_options};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError, StopReason};
+use crate::bayeux::{Client, ClientError, ClientOptions, Event, Events, PublishError, StopReason};
 
 /// Options shared by `sub` and `pub`.
 #[derive(Debug, Args)]
@@ -78,18 +78,9 @@ pub async fn sub(args: SubArgs) -> ExitCode {
     let patterns: Vec<&str> = args.channels.iter().map(String::as_str).collect();
     let mut subscription = match client.subscribe_all(&patterns).await {
         Ok(s) => s,
-        Err(ClientError::Closed) => {
-            // The client stopped before it took the subscription (a server that refused
-            // the session for good): its reason is in the events.
-            while let Ok(Some(event)) =
-                tokio::time::timeout(std::time::Duration::from_secs(1), events.recv()).await
-            {
-                if let Event::Stopped { reason } = event {
-                    return stopped(&reason);
-                }
-            }
-            return fail(&ClientError::Closed.to_string());
-        }
+        // The client stopped before it took the subscription (a server that refused the
+        // session for good).
+        Err(ClientError::Closed) => return stopped(&mut events).await,
         Err(e) => return fail(&e.to_string()),
     };
     if args.count == Some(0) {
@@ -104,13 +95,7 @@ pub async fn sub(args: SubArgs) -> ExitCode {
         tokio::select! {
             message = subscription.recv() => {
                 let Some(message) = message else {
-                    // The client stopped: its reason is (or is about to be) in the events.
-                    while let Some(event) = events.recv().await {
-                        if let Event::Stopped { reason } = event {
-                            return stopped(&reason);
-                        }
-                    }
-                    break;
+                    return stopped(&mut events).await;
                 };
                 let line = serde_json::to_string(&printable(message)).unwrap_or_default();
                 if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
@@ -125,7 +110,7 @@ pub async fn sub(args: SubArgs) -> ExitCode {
                 }
             }
             event = events.recv() => match event {
-                Some(Event::Stopped { reason }) => return stopped(&reason),
+                Some(Event::Stopped { reason }) => return stopped_because(&reason),
                 Some(_) => {}
                 None => break,
             },
@@ -155,17 +140,8 @@ pub async fn publish(args: PubArgs) -> ExitCode {
     .await;
     let code = match verdict {
         Ok(Ok(_reply)) => ExitCode::SUCCESS,
-        Ok(Err(e @ PublishError::Closed)) => {
-            // The client stopped (a server that refused the session for good): say why.
-            while let Ok(Some(event)) =
-                tokio::time::timeout(Duration::from_secs(1), events.recv()).await
-            {
-                if let Event::Stopped { reason } = event {
-                    return stopped(&reason);
-                }
-            }
-            fail(&e.to_string())
-        }
+        // The client stopped (a server that refused the session for good): say why.
+        Ok(Err(PublishError::Closed)) => return stopped(&mut events).await,
         Ok(Err(e)) => fail(&e.to_string()),
         Err(_) => fail(&format!(
             "no answer from the server within {} s",
@@ -183,7 +159,18 @@ fn printable(mut message: crate::bayeux::Message) -> crate::bayeux::Message {
     message
 }
 
-fn stopped(reason: &StopReason) -> ExitCode {
+/// The client has stopped: fails with the reason from its events (it is, or is about to be,
+/// the last one before they end).
+async fn stopped(events: &mut Events) -> ExitCode {
+    while let Some(event) = events.recv().await {
+        if let Event::Stopped { reason } = event {
+            return stopped_because(&reason);
+        }
+    }
+    fail("the Bayeux client stopped")
+}
+
+fn stopped_because(reason: &StopReason) -> ExitCode {
     fail(&format!("the Bayeux client stopped: {reason}"))
 }
 

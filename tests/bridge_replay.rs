@@ -26,6 +26,8 @@ const CHANNEL: &str = "/event/Order__e";
 const TOPIC: &str = "sf/order";
 const STATUS: &str = "replay-test/status";
 const TOKEN: &str = "static-test-token";
+/// The log filter of the bridges in these tests.
+const REPLAY_LOG: &str = "info,bayeux_mqtt_bridge::bridge::replay=debug";
 /// `bridge.queue_capacity` in these tests: the most events in flight at once.
 const CAPACITY: usize = 32;
 
@@ -116,7 +118,8 @@ qos = 1
     /// Starts a bridge and waits until it is ready (subscribed on both sides).
     async fn start(&self) -> (ConfigFile, BridgeProcess) {
         let config = ConfigFile::new(&self.toml());
-        let bridge = BridgeProcess::spawn(&config, &[]);
+        // Debug for the replay module: its "Replay checkpoints written." is an event to wait on.
+        let bridge = BridgeProcess::spawn(&config, &[("RUST_LOG", REPLAY_LOG)]);
         bridge.wait_for_log("Bridge ready.", WAIT).await;
         (config, bridge)
     }
@@ -206,11 +209,14 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     const BATCH: usize = 10;
     const TOTAL: u64 = 1000;
     let total = TOTAL;
+    let (progress, mut published) = tokio::sync::watch::channel(0u64);
     let publisher = {
         let fake = Arc::clone(&fake);
         tokio::spawn(async move {
             for _ in 0..TOTAL / BATCH as u64 {
                 fake.publish(CHANNEL, BATCH).await;
+                progress.send_modify(|n| *n += BATCH as u64);
+                // Pacing of the load generator, not synchronisation.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -220,15 +226,9 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
             got.len() as u64 >= total / 5
         })
         .await;
-    // The checkpoint file is what is under test: poll it briefly until the first flush.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while setup.stored_checkpoint().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no checkpoint flushed in {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    bridge
+        .wait_for_log("Replay checkpoints written.", WAIT)
+        .await;
     let status = bridge.kill().await;
     assert!(!status.success(), "SIGKILL must kill the bridge");
     let durable = setup
@@ -236,15 +236,11 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
         .expect("a checkpoint was flushed before the kill");
     let before_restart = events(&peer);
     // Events the server retains while no bridge runs.
-    let down_since = fake.stats().await["eventsPublished"].as_u64();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while fake.stats().await["eventsPublished"].as_u64() < down_since.map(|n| n + 100) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the publisher stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let down_since = *published.borrow();
+    tokio::time::timeout(WAIT, published.wait_for(|n| *n >= down_since + 100))
+        .await
+        .expect("the publisher stalled")
+        .expect("the publisher ended early");
     let (_config, mut bridge) = setup.start().await;
     assert_eq!(
         last_subscribe_position(&fake).await,

@@ -27,30 +27,27 @@ mod m2b;
 pub mod options;
 mod reload;
 mod settling;
+mod shared;
 
 use lifecycle::{log_summary, spawn_watcher};
 pub use options::{bayeux_options, mqtt_options};
 pub(crate) use options::{mqtt_specs, qos_of, queued, wanted};
+pub(crate) use shared::{Shared, Slot};
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bayeux::{self, Client};
-use crate::config::{BinaryPolicy, Config, MqttProtocol};
-use crate::metrics::CauseLabels;
-use crate::mqtt::{self, MqttHandle};
-use echo::EchoFilter;
-use mapping::Route;
+use crate::config::Config;
+use crate::mqtt::{self};
 use readiness::Readiness;
 use replay::Replay;
-use stats::{Direction, Stats};
+use stats::Stats;
 
-/// How long an own publish is remembered for echo suppression.
-const ECHO_TTL: Duration = Duration::from_secs(60);
 
 /// Why the bridge could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -88,145 +85,6 @@ pub enum BridgeError {
         /// The server's error.
         error: String,
     },
-}
-
-/// A message's place in its direction's bounded queue: the semaphore permit (released when
-/// the destination acknowledged it) plus the in-flight count the metrics report.
-pub(crate) struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    count: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Slot {
-    pub(crate) fn new(
-        permit: tokio::sync::OwnedSemaphorePermit,
-        count: &Arc<std::sync::atomic::AtomicUsize>,
-    ) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Slot {
-            _permit: permit,
-            count: Arc::clone(count),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.count
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// State both pipelines share.
-pub(crate) struct Shared {
-    /// The current routes (replaced by a reload).
-    routes: RwLock<Arc<Vec<Route>>>,
-    /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
-    bayeux: RwLock<Client>,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) readiness: Arc<Readiness>,
-    pub(crate) binary_payloads: BinaryPolicy,
-    /// The retained online/offline topic (replaced with `[mqtt]` on a reload).
-    status_topic: RwLock<String>,
-    /// The current MQTT client (replaced when a reload changes `[mqtt]`).
-    mqtt: RwLock<MqttHandle>,
-    /// Messages in flight Bayeux → MQTT.
-    pub(crate) b2m_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Messages in flight MQTT → Bayeux.
-    pub(crate) m2b_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Own publishes to Bayeux, which the server echoes back to our subscriptions.
-    bayeux_echoes: Mutex<EchoFilter>,
-    /// Own publishes to MQTT, on 3.1.1 only (MQTT 5 subscriptions use No Local).
-    mqtt_echoes: Option<Mutex<EchoFilter>>,
-    /// Replay extension and checkpoints, with `[replay] enabled`.
-    replay: Option<Arc<Replay>>,
-}
-
-impl Shared {
-    /// `options` with the replay extension, when replay is on.
-    pub(crate) fn with_replay(&self, options: bayeux::ClientOptions) -> bayeux::ClientOptions {
-        replay::with_extension(options, self.replay.as_deref())
-    }
-
-    /// The current routes.
-    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
-        Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub(crate) fn set_routes(&self, routes: Vec<Route>) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
-    }
-
-    /// The current Bayeux client.
-    pub(crate) fn bayeux(&self) -> Client {
-        self.bayeux
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The current MQTT client.
-    pub(crate) fn mqtt(&self) -> MqttHandle {
-        self.mqtt.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The current status topic.
-    pub(crate) fn status_topic(&self) -> String {
-        self.status_topic
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, status_topic: String) {
-        *self.mqtt.write().unwrap_or_else(|p| p.into_inner()) = mqtt;
-        *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = status_topic;
-    }
-
-    pub(crate) fn set_bayeux(&self, client: Client) {
-        *self.bayeux.write().unwrap_or_else(|p| p.into_inner()) = client;
-    }
-    pub(crate) fn bayeux_echoes(&self) -> MutexGuard<'_, EchoFilter> {
-        self.bayeux_echoes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn mqtt_echoes(&self) -> Option<MutexGuard<'_, EchoFilter>> {
-        self.mqtt_echoes
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Counts a lost connection or failed attempt on the MQTT side.
-    pub(crate) fn count_reconnect(&self, cause: &'static str) {
-        let labels = CauseLabels {
-            side: "mqtt",
-            cause,
-        };
-        self.stats.metrics.reconnects.get_or_create(&labels).inc();
-    }
-
-    /// Counts a failed publish attempt on `side` (`bayeux` or `mqtt`).
-    pub(crate) fn count_publish_error(&self, side: &'static str, cause: &'static str) {
-        let labels = CauseLabels { side, cause };
-        self.stats
-            .metrics
-            .publish_errors
-            .get_or_create(&labels)
-            .inc();
-    }
-
-    /// Logs and counts a message that will not be forwarded.
-    pub(crate) fn drop_message(
-        &self,
-        direction: Direction,
-        reason: &'static str,
-        route: usize,
-        name: &str,
-        detail: &str,
-    ) {
-        self.stats.dropped(direction, route, reason);
-        warn!(%direction, reason, route, name, detail, "Message dropped.");
-    }
 }
 
 /// What `bayeux-mqtt-bridge check` prints: the compiled routes, what the bridge subscribes to
@@ -313,21 +171,14 @@ pub async fn run_with_reload(
         bayeux_options(&config, queued(&config, &routes)),
         replay.as_deref(),
     ))?;
-    let v311 = config.mqtt.protocol == MqttProtocol::V311;
-    let shared = Arc::new(Shared {
-        routes: RwLock::new(Arc::new(Vec::new())),
-        bayeux: RwLock::new(bayeux.clone()),
-        stats: Arc::clone(&stats),
-        readiness: Arc::clone(&readiness),
-        binary_payloads: config.bridge.binary_payloads,
-        status_topic: RwLock::new(config.mqtt.status_topic.clone()),
-        mqtt: RwLock::new(mqtt.clone()),
-        b2m_in_flight: Arc::default(),
-        m2b_in_flight: Arc::default(),
-        bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
-        mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
-        replay: replay.clone(),
-    });
+    let shared = Arc::new(Shared::new(
+        &config,
+        bayeux.clone(),
+        mqtt.clone(),
+        Arc::clone(&stats),
+        Arc::clone(&readiness),
+        replay.clone(),
+    ));
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let flusher = replay
         .clone()

@@ -1,0 +1,186 @@
+//! What both pipelines share: the current routes and clients (replaced by reloads), the
+//! counters, loop-prevention filters, replay state, and each message's place in its
+//! direction's bounded queue.
+
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::echo::EchoFilter;
+use super::mapping::Route;
+use super::readiness::Readiness;
+use super::replay::{self, Replay};
+use super::stats::{Direction, Stats};
+use crate::bayeux::{self, Client};
+use crate::config::{BinaryPolicy, Config, MqttProtocol};
+use crate::metrics::CauseLabels;
+use crate::mqtt::MqttHandle;
+
+/// A message's place in its direction's bounded queue: the semaphore permit (released when
+/// the destination acknowledged it) plus the in-flight count the metrics report.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        count: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            count: Arc::clone(count),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// State both pipelines share.
+pub(crate) struct Shared {
+    /// The current routes (replaced by a reload).
+    routes: RwLock<Arc<Vec<Route>>>,
+    /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
+    bayeux: RwLock<Client>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) binary_payloads: BinaryPolicy,
+    /// The retained online/offline topic (replaced with `[mqtt]` on a reload).
+    status_topic: RwLock<String>,
+    /// The current MQTT client (replaced when a reload changes `[mqtt]`).
+    mqtt: RwLock<MqttHandle>,
+    /// Messages in flight Bayeux → MQTT.
+    pub(crate) b2m_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Messages in flight MQTT → Bayeux.
+    pub(crate) m2b_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Own publishes to Bayeux, which the server echoes back to our subscriptions.
+    bayeux_echoes: Mutex<EchoFilter>,
+    /// Own publishes to MQTT, on 3.1.1 only (MQTT 5 subscriptions use No Local).
+    mqtt_echoes: Option<Mutex<EchoFilter>>,
+    /// Replay extension and checkpoints, with `[replay] enabled`.
+    pub(super) replay: Option<Arc<Replay>>,
+}
+
+/// How long an own publish is remembered for echo suppression.
+const ECHO_TTL: Duration = Duration::from_secs(60);
+
+impl Shared {
+    /// The state of a bridge starting with `config` and these clients; no routes yet.
+    pub(super) fn new(
+        config: &Config,
+        bayeux: Client,
+        mqtt: MqttHandle,
+        stats: Arc<Stats>,
+        readiness: Arc<Readiness>,
+        replay: Option<Arc<Replay>>,
+    ) -> Shared {
+        let v311 = config.mqtt.protocol == MqttProtocol::V311;
+        Shared {
+            routes: RwLock::new(Arc::new(Vec::new())),
+            bayeux: RwLock::new(bayeux),
+            stats,
+            readiness,
+            binary_payloads: config.bridge.binary_payloads,
+            status_topic: RwLock::new(config.mqtt.status_topic.clone()),
+            mqtt: RwLock::new(mqtt),
+            b2m_in_flight: Arc::default(),
+            m2b_in_flight: Arc::default(),
+            bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
+            mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
+            replay,
+        }
+    }
+
+    /// `options` with the replay extension, when replay is on.
+    pub(crate) fn with_replay(&self, options: bayeux::ClientOptions) -> bayeux::ClientOptions {
+        replay::with_extension(options, self.replay.as_deref())
+    }
+
+    /// The current routes.
+    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
+        Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn set_routes(&self, routes: Vec<Route>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// The current Bayeux client.
+    pub(crate) fn bayeux(&self) -> Client {
+        self.bayeux
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current MQTT client.
+    pub(crate) fn mqtt(&self) -> MqttHandle {
+        self.mqtt.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current status topic.
+    pub(crate) fn status_topic(&self) -> String {
+        self.status_topic
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, status_topic: String) {
+        *self.mqtt.write().unwrap_or_else(|p| p.into_inner()) = mqtt;
+        *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = status_topic;
+    }
+
+    pub(crate) fn set_bayeux(&self, client: Client) {
+        *self.bayeux.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+    pub(crate) fn bayeux_echoes(&self) -> MutexGuard<'_, EchoFilter> {
+        self.bayeux_echoes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mqtt_echoes(&self) -> Option<MutexGuard<'_, EchoFilter>> {
+        self.mqtt_echoes
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Counts a lost connection or failed attempt on the MQTT side.
+    pub(crate) fn count_reconnect(&self, cause: &'static str) {
+        let labels = CauseLabels {
+            side: "mqtt",
+            cause,
+        };
+        self.stats.metrics.reconnects.get_or_create(&labels).inc();
+    }
+
+    /// Counts a failed publish attempt on `side` (`bayeux` or `mqtt`).
+    pub(crate) fn count_publish_error(&self, side: &'static str, cause: &'static str) {
+        let labels = CauseLabels { side, cause };
+        self.stats
+            .metrics
+            .publish_errors
+            .get_or_create(&labels)
+            .inc();
+    }
+
+    /// Logs and counts a message that will not be forwarded.
+    pub(crate) fn drop_message(
+        &self,
+        direction: Direction,
+        reason: &'static str,
+        route: usize,
+        name: &str,
+        detail: &str,
+    ) {
+        self.stats.dropped(direction, route, reason);
+        warn!(%direction, reason, route, name, detail, "Message dropped.");
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use crate::bayeux::{Client, ClientError, ClientOptions, Event, Events, PublishError, StopReason};
+use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError};
 
 /// Options shared by `sub` and `pub`.
 #[derive(Debug, Args)]
@@ -80,7 +80,7 @@ pub async fn sub(args: SubArgs) -> ExitCode {
         Ok(s) => s,
         // The client stopped before it took the subscription (a server that refused the
         // session for good).
-        Err(ClientError::Closed) => return stopped(&mut events).await,
+        Err(ClientError::Closed) => return stopped(&client),
         Err(e) => return fail(&e.to_string()),
     };
     if args.count == Some(0) {
@@ -95,7 +95,7 @@ pub async fn sub(args: SubArgs) -> ExitCode {
         tokio::select! {
             message = subscription.recv() => {
                 let Some(message) = message else {
-                    return stopped(&mut events).await;
+                    return stopped(&client);
                 };
                 let line = serde_json::to_string(&printable(message)).unwrap_or_default();
                 if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
@@ -110,9 +110,8 @@ pub async fn sub(args: SubArgs) -> ExitCode {
                 }
             }
             event = events.recv() => match event {
-                Some(Event::Stopped { reason }) => return stopped_because(&reason),
+                Some(Event::Stopped { .. }) | None => return stopped(&client),
                 Some(_) => {}
-                None => break,
             },
             () = &mut shutdown => {
                 client.disconnect().await;
@@ -120,7 +119,6 @@ pub async fn sub(args: SubArgs) -> ExitCode {
             }
         }
     }
-    fail("the Bayeux client stopped")
 }
 
 /// Runs `pub`: publishes one message and exits 0 if the server answered `successful: true`.
@@ -129,7 +127,7 @@ pub async fn publish(args: PubArgs) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&format!("the JSON argument is not valid JSON: {e}")),
     };
-    let (client, mut events) = match client_for(&args.endpoint) {
+    let (client, _events) = match client_for(&args.endpoint) {
         Ok(pair) => pair,
         Err(e) => return fail(&e),
     };
@@ -141,7 +139,7 @@ pub async fn publish(args: PubArgs) -> ExitCode {
     let code = match verdict {
         Ok(Ok(_reply)) => ExitCode::SUCCESS,
         // The client stopped (a server that refused the session for good): say why.
-        Ok(Err(PublishError::Closed)) => return stopped(&mut events).await,
+        Ok(Err(PublishError::Closed)) => return stopped(&client),
         Ok(Err(e)) => fail(&e.to_string()),
         Err(_) => fail(&format!(
             "no answer from the server within {} s",
@@ -159,19 +157,12 @@ fn printable(mut message: crate::bayeux::Message) -> crate::bayeux::Message {
     message
 }
 
-/// The client has stopped: fails with the reason from its events (it is, or is about to be,
-/// the last one before they end).
-async fn stopped(events: &mut Events) -> ExitCode {
-    while let Some(event) = events.recv().await {
-        if let Event::Stopped { reason } = event {
-            return stopped_because(&reason);
-        }
+/// The client has stopped: fails with its reason.
+fn stopped(client: &Client) -> ExitCode {
+    match client.stop_reason() {
+        Some(reason) => fail(&format!("the Bayeux client stopped: {reason}")),
+        None => fail("the Bayeux client stopped"),
     }
-    fail("the Bayeux client stopped")
-}
-
-fn stopped_because(reason: &StopReason) -> ExitCode {
-    fail(&format!("the Bayeux client stopped: {reason}"))
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -358,6 +358,13 @@ async fn reconnect_none_on_connect_stops_the_client_for_good() {
         .expect("the pending publish did not resolve after Stopped")
         .expect("publisher task");
     assert_eq!(verdict.map(|m| m.id), Err(PublishError::Closed));
+    // The handle tells the same reason, without reading the events.
+    assert_eq!(
+        client.stop_reason(),
+        Some(StopReason::ServerRefused {
+            error: Some("401::Authentication invalid".into())
+        })
+    );
     expect_end(&mut events).await;
 
     // Observation window: prove the absence of further requests (no retry, no handshake).

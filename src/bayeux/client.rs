@@ -10,7 +10,7 @@
 //! awaits its own publishes must therefore read deliveries on another task.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -24,7 +24,7 @@ use super::auth::TokenSource;
 use super::channel::{ChannelPattern, validate_publish_channel};
 use super::driver::Driver;
 use super::error::{ClientError, PublishError};
-use super::event::Event;
+use super::event::{Event, StopReason};
 use super::ext::Extension;
 use super::message::Message;
 use super::session::{Session, SessionOptions};
@@ -163,6 +163,7 @@ pub(super) enum Command {
 pub struct Client {
     commands: mpsc::Sender<Command>,
     subscription_buffer: usize,
+    stopped: Arc<OnceLock<StopReason>>,
 }
 
 /// Lifecycle events and unroutable messages, in order. Reading them is optional; if the
@@ -280,12 +281,21 @@ impl Client {
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
         let session = Session::new(session_options, Instant::now().into_std());
-        let driver = Driver::new(session, transport, options, cmd_rx, event_tx);
+        let stopped = Arc::new(OnceLock::new());
+        let driver = Driver::new(
+            session,
+            transport,
+            options,
+            cmd_rx,
+            event_tx,
+            Arc::clone(&stopped),
+        );
         tokio::spawn(driver.run().instrument(span));
         (
             Client {
                 commands: cmd_tx,
                 subscription_buffer,
+                stopped,
             },
             Events { rx: event_rx },
         )
@@ -396,6 +406,13 @@ impl Client {
     /// Whether the client task has ended.
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
+    }
+
+    /// Why the client stopped for good, once it has: the same reason as its last event,
+    /// [`Event::Stopped`](super::Event::Stopped), but readable from any handle and never lost
+    /// to a full event buffer. Set before any call can fail with a closed client.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stopped.get().cloned()
     }
 
     async fn send(&self, command: Command) -> Result<(), ClientError> {

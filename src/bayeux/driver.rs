@@ -7,7 +7,7 @@
 //! (`Authorization: Bearer`); the session only learns that there is one.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -46,6 +46,9 @@ pub(super) struct Driver {
     other_lane: Option<SendFuture>,
     token_lane: Option<TokenFuture>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
+    /// Why the client stopped, for [`Client::stop_reason`](super::Client::stop_reason); set
+    /// before the handles can see the client closed.
+    stopped: Arc<OnceLock<StopReason>>,
 }
 
 enum Wake {
@@ -62,6 +65,7 @@ impl Driver {
         options: ClientOptions,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        stopped: Arc<OnceLock<StopReason>>,
     ) -> Self {
         Driver {
             session,
@@ -76,6 +80,7 @@ impl Driver {
             other_lane: None,
             token_lane: None,
             disconnect_waiters: Vec::new(),
+            stopped,
         }
     }
 
@@ -163,6 +168,11 @@ impl Driver {
 
     /// Carries out everything the session asked for.
     async fn carry_out(&mut self) {
+        // Before any output reaches a caller: a publish failing with `Closed` must find the
+        // reason already there.
+        if let Some(reason) = self.session.stop_reason() {
+            let _ = self.stopped.set(reason.clone());
+        }
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Send { lane, messages } => self.start(lane, messages),

@@ -48,7 +48,6 @@ use readiness::Readiness;
 use replay::Replay;
 use stats::Stats;
 
-
 /// Why the bridge could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {

@@ -152,6 +152,7 @@ impl Session {
                 result: Err(PublishError::Closed),
             });
         }
+        self.stop_reason = Some(reason.clone());
         self.event(Event::Stopped { reason });
     }
 }

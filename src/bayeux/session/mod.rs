@@ -175,6 +175,8 @@ enum Pending {
 pub struct Session {
     options: SessionOptions,
     phase: Phase,
+    /// Why the session stopped, once `phase` is `Stopped`.
+    stop_reason: Option<StopReason>,
     client_id: Option<String>,
     connection_type: Option<String>,
     handshakes: u32,
@@ -231,6 +233,7 @@ impl Session {
             sub_backoff: options.backoff,
             options,
             phase: Phase::Unconnected,
+            stop_reason: None,
             client_id: None,
             connection_type: None,
             handshakes: 0,
@@ -295,6 +298,11 @@ impl Session {
     /// Whether the session has stopped for good.
     pub fn is_stopped(&self) -> bool {
         self.phase == Phase::Stopped
+    }
+
+    /// Why the session stopped for good, once it has (before the outputs that report it).
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop_reason.as_ref()
     }
 
     /// The current session id, if handshaken.

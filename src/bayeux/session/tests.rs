@@ -367,6 +367,12 @@ fn reconnect_none_stops_and_fails_queued_publishes() {
     );
     assert!(h.session.is_stopped());
     assert_eq!(
+        h.session.stop_reason(),
+        Some(&StopReason::ServerRefused {
+            error: Some("401::Authentication invalid".into())
+        })
+    );
+    assert_eq!(
         h.session.next_deadline(),
         None,
         "no retry of any kind after `none`"

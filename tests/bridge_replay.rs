@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use common::bridge::{BridgeProcess, ConfigFile, TempDir};
 use common::mosquitto::Mosquitto;
-use common::mqtt_peer::{MqttPeer, mqtt_options};
+use common::mqtt_peer::{MqttPeer, id_counts, mqtt_options};
 use common::salesforce::{CLIENT_ID, CLIENT_SECRET, SalesforceFake};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -157,11 +157,7 @@ fn events(peer: &MqttPeer) -> Vec<(u64, i64)> {
 
 /// How often each seq arrived.
 fn counts(events: &[(u64, i64)]) -> BTreeMap<u64, usize> {
-    let mut counts = BTreeMap::new();
-    for (seq, _) in events {
-        *counts.entry(*seq).or_insert(0) += 1;
-    }
-    counts
+    id_counts(events.iter().map(|(seq, _)| *seq))
 }
 
 async fn wait_for_seqs(peer: &MqttPeer, what: &str, wanted: impl Iterator<Item = u64>) {

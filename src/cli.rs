@@ -151,9 +151,18 @@ pub async fn publish(args: PubArgs) -> ExitCode {
     code
 }
 
-/// The delivered message without the session id, which is not the reader's business.
+/// The delivered message without the session id, which is not the reader's business, and
+/// on one line: `data` is kept as the server wrote it, and a server may indent its JSON. A
+/// line break in JSON text is always whitespace between tokens (strings cannot hold one
+/// unescaped), so dropping them leaves the same JSON.
 fn printable(mut message: crate::bayeux::Message) -> crate::bayeux::Message {
     message.client_id = None;
+    if let Some(data) = &message.data
+        && data.json().contains(['\n', '\r'])
+        && let Ok(one_line) = crate::bayeux::Data::from_json(data.json().replace(['\n', '\r'], ""))
+    {
+        message.data = Some(one_line);
+    }
     message
 }
 
@@ -172,6 +181,20 @@ fn fail(message: &str) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printed_messages_are_one_line_with_the_data_as_sent() {
+        let mut message = crate::bayeux::Message::new("/a");
+        message.client_id = Some("session".into());
+        message.data = Some(
+            crate::bayeux::Data::from_json("{\r\n  \"b\": [1,\n 2],\n  \"a\": \"x y\"\n}").unwrap(),
+        );
+        let line = serde_json::to_string(&super::printable(message)).unwrap();
+        assert_eq!(
+            line,
+            r#"{"channel":"/a","data":{  "b": [1, 2],  "a": "x y"}}"#
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -132,7 +132,7 @@ async fn ack_is_negotiated_with_cometd_and_every_connect_acknowledges_the_last_b
             .await
             .unwrap();
         let m = next_message(&mut sub, &format!("message {n}")).await;
-        received.push(m.data.unwrap()["n"].as_i64().unwrap());
+        received.push(m.data_value().unwrap()["n"].as_i64().unwrap());
         // The connect reply went through the extensions before the delivery was handed on.
         batches.push(ack.last_batch());
     }
@@ -148,7 +148,7 @@ async fn ack_is_negotiated_with_cometd_and_every_connect_acknowledges_the_last_b
         .await
         .unwrap();
     let sentinel = next_message(&mut sub, "the sentinel").await;
-    assert_eq!(sentinel.data.unwrap()["n"], json!("end"));
+    assert_eq!(sentinel.data_value().unwrap()["n"], json!("end"));
     assert!(sub.try_recv().is_none(), "nothing after the sentinel");
     assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
 
@@ -208,7 +208,7 @@ async fn ack_is_not_used_without_server_support(kind: PeerKind) {
             .await
             .unwrap();
         let m = next_message(&mut sub, &format!("message {n}")).await;
-        assert_eq!(m.data, Some(json!({"n": n})));
+        assert_eq!(m.data_value(), Some(json!({"n": n})));
     }
 
     assert_eq!(

@@ -29,7 +29,7 @@ async fn round_trip(kind: PeerKind) {
 
     let got = next_message(&mut sub, "the published message").await;
     assert_eq!(got.channel, "/chat/room");
-    assert_eq!(got.data, Some(json!({"text": "hello", "n": 1})));
+    assert_eq!(got.data_value(), Some(json!({"text": "hello", "n": 1})));
     publisher.disconnect().await;
     subscriber.disconnect().await;
     assert!(matches!(
@@ -78,12 +78,12 @@ async fn wildcard_fan_out(kind: PeerKind) {
     let mut deep_seen = Vec::new();
     while deep_seen.last() != Some(&4) {
         let m = next_message(&mut deep, "deliveries on /fan/**").await;
-        deep_seen.push(m.data.unwrap()["n"].as_i64().unwrap());
+        deep_seen.push(m.data_value().unwrap()["n"].as_i64().unwrap());
     }
     let drain = |s: &mut bayeux_mqtt_bridge::bayeux::Subscription| {
         let mut seen = Vec::new();
         while let Some(m) = s.try_recv() {
-            seen.push(m.data.unwrap()["n"].as_i64().unwrap());
+            seen.push(m.data_value().unwrap()["n"].as_i64().unwrap());
         }
         seen
     };
@@ -169,7 +169,7 @@ async fn survives_server_restart(kind: PeerKind) {
         .await
         .unwrap();
     let got = next_message(&mut sub, "a message published after the restart").await;
-    assert_eq!(got.data, Some(json!("after restart")));
+    assert_eq!(got.data_value(), Some(json!("after restart")));
     client.disconnect().await;
 }
 
@@ -210,7 +210,7 @@ async fn publish_while_disconnected_is_delivered_after_reconnect(kind: PeerKind)
         .unwrap();
     assert!(reply.is_ok(), "{reply:?}");
     let got = next_message(&mut sub, "the queued message").await;
-    assert_eq!(got.data, Some(json!({"queued": true})));
+    assert_eq!(got.data_value(), Some(json!({"queued": true})));
     client.disconnect().await;
 }
 
@@ -294,11 +294,11 @@ async fn two_clients_on_one_cometd_server_each_keep_a_normal_long_poll() {
     for n in 0..3 {
         a.publish("/two/x", json!(n)).await.unwrap();
         assert_eq!(
-            next_message(&mut sub_a, "a's delivery").await.data,
+            next_message(&mut sub_a, "a's delivery").await.data_value(),
             Some(json!(n))
         );
         assert_eq!(
-            next_message(&mut sub_b, "b's delivery").await.data,
+            next_message(&mut sub_b, "b's delivery").await.data_value(),
             Some(json!(n))
         );
     }

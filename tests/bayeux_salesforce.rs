@@ -63,8 +63,7 @@ fn start(options: ClientOptions, extensions: Vec<Arc<dyn Extension>>) -> (Client
 /// `data.payload.seq` of an event from the fake.
 fn seq(message: &bayeux_mqtt_bridge::bayeux::Message) -> u64 {
     message
-        .data
-        .as_ref()
+        .data_value()
         .and_then(|d| d["payload"]["seq"].as_u64())
         .unwrap_or_else(|| panic!("event without data.payload.seq: {message:?}"))
 }

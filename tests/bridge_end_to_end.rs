@@ -168,7 +168,8 @@ const TRACE_PIPELINES_AND_BAYEUX_RECEIVED: (&str, &str) = (
 
 /// Ids of the `{"id": n}` deliveries on channels starting with `prefix` that the bridge's
 /// Bayeux client received from the server (its `Received.` trace lines). Such a line has a
-/// second `message` field (the message's `Debug` form), which is the one a JSON parser keeps.
+/// second `message` field (the message's `Debug` form, where `data` is its JSON text:
+/// `data: Some({"id":3})`), which is the one a JSON parser keeps.
 fn client_received_ids(lines: &[LogLine], prefix: &str) -> Vec<u64> {
     lines
         .iter()
@@ -178,8 +179,13 @@ fn client_received_ids(lines: &[LogLine], prefix: &str) -> Vec<u64> {
         })
         .filter_map(|l| {
             let debug = l.message()?.strip_prefix("Message {")?;
-            let digits = debug.split("\"id\": Number(").nth(1)?;
-            digits.split(')').next()?.parse().ok()
+            let data = debug.split_once("data: Some(")?.1;
+            // The JSON value ends where `)` follows it; read just that value.
+            let value = serde_json::Deserializer::from_str(data)
+                .into_iter::<Value>()
+                .next()?
+                .ok()?;
+            value.get("id")?.as_u64()
         })
         .collect()
 }
@@ -281,7 +287,7 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
     let messages = bayeux.inbox.snapshot();
     let by_channel: BTreeMap<&str, Value> = messages
         .iter()
-        .map(|m| (m.channel.as_str(), m.data.clone().unwrap_or(Value::Null)))
+        .map(|m| (m.channel.as_str(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     let expected: BTreeMap<&str, Value> = m2b
         .iter()
@@ -415,7 +421,7 @@ async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
         .snapshot()
         .into_iter()
         .filter(|m| m.channel.starts_with("/mq/"))
-        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .map(|m| (m.channel.clone(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     let expected: BTreeMap<String, Value> = ["zero", "one", "two"]
         .into_iter()
@@ -555,7 +561,7 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
         .inbox
         .snapshot()
         .into_iter()
-        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .map(|m| (m.channel.clone(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     let mut expected_bayeux = vec![
         ("/chat/m".to_owned(), from_mqtt.clone()),
@@ -1523,7 +1529,7 @@ async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_b
         .inbox
         .snapshot()
         .into_iter()
-        .map(|m| (m.channel, m.data.unwrap_or(Value::Null)))
+        .map(|m| (m.channel.clone(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     assert_eq!(
         delivered,
@@ -1580,7 +1586,7 @@ async fn text_becomes_a_json_string_and_binary_is_refused_and_acked_or_sent_as_b
         .await;
     let delivered: Vec<(String, Value)> = bayeux.inbox.snapshot()[before..]
         .iter()
-        .map(|m| (m.channel.clone(), m.data.clone().unwrap_or(Value::Null)))
+        .map(|m| (m.channel.clone(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     assert_eq!(
         delivered,

@@ -26,7 +26,7 @@ use super::driver::Driver;
 use super::error::{ClientError, PublishError};
 use super::event::{Event, StopReason};
 use super::ext::Extension;
-use super::message::Message;
+use super::message::{Data, Message};
 use super::session::{Session, SessionOptions};
 use super::transport::Transport;
 use super::transport::long_polling::LongPolling;
@@ -148,7 +148,7 @@ pub(super) enum Command {
     },
     Publish {
         channel: String,
-        data: Value,
+        data: Data,
         ext: Option<Map<String, Value>>,
         reply: oneshot::Sender<Result<Message, PublishError>>,
     },
@@ -341,9 +341,14 @@ impl Client {
         self.send(Command::Unsubscribe { pattern }).await
     }
 
-    /// Publishes `data` on `channel` and waits for the server's verdict. While the client is
-    /// not connected the message waits in a bounded queue and is sent after the handshake.
-    pub async fn publish(&self, channel: &str, data: Value) -> Result<Message, PublishError> {
+    /// Publishes `data` (a [`Value`], or JSON text as a [`Data`]) on `channel` and waits for
+    /// the server's verdict. While the client is not connected the message waits in a bounded
+    /// queue and is sent after the handshake.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: impl Into<Data>,
+    ) -> Result<Message, PublishError> {
         self.publish_with_ext(channel, data, None).await
     }
 
@@ -351,7 +356,7 @@ impl Client {
     pub async fn publish_with_ext(
         &self,
         channel: &str,
-        data: Value,
+        data: impl Into<Data>,
         ext: Option<Map<String, Value>>,
     ) -> Result<Message, PublishError> {
         self.publish_queued(channel, data, ext).await?.await
@@ -364,7 +369,7 @@ impl Client {
     pub async fn publish_queued(
         &self,
         channel: &str,
-        data: Value,
+        data: impl Into<Data>,
         ext: Option<Map<String, Value>>,
     ) -> Result<Verdict, PublishError> {
         let parsed = validate_publish_channel(channel)?;
@@ -379,7 +384,7 @@ impl Client {
         let (reply, verdict) = oneshot::channel();
         let command = Command::Publish {
             channel: channel.to_owned(),
-            data,
+            data: data.into(),
             ext,
             reply,
         };

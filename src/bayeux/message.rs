@@ -5,6 +5,7 @@
 //! (meta reply, publish acknowledgement, delivery). It does no IO and knows nothing about
 //! sessions or transports.
 
+mod data;
 mod decode;
 
 use std::cell::Cell;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
 
+pub use data::Data;
 use decode::BatchSeed;
 
 use super::channel::{
@@ -24,7 +26,7 @@ use super::channel::{
 /// Known fields are typed; every other field the server sends (Salesforce's `EventType`,
 /// CometD's `x-messages`, ...) is kept in [`Message::other`] so nothing is lost on a round trip.
 /// Deserializing (hand-written, in `decode`) accepts numeric ids as strings and keeps a
-/// `"data": null` as `Some(Value::Null)`.
+/// `"data": null` as `Some(Data::null())`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Message {
     /// The channel this message is sent on or was delivered from.
@@ -35,10 +37,11 @@ pub struct Message {
     /// The session id the server assigned at handshake.
     #[serde(rename = "clientId", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// Application payload of a publish or a delivery. A `"data": null` on the wire is
-    /// `Some(Value::Null)`: still a delivery, unlike a message without `data`.
+    /// Application payload of a publish or a delivery, as the JSON text it arrived as (see
+    /// [`Data`]). A `"data": null` on the wire is `Some(Data::null())`: still a delivery,
+    /// unlike a message without `data`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<Data>,
     /// Reply verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub successful: Option<bool>,
@@ -103,6 +106,12 @@ impl Message {
         } else {
             Kind::PublishReply
         }
+    }
+
+    /// `data` as a [`Value`] tree: `None` without `data` (or for JSON nested too deeply for
+    /// a tree, see [`Data::to_value`]).
+    pub fn data_value(&self) -> Option<Value> {
+        self.data.as_ref()?.to_value().ok()
     }
 
     /// `successful` as a bool; a missing field counts as unsuccessful.
@@ -224,7 +233,7 @@ mod tests {
             br#"[{"channel":"/a","data":null},{"channel":"/a","id":"1","successful":true}]"#,
         )
         .unwrap();
-        assert_eq!(msgs[0].data, Some(Value::Null));
+        assert_eq!(msgs[0].data, Some(Data::null()));
         assert_eq!(msgs[0].kind(), Kind::Delivery);
         assert_eq!(msgs[1].kind(), Kind::PublishReply);
         let back: Value = serde_json::from_slice(&encode_batch(&msgs[..1])).unwrap();

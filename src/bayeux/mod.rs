@@ -24,4 +24,4 @@ pub use client::{Client, ClientOptions, Events, Subscription, Verdict};
 pub use error::{ClientError, PublishError, ServerError, TokenError, TransportError};
 pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;
-pub use message::Message;
+pub use message::{Data, Message};

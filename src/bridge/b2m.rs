@@ -12,13 +12,12 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
-use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
 
 use super::checkpoint::Ticket;
 use super::mapping::Route;
-use super::payload::bayeux_to_mqtt_payload;
+use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
 use super::settling::Settler;
 use super::stats::Direction;
 use super::{Shared, Slot};
@@ -349,7 +348,9 @@ fn is_own_echo(shared: &Shared, message: &Message) -> bool {
     if echoes.is_empty() {
         return false;
     }
-    let data =
-        serde_json::to_vec(message.data.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
+    let data = message
+        .data
+        .as_ref()
+        .map_or_else(|| b"null".to_vec(), echo_fingerprint);
     echoes.take(&message.channel, &data, Instant::now())
 }

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
 use super::mapping::Route;
-use super::payload::mqtt_to_bayeux_data;
+use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
 use super::stats::Direction;
 use super::{Shared, Slot};
@@ -216,8 +216,7 @@ async fn forward(
             break;
         };
         if echoes_back(&routes, &channel) {
-            let fingerprint =
-                fingerprint.get_or_insert_with(|| serde_json::to_vec(&value).unwrap_or_default());
+            let fingerprint = fingerprint.get_or_insert_with(|| echo_fingerprint(&value));
             shared.bayeux_echoes().record(&channel, fingerprint, now);
         }
         match bayeux.publish_queued(&channel, value, None).await {
@@ -351,7 +350,7 @@ async fn settle(
                     }
                 };
                 if echoes_back(&shared.routes(), &channel) {
-                    let fingerprint = serde_json::to_vec(&data).unwrap_or_default();
+                    let fingerprint = echo_fingerprint(&data);
                     shared
                         .bayeux_echoes()
                         .record(&channel, &fingerprint, Instant::now());

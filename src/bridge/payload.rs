@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-use crate::bayeux::Message;
+use crate::bayeux::{Data, Message};
 pub use crate::config::{BinaryPolicy, PayloadMode};
 
 /// Why an MQTT payload was not forwarded.
@@ -30,16 +30,13 @@ pub enum PayloadError {
 
 /// The Bayeux `data` for an MQTT payload.
 ///
-/// JSON text (any JSON value, surrounding whitespace allowed) is used as is; other UTF-8
-/// text, including the empty payload, becomes a JSON string; non-UTF-8 bytes are refused
-/// or base64-wrapped per `binary`. Numbers that do not fit an `f64`/`i64`/`u64` and JSON
-/// nested deeper than 128 levels are not parsed and travel as strings.
-pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Value, PayloadError> {
-    if let Ok(value) = serde_json::from_slice::<Value>(payload) {
-        return Ok(value);
-    }
+/// JSON text (any JSON value, surrounding whitespace allowed) is used as is, byte for byte
+/// apart from that whitespace; other UTF-8 text, including the empty payload, becomes a JSON
+/// string; non-UTF-8 bytes are refused or base64-wrapped per `binary`.
+pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Data, PayloadError> {
     match std::str::from_utf8(payload) {
-        Ok(text) => Ok(Value::String(text.to_owned())),
+        Ok(text) => Ok(Data::from_json(text)
+            .unwrap_or_else(|_| Data::from_value(&Value::String(text.to_owned())))),
         Err(e) => match binary {
             BinaryPolicy::Refuse => Err(PayloadError::Binary {
                 len: payload.len(),
@@ -48,23 +45,23 @@ pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Value
             BinaryPolicy::Base64 => {
                 let mut wrapped = serde_json::Map::new();
                 wrapped.insert("base64".to_owned(), Value::String(STANDARD.encode(payload)));
-                Ok(Value::Object(wrapped))
+                Ok(Data::from_value(&Value::Object(wrapped)))
             }
         },
     }
 }
 
-/// The MQTT payload for a Bayeux message: its `data` as compact JSON (`null` when it has
-/// none), or with [`PayloadMode::Message`] the whole message as JSON without `clientId`
-/// (the bridge's own session id means nothing to MQTT subscribers).
+/// The MQTT payload for a Bayeux message: its `data` exactly as the server sent it (`null`
+/// when it has none), or with [`PayloadMode::Message`] the whole message as JSON without
+/// `clientId` (the bridge's own session id means nothing to MQTT subscribers).
 pub fn bayeux_to_mqtt_payload(message: &Message, mode: PayloadMode) -> Vec<u8> {
     match mode {
         PayloadMode::Data => message
             .data
             .as_ref()
-            .unwrap_or(&Value::Null)
-            .to_string()
-            .into_bytes(),
+            .map_or("null", Data::json)
+            .as_bytes()
+            .to_vec(),
         PayloadMode::Message => {
             let without_client_id = Message {
                 client_id: None,
@@ -77,6 +74,16 @@ pub fn bayeux_to_mqtt_payload(message: &Message, mode: PayloadMode) -> Vec<u8> {
     }
 }
 
+/// What the echo filter compares: `data` in one canonical form (compact, keys sorted,
+/// numbers as `serde_json` writes them), so that the server's copy of an own publish matches
+/// however the server re-encodes it. JSON too deep for a tree is compared as its text.
+pub fn echo_fingerprint(data: &Data) -> Vec<u8> {
+    data.to_value()
+        .ok()
+        .and_then(|value| serde_json::to_vec(&value).ok())
+        .unwrap_or_else(|| data.json().as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -86,22 +93,29 @@ mod tests {
     #[test]
     fn mqtt_payloads_become_bayeux_data_by_content() {
         // (payload, policy, expected data)
-        let table: [(&[u8], BinaryPolicy, Value); 10] = [
-            (br#"{"t":21.5}"#, BinaryPolicy::Refuse, json!({"t": 21.5})),
-            (b"[1,2]", BinaryPolicy::Refuse, json!([1, 2])),
-            (b" 42 \n", BinaryPolicy::Refuse, json!(42)),
-            (b"true", BinaryPolicy::Refuse, json!(true)),
-            (b"null", BinaryPolicy::Refuse, Value::Null),
-            (br#""quoted""#, BinaryPolicy::Refuse, json!("quoted")),
-            (b"hello world", BinaryPolicy::Refuse, json!("hello world")),
-            (b"", BinaryPolicy::Refuse, json!("")),
-            (b"{broken", BinaryPolicy::Refuse, json!("{broken")),
-            ("21,5 °C".as_bytes(), BinaryPolicy::Refuse, json!("21,5 °C")),
+        // (payload, policy, expected data as JSON text)
+        let table: [(&[u8], BinaryPolicy, &str); 12] = [
+            (br#"{"t":21.5}"#, BinaryPolicy::Refuse, r#"{"t":21.5}"#),
+            (
+                br#"{"b": 1, "a": 2.50}"#,
+                BinaryPolicy::Refuse,
+                r#"{"b": 1, "a": 2.50}"#,
+            ),
+            (b"[1,2]", BinaryPolicy::Refuse, "[1,2]"),
+            (b" 42 \n", BinaryPolicy::Refuse, "42"),
+            (b"true", BinaryPolicy::Refuse, "true"),
+            (b"null", BinaryPolicy::Refuse, "null"),
+            (br#""quoted""#, BinaryPolicy::Refuse, r#""quoted""#),
+            (b"hello world", BinaryPolicy::Refuse, r#""hello world""#),
+            (b"", BinaryPolicy::Refuse, r#""""#),
+            (b"{broken", BinaryPolicy::Refuse, r#""{broken""#),
+            (b"1 2", BinaryPolicy::Refuse, r#""1 2""#),
+            ("21,5 °C".as_bytes(), BinaryPolicy::Refuse, r#""21,5 °C""#),
         ];
         for (payload, policy, expected) in table {
             assert_eq!(
-                mqtt_to_bayeux_data(payload, policy),
-                Ok(expected),
+                mqtt_to_bayeux_data(payload, policy).map(|d| d.json().to_owned()),
+                Ok(expected.to_owned()),
                 "{:?}",
                 String::from_utf8_lossy(payload)
             );
@@ -128,20 +142,20 @@ mod tests {
     #[test]
     fn binary_payloads_are_wrapped_in_base64_when_configured() {
         let data = mqtt_to_bayeux_data(&[0xde, 0xad, 0xbe, 0xef], BinaryPolicy::Base64);
-        assert_eq!(data, Ok(json!({"base64": "3q2+7w=="})));
+        assert_eq!(data, Ok(json!({"base64": "3q2+7w=="}).into()));
     }
 
     #[test]
     fn text_payloads_ignore_the_binary_policy() {
         assert_eq!(
             mqtt_to_bayeux_data(b"plain", BinaryPolicy::Base64),
-            Ok(json!("plain"))
+            Ok(json!("plain").into())
         );
     }
 
     fn delivery() -> Message {
         let mut message = Message::new("/sensors/a");
-        message.data = Some(json!({"t": 21.5}));
+        message.data = Some(json!({"t": 21.5}).into());
         message.id = Some("7".into());
         message.client_id = Some("secret-session".into());
         message
@@ -151,6 +165,24 @@ mod tests {
     fn data_mode_publishes_the_data_as_json() {
         let payload = bayeux_to_mqtt_payload(&delivery(), PayloadMode::Data);
         assert_eq!(payload, br#"{"t":21.5}"#);
+    }
+
+    #[test]
+    fn data_mode_publishes_the_data_byte_for_byte() {
+        let mut message = delivery();
+        let as_sent = r#"{"z": 1.50, "a": [1e3, "\u00e9"]}"#;
+        message.data = Some(Data::from_json(as_sent).unwrap());
+        let payload = bayeux_to_mqtt_payload(&message, PayloadMode::Data);
+        assert_eq!(payload, as_sent.as_bytes());
+    }
+
+    #[test]
+    fn echo_fingerprints_ignore_how_the_json_is_written() {
+        let ours = Data::from_json(r#"{"b": 1.50, "a": [1, 2]}"#).unwrap();
+        let echoed = Data::from_json(r#"{"a":[1,2],"b":1.5}"#).unwrap();
+        assert_eq!(echo_fingerprint(&ours), echo_fingerprint(&echoed));
+        let other = Data::from_json(r#"{"a":[1,2],"b":1.6}"#).unwrap();
+        assert_ne!(echo_fingerprint(&ours), echo_fingerprint(&other));
     }
 
     #[test]

@@ -300,7 +300,7 @@ mod tests {
 
     fn event(channel: &str, id: i64) -> Message {
         let mut m = Message::new(channel);
-        m.data = Some(json!({"event": {"replayId": id}, "payload": {}}));
+        m.data = Some(json!({"event": {"replayId": id}, "payload": {}}).into());
         m
     }
 

@@ -93,7 +93,7 @@ impl BayeuxPeer {
             .snapshot()
             .into_iter()
             .filter(|m| m.channel == channel)
-            .map(|m| m.data.unwrap_or(Value::Null))
+            .map(|m| m.data_value().unwrap_or(Value::Null))
             .collect()
     }
 
@@ -106,7 +106,7 @@ impl BayeuxPeer {
                 |messages| {
                     messages
                         .iter()
-                        .any(|m| m.channel == channel && m.data.as_ref() == Some(data))
+                        .any(|m| m.channel == channel && m.data_value().as_ref() == Some(data))
                 },
             )
             .await;
@@ -120,7 +120,7 @@ impl BayeuxPeer {
                 .snapshot()
                 .iter()
                 .filter(|m| m.channel.starts_with(prefix))
-                .filter_map(|m| id_of(m.data.as_ref()?)),
+                .filter_map(|m| id_of(&m.data_value()?)),
         )
     }
 
@@ -132,7 +132,7 @@ impl BayeuxPeer {
                 .snapshot()
                 .iter()
                 .filter(|m| m.channel.starts_with(prefix))
-                .map(|m| expect_id(m.data.as_ref().unwrap_or(&Value::Null))),
+                .map(|m| expect_id(&m.data_value().unwrap_or(Value::Null))),
         )
     }
 
@@ -150,7 +150,7 @@ impl BayeuxPeer {
                 let have: BTreeSet<u64> = messages
                     .iter()
                     .filter(|m| m.channel.starts_with(prefix))
-                    .filter_map(|m| id_of(m.data.as_ref()?))
+                    .filter_map(|m| id_of(&m.data_value()?))
                     .collect();
                 wanted.is_subset(&have)
             })

@@ -3,9 +3,9 @@
 //! `#[derive(Deserialize)]` with `#[serde(flatten)]` buffers every message in serde's private
 //! `Content` tree before it fills the struct, and a batch used to go through a whole
 //! `serde_json::Value` first: two trees of each message on top of the message itself. Here a
-//! batch is read element by element, and each known field goes straight into its place; only
-//! `data`, `advice`, `ext`, `subscription` and unknown fields become `Value`s, as they are
-//! kept as such.
+//! batch is read element by element, and each known field goes straight into its place: `data`
+//! as its JSON text (see [`super::Data`]); only `advice`, `ext`, `subscription` and unknown
+//! fields become `Value`s, as they are kept as such.
 
 use std::cell::Cell;
 use std::fmt;

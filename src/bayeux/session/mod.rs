@@ -45,7 +45,7 @@ use super::channel::{
 use super::error::{PublishError, ServerError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
 use super::ext::Extension;
-use super::message::{Kind, Message};
+use super::message::{Data, Kind, Message};
 use crate::backoff::{Backoff, BackoffOptions};
 
 /// How many times a publish refused with "unknown session" is re-sent after a re-handshake.
@@ -377,7 +377,7 @@ impl Session {
     pub fn publish(
         &mut self,
         channel: &str,
-        data: Value,
+        data: impl Into<Data>,
         ext: Option<serde_json::Map<String, Value>>,
         now: Instant,
     ) -> Result<String, PublishError> {
@@ -397,7 +397,7 @@ impl Session {
             }
         }
         let mut msg = Message::new(channel);
-        msg.data = Some(data);
+        msg.data = Some(data.into());
         msg.ext = ext;
         let id = self.new_id();
         msg.id = Some(id.clone());

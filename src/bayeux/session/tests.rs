@@ -646,7 +646,10 @@ fn a_service_reply_with_data_resolves_the_publish_by_id() {
         vec![json!({"channel":"/service/echo","id":id,"data":{"a":2}})],
     );
     let results = h.publish_results();
-    assert_eq!(results[0].1.as_ref().unwrap().data, Some(json!({"a":2})));
+    assert_eq!(
+        results[0].1.as_ref().unwrap().data,
+        Some(json!({"a":2}).into())
+    );
 }
 
 #[test]

@@ -211,20 +211,24 @@ impl Route {
         if !self.bayeux.matches(channel) {
             return None;
         }
-        let segments: Vec<&str> = channel[1..].split('/').collect();
-        let captured = &segments[self.bayeux_prefix.len()..];
-        if captured.iter().any(|s| s.contains(['+', '#', '\0'])) {
+        // The segments after the literal prefix, as one `a/b/c` slice of the channel.
+        let mut captured = channel.get(1..).unwrap_or_default();
+        for _ in 0..self.bayeux_prefix.len() {
+            captured = captured.split_once('/').map_or("", |(_, rest)| rest);
+        }
+        if captured.contains(['+', '#', '\0']) {
             return None;
         }
-        let topic = self
-            .mqtt_levels
-            .iter()
-            .map(|level| match level {
-                Level::Literal(text) => text.clone(),
-                Level::Capture => captured.join("/"),
-            })
-            .collect::<Vec<_>>()
-            .join("/");
+        let mut topic = String::with_capacity(channel.len() + 16);
+        for (i, level) in self.mqtt_levels.iter().enumerate() {
+            if i > 0 {
+                topic.push('/');
+            }
+            match level {
+                Level::Literal(text) => topic.push_str(text),
+                Level::Capture => topic.push_str(captured),
+            }
+        }
         (!topic.starts_with('$') && topic.len() <= MQTT_MAX_NAME).then_some(topic)
     }
 

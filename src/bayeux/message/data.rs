@@ -25,13 +25,15 @@ pub struct Data(Box<RawValue>);
 impl Data {
     /// Validates `json` (one JSON value; surrounding whitespace is dropped) and keeps it as is.
     pub fn from_json(json: impl Into<String>) -> Result<Data, serde_json::Error> {
+        const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
         let json = json.into();
         // `RawValue::from_string` takes the text without copying when it has no surrounding
         // whitespace and no spare capacity.
-        let json = if json.trim_ascii() == json.as_str() {
+        let trimmed = json.trim_matches(JSON_WHITESPACE);
+        let json = if trimmed.len() == json.len() {
             json
         } else {
-            json.trim_ascii().to_owned()
+            trimmed.to_owned()
         };
         RawValue::from_string(json).map(Data)
     }
@@ -130,6 +132,8 @@ mod tests {
         assert!(Data::from_json("{\"a\":").is_err());
         assert!(Data::from_json("1 2").is_err());
         assert!(Data::from_json("").is_err());
+        // Only JSON's own whitespace is dropped: a form feed is not JSON.
+        assert!(Data::from_json("\u{c}42").is_err());
     }
 
     #[test]

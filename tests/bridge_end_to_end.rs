@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bayeux_mqtt_bridge::bayeux::Data;
 use bayeux_mqtt_bridge::mqtt::QoS;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -507,6 +508,81 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
         "the bridge's own session id is left out: {whole}"
     );
     stop(&mut bridge).await;
+}
+
+/// JSON payloads travel as the JSON text they are, both ways: key order, spacing inside
+/// strings and non-ASCII text survive (the bridge used to re-encode them with keys sorted).
+/// The Bayeux servers re-encode what they relay (`JSON.stringify`: compact, order kept), so
+/// what each side sees is the other side's JSON as the server wrote it.
+async fn json_payloads_keep_their_text_both_ways(kind: PeerKind) {
+    let server = PeerServer::start_async(kind).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let client_id = format!("e2e-text-{kind:?}").to_lowercase();
+    let mqtt_sub = MqttPeer::connect_with(
+        mqtt_options(&broker, &format!("{client_id}-sub")),
+        &[("text/in/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
+    let bayeux_sub = BayeuxPeer::subscriber(&url, "/text/out/*", WAIT).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        &client_id,
+        "",
+        "",
+        &[
+            route("/text/in/*", "text/in/+", "bayeux_to_mqtt", ""),
+            route("/text/out/*", "text/out/+", "mqtt_to_bayeux", ""),
+        ],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // Keys out of alphabetical order, a nested array, non-ASCII text.
+    let sent = r#"{"zeta":1,"alpha":[true,null,"a b"],"mid":"21,5 °C"}"#;
+    let bayeux = BayeuxPeer::publisher(&url, WAIT);
+    bayeux
+        .publish("/text/in/a", Data::from_json(sent).expect("valid JSON"))
+        .await;
+    mqtt_sub
+        .inbox
+        .wait_until("the Bayeux message on MQTT", WAIT, |got| !got.is_empty())
+        .await;
+    assert_eq!(
+        mqtt_sub.inbox.snapshot()[0].text(),
+        sent,
+        "Bayeux → MQTT: the payload is the data as the server sent it"
+    );
+
+    let mqtt = MqttPeer::connect(mqtt_options(&broker, &format!("{client_id}-pub")), &[]).await;
+    mqtt.publish(
+        "text/out/b",
+        "  {\"zeta\": 2,  \"alpha\": {\"y\": 1, \"x\": 2}}\n",
+    )
+    .await;
+    bayeux_sub
+        .inbox
+        .wait_until("the MQTT message on Bayeux", WAIT, |got| !got.is_empty())
+        .await;
+    let delivered = bayeux_sub.inbox.snapshot()[0].clone();
+    assert_eq!(
+        delivered.data.as_ref().map(Data::json),
+        Some(r#"{"zeta":2,"alpha":{"y":1,"x":2}}"#),
+        "MQTT → Bayeux: the payload's JSON reaches subscribers with its key order"
+    );
+    stop(&mut bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_keep_their_text_both_ways_cometd() {
+    json_payloads_keep_their_text_both_ways(PeerKind::CometD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_keep_their_text_both_ways_faye() {
+    json_payloads_keep_their_text_both_ways(PeerKind::Faye).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::time::Duration;
 
-use bayeux_mqtt_bridge::bayeux::{Client, Message};
+use bayeux_mqtt_bridge::bayeux::{Client, Data, Message};
 use serde_json::{Value, json};
 
 use super::bayeux_client::{confirmed, fast_options, start as start_bayeux_client};
@@ -59,7 +59,7 @@ impl BayeuxPeer {
     }
 
     /// Publishes and waits for the server's `successful: true`.
-    pub async fn publish(&self, channel: &str, data: Value) {
+    pub async fn publish(&self, channel: &str, data: impl Into<Data>) {
         let wait = self.wait;
         tokio::time::timeout(wait, self.client.publish(channel, data))
             .await

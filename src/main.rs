@@ -151,15 +151,17 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // One worker thread unless TOKIO_WORKER_THREADS says otherwise. The bridge is a pipeline
-    // whose stages hand each message to the next: on two workers every hand-over is a
-    // cross-thread wake-up (futex, eventfd, context switch), which cost more CPU than the
-    // second thread gave back (README, "Benchmarks"). Blocking work goes to spawn_blocking
+    // One thread, the main one, unless TOKIO_WORKER_THREADS asks for a pool of workers. The
+    // bridge is a pipeline whose stages hand each message to the next: on two workers every
+    // hand-over is a cross-thread wake-up (futex, eventfd, context switch), which cost more
+    // CPU than the second thread gave back, and a current-thread runtime schedules for less
+    // than a pool of one (README, "Benchmarks"). Blocking work goes to spawn_blocking
     // threads either way.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
-    }
+    let mut builder = if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(future),
         Err(e) => {

@@ -3,7 +3,6 @@
 //! from. Names follow the Prometheus conventions (`_total` counters, base units).
 
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -257,20 +256,6 @@ impl Metrics {
         let _ = encode(&mut text, &self.registry);
         text
     }
-
-    /// Records a forwarded message now.
-    pub fn forwarded(&self, direction: &'static str, route: u32) {
-        self.forwarded
-            .get_or_create(&RouteLabels { direction, route })
-            .inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.last_forward
-            .get_or_create(&DirectionLabels { direction })
-            .set(now);
-    }
 }
 
 #[cfg(test)]
@@ -286,7 +271,11 @@ mod tests {
                 route: 1,
             })
             .inc();
-        m.forwarded("bayeux_to_mqtt", 1);
+        m.last_forward
+            .get_or_create(&DirectionLabels {
+                direction: "bayeux_to_mqtt",
+            })
+            .set(1.0);
         m.dropped
             .get_or_create(&DropLabels {
                 direction: "mqtt_to_bayeux",

@@ -221,6 +221,15 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Option<Message> {
         self.rx.try_recv().ok()
     }
+
+    /// [`Subscription::recv`] for hand-written futures and streams: `Ready(None)` once the
+    /// client has stopped or the pattern was unsubscribed.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
 }
 
 impl Client {

@@ -7,12 +7,15 @@
 //! not drops. Publishes are handed to the MQTT client in delivery order.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, SelectAll};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
 
 use super::checkpoint::Ticket;
@@ -124,20 +127,26 @@ pub(super) async fn run(
                 },
             }
         };
-        let Some(route) = live.routes.get(&key).cloned() else {
-            // Left over from a route a reload removed.
-            shared.stats.received(Direction::BayeuxToMqtt, 0);
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                "route_removed",
-                0,
-                &message.channel,
-                "received before its route was removed by a reload",
-            );
-            continue;
-        };
-        let slot = Slot::new(permit, &shared.b2m_in_flight);
-        forward(&shared, &mqtt, &route, message, slot, &settler).await;
+        take(&shared, &mqtt, &live, key, message, permit, &settler).await;
+        // While messages are already waiting and permits are free, take them without the
+        // selects above (setting up their futures costs more than the message), stopping at
+        // any control change so that a pause or removal applies before the next message.
+        while !live.paused && !*stop.borrow() {
+            if let Ok(change) = control.try_recv() {
+                apply(&mut deliveries, &mut live, change);
+                if let Some(handle) = live.resumed_with.take() {
+                    mqtt = handle;
+                }
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(Some((key, message))) = deliveries.next().now_or_never() else {
+                break;
+            };
+            take(&shared, &mqtt, &live, key, message, permit, &settler).await;
+        }
     }
     // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
     // hands over until it has stopped and closed them, will not be forwarded. Count it.
@@ -164,6 +173,32 @@ pub(super) async fn run(
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
 }
 
+/// Forwards `message` by its route, or counts it as dropped if a reload removed the route.
+async fn take(
+    shared: &Arc<Shared>,
+    mqtt: &MqttHandle,
+    live: &Live,
+    key: u64,
+    message: Message,
+    permit: OwnedSemaphorePermit,
+    settler: &Settler,
+) {
+    let Some(route) = live.routes.get(&key) else {
+        // Left over from a route a reload removed.
+        shared.stats.received(Direction::BayeuxToMqtt, 0);
+        shared.drop_message(
+            Direction::BayeuxToMqtt,
+            "route_removed",
+            0,
+            &message.channel,
+            "received before its route was removed by a reload",
+        );
+        return;
+    };
+    let slot = Slot::new(permit, &shared.b2m_in_flight);
+    forward(shared, mqtt, route, message, slot, settler).await;
+}
+
 fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
     match change {
         Control::Add {
@@ -188,9 +223,30 @@ fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
     }
 }
 
+/// One route's deliveries as a stream of `(key, message)`. Once cancelled it hands over what
+/// is already buffered, then ends.
 struct Reading {
+    key: u64,
     subscription: Subscription,
     cancelled: Option<oneshot::Receiver<()>>,
+}
+
+impl Stream for Reading {
+    type Item = (u64, Message);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let key = self.key;
+        if let Some(cancelled) = self.cancelled.as_mut() {
+            if Pin::new(cancelled).poll(cx).is_pending() {
+                return self
+                    .subscription
+                    .poll_recv(cx)
+                    .map(|message| message.map(|m| (key, m)));
+            }
+            self.cancelled = None;
+        }
+        Poll::Ready(self.subscription.try_recv().map(|m| (key, m)))
+    }
 }
 
 fn add(
@@ -203,23 +259,14 @@ fn add(
     let (cancel, cancelled) = oneshot::channel::<()>();
     live.cancels.insert(key, cancel);
     live.routes.insert(key, route);
-    let reading = Reading {
-        subscription,
-        cancelled: Some(cancelled),
-    };
-    let stream = futures_util::stream::unfold(reading, move |mut r| async move {
-        if let Some(cancelled) = r.cancelled.as_mut() {
-            tokio::select! {
-                biased;
-                _ = cancelled => r.cancelled = None,
-                message = r.subscription.recv() => return message.map(|m| ((key, m), r)),
-            }
+    deliveries.push(
+        Reading {
+            key,
+            subscription,
+            cancelled: Some(cancelled),
         }
-        // Cancelled: hand over what is already buffered, then end.
-        r.subscription.try_recv().map(|m| ((key, m), r))
-    })
-    .boxed();
-    deliveries.push(stream);
+        .boxed(),
+    );
 }
 
 /// Waits for the broker's acknowledgement of a publish and records the outcome. The slot is

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::{DirectionLabels, DropLabels, Metrics, RouteLabels};
 
@@ -44,6 +48,21 @@ pub struct DirectionStats {
     /// Own messages that came back and were not forwarded again.
     pub echoes: AtomicU64,
     dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// The Prometheus series a message of each route touches, looked up once instead of per
+    /// message (a `Family` lookup takes a lock and hashes the labels). Routes past the end
+    /// are looked up each time.
+    hot: [OnceLock<RouteSeries>; HOT_ROUTES],
+    last_forward: OnceLock<Gauge<f64, AtomicU64>>,
+}
+
+/// Routes whose series [`DirectionStats`] keeps at hand: route numbers 0 to 31.
+const HOT_ROUTES: usize = 32;
+
+/// `bridge_messages_received_total` and `bridge_messages_forwarded_total` of one route.
+#[derive(Debug)]
+struct RouteSeries {
+    received: Counter,
+    forwarded: Counter,
 }
 
 impl DirectionStats {
@@ -90,18 +109,58 @@ impl Stats {
     /// A message was taken from the source side for `route` (1-based).
     pub fn received(&self, direction: Direction, route: usize) {
         bump(&self.of(direction).received);
-        let labels = RouteLabels {
-            direction: direction.as_str(),
-            route: route_label(route),
-        };
-        self.metrics.received.get_or_create(&labels).inc();
+        match self.series(direction, route) {
+            Some(series) => {
+                series.received.inc();
+            }
+            None => {
+                self.metrics
+                    .received
+                    .get_or_create(&route_labels(direction, route))
+                    .inc();
+            }
+        }
     }
 
     /// The destination side acknowledged a message of `route`.
     pub fn forwarded(&self, direction: Direction, route: usize) {
-        bump(&self.of(direction).forwarded);
-        self.metrics
-            .forwarded(direction.as_str(), route_label(route));
+        let stats = self.of(direction);
+        bump(&stats.forwarded);
+        match self.series(direction, route) {
+            Some(series) => {
+                series.forwarded.inc();
+            }
+            None => {
+                self.metrics
+                    .forwarded
+                    .get_or_create(&route_labels(direction, route))
+                    .inc();
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        stats
+            .last_forward
+            .get_or_init(|| {
+                let labels = DirectionLabels {
+                    direction: direction.as_str(),
+                };
+                self.metrics.last_forward.get_or_create(&labels).clone()
+            })
+            .set(now);
+    }
+
+    /// The series of `route`, resolved on first use; `None` past [`HOT_ROUTES`].
+    fn series(&self, direction: Direction, route: usize) -> Option<&RouteSeries> {
+        let slot = self.of(direction).hot.get(route)?;
+        Some(slot.get_or_init(|| {
+            let labels = route_labels(direction, route);
+            RouteSeries {
+                received: self.metrics.received.get_or_create(&labels).clone(),
+                forwarded: self.metrics.forwarded.get_or_create(&labels).clone(),
+            }
+        }))
     }
 
     /// An own publish came back and was not forwarded again.
@@ -142,6 +201,13 @@ fn route_label(route: usize) -> u32 {
     u32::try_from(route).unwrap_or(u32::MAX)
 }
 
+fn route_labels(direction: Direction, route: usize) -> RouteLabels {
+    RouteLabels {
+        direction: direction.as_str(),
+        route: route_label(route),
+    }
+}
+
 /// Adds one to a counter.
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -169,5 +235,34 @@ mod tests {
         assert_eq!(d.get("binary_payload"), Some(&2));
         assert_eq!(stats.mqtt_to_bayeux.dropped_total(), 3);
         assert_eq!(stats.bayeux_to_mqtt.dropped_total(), 0);
+    }
+
+    #[test]
+    fn received_and_forwarded_reach_the_route_series_for_every_route_number() {
+        let stats = Stats::default();
+        // A route kept at hand and one past them, looked up each time.
+        for route in [1, HOT_ROUTES + 7] {
+            for _ in 0..3 {
+                stats.received(Direction::BayeuxToMqtt, route);
+            }
+            stats.forwarded(Direction::BayeuxToMqtt, route);
+            stats.forwarded(Direction::BayeuxToMqtt, route);
+            let text = stats.metrics.encode();
+            for (name, n) in [("received", 3), ("forwarded", 2)] {
+                let line = format!(
+                    r#"bridge_messages_{name}_total{{direction="bayeux_to_mqtt",route="{route}"}} {n}"#
+                );
+                assert!(text.contains(&line), "no `{line}` in\n{text}");
+            }
+        }
+        assert_eq!(stats.bayeux_to_mqtt.received.load(Ordering::Relaxed), 6);
+        assert_eq!(stats.bayeux_to_mqtt.forwarded.load(Ordering::Relaxed), 4);
+        let text = stats.metrics.encode();
+        assert!(
+            text.contains(r#"bridge_last_forward_timestamp_seconds{direction="bayeux_to_mqtt"}"#)
+        );
+        assert!(
+            !text.contains(r#"bridge_last_forward_timestamp_seconds{direction="mqtt_to_bayeux"}"#)
+        );
     }
 }

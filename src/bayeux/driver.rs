@@ -168,12 +168,15 @@ impl Driver {
 
     /// Carries out everything the session asked for.
     async fn carry_out(&mut self) {
-        // Before any output reaches a caller: a publish failing with `Closed` must find the
-        // reason already there.
-        if let Some(reason) = self.session.stop_reason() {
-            let _ = self.stopped.set(reason.clone());
-        }
         while let Some(output) = self.session.poll_output() {
+            // Before the output reaches a caller: a publish failing with `Closed` must find
+            // the reason already there. (The session reads a response as its outputs are
+            // polled, so a stop can come up between two outputs.)
+            if self.stopped.get().is_none()
+                && let Some(reason) = self.session.stop_reason()
+            {
+                let _ = self.stopped.set(reason.clone());
+            }
             match output {
                 Output::Send { lane, messages } => self.start(lane, messages),
                 Output::Abort(Lane::Connect) => self.connect_lane = None,
@@ -183,6 +186,11 @@ impl Driver {
                 Output::PublishDone { id, result } => self.publish_done(id, result),
                 Output::FetchToken => self.fetch_token(),
             }
+        }
+        if self.stopped.get().is_none()
+            && let Some(reason) = self.session.stop_reason()
+        {
+            let _ = self.stopped.set(reason.clone());
         }
     }
 

@@ -46,6 +46,7 @@ impl Session {
     /// The result of the token fetch asked for with [`Output::FetchToken`]. On success the
     /// driver has already installed the token.
     pub fn on_token(&mut self, result: Result<(), TokenError>, now: Instant) {
+        self.drain_inbox();
         let Some(auth) = self.auth.as_mut() else {
             return;
         };

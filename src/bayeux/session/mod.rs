@@ -212,6 +212,23 @@ pub struct Session {
     /// Token state, when the driver has a token source.
     auth: Option<auth::AuthState>,
     outputs: VecDeque<Output>,
+    /// The rest of a `/meta/connect` response, read as outputs are polled (see
+    /// [`Session::poll_output`]).
+    inbox: Option<Inbox>,
+}
+
+/// A `/meta/connect` response not yet read through. A long poll that carries a server-side
+/// backlog holds tens of thousands of deliveries; read all at once, each would sit in the
+/// response's vector and again, moved, in the output queue, both sized for the whole
+/// response. Read one message per polled output instead, the output queue stays short and
+/// the response's vector is the only copy.
+#[derive(Debug)]
+struct Inbox {
+    messages: std::vec::IntoIter<Message>,
+    /// The id of the connect the response answers, when it was sent.
+    sent_id: Option<String>,
+    /// When the response arrived: what the session treats as now while reading it.
+    now: Instant,
 }
 
 impl Session {
@@ -258,14 +275,51 @@ impl Session {
             disconnect_requested: false,
             multiple_clients_reported: false,
             outputs: VecDeque::new(),
+            inbox: None,
         };
         session.pump(now);
         session
     }
 
     /// The next queued output, if any.
+    ///
+    /// The messages of a `/meta/connect` response are read as outputs are taken: the session
+    /// reads the next one only when the outputs of the previous ones have all been polled.
+    /// Every other input method ([`Session::on_response`], [`Session::on_timer`],
+    /// [`Session::publish`], ...) first reads the rest of the response, so the order in which
+    /// inputs take effect is the same either way. Until the outputs have been polled to the
+    /// end, the state that the query methods report may not include the whole response yet.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        loop {
+            if let Some(output) = self.outputs.pop_front() {
+                return Some(output);
+            }
+            if !self.read_inbox() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads the next message of the pending response, or finishes the response once all are
+    /// read. False when there is no pending response.
+    fn read_inbox(&mut self) -> bool {
+        let Some(inbox) = self.inbox.as_mut() else {
+            return false;
+        };
+        let now = inbox.now;
+        match inbox.messages.next() {
+            Some(message) => self.receive(message, now),
+            None => {
+                let sent_id = self.inbox.take().and_then(|inbox| inbox.sent_id);
+                self.finish_connect_response(sent_id, now);
+            }
+        }
+        true
+    }
+
+    /// Reads the whole rest of the pending response, if any.
+    fn drain_inbox(&mut self) {
+        while self.read_inbox() {}
     }
 
     /// When the driver must call [`Session::on_timer`] next.
@@ -287,6 +341,7 @@ impl Session {
 
     /// Time has passed: start what is due.
     pub fn on_timer(&mut self, now: Instant) {
+        self.drain_inbox();
         for sub in self.subs.values_mut() {
             if matches!(sub.state, SubState::Failed { retry_at } if retry_at <= now) {
                 sub.state = SubState::Wanted;
@@ -323,6 +378,7 @@ impl Session {
     /// Adds a pattern to the subscription table. Subscribing to a pattern already in the
     /// table only re-reports its confirmation.
     pub fn subscribe(&mut self, pattern: &ChannelPattern, now: Instant) {
+        self.drain_inbox();
         if let Some(existing) = self.subs.get(pattern.as_str()) {
             if existing.state == SubState::Confirmed {
                 self.event(Event::SubscriptionConfirmed {
@@ -355,6 +411,7 @@ impl Session {
 
     /// Removes a pattern from the subscription table and unsubscribes on the server.
     pub fn unsubscribe(&mut self, pattern: &str, now: Instant) {
+        self.drain_inbox();
         let Some(sub) = self.subs.remove(pattern) else {
             return;
         };
@@ -381,6 +438,7 @@ impl Session {
         ext: Option<serde_json::Map<String, Value>>,
         now: Instant,
     ) -> Result<String, PublishError> {
+        self.drain_inbox();
         if matches!(self.phase, Phase::Stopped | Phase::Disconnecting) {
             return Err(PublishError::Closed);
         }
@@ -408,6 +466,7 @@ impl Session {
 
     /// Sends `/meta/disconnect` (after anything already queued) and stops.
     pub fn disconnect(&mut self, now: Instant) {
+        self.drain_inbox();
         match self.phase {
             Phase::Stopped | Phase::Disconnecting => {}
             Phase::Handshaken if !self.connect_failing => {
@@ -428,6 +487,7 @@ impl Session {
         result: Result<Vec<Message>, TransportError>,
         now: Instant,
     ) {
+        self.drain_inbox();
         if self.phase == Phase::Stopped {
             return;
         }
@@ -436,21 +496,13 @@ impl Session {
                 let sent_id = self.connect_id.clone();
                 match result {
                     Ok(messages) => {
-                        for msg in messages {
-                            self.receive(msg, now);
-                        }
-                        // A reply handler clears `connect_id`; if it is still set the response
-                        // did not answer the connect.
-                        if sent_id.is_some() && self.connect_id == sent_id {
-                            self.connect_id = None;
-                            if self.phase == Phase::Handshaken {
-                                self.connect_failed(
-                                    None,
-                                    "response carried no /meta/connect reply".into(),
-                                    now,
-                                );
-                            }
-                        }
+                        // Read as outputs are polled; `finish_connect_response` at the end.
+                        self.inbox = Some(Inbox {
+                            messages: messages.into_iter(),
+                            sent_id,
+                            now,
+                        });
+                        return;
                     }
                     Err(e) => {
                         self.connect_id = None;
@@ -484,6 +536,24 @@ impl Session {
                 }
             }
         }
+        self.after_response(now);
+    }
+
+    /// The end of a `/meta/connect` response whose messages have all been read.
+    fn finish_connect_response(&mut self, sent_id: Option<String>, now: Instant) {
+        // A reply handler clears `connect_id`; if it is still set the response did not answer
+        // the connect.
+        if sent_id.is_some() && self.connect_id == sent_id {
+            self.connect_id = None;
+            if self.phase == Phase::Handshaken {
+                self.connect_failed(None, "response carried no /meta/connect reply".into(), now);
+            }
+        }
+        self.after_response(now);
+    }
+
+    /// After any response: requeue what must go again, and send what is due.
+    fn after_response(&mut self, now: Instant) {
         for msg in std::mem::take(&mut self.to_requeue).into_iter().rev() {
             self.outbox.push_front(msg);
         }

@@ -653,6 +653,94 @@ fn a_service_reply_with_data_resolves_the_publish_by_id() {
 }
 
 #[test]
+fn a_connect_response_is_read_as_its_outputs_are_taken() {
+    let mut h = Harness::new();
+    h.connected("c1");
+    let c = h.sent(Lane::Connect);
+    let mut batch: Vec<Value> = (0..1000)
+        .map(|n| json!({"channel":"/a/b","data":{"n":n}}))
+        .collect();
+    batch.push(json!({"channel":"/meta/connect","id":c[0].id,"successful":true}));
+    h.reply(Lane::Connect, batch);
+    // One message is read per output taken: the queue never holds the response again.
+    let mut seen = Vec::new();
+    let mut next_connect = None;
+    while let Some(output) = h.session.poll_output() {
+        assert!(
+            h.session.outputs.len() <= 1,
+            "{} outputs queued at once",
+            h.session.outputs.len()
+        );
+        match output {
+            Output::Deliver(m) => {
+                assert!(
+                    next_connect.is_none(),
+                    "the next connect went before a delivery"
+                );
+                seen.push(m.data_value().unwrap()["n"].as_u64().unwrap());
+            }
+            Output::Send {
+                lane: Lane::Connect,
+                messages,
+            } => next_connect = Some(messages),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..1000).collect::<Vec<u64>>(),
+        "in order, all of them"
+    );
+    assert!(
+        next_connect.is_some(),
+        "the next connect after the response"
+    );
+}
+
+#[test]
+fn any_other_input_reads_the_rest_of_a_pending_response_first() {
+    let mut h = Harness::new();
+    h.connected("c1");
+    let c = h.sent(Lane::Connect);
+    h.reply(
+        Lane::Connect,
+        vec![
+            json!({"channel":"/a/b","data":1}),
+            json!({"channel":"/a/b","data":2}),
+            json!({"channel":"/meta/connect","id":c[0].id,"successful":true}),
+        ],
+    );
+    assert!(matches!(h.session.poll_output(), Some(Output::Deliver(_))));
+    // A publish now: the rest of the response takes effect before it, as if read at once.
+    let id = h.session.publish("/x", json!(3), None, h.now).unwrap();
+    let rest: Vec<Output> = std::iter::from_fn(|| h.session.poll_output()).collect();
+    let delivered = rest
+        .iter()
+        .position(|o| matches!(o, Output::Deliver(m) if m.data_value() == Some(json!(2))))
+        .expect("the second delivery");
+    let connect = rest
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    lane: Lane::Connect,
+                    ..
+                }
+            )
+        })
+        .expect("the next connect");
+    let publish = rest
+        .iter()
+        .position(|o| {
+            matches!(o, Output::Send { lane: Lane::Other, messages }
+                if messages.iter().any(|m| m.id.as_deref() == Some(id.as_str())))
+        })
+        .expect("the publish");
+    assert!(delivered < connect && connect < publish, "{rest:#?}");
+}
+
+#[test]
 fn deliveries_and_stray_replies_are_surfaced() {
     let mut h = Harness::new();
     h.connected("c1");

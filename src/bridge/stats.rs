@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::{DirectionLabels, DropLabels, Metrics, RouteLabels};
@@ -109,34 +110,14 @@ impl Stats {
     /// A message was taken from the source side for `route` (1-based).
     pub fn received(&self, direction: Direction, route: usize) {
         bump(&self.of(direction).received);
-        match self.series(direction, route) {
-            Some(series) => {
-                series.received.inc();
-            }
-            None => {
-                self.metrics
-                    .received
-                    .get_or_create(&route_labels(direction, route))
-                    .inc();
-            }
-        }
+        self.count_route(direction, route, |s| &s.received, &self.metrics.received);
     }
 
     /// The destination side acknowledged a message of `route`.
     pub fn forwarded(&self, direction: Direction, route: usize) {
         let stats = self.of(direction);
         bump(&stats.forwarded);
-        match self.series(direction, route) {
-            Some(series) => {
-                series.forwarded.inc();
-            }
-            None => {
-                self.metrics
-                    .forwarded
-                    .get_or_create(&route_labels(direction, route))
-                    .inc();
-            }
-        }
+        self.count_route(direction, route, |s| &s.forwarded, &self.metrics.forwarded);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -149,6 +130,24 @@ impl Stats {
                 self.metrics.last_forward.get_or_create(&labels).clone()
             })
             .set(now);
+    }
+
+    /// Adds one to `route`'s series: the one kept at hand (`pick`), or else `family`'s.
+    fn count_route(
+        &self,
+        direction: Direction,
+        route: usize,
+        pick: impl Fn(&RouteSeries) -> &Counter,
+        family: &Family<RouteLabels, Counter>,
+    ) {
+        match self.series(direction, route) {
+            Some(series) => {
+                pick(series).inc();
+            }
+            None => {
+                family.get_or_create(&route_labels(direction, route)).inc();
+            }
+        }
     }
 
     /// The series of `route`, resolved on first use; `None` past [`HOT_ROUTES`].

@@ -673,25 +673,8 @@ async fn pub_gives_up_on_a_server_that_never_answers() {
 /// a lost reason only some of the time. A run takes a few milliseconds.
 #[tokio::test]
 async fn sub_exits_non_zero_when_the_server_says_reconnect_none() {
-    const RUNS: usize = 20;
     let server = FakeServer::start(scripted(Script::Forbidden)).await;
-    let url = server.url();
-    let mut lost = Vec::new();
-    for _ in 0..RUNS {
-        let out = run(&["sub", "--url", &url, "/demo/x"], &[]).await;
-        out.assert_failure();
-        assert!(out.stdout.is_empty(), "{}", out.context());
-        if !out.stderr.contains("403::Forbidden") {
-            lost.push(out);
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "in {} of {RUNS} runs stderr did not carry the server's reason (403::Forbidden); \
-         the first such run:\n{}",
-        lost.len(),
-        lost[0].context()
-    );
+    says_why_every_time(&server, &["sub", "/demo/x"]).await;
 }
 
 /// A server that refuses every message with `403::Forbidden` and `reconnect: none`, so the
@@ -709,8 +692,13 @@ async fn refusing_server() -> FakeServer {
 /// reason on stderr, whether the client stopped before or after the tool handed it its
 /// work. Repeated for the same kind of race as above.
 async fn always_says_why(args: &[&str]) {
+    says_why_every_time(&refusing_server().await, args).await;
+}
+
+/// `args` (with `--url` of `server` first), run 20 times, fails every time with nothing on
+/// stdout and the server's reason (`403::Forbidden`) on stderr.
+async fn says_why_every_time(server: &FakeServer, args: &[&str]) {
     const RUNS: usize = 20;
-    let server = refusing_server().await;
     let url = server.url();
     let mut lost = Vec::new();
     for _ in 0..RUNS {
@@ -718,6 +706,7 @@ async fn always_says_why(args: &[&str]) {
         argv.extend_from_slice(&args[1..]);
         let out = run(&argv, &[]).await;
         out.assert_failure();
+        assert!(out.stdout.is_empty(), "{}", out.context());
         if !out.stderr.contains("403::Forbidden") {
             lost.push(out);
         }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bayeux_mqtt_bridge::backoff::BackoffOptions;
 use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions, Protocol, QoS,
-    SubscriptionSpec, Will,
+    self, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions, Protocol,
+    PublishCompletion, QoS, SubscriptionSpec, Will,
 };
 use bytes::Bytes;
 use common::mosquitto::Mosquitto;
@@ -106,6 +106,18 @@ impl Client {
 
 fn text(message: &IncomingMessage) -> String {
     String::from_utf8_lossy(&message.payload).into_owned()
+}
+
+/// Waits (30 s at most) for every publish's outcome; fails the test on any failure.
+async fn all_acknowledged(completions: Vec<PublishCompletion>) {
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(completions),
+    )
+    .await
+    .expect("every publish resolves");
+    let failures: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 fn sub(filter: &str) -> SubscriptionSpec {
@@ -393,14 +405,7 @@ async fn publishes_survive_a_broker_restart_mid_stream(
             .expect("queued");
         completions.push(completion);
     }
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join_all(completions),
-    )
-    .await
-    .expect("every publish resolves");
-    let failures: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    assert!(failures.is_empty(), "{failures:?}");
+    all_acknowledged(completions).await;
 
     let (seen, deliveries) = tokio::time::timeout(Duration::from_secs(30), collector)
         .await
@@ -830,14 +835,7 @@ async fn publishing_again_after_session_loss_respects_the_receive_maximum() {
             .expect("queued");
         completions.push(completion);
     }
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join_all(completions),
-    )
-    .await
-    .expect("every publish resolves");
-    let failures: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    assert!(failures.is_empty(), "{failures:?}");
+    all_acknowledged(completions).await;
 
     // Count, in the restarted broker's log, QoS 2 publishes received and not yet completed.
     broker.terminate();
@@ -894,13 +892,7 @@ async fn a_burst_through_a_small_window_arrives_complete_and_in_order(protocol: 
             .expect("queued");
         completions.push(completion);
     }
-    let results = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join_all(completions),
-    )
-    .await
-    .expect("every publish resolves");
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    all_acknowledged(completions).await;
 
     let mut received: BTreeMap<bool, Vec<usize>> = BTreeMap::new();
     for _ in 0..TOTAL {

@@ -15,7 +15,7 @@
 //   {"sent":N,"accepted":N,"failed":0,"start_us":…,"end_us":…,"rate":…}
 
 import http from 'node:http';
-import { benchMessage, cpuSeconds, exitWithParent, fail, nowUs, parseArgs, say } from './common.js';
+import { benchMessage, cpuSeconds, dueNow, exitWithParent, fail, nowUs, parseArgs, say } from './common.js';
 
 const usage = 'usage: node bayeux-pub.js --url URL --channel CH --count N [--batch 50] [--window 4] [--rate 0] [--size 60]';
 const o = parseArgs(process.argv.slice(2), {
@@ -119,15 +119,11 @@ async function main() {
             await wait();
             continue;
         }
-        let n = Math.min(o.batch, o.count - sent);
-        if (o.rate > 0) {
-            // Paced: send only what is due by now.
-            const due = Math.floor(((nowUs() - start) / 1e6) * o.rate) + 1;
-            n = Math.min(n, due - sent);
-            if (n <= 0) {
-                await new Promise(r => setTimeout(r, 1));
-                continue;
-            }
+        // Paced: send only what is due by now.
+        const n = dueNow(Math.min(o.batch, o.count - sent), sent, start, o.rate);
+        if (n <= 0) {
+            await new Promise(r => setTimeout(r, 1));
+            continue;
         }
         const batch = [];
         for (let i = 0; i < n; ++i) {

@@ -61,6 +61,18 @@ export function say(line) {
 }
 
 /**
+ * How many of the next `n` messages to send now: all of them unpaced (`rate` 0), else only
+ * what is due at `rate` msg/s since `startUs` with `sent` already out (0 or less: wait).
+ */
+export function dueNow(n, sent, startUs, rate) {
+    if (rate <= 0) {
+        return n;
+    }
+    const due = Math.floor(((nowUs() - startUs) / 1e6) * rate) + 1;
+    return Math.min(n, due - sent);
+}
+
+/**
  * The bench message: `{"seq":N,"ts":MICROS,"pad":"xx…"}`, padded to exactly `size` bytes of
  * compact JSON (60 by default), so every message in a run has the same size.
  */

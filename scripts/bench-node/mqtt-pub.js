@@ -9,7 +9,7 @@
 // Prints one JSON line on stdout when done:
 //   {"sent":N,"accepted":N,"failed":0,"start_us":…,"end_us":…,"rate":…,"cpu_s":…}
 
-import { benchMessage, cpuSeconds, exitWithParent, fail, nowUs, parseArgs, say } from './common.js';
+import { benchMessage, cpuSeconds, dueNow, exitWithParent, fail, nowUs, parseArgs, say } from './common.js';
 import { MqttLite } from './mqtt-lite.js';
 
 const usage = 'usage: node mqtt-pub.js --port P --topic T --qos 0|1 --count N [--window 200] [--batch 50] [--rate 0] [--size 60]';
@@ -42,14 +42,10 @@ async function main() {
     const cpu0 = cpuSeconds();
     const deadline = start + o.deadline * 1e6;
     while (sent < o.count && nowUs() < deadline) {
-        let n = Math.min(o.batch, o.count - sent);
-        if (o.rate > 0) {
-            const due = Math.floor(((nowUs() - start) / 1e6) * o.rate) + 1;
-            n = Math.min(n, due - sent);
-            if (n <= 0) {
-                await new Promise(r => setTimeout(r, 1));
-                continue;
-            }
+        let n = dueNow(Math.min(o.batch, o.count - sent), sent, start, o.rate);
+        if (n <= 0) {
+            await new Promise(r => setTimeout(r, 1));
+            continue;
         }
         if (o.qos > 0) {
             if (inFlight >= o.window) {

@@ -10,13 +10,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bayeux_mqtt_bridge::backoff::BackoffOptions;
 use bayeux_mqtt_bridge::mqtt::{
     self, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions, Protocol,
     PublishCompletion, QoS, SubscriptionSpec, Will,
 };
 use bytes::Bytes;
 use common::mosquitto::Mosquitto;
+use common::mqtt_peer::mqtt_options;
 use tokio::sync::mpsc;
 
 /// Longest wait for any single expected event.
@@ -29,16 +29,10 @@ fn init_logs() {
         .try_init();
 }
 
-/// Options for a test client: fast, jitter-free backoff.
+/// Options for a test client ([`mqtt_options`]: fast, jitter-free backoff) on `protocol`.
 fn options(broker: &Mosquitto, client_id: &str, protocol: Protocol) -> MqttOptions {
-    let mut options = MqttOptions::new(broker.host(), broker.port(), client_id);
+    let mut options = mqtt_options(broker, client_id);
     options.protocol = protocol;
-    options.backoff = BackoffOptions {
-        increment: Duration::from_millis(100),
-        max: Duration::from_secs(1),
-        jitter: 0.0,
-    };
-    options.connect_timeout = Duration::from_secs(2);
     options
 }
 

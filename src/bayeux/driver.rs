@@ -172,11 +172,7 @@ impl Driver {
             // Before the output reaches a caller: a publish failing with `Closed` must find
             // the reason already there. (The session reads a response as its outputs are
             // polled, so a stop can come up between two outputs.)
-            if self.stopped.get().is_none()
-                && let Some(reason) = self.session.stop_reason()
-            {
-                let _ = self.stopped.set(reason.clone());
-            }
+            self.note_stop_reason();
             match output {
                 Output::Send { lane, messages } => self.start(lane, messages),
                 Output::Abort(Lane::Connect) => self.connect_lane = None,
@@ -187,6 +183,12 @@ impl Driver {
                 Output::FetchToken => self.fetch_token(),
             }
         }
+        self.note_stop_reason();
+    }
+
+    /// Keeps the session's stop reason for [`Client::stop_reason`](super::Client::stop_reason)
+    /// once there is one.
+    fn note_stop_reason(&self) {
         if self.stopped.get().is_none()
             && let Some(reason) = self.session.stop_reason()
         {

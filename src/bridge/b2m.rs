@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
@@ -47,7 +47,7 @@ pub(super) enum Control {
     Remove { key: u64 },
 }
 
-type Deliveries = SelectAll<BoxStream<'static, (u64, Message)>>;
+type Deliveries = SelectAll<Reading>;
 
 /// The routes being read, by key, and how to stop each one's stream.
 #[derive(Default)]
@@ -56,8 +56,6 @@ struct Live {
     cancels: HashMap<u64, oneshot::Sender<()>>,
     /// Not taking messages while the MQTT client is replaced.
     paused: bool,
-    /// The MQTT client to use from now on, after a resume.
-    resumed_with: Option<MqttHandle>,
 }
 
 /// How long, after the drain deadline, received messages are still counted as dropped while
@@ -99,10 +97,7 @@ pub(super) async fn run(
             _ = stop.wait_for(|stop| *stop) => break,
             _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
-                apply(&mut deliveries, &mut live, change);
-                if let Some(handle) = live.resumed_with.take() {
-                    mqtt = handle;
-                }
+                apply(&mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             permit = permits.clone().acquire_owned(), if !live.paused => match permit {
@@ -116,10 +111,7 @@ pub(super) async fn run(
                 _ = stop.wait_for(|stop| *stop) => break 'taking,
                 _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
                 Some(change) = control.recv() => {
-                    apply(&mut deliveries, &mut live, change);
-                    if let Some(handle) = live.resumed_with.take() {
-                        mqtt = handle;
-                    }
+                    apply(&mut deliveries, &mut live, &mut mqtt, change);
                 }
                 // `None`: the last stream just ended; loop to re-check the conditions above.
                 next = deliveries.next(), if !deliveries.is_empty() && !live.paused => if let Some(next) = next {
@@ -133,10 +125,7 @@ pub(super) async fn run(
         // any control change so that a pause or removal applies before the next message.
         while !live.paused && !*stop.borrow() {
             if let Ok(change) = control.try_recv() {
-                apply(&mut deliveries, &mut live, change);
-                if let Some(handle) = live.resumed_with.take() {
-                    mqtt = handle;
-                }
+                apply(&mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -199,7 +188,8 @@ async fn take(
     forward(shared, mqtt, route, message, slot, settler).await;
 }
 
-fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
+/// Applies a control change; a resume also switches the pipeline to the new `mqtt` client.
+fn apply(deliveries: &mut Deliveries, live: &mut Live, mqtt: &mut MqttHandle, change: Control) {
     match change {
         Control::Add {
             key,
@@ -212,7 +202,7 @@ fn apply(deliveries: &mut Deliveries, live: &mut Live, change: Control) {
         Control::Pause => live.paused = true,
         Control::Resume(handle) => {
             live.paused = false;
-            live.resumed_with = Some(handle);
+            *mqtt = handle;
         }
         Control::Remove { key } => {
             live.routes.remove(&key);
@@ -259,14 +249,11 @@ fn add(
     let (cancel, cancelled) = oneshot::channel::<()>();
     live.cancels.insert(key, cancel);
     live.routes.insert(key, route);
-    deliveries.push(
-        Reading {
-            key,
-            subscription,
-            cancelled: Some(cancelled),
-        }
-        .boxed(),
-    );
+    deliveries.push(Reading {
+        key,
+        subscription,
+        cancelled: Some(cancelled),
+    });
 }
 
 /// Waits for the broker's acknowledgement of a publish and records the outcome. The slot is

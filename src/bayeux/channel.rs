@@ -123,18 +123,24 @@ impl ChannelPattern {
         let Some(rest) = channel.strip_prefix('/') else {
             return false;
         };
-        let segments: Vec<&str> = rest.split('/').collect();
-        let n = self.prefix.len();
-        let literal_ok =
-            segments.len() >= n && self.prefix.iter().zip(&segments).all(|(p, s)| p == s);
-        if !literal_ok {
+        // Without collecting the segments: this runs for every delivery.
+        let mut segments = rest.split('/');
+        if !self
+            .prefix
+            .iter()
+            .all(|p| segments.next() == Some(p.as_str()))
+        {
             return false;
         }
-        let extra = &segments[n..];
         match self.wildcard {
-            Wildcard::None => extra.is_empty(),
-            Wildcard::One => extra.len() == 1 && !extra[0].is_empty(),
-            Wildcard::Deep => !extra.is_empty() && extra.iter().all(|s| !s.is_empty()),
+            Wildcard::None => segments.next().is_none(),
+            Wildcard::One => {
+                segments.next().is_some_and(|s| !s.is_empty()) && segments.next().is_none()
+            }
+            Wildcard::Deep => {
+                let mut extra = segments.peekable();
+                extra.peek().is_some() && extra.all(|s| !s.is_empty())
+            }
         }
     }
 }
@@ -184,6 +190,10 @@ mod tests {
             ("/foo/*", "foo/bar", false),
             ("/foo/*", "/foo/", false),
             ("/foo/**", "/foo/a//b", false),
+            ("/foo/**", "/foo/a/", false),
+            ("/**", "/", false),
+            ("/*", "/", false),
+            ("/foo/bar", "/foo", false),
         ];
         for (pattern, channel, expected) in table {
             assert_eq!(

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
@@ -252,21 +253,37 @@ impl Driver {
     async fn deliver(&mut self, message: Message) {
         let mut delivered = false;
         let mut gone = Vec::new();
-        let matching: Vec<usize> = (0..self.listeners.len())
-            .filter(|&i| self.listeners[i].matches(&message.channel))
-            .collect();
         // Every matching listener but the last gets a copy; the last one takes the message.
+        // (Found first, without collecting the matches: this runs for every delivery.)
+        let last = (0..self.listeners.len())
+            .rev()
+            .find(|&i| self.listeners[i].matches(&message.channel));
         let mut message = Some(message);
-        for (n, &i) in matching.iter().enumerate() {
-            let copy = if n + 1 == matching.len() {
+        for i in 0..last.map_or(0, |last| last + 1) {
+            let copy = if Some(i) == last {
                 message.take()
-            } else {
+            } else if message
+                .as_ref()
+                .is_some_and(|m| self.listeners[i].matches(&m.channel))
+            {
                 message.clone()
+            } else {
+                continue;
             };
             let Some(copy) = copy else { break };
-            match self.listeners[i].tx.send(copy).await {
+            // Without a send future unless the reader is behind (then wait: back-pressure).
+            let sent = match self.listeners[i].tx.try_send(copy) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(copy)) => self.listeners[i]
+                    .tx
+                    .send(copy)
+                    .await
+                    .map_err(|SendError(back)| back),
+                Err(TrySendError::Closed(back)) => Err(back),
+            };
+            match sent {
                 Ok(()) => delivered = true,
-                Err(tokio::sync::mpsc::error::SendError(back)) => {
+                Err(back) => {
                     gone.push(i);
                     if message.is_none() {
                         message = Some(back);
@@ -274,6 +291,20 @@ impl Driver {
                 }
             }
         }
+        if !gone.is_empty() {
+            self.forget(gone);
+        }
+        if !delivered && let Some(message) = message {
+            self.emit(Event::Unrouted {
+                reason: Unrouted::NoSubscription,
+                message: Box::new(message),
+            });
+        }
+    }
+
+    /// Drops the listeners `gone` (ascending indices) whose readers went away, and
+    /// unsubscribes the patterns nobody else reads.
+    fn forget(&mut self, gone: Vec<usize>) {
         let now = Instant::now().into_std();
         for i in gone.into_iter().rev() {
             let listener = self.listeners.remove(i);
@@ -283,12 +314,6 @@ impl Driver {
                     self.session.unsubscribe(pattern.as_str(), now);
                 }
             }
-        }
-        if !delivered && let Some(message) = message {
-            self.emit(Event::Unrouted {
-                reason: Unrouted::NoSubscription,
-                message: Box::new(message),
-            });
         }
     }
 

@@ -6,26 +6,25 @@
 //! client's subscription buffer fills, and the client stops polling the server: back-pressure,
 //! not drops. Publishes are handed to the MQTT client in delivery order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-use tracing::{debug, trace, warn};
+use tracing::{Instrument, debug, error, trace, warn};
 
 use super::checkpoint::Ticket;
 use super::mapping::Route;
 use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
-use super::settling::Settler;
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::bayeux::{Message, Subscription};
-use crate::mqtt::{MqttError, MqttHandle, PublishCompletion};
+use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, outcome_channel};
 
 /// A change to the set of routes the pipeline reads (live reload).
 pub(super) enum Control {
@@ -87,7 +86,7 @@ pub(super) async fn run(
     let mut mqtt = mqtt;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
-    let settler = Settler::start();
+    let settlement = Settlement::start(Arc::clone(&shared));
     for (key, route, subscription) in routes {
         add(&mut deliveries, &mut live, key, route, subscription);
     }
@@ -119,7 +118,7 @@ pub(super) async fn run(
                 },
             }
         };
-        take(&shared, &mqtt, &live, key, message, permit, &settler).await;
+        take(&shared, &mqtt, &live, key, message, permit, &settlement).await;
         // While messages are already waiting and permits are free, take them without the
         // selects above (setting up their futures costs more than the message), stopping at
         // any control change so that a pause or removal applies before the next message.
@@ -134,7 +133,7 @@ pub(super) async fn run(
             let Some(Some((key, message))) = deliveries.next().now_or_never() else {
                 break;
             };
-            take(&shared, &mqtt, &live, key, message, permit, &settler).await;
+            take(&shared, &mqtt, &live, key, message, permit, &settlement).await;
         }
     }
     // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
@@ -170,7 +169,7 @@ async fn take(
     key: u64,
     message: Message,
     permit: OwnedSemaphorePermit,
-    settler: &Settler,
+    settlement: &Settlement,
 ) {
     let Some(route) = live.routes.get(&key) else {
         // Left over from a route a reload removed.
@@ -185,7 +184,7 @@ async fn take(
         return;
     };
     let slot = Slot::new(permit, &shared.b2m_in_flight);
-    forward(shared, mqtt, route, message, slot, settler).await;
+    forward(shared, mqtt, route, message, slot, settlement).await;
 }
 
 /// Applies a control change; a resume also switches the pipeline to the new `mqtt` client.
@@ -256,18 +255,125 @@ fn add(
     });
 }
 
-/// Waits for the broker's acknowledgement of a publish and records the outcome. The slot is
-/// released only once the outcome is recorded (and the checkpoint advanced), so a drain that
-/// waits for every permit also waits for the checkpoints.
-async fn record_outcome(
-    shared: Arc<Shared>,
-    completion: PublishCompletion,
+/// What a publish in flight holds until its outcome is recorded: its queue slot (released
+/// only then, so a drain that waits for every permit also waits for the checkpoints), its
+/// checkpoint ticket and its route.
+struct Pending {
     slot: Slot,
     ticket: Option<Ticket>,
     route: usize,
-    topic: String,
-) {
-    match completion.await {
+}
+
+/// The pipeline's publishes in flight, by tag: consecutive numbers from `first`. Outcomes
+/// may come in any order; settled entries leave from the front.
+struct Ledger<T> {
+    first: u64,
+    entries: VecDeque<Option<T>>,
+}
+
+impl<T> Default for Ledger<T> {
+    fn default() -> Self {
+        Ledger {
+            first: 0,
+            entries: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Ledger<T> {
+    /// Adds `entry` and returns its tag.
+    fn insert(&mut self, entry: T) -> u64 {
+        let tag = self.first + self.entries.len() as u64;
+        self.entries.push_back(Some(entry));
+        tag
+    }
+
+    /// Takes the entry of `tag` out, if it is still there.
+    fn take(&mut self, tag: u64) -> Option<T> {
+        let index = usize::try_from(tag.checked_sub(self.first)?).ok()?;
+        let entry = self.entries.get_mut(index)?.take();
+        while let Some(None) = self.entries.front() {
+            self.entries.pop_front();
+            self.first += 1;
+        }
+        entry
+    }
+
+    /// How many entries are still there.
+    fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_some()).count()
+    }
+}
+
+/// Publishes for the pipeline and records their outcomes on a task of its own, from one
+/// channel of tagged outcomes ([`MqttHandle::publish_tagged`]): no future, oneshot channel or
+/// task per message.
+struct Settlement {
+    ledger: Arc<Mutex<Ledger<Pending>>>,
+    outcomes: OutcomeSender,
+}
+
+fn lock(ledger: &Mutex<Ledger<Pending>>) -> MutexGuard<'_, Ledger<Pending>> {
+    // The ledger is consistent after every call; a panic elsewhere does not change that.
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Settlement {
+    /// Starts the recording task, in the current span. It ends once this is dropped and
+    /// every publish made through it has its outcome, so a pipeline that stops does not cut
+    /// short the messages still waiting (the drain waits for their queue permits).
+    fn start(shared: Arc<Shared>) -> Settlement {
+        let (outcomes, mut reports) = outcome_channel();
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let book = Arc::clone(&ledger);
+        let record = async move {
+            while let Some(outcome) = reports.recv().await {
+                let pending = lock(&book).take(outcome.tag);
+                match pending {
+                    Some(pending) => record_outcome(&shared, pending, outcome),
+                    None => error!(
+                        tag = outcome.tag,
+                        "Internal error: the outcome of a publish that is not in flight."
+                    ),
+                }
+            }
+            let left = lock(&book).len();
+            if left > 0 {
+                error!(left, "Internal error: publishes left without an outcome.");
+            }
+        };
+        tokio::spawn(record.in_current_span());
+        Settlement { ledger, outcomes }
+    }
+
+    /// Hands the publish to the MQTT client; its outcome is recorded when it comes. If the
+    /// client refuses it at once, `pending` comes back with the error.
+    async fn publish(
+        &self,
+        mqtt: &MqttHandle,
+        topic: String,
+        payload: bytes::Bytes,
+        route: &Route,
+        pending: Pending,
+    ) -> Result<(), (MqttError, Option<Pending>)> {
+        let qos = super::qos_of(route.qos);
+        let tag = lock(&self.ledger).insert(pending);
+        mqtt.publish_tagged(topic, payload, qos, route.retain, tag, &self.outcomes)
+            .await
+            .map_err(|e| (e, lock(&self.ledger).take(tag)))
+    }
+}
+
+/// Records the outcome of a publish: the checkpoint and the counters, or a drop.
+fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
+    let Pending {
+        slot,
+        ticket,
+        route,
+    } = pending;
+    match &outcome.result {
         Ok(()) => {
             if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
                 replay.ack(ticket);
@@ -276,12 +382,12 @@ async fn record_outcome(
         }
         Err(e) => {
             shared.count_publish_error("mqtt", e.reason());
-            release_ticket(&shared, ticket, redeliver_after_restart(&e));
+            release_ticket(shared, ticket, redeliver_after_restart(e));
             shared.drop_message(
                 Direction::BayeuxToMqtt,
                 e.reason(),
                 route,
-                &topic,
+                outcome.topic(),
                 &e.to_string(),
             );
         }
@@ -311,9 +417,9 @@ async fn forward(
     shared: &Arc<Shared>,
     mqtt: &MqttHandle,
     route: &Route,
-    message: Message,
+    mut message: Message,
     slot: Slot,
-    settler: &Settler,
+    settlement: &Settlement,
 ) {
     shared
         .stats
@@ -336,7 +442,7 @@ async fn forward(
         );
         return;
     };
-    let payload = bayeux_to_mqtt_payload(&message, route.payload);
+    let payload = bayeux_to_mqtt_payload(&mut message, route.payload);
     // Only a topic the bridge also subscribes to can come back (MQTT 3.1.1 has no No Local).
     if let Some(mut echoes) = shared.mqtt_echoes()
         && shared
@@ -347,31 +453,26 @@ async fn forward(
         echoes.record(&topic, &payload, Instant::now());
     }
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");
-    let qos = super::qos_of(route.qos);
-    match mqtt
-        .publish_queued(&topic, payload.into(), qos, route.retain)
+    let pending = Pending {
+        slot,
+        ticket,
+        route: route.number(),
+    };
+    if let Err((e, pending)) = settlement
+        .publish(mqtt, topic, payload, route, pending)
         .await
     {
-        Ok(completion) => settler.settle(record_outcome(
-            Arc::clone(shared),
-            completion,
-            slot,
-            ticket,
+        warn!(channel = %message.channel, error = %e, "MQTT refused the publish.");
+        shared.count_publish_error("mqtt", e.reason());
+        let ticket = pending.and_then(|p| p.ticket);
+        release_ticket(shared, ticket, redeliver_after_restart(&e));
+        shared.drop_message(
+            Direction::BayeuxToMqtt,
+            e.reason(),
             route.number(),
-            topic,
-        )),
-        Err(e) => {
-            warn!(%topic, error = %e, "MQTT refused the publish.");
-            shared.count_publish_error("mqtt", e.reason());
-            release_ticket(shared, ticket, redeliver_after_restart(&e));
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                e.reason(),
-                route.number(),
-                &topic,
-                &e.to_string(),
-            );
-        }
+            &message.channel,
+            &e.to_string(),
+        );
     }
 }
 
@@ -387,4 +488,41 @@ fn is_own_echo(shared: &Shared, message: &Message) -> bool {
         .as_ref()
         .map_or_else(|| b"null".to_vec(), echo_fingerprint);
     echoes.take(&message.channel, &data, Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ledger;
+
+    #[test]
+    fn the_ledger_hands_out_consecutive_tags_and_takes_entries_in_any_order() {
+        let mut ledger = Ledger::default();
+        let tags: Vec<u64> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|e| ledger.insert(e))
+            .collect();
+        assert_eq!(tags, [0, 1, 2, 3]);
+        assert_eq!(ledger.take(2), Some("c"));
+        assert_eq!(ledger.take(2), None, "taken once only");
+        assert_eq!(
+            ledger.entries.len(),
+            4,
+            "a hole stays until the front passes it"
+        );
+        assert_eq!(ledger.take(0), Some("a"));
+        assert_eq!(ledger.entries.len(), 3);
+        assert_eq!(ledger.take(1), Some("b"));
+        assert_eq!(
+            (ledger.first, ledger.entries.len()),
+            (3, 1),
+            "the front passed 2 too"
+        );
+        assert_eq!(ledger.take(1), None, "below the front");
+        assert_eq!(ledger.take(9), None, "never handed out");
+        assert_eq!(ledger.insert("e"), 4);
+        assert_eq!(ledger.len(), 2);
+        assert_eq!(ledger.take(3), Some("d"));
+        assert_eq!(ledger.take(4), Some("e"));
+        assert_eq!((ledger.first, ledger.len()), (5, 0));
+    }
 }

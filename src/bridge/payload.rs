@@ -7,6 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::bayeux::{Data, Message};
@@ -52,24 +53,22 @@ pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Data,
 }
 
 /// The MQTT payload for a Bayeux message: its `data` exactly as the server sent it (`null`
-/// when it has none), or with [`PayloadMode::Message`] the whole message as JSON without
-/// `clientId` (the bridge's own session id means nothing to MQTT subscribers).
-pub fn bayeux_to_mqtt_payload(message: &Message, mode: PayloadMode) -> Vec<u8> {
+/// when it has none), moved out of the message without copying; or with
+/// [`PayloadMode::Message`] the whole message as JSON without `clientId` (the bridge's own
+/// session id means nothing to MQTT subscribers), the message left as it was.
+pub fn bayeux_to_mqtt_payload(message: &mut Message, mode: PayloadMode) -> Bytes {
     match mode {
-        PayloadMode::Data => message
-            .data
-            .as_ref()
-            .map_or("null", Data::json)
-            .as_bytes()
-            .to_vec(),
+        PayloadMode::Data => match message.data.take() {
+            Some(data) => Bytes::from(data.into_json().into_boxed_bytes()),
+            None => Bytes::from_static(b"null"),
+        },
         PayloadMode::Message => {
-            let without_client_id = Message {
-                client_id: None,
-                ..message.clone()
-            };
+            let client_id = message.client_id.take();
             // Serializing a `Message` cannot fail: every map in it has string keys.
-            serde_json::to_vec(&without_client_id)
-                .unwrap_or_else(|_| unreachable!("a Message always serializes"))
+            let json = serde_json::to_vec(&*message)
+                .unwrap_or_else(|_| unreachable!("a Message always serializes"));
+            message.client_id = client_id;
+            Bytes::from(json)
         }
     }
 }
@@ -163,8 +162,8 @@ mod tests {
 
     #[test]
     fn data_mode_publishes_the_data_as_json() {
-        let payload = bayeux_to_mqtt_payload(&delivery(), PayloadMode::Data);
-        assert_eq!(payload, br#"{"t":21.5}"#);
+        let payload = bayeux_to_mqtt_payload(&mut delivery(), PayloadMode::Data);
+        assert_eq!(&payload[..], br#"{"t":21.5}"#);
     }
 
     #[test]
@@ -172,8 +171,8 @@ mod tests {
         let mut message = delivery();
         let as_sent = r#"{"z": 1.50, "a": [1e3, "\u00e9"]}"#;
         message.data = Some(Data::from_json(as_sent).unwrap());
-        let payload = bayeux_to_mqtt_payload(&message, PayloadMode::Data);
-        assert_eq!(payload, as_sent.as_bytes());
+        let payload = bayeux_to_mqtt_payload(&mut message, PayloadMode::Data);
+        assert_eq!(&payload[..], as_sent.as_bytes());
     }
 
     #[test]
@@ -187,15 +186,16 @@ mod tests {
 
     #[test]
     fn data_mode_publishes_null_when_there_is_no_data() {
-        let payload = bayeux_to_mqtt_payload(&Message::new("/a"), PayloadMode::Data);
-        assert_eq!(payload, b"null");
+        let payload = bayeux_to_mqtt_payload(&mut Message::new("/a"), PayloadMode::Data);
+        assert_eq!(&payload[..], b"null");
     }
 
     #[test]
     fn message_mode_publishes_the_whole_message_without_client_id() {
         let mut message = delivery();
         message.other.insert("EventType".into(), json!("created"));
-        let payload = bayeux_to_mqtt_payload(&message, PayloadMode::Message);
+        let payload = bayeux_to_mqtt_payload(&mut message, PayloadMode::Message);
+        assert_eq!(message.client_id.as_deref(), Some("secret-session"));
         let value: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(
             value,
@@ -210,7 +210,7 @@ mod tests {
         let mut message = Message::new("/a");
         message.data = Some(data);
         assert_eq!(
-            bayeux_to_mqtt_payload(&message, PayloadMode::Data),
+            &bayeux_to_mqtt_payload(&mut message, PayloadMode::Data)[..],
             original
         );
     }

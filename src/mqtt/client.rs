@@ -16,9 +16,10 @@ use super::driver::{Driver, Shared};
 use super::engine::{Engine, publish_packet_size};
 use super::error::MqttError;
 use super::options::MqttOptions;
+use super::outcome::OutcomeSender;
 use super::tls;
 use super::topic::{validate_filter, validate_topic};
-use super::tracker::{OutMessage, Tracker};
+use super::tracker::{OutMessage, PublishReply, TopicName, Tracker};
 use super::{AckToken, MqttEvent, QoS, SubscriptionSpec};
 
 /// Publishes that may wait in rumqttc's request channel at once. More callers wait in
@@ -146,28 +147,62 @@ impl MqttHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<PublishCompletion, MqttError> {
-        validate_topic(topic).map_err(|reason| MqttError::InvalidTopic {
-            topic: topic.to_owned(),
-            reason,
-        })?;
+        let (reply, completion) = oneshot::channel();
+        self.enqueue(topic.to_owned(), payload, qos, retain, |_| {
+            PublishReply::Once(reply)
+        })
+        .await?;
+        Ok(PublishCompletion { rx: completion })
+    }
+
+    /// Like [`MqttHandle::publish_queued`], but the outcome comes as an [`Outcome`] with
+    /// `tag` on the channel of `outcomes`, instead of as a future: for a caller that
+    /// publishes continuously, without a channel per message. Once this returns `Ok`, exactly
+    /// one outcome with `tag` follows (`Err(Shutdown)` if the client stops first); after an
+    /// `Err` none does.
+    ///
+    /// [`Outcome`]: super::Outcome
+    pub async fn publish_tagged(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        tag: u64,
+        outcomes: &OutcomeSender,
+    ) -> Result<(), MqttError> {
+        self.enqueue(topic, payload, qos, retain, |topic| {
+            PublishReply::Tagged(outcomes.promise(tag, topic.clone()))
+        })
+        .await
+    }
+
+    async fn enqueue(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        reply: impl FnOnce(&TopicName) -> PublishReply,
+    ) -> Result<(), MqttError> {
+        if let Err(reason) = validate_topic(&topic) {
+            return Err(MqttError::InvalidTopic { topic, reason });
+        }
         let shared = &self.inner.shared;
-        let size = publish_packet_size(shared.protocol, topic, payload.len(), qos);
+        let size = publish_packet_size(shared.protocol, &topic, payload.len(), qos);
         let max = shared.lock().packet_limit();
         if size > max {
-            return Err(MqttError::PayloadTooLarge {
-                topic: topic.to_owned(),
-                size,
-                max,
-            });
+            return Err(MqttError::PayloadTooLarge { topic, size, max });
         }
         let permit = shared
             .permits
             .acquire()
             .await
             .map_err(|_| MqttError::Shutdown)?;
-        let (reply, completion) = oneshot::channel();
+        let topic = TopicName::from(topic);
+        let reply = reply(&topic);
         let message = OutMessage {
-            topic: topic.to_owned(),
+            topic,
             payload,
             qos,
             retain,
@@ -175,7 +210,7 @@ impl MqttHandle {
         shared.lock().enqueue_publish(message, size, reply)?;
         // The tracker gives the permit back when rumqttc takes the message off its channel.
         permit.forget();
-        Ok(PublishCompletion { rx: completion })
+        Ok(())
     }
 
     /// Acknowledges an incoming QoS 1/2 message. Acks are released to the broker strictly in

@@ -85,6 +85,8 @@ pub(super) struct Driver {
     /// rumqttc's in-flight limit on this connection: ours, or the broker's smaller receive
     /// maximum.
     window: u16,
+    /// Events handled together (kept for its capacity).
+    batch: Vec<Ev>,
     /// QoS 0 messages dropped since the last `Dropped` event: last topic and count.
     dropped: Option<(String, u64)>,
     stop: watch::Receiver<bool>,
@@ -113,6 +115,7 @@ impl Driver {
             backlog: VecDeque::new(),
             inflight_limit: options.inflight,
             window: options.inflight,
+            batch: Vec::new(),
             dropped: None,
             stop,
             stopped,
@@ -168,7 +171,14 @@ impl Driver {
                     });
                     self.on_connack(session_present, max_packet_size).await
                 }
-                Ok(event) => self.on_events(vec![event]).await,
+                Ok(event) => {
+                    // With the events rumqttc buffered behind this one, under one lock.
+                    let mut batch = std::mem::take(&mut self.batch);
+                    batch.push(event);
+                    self.engine.take_ready_events(&mut batch);
+                    self.on_events(batch.drain(..)).await;
+                    self.batch = batch;
+                }
                 Err(reason) => {
                     let wait = self.on_error(reason).await;
                     if !self.disconnected {
@@ -236,7 +246,7 @@ impl Driver {
         self.engine.push_pending(self.backlog.pop_front());
     }
 
-    async fn on_events(&mut self, events: Vec<Ev>) {
+    async fn on_events(&mut self, events: impl IntoIterator<Item = Ev>) {
         let mut out = Vec::new();
         {
             let mut tracker = self.shared.lock();

@@ -36,13 +36,15 @@
 //! - `engine/`: the two rumqttc event loops (v5, v3.1.1) behind one interface; `convert`
 //!   translates their types.
 //! - `driver`: the task that only polls rumqttc and routes what comes out.
-//! - `client`: [`start`] and the [`MqttHandle`].
+//! - `client`: [`start`] and the [`MqttHandle`]; `outcome`: the tagged outcome channel of
+//!   [`MqttHandle::publish_tagged`].
 
 mod client;
 mod driver;
 mod engine;
 mod error;
 mod options;
+mod outcome;
 mod tls;
 mod topic;
 mod tracker;
@@ -55,6 +57,7 @@ use bytes::Bytes;
 pub use client::{MqttHandle, PublishCompletion, start};
 pub use error::MqttError;
 pub use options::{MqttOptions, Protocol, TlsFiles, Will};
+pub use outcome::{Outcome, OutcomeSender, Outcomes, outcome_channel};
 pub use topic::{filter_matches, validate_filter, validate_topic};
 
 /// MQTT quality of service.

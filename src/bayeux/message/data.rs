@@ -55,6 +55,11 @@ impl Data {
         self.0.get()
     }
 
+    /// The JSON text, taken out without copying.
+    pub fn into_json(self) -> Box<str> {
+        self.0.into()
+    }
+
     /// Whether this is JSON `null`.
     pub fn is_null(&self) -> bool {
         self.json() == "null"

@@ -113,13 +113,37 @@ async fn exchange(
     if declared.is_some_and(|len| len > max_body) {
         return Err(TransportError::TooLarge { cap: max_body });
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max_body));
-    while let Some(chunk) = response.chunk().await.map_err(io_error)? {
-        if body.len() + chunk.len() > max_body {
-            return Err(TransportError::TooLarge { cap: max_body });
-        }
-        body.extend_from_slice(&chunk);
+    // A body that arrives in one chunk is decoded where it is; otherwise the chunks are
+    // joined (once: the first two tell the size to reserve when there is no length).
+    let too_large = || TransportError::TooLarge { cap: max_body };
+    let first = response
+        .chunk()
+        .await
+        .map_err(io_error)?
+        .unwrap_or_default();
+    if first.len() > max_body {
+        return Err(too_large());
     }
+    let body = match response.chunk().await.map_err(io_error)? {
+        None => first,
+        Some(second) => {
+            let mut body = Vec::with_capacity(
+                declared
+                    .unwrap_or(4 * (first.len() + second.len()))
+                    .min(max_body),
+            );
+            body.extend_from_slice(&first);
+            let mut next = Some(second);
+            while let Some(chunk) = next {
+                if body.len() + chunk.len() > max_body {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+                next = response.chunk().await.map_err(io_error)?;
+            }
+            body.into()
+        }
+    };
     decode_batch(&body).map_err(|e| match e {
         DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
         DecodeError::Invalid(why) => {

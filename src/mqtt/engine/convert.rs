@@ -53,16 +53,21 @@ pub(super) fn filter4(spec: &SubscriptionSpec) -> rumqttc::SubscribeFilter {
     rumqttc::SubscribeFilter::new(spec.filter.clone(), qos4(subscribed_qos(spec)))
 }
 
+/// Built field by field: `p5::Publish::new` would copy the topic (twice, through a `String`).
 pub(super) fn publish5(m: OutMessage, pkid: u16, dup: bool) -> p5::Publish {
-    let mut publish = p5::Publish::new(m.topic, qos5(m.qos), m.payload, None);
-    publish.retain = m.retain;
-    publish.pkid = pkid;
-    publish.dup = dup;
-    publish
+    p5::Publish {
+        dup,
+        qos: qos5(m.qos),
+        retain: m.retain,
+        topic: m.topic.bytes(),
+        pkid,
+        payload: m.payload,
+        properties: None,
+    }
 }
 
 pub(super) fn publish4(m: OutMessage, pkid: u16, dup: bool) -> rumqttc::Publish {
-    let mut publish = rumqttc::Publish::from_bytes(m.topic, qos4(m.qos), m.payload);
+    let mut publish = rumqttc::Publish::from_bytes(m.topic.as_str(), qos4(m.qos), m.payload);
     publish.retain = m.retain;
     publish.pkid = pkid;
     publish.dup = dup;

@@ -14,7 +14,9 @@ use rumqttc::{TlsConfiguration, Transport};
 use super::QoS;
 use super::options::{MqttOptions, Protocol};
 use super::tracker::{Drained, Ev, Replay, Request, Sink};
-use convert::{filter4, filter5, incoming4, incoming5, outgoing_ev, qos4, qos5, replay4, replay5};
+use convert::{
+    filter4, filter5, incoming4, incoming5, outgoing_ev, publish5, qos4, qos5, replay4, replay5,
+};
 
 /// The sending side of rumqttc's request channel.
 #[derive(Clone)]
@@ -168,6 +170,39 @@ impl Engine {
         }
     }
 
+    /// Moves the events rumqttc has already buffered (the rest of a batch of packets read or
+    /// requests written at once) to `out`, up to a CONNACK, which only [`Engine::poll`]
+    /// returns. Taking them here rather than one per `poll` saves building rumqttc's poll
+    /// future (2.7 KB) for each.
+    pub(super) fn take_ready_events(&mut self, out: &mut Vec<Ev>) {
+        match self {
+            Engine::V5(event_loop) => {
+                while let Some(event) = event_loop.state.events.pop_front() {
+                    if let rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(..)) = &event {
+                        event_loop.state.events.push_front(event);
+                        break;
+                    }
+                    out.push(match event {
+                        rumqttc::v5::Event::Incoming(packet) => incoming5(packet),
+                        rumqttc::v5::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
+                    });
+                }
+            }
+            Engine::V311(event_loop) => {
+                while let Some(event) = event_loop.state.events.pop_front() {
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(..)) = &event {
+                        event_loop.state.events.push_front(event);
+                        break;
+                    }
+                    out.push(match event {
+                        rumqttc::Event::Incoming(packet) => incoming4(packet),
+                        rumqttc::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
+                    });
+                }
+            }
+        }
+    }
+
     /// After a poll error: the events rumqttc had buffered but not returned yet (they
     /// happened; the tracker must see them before the drop is handled).
     pub(super) fn take_buffered_events(&mut self) -> Vec<Ev> {
@@ -276,8 +311,10 @@ impl Sink for Sender {
     fn try_send(&self, request: &Request) -> bool {
         match self {
             Sender::V5(client) => match request {
+                // Topic and payload shared with the tracker's copy, not copied
+                // (`try_send_publish` is a patch: vendor/rumqttc/PATCHES.md).
                 Request::Publish(m) => client
-                    .try_publish(m.topic.clone(), qos5(m.qos), m.retain, m.payload.clone())
+                    .try_send_publish(publish5(m.clone(), 0, false))
                     .is_ok(),
                 Request::Subscribe(specs) => {
                     client.try_subscribe_many(specs.iter().map(filter5)).is_ok()
@@ -293,7 +330,7 @@ impl Sink for Sender {
             Sender::V311(client) => match request {
                 // rumqttc 0.25 has no non-blocking bytes publish for 3.1.1: this copies.
                 Request::Publish(m) => client
-                    .try_publish(m.topic.clone(), qos4(m.qos), m.retain, m.payload.to_vec())
+                    .try_publish(m.topic.as_str(), qos4(m.qos), m.retain, m.payload.to_vec())
                     .is_ok(),
                 Request::Subscribe(specs) => {
                     client.try_subscribe_many(specs.iter().map(filter4)).is_ok()

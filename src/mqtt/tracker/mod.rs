@@ -53,7 +53,9 @@ use super::{IncomingMessage, MqttEvent, QoS, SubscriptionSpec};
 use acks::Received;
 use controls::Control;
 use publish::Outgoing;
-pub(super) use types::{Drained, Ev, OutMessage, Replay, Reply, Request, Sink};
+pub(super) use types::{
+    Drained, Ev, OutMessage, PublishReply, Replay, Reply, Request, Sink, TopicName,
+};
 
 /// See the module documentation.
 pub(super) struct Tracker {

@@ -3,7 +3,7 @@
 
 use tracing::{error, trace};
 
-use super::{OutMessage, Replay, Reply, Request, Tracker};
+use super::{OutMessage, PublishReply, Replay, Request, Tracker};
 use crate::mqtt::error::MqttError;
 
 /// A publish being tracked until the broker acknowledges it.
@@ -12,7 +12,7 @@ pub(super) struct Outgoing {
     pub(super) message: OutMessage,
     /// Encoded packet size, checked again when a broker announces a smaller maximum.
     pub(super) size: usize,
-    pub(super) reply: Option<Reply>,
+    pub(super) reply: Option<PublishReply>,
 }
 
 impl Tracker {
@@ -21,9 +21,10 @@ impl Tracker {
         &mut self,
         message: OutMessage,
         size: usize,
-        reply: Reply,
+        reply: PublishReply,
     ) -> Result<(), MqttError> {
         if self.closing || self.stopped {
+            reply.discard();
             return Err(MqttError::Shutdown);
         }
         let seq = self.take_seq();
@@ -132,7 +133,7 @@ impl Tracker {
         let result = match failure {
             None => Ok(()),
             Some(reason) => Err(MqttError::Rejected {
-                topic: entry.message.topic.clone(),
+                topic: entry.message.topic.to_string(),
                 reason,
             }),
         };
@@ -141,7 +142,7 @@ impl Tracker {
 
     fn fail_too_large(&mut self, entry: Outgoing, limit: usize) {
         let error = MqttError::PayloadTooLarge {
-            topic: entry.message.topic.clone(),
+            topic: entry.message.topic.to_string(),
             size: entry.size,
             max: limit,
         };
@@ -150,8 +151,7 @@ impl Tracker {
 
     pub(super) fn complete(&mut self, mut entry: Outgoing, result: Result<(), MqttError>) {
         if let Some(reply) = entry.reply.take() {
-            // The caller may have stopped waiting; the outcome is then nobody's business.
-            let _ = reply.send(result);
+            reply.send(result);
         }
         if self.outstanding() == 0 {
             self.idle.notify_waiters();

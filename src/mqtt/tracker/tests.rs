@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::mqtt::AckToken;
+use crate::mqtt::outcome::{OutcomeSender, Outcomes, outcome_channel};
 
 /// A request channel of fixed capacity that the test drains by hand.
 #[derive(Clone)]
@@ -64,7 +65,7 @@ fn harness(capacity: usize) -> Harness {
 
 fn message(n: u32, qos: QoS) -> OutMessage {
     OutMessage {
-        topic: format!("t/{n}"),
+        topic: format!("t/{n}").into(),
         payload: Bytes::from(n.to_string()),
         qos,
         retain: false,
@@ -76,9 +77,16 @@ impl Harness {
         self.permits.try_acquire().unwrap().forget();
         let (reply, result) = oneshot::channel();
         self.tracker
-            .enqueue_publish(message(n, qos), 10, reply)
+            .enqueue_publish(message(n, qos), 10, PublishReply::Once(reply))
             .unwrap();
         result
+    }
+
+    fn publish_tagged(&mut self, n: u32, qos: QoS, outcomes: &OutcomeSender) {
+        self.permits.try_acquire().unwrap().forget();
+        let message = message(n, qos);
+        let reply = PublishReply::Tagged(outcomes.promise(u64::from(n), message.topic.clone()));
+        self.tracker.enqueue_publish(message, 10, reply).unwrap();
     }
 
     fn event(&mut self, event: Ev) -> Vec<MqttEvent> {
@@ -404,7 +412,75 @@ fn stopping_fails_everything_outstanding() {
     let (reply, _) = oneshot::channel();
     assert_eq!(
         h.tracker
-            .enqueue_publish(message(2, QoS::AtMostOnce), 10, reply),
+            .enqueue_publish(message(2, QoS::AtMostOnce), 10, PublishReply::Once(reply)),
         Err(MqttError::Shutdown)
     );
+}
+
+fn outcome(outcomes: &mut Outcomes) -> Option<(u64, Result<(), MqttError>)> {
+    outcomes.try_recv().map(|o| {
+        assert_eq!(o.topic(), format!("t/{}", o.tag));
+        (o.tag, o.result)
+    })
+}
+
+#[test]
+fn tagged_publishes_report_once_each_with_their_tag() {
+    let mut h = harness(10);
+    let (sender, mut outcomes) = outcome_channel();
+    h.publish_tagged(1, QoS::AtLeastOnce, &sender);
+    h.publish_tagged(2, QoS::AtLeastOnce, &sender);
+    h.publish_tagged(3, QoS::AtMostOnce, &sender);
+    h.event(Ev::OutPublish(7));
+    h.event(Ev::OutPublish(8));
+    assert_eq!(outcome(&mut outcomes), None);
+    h.event(Ev::OutPublish(0));
+    assert_eq!(outcome(&mut outcomes), Some((3, Ok(()))));
+    h.event(Ev::PubAck {
+        pkid: 8,
+        failure: Some("quota exceeded".into()),
+    });
+    assert!(matches!(
+        outcome(&mut outcomes),
+        Some((2, Err(MqttError::Rejected { .. })))
+    ));
+    h.event(Ev::PubAck {
+        pkid: 7,
+        failure: None,
+    });
+    assert_eq!(outcome(&mut outcomes), Some((1, Ok(()))));
+    assert_eq!(outcome(&mut outcomes), None);
+    assert_eq!(h.tracker.outstanding(), 0);
+}
+
+#[test]
+fn a_tagged_publish_left_behind_reports_shutdown_and_a_refused_one_nothing() {
+    let mut h = harness(10);
+    let (sender, mut outcomes) = outcome_channel();
+    h.publish_tagged(1, QoS::AtLeastOnce, &sender);
+    h.event(Ev::OutPublish(1));
+    h.publish_tagged(2, QoS::AtLeastOnce, &sender);
+    // Dropping the tracker with both still outstanding (a client that went away).
+    drop(h.tracker);
+    let mut reported = vec![outcome(&mut outcomes), outcome(&mut outcomes)];
+    reported.sort_by_key(|o| o.as_ref().map(|(tag, _)| *tag));
+    assert_eq!(
+        reported,
+        [
+            Some((1, Err(MqttError::Shutdown))),
+            Some((2, Err(MqttError::Shutdown)))
+        ]
+    );
+
+    let mut h = harness(10);
+    h.tracker.stop();
+    let reply = PublishReply::Tagged(sender.promise(3, "t/3".into()));
+    assert_eq!(
+        h.tracker
+            .enqueue_publish(message(3, QoS::AtLeastOnce), 10, reply),
+        Err(MqttError::Shutdown)
+    );
+    drop(sender);
+    drop(h.tracker);
+    assert_eq!(outcome(&mut outcomes), None);
 }

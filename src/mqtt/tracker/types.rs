@@ -4,15 +4,79 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::mqtt::error::MqttError;
+use crate::mqtt::outcome::TaggedReply;
 use crate::mqtt::{QoS, SubscriptionSpec};
 
 /// Where a waiting caller gets its result.
 pub(in crate::mqtt) type Reply = oneshot::Sender<Result<(), MqttError>>;
 
+/// Where a publish's outcome goes.
+#[derive(Debug)]
+pub(in crate::mqtt) enum PublishReply {
+    /// To a caller awaiting this one publish ([`crate::mqtt::PublishCompletion`]).
+    Once(Reply),
+    /// Tagged, on a channel that many publishes share ([`crate::mqtt::Outcomes`]).
+    Tagged(TaggedReply),
+}
+
+impl PublishReply {
+    pub(in crate::mqtt) fn send(self, result: Result<(), MqttError>) {
+        match self {
+            // The caller may have stopped waiting; the outcome is then nobody's business.
+            PublishReply::Once(reply) => {
+                let _ = reply.send(result);
+            }
+            PublishReply::Tagged(reply) => reply.send(result),
+        }
+    }
+
+    /// For a publish that was refused before it was queued: the caller learns it from the
+    /// error it gets back, not as an outcome too.
+    pub(in crate::mqtt) fn discard(self) {
+        if let PublishReply::Tagged(reply) = self {
+            reply.discard();
+        }
+    }
+}
+
+/// A topic name, valid UTF-8, held as [`Bytes`] so that the tracker's copy of a publish and
+/// rumqttc's share it instead of copying it.
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::mqtt) struct TopicName(Bytes);
+
+impl TopicName {
+    pub(in crate::mqtt) fn as_str(&self) -> &str {
+        // Built only from a `String` (see `From`), so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub(in crate::mqtt) fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl From<String> for TopicName {
+    fn from(topic: String) -> Self {
+        TopicName(Bytes::from(topic))
+    }
+}
+
+impl From<&str> for TopicName {
+    fn from(topic: &str) -> Self {
+        TopicName(Bytes::copy_from_slice(topic.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::mqtt) struct OutMessage {
-    pub topic: String,
+    pub topic: TopicName,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,

@@ -177,6 +177,13 @@ impl AsyncClient {
         self.handle_try_publish(topic, qos, retain, payload, None)
     }
 
+    /// Attempts to send a publish built by the caller, as it is: its topic and payload are
+    /// not copied and the topic is not validated again. (Patch, see PATCHES.md.)
+    pub fn try_send_publish(&self, publish: Publish) -> Result<(), ClientError> {
+        self.request_tx.try_send(Request::Publish(publish))?;
+        Ok(())
+    }
+
     /// Sends a MQTT PubAck to the `EventLoop`. Only needed in if `manual_acks` flag is set.
     pub async fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
         let ack = get_ack_req(publish);

@@ -1,4 +1,4 @@
-//! The configuration file: what it may contain, its defaults, and [`load`], which reads it,
+//! The configuration file: what it may contain, its defaults, and [`load()`], which reads it,
 //! applies environment overrides, reads secret files and validates everything before the
 //! daemon connects to anything.
 //!

@@ -423,7 +423,7 @@ impl Client {
     }
 
     /// Why the client stopped for good, once it has: the same reason as its last event,
-    /// [`Event::Stopped`](super::Event::Stopped), but readable from any handle and never lost
+    /// [`Event::Stopped`], but readable from any handle and never lost
     /// to a full event buffer. Set before any call can fail with a closed client.
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.stopped.get().cloned()

@@ -19,10 +19,10 @@ pub struct BayeuxConfig {
     #[serde(deserialize_with = "de_url")]
     pub url: Url,
     /// HTTP headers sent on every request, e.g. `{ "X-Api-Key" = "..." }`. Values are secrets:
-    /// never logged. After [`load`](super::load), also holds `Authorization` from `token_file`.
+    /// never logged. After [`load`](super::load()), also holds `Authorization` from `token_file`.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
-    /// A file whose content (trimmed) is a bearer token: [`load`](super::load) adds the header
+    /// A file whose content (trimmed) is a bearer token: [`load`](super::load()) adds the header
     /// `Authorization: Bearer <token>`. May not be combined with an `Authorization` header.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -75,7 +75,7 @@ pub struct OAuthConfig {
     /// `refresh_token`. A secret: prefer `client_secret_file`.
     #[serde(default)]
     pub client_secret: Option<Secret>,
-    /// A file holding the client secret (trimmed). After [`load`](super::load), read into
+    /// A file holding the client secret (trimmed). After [`load`](super::load()), read into
     /// `client_secret`.
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
@@ -83,7 +83,7 @@ pub struct OAuthConfig {
     #[serde(default)]
     pub username: Option<String>,
     /// PEM file of the RSA private key that signs the JWT (PKCS#8 or PKCS#1); `jwt_bearer`
-    /// only, required there. After [`load`](super::load), its content is in `private_key`.
+    /// only, required there. After [`load`](super::load()), its content is in `private_key`.
     #[serde(default)]
     pub private_key_file: Option<PathBuf>,
     /// The content of `private_key_file` (not a key of the file).
@@ -97,7 +97,7 @@ pub struct OAuthConfig {
     /// `refresh_token_file`). A secret: prefer the file.
     #[serde(default)]
     pub refresh_token: Option<Secret>,
-    /// A file holding the refresh token (trimmed). After [`load`](super::load), read into
+    /// A file holding the refresh token (trimmed). After [`load`](super::load()), read into
     /// `refresh_token`.
     #[serde(default)]
     pub refresh_token_file: Option<PathBuf>,

@@ -25,7 +25,7 @@ pub struct MqttConfig {
     /// User name. Optional.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password. Optional; not together with `password_file`. After [`load`](super::load), also holds
+    /// Password. Optional; not together with `password_file`. After [`load`](super::load()), also holds
     /// the content of `password_file`.
     #[serde(default)]
     pub password: Option<Secret>,
@@ -66,7 +66,7 @@ pub struct MqttConfig {
     pub backoff_max_ms: u64,
     /// Retained status topic: `online` while connected, `offline` as the last will and at a
     /// clean shutdown. Default `bayeux-mqtt-bridge/<client_id>/status` (filled in by
-    /// [`load`](super::load)). Must be a valid topic name without wildcards.
+    /// [`load`](super::load())). Must be a valid topic name without wildcards.
     #[serde(default, deserialize_with = "de_non_empty")]
     pub status_topic: String,
     /// `[mqtt.tls]`: connect with TLS. Optional; its presence (even empty) enables TLS.

@@ -510,6 +510,58 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
     stop(&mut bridge).await;
 }
 
+/// A Bayeux message too large for the MQTT packet limit is dropped and counted
+/// (`payload_too_large`), and the slot it held in the Bayeux → MQTT queue comes back: with
+/// `queue_capacity = 2` and six oversized messages among six small ones, every small one is
+/// still forwarded (a slot kept per refused message would stall the route after two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bayeux_messages_are_dropped_and_counted_and_the_rest_keep_flowing() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let mqtt_sub = MqttPeer::connect_with(
+        mqtt_options(&broker, "e2e-size-sub"),
+        &[("size/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
+    let bayeux = BayeuxPeer::publisher(&url, WAIT);
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-size",
+        "max_packet_size = 1024",
+        "[bridge]\nqueue_capacity = 2",
+        &[route("/size/**", "size/#", "bayeux_to_mqtt", "qos = 1")],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    let pad = "x".repeat(2000);
+    for i in 0..6u64 {
+        bayeux
+            .publish("/size/big", json!({ "id": 100 + i, "pad": pad }))
+            .await;
+        bayeux.publish("/size/small", json!({ "id": i })).await;
+    }
+    mqtt_sub
+        .wait_for_ids("the small messages", "size/", 0..6)
+        .await;
+    stop(&mut bridge).await;
+    let arrived = mqtt_sub.ids("size/");
+    assert_eq!(
+        arrived.keys().copied().collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "only the small messages reach MQTT"
+    );
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (12, 6, BTreeMap::from([("payload_too_large".to_owned(), 6)])),
+        "Bayeux → MQTT totals (received, forwarded, dropped)"
+    );
+}
+
 /// JSON payloads travel as the JSON text they are, both ways: key order, spacing inside
 /// strings and non-ASCII text survive (the bridge used to re-encode them with keys sorted).
 /// The Bayeux servers re-encode what they relay (`JSON.stringify`: compact, order kept), so

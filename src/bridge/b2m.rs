@@ -6,7 +6,7 @@
 //! client's subscription buffer fills, and the client stops polling the server: back-pressure,
 //! not drops. Publishes are handed to the MQTT client in delivery order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -264,18 +264,19 @@ struct Pending {
     route: usize,
 }
 
-/// The pipeline's publishes in flight, by tag: consecutive numbers from `first`. Outcomes
-/// may come in any order; settled entries leave from the front.
+/// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
+/// any order; the map holds only what is in flight (at most `queue_capacity` entries), so a
+/// publish that waits long does not make it grow with the ones that pass it.
 struct Ledger<T> {
-    first: u64,
-    entries: VecDeque<Option<T>>,
+    next: u64,
+    entries: HashMap<u64, T>,
 }
 
 impl<T> Default for Ledger<T> {
     fn default() -> Self {
         Ledger {
-            first: 0,
-            entries: VecDeque::new(),
+            next: 0,
+            entries: HashMap::new(),
         }
     }
 }
@@ -283,25 +284,20 @@ impl<T> Default for Ledger<T> {
 impl<T> Ledger<T> {
     /// Adds `entry` and returns its tag.
     fn insert(&mut self, entry: T) -> u64 {
-        let tag = self.first + self.entries.len() as u64;
-        self.entries.push_back(Some(entry));
+        let tag = self.next;
+        self.next += 1;
+        self.entries.insert(tag, entry);
         tag
     }
 
     /// Takes the entry of `tag` out, if it is still there.
     fn take(&mut self, tag: u64) -> Option<T> {
-        let index = usize::try_from(tag.checked_sub(self.first)?).ok()?;
-        let entry = self.entries.get_mut(index)?.take();
-        while let Some(None) = self.entries.front() {
-            self.entries.pop_front();
-            self.first += 1;
-        }
-        entry
+        self.entries.remove(&tag)
     }
 
     /// How many entries are still there.
     fn len(&self) -> usize {
-        self.entries.iter().filter(|e| e.is_some()).count()
+        self.entries.len()
     }
 }
 
@@ -504,25 +500,25 @@ mod tests {
         assert_eq!(tags, [0, 1, 2, 3]);
         assert_eq!(ledger.take(2), Some("c"));
         assert_eq!(ledger.take(2), None, "taken once only");
-        assert_eq!(
-            ledger.entries.len(),
-            4,
-            "a hole stays until the front passes it"
-        );
         assert_eq!(ledger.take(0), Some("a"));
-        assert_eq!(ledger.entries.len(), 3);
-        assert_eq!(ledger.take(1), Some("b"));
-        assert_eq!(
-            (ledger.first, ledger.entries.len()),
-            (3, 1),
-            "the front passed 2 too"
-        );
-        assert_eq!(ledger.take(1), None, "below the front");
         assert_eq!(ledger.take(9), None, "never handed out");
-        assert_eq!(ledger.insert("e"), 4);
-        assert_eq!(ledger.len(), 2);
-        assert_eq!(ledger.take(3), Some("d"));
-        assert_eq!(ledger.take(4), Some("e"));
-        assert_eq!((ledger.first, ledger.len()), (5, 0));
+        assert_eq!(ledger.insert("e"), 4, "tags are not reused");
+        assert_eq!(ledger.len(), 3);
+        for tag in [4, 1, 3] {
+            assert!(ledger.take(tag).is_some());
+        }
+        assert_eq!(ledger.len(), 0);
+    }
+
+    #[test]
+    fn a_publish_that_waits_long_does_not_make_the_ledger_grow() {
+        let mut ledger = Ledger::default();
+        let slow = ledger.insert(0);
+        for n in 1..10_000 {
+            let tag = ledger.insert(n);
+            assert_eq!(ledger.take(tag), Some(n));
+        }
+        assert_eq!(ledger.entries.len(), 1);
+        assert_eq!(ledger.take(slow), Some(0));
     }
 }

@@ -9,6 +9,9 @@
 //!
 //! [`start`] validates [`MqttOptions`], spawns the client task and returns a cloneable
 //! [`MqttHandle`] plus a channel of [`MqttEvent`]s (lifecycle facts and incoming messages).
+//! A publish's outcome comes as a future ([`MqttHandle::publish`],
+//! [`MqttHandle::publish_queued`]) or, for a caller that publishes continuously, tagged on
+//! one channel for many publishes ([`MqttHandle::publish_tagged`], [`outcome_channel`]).
 //!
 //! # Guarantees
 //!

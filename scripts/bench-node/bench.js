@@ -429,9 +429,14 @@ async function measure({ makeCounter, makeGenerator, target, count, rate }) {
     const made = await makeCounter();
     const counter = made.counter || made;
     const extra = made.extra || [];
+    // A second counter on the same stream (a direct subscriber beside the bridge).
+    const side = made.side || null;
     target = target || made.target;
     if (!made.counter) {
         await waitLine(counter, l => l === 'ready', 15000, 'ready');
+    }
+    if (side) {
+        await waitLine(side, l => l === 'ready', 15000, 'ready');
     }
     await sleep(200);
     const mark0 = loadMark();
@@ -451,6 +456,10 @@ async function measure({ makeCounter, makeGenerator, target, count, rate }) {
     const countLine = await waitLine(counter, jsonLine, (counterDeadline(count, rate) + 10) * 1000, 'its summary');
     const { cpu_s: counterCpu, ...arrivals } = JSON.parse(countLine);
     const result = { generator: JSON.parse(genLine), ...arrivals, cpu_s_counter: counterCpu };
+    if (side) {
+        result.side = JSON.parse(await waitLine(side, jsonLine, (counterDeadline(count, rate) + 10) * 1000, 'its summary'));
+        result.cpu_s_counter = (counterCpu ?? 0) + (result.side.cpu_s ?? 0);
+    }
     if (target) {
         result.cpu_s = cpuSeconds(target.pid) - cpu0;
         result.peak_kib = peakRssKiB(target.pid);
@@ -465,7 +474,7 @@ async function measure({ makeCounter, makeGenerator, target, count, rate }) {
     };
     await Promise.all([generator.exited, counter.exited].map(p => Promise.race([p, sleep(3000)])));
     result.other_cores = otherLoad(mark0, loadMark());
-    for (const c of [generator, counter, ...extra]) {
+    for (const c of [generator, counter, ...extra, ...(side ? [side] : [])]) {
         await stop(c);
     }
     return result;
@@ -506,6 +515,28 @@ const scenarios = [
             const result = await measure({
                 count, rate, target: bridge,
                 makeCounter: () => mqttCounter('bench/in/#', qos, count, rate),
+                makeGenerator: () => bayeuxGenerator('/bench/in/x', count, rate),
+            });
+            await stop(bridge, 15000);
+            result.bridge = bridgeTotals(bridge.logFile);
+            return result;
+        },
+    })),
+    // The same, with a direct subscriber (the CometD JS client) on the same stream at the same
+    // time: both get every message from the server while the same processes share the
+    // machine, so their rates compare the bridge with a direct subscriber under one load.
+    ...[0, 1].map(qos => ({
+        key: `b2m-beside-q${qos}`, path: 'Bayeux → MQTT, beside a direct subscriber', who: 'bayeux-mqtt-bridge', qos,
+        direction: 'beside', bridge: 'rust',
+        run: async (count, rate) => {
+            const bridge = await startBridge(qos);
+            const result = await measure({
+                count, rate, target: bridge,
+                makeCounter: async () => {
+                    const counter = mqttCounter('bench/in/#', qos, count, rate);
+                    await waitLine(counter, l => l === 'ready', 15000, 'ready');
+                    return { counter, side: bayeuxCounter('/bench/in/**', count, rate) };
+                },
                 makeGenerator: () => bayeuxGenerator('/bench/in/x', count, rate),
             });
             await stop(bridge, 15000);
@@ -583,6 +614,9 @@ function aggregate(key, runs) {
         cpu_s: median(runs.map(r => r.cpu_s)),
         cpu_us: median(cpuPerMsg),
         peak_mib: runs.some(r => r.peak_kib) ? Math.max(...runs.map(r => r.peak_kib || 0)) / 1024 : null,
+        // Beside a direct subscriber: this rate / the subscriber's, in the same run.
+        side_ratio: median(runs.map(r => (r.side && r.side.rate ? r.rate / r.side.rate : null))),
+        side_rate: median(runs.map(r => (r.side ? r.side.rate : null))),
     };
 }
 
@@ -622,6 +656,9 @@ function report(results, paced) {
     const agg = Object.fromEntries(scenarios.map(s => [s.key, aggregate(s.key, results[s.key] || [])]));
     const directBest = Math.max(agg['direct-cometd'].rate || 0, agg['direct-sub'].rate || 0);
     const vs = s => {
+        if (s.direction === 'beside') {
+            return agg[s.key].side_ratio === null ? '' : `${fmt(agg[s.key].side_ratio * 100)} % (same run)`;
+        }
         if (directBest && (s.direction === 'b2m' || s.direction === 'm2b')) {
             return `${fmt((agg[s.key].rate / directBest) * 100)} %`;
         }
@@ -643,7 +680,9 @@ function report(results, paced) {
     }
     out.push('');
     out.push('"vs direct" divides by the better of the two direct Bayeux → Bayeux rates ' +
-        `(${fmt(directBest)} msg/s). Latency = arrival − send time (same clock), at full load, so it ` +
+        `(${fmt(directBest)} msg/s); "beside a direct subscriber" divides by the rate of a CometD JS ` +
+        'subscriber on the same stream in the same run (median of the per-run ratios). ' +
+        'Latency = arrival − send time (same clock), at full load, so it ' +
         'is mostly queueing. CPU is the bridge process\'s user + system time for the run. Mosquitto runs with its ' +
         'defaults except `max_queued_messages 0`' + (o.mosquittoInflight ? ` and \`max_inflight_messages ${o.mosquittoInflight}\`` : '') +
         `; the Bayeux generator sends ${o.bayeuxBatch} publishes per request, ${o.bayeuxWindow} requests in flight.`);
@@ -688,7 +727,7 @@ function report(results, paced) {
     const b2m = [0, 1].map(q => agg[`b2m-q${q}`]);
     const m2b = [0, 1].map(q => agg[`m2b-q${q}`]);
     const nodeQ1 = agg['node-b2m-q1'];
-    const ours = [...b2m, ...m2b].filter(a => a.runs);
+    const ours = [...b2m, ...m2b, ...[0, 1].map(q => agg[`b2m-beside-q${q}`])].filter(a => a.runs);
     const peak = Math.max(...ours.map(a => a.peak_mib || 0), ...paced.filter(p => p.scenario.bridge === 'rust').map(p => (p.result.peak_kib || 0) / 1024));
     const ratio = a => (a.rate || 0) / directBest;
     const check = ok => (ok ? 'met' : '**not met**');
@@ -704,6 +743,14 @@ function report(results, paced) {
             } else if (a.runs) {
                 out.push(`| ${name} QoS ${q} ≥ 95 % of a direct subscriber | ${fmt(ratio(a) * 100)} % | ${check(ratio(a) >= 0.95 && a.received_min === a.expected)} |`);
             }
+        }
+    }
+    for (const q of [0, 1]) {
+        const a = agg[`b2m-beside-q${q}`];
+        if (a.runs) {
+            out.push(`| Bayeux → MQTT QoS ${q} ≥ 95 % of a direct subscriber beside it (same run, same server) | ` +
+                `${fmt(a.side_ratio * 100)} % (${fmt(a.rate)} vs ${fmt(a.side_rate)} msg/s) | ` +
+                `${check(a.side_ratio >= 0.95 && a.received_min === a.expected)} |`);
         }
     }
     out.push(`| peak RSS < 25 MiB | ${fmt(peak, 1)} MiB | ${check(peak < 25)} |`);

@@ -175,10 +175,26 @@ impl Engine {
     /// returns. Taking them here rather than one per `poll` saves building rumqttc's poll
     /// future (2.7 KB) for each.
     pub(super) fn take_ready_events(&mut self, out: &mut Vec<Ev>) {
+        self.drain_events(out, true);
+    }
+
+    /// After a poll error: the events rumqttc had buffered but not returned yet (they
+    /// happened; the tracker must see them before the drop is handled).
+    pub(super) fn take_buffered_events(&mut self) -> Vec<Ev> {
+        let mut out = Vec::new();
+        self.drain_events(&mut out, false);
+        out
+    }
+
+    /// Moves rumqttc's buffered events to `out`, translated; with `until_connack`, stops
+    /// before a CONNACK and leaves it buffered.
+    fn drain_events(&mut self, out: &mut Vec<Ev>, until_connack: bool) {
         match self {
             Engine::V5(event_loop) => {
                 while let Some(event) = event_loop.state.events.pop_front() {
-                    if let rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(..)) = &event {
+                    if until_connack
+                        && let rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(..)) = &event
+                    {
                         event_loop.state.events.push_front(event);
                         break;
                     }
@@ -190,7 +206,9 @@ impl Engine {
             }
             Engine::V311(event_loop) => {
                 while let Some(event) = event_loop.state.events.pop_front() {
-                    if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(..)) = &event {
+                    if until_connack
+                        && let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(..)) = &event
+                    {
                         event_loop.state.events.push_front(event);
                         break;
                     }
@@ -200,31 +218,6 @@ impl Engine {
                     });
                 }
             }
-        }
-    }
-
-    /// After a poll error: the events rumqttc had buffered but not returned yet (they
-    /// happened; the tracker must see them before the drop is handled).
-    pub(super) fn take_buffered_events(&mut self) -> Vec<Ev> {
-        match self {
-            Engine::V5(event_loop) => event_loop
-                .state
-                .events
-                .drain(..)
-                .map(|event| match event {
-                    rumqttc::v5::Event::Incoming(packet) => incoming5(packet),
-                    rumqttc::v5::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
-                })
-                .collect(),
-            Engine::V311(event_loop) => event_loop
-                .state
-                .events
-                .drain(..)
-                .map(|event| match event {
-                    rumqttc::Event::Incoming(packet) => incoming4(packet),
-                    rumqttc::Event::Outgoing(outgoing) => outgoing_ev(outgoing),
-                })
-                .collect(),
         }
     }
 

@@ -474,7 +474,7 @@ fn a_tagged_publish_left_behind_reports_shutdown_and_a_refused_one_nothing() {
 
     let mut h = harness(10);
     h.tracker.stop();
-    let reply = PublishReply::Tagged(sender.promise(3, "t/3".into()));
+    let reply = PublishReply::Tagged(sender.promise(3, "t/3".to_owned().into()));
     assert_eq!(
         h.tracker
             .enqueue_publish(message(3, QoS::AtLeastOnce), 10, reply),

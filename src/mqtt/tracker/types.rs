@@ -61,12 +61,6 @@ impl From<String> for TopicName {
     }
 }
 
-impl From<&str> for TopicName {
-    fn from(topic: &str) -> Self {
-        TopicName(Bytes::copy_from_slice(topic.as_bytes()))
-    }
-}
-
 impl std::fmt::Display for TopicName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

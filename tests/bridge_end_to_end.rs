@@ -436,22 +436,64 @@ async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
 // 3. Payload modes
 // ---------------------------------------------------------------------------------------------
 
+/// A CometD server and a Mosquitto with a ready bridge between them (`bridge_toml` with
+/// client id `name`), an MQTT subscriber on `filter` (QoS 1) and a Bayeux publisher.
+struct BayeuxToMqtt {
+    bridge: BridgeProcess,
+    _config: ConfigFile,
+    bayeux: BayeuxPeer,
+    mqtt_sub: MqttPeer,
+    _broker: Mosquitto,
+    _server: PeerServer,
+}
+
+impl BayeuxToMqtt {
+    async fn start(
+        name: &str,
+        filter: &str,
+        mqtt_extra: &str,
+        sections: &str,
+        routes: &[String],
+    ) -> BayeuxToMqtt {
+        let server = PeerServer::start_async(PeerKind::CometD).await;
+        let broker = Mosquitto::start_async().await;
+        let url = server.url();
+        let mqtt_sub = MqttPeer::connect_with(
+            mqtt_options(&broker, &format!("{name}-sub")),
+            &[(filter, QoS::AtLeastOnce)],
+            WAIT,
+        )
+        .await;
+        let bayeux = BayeuxPeer::publisher(&url, WAIT);
+        let config = ConfigFile::new(&bridge_toml(
+            &url, &broker, name, mqtt_extra, sections, routes,
+        ));
+        let bridge = BridgeProcess::spawn(&config, &[]);
+        bridge.wait_for_log("Bridge ready.", WAIT).await;
+        BayeuxToMqtt {
+            bridge,
+            _config: config,
+            bayeux,
+            mqtt_sub,
+            _broker: broker,
+            _server: server,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
-    let broker = Mosquitto::start_async().await;
-    let url = server.url();
-    let mqtt_sub = MqttPeer::connect_with(
-        mqtt_options(&broker, "e2e-payload-sub"),
-        &[("pay/#", QoS::AtLeastOnce)],
-        WAIT,
-    )
-    .await;
-    let bayeux = BayeuxPeer::publisher(&url, WAIT);
-    let config = ConfigFile::new(&bridge_toml(
-        &url,
-        &broker,
+    // Every field bound (`..` would drop the servers at once), the bridge dropped first.
+    let BayeuxToMqtt {
+        _server,
+        _broker,
+        _config,
+        mqtt_sub,
+        bayeux,
+        mut bridge,
+    } = BayeuxToMqtt::start(
         "e2e-payload",
+        "pay/#",
         "",
         "",
         &[
@@ -468,9 +510,8 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
                 "payload = \"message\"",
             ),
         ],
-    ));
-    let mut bridge = BridgeProcess::spawn(&config, &[]);
-    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    )
+    .await;
 
     let data = json!({ "t": 21.5, "tags": ["a", "b"] });
     bayeux.publish("/pay/data/kitchen", data.clone()).await;
@@ -516,26 +557,22 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
 /// still forwarded (a slot kept per refused message would stall the route after two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bayeux_messages_are_dropped_and_counted_and_the_rest_keep_flowing() {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
-    let broker = Mosquitto::start_async().await;
-    let url = server.url();
-    let mqtt_sub = MqttPeer::connect_with(
-        mqtt_options(&broker, "e2e-size-sub"),
-        &[("size/#", QoS::AtLeastOnce)],
-        WAIT,
-    )
-    .await;
-    let bayeux = BayeuxPeer::publisher(&url, WAIT);
-    let config = ConfigFile::new(&bridge_toml(
-        &url,
-        &broker,
+    // Every field bound (`..` would drop the servers at once), the bridge dropped first.
+    let BayeuxToMqtt {
+        _server,
+        _broker,
+        _config,
+        mqtt_sub,
+        bayeux,
+        mut bridge,
+    } = BayeuxToMqtt::start(
         "e2e-size",
+        "size/#",
         "max_packet_size = 1024",
         "[bridge]\nqueue_capacity = 2",
         &[route("/size/**", "size/#", "bayeux_to_mqtt", "qos = 1")],
-    ));
-    let mut bridge = BridgeProcess::spawn(&config, &[]);
-    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    )
+    .await;
 
     let pad = "x".repeat(2000);
     for i in 0..6u64 {

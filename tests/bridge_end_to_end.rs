@@ -437,7 +437,8 @@ async fn routes_use_their_qos_both_ways_and_retain_reaches_a_late_subscriber() {
 // ---------------------------------------------------------------------------------------------
 
 /// A CometD server and a Mosquitto with a ready bridge between them (`bridge_toml` with
-/// client id `name`), an MQTT subscriber on `filter` (QoS 1) and a Bayeux publisher.
+/// client id `name`), an MQTT subscriber on `filter` (QoS 1) and a Bayeux publisher. Fields
+/// drop in order: the bridge first, the servers last.
 struct BayeuxToMqtt {
     bridge: BridgeProcess,
     _config: ConfigFile,
@@ -483,15 +484,7 @@ impl BayeuxToMqtt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
-    // Every field bound (`..` would drop the servers at once), the bridge dropped first.
-    let BayeuxToMqtt {
-        _server,
-        _broker,
-        _config,
-        mqtt_sub,
-        bayeux,
-        mut bridge,
-    } = BayeuxToMqtt::start(
+    let mut f = BayeuxToMqtt::start(
         "e2e-payload",
         "pay/#",
         "",
@@ -514,13 +507,13 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
     .await;
 
     let data = json!({ "t": 21.5, "tags": ["a", "b"] });
-    bayeux.publish("/pay/data/kitchen", data.clone()).await;
-    bayeux.publish("/pay/msg/kitchen", data.clone()).await;
-    mqtt_sub
+    f.bayeux.publish("/pay/data/kitchen", data.clone()).await;
+    f.bayeux.publish("/pay/msg/kitchen", data.clone()).await;
+    f.mqtt_sub
         .inbox
         .wait_until("both payload modes", WAIT, |got| got.len() >= 2)
         .await;
-    let got = mqtt_sub.inbox.snapshot();
+    let got = f.mqtt_sub.inbox.snapshot();
     let find = |topic: &str| {
         got.iter()
             .find(|g| g.topic == topic)
@@ -548,7 +541,7 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
         None,
         "the bridge's own session id is left out: {whole}"
     );
-    stop(&mut bridge).await;
+    stop(&mut f.bridge).await;
 }
 
 /// A Bayeux message too large for the MQTT packet limit is dropped and counted
@@ -557,15 +550,7 @@ async fn payload_data_carries_the_data_and_payload_message_the_whole_message() {
 /// still forwarded (a slot kept per refused message would stall the route after two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bayeux_messages_are_dropped_and_counted_and_the_rest_keep_flowing() {
-    // Every field bound (`..` would drop the servers at once), the bridge dropped first.
-    let BayeuxToMqtt {
-        _server,
-        _broker,
-        _config,
-        mqtt_sub,
-        bayeux,
-        mut bridge,
-    } = BayeuxToMqtt::start(
+    let mut f = BayeuxToMqtt::start(
         "e2e-size",
         "size/#",
         "max_packet_size = 1024",
@@ -576,22 +561,22 @@ async fn oversized_bayeux_messages_are_dropped_and_counted_and_the_rest_keep_flo
 
     let pad = "x".repeat(2000);
     for i in 0..6u64 {
-        bayeux
+        f.bayeux
             .publish("/size/big", json!({ "id": 100 + i, "pad": pad }))
             .await;
-        bayeux.publish("/size/small", json!({ "id": i })).await;
+        f.bayeux.publish("/size/small", json!({ "id": i })).await;
     }
-    mqtt_sub
+    f.mqtt_sub
         .wait_for_ids("the small messages", "size/", 0..6)
         .await;
-    stop(&mut bridge).await;
-    let arrived = mqtt_sub.ids("size/");
+    stop(&mut f.bridge).await;
+    let arrived = f.mqtt_sub.ids("size/");
     assert_eq!(
         arrived.keys().copied().collect::<Vec<_>>(),
         (0..6).collect::<Vec<_>>(),
         "only the small messages reach MQTT"
     );
-    let totals = bridge.totals("bayeux_to_mqtt");
+    let totals = f.bridge.totals("bayeux_to_mqtt");
     assert_eq!(
         (totals.received, totals.forwarded, totals.dropped),
         (12, 6, BTreeMap::from([("payload_too_large".to_owned(), 6)])),

@@ -1,0 +1,204 @@
+//! Bayeux → MQTT publish outcomes: what each publish in flight holds (its queue slot, its
+//! checkpoint ticket) and how its outcome is recorded, on a task of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{Instrument, error};
+
+use crate::bridge::checkpoint::Ticket;
+use crate::bridge::mapping::Route;
+use crate::bridge::stats::Direction;
+use crate::bridge::{Shared, Slot, qos_of};
+use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, outcome_channel};
+
+/// What a publish in flight holds until its outcome is recorded: its queue slot (released
+/// only then, so a drain that waits for every permit also waits for the checkpoints), its
+/// checkpoint ticket and its route.
+pub(super) struct Pending {
+    pub(super) slot: Slot,
+    pub(super) ticket: Option<Ticket>,
+    pub(super) route: usize,
+}
+
+/// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
+/// any order; the map holds only what is in flight (at most `queue_capacity` entries), so a
+/// publish that waits long does not make it grow with the ones that pass it.
+struct Ledger<T> {
+    next: u64,
+    entries: HashMap<u64, T>,
+}
+
+impl<T> Default for Ledger<T> {
+    fn default() -> Self {
+        Ledger {
+            next: 0,
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Ledger<T> {
+    /// Adds `entry` and returns its tag.
+    fn insert(&mut self, entry: T) -> u64 {
+        let tag = self.next;
+        self.next += 1;
+        self.entries.insert(tag, entry);
+        tag
+    }
+
+    /// Takes the entry of `tag` out, if it is still there.
+    fn take(&mut self, tag: u64) -> Option<T> {
+        self.entries.remove(&tag)
+    }
+
+    /// How many entries are still there.
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Publishes for the pipeline and records their outcomes on a task of its own, from one
+/// channel of tagged outcomes ([`MqttHandle::publish_tagged`]): no future, oneshot channel or
+/// task per message.
+pub(super) struct Settlement {
+    ledger: Arc<Mutex<Ledger<Pending>>>,
+    outcomes: OutcomeSender,
+}
+
+fn lock(ledger: &Mutex<Ledger<Pending>>) -> MutexGuard<'_, Ledger<Pending>> {
+    // The ledger is consistent after every call; a panic elsewhere does not change that.
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Settlement {
+    /// Starts the recording task, in the current span. It ends once this is dropped and
+    /// every publish made through it has its outcome, so a pipeline that stops does not cut
+    /// short the messages still waiting (the drain waits for their queue permits).
+    pub(super) fn start(shared: Arc<Shared>) -> Settlement {
+        let (outcomes, mut reports) = outcome_channel();
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let book = Arc::clone(&ledger);
+        let record = async move {
+            while let Some(outcome) = reports.recv().await {
+                let pending = lock(&book).take(outcome.tag);
+                match pending {
+                    Some(pending) => record_outcome(&shared, pending, outcome),
+                    None => error!(
+                        tag = outcome.tag,
+                        "Internal error: the outcome of a publish that is not in flight."
+                    ),
+                }
+            }
+            let left = lock(&book).len();
+            if left > 0 {
+                error!(left, "Internal error: publishes left without an outcome.");
+            }
+        };
+        tokio::spawn(record.in_current_span());
+        Settlement { ledger, outcomes }
+    }
+
+    /// Hands the publish to the MQTT client; its outcome is recorded when it comes. If the
+    /// client refuses it at once, `pending` comes back with the error.
+    pub(super) async fn publish(
+        &self,
+        mqtt: &MqttHandle,
+        topic: String,
+        payload: bytes::Bytes,
+        route: &Route,
+        pending: Pending,
+    ) -> Result<(), (MqttError, Option<Pending>)> {
+        let qos = qos_of(route.qos);
+        let tag = lock(&self.ledger).insert(pending);
+        mqtt.publish_tagged(topic, payload, qos, route.retain, tag, &self.outcomes)
+            .await
+            .map_err(|e| (e, lock(&self.ledger).take(tag)))
+    }
+}
+
+/// Records the outcome of a publish: the checkpoint and the counters, or a drop.
+fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
+    let Pending {
+        slot,
+        ticket,
+        route,
+    } = pending;
+    match &outcome.result {
+        Ok(()) => {
+            if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
+                replay.ack(ticket);
+            }
+            shared.stats.forwarded(Direction::BayeuxToMqtt, route);
+        }
+        Err(e) => {
+            shared.count_publish_error("mqtt", e.reason());
+            release_ticket(shared, ticket, redeliver_after_restart(e));
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                e.reason(),
+                route,
+                outcome.topic(),
+                &e.to_string(),
+            );
+        }
+    }
+    drop(slot);
+}
+
+/// A message that will not be forwarded: its checkpoint ticket is abandoned (the checkpoint
+/// may pass it: it is dropped on purpose and counted) unless it should come back after a
+/// restart, in which case the ticket is dropped and holds the checkpoint back.
+pub(super) fn release_ticket(shared: &Shared, ticket: Option<Ticket>, redeliver: bool) {
+    if let (Some(replay), Some(ticket)) = (&shared.replay, ticket)
+        && !redeliver
+    {
+        replay.abandon(ticket);
+    }
+}
+
+/// Whether an event whose publish failed this way should be delivered again after a restart:
+/// yes when the client shut down before the broker acknowledged it, no when the broker or the
+/// message itself is the problem (it would fail again).
+pub(super) fn redeliver_after_restart(e: &MqttError) -> bool {
+    matches!(e, MqttError::Shutdown | MqttError::NoRuntime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ledger;
+
+    #[test]
+    fn the_ledger_hands_out_consecutive_tags_and_takes_entries_in_any_order() {
+        let mut ledger = Ledger::default();
+        let tags: Vec<u64> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|e| ledger.insert(e))
+            .collect();
+        assert_eq!(tags, [0, 1, 2, 3]);
+        assert_eq!(ledger.take(2), Some("c"));
+        assert_eq!(ledger.take(2), None, "taken once only");
+        assert_eq!(ledger.take(0), Some("a"));
+        assert_eq!(ledger.take(9), None, "never handed out");
+        assert_eq!(ledger.insert("e"), 4, "tags are not reused");
+        assert_eq!(ledger.len(), 3);
+        for tag in [4, 1, 3] {
+            assert!(ledger.take(tag).is_some());
+        }
+        assert_eq!(ledger.len(), 0);
+    }
+
+    #[test]
+    fn a_publish_that_waits_long_does_not_make_the_ledger_grow() {
+        let mut ledger = Ledger::default();
+        let slow = ledger.insert(0);
+        for n in 1..10_000 {
+            let tag = ledger.insert(n);
+            assert_eq!(ledger.take(tag), Some(n));
+        }
+        assert_eq!(ledger.entries.len(), 1);
+        assert_eq!(ledger.take(slow), Some(0));
+    }
+}

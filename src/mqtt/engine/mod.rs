@@ -273,6 +273,16 @@ impl Engine {
         }
     }
 
+    /// Sets how many slots of the in-flight window must be free before rumqttc takes new
+    /// requests while something is in flight (vendor/rumqttc/PATCHES.md, "Holding writes for
+    /// room"); 0 takes them as soon as there is one slot.
+    pub(super) fn set_write_hold(&mut self, hold: u16) {
+        match self {
+            Engine::V5(event_loop) => event_loop.write_hold = hold,
+            Engine::V311(event_loop) => event_loop.write_hold = hold,
+        }
+    }
+
     /// Whether rumqttc's `pending` queue is empty (it then reads its request channel, unless
     /// its in-flight window is full).
     pub(super) fn pending_is_empty(&self) -> bool {

@@ -5,6 +5,46 @@ use tokio_util::codec::Framed;
 use crate::mqttbytes::{self, v4::*};
 use crate::{Incoming, MqttState, StateError};
 
+/// Patched in: whether new requests wait (`EventLoop::write_hold`): something is in flight
+/// and fewer than `hold` of the `max` in-flight slots are free.
+pub(crate) fn write_held(hold: u16, inflight: u16, max: u16) -> bool {
+    hold > 0 && inflight > 0 && max.saturating_sub(inflight) < hold
+}
+
+/// Patched in: the descriptor of a connected TCP socket, where `quickack` can use it.
+#[allow(unused_variables)]
+pub(crate) fn quickack_fd(socket: &tokio::net::TcpStream) -> Option<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        Some(socket.as_raw_fd())
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Patched in: asks the kernel to acknowledge at once, at TCP level, what was received on
+/// the socket `fd` (`TCP_QUICKACK`), instead of delaying the ACK until data goes the other
+/// way. Linux only; elsewhere nothing. Best effort: a failure only changes timing.
+#[allow(unused_variables)]
+pub(crate) fn quickack(fd: Option<i32>) {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = fd {
+        let one: libc::c_int = 1;
+        // SAFETY: `fd` is the socket of the `Network` that calls this, open for as long as
+        // that exists; `one` outlives the call and its size is passed with it.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 /// Network transforms packets <-> frames efficiently. It takes
 /// advantage of pre-allocation, buffering and vectorization when
 /// appropriate to achieve performance
@@ -13,6 +53,8 @@ pub struct Network {
     framed: Framed<Box<dyn AsyncReadWrite>, Codec>,
     /// Maximum readv count
     max_readb_count: usize,
+    /// Patched in: the TCP socket's descriptor, for `quickack` (Linux, plain TCP or TLS).
+    quickack_fd: Option<i32>,
 }
 
 impl Network {
@@ -31,7 +73,23 @@ impl Network {
         Network {
             framed,
             max_readb_count: 10,
+            quickack_fd: None,
         }
+    }
+
+    /// Patched in: the descriptor of the TCP socket under this network, if any.
+    pub(crate) fn set_quickack_fd(&mut self, fd: Option<i32>) {
+        self.quickack_fd = fd;
+    }
+
+    /// Patched in: whether [`Network::quickack`] does anything here.
+    pub(crate) fn can_quickack(&self) -> bool {
+        cfg!(target_os = "linux") && self.quickack_fd.is_some()
+    }
+
+    /// Patched in: see [`quickack`].
+    pub(crate) fn quickack(&self) {
+        quickack(self.quickack_fd);
     }
 
     /// Reads and returns a single packet from network

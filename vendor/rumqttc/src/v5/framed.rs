@@ -15,6 +15,8 @@ pub struct Network {
     framed: Framed<Box<dyn AsyncReadWrite>, Codec>,
     /// Maximum readv count
     max_readb_count: usize,
+    /// Patched in: the TCP socket's descriptor, for `quickack` (Linux, plain TCP or TLS).
+    quickack_fd: Option<i32>,
 }
 impl Network {
     pub fn new(socket: impl AsyncReadWrite + 'static, max_incoming_size: Option<u32>) -> Network {
@@ -28,7 +30,23 @@ impl Network {
         Network {
             framed,
             max_readb_count: 10,
+            quickack_fd: None,
         }
+    }
+
+    /// Patched in: the descriptor of the TCP socket under this network, if any.
+    pub(crate) fn set_quickack_fd(&mut self, fd: Option<i32>) {
+        self.quickack_fd = fd;
+    }
+
+    /// Patched in: whether [`Network::quickack`] does anything here.
+    pub(crate) fn can_quickack(&self) -> bool {
+        cfg!(target_os = "linux") && self.quickack_fd.is_some()
+    }
+
+    /// Patched in: see `crate::framed::quickack`.
+    pub(crate) fn quickack(&self) {
+        crate::framed::quickack(self.quickack_fd);
     }
 
     pub fn set_max_outgoing_size(&mut self, max_outgoing_size: Option<u32>) {

@@ -92,6 +92,15 @@ impl Client {
         .await
     }
 
+    /// Queues a publish of the number `n` as text on `topic` (not retained) and returns the
+    /// future of its acknowledgement.
+    async fn queue(&self, topic: &str, n: usize, qos: QoS) -> PublishCompletion {
+        self.handle
+            .publish_queued(topic, Bytes::from(n.to_string()), qos, false)
+            .await
+            .expect("queued")
+    }
+
     /// Events that already arrived, without waiting.
     fn drain(&mut self) -> Vec<MqttEvent> {
         std::iter::from_fn(|| self.events.try_recv().ok()).collect()
@@ -387,17 +396,7 @@ async fn publishes_survive_a_broker_restart_mid_stream(
             // A quarter was queued while the broker was down.
             broker.restart_async().await;
         }
-        let completion = publisher
-            .handle
-            .publish_queued(
-                "flow/x",
-                Bytes::from(n.to_string()),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await
-            .expect("queued");
-        completions.push(completion);
+        completions.push(publisher.queue("flow/x", n, QoS::AtLeastOnce).await);
     }
     all_acknowledged(completions).await;
 
@@ -714,17 +713,7 @@ async fn disconnect_waits_for_inflight_publishes_then_refuses_new_ones() {
     let mut client = Client::connect(options(&broker, "draining", Protocol::V5), &[]).await;
     let mut completions = Vec::new();
     for n in 0..100 {
-        let completion = client
-            .handle
-            .publish_queued(
-                "drain/x",
-                Bytes::from(n.to_string()),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await
-            .expect("queued");
-        completions.push(completion);
+        completions.push(client.queue("drain/x", n, QoS::AtLeastOnce).await);
     }
     client.handle.disconnect(Duration::from_secs(5)).await;
     for (n, completion) in completions.into_iter().enumerate() {
@@ -817,17 +806,7 @@ async fn publishing_again_after_session_loss_respects_the_receive_maximum() {
         if n == TOTAL * 2 / 3 {
             broker.restart_async().await;
         }
-        let completion = publisher
-            .handle
-            .publish_queued(
-                "window/x",
-                Bytes::from(n.to_string()),
-                QoS::ExactlyOnce,
-                false,
-            )
-            .await
-            .expect("queued");
-        completions.push(completion);
+        completions.push(publisher.queue("window/x", n, QoS::ExactlyOnce).await);
     }
     all_acknowledged(completions).await;
 
@@ -879,12 +858,7 @@ async fn a_burst_through_a_small_window_arrives_complete_and_in_order(protocol: 
         } else {
             QoS::AtLeastOnce
         };
-        let completion = publisher
-            .handle
-            .publish_queued("burst/x", Bytes::from(n.to_string()), qos, false)
-            .await
-            .expect("queued");
-        completions.push(completion);
+        completions.push(publisher.queue("burst/x", n, qos).await);
     }
     all_acknowledged(completions).await;
 
@@ -940,17 +914,7 @@ async fn a_full_window_refills_without_waiting_for_delayed_acks(protocol: Protoc
     let started = Instant::now();
     let mut completions = Vec::with_capacity(TOTAL);
     for n in 0..TOTAL {
-        let completion = publisher
-            .handle
-            .publish_queued(
-                "refill/x",
-                Bytes::from(n.to_string()),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await
-            .expect("queued");
-        completions.push(completion);
+        completions.push(publisher.queue("refill/x", n, QoS::AtLeastOnce).await);
     }
     all_acknowledged(completions).await;
     let took = started.elapsed();

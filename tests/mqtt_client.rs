@@ -1,7 +1,8 @@
 //! The MQTT client (`bayeux_mqtt_bridge::mqtt`) against a real Mosquitto broker, over MQTT 5
 //! and 3.1.1: delivery at every QoS, packet size limits, ordered acks and redelivery, broker
-//! restarts mid-stream, reconnect backoff, no-local subscriptions, the last will, and a burst
-//! through a small in-flight window (batched writes).
+//! restarts mid-stream, reconnect backoff, no-local subscriptions, the last will, a burst
+//! through a small in-flight window (batched writes), and refills of a full window that do
+//! not wait for delayed ACKs (writes held for room).
 //!
 //! Every wait is for an event (with a timeout); the only sleeps are the client's own backoff.
 

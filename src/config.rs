@@ -197,6 +197,18 @@ choice! {
 }
 
 choice! {
+    /// The daemon's CPU scheduling policy on Linux (`bridge.cpu_scheduling`).
+    pub enum CpuScheduling {
+        /// `"batch"`: a process started under the normal policy switches to `SCHED_BATCH`
+        /// (the default); one started under another policy keeps it.
+        #[default]
+        Batch = "batch",
+        /// `"inherit"`: keep the policy the process was started with.
+        Inherit = "inherit",
+    }
+}
+
+choice! {
     /// Log line format (`log.format`).
     pub enum LogFormat {
         /// `"text"`: human-readable lines (the default; suits journald).
@@ -373,6 +385,7 @@ mod tests {
         assert_eq!(MqttProtocol::default(), MqttProtocol::V5);
         assert_eq!(PayloadMode::default(), PayloadMode::Data);
         assert_eq!(BinaryPolicy::default(), BinaryPolicy::Refuse);
+        assert_eq!(CpuScheduling::default(), CpuScheduling::Batch);
         assert_eq!(LogFormat::default(), LogFormat::Text);
         let bridge = BridgeConfig::default();
         assert_eq!(bridge.queue_capacity, 1000);

@@ -16,6 +16,7 @@
 //!   nothing of Bayeux or the bridge.
 //! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,
 //!   `RELOADING=1`, `STOPPING=1`) over `NOTIFY_SOCKET`; a no-op outside systemd.
+//! - [`scheduling`]: the daemon's CPU scheduling policy (`SCHED_BATCH` by default, Linux).
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
 //!
@@ -30,5 +31,6 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
+pub mod scheduling;
 pub mod shutdown;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bayeux_mqtt_bridge::{bridge, cli, config, http, shutdown, telemetry};
+use bayeux_mqtt_bridge::{bridge, cli, config, http, scheduling, shutdown, telemetry};
 use clap::{Args, Parser, Subcommand};
 
 /// Bridge Bayeux (CometD) channels and MQTT topics.
@@ -131,6 +131,8 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
     for warning in config.warnings() {
         tracing::warn!(%warning, "Config warning.");
     }
+    // Before the runtime starts any thread: they inherit it.
+    scheduling::apply(config.bridge.cpu_scheduling).log();
     block_on(async move {
         let reload = bridge::ReloadSource {
             path: path.to_owned(),

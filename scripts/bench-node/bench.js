@@ -404,16 +404,24 @@ async function startNodeBridge(qos) {
     return bridge;
 }
 
-/** The bridge's own totals, from its JSON log (written at shutdown). */
+/**
+ * The bridge's own totals, from its JSON log (written at shutdown), and the CPU scheduling
+ * policy it ran under (`bridge.cpu_scheduling`, logged at start), as `policy`.
+ */
 function bridgeTotals(logFile) {
     const totals = {};
     for (const line of fs.readFileSync(logFile, 'utf8').split('\n')) {
-        if (!line.includes('Totals.')) {
+        const policy = line.includes('CPU scheduling policy');
+        if (!policy && !line.includes('Totals.')) {
             continue;
         }
         try {
             const f = JSON.parse(line).fields;
-            totals[f.direction] = { received: f.received, forwarded: f.forwarded, dropped: f.dropped };
+            if (policy) {
+                totals.policy = f.policy || 'unknown';
+            } else {
+                totals[f.direction] = { received: f.received, forwarded: f.forwarded, dropped: f.dropped };
+            }
         } catch {
             // Not a JSON line; ignore.
         }
@@ -649,6 +657,17 @@ function mosquittoBin() {
     return fs.existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
 }
 
+/** Which CPU scheduling policy the Rust bridge ran under, from its runs' logs. */
+function policyNote(results, paced) {
+    const runs = [...Object.values(results).flat(), ...paced.map(p => p.result)];
+    const policies = [...new Set(runs.map(r => r.bridge && r.bridge.policy).filter(Boolean))];
+    if (!policies.length) {
+        return '';
+    }
+    return ` The bridge ran under the \`${policies.join('`, `')}\` CPU scheduling ` +
+        `${policies.length > 1 ? 'policies' : 'policy'} (\`bridge.cpu_scheduling\`, default \`batch\`).`;
+}
+
 function report(results, paced) {
     const out = [];
     out.push(`Measured ${new Date().toISOString().slice(0, 10)}: ${versions()}.`);
@@ -685,7 +704,8 @@ function report(results, paced) {
         'Latency = arrival − send time (same clock), at full load, so it ' +
         'is mostly queueing. CPU is the bridge process\'s user + system time for the run. Mosquitto runs with its ' +
         'defaults except `max_queued_messages 0`' + (o.mosquittoInflight ? ` and \`max_inflight_messages ${o.mosquittoInflight}\`` : '') +
-        `; the Bayeux generator sends ${o.bayeuxBatch} publishes per request, ${o.bayeuxWindow} requests in flight.`);
+        `; the Bayeux generator sends ${o.bayeuxBatch} publishes per request, ${o.bayeuxWindow} requests in flight.` +
+        policyNote(results, paced));
     out.push('');
     out.push('### Where the CPU went (median of the runs above, CPU seconds per run)');
     out.push('');

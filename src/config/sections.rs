@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{BinaryPolicy, Direction, LogFormat, PayloadMode, ReplayInvalidPolicy, defaults};
+use super::{
+    BinaryPolicy, CpuScheduling, Direction, LogFormat, PayloadMode, ReplayInvalidPolicy, defaults,
+};
 
 /// `[bridge]`: forwarding limits and shutdown.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -23,6 +25,11 @@ pub struct BridgeConfig {
     /// acknowledged) or `"base64"` (forwarded as `{"base64": "..."}`).
     #[serde(default)]
     pub binary_payloads: BinaryPolicy,
+    /// `"batch"` (default): on Linux, a daemon started under the normal scheduling policy
+    /// switches to `SCHED_BATCH`, so that under load it is woken less often, for more work
+    /// each time; `"inherit"` keeps the policy it was started with. Takes effect at start.
+    #[serde(default)]
+    pub cpu_scheduling: CpuScheduling,
 }
 
 impl BridgeConfig {
@@ -38,6 +45,7 @@ impl Default for BridgeConfig {
             queue_capacity: defaults::queue_capacity(),
             drain_timeout_secs: defaults::drain_timeout_secs(),
             binary_payloads: BinaryPolicy::default(),
+            cpu_scheduling: CpuScheduling::default(),
         }
     }
 }

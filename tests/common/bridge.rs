@@ -177,6 +177,16 @@ impl BridgeProcess {
     /// `NO_COLOR=1`, `RUST_LOG=info` and JSON logs. Inherited `RUST_LOG` and
     /// `BAYEUX_MQTT_BRIDGE__*` variables are removed first.
     pub fn spawn(config: &ConfigFile, env: &[(&str, &str)]) -> BridgeProcess {
+        Self::spawn_with(config, env, |_| {})
+    }
+
+    /// [`BridgeProcess::spawn`], with `adjust` applied to the command last (for example to
+    /// start it under another scheduling policy).
+    pub fn spawn_with(
+        config: &ConfigFile,
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> BridgeProcess {
         let mut command = Command::new(BINARY);
         command
             .arg("--config")
@@ -197,6 +207,7 @@ impl BridgeProcess {
         for (name, value) in env {
             command.env(name, value);
         }
+        adjust(&mut command);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BINARY}: {e}"));

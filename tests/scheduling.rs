@@ -1,0 +1,152 @@
+//! `bridge.cpu_scheduling`: the daemon switches itself, and so every thread it starts, from the
+//! normal scheduling policy to `SCHED_BATCH` by default; `inherit`, or a policy the process
+//! was started under, leaves the policy alone. Read from `/proc/<pid>/task/*/stat` (Linux).
+//!
+//! The policy is applied at start, before anything connects, so these runs need no peers:
+//! both point at a loopback port nobody listens on, and the daemon keeps retrying until it is
+//! stopped.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::bridge::{BridgeProcess, ConfigFile};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `SCHED_OTHER`, `SCHED_BATCH` and `SCHED_IDLE`, as `/proc` shows them.
+const OTHER: u32 = 0;
+const BATCH: u32 = 3;
+const IDLE: u32 = 5;
+
+const SWITCHED: &str = "Switched to the batch CPU scheduling policy.";
+const KEPT: &str = "Kept the CPU scheduling policy the process was started with.";
+
+/// A config whose peers are a loopback port nobody listens on.
+fn unreachable_config() -> ConfigFile {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"));
+    ConfigFile::new(&format!(
+        r#"
+[bayeux]
+url = "http://127.0.0.1:{port}/cometd"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+
+[[route]]
+bayeux = "/sched/**"
+mqtt = "sched/#"
+direction = "bayeux_to_mqtt"
+"#
+    ))
+}
+
+/// The scheduling policy of each of the process's threads (field 41 of `stat`).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task (Linux): {e}"));
+    let mut policies = Vec::new();
+    for task in tasks {
+        let path = task.expect("a task entry").path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // the thread ended in between
+        };
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        // After the command name (in parentheses, may hold spaces) come fields 3, 4, ...
+        let rest = &stat[stat.rfind(')').expect("stat has a command name") + 1..];
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no policy field in {stat:?}"));
+        policies.push((name.trim().to_owned(), policy));
+    }
+    policies
+}
+
+/// Starts the daemon with a pool of two runtime workers, so that there are threads started
+/// after the policy was applied, and waits until the runtime runs (it logs `Bridge
+/// starting.` from inside it, after the workers were started).
+async fn start(
+    config: &ConfigFile,
+    env: &[(&str, &str)],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> BridgeProcess {
+    let mut all_env = vec![("TOKIO_WORKER_THREADS", "2")];
+    all_env.extend_from_slice(env);
+    let bridge = BridgeProcess::spawn_with(config, &all_env, adjust);
+    bridge.wait_for_log("Bridge starting.", WAIT).await;
+    bridge
+}
+
+fn assert_every_thread(bridge: &BridgeProcess, policy: u32) {
+    let policies = thread_policies(bridge.pid());
+    assert!(
+        policies.len() >= 3,
+        "the main thread and two runtime workers: {policies:?}"
+    );
+    assert!(
+        policies.iter().all(|(_, p)| *p == policy),
+        "every thread under policy {policy}: {policies:?}"
+    );
+}
+
+#[tokio::test]
+async fn by_default_the_daemon_and_every_thread_it_starts_run_under_sched_batch() {
+    let config = unreachable_config();
+    let mut bridge = start(&config, &[], |_| {}).await;
+    let line = bridge.wait_for_log(SWITCHED, WAIT).await;
+    assert_eq!(line.str_field("policy"), Some("batch"));
+    assert_every_thread(&bridge, BATCH);
+    bridge.kill().await;
+}
+
+#[tokio::test]
+async fn inherit_keeps_the_normal_policy() {
+    let config = unreachable_config();
+    // Through the environment, as the README documents for every key.
+    let env = [("BAYEUX_MQTT_BRIDGE__BRIDGE__CPU_SCHEDULING", "inherit")];
+    let mut bridge = start(&config, &env, |_| {}).await;
+    let line = bridge.wait_for_log(KEPT, WAIT).await;
+    assert_eq!(line.str_field("policy"), Some("other"));
+    assert_eq!(bridge.count(SWITCHED), 0);
+    assert_every_thread(&bridge, OTHER);
+    bridge.kill().await;
+}
+
+/// As systemd's `CPUSchedulingPolicy=idle` or `chrt --idle 0` would start it: the operator's
+/// choice stands although the config asks for `batch` (the default).
+#[tokio::test]
+async fn a_policy_the_daemon_was_started_under_is_kept() {
+    let config = unreachable_config();
+    let under_idle = |command: &mut std::process::Command| {
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // system call, which is async-signal-safe; `param` lives on its stack.
+        unsafe {
+            command.pre_exec(|| {
+                let param = libc::sched_param { sched_priority: 0 };
+                let rc = libc::syscall(
+                    libc::SYS_sched_setscheduler,
+                    0 as libc::c_long,
+                    libc::c_long::from(libc::SCHED_IDLE),
+                    &param as *const libc::sched_param,
+                );
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+    let mut bridge = start(&config, &[], under_idle).await;
+    let line = bridge.wait_for_log(KEPT, WAIT).await;
+    assert_eq!(line.str_field("policy"), Some("idle"));
+    assert_eq!(bridge.count(SWITCHED), 0);
+    assert_every_thread(&bridge, IDLE);
+    bridge.kill().await;
+}

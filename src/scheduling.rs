@@ -32,11 +32,6 @@ impl Policy {
     pub const BATCH: Policy = Policy(3);
     /// `SCHED_IDLE`.
     pub const IDLE: Policy = Policy(5);
-
-    /// The policy's number.
-    pub fn number(self) -> i32 {
-        self.0
-    }
 }
 
 impl fmt::Display for Policy {

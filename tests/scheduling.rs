@@ -1,6 +1,7 @@
 //! `bridge.cpu_scheduling`: the daemon switches itself, and so every thread it starts, from the
 //! normal scheduling policy to `SCHED_BATCH` by default; `inherit`, or a policy the process
-//! was started under, leaves the policy alone. Read from `/proc/<pid>/task/*/stat` (Linux).
+//! was started under, leaves the policy alone; a refused switch is logged and the daemon runs
+//! on. Read from `/proc/<pid>/task/*/stat` (Linux).
 //!
 //! The policy is applied at start, before anything connects, so these runs need no peers:
 //! both point at a loopback port nobody listens on, and the daemon keeps retrying until it is
@@ -22,6 +23,9 @@ const IDLE: u32 = 5;
 
 const SWITCHED: &str = "Switched to the batch CPU scheduling policy.";
 const KEPT: &str = "Kept the CPU scheduling policy the process was started with.";
+const REFUSED: &str = "Could not switch to the batch CPU scheduling policy; running under the \
+                       one the process was started with. It can be set where the process is \
+                       started (systemd CPUSchedulingPolicy=batch, chrt --batch 0).";
 
 /// A config whose peers are a loopback port nobody listens on.
 fn unreachable_config() -> ConfigFile {
@@ -149,4 +153,78 @@ async fn a_policy_the_daemon_was_started_under_is_kept() {
     assert_eq!(bridge.count(SWITCHED), 0);
     assert_every_thread(&bridge, IDLE);
     bridge.kill().await;
+}
+
+/// Where a system call filter refuses the change, as the shipped systemd unit's
+/// `SystemCallFilter=~@resources` does, the daemon says so and runs on under the policy it
+/// was started with. The filter here is a seccomp program installed in the child before
+/// `exec`: `sched_setscheduler` fails with EPERM, every other call is allowed.
+#[tokio::test]
+async fn a_refused_switch_is_logged_and_the_daemon_runs_on() {
+    let config = unreachable_config();
+    let refuse = |command: &mut std::process::Command| {
+        // SAFETY: `refuse_sched_setscheduler` only makes two prctl calls on data on its own
+        // stack, which is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            command.pre_exec(refuse_sched_setscheduler);
+        }
+    };
+    let mut bridge = start(&config, &[], refuse).await;
+    let line = bridge.wait_for_log(REFUSED, WAIT).await;
+    assert_eq!(line.str_field("policy"), Some("other"));
+    let error = line.str_field("error").unwrap_or_default();
+    assert!(error.contains("os error 1"), "EPERM is reported: {error:?}");
+    assert_eq!(bridge.count(SWITCHED), 0);
+    assert_every_thread(&bridge, OTHER);
+    bridge.kill().await;
+}
+
+/// Installs a seccomp filter on the calling process: `sched_setscheduler` fails with EPERM.
+/// (It compares the system call number only, without checking the architecture, which is
+/// enough for a test of a native binary.)
+fn refuse_sched_setscheduler() -> std::io::Result<()> {
+    let statement = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let nr = u32::try_from(libc::SYS_sched_setscheduler)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let filter = [
+        // A = seccomp_data.nr (offset 0).
+        statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        // Not sched_setscheduler: skip the next statement.
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        statement(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA),
+        ),
+        statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with these options reads `program` (and the filter it points to), which
+    // outlive the calls; no-new-privileges first, as an unprivileged filter requires.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &program as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -194,26 +194,14 @@ fn status_line(text: &str) -> String {
 
 /// `CLOCK_MONOTONIC` now, in microseconds: the clock systemd compares `MONOTONIC_USEC=` with.
 /// `std::time::Instant` reads the same clock but does not expose its value.
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+#[cfg(target_os = "linux")]
 fn monotonic_usec() -> Option<u64> {
-    // `struct timespec` on 64-bit Linux (glibc and musl): two 64-bit fields.
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    unsafe extern "C" {
-        fn clock_gettime(clock: i32, now: *mut Timespec) -> i32;
-    }
-    const CLOCK_MONOTONIC: i32 = 1;
-
-    let mut now = Timespec {
+    let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid, writable `struct timespec` for the duration of the call, and
-    // the declaration matches the C prototype on 64-bit Linux (`clockid_t` is `int`).
-    let rc = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut now) };
+    // SAFETY: `now` is a valid, writable `struct timespec` for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     if rc != 0 {
         return None;
     }
@@ -222,7 +210,7 @@ fn monotonic_usec() -> Option<u64> {
     secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
-#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+#[cfg(not(target_os = "linux"))]
 fn monotonic_usec() -> Option<u64> {
     None
 }

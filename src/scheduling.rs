@@ -30,8 +30,6 @@ impl Policy {
     pub const OTHER: Policy = Policy(0);
     /// `SCHED_BATCH`.
     pub const BATCH: Policy = Policy(3);
-    /// `SCHED_IDLE`.
-    pub const IDLE: Policy = Policy(5);
 }
 
 impl fmt::Display for Policy {
@@ -121,11 +119,6 @@ pub fn apply(wanted: CpuScheduling) -> Outcome {
     }
 }
 
-/// The calling thread's policy.
-pub fn current() -> io::Result<Policy> {
-    sys::current()
-}
-
 #[cfg(target_os = "linux")]
 mod sys {
     use super::Policy;
@@ -195,7 +188,7 @@ mod tests {
     fn policies_are_named_as_systemd_and_chrt_name_them() {
         assert_eq!(Policy::OTHER.to_string(), "other");
         assert_eq!(Policy::BATCH.to_string(), "batch");
-        assert_eq!(Policy::IDLE.to_string(), "idle");
+        assert_eq!(Policy(5).to_string(), "idle");
         assert_eq!(Policy(1).to_string(), "fifo");
         assert_eq!(Policy(2).to_string(), "rr");
         assert_eq!(Policy(6).to_string(), "deadline");
@@ -208,7 +201,7 @@ mod tests {
     #[test]
     fn batch_switches_only_from_the_normal_policy() {
         let outcomes = std::thread::spawn(|| {
-            let started = current().map_err(|e| e.to_string())?;
+            let started = sys::current().map_err(|e| e.to_string())?;
             if started != Policy::OTHER {
                 return Err(format!(
                     "the test thread started under {started}, not other"
@@ -217,7 +210,7 @@ mod tests {
             let inherit = apply(CpuScheduling::Inherit);
             let first = apply(CpuScheduling::Batch);
             let second = apply(CpuScheduling::Batch);
-            let now = current().map_err(|e| e.to_string())?;
+            let now = sys::current().map_err(|e| e.to_string())?;
             Ok((
                 format!("{inherit:?}"),
                 format!("{first:?}"),

@@ -73,17 +73,29 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     policies
 }
 
+/// Set-up run in the child between `fork` and `exec`; it must be async-signal-safe (system
+/// calls on its own stack only, no allocation).
+type BeforeExec = fn() -> std::io::Result<()>;
+
 /// Starts the daemon with a pool of two runtime workers, so that there are threads started
 /// after the policy was applied, and waits until the runtime runs (it logs `Bridge
 /// starting.` from inside it, after the workers were started).
 async fn start(
     config: &ConfigFile,
     env: &[(&str, &str)],
-    adjust: impl FnOnce(&mut std::process::Command),
+    before_exec: Option<BeforeExec>,
 ) -> BridgeProcess {
     let mut all_env = vec![("TOKIO_WORKER_THREADS", "2")];
     all_env.extend_from_slice(env);
-    let bridge = BridgeProcess::spawn_with(config, &all_env, adjust);
+    let bridge = BridgeProcess::spawn_with(config, &all_env, |command| {
+        if let Some(before_exec) = before_exec {
+            // SAFETY: every `BeforeExec` here only makes system calls on data on its own
+            // stack, which is async-signal-safe, as code between fork and exec must be.
+            unsafe {
+                command.pre_exec(before_exec);
+            }
+        }
+    });
     bridge.wait_for_log("Bridge starting.", WAIT).await;
     bridge
 }
@@ -103,7 +115,7 @@ fn assert_every_thread(bridge: &BridgeProcess, policy: u32) {
 #[tokio::test]
 async fn by_default_the_daemon_and_every_thread_it_starts_run_under_sched_batch() {
     let config = unreachable_config();
-    let mut bridge = start(&config, &[], |_| {}).await;
+    let mut bridge = start(&config, &[], None).await;
     let line = bridge.wait_for_log(SWITCHED, WAIT).await;
     assert_eq!(line.str_field("policy"), Some("batch"));
     assert_every_thread(&bridge, BATCH);
@@ -115,7 +127,7 @@ async fn inherit_keeps_the_normal_policy() {
     let config = unreachable_config();
     // Through the environment, as the README documents for every key.
     let env = [("BAYEUX_MQTT_BRIDGE__BRIDGE__CPU_SCHEDULING", "inherit")];
-    let mut bridge = start(&config, &env, |_| {}).await;
+    let mut bridge = start(&config, &env, None).await;
     let line = bridge.wait_for_log(KEPT, WAIT).await;
     assert_eq!(line.str_field("policy"), Some("other"));
     assert_eq!(bridge.count(SWITCHED), 0);
@@ -128,26 +140,7 @@ async fn inherit_keeps_the_normal_policy() {
 #[tokio::test]
 async fn a_policy_the_daemon_was_started_under_is_kept() {
     let config = unreachable_config();
-    let under_idle = |command: &mut std::process::Command| {
-        // SAFETY: the closure runs in the child between fork and exec and only makes one
-        // system call, which is async-signal-safe; `param` lives on its stack.
-        unsafe {
-            command.pre_exec(|| {
-                let param = libc::sched_param { sched_priority: 0 };
-                let rc = libc::syscall(
-                    libc::SYS_sched_setscheduler,
-                    0 as libc::c_long,
-                    libc::c_long::from(libc::SCHED_IDLE),
-                    &param as *const libc::sched_param,
-                );
-                if rc < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    };
-    let mut bridge = start(&config, &[], under_idle).await;
+    let mut bridge = start(&config, &[], Some(under_sched_idle)).await;
     let line = bridge.wait_for_log(KEPT, WAIT).await;
     assert_eq!(line.str_field("policy"), Some("idle"));
     assert_eq!(bridge.count(SWITCHED), 0);
@@ -162,14 +155,7 @@ async fn a_policy_the_daemon_was_started_under_is_kept() {
 #[tokio::test]
 async fn a_refused_switch_is_logged_and_the_daemon_runs_on() {
     let config = unreachable_config();
-    let refuse = |command: &mut std::process::Command| {
-        // SAFETY: `refuse_sched_setscheduler` only makes two prctl calls on data on its own
-        // stack, which is async-signal-safe, as code between fork and exec must be.
-        unsafe {
-            command.pre_exec(refuse_sched_setscheduler);
-        }
-    };
-    let mut bridge = start(&config, &[], refuse).await;
+    let mut bridge = start(&config, &[], Some(refuse_sched_setscheduler)).await;
     let line = bridge.wait_for_log(REFUSED, WAIT).await;
     assert_eq!(line.str_field("policy"), Some("other"));
     let error = line.str_field("error").unwrap_or_default();
@@ -177,6 +163,25 @@ async fn a_refused_switch_is_logged_and_the_daemon_runs_on() {
     assert_eq!(bridge.count(SWITCHED), 0);
     assert_every_thread(&bridge, OTHER);
     bridge.kill().await;
+}
+
+/// Puts the calling process under `SCHED_IDLE`, as `chrt --idle 0` would.
+fn under_sched_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`, which outlives the call; pid 0 is the
+    // calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0 as libc::c_long,
+            libc::c_long::from(libc::SCHED_IDLE),
+            &param as *const libc::sched_param,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Installs a seccomp filter on the calling process: `sched_setscheduler` fails with EPERM.

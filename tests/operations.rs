@@ -38,6 +38,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Observation window for proving that nothing (more) arrives: a stray forward on loopback
 /// would show up within milliseconds, so one second is many round trips.
 const QUIET: Duration = Duration::from_secs(1);
+/// The span the bridge's publishing Bayeux session logs in (`bridge::publisher`).
+const PUBLISHING_SESSION: &str = "publishing_session";
 /// Interval between two requests when polling an HTTP endpoint under test.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -938,7 +940,7 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
         "a route reload does not reconnect MQTT"
     );
     assert_eq!(
-        bridge.count("Handshake succeeded."),
+        bridge.count_outside("Handshake succeeded.", PUBLISHING_SESSION),
         1,
         "a route reload does not start a new Bayeux session"
     );
@@ -1340,7 +1342,17 @@ async fn a_changed_bayeux_url_reconnects_only_the_bayeux_side() {
     sub1.wait_for("/y/a", &json!({ "to": "first" })).await;
     let handshakes = bridge.count("Handshake succeeded.");
     let mqtt_connects = bridge.count("Connected to the MQTT broker.");
-    assert_eq!((handshakes, mqtt_connects), (1, 1), "one session each");
+    // MQTT → Bayeux publishes through a Bayeux session of its own (the bridge reads Bayeux
+    // too): one subscribing and one publishing session.
+    assert_eq!(
+        (
+            bridge.count_outside("Handshake succeeded.", PUBLISHING_SESSION),
+            handshakes,
+            mqtt_connects
+        ),
+        (1, 2, 1),
+        "one session each (and one Bayeux session that publishes)"
+    );
 
     setup.url = url2.clone();
     rewrite(&config, &setup.toml(&routes));

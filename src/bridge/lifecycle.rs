@@ -211,6 +211,15 @@ pub(super) async fn drain(
     }
     all_back(&m2b_permits, capacity, until(reserve)).await;
     debug!("Drain: MQTT → Bayeux settled.");
+    if let Some(publisher) = shared.set_publisher(None)
+        && tokio::time::timeout_at(until(reserve).into(), publisher.disconnect())
+            .await
+            .is_err()
+    {
+        warn!(
+            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
+        );
+    }
     // 2. The Bayeux client delivers what it holds, sends /meta/disconnect and closes the
     //    subscriptions; Bayeux → MQTT forwards until they end, then waits for the broker.
     let bayeux = shared.bayeux();

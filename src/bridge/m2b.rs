@@ -71,7 +71,7 @@ pub(super) async fn run(
                     continue;
                 };
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
-                let bayeux = shared.bayeux();
+                let bayeux = shared.publisher();
                 let stop = retries_stop.clone();
                 forward(&shared, &bayeux, &mqtt, message, slot, stop, &settler).await;
             }
@@ -355,7 +355,7 @@ async fn settle(
                         .bayeux_echoes()
                         .record(&channel, &fingerprint, Instant::now());
                 }
-                result = shared.bayeux().publish(&channel, data).await;
+                result = shared.publisher().publish(&channel, data).await;
             }
         }
     }

@@ -25,6 +25,7 @@ pub mod endpoints;
 mod lifecycle;
 mod m2b;
 pub mod options;
+mod publisher;
 mod reload;
 mod settling;
 mod shared;
@@ -182,9 +183,11 @@ pub async fn run_with_reload(
     let flusher = replay
         .clone()
         .map(|r| tokio::spawn(r.run_flusher(flusher_stopped)));
+    let (fatal, mut fatal_rx) = mpsc::channel(1);
+    shared.set_publisher(publisher::start(&config, &routes, &fatal)?);
     let (b2m_control, b2m_control_rx) = mpsc::channel(64);
     let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
-    let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap);
+    let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap, fatal);
     let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
     shared.set_routes(routes);
     info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
@@ -251,6 +254,7 @@ pub async fn run_with_reload(
                     BridgeError::BayeuxStopped(format!("the Bayeux event watcher failed: {e}"))
                 }));
             }
+            Some(stopped) = fatal_rx.recv() => break Err(stopped),
             _ = tick(&mut watchdog) => ping(notifier.as_deref()),
             Some(()) = next_reload(&mut reload) => {
                 let Some(path) = reload.as_ref().map(|r| r.path.clone()) else { continue };

@@ -28,7 +28,9 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::mapping::{self, Route};
-use super::{BridgeError, Shared, b2m, bayeux_options, mqtt_specs, queued, spawn_watcher, wanted};
+use super::{
+    BridgeError, Shared, b2m, bayeux_options, mqtt_specs, publisher, queued, spawn_watcher, wanted,
+};
 use crate::bayeux::{Client, Subscription};
 use crate::config::{self, Config, RouteConfig};
 use crate::notify::Notifier;
@@ -47,6 +49,8 @@ pub(super) struct Live {
     next_key: u64,
     b2m: mpsc::Sender<b2m::Control>,
     m2b: mpsc::Sender<super::m2b::Swap>,
+    /// Where a publishing session that stops for good reports it (`super::publisher`).
+    fatal: mpsc::Sender<BridgeError>,
 }
 
 impl Live {
@@ -54,6 +58,7 @@ impl Live {
         config: Config,
         b2m: mpsc::Sender<b2m::Control>,
         m2b: mpsc::Sender<super::m2b::Swap>,
+        fatal: mpsc::Sender<BridgeError>,
     ) -> Self {
         Live {
             config,
@@ -61,6 +66,7 @@ impl Live {
             next_key: 0,
             b2m,
             m2b,
+            fatal,
         }
     }
 
@@ -153,6 +159,10 @@ impl Live {
                 self.update_bayeux_routes(&new, &routes, &shared.bayeux())
                     .await?,
             );
+        }
+        if new.bayeux != self.config.bayeux || publisher::needed(&routes) != shared.has_publisher()
+        {
+            self.replace_publisher(&new, &routes, shared)?;
         }
         if new.mqtt != self.config.mqtt {
             self.replace_mqtt(&new, &routes, shared).await?;
@@ -299,6 +309,21 @@ impl Live {
         *watcher = spawn_watcher(events, shared);
         // Publishes already queued on the old client are sent before its /meta/disconnect.
         tokio::spawn(async move { old.disconnect().await });
+        Ok(())
+    }
+
+    /// A new publishing session for new `[bayeux]` settings or routes (or none, when the
+    /// routes no longer need one); the old one finishes what it has queued and disconnects.
+    fn replace_publisher(
+        &self,
+        new: &Config,
+        routes: &[Route],
+        shared: &Shared,
+    ) -> Result<(), String> {
+        let client = publisher::start(new, routes, &self.fatal).map_err(|e| e.to_string())?;
+        if let Some(old) = shared.set_publisher(client) {
+            tokio::spawn(async move { old.disconnect().await });
+        }
         Ok(())
     }
 

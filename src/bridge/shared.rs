@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     routes: RwLock<Arc<Vec<Route>>>,
     /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
     bayeux: RwLock<Client>,
+    /// The Bayeux session MQTT → Bayeux publishes through when it is not `bayeux`
+    /// (`super::publisher`).
+    publisher: RwLock<Option<Client>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) binary_payloads: BinaryPolicy,
@@ -86,6 +89,7 @@ impl Shared {
         Shared {
             routes: RwLock::new(Arc::new(Vec::new())),
             bayeux: RwLock::new(bayeux),
+            publisher: RwLock::new(None),
             stats,
             readiness,
             binary_payloads: config.bridge.binary_payloads,
@@ -141,6 +145,32 @@ impl Shared {
 
     pub(crate) fn set_bayeux(&self, client: Client) {
         *self.bayeux.write().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// The Bayeux client MQTT → Bayeux publishes through: the publishing session when there
+    /// is one, otherwise the current client.
+    pub(crate) fn publisher(&self) -> Client {
+        let publisher = self.publisher.read().unwrap_or_else(|p| p.into_inner());
+        match publisher.as_ref() {
+            Some(client) => client.clone(),
+            None => self.bayeux(),
+        }
+    }
+
+    /// Whether MQTT → Bayeux publishes through a session of its own.
+    pub(crate) fn has_publisher(&self) -> bool {
+        self.publisher
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Replaces the publishing session; returns the one it replaces.
+    pub(crate) fn set_publisher(&self, client: Option<Client>) -> Option<Client> {
+        std::mem::replace(
+            &mut *self.publisher.write().unwrap_or_else(|p| p.into_inner()),
+            client,
+        )
     }
     pub(crate) fn bayeux_echoes(&self) -> MutexGuard<'_, EchoFilter> {
         self.bayeux_echoes.lock().unwrap_or_else(|p| p.into_inner())

@@ -32,8 +32,12 @@ const REQUEST_BATCH: usize = 64;
 /// PUBACKs then free room in groups and the publishes go out in groups, in one write each,
 /// instead of two or three per write and wake-up, with no wait while the window is
 /// mostly free (vendor/rumqttc/PATCHES.md, "Holding writes for room"; README, item 13).
-fn write_hold(window: u16) -> u16 {
-    window / 2
+///
+/// None while the client also receives messages it must acknowledge: their acks wait in the
+/// same request channel, and holding them back stalled both directions under two-way load
+/// (until the next keep-alive ping) and held the broker's sends to us back.
+fn write_hold(window: u16, receives_acked: bool) -> u16 {
+    if receives_acked { 0 } else { window / 2 }
 }
 
 /// State shared by the handles and the driver.
@@ -149,6 +153,9 @@ impl Driver {
         while !self.disconnected {
             let polled = if self.connected {
                 self.top_up();
+                let receives_acked = self.shared.lock().receives_acked();
+                self.engine
+                    .set_write_hold(write_hold(self.window, receives_acked));
                 // While the backlog is not empty, requests from the channel (newer) must not
                 // follow a backlog publish in the same poll: one request per poll, as
                 // `top_up` expects.
@@ -178,7 +185,6 @@ impl Driver {
                     self.window = receive_maximum.map_or(self.inflight_limit, |broker| {
                         broker.min(self.inflight_limit)
                     });
-                    self.engine.set_write_hold(write_hold(self.window));
                     self.on_connack(session_present, max_packet_size).await
                 }
                 Ok(event) => {

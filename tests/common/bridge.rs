@@ -139,6 +139,15 @@ impl LogLine {
     pub fn is(&self, message: &str) -> bool {
         self.message() == Some(message)
     }
+
+    /// Whether the event was logged inside a span named `name` (at any depth).
+    pub fn in_span(&self, name: &str) -> bool {
+        self.json
+            .as_ref()
+            .and_then(|j| j.get("spans"))
+            .and_then(Value::as_array)
+            .is_some_and(|spans| spans.iter().any(|s| s["name"] == name))
+    }
 }
 
 /// What the stderr reader collected so far.
@@ -248,6 +257,16 @@ impl BridgeProcess {
             .lines
             .iter()
             .filter(|l| l.is(message))
+            .count()
+    }
+
+    /// How many events `message` were logged so far outside any span named `span`.
+    pub fn count_outside(&self, message: &str, span: &str) -> usize {
+        self.log
+            .borrow()
+            .lines
+            .iter()
+            .filter(|l| l.is(message) && !l.in_span(span))
             .count()
     }
 

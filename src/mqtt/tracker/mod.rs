@@ -143,6 +143,13 @@ impl Tracker {
         self.stopped
     }
 
+    /// Whether the broker may send messages that need our acknowledgement (a subscription at
+    /// QoS 1 or 2): their PUBACK/PUBREC requests then share rumqttc's request channel with
+    /// our publishes.
+    pub(super) fn receives_acked(&self) -> bool {
+        self.subscriptions.iter().any(|s| s.qos != QoS::AtMostOnce)
+    }
+
     /// Refuses new publishes and subscriptions from now on (graceful disconnect).
     pub(super) fn close(&mut self) {
         self.closing = true;

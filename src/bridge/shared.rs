@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::echo::EchoFilter;
+use super::gaps::Pressure;
 use super::mapping::Route;
 use super::readiness::Readiness;
 use super::replay::{self, Replay};
@@ -67,6 +68,26 @@ pub(crate) struct Shared {
     mqtt_echoes: Option<Mutex<EchoFilter>>,
     /// Replay extension and checkpoints, with `[replay] enabled`.
     pub(super) replay: Option<Arc<Replay>>,
+    /// When the Bayeux → MQTT queue was full (for `session_expired` gaps).
+    pub(crate) b2m_pressure: Pressure,
+    /// Whether the bridge asks the broker for a session that outlives the connection
+    /// (`clean_start = false`, and on MQTT 5 a non-zero session expiry).
+    pub(crate) persistent_mqtt_session: bool,
+    /// The MQTT session as the bridge last saw it (for `mqtt_session_lost` gaps).
+    pub(crate) mqtt_session: Mutex<MqttSession>,
+    /// Bayeux messages received and never forwarded because the drain deadline passed.
+    pub(crate) b2m_abandoned: std::sync::atomic::AtomicU64,
+    /// MQTT messages received and not yet taken when MQTT → Bayeux stopped.
+    pub(crate) m2b_left_pending: std::sync::atomic::AtomicU64,
+}
+
+/// What the bridge knows of its MQTT session.
+#[derive(Debug, Default)]
+pub(crate) struct MqttSession {
+    /// A connection was accepted at least once.
+    pub(crate) had_session: bool,
+    /// When the last connection was lost, while it is lost.
+    pub(crate) lost_at: Option<std::time::SystemTime>,
 }
 
 /// How long an own publish is remembered for echo suppression.
@@ -96,7 +117,18 @@ impl Shared {
             bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
             mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
             replay,
+            b2m_pressure: Pressure::default(),
+            persistent_mqtt_session: !config.mqtt.clean_start
+                && (v311 || config.mqtt.session_expiry_secs > 0),
+            mqtt_session: Mutex::default(),
+            b2m_abandoned: Default::default(),
+            m2b_left_pending: Default::default(),
         }
+    }
+
+    /// The MQTT session state.
+    pub(crate) fn mqtt_session(&self) -> MutexGuard<'_, MqttSession> {
+        self.mqtt_session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `options` with the replay extension, when replay is on.

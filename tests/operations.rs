@@ -1063,11 +1063,10 @@ async fn a_bad_config_on_sighup_is_refused_and_the_bridge_keeps_working() {
 // 5. sd_notify
 // ---------------------------------------------------------------------------------------------
 
-/// A datagram the fake service manager received, with the wall-clock time it arrived.
+/// A datagram the fake service manager received.
 #[derive(Debug, Clone)]
 struct Notification {
     text: String,
-    at: SystemTime,
 }
 
 /// A datagram socket standing in for systemd's `NOTIFY_SOCKET`; a thread collects what
@@ -1100,7 +1099,6 @@ impl FakeSystemd {
                     match socket.recv(&mut buf) {
                         Ok(n) => inbox.push(Notification {
                             text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                            at: SystemTime::now(),
                         }),
                         Err(e)
                             if matches!(
@@ -1155,29 +1153,6 @@ impl Drop for FakeSystemd {
     }
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC timestamp such as `2026-01-02T03:04:05.678901Z`
-/// (the JSON log's `timestamp`).
-fn rfc3339_utc(text: &str) -> Option<f64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
-    let mut time = time.split(':');
-    let (h, min) = (
-        time.next()?.parse::<i64>().ok()?,
-        time.next()?.parse::<i64>().ok()?,
-    );
-    let s: f64 = time.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + s)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_messages_are_observed_through_notify_socket() {
     assert!(
@@ -1202,7 +1177,8 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
     )
     .await;
 
-    // Start-up: STATUS first, READY=1 once both sides are up and subscribed.
+    // Start-up: STATUS first, READY=1 once the clients have started (not waiting for the
+    // peers), then STATUS=Forwarding once both sides are up and subscribed.
     systemd
         .wait_states("READY=1", |s| s.iter().any(|t| t == "READY=1"))
         .await;
@@ -1211,36 +1187,22 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
         states[0].starts_with("STATUS=Connecting"),
         "the first notification says what it is doing: {states:?}"
     );
+    systemd
+        .wait_states("STATUS=Forwarding after READY=1", |s| {
+            s.iter()
+                .skip_while(|t| *t != "READY=1")
+                .any(|t| t.starts_with("STATUS=Forwarding"))
+        })
+        .await;
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let states = systemd.states();
     assert_eq!(
-        states[1], "READY=1",
-        "nothing but a status before READY=1: {states:?}"
-    );
-    let ready_at = systemd
-        .inbox
-        .snapshot()
-        .into_iter()
-        .find(|n| n.text == "READY=1")
-        .expect("READY=1 arrived")
-        .at;
-    // The bridge writes its `Bridge ready.` line before it sends READY=1, so the line is in
-    // the pipe by now.
-    let ready_line = bridge.wait_for_log("Bridge ready.", WAIT).await;
-    let logged = ready_line
-        .json
-        .as_ref()
-        .and_then(|j| j["timestamp"].as_str())
-        .and_then(rfc3339_utc)
-        .unwrap_or_else(|| panic!("no readable timestamp: {}", ready_line.raw));
-    let received = ready_at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(
-        logged <= received,
-        "`Bridge ready.` logged at {logged}, after READY=1 arrived at {received}"
+        states.iter().filter(|t| *t == "READY=1").count(),
+        1,
+        "READY=1 once at start-up: {states:?}"
     );
     for needed in ["Connected to the MQTT broker.", "Handshake succeeded."] {
-        let line = bridge.wait_for_log(needed, WAIT).await;
-        let at = line.json.as_ref().and_then(|j| j["timestamp"].as_str());
-        let at = at.and_then(rfc3339_utc).unwrap_or(f64::MAX);
-        assert!(at <= logged, "{needed} came after ready: {}", line.raw);
+        bridge.wait_for_log(needed, WAIT).await;
     }
     wait_bayeux_subscribed(&bridge, "/n/out/*", 1).await;
 
@@ -1305,6 +1267,59 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
         all.len(),
         systemd.states()
     );
+}
+
+/// READY=1 means "started", not "forwarding": with the broker unreachable at start the bridge
+/// still tells systemd it is up (so `TimeoutStartSec=` does not kill it) and says in STATUS=
+/// what it waits for; once the broker is back it forwards without a second READY=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_while_the_broker_is_unreachable() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut broker = Mosquitto::start_async().await;
+    // Nothing listens on the broker's port until the restart below.
+    broker.kill();
+    let url = server.url();
+    let systemd = FakeSystemd::bind();
+    let mut setup = Setup::new(&url, &broker, "ops-ready-down", false);
+    let routes = [route("/r/out/*", "r/out/+", "bayeux_to_mqtt")];
+    let socket = systemd.path.to_str().expect("a UTF-8 temp path").to_owned();
+    let (_config, mut bridge) =
+        spawn_bridge(&mut setup, &routes, &[("NOTIFY_SOCKET", &socket)]).await;
+
+    systemd
+        .wait_states("READY=1 with the broker down", |s| {
+            s.iter().any(|t| t == "READY=1")
+        })
+        .await;
+    // The Bayeux side comes up meanwhile; STATUS= names the broker as what is missing.
+    systemd
+        .wait_states("a STATUS= naming the broker", |s| {
+            s.iter().any(|t| {
+                t.starts_with("STATUS=Not ready")
+                    && t.contains("MQTT broker not connected")
+                    && t.contains("Bayeux connected, 1/1 subscriptions")
+            })
+        })
+        .await;
+    assert!(
+        !bridge.lines().iter().any(|l| l.is("Bridge ready.")),
+        "the bridge cannot be ready without its broker:\n{}",
+        bridge.tail(20)
+    );
+
+    broker.restart_async().await;
+    systemd
+        .wait_states("STATUS=Forwarding once the broker is back", |s| {
+            s.iter().any(|t| t.starts_with("STATUS=Forwarding"))
+        })
+        .await;
+    let states = systemd.states();
+    assert_eq!(
+        states.iter().filter(|t| *t == "READY=1").count(),
+        1,
+        "one READY=1: {states:?}"
+    );
+    stop(&mut bridge).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -235,9 +235,11 @@ async fn report_abandoned(shared: &Shared, b2m: u64, m2b: u64, until: Instant) {
         gap.names.dedup();
         gap.covered = covered;
         gap.extra.insert("reason".to_owned(), why.into());
+        // The report goes out before `offline` either way; waiting for its acknowledgement
+        // must not cost the goodbyes their time.
         let wait = until
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(200));
+            .max(Duration::from_millis(100));
         gaps::report(shared, &gap, wait).await;
     }
 }

@@ -226,7 +226,7 @@ async fn report_abandoned(shared: &Shared, b2m: u64, m2b: u64, until: Instant) {
                     .map(|r| r.mqtt_filter.clone())
                     .collect();
                 (
-                    shared.persistent_mqtt_session,
+                    shared.persistent_mqtt_session.load(Ordering::Relaxed),
                     "not acknowledged to the broker, which delivers QoS 1 and 2 messages again \
                      to a persistent session; QoS 0 ones are lost",
                 )

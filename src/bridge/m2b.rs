@@ -144,7 +144,12 @@ fn session_lost(shared: &Arc<Shared>, session_present: bool) {
         let mut session = shared.mqtt_session();
         let had = std::mem::replace(&mut session.had_session, true);
         let since = session.lost_at.take();
-        if session_present || !had || !shared.persistent_mqtt_session {
+        if session_present
+            || !had
+            || !shared
+                .persistent_mqtt_session
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         since

@@ -103,7 +103,12 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                     if session.waiting.is_empty() {
                         let gap = session.gap(&shared);
                         lost = None;
-                        gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await;
+                        // On a task of its own: a broker that is down as well must not hold
+                        // up the readiness events behind.
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await
+                        });
                     }
                 }
             }

@@ -82,6 +82,7 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 lost = Some(match lost.take() {
                     // Lost again before the new session subscribed: one longer gap.
                     Some(mut earlier) => {
+                        earlier.subscriptions.extend(subscriptions.iter().cloned());
                         earlier.waiting.extend(subscriptions);
                         earlier.back_pressured |= back_pressured;
                         earlier.reason = reason;

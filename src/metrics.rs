@@ -71,6 +71,15 @@ pub struct ChannelLabels {
     pub channel: String,
 }
 
+/// `kind` and `direction` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GapLabels {
+    /// `replay_gap`, `session_expired`, `mqtt_session_lost` or `shutdown_abandoned`.
+    pub kind: &'static str,
+    /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
+    pub direction: &'static str,
+}
+
 /// `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -119,6 +128,10 @@ pub struct Metrics {
     pub checkpoint_writes: Family<OutcomeLabels, Counter>,
     /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
     pub replay_gaps: Family<ChannelLabels, Counter>,
+    /// `bridge_gaps_total{kind,direction}`: spans in which messages may have been lost (or
+    /// were recovered by replay or redelivery), each also logged and published on the status
+    /// topic.
+    pub gaps: Family<GapLabels, Counter>,
     /// `bridge_bayeux_tokens_total{outcome}`: access tokens fetched (`ok`), and refusals or
     /// failures that made the client fetch again (`error`).
     pub tokens: Family<OutcomeLabels, Counter>,
@@ -151,6 +164,7 @@ impl Metrics {
             checkpoint: Family::default(),
             checkpoint_writes: Family::default(),
             replay_gaps: Family::default(),
+            gaps: Family::default(),
             tokens: Family::default(),
             registry: Registry::default(),
         };
@@ -233,6 +247,12 @@ impl Metrics {
             "replay_gaps",
             "Stored replay ids the server refused (events lost), per channel",
             m.replay_gaps.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Spans in which messages may have been lost, by kind (replay_gap, session_expired, \
+             mqtt_session_lost, shutdown_abandoned) and direction",
+            m.gaps.clone(),
         );
         registry.register(
             "bayeux_tokens",

@@ -68,8 +68,9 @@ impl Notifier {
         self.watchdog_interval
     }
 
-    /// `READY=1`: startup is complete (both sides connected, subscriptions confirmed), or a
-    /// reload announced by [`Notifier::reloading`] is finished.
+    /// `READY=1`: startup is complete (the daemon decides what that means; the bridge sends it
+    /// once its config is valid and its clients have started), or a reload announced by
+    /// [`Notifier::reloading`] is finished.
     pub fn ready(&self) {
         self.notify("READY=1");
     }

@@ -1583,6 +1583,26 @@ async fn sigterm_counts_as_dropped_every_bayeux_message_the_bridge_received_but_
          dropped, once:\n- {}\ntotals: {totals:?}",
         problems.join("\n- ")
     );
+    // And the loss is reported as a gap, with its count (issue 13).
+    let gap = bridge
+        .lines()
+        .into_iter()
+        .find(|l| {
+            l.is("Possible message loss.") && l.str_field("kind") == Some("shutdown_abandoned")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no shutdown_abandoned gap was logged; the log ends:\n{}",
+                bridge.tail(30)
+            )
+        });
+    assert_eq!(
+        gap.str_field("direction"),
+        Some("bayeux_to_mqtt"),
+        "{}",
+        gap.raw
+    );
+    assert_eq!(gap.u64_field("count"), Some(dropped), "{}", gap.raw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

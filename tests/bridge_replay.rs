@@ -496,6 +496,25 @@ async fn unknown_client_mid_stream_resumes_from_the_checkpoint() {
     );
     fake.publish(CHANNEL, 100).await;
     wait_for_seqs(&peer, "all 400 events", 1..=400).await;
+    // The lost session is a gap that replay covers: reported at info, not as a loss.
+    let covered = bridge
+        .wait_for_line("the covered session_expired gap", WAIT, |l| {
+            l.str_field("kind") == Some("session_expired")
+        })
+        .await;
+    assert!(
+        covered
+            .message()
+            .is_some_and(|m| m.starts_with("Gap covered")),
+        "{}",
+        covered.raw
+    );
+    assert_eq!(
+        bridge.count("Possible message loss."),
+        0,
+        "{}",
+        bridge.tail(30)
+    );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "{}", bridge.tail(20));
     let counts = counts(&events(&peer));

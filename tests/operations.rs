@@ -12,7 +12,8 @@
 //! Tests 1–6 are the issue's list. Tests 7–10 go further into live reload: SIGTERM while a
 //! reload waits for the broker, a changed route with messages waiting in the bridge, a
 //! `[bayeux] url` change while the old server is down, and the subscription gauges after a
-//! reload removed routes.
+//! reload removed routes. Tests 11–12 are issue 13's gap reports: a Bayeux session lost while
+//! the broker was away, and a broker that lost the bridge's persistent session.
 
 mod common;
 
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 
 use common::bayeux_peer::BayeuxPeer;
 use common::bridge::{BINARY, BridgeProcess, ConfigFile, LogLine, TempDir};
+use common::gate::Gate;
 use common::inbox::Inbox;
 use common::mosquitto::Mosquitto;
 use common::mqtt_peer::{MqttPeer, mqtt_options};
@@ -64,6 +66,8 @@ struct Setup {
     http_port: Option<u16>,
     /// Lines added to `[bayeux]` (e.g. an invalid key).
     bayeux_extra: String,
+    /// `bridge.queue_capacity`.
+    queue_capacity: usize,
 }
 
 impl Setup {
@@ -75,6 +79,7 @@ impl Setup {
             client_id: client_id.to_owned(),
             http_port: http.then_some(0),
             bayeux_extra: String::new(),
+            queue_capacity: QUEUE_CAPACITY,
         }
     }
 
@@ -102,13 +107,14 @@ impl Setup {
              backoff_max_ms = 1000\n\
              \n\
              [bridge]\n\
-             queue_capacity = {QUEUE_CAPACITY}\n\
+             queue_capacity = {queue_capacity}\n\
              drain_timeout_secs = 3\n\
              \n\
              {http}\n\
              {routes}",
             url = self.url,
             bayeux_extra = self.bayeux_extra,
+            queue_capacity = self.queue_capacity,
             host = self.host,
             port = self.port,
             client_id = self.client_id,
@@ -117,7 +123,7 @@ impl Setup {
     }
 }
 
-/// `bridge.queue_capacity` of every test bridge.
+/// `bridge.queue_capacity` of the test bridges, unless a test sets another.
 const QUEUE_CAPACITY: usize = 64;
 
 /// The log line of the HTTP listener once it accepts connections.
@@ -1065,11 +1071,10 @@ async fn a_bad_config_on_sighup_is_refused_and_the_bridge_keeps_working() {
 // 5. sd_notify
 // ---------------------------------------------------------------------------------------------
 
-/// A datagram the fake service manager received, with the wall-clock time it arrived.
+/// A datagram the fake service manager received.
 #[derive(Debug, Clone)]
 struct Notification {
     text: String,
-    at: SystemTime,
 }
 
 /// A datagram socket standing in for systemd's `NOTIFY_SOCKET`; a thread collects what
@@ -1102,7 +1107,6 @@ impl FakeSystemd {
                     match socket.recv(&mut buf) {
                         Ok(n) => inbox.push(Notification {
                             text: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                            at: SystemTime::now(),
                         }),
                         Err(e)
                             if matches!(
@@ -1157,29 +1161,6 @@ impl Drop for FakeSystemd {
     }
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC timestamp such as `2026-01-02T03:04:05.678901Z`
-/// (the JSON log's `timestamp`).
-fn rfc3339_utc(text: &str) -> Option<f64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
-    let mut time = time.split(':');
-    let (h, min) = (
-        time.next()?.parse::<i64>().ok()?,
-        time.next()?.parse::<i64>().ok()?,
-    );
-    let s: f64 = time.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + s)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_messages_are_observed_through_notify_socket() {
     assert!(
@@ -1204,7 +1185,8 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
     )
     .await;
 
-    // Start-up: STATUS first, READY=1 once both sides are up and subscribed.
+    // Start-up: STATUS first, READY=1 once the clients have started (not waiting for the
+    // peers), then STATUS=Forwarding once both sides are up and subscribed.
     systemd
         .wait_states("READY=1", |s| s.iter().any(|t| t == "READY=1"))
         .await;
@@ -1213,36 +1195,22 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
         states[0].starts_with("STATUS=Connecting"),
         "the first notification says what it is doing: {states:?}"
     );
+    systemd
+        .wait_states("STATUS=Forwarding after READY=1", |s| {
+            s.iter()
+                .skip_while(|t| *t != "READY=1")
+                .any(|t| t.starts_with("STATUS=Forwarding"))
+        })
+        .await;
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let states = systemd.states();
     assert_eq!(
-        states[1], "READY=1",
-        "nothing but a status before READY=1: {states:?}"
-    );
-    let ready_at = systemd
-        .inbox
-        .snapshot()
-        .into_iter()
-        .find(|n| n.text == "READY=1")
-        .expect("READY=1 arrived")
-        .at;
-    // The bridge writes its `Bridge ready.` line before it sends READY=1, so the line is in
-    // the pipe by now.
-    let ready_line = bridge.wait_for_log("Bridge ready.", WAIT).await;
-    let logged = ready_line
-        .json
-        .as_ref()
-        .and_then(|j| j["timestamp"].as_str())
-        .and_then(rfc3339_utc)
-        .unwrap_or_else(|| panic!("no readable timestamp: {}", ready_line.raw));
-    let received = ready_at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(
-        logged <= received,
-        "`Bridge ready.` logged at {logged}, after READY=1 arrived at {received}"
+        states.iter().filter(|t| *t == "READY=1").count(),
+        1,
+        "READY=1 once at start-up: {states:?}"
     );
     for needed in ["Connected to the MQTT broker.", "Handshake succeeded."] {
-        let line = bridge.wait_for_log(needed, WAIT).await;
-        let at = line.json.as_ref().and_then(|j| j["timestamp"].as_str());
-        let at = at.and_then(rfc3339_utc).unwrap_or(f64::MAX);
-        assert!(at <= logged, "{needed} came after ready: {}", line.raw);
+        bridge.wait_for_log(needed, WAIT).await;
     }
     wait_bayeux_subscribed(&bridge, "/n/out/*", 1).await;
 
@@ -1307,6 +1275,59 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
         all.len(),
         systemd.states()
     );
+}
+
+/// READY=1 means "started", not "forwarding": with the broker unreachable at start the bridge
+/// still tells systemd it is up (so `TimeoutStartSec=` does not kill it) and says in STATUS=
+/// what it waits for; once the broker is back it forwards without a second READY=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_while_the_broker_is_unreachable() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut broker = Mosquitto::start_async().await;
+    // Nothing listens on the broker's port until the restart below.
+    broker.kill();
+    let url = server.url();
+    let systemd = FakeSystemd::bind();
+    let mut setup = Setup::new(&url, &broker, "ops-ready-down", false);
+    let routes = [route("/r/out/*", "r/out/+", "bayeux_to_mqtt")];
+    let socket = systemd.path.to_str().expect("a UTF-8 temp path").to_owned();
+    let (_config, mut bridge) =
+        spawn_bridge(&mut setup, &routes, &[("NOTIFY_SOCKET", &socket)]).await;
+
+    systemd
+        .wait_states("READY=1 with the broker down", |s| {
+            s.iter().any(|t| t == "READY=1")
+        })
+        .await;
+    // The Bayeux side comes up meanwhile; STATUS= names the broker as what is missing.
+    systemd
+        .wait_states("a STATUS= naming the broker", |s| {
+            s.iter().any(|t| {
+                t.starts_with("STATUS=Not ready")
+                    && t.contains("MQTT broker not connected")
+                    && t.contains("Bayeux connected, 1/1 subscriptions")
+            })
+        })
+        .await;
+    assert!(
+        !bridge.lines().iter().any(|l| l.is("Bridge ready.")),
+        "the bridge cannot be ready without its broker:\n{}",
+        bridge.tail(20)
+    );
+
+    broker.restart_async().await;
+    systemd
+        .wait_states("STATUS=Forwarding once the broker is back", |s| {
+            s.iter().any(|t| t.starts_with("STATUS=Forwarding"))
+        })
+        .await;
+    let states = systemd.states();
+    assert_eq!(
+        states.iter().filter(|t| *t == "READY=1").count(),
+        1,
+        "one READY=1: {states:?}"
+    );
+    stop(&mut bridge).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1835,4 +1856,197 @@ async fn a_changed_mqtt_broker_reconnects_only_the_mqtt_side() {
     );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11–12. Gap reports (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+/// The status messages (JSON ones only: `online`/`offline` are plain text) with `event`.
+fn status_events(status: &MqttPeer, event: &str) -> Vec<Value> {
+    status
+        .inbox
+        .snapshot()
+        .iter()
+        .filter_map(|got| serde_json::from_slice::<Value>(&got.payload).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// Waits for the bridge's `Possible message loss.` line of `kind`.
+async fn wait_gap_line(bridge: &BridgeProcess, kind: &str) -> LogLine {
+    bridge
+        .wait_for_line(&format!("a {kind} gap warning"), WAIT, |l| {
+            l.is("Possible message loss.") && l.str_field("kind") == Some(kind)
+        })
+        .await
+}
+
+/// The broker goes away while Bayeux messages keep coming: the bridge's small queue fills, it
+/// stops polling the CometD server, the server expires the session (`maxInterval` 1 s), and
+/// after the broker is back the bridge gets `402::session_unknown` and subscribes again in a
+/// new session. What the server published meanwhile is gone: the bridge must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bayeux_session_expired_during_back_pressure_is_reported_as_a_gap() {
+    let server =
+        PeerServer::start_with_args_async(PeerKind::CometD, &["--max-interval", "1000"]).await;
+    let mut broker = Mosquitto::start_async().await;
+    // The bridge reaches the broker through the gate, so the status subscriber below is
+    // subscribed before the bridge can report anything.
+    let gate = Gate::start(broker.port()).await;
+    let url = server.url();
+    let mut setup = Setup::new(&url, &broker, "ops-gap-session", true);
+    setup.port = gate.port();
+    setup.queue_capacity = 5;
+    let routes = [route("/g/out/*", "g/out/+", "bayeux_to_mqtt")];
+    let (_config, mut bridge) = spawn_bridge(&mut setup, &routes, &[]).await;
+    let http = Http::new(&setup);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let publisher = BayeuxPeer::publisher(&url, WAIT);
+
+    // The broker stops; the Bayeux server keeps publishing far more than the bridge holds.
+    gate.close();
+    broker.kill();
+    publisher.publish_ids("/g/out/a", 0..40).await;
+    // The bridge's session expires on the server (it writes a line when it does).
+    let deadline = Instant::now() + WAIT;
+    while !server.stderr_output().contains("session expired") {
+        assert!(
+            Instant::now() < deadline,
+            "the CometD server did not expire the bridge's session within {WAIT:?}; bridge \
+             log:\n{}",
+            bridge.tail(30)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    broker.restart_async().await;
+    let status_topic = "bayeux-mqtt-bridge/ops-gap-session/status";
+    let status = MqttPeer::connect(
+        mqtt_options(&broker, "ops-gap-session-status"),
+        &[status_topic],
+    )
+    .await;
+    gate.open();
+
+    let line = wait_gap_line(&bridge, "session_expired").await;
+    assert_eq!(
+        line.str_field("direction"),
+        Some("bayeux_to_mqtt"),
+        "{}",
+        line.raw
+    );
+    assert_eq!(line.str_field("names"), Some("/g/out/*"), "{}", line.raw);
+    status
+        .inbox
+        .wait_until("the session_expired status event", WAIT, |all| {
+            all.iter().any(|got| {
+                serde_json::from_slice::<Value>(&got.payload)
+                    .is_ok_and(|v| v["event"] == "session_expired")
+            })
+        })
+        .await;
+    let events = status_events(&status, "session_expired");
+    assert_eq!(events.len(), 1, "one gap: {events:?}");
+    let event = &events[0];
+    assert_eq!(event["direction"], "bayeux_to_mqtt", "{event}");
+    assert_eq!(event["channels"], json!(["/g/out/*"]), "{event}");
+    assert_eq!(event["routes"], json!([1]), "{event}");
+    assert_eq!(event["back_pressured"], true, "the queue was full: {event}");
+    assert_eq!(event["covered"], false, "no replay on CometD: {event}");
+    let reason = event["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("402"), "the server's error: {event}");
+    let since = event["since"].as_str().expect("a since time");
+    let until = event["until"].as_str().expect("an until time");
+    assert!(since < until && until.ends_with('Z'), "{event}");
+    let scrape = http
+        .scrape_until("the session_expired gap counter", |s| {
+            s.counter(
+                "bridge_gaps_total",
+                &[("kind", "session_expired"), ("direction", "bayeux_to_mqtt")],
+            ) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        scrape.counter(
+            "bridge_gaps_total",
+            &[("kind", "session_expired"), ("direction", "bayeux_to_mqtt")]
+        ),
+        1.0
+    );
+    // And the bridge forwards again in the new session.
+    let sub = MqttPeer::connect(mqtt_options(&broker, "ops-gap-session-sub"), &["g/out/#"]).await;
+    publisher.publish_ids("/g/out/a", 100..101).await;
+    sub.wait_for_ids("a forward in the new session", "g/out/", 100..101)
+        .await;
+    stop(&mut bridge).await;
+}
+
+/// A broker restarted without persistence loses the session the bridge asked to keep
+/// (`clean_start = false`): what it had queued for the bridge is gone, and the bridge says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut broker = Mosquitto::start_async().await;
+    let gate = Gate::start(broker.port()).await;
+    let url = server.url();
+    let mut setup = Setup::new(&url, &broker, "ops-gap-mqtt", true);
+    setup.port = gate.port();
+    let routes = [route("/s/in/*", "s/in/+", "mqtt_to_bayeux")];
+    let (_config, mut bridge) = spawn_bridge(&mut setup, &routes, &[]).await;
+    let http = Http::new(&setup);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // Restarted without persistence: every session is gone.
+    gate.close();
+    broker.restart_async().await;
+    let status_topic = "bayeux-mqtt-bridge/ops-gap-mqtt/status";
+    let status = MqttPeer::connect(
+        mqtt_options(&broker, "ops-gap-mqtt-status"),
+        &[status_topic],
+    )
+    .await;
+    gate.open();
+
+    let line = wait_gap_line(&bridge, "mqtt_session_lost").await;
+    assert_eq!(
+        line.str_field("direction"),
+        Some("mqtt_to_bayeux"),
+        "{}",
+        line.raw
+    );
+    status
+        .inbox
+        .wait_until("the mqtt_session_lost status event", WAIT, |all| {
+            all.iter().any(|got| {
+                serde_json::from_slice::<Value>(&got.payload)
+                    .is_ok_and(|v| v["event"] == "mqtt_session_lost")
+            })
+        })
+        .await;
+    let events = status_events(&status, "mqtt_session_lost");
+    assert_eq!(events.len(), 1, "one gap: {events:?}");
+    let event = &events[0];
+    assert_eq!(event["direction"], "mqtt_to_bayeux", "{event}");
+    assert_eq!(event["topics"], json!(["s/in/+"]), "{event}");
+    assert!(event["since"].is_string(), "since the disconnect: {event}");
+    assert_eq!(event["covered"], false, "{event}");
+    http.scrape_until("the mqtt_session_lost gap counter", |s| {
+        s.counter(
+            "bridge_gaps_total",
+            &[
+                ("kind", "mqtt_session_lost"),
+                ("direction", "mqtt_to_bayeux"),
+            ],
+        ) == 1.0
+    })
+    .await;
+    // The first connect of the run had no session either; that is no gap.
+    assert_eq!(
+        bridge.count("Possible message loss."),
+        1,
+        "{}",
+        bridge.tail(30)
+    );
+    stop(&mut bridge).await;
 }

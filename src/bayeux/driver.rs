@@ -387,6 +387,14 @@ fn log_event(event: &Event) {
         } => {
             warn!(%reason, attempt, ?wait, "Connect failed; will handshake again.")
         }
+        Event::SessionLost {
+            reason,
+            last_connected,
+            subscriptions,
+        } => {
+            let idle = last_connected.map(|at| at.elapsed());
+            warn!(%reason, ?idle, ?subscriptions, "Session lost; will handshake again.")
+        }
         Event::Disconnected { reason } => warn!(%reason, "Disconnected."),
         Event::SubscriptionConfirmed { subscription } => info!(%subscription, "Subscribed."),
         Event::SubscriptionFailed {

@@ -1,6 +1,6 @@
 //! What the client tells its caller: lifecycle facts and messages it could not route.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error::PublishError;
 use super::message::Message;
@@ -123,6 +123,21 @@ pub enum Event {
         attempt: u32,
         /// What the session does next.
         next: Next,
+    },
+    /// A session the server had accepted is gone: the server no longer knows it (e.g.
+    /// `402::session_unknown`, `403::Unknown client`), it expired while nobody polled, or the
+    /// server asked for a new handshake. A new handshake and resubscription follow. Messages
+    /// the server published on `subscriptions` after `last_connected` and before the new
+    /// session's subscriptions are confirmed may never be delivered (unless an extension such
+    /// as replay recovers them). Emitted once per lost session, before the
+    /// [`Event::ConnectFailed`] or [`Event::Disconnected`] that may accompany it.
+    SessionLost {
+        /// Why the session was given up.
+        reason: String,
+        /// When the last `/meta/connect` of the lost session succeeded (`None`: none did).
+        last_connected: Option<Instant>,
+        /// The remote subscriptions the lost session had confirmed, in order.
+        subscriptions: Vec<String>,
     },
     /// The connection was lost (emitted once per outage, before the retries).
     Disconnected {

@@ -6,14 +6,16 @@
 //! forwards until its subscriptions end and the broker acknowledged; then the `offline` status
 //! and the MQTT disconnect. Nothing received is dropped without being counted.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::replay::Gap;
+use super::gaps::{self, GapKind};
 use super::stats::{self, Direction, Stats};
 use super::{BridgeError, Shared, b2m};
 use crate::bayeux::{self, Event};
@@ -28,9 +30,10 @@ pub(crate) fn spawn_watcher(
     tokio::spawn(watch_bayeux(events, Arc::clone(shared)))
 }
 
-/// Follows the Bayeux client's events for readiness and replay gaps; resolves with the reason
-/// if the client stops for good, or a replay gap stops the bridge.
+/// Follows the Bayeux client's events for readiness, lost sessions and replay gaps; resolves
+/// with the reason if the client stops for good, or a replay gap stops the bridge.
 async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> BridgeError {
+    let mut lost: Option<LostSession> = None;
     let readiness = &shared.readiness;
     let stats = &shared.stats;
     let count = |family: &prometheus_client::metrics::family::Family<
@@ -69,8 +72,51 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 readiness.bayeux_connected(false)
             }
             Event::Disconnected { .. } => readiness.bayeux_connected(false),
+            Event::SessionLost {
+                reason,
+                last_connected,
+                subscriptions,
+            } if !subscriptions.is_empty() => {
+                let back_pressured = shared.b2m_pressure.was_full_since(last_connected);
+                let since = last_connected.map_or_else(SystemTime::now, gaps::wall_clock);
+                lost = Some(match lost.take() {
+                    // Lost again before the new session subscribed: one longer gap.
+                    Some(mut earlier) => {
+                        earlier.subscriptions.extend(subscriptions.iter().cloned());
+                        earlier.waiting.extend(subscriptions);
+                        earlier.back_pressured |= back_pressured;
+                        earlier.reason = reason;
+                        earlier
+                    }
+                    None => LostSession {
+                        since,
+                        reason,
+                        subscriptions: subscriptions.iter().cloned().collect(),
+                        waiting: subscriptions.into_iter().collect(),
+                        back_pressured,
+                    },
+                });
+            }
             Event::SubscriptionConfirmed { subscription } => {
-                readiness.bayeux_confirmed(&subscription)
+                readiness.bayeux_confirmed(&subscription);
+                if let Some(session) = &mut lost {
+                    session.waiting.remove(&subscription);
+                    if session.waiting.is_empty() {
+                        let gap = session.gap(&shared);
+                        lost = None;
+                        // On a task of its own: a broker that is down as well must not hold
+                        // up the readiness events behind.
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await
+                        });
+                    }
+                }
+            }
+            Event::Unsubscribed { subscription, .. } => {
+                if let Some(session) = &mut lost {
+                    session.waiting.remove(&subscription);
+                }
             }
             Event::SubscriptionFailed {
                 subscription,
@@ -82,7 +128,15 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                     .as_ref()
                     .and_then(|r| r.on_subscription_failed(&subscription, &error));
                 if let Some(gap) = gap {
-                    report_gap(&shared, &gap).await;
+                    warn!(
+                        channel = %gap.channel,
+                        last_good_replay_id = gap.last_good,
+                        resumed_from = ?gap.resumed_from,
+                        error = %gap.error,
+                        "The Bayeux server refused the stored replay id: events after it that \
+                         the server no longer retains are lost."
+                    );
+                    gaps::report(&shared, &gap.report(), gaps::REPORT_TIMEOUT).await;
                     if gap.resumed_from.is_none() {
                         return BridgeError::ReplayGap {
                             channel: gap.channel,
@@ -107,35 +161,94 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
     BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
 }
 
-/// Reports a replay gap loudly: a warning, and a non-retained message on the status topic
-/// (the retained `online`/`offline` stays as it is). The metric is counted by the replay
-/// state.
-async fn report_gap(shared: &Shared, gap: &Gap) {
-    warn!(
-        channel = %gap.channel,
-        last_good_replay_id = gap.last_good,
-        resumed_from = ?gap.resumed_from,
-        error = %gap.error,
-        "The Bayeux server refused the stored replay id: events after it that the server no \
-         longer retains are lost."
-    );
-    let mqtt = shared.mqtt();
-    let status_topic = shared.status_topic();
-    let publish = mqtt.publish(
-        &status_topic,
-        gap.status_message().into(),
-        QoS::AtLeastOnce,
-        false,
-    );
-    match tokio::time::timeout(GAP_REPORT_TIMEOUT, publish).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "Could not publish the replay gap on the status topic."),
-        Err(_) => warn!("The replay gap report was not acknowledged by the broker in time."),
+/// A lost Bayeux session whose gap ends when the new session has subscribed again.
+struct LostSession {
+    /// The last successful `/meta/connect` of the lost session.
+    since: SystemTime,
+    /// Why it was lost (the server's error).
+    reason: String,
+    /// What it had subscribed.
+    subscriptions: BTreeSet<String>,
+    /// What the new session has not confirmed yet.
+    waiting: BTreeSet<String>,
+    /// Whether the Bayeux → MQTT queue was full meanwhile (the bridge had stopped polling).
+    back_pressured: bool,
+}
+
+impl LostSession {
+    /// The `session_expired` gap, ending now; covered when the server honours replay.
+    fn gap(&self, shared: &Shared) -> gaps::Gap {
+        let mut gap = gaps::Gap::new(GapKind::SessionExpired, Direction::BayeuxToMqtt);
+        gap.names = self.subscriptions.iter().cloned().collect();
+        gap.since = Some(self.since);
+        gap.covered = shared.replay.as_ref().is_some_and(|r| r.honoured());
+        let routes: Vec<usize> = shared
+            .routes()
+            .iter()
+            .filter(|r| r.subscribes_bayeux() && self.subscriptions.contains(r.bayeux.as_str()))
+            .map(|r| r.number())
+            .collect();
+        gap.extra.insert("routes".to_owned(), routes.into());
+        gap.extra
+            .insert("reason".to_owned(), self.reason.clone().into());
+        gap.extra
+            .insert("back_pressured".to_owned(), self.back_pressured.into());
+        gap
     }
 }
 
-/// How long a gap report waits for the broker before the watcher goes on.
-const GAP_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reports `shutdown_abandoned` gaps for what each direction received and did not deliver by
+/// the drain deadline; the reports wait for the broker until `until` at most.
+async fn report_abandoned(shared: &Shared, b2m: u64, m2b: u64, until: Instant) {
+    let started = SystemTime::now();
+    for (direction, count) in [
+        (Direction::BayeuxToMqtt, b2m),
+        (Direction::MqttToBayeux, m2b),
+    ] {
+        if count == 0 {
+            continue;
+        }
+        let mut gap = gaps::Gap::new(GapKind::ShutdownAbandoned, direction);
+        gap.count = Some(count);
+        gap.since = Some(started);
+        let routes = shared.routes();
+        let (covered, why) = match direction {
+            Direction::BayeuxToMqtt => {
+                gap.names = routes
+                    .iter()
+                    .filter(|r| r.subscribes_bayeux())
+                    .map(|r| r.bayeux.as_str().to_owned())
+                    .collect();
+                (
+                    shared.replay.as_ref().is_some_and(|r| r.honoured()),
+                    "received from the Bayeux server, not acknowledged by the broker; replayed \
+                     after the restart only with [replay] on a server that supports it",
+                )
+            }
+            Direction::MqttToBayeux => {
+                gap.names = routes
+                    .iter()
+                    .filter(|r| r.subscribes_mqtt())
+                    .map(|r| r.mqtt_filter.clone())
+                    .collect();
+                (
+                    shared.persistent_mqtt_session.load(Ordering::Relaxed),
+                    "not acknowledged to the broker, which delivers QoS 1 and 2 messages again \
+                     to a persistent session; QoS 0 ones are lost",
+                )
+            }
+        };
+        gap.names.dedup();
+        gap.covered = covered;
+        gap.extra.insert("reason".to_owned(), why.into());
+        // The report goes out before `offline` either way; waiting for its acknowledgement
+        // must not cost the goodbyes their time.
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        gaps::report(shared, &gap, wait).await;
+    }
+}
 
 /// Waits until every permit of `permits` is back (nothing in flight) or `until`.
 pub(super) async fn all_back(permits: &Semaphore, capacity: usize, until: Instant) {
@@ -210,6 +323,8 @@ pub(super) async fn drain(
         m2b.abort();
     }
     all_back(&m2b_permits, capacity, until(reserve)).await;
+    let m2b_abandoned = shared.m2b_left_pending.load(Ordering::Relaxed)
+        + shared.m2b_in_flight.load(Ordering::Relaxed) as u64;
     debug!("Drain: MQTT → Bayeux settled.");
     if let Some(publisher) = shared.set_publisher(None)
         && tokio::time::timeout_at(until(reserve).into(), publisher.disconnect())
@@ -245,6 +360,11 @@ pub(super) async fn drain(
     }
     all_back(&b2m_permits, capacity, until(reserve)).await;
     debug!("Drain: Bayeux → MQTT settled.");
+    // Still unacknowledged now, they fail at the disconnect below: with what the pipeline
+    // could not even take, lost unless replay brings them back after the restart.
+    let b2m_abandoned = shared.b2m_abandoned.load(Ordering::Relaxed)
+        + shared.b2m_in_flight.load(Ordering::Relaxed) as u64;
+    report_abandoned(shared, b2m_abandoned, m2b_abandoned, until(reserve)).await;
     // 3. Goodbye to the broker; publishes still unacknowledged fail and count as dropped.
     finish(shared, mqtt, deadline).await;
     all_back(

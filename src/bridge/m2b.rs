@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
+use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
 use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
@@ -93,6 +94,9 @@ pub(super) async fn run(
         }
     }
     // Messages still pending are not acknowledged: the broker delivers them again.
+    shared
+        .m2b_left_pending
+        .store(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
     debug!(
         pending = pending.len(),
         "MQTT → Bayeux pipeline stopped taking messages."
@@ -104,8 +108,10 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         MqttEvent::Connected { session_present } => {
             shared.readiness.mqtt_connected(session_present);
             announce_online(shared, mqtt);
+            session_lost(shared, session_present);
         }
         MqttEvent::Disconnected { .. } => {
+            shared.mqtt_session().lost_at = Some(SystemTime::now());
             shared.count_reconnect("disconnected");
             shared.readiness.mqtt_disconnected()
         }
@@ -128,6 +134,47 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         _ => {}
     }
+}
+
+/// Reports a `mqtt_session_lost` gap when the broker answered without the persistent session
+/// the bridge asked for, after having had one: what it queued for the bridge meanwhile (QoS 1
+/// and 2 messages on the subscribed filters) is gone.
+fn session_lost(shared: &Arc<Shared>, session_present: bool) {
+    let since = {
+        let mut session = shared.mqtt_session();
+        let had = std::mem::replace(&mut session.had_session, true);
+        let since = session.lost_at.take();
+        if session_present
+            || !had
+            || !shared
+                .persistent_mqtt_session
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        since
+    };
+    let mut gap = Gap::new(GapKind::MqttSessionLost, Direction::MqttToBayeux);
+    gap.names = shared
+        .routes()
+        .iter()
+        .filter(|r| r.subscribes_mqtt())
+        .map(|r| r.mqtt_filter.clone())
+        .collect();
+    gap.names.dedup();
+    if gap.names.is_empty() {
+        // Nothing subscribed: the broker queued nothing for the bridge.
+        return;
+    }
+    gap.since = since;
+    gap.extra.insert(
+        "reason".to_owned(),
+        "the broker answered CONNACK without the persistent session (clean_start = false) the \
+         bridge had"
+            .into(),
+    );
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
 }
 
 /// Publishes the retained `online` status (the will says `offline`).

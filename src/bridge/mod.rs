@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod echo;
+mod gaps;
 pub mod mapping;
 pub mod payload;
 pub mod readiness;
@@ -235,6 +236,13 @@ pub async fn run_with_reload(
             let _ = http_stopped.await;
         }))
     });
+    // The config is valid and both clients run (connecting with backoff): the daemon does its
+    // job, so systemd's start is complete. Whether the data plane is up is STATUS= and
+    // /readyz; a peer down at boot must not make systemd kill and restart the daemon.
+    if let Some(n) = &notifier {
+        n.ready();
+        n.status(&readiness.status());
+    }
     // WATCHDOG=1 from the main loop below, so a loop that stops turning stops the pings.
     let mut watchdog = notifier
         .as_ref()

@@ -2,7 +2,7 @@
 //!
 //! Fed by the pipelines' view of each side's events; logs each transition at info ("Bridge
 //! ready." / "Bridge not ready: …"), which is also what tests and operators wait for. The
-//! HTTP `/readyz` endpoint will read the same state.
+//! HTTP `/readyz` endpoint reads the same state, and systemd's `STATUS=` line shows it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,34 @@ struct State {
     bayeux_confirmed: BTreeSet<String>,
     mqtt_subscribed: BTreeSet<String>,
     ready: bool,
+    /// The last `STATUS=` sent.
+    status: String,
+}
+
+/// The `STATUS=` line: forwarding, or what the bridge waits for and where each side stands.
+fn status_line(s: &State, reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        return "Forwarding: both sides connected, subscriptions confirmed".to_owned();
+    }
+    let side = |name: &str, up: bool, have: &BTreeSet<String>, wanted: &BTreeSet<String>| {
+        format!(
+            "{name} {}, {}/{} subscriptions",
+            if up { "connected" } else { "not connected" },
+            have.intersection(wanted).count(),
+            wanted.len()
+        )
+    };
+    format!(
+        "Not ready: {}. {}; {}",
+        reasons.join("; "),
+        side(
+            "Bayeux",
+            s.bayeux_connected,
+            &s.bayeux_confirmed,
+            &s.bayeux_wanted
+        ),
+        side("MQTT", s.mqtt_connected, &s.mqtt_subscribed, &s.mqtt_wanted),
+    )
 }
 
 /// Shared readiness state.
@@ -30,7 +58,7 @@ pub struct Readiness {
     state: Mutex<State>,
     /// Where the state is mirrored as gauges (`bridge_connected`, `bridge_ready`, ...).
     stats: Option<Arc<Stats>>,
-    /// systemd, told `READY=1` and `STATUS=` on each transition.
+    /// systemd, told `STATUS=` whenever it changes.
     notifier: Option<Arc<Notifier>>,
 }
 
@@ -51,7 +79,9 @@ impl Readiness {
         }
     }
 
-    /// Tells systemd about each transition (`READY=1` once ready, `STATUS=` always).
+    /// Tells systemd what the bridge waits for (`STATUS=`) whenever that changes. `READY=1` is
+    /// not sent from here: the daemon sends it once its clients have started (see
+    /// [`crate::bridge::run`]), so a peer down at boot does not fail the unit's start.
     pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
         self.notifier = notifier;
         self
@@ -66,6 +96,12 @@ impl Readiness {
     /// Whether the bridge is ready now.
     pub fn is_ready(&self) -> bool {
         self.lock().ready
+    }
+
+    /// The `STATUS=` line for the current state.
+    pub fn status(&self) -> String {
+        let state = self.lock();
+        status_line(&state, &self.reasons_of(&state))
     }
 
     /// Why the bridge is not ready (empty when it is).
@@ -162,13 +198,12 @@ impl Readiness {
             } else {
                 info!(reasons = %reasons.join("; "), "Bridge not ready.");
             }
-            if let Some(notifier) = &self.notifier {
-                if ready {
-                    notifier.ready();
-                    notifier.status("Forwarding: both sides connected, subscriptions confirmed");
-                } else {
-                    notifier.status(&format!("Not ready: {}", reasons.join("; ")));
-                }
+        }
+        if let Some(notifier) = &self.notifier {
+            let status = status_line(&state, &reasons);
+            if status != state.status {
+                notifier.status(&status);
+                state.status = status;
             }
         }
     }

@@ -352,7 +352,7 @@ impl Live {
         shared.readiness.mqtt_disconnected();
         let (mqtt, events) =
             crate::mqtt::start(options, mqtt_specs(routes)).map_err(|e| e.to_string())?;
-        shared.set_mqtt(mqtt.clone(), new.mqtt.status_topic.clone());
+        shared.set_mqtt(mqtt.clone(), &new.mqtt);
         let _ = self.m2b.send((mqtt.clone(), events)).await;
         let _ = self.b2m.send(b2m::Control::Resume(mqtt)).await;
         Ok(())

@@ -18,11 +18,13 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::checkpoint::{CheckpointError, CheckpointStore, Ticket};
+use super::gaps::{self, GapKind};
+use super::stats::Direction;
 use super::stats::Stats;
 use crate::bayeux::Message;
 use crate::bayeux::ext::replay::{self as ext, ReplayExtension};
@@ -55,17 +57,20 @@ pub(crate) struct Gap {
 }
 
 impl Gap {
-    /// The non-retained message published on the status topic.
-    pub(crate) fn status_message(&self) -> Vec<u8> {
-        json!({
-            "event": "replay_gap",
+    /// The gap as reported: the status message keeps the fields of earlier versions
+    /// (`channel`, `last_good_replay_id`, `resumed_from`, `error`).
+    pub(crate) fn report(&self) -> gaps::Gap {
+        let mut gap = gaps::Gap::new(GapKind::ReplayGap, Direction::BayeuxToMqtt);
+        gap.names = vec![self.channel.clone()];
+        if let Value::Object(extra) = json!({
             "channel": self.channel,
             "last_good_replay_id": self.last_good,
             "resumed_from": self.resumed_from,
             "error": self.error,
-        })
-        .to_string()
-        .into_bytes()
+        }) {
+            gap.extra = extra;
+        }
+        gap
     }
 }
 
@@ -104,6 +109,12 @@ impl Replay {
             policy: config.on_invalid,
             stats,
         })
+    }
+
+    /// Whether the server accepted the replay extension for the current session: then what
+    /// it published while a lost session was not polled is replayed to the new one.
+    pub(crate) fn honoured(&self) -> bool {
+        self.extension.is_enabled()
     }
 
     /// The extension to add to every Bayeux client of the bridge.

@@ -2,18 +2,20 @@
 //! counters, loop-prevention filters, replay state, and each message's place in its
 //! direction's bounded queue.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::echo::EchoFilter;
+use super::gaps::Pressure;
 use super::mapping::Route;
 use super::readiness::Readiness;
 use super::replay::{self, Replay};
 use super::stats::{Direction, Stats};
 use crate::bayeux::{self, Client};
-use crate::config::{BinaryPolicy, Config, MqttProtocol};
+use crate::config::{BinaryPolicy, Config, MqttConfig, MqttProtocol};
 use crate::metrics::CauseLabels;
 use crate::mqtt::MqttHandle;
 
@@ -70,6 +72,31 @@ pub(crate) struct Shared {
     mqtt_echoes: Option<Mutex<EchoFilter>>,
     /// Replay extension and checkpoints, with `[replay] enabled`.
     pub(super) replay: Option<Arc<Replay>>,
+    /// When the Bayeux → MQTT queue was full (for `session_expired` gaps).
+    pub(crate) b2m_pressure: Pressure,
+    /// Whether the bridge asks the broker for a session that outlives the connection
+    /// (`clean_start = false`, and on MQTT 5 a non-zero session expiry).
+    pub(crate) persistent_mqtt_session: AtomicBool,
+    /// The MQTT session as the bridge last saw it (for `mqtt_session_lost` gaps).
+    pub(crate) mqtt_session: Mutex<MqttSession>,
+    /// Bayeux messages received and never forwarded because the drain deadline passed.
+    pub(crate) b2m_abandoned: std::sync::atomic::AtomicU64,
+    /// MQTT messages received and not yet taken when MQTT → Bayeux stopped.
+    pub(crate) m2b_left_pending: std::sync::atomic::AtomicU64,
+}
+
+/// What the bridge knows of its MQTT session.
+#[derive(Debug, Default)]
+pub(crate) struct MqttSession {
+    /// A connection was accepted at least once.
+    pub(crate) had_session: bool,
+    /// When the last connection was lost, while it is lost.
+    pub(crate) lost_at: Option<std::time::SystemTime>,
+}
+
+/// Whether `config` asks the broker for a session that outlives the connection.
+fn persistent(config: &MqttConfig) -> bool {
+    !config.clean_start && (config.protocol == MqttProtocol::V311 || config.session_expiry_secs > 0)
 }
 
 /// How long an own publish is remembered for echo suppression.
@@ -100,7 +127,17 @@ impl Shared {
             bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
             mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
             replay,
+            b2m_pressure: Pressure::default(),
+            persistent_mqtt_session: AtomicBool::new(persistent(&config.mqtt)),
+            mqtt_session: Mutex::default(),
+            b2m_abandoned: Default::default(),
+            m2b_left_pending: Default::default(),
         }
+    }
+
+    /// The MQTT session state.
+    pub(crate) fn mqtt_session(&self) -> MutexGuard<'_, MqttSession> {
+        self.mqtt_session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `options` with the replay extension, when replay is on.
@@ -138,9 +175,14 @@ impl Shared {
             .clone()
     }
 
-    pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, status_topic: String) {
+    /// Switches to a new MQTT client (a reload changed `[mqtt]`) configured by `config`.
+    pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, config: &MqttConfig) {
         *self.mqtt.write().unwrap_or_else(|p| p.into_inner()) = mqtt;
-        *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = status_topic;
+        *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = config.status_topic.clone();
+        self.persistent_mqtt_session
+            .store(persistent(config), Ordering::Relaxed);
+        // A new client (perhaps of another broker) starts without a session of its own.
+        *self.mqtt_session() = MqttSession::default();
     }
 
     pub(crate) fn set_bayeux(&self, client: Client) {

@@ -5,6 +5,7 @@ pub mod bayeux_client;
 pub mod bayeux_peer;
 pub mod bridge;
 pub mod fake_server;
+pub mod gate;
 pub mod inbox;
 pub mod mosquitto;
 pub mod mqtt_peer;

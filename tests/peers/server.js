@@ -2,7 +2,7 @@
 // Test peer: a real Bayeux server (CometD or Faye) on 127.0.0.1, used by the
 // Rust integration tests (see tests/common/peers.rs).
 //
-//   node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]
+//   node server.js --kind cometd|faye [--port N] [--timeout MS] [--max-interval MS] [--ack] [--exit-on-stdin-eof]
 //
 // --kind     cometd: cometd-nodejs-server (long-polling), mounted at /cometd
 //            faye:   faye NodeAdapter, mounted at /bayeux
@@ -10,6 +10,12 @@
 //            used to restart a server on the port it had before.
 // --timeout  the server's long-poll (/meta/connect hold) timeout in ms.
 //            Default: each server's own default (CometD 30000 ms, Faye 60 s).
+// --max-interval
+//            cometd only: how long (ms) the server keeps a session without a
+//            /meta/connect after the last one ended (its maxInterval); then the
+//            session expires and the client's next connect gets
+//            402::session_unknown. Default: CometD's own, 10000 ms. Each expiry
+//            writes "session expired: <id>" to stderr.
 // --ack      cometd only: install cometd-nodejs-server's acknowledged-messages
 //            extension (ack-extension.js). A client that offers ext.ack:true
 //            at handshake then gets ext.ack:true in the handshake reply and a
@@ -30,12 +36,12 @@ const http = require('http');
 
 function usage(message) {
     process.stderr.write(`server.js: ${message}\n` +
-        'usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]\n');
+        'usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--max-interval MS] [--ack] [--exit-on-stdin-eof]\n');
     process.exit(2);
 }
 
 function parseArgs(argv) {
-    const options = { kind: null, port: 0, timeoutMs: null, ack: false, exitOnStdinEof: false };
+    const options = { kind: null, port: 0, timeoutMs: null, maxIntervalMs: null, ack: false, exitOnStdinEof: false };
     for (let i = 0; i < argv.length; ++i) {
         const arg = argv[i];
         const value = () => {
@@ -64,6 +70,9 @@ function parseArgs(argv) {
             case '--timeout':
                 options.timeoutMs = integer(value(), 1, 3600 * 1000);
                 break;
+            case '--max-interval':
+                options.maxIntervalMs = integer(value(), 1, 3600 * 1000);
+                break;
             case '--ack':
                 options.ack = true;
                 break;
@@ -72,7 +81,7 @@ function parseArgs(argv) {
                 break;
             case '-h':
             case '--help':
-                process.stderr.write('usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--ack] [--exit-on-stdin-eof]\n');
+                process.stderr.write('usage: node server.js --kind cometd|faye [--port N] [--timeout MS] [--max-interval MS] [--ack] [--exit-on-stdin-eof]\n');
                 process.exit(0);
                 break;
             default:
@@ -81,6 +90,9 @@ function parseArgs(argv) {
     }
     if (options.kind !== 'cometd' && options.kind !== 'faye') {
         usage('--kind must be cometd or faye');
+    }
+    if (options.maxIntervalMs !== null && options.kind !== 'cometd') {
+        usage('--max-interval is supported only with --kind cometd');
     }
     if (options.ack && options.kind !== 'cometd') {
         usage('--ack is supported only with --kind cometd');
@@ -101,10 +113,20 @@ function createCometD(options) {
     if (options.timeoutMs !== null) {
         config.timeout = options.timeoutMs;
     }
+    if (options.maxIntervalMs !== null) {
+        config.maxInterval = options.maxIntervalMs;
+    }
     // No security policy is installed: cometd-nodejs-server's default (policy
     // null) lets every remote client handshake, subscribe to and publish on
     // any channel.
     const cometdServer = cometd.createCometDServer(config);
+    // A line on stderr when a session expires (no /meta/connect within maxInterval), so a
+    // test can wait for the expiry instead of sleeping.
+    cometdServer.addListener('sessionRemoved', (session, timeout) => {
+        if (timeout) {
+            process.stderr.write(`session expired: ${session.id}\n`);
+        }
+    });
     if (options.ack) {
         const { AcknowledgedMessagesExtension } = require('cometd-nodejs-server/ack-extension');
         cometdServer.addExtension(new AcknowledgedMessagesExtension());

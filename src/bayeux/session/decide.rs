@@ -109,6 +109,20 @@ impl Session {
     /// Forgets the session (its id, its outstanding connect, its confirmed subscriptions);
     /// the caller schedules what comes next.
     pub(super) fn drop_session(&mut self, reason: String) {
+        if self.phase == Phase::Handshaken {
+            let subscriptions = self
+                .subs
+                .iter()
+                .filter(|(_, s)| !s.local_only && s.state == SubState::Confirmed)
+                .map(|(pattern, _)| pattern.clone())
+                .collect();
+            let last_connected = self.last_connected.take();
+            self.event(Event::SessionLost {
+                reason: reason.clone(),
+                last_connected,
+                subscriptions,
+            });
+        }
         if self.connected {
             self.connected = false;
             self.event(Event::Disconnected { reason });

@@ -204,6 +204,8 @@ pub struct Session {
     connect_failing: bool,
     first_connect: bool,
     unconnected_since: Option<Instant>,
+    /// When the last `/meta/connect` of the current session succeeded.
+    last_connected: Option<Instant>,
     disconnect_requested: bool,
     multiple_clients_reported: bool,
     connect_backoff: Backoff,
@@ -272,6 +274,7 @@ impl Session {
             connect_failing: false,
             first_connect: true,
             unconnected_since: None,
+            last_connected: None,
             disconnect_requested: false,
             multiple_clients_reported: false,
             outputs: VecDeque::new(),

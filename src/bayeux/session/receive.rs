@@ -148,6 +148,7 @@ impl Session {
         self.handshakes_since_connect = 0;
         self.connect_failing = false;
         self.unconnected_since = None;
+        self.last_connected = Some(now);
         self.first_connect = false;
         if !self.connected {
             self.connected = true;

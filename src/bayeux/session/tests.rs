@@ -307,6 +307,45 @@ fn unknown_session_on_connect_rehandshakes_at_once_and_resubscribes_everything()
 }
 
 #[test]
+fn a_lost_session_is_reported_with_its_last_connect_and_confirmed_subscriptions() {
+    let mut h = Harness::new();
+    h.session.subscribe(&pattern("/a"), h.now);
+    h.session.subscribe(&pattern("/service/x"), h.now);
+    h.accept_handshake("c1", json!({"interval":0}));
+    let sub = h.sent(Lane::Other);
+    h.reply(
+        Lane::Other,
+        vec![json!({"channel":"/meta/subscribe","id":sub[0].id,"successful":true})],
+    );
+    h.answer_connect(json!({}));
+    let connected_at = h.now;
+    h.events();
+    h.advance(Duration::from_secs(3));
+    h.answer_connect(json!({"successful":false,"error":"402::session_unknown"}));
+    let events = h.events();
+    let lost: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::SessionLost { .. }))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![&Event::SessionLost {
+            reason: "402::session_unknown".to_owned(),
+            last_connected: Some(connected_at),
+            subscriptions: vec!["/a".to_owned()],
+        }],
+        "{events:?}"
+    );
+    // A handshake that is refused before any session exists loses nothing.
+    h.fail(Lane::Other);
+    assert!(
+        !h.events()
+            .iter()
+            .any(|e| matches!(e, Event::SessionLost { .. }))
+    );
+}
+
+#[test]
 fn advice_decides_before_the_error_code() {
     let mut h = Harness::new();
     h.connected("c1");

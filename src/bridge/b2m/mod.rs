@@ -93,6 +93,11 @@ pub(super) async fn run(
         add(&mut deliveries, &mut live, key, route, subscription);
     }
     'taking: loop {
+        // All permits taken: the queue is full and the Bayeux client will stop polling.
+        let full = permits.available_permits() == 0 && !live.paused;
+        if full {
+            shared.b2m_pressure.full();
+        }
         let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
@@ -106,6 +111,9 @@ pub(super) async fn run(
                 Err(_) => break,
             },
         };
+        if full {
+            shared.b2m_pressure.relieved();
+        }
         let (key, message) = loop {
             tokio::select! {
                 biased;
@@ -155,6 +163,9 @@ pub(super) async fn run(
     };
     let _ = tokio::time::timeout(LEFTOVER_WAIT, counting).await;
     if left > 0 {
+        shared
+            .b2m_abandoned
+            .fetch_add(left as u64, std::sync::atomic::Ordering::Relaxed);
         warn!(
             left,
             "Drain deadline reached; Bayeux messages received but not forwarded are dropped."

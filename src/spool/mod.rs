@@ -20,7 +20,7 @@
 //! [`SpoolError::Incompatible`]; a file that fails its checksums or holds malformed values is
 //! [`SpoolError::Corrupt`]. Both name the file and the recovery command,
 //! `bayeux-mqtt-bridge spool-recover --config FILE`, which moves such files aside
-//! ([`recover`]).
+//! ([`recover()`]).
 //!
 //! # Durability
 //!
@@ -41,8 +41,10 @@
 //! # Budget
 //!
 //! `max_bytes` bounds the logical size of all queues of a [`Spool`]: for each entry its
-//! bytes plus [`ENTRY_OVERHEAD`] (key and header). The files themselves are larger (B-tree
-//! pages, pages freed but not yet reused: expect up to about twice the logical size).
+//! bytes plus [`ENTRY_OVERHEAD`] (key and header). The files themselves are larger: B-tree
+//! pages are partly filled, and redb grows a file in large steps and keeps freed pages for
+//! reuse rather than shrinking it. 100 000 entries of 200 bytes made a 74 MB file for 20 MB
+//! of entries (3.7 times; `examples/spool_bench.rs`).
 //!
 //! # Why redb
 //!

@@ -53,6 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 file as f64 / stats.written_bytes as f64,
                 disk as f64 / stats.written_bytes as f64,
             );
+            // Reopening checks every page's checksum and every entry's header.
+            queue.close().await;
+            let started = Instant::now();
+            let queue = spool.queue(name)?;
+            println!(
+                "{name}: reopened (full check) in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
             let started = Instant::now();
             let mut from = 0;
             loop {

@@ -26,7 +26,7 @@ use url::Url;
 pub use bayeux::{BayeuxConfig, OAuthConfig};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR, env_var_for, load, load_with_env};
 pub use mqtt::{MqttConfig, TlsConfig};
-pub use sections::{BridgeConfig, HttpConfig, LogConfig, ReplayConfig, RouteConfig};
+pub use sections::{BridgeConfig, HttpConfig, LogConfig, ReplayConfig, RouteConfig, SpoolConfig};
 
 /// Why a configuration could not be loaded: which file, which key, and what is wrong.
 ///
@@ -252,6 +252,10 @@ pub struct Config {
     /// `[replay]`: the replay extension (Salesforce) and durable checkpoints. Off by default.
     #[serde(default)]
     pub replay: ReplayConfig,
+    /// `[spool]`: the durable on-disk spool for messages whose destination is down. Off by
+    /// default.
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// `[[route]]`: what is forwarded where. At least one is required. Cannot be set from the
     /// environment.
     #[serde(default)]
@@ -273,6 +277,12 @@ mod defaults {
     }
     pub fn state_dir() -> std::path::PathBuf {
         std::path::PathBuf::from("/var/lib/bayeux-mqtt-bridge")
+    }
+    pub fn spool_dir() -> std::path::PathBuf {
+        state_dir().join("spool")
+    }
+    pub const fn spool_max_bytes() -> u64 {
+        1024 * 1024 * 1024
     }
     pub const fn checkpoint_interval_ms() -> u64 {
         1000
@@ -391,6 +401,13 @@ mod tests {
         assert_eq!(bridge.queue_capacity, 1000);
         assert_eq!(bridge.drain_timeout(), Duration::from_secs(8));
         assert_eq!(LogConfig::default().level, "info");
+        let spool = SpoolConfig::default();
+        assert!(!spool.enabled);
+        assert_eq!(
+            spool.dir,
+            std::path::Path::new("/var/lib/bayeux-mqtt-bridge/spool")
+        );
+        assert_eq!(spool.max_bytes, 1 << 30);
     }
 
     #[test]

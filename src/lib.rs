@@ -18,6 +18,9 @@
 //!   `RELOADING=1`, `STOPPING=1`) over `NOTIFY_SOCKET`; a no-op outside systemd.
 //! - [`scheduling`]: the daemon's CPU scheduling policy (`SCHED_BATCH` by default, Linux).
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`spool`]: durable on-disk queues (redb, one file per queue, a shared byte budget) for
+//!   messages whose destination is down; knows nothing of Bayeux, MQTT, the bridge or config
+//!   files.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
@@ -33,4 +36,5 @@ pub mod mqtt;
 pub mod notify;
 pub mod scheduling;
 pub mod shutdown;
+pub mod spool;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bayeux_mqtt_bridge::{bridge, cli, config, http, scheduling, shutdown, telemetry};
+use bayeux_mqtt_bridge::{bridge, cli, config, http, scheduling, shutdown, spool, telemetry};
 use clap::{Args, Parser, Subcommand};
 
 /// Bridge Bayeux (CometD) channels and MQTT topics.
@@ -45,6 +45,9 @@ enum Command {
     Run(ConfigArg),
     /// Load and validate a config file, print the compiled routes, and exit.
     Check(ConfigArg),
+    /// Move damaged or incompatible spool files (in `spool.dir`) aside, report what each held,
+    /// and leave healthy ones alone. Stop the bridge first.
+    SpoolRecover(ConfigArg),
     /// Exit 0 if the URL answers HTTP 200 (a health check for images without curl), e.g.
     /// `health --url http://127.0.0.1:9464/readyz`.
     Health(HealthArgs),
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Check(args) => check(&args.config),
+        Command::SpoolRecover(args) => spool_recover(&args.config),
         Command::Run(args) => run(&args.config, cli.verbose),
         Command::Health(args) => block_on(async move {
             match http::probe(&args.url).await {
@@ -93,9 +97,11 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path)
-        .and_then(|config| bridge::describe(&config).map_err(|e| e.in_file(path)))
-    {
+    match config::load(path).and_then(|config| {
+        let description = bridge::describe(&config).map_err(|e| e.in_file(path))?;
+        bridge::probe_spool(&config, path)?;
+        Ok(description)
+    }) {
         Ok(description) => {
             print!("{description}");
             ExitCode::SUCCESS
@@ -103,6 +109,33 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn spool_recover(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = &config.spool.dir;
+    match spool::recover(dir) {
+        Ok(files) if files.is_empty() => {
+            println!("{}: no spool files", dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok(files) => {
+            for file in files {
+                println!("{file}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -115,6 +148,10 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = bridge::probe_spool(&config, path) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let level = if verbose > 0 {
         telemetry::level_for(verbose).to_owned()
     } else {

@@ -147,6 +147,9 @@ const ALL_KEYS: &[&str] = &[
     "replay.checkpoint_interval_ms",
     "replay.start_from",
     "replay.on_invalid",
+    "spool.enabled",
+    "spool.dir",
+    "spool.max_bytes",
     "route.bayeux",
     "route.mqtt",
     "route.direction",
@@ -232,7 +235,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `route`)"
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `spool`, `route`)"
                 .into(),
         ),
         (
@@ -447,6 +450,34 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
                 .into(),
         ),
         (
+            format!("{head}[spool]\nmax_bytes = 1048575\n{route}"),
+            vec![],
+            "spool.max_bytes",
+            "must be at least 1048576, found 1048575".into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__SPOOL__MAX_BYTES", "1125899906842625")],
+            "spool.max_bytes",
+            "must be at most 1125899906842624 (1 PiB), found 1125899906842625 (set by \
+             environment variable BAYEUX_MQTT_BRIDGE__SPOOL__MAX_BYTES)"
+                .into(),
+        ),
+        (
+            format!("{head}{route}"),
+            vec![("BAYEUX_MQTT_BRIDGE__SPOOL__ENABLED", "maybe")],
+            "spool.enabled",
+            "expected a boolean, found string \"maybe\" (set by environment variable \
+             BAYEUX_MQTT_BRIDGE__SPOOL__ENABLED)"
+                .into(),
+        ),
+        (
+            format!("{head}[spool]\nmax_size = 5\n{route}"),
+            vec![],
+            "spool.max_size",
+            "unknown key (known keys here: `enabled`, `dir`, `max_bytes`)".into(),
+        ),
+        (
             format!("{head}{route}"),
             vec![("BAYEUX_MQTT_BRIDGE__ROUTE__0__QOS", "2")],
             "route",
@@ -552,6 +583,49 @@ fn environment_variables_override_keys() {
         ]
     );
     assert_eq!(config.route[0].direction, Direction::BayeuxToMqtt);
+}
+
+#[test]
+fn the_spool_section_defaults_resolves_relative_dirs_and_takes_environment_overrides() {
+    let scratch = TempDir::new("config");
+    let path = scratch.file("plain.toml", MINIMAL);
+    let config = load_with_env(&path, []).unwrap();
+    assert!(!config.spool.enabled);
+    assert_eq!(
+        config.spool.dir,
+        Path::new("/var/lib/bayeux-mqtt-bridge/spool")
+    );
+    assert_eq!(config.spool.max_bytes, 1 << 30);
+
+    let path = scratch.file(
+        "spool.toml",
+        format!("{MINIMAL}\n[spool]\nenabled = true\ndir = \"queue\"\nmax_bytes = 2097152\n"),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert!(config.spool.enabled);
+    assert_eq!(config.spool.dir, scratch.path().join("queue"));
+    assert_eq!(config.spool.max_bytes, 2 << 20);
+
+    // Environment values are strings: booleans and integers are parsed from them.
+    let config = load_with_env(
+        &path,
+        env(&[
+            ("BAYEUX_MQTT_BRIDGE__SPOOL__ENABLED", "false"),
+            ("BAYEUX_MQTT_BRIDGE__SPOOL__DIR", "/srv/spool"),
+            ("BAYEUX_MQTT_BRIDGE__SPOOL__MAX_BYTES", "5368709120"),
+        ]),
+    )
+    .unwrap();
+    assert!(!config.spool.enabled);
+    assert_eq!(config.spool.dir, Path::new("/srv/spool"));
+    assert_eq!(config.spool.max_bytes, 5 << 30);
+    let plain = scratch.file("plain.toml", MINIMAL);
+    let config = load_with_env(
+        &plain,
+        env(&[("BAYEUX_MQTT_BRIDGE__SPOOL__ENABLED", "true")]),
+    )
+    .unwrap();
+    assert!(config.spool.enabled);
 }
 
 #[test]

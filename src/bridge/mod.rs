@@ -44,7 +44,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bayeux::{self, Client};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::mqtt::{self};
 use readiness::Readiness;
 use replay::Replay;
@@ -107,6 +107,7 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
             config.replay.on_invalid.as_str(),
         ));
     }
+    text.push_str(&spool_line(&config.spool));
     let warnings: Vec<String> = config
         .warnings()
         .into_iter()
@@ -116,6 +117,33 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
         text.push_str(&format!("warning: {warning}\n"));
     }
     Ok(text)
+}
+
+/// `check`'s line about `[spool]`.
+fn spool_line(spool: &crate::config::SpoolConfig) -> String {
+    if spool.enabled {
+        format!(
+            "spool: on; {}, at most {} bytes\n",
+            spool.dir.display(),
+            spool.max_bytes
+        )
+    } else {
+        "spool: off (spool.enabled = false)\n".to_owned()
+    }
+}
+
+/// Checks that the spool directory of an enabled `[spool]` can be created and written
+/// ([`crate::spool::probe_dir`]), as an error of the config file `file` naming `spool.dir`.
+/// For `check` and for the daemon's start-up.
+pub fn probe_spool(config: &Config, file: &std::path::Path) -> Result<(), ConfigError> {
+    if !config.spool.enabled {
+        return Ok(());
+    }
+    crate::spool::probe_dir(&config.spool.dir).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        key: Some("spool.dir".to_owned()),
+        reason: format!("cannot be used: {e}"),
+    })
 }
 
 /// Where a running bridge re-reads its config from, and the requests (SIGHUP) to do so.

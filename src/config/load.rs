@@ -289,6 +289,9 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
     if config.replay.state_dir.is_relative() {
         config.replay.state_dir = base.join(&config.replay.state_dir);
     }
+    if config.spool.dir.is_relative() {
+        config.spool.dir = base.join(&config.spool.dir);
+    }
     if let Some(tls) = &mut config.mqtt.tls {
         relative(&mut tls.ca_file);
         relative(&mut tls.cert_file);

@@ -1,4 +1,4 @@
-//! `[bridge]`, `[log]`, `[replay]`, `[http]` and `[[route]]`.
+//! `[bridge]`, `[log]`, `[replay]`, `[spool]`, `[http]` and `[[route]]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -117,6 +117,37 @@ impl Default for ReplayConfig {
             checkpoint_interval_ms: defaults::checkpoint_interval_ms(),
             start_from: defaults::start_from(),
             on_invalid: ReplayInvalidPolicy::default(),
+        }
+    }
+}
+
+/// `[spool]`: keep messages on disk while the side they are for is down.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Keep messages in a durable spool on disk while their destination is unreachable.
+    /// Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Directory of the spool files (one `<queue>.redb` per queue; created with mode 0700).
+    /// Default `/var/lib/bayeux-mqtt-bridge/spool`; a relative path is taken from the config
+    /// file's directory.
+    #[serde(default = "defaults::spool_dir")]
+    pub dir: PathBuf,
+    /// Bytes the spool may hold, all queues together (each message counts its payload plus
+    /// 17 bytes). The files on disk take several times as much (3.7 times for 200-byte
+    /// messages). Default 1073741824
+    /// (1 GiB), at least 1048576 (1 MiB).
+    #[serde(default = "defaults::spool_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            enabled: false,
+            dir: defaults::spool_dir(),
+            max_bytes: defaults::spool_max_bytes(),
         }
     }
 }

@@ -36,6 +36,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     bridge(&config.bridge)?;
     log(&config.log)?;
     replay(&config.replay)?;
+    spool(&config.spool)?;
     routes(&config.route)
 }
 
@@ -51,6 +52,25 @@ fn replay(c: &super::ReplayConfig) -> Result<(), Invalid> {
             format!(
                 "must be -1 (new events only) or -2 (all retained), found {}",
                 c.start_from
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest `spool.max_bytes`: room for a useful backlog of typical messages.
+const SPOOL_MIN_BYTES: u64 = 1 << 20;
+/// The largest `spool.max_bytes` (1 PiB): more is a typo, not a disk.
+const SPOOL_MAX_BYTES: u64 = 1 << 50;
+
+fn spool(c: &super::SpoolConfig) -> Result<(), Invalid> {
+    at_least("spool.max_bytes", c.max_bytes, SPOOL_MIN_BYTES)?;
+    if c.max_bytes > SPOOL_MAX_BYTES {
+        return Err(Invalid::new(
+            "spool.max_bytes",
+            format!(
+                "must be at most {SPOOL_MAX_BYTES} (1 PiB), found {}",
+                c.max_bytes
             ),
         ));
     }

@@ -25,6 +25,9 @@ pub struct Ready {
     pub ready: bool,
     /// Why not (empty when ready).
     pub reasons: Vec<String>,
+    /// What is wrong while the service stays ready (e.g. a side that is down while the
+    /// spool absorbs the outage); reported in the body only when not empty.
+    pub degraded: Vec<String>,
 }
 
 /// What the endpoints serve.
@@ -103,8 +106,11 @@ fn respond(request: &Request<Incoming>, endpoints: &dyn Endpoints) -> Response<F
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let body =
-                serde_json::json!({ "ready": ready.ready, "reasons": ready.reasons }).to_string();
+            let mut body = serde_json::json!({ "ready": ready.ready, "reasons": ready.reasons });
+            if !ready.degraded.is_empty() {
+                body["degraded"] = ready.degraded.into();
+            }
+            let body = body.to_string();
             let mut response = Response::new(Full::new(Bytes::from(body + "\n")));
             *response.status_mut() = status;
             response
@@ -172,6 +178,7 @@ mod tests {
         let not_ready = Ready {
             ready: false,
             reasons: vec!["MQTT broker not connected".into()],
+            degraded: Vec::new(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, Arc::new(Fixed(not_ready)), async {

@@ -135,6 +135,17 @@ pub struct Metrics {
     /// `bridge_bayeux_tokens_total{outcome}`: access tokens fetched (`ok`), and refusals or
     /// failures that made the client fetch again (`error`).
     pub tokens: Family<OutcomeLabels, Counter>,
+    /// `bridge_spool_messages{direction}`: messages in the spool (`[spool]`).
+    pub spool_messages: Family<DirectionLabels, Gauge>,
+    /// `bridge_spool_bytes{direction}`: their bytes, as counted against `spool.max_bytes`.
+    pub spool_bytes: Family<DirectionLabels, Gauge>,
+    /// `bridge_spool_oldest_age_seconds{direction}`: how long the oldest has waited (0 when
+    /// the spool is empty).
+    pub spool_oldest_age: Family<DirectionLabels, Gauge<f64, AtomicU64>>,
+    /// `bridge_spool_commits_total{direction}`: spool commits (each one fsync).
+    pub spool_commits: Family<DirectionLabels, Counter>,
+    /// `bridge_spool_commit_seconds_total{direction}`: time spent committing (fsync).
+    pub spool_commit_seconds: Family<DirectionLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -166,6 +177,11 @@ impl Metrics {
             replay_gaps: Family::default(),
             gaps: Family::default(),
             tokens: Family::default(),
+            spool_messages: Family::default(),
+            spool_bytes: Family::default(),
+            spool_oldest_age: Family::default(),
+            spool_commits: Family::default(),
+            spool_commit_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +208,31 @@ impl Metrics {
             "publish_errors",
             "Failed publish attempts, by side and cause",
             m.publish_errors.clone(),
+        );
+        registry.register(
+            "spool_messages",
+            "Messages in the durable spool, waiting for their destination",
+            m.spool_messages.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of the messages in the spool, as counted against spool.max_bytes",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_age_seconds",
+            "How long the oldest message in the spool has waited",
+            m.spool_oldest_age.clone(),
+        );
+        registry.register(
+            "spool_commits",
+            "Spool commits (each one fsync)",
+            m.spool_commits.clone(),
+        );
+        registry.register(
+            "spool_commit_seconds",
+            "Time spent committing to the spool (fsync included)",
+            m.spool_commit_seconds.clone(),
         );
         registry.register(
             "in_flight_messages",

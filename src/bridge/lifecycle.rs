@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::gaps::{self, GapKind};
+use super::spooled::Delivery;
 use super::stats::{self, Direction, Stats};
 use super::{BridgeError, Shared, b2m};
 use crate::bayeux::{self, Event};
@@ -291,16 +292,21 @@ pub(super) struct Pipelines {
     pub(super) stop_b2m: watch::Sender<bool>,
     pub(super) b2m_permits: Arc<Semaphore>,
     pub(super) m2b_permits: Arc<Semaphore>,
+    /// With `[spool]`: the delivery tasks.
+    pub(super) delivery: Option<Delivery>,
 }
 
 /// Drains both directions by `deadline` and says goodbye to both sides.
 pub(super) async fn drain(
     shared: &Shared,
     mqtt: &MqttHandle,
-    pipelines: Pipelines,
+    mut pipelines: Pipelines,
     capacity: usize,
     deadline: Instant,
 ) {
+    if let Some(delivery) = pipelines.delivery.take() {
+        return drain_spooled(shared, mqtt, pipelines, delivery, capacity, deadline).await;
+    }
     let Pipelines {
         b2m,
         m2b,
@@ -309,6 +315,7 @@ pub(super) async fn drain(
         stop_b2m,
         b2m_permits,
         m2b_permits,
+        delivery: _,
     } = pipelines;
     // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
     //    (unacknowledged ones are delivered again by the broker).
@@ -369,6 +376,106 @@ pub(super) async fn drain(
     finish(shared, mqtt, deadline).await;
     all_back(
         &b2m_permits,
+        capacity,
+        Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+}
+
+/// [`drain`] with the spool: both directions stop taking messages and make what they took
+/// durable; the delivery tasks deliver what the deadline allows; what is left stays in the
+/// spool for the next start (nothing is abandoned).
+async fn drain_spooled(
+    shared: &Shared,
+    mqtt: &MqttHandle,
+    pipelines: Pipelines,
+    delivery: Delivery,
+    capacity: usize,
+    deadline: Instant,
+) {
+    let Pipelines {
+        b2m,
+        m2b,
+        stop_m2b,
+        drain_b2m,
+        stop_b2m,
+        b2m_permits,
+        m2b_permits,
+        delivery: _,
+    } = pipelines;
+    let reserve = Duration::from_secs(1);
+    let until = deadline.checked_sub(reserve).unwrap_or(deadline);
+    // 1. Stop taking: MQTT → Bayeux at once (the broker keeps what was not taken), Bayeux →
+    //    MQTT once the Bayeux client handed over what it holds; both made durable.
+    let _ = stop_m2b.send(true);
+    let mut m2b = m2b;
+    if tokio::time::timeout_at(until.into(), &mut m2b)
+        .await
+        .is_err()
+    {
+        m2b.abort();
+    }
+    all_back(&m2b_permits, capacity, until).await;
+    let bayeux = shared.bayeux();
+    if tokio::time::timeout_at(until.into(), bayeux.disconnect())
+        .await
+        .is_err()
+    {
+        warn!("The Bayeux server did not answer /meta/disconnect in time.");
+    }
+    let _ = drain_b2m.send(true);
+    let mut b2m = b2m;
+    if tokio::time::timeout_at(until.into(), &mut b2m)
+        .await
+        .is_err()
+    {
+        let _ = stop_b2m.send(true);
+        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
+        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
+            b2m.abort();
+        }
+    }
+    all_back(&b2m_permits, capacity, until).await;
+    debug!("Drain: both directions stopped taking; what they took is in the spool.");
+    // 2. Deliver what the deadline allows.
+    if let Some(spools) = &shared.spools {
+        let empty = async {
+            loop {
+                let changed = spools.b2m.changed();
+                let changed_m2b = spools.m2b.changed();
+                if spools.b2m.stats().entries == 0 && spools.m2b.stats().entries == 0 {
+                    return;
+                }
+                tokio::select! {
+                    () = changed => {}
+                    () = changed_m2b => {}
+                }
+            }
+        };
+        if tokio::time::timeout_at(until.into(), empty).await.is_err() {
+            info!("Drain deadline: undelivered messages stay in the spool for the next start.");
+        }
+    }
+    let _ = delivery.stop_b2m.send(true);
+    let _ = delivery.stop_m2b.send(true);
+    let _ = tokio::time::timeout_at(until.into(), delivery.m2b).await;
+    let _ = tokio::time::timeout_at(until.into(), delivery.b2m).await;
+    all_back(&delivery.m2b_permits, capacity, until).await;
+    if let Some(publisher) = shared.set_publisher(None)
+        && tokio::time::timeout_at(until.into(), publisher.disconnect())
+            .await
+            .is_err()
+    {
+        warn!(
+            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
+        );
+    }
+    all_back(&delivery.b2m_permits, capacity, until).await;
+    debug!("Drain: deliveries from the spool settled.");
+    // 3. Goodbye to the broker; publishes still unacknowledged stay in the spool.
+    finish(shared, mqtt, deadline).await;
+    all_back(
+        &delivery.b2m_permits,
         capacity,
         Instant::now() + Duration::from_millis(500),
     )

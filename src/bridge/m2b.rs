@@ -18,6 +18,7 @@ use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
 use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
+use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
 use crate::backoff::{Backoff, BackoffOptions};
@@ -46,7 +47,13 @@ pub(super) async fn run(
     mut swaps: mpsc::Receiver<Swap>,
 ) {
     let mut mqtt = mqtt;
-    let settler = Settler::start();
+    let out = Outputs {
+        settler: Settler::start(),
+        intake: shared
+            .spools
+            .is_some()
+            .then(|| Intake::start(Arc::clone(&shared), Direction::MqttToBayeux).0),
+    };
     let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
     let mut open = true;
     let retries_stop = stop.clone();
@@ -74,7 +81,7 @@ pub(super) async fn run(
                 let slot = Slot::new(permit, &shared.m2b_in_flight);
                 let bayeux = shared.publisher();
                 let stop = retries_stop.clone();
-                forward(&shared, &bayeux, &mqtt, message, slot, stop, &settler).await;
+                forward(&shared, &bayeux, &mqtt, message, slot, stop, &out).await;
             }
             Wake::Event(None) => open = false,
             Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
@@ -199,7 +206,7 @@ async fn forward(
     message: IncomingMessage,
     permit: Slot,
     stop: watch::Receiver<bool>,
-    settler: &Settler,
+    out: &Outputs,
 ) {
     let now = Instant::now();
     if let Some(mut echoes) = shared.mqtt_echoes()
@@ -251,6 +258,28 @@ async fn forward(
             return;
         }
     };
+    if let Some(intake) = &out.intake {
+        trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
+        let entries = targets
+            .into_iter()
+            .map(|(route, channel)| {
+                ToBayeux {
+                    route,
+                    channel,
+                    topic: message.topic.clone(),
+                    data: data.clone(),
+                }
+                .encode()
+            })
+            .collect();
+        let then = OnDurable::Mqtt {
+            slot: permit,
+            token: message.token,
+            mqtt: mqtt.clone(),
+        };
+        intake.submit(entries, then);
+        return;
+    }
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
     // The serialized data, for the echo filter: made only when a target channel is one the
     // bridge also reads (the only way it can come back).
@@ -284,7 +313,7 @@ async fn forward(
     }
     let shared = Arc::clone(shared);
     let mqtt = mqtt.clone();
-    settler.settle(async move {
+    out.settler.settle(async move {
         let _permit = permit;
         let mut all_settled = true;
         for pending in verdicts {
@@ -298,22 +327,29 @@ async fn forward(
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
 /// the bridge also reads.
-fn echoes_back(routes: &[Route], channel: &str) -> bool {
+pub(crate) fn echoes_back(routes: &[Route], channel: &str) -> bool {
     routes
         .iter()
         .any(|r| r.subscribes_bayeux() && r.matches_channel(channel))
 }
 
-struct Pending {
-    route: usize,
-    channel: String,
-    verdict: Verdict,
+pub(crate) struct Pending {
+    pub(crate) route: usize,
+    pub(crate) channel: String,
+    pub(crate) verdict: Verdict,
+}
+
+/// Where taken messages go: straight to the Bayeux server, or with `[spool]` into the spool
+/// (its delivery task publishes them, `super::spooled::m2b`).
+struct Outputs {
+    settler: Settler,
+    intake: Option<Intake>,
 }
 
 /// Waits for the verdict, retrying failed requests; returns whether the message may be
 /// acknowledged (accepted, or refused for good and counted as dropped). A retry makes the
 /// Bayeux data from the MQTT `payload` again, so that no copy is kept for the common case.
-async fn settle(
+pub(crate) async fn settle(
     shared: &Shared,
     pending: Pending,
     payload: &[u8],

@@ -30,6 +30,7 @@ mod publisher;
 mod reload;
 mod settling;
 mod shared;
+mod spooled;
 
 use lifecycle::{log_summary, spawn_watcher};
 pub use options::{bayeux_options, mqtt_options};
@@ -68,6 +69,9 @@ pub enum BridgeError {
     /// The Bayeux server ended the session for good.
     #[error("the Bayeux client stopped: {0}")]
     BayeuxStopped(String),
+    /// The spool could not be opened (damaged, incompatible, or its directory unusable).
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
     /// The replay checkpoints could not be opened.
     #[error("replay checkpoints: {0}")]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -175,6 +179,11 @@ pub async fn run_with_reload(
         warn!(%warning, "Route warning.");
     }
     let capacity = config.bridge.queue_capacity.max(1);
+    // Before anything connects: a damaged spool stops the start.
+    let spools = match config.spool.enabled {
+        true => Some(spooled::open(&config.spool).await?),
+        false => None,
+    };
     let (bayeux_channels, mqtt_filters) = wanted(&routes);
     let stats = Arc::new(Stats::default());
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
@@ -207,6 +216,7 @@ pub async fn run_with_reload(
         Arc::clone(&stats),
         Arc::clone(&readiness),
         replay.clone(),
+        spools,
     ));
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let flusher = replay
@@ -251,6 +261,7 @@ pub async fn run_with_reload(
         )
         .instrument(info_span!("mqtt_to_bayeux")),
     );
+    let delivery = spooled::Delivery::start(&shared, capacity);
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = listener.map(|listener| {
         let endpoints = Arc::new(endpoints::BridgeEndpoints {
@@ -259,6 +270,10 @@ pub async fn run_with_reload(
             b2m: Arc::clone(&shared.b2m_in_flight),
             m2b: Arc::clone(&shared.m2b_in_flight),
             capacity,
+            spool: shared
+                .spools
+                .as_ref()
+                .map(|s| (s.b2m.clone(), s.m2b.clone(), s.spool.max_bytes())),
         });
         tokio::spawn(crate::http::serve(listener, endpoints, async {
             let _ = http_stopped.await;
@@ -327,12 +342,18 @@ pub async fn run_with_reload(
             stop_b2m,
             b2m_permits,
             m2b_permits,
+            delivery,
         },
         capacity,
         deadline,
     )
     .await;
     watcher.abort();
+    if let Some(spools) = &shared.spools {
+        // Removals of what was delivered become durable; the rest goes out after a restart.
+        spools.close().await;
+        spooled::log_left(spools);
+    }
     // Every message in flight has its outcome now (or was given up at the deadline): the last
     // checkpoints, so a restart resumes exactly after what the broker acknowledged.
     let _ = stop_flusher.send(true);

@@ -10,6 +10,7 @@
 //!   MQTT client disconnects cleanly, a new one connects with the new settings, and both
 //!   pipelines continue on it. MQTT messages not yet forwarded stay unacknowledged and the
 //!   broker delivers them again. The Bayeux side is untouched.
+//! - `[spool]` changed: the reload is refused (the spool files are open and hold messages).
 //! - `[bridge]`, `[log]`, `[http]`, `[replay]` changed: logged; they take effect at the next
 //!   restart.
 //! - An invalid file is refused with a log line naming the file, key and reason; the running
@@ -132,6 +133,16 @@ impl Live {
         watcher: &mut JoinHandle<BridgeError>,
     ) -> Result<String, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
+        if new.spool != self.config.spool {
+            // The spool's files are open and hold messages: moving or shrinking it under the
+            // running pipelines could lose or reorder them.
+            return Err(format!(
+                "{}: [spool] changed; a running bridge cannot switch spools safely: restart \
+                 it to apply the change (what the current spool holds is delivered first if \
+                 the directory stays the same)",
+                path.display()
+            ));
+        }
         let routes = mapping::compile(&new.route).map_err(|e| e.in_file(path).to_string())?;
         for warning in new.warnings().into_iter().chain(mapping::warnings(&routes)) {
             warn!(%warning, "Config warning.");
@@ -337,6 +348,9 @@ impl Live {
         let options = super::mqtt_options(new);
         options.validate().map_err(|e| e.to_string())?;
         let _ = self.b2m.send(b2m::Control::Pause).await;
+        if let Some(spools) = &shared.spools {
+            spools.b2m_paused.send_replace(true);
+        }
         let settle_until = tokio::time::Instant::now() + SETTLE;
         while shared
             .b2m_in_flight
@@ -355,6 +369,9 @@ impl Live {
         shared.set_mqtt(mqtt.clone(), &new.mqtt);
         let _ = self.m2b.send((mqtt.clone(), events)).await;
         let _ = self.b2m.send(b2m::Control::Resume(mqtt)).await;
+        if let Some(spools) = &shared.spools {
+            spools.b2m_paused.send_replace(false);
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use super::gaps::Pressure;
 use super::mapping::Route;
 use super::readiness::Readiness;
 use super::replay::{self, Replay};
+use super::spooled::Spools;
 use super::stats::{Direction, Stats};
 use crate::bayeux::{self, Client};
 use crate::config::{BinaryPolicy, Config, MqttConfig, MqttProtocol};
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     mqtt_echoes: Option<Mutex<EchoFilter>>,
     /// Replay extension and checkpoints, with `[replay] enabled`.
     pub(super) replay: Option<Arc<Replay>>,
+    /// The durable spool and its queues, with `[spool] enabled`.
+    pub(crate) spools: Option<Spools>,
     /// When the Bayeux → MQTT queue was full (for `session_expired` gaps).
     pub(crate) b2m_pressure: Pressure,
     /// Whether the bridge asks the broker for a session that outlives the connection
@@ -111,6 +114,7 @@ impl Shared {
         stats: Arc<Stats>,
         readiness: Arc<Readiness>,
         replay: Option<Arc<Replay>>,
+        spools: Option<Spools>,
     ) -> Shared {
         let v311 = config.mqtt.protocol == MqttProtocol::V311;
         Shared {
@@ -127,6 +131,7 @@ impl Shared {
             bayeux_echoes: Mutex::new(EchoFilter::new(ECHO_TTL)),
             mqtt_echoes: v311.then(|| Mutex::new(EchoFilter::new(ECHO_TTL))),
             replay,
+            spools,
             b2m_pressure: Pressure::default(),
             persistent_mqtt_session: AtomicBool::new(persistent(&config.mqtt)),
             mqtt_session: Mutex::default(),

@@ -20,13 +20,22 @@ use tracing::{debug, trace, warn};
 
 use super::mapping::Route;
 use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
+use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
-use super::{Shared, Slot};
+use super::{Shared, Slot, qos_of};
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::MqttHandle;
-use settlement::{Pending, Settlement, redeliver_after_restart, release_ticket};
+pub(crate) use settlement::{Pending, Settlement};
+use settlement::{redeliver_after_restart, release_ticket};
 
 mod settlement;
+
+/// Where taken messages go: straight to the broker, or with `[spool]` into the spool (its
+/// delivery task publishes them, `super::spooled::b2m`).
+struct Outputs {
+    settlement: Settlement,
+    intake: Option<Intake>,
+}
 
 /// A change to the set of routes the pipeline reads (live reload).
 pub(super) enum Control {
@@ -88,7 +97,13 @@ pub(super) async fn run(
     let mut mqtt = mqtt;
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
-    let settlement = Settlement::start(Arc::clone(&shared));
+    let out = Outputs {
+        settlement: Settlement::start(Arc::clone(&shared)),
+        intake: shared
+            .spools
+            .is_some()
+            .then(|| Intake::start(Arc::clone(&shared), Direction::BayeuxToMqtt).0),
+    };
     for (key, route, subscription) in routes {
         add(&mut deliveries, &mut live, key, route, subscription);
     }
@@ -128,7 +143,7 @@ pub(super) async fn run(
                 },
             }
         };
-        take(&shared, &mqtt, &live, key, message, permit, &settlement).await;
+        take(&shared, &mqtt, &live, key, message, permit, &out).await;
         // While messages are already waiting and permits are free, take them without the
         // selects above (setting up their futures costs more than the message), stopping at
         // any control change so that a pause or removal applies before the next message.
@@ -143,7 +158,7 @@ pub(super) async fn run(
             let Some(Some((key, message))) = deliveries.next().now_or_never() else {
                 break;
             };
-            take(&shared, &mqtt, &live, key, message, permit, &settlement).await;
+            take(&shared, &mqtt, &live, key, message, permit, &out).await;
         }
     }
     // Stopped at the deadline: what the subscriptions still hold, and what the Bayeux client
@@ -182,7 +197,7 @@ async fn take(
     key: u64,
     message: Message,
     permit: OwnedSemaphorePermit,
-    settlement: &Settlement,
+    out: &Outputs,
 ) {
     let Some(route) = live.routes.get(&key) else {
         // Left over from a route a reload removed.
@@ -197,7 +212,7 @@ async fn take(
         return;
     };
     let slot = Slot::new(permit, &shared.b2m_in_flight);
-    forward(shared, mqtt, route, message, slot, settlement).await;
+    forward(shared, mqtt, route, message, slot, out).await;
 }
 
 /// Applies a control change; a resume also switches the pipeline to the new `mqtt` client.
@@ -274,7 +289,7 @@ async fn forward(
     route: &Route,
     mut message: Message,
     slot: Slot,
-    settlement: &Settlement,
+    out: &Outputs,
 ) {
     shared
         .stats
@@ -298,22 +313,28 @@ async fn forward(
         return;
     };
     let payload = bayeux_to_mqtt_payload(&mut message, route.payload);
-    // Only a topic the bridge also subscribes to can come back (MQTT 3.1.1 has no No Local).
-    if let Some(mut echoes) = shared.mqtt_echoes()
-        && shared
-            .routes()
-            .iter()
-            .any(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-    {
-        echoes.record(&topic, &payload, Instant::now());
+    if let Some(intake) = &out.intake {
+        trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
+        let entry = ToMqtt {
+            route: route.number(),
+            qos: qos_of(route.qos),
+            retain: route.retain,
+            topic,
+            payload,
+        };
+        intake.submit(vec![entry.encode()], OnDurable::Bayeux { slot, ticket });
+        return;
     }
+    record_mqtt_echo(shared, &topic, &payload);
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");
     let pending = Pending {
         slot,
         ticket,
         route: route.number(),
+        seq: None,
     };
-    if let Err((e, pending)) = settlement
+    if let Err((e, pending)) = out
+        .settlement
         .publish(mqtt, topic, payload, route, pending)
         .await
     {
@@ -328,6 +349,19 @@ async fn forward(
             &message.channel,
             &e.to_string(),
         );
+    }
+}
+
+/// Remembers an own publish to `topic` for echo suppression, when it can come back: only a
+/// topic the bridge also subscribes to can (MQTT 3.1.1 has no No Local).
+pub(crate) fn record_mqtt_echo(shared: &Shared, topic: &str, payload: &[u8]) {
+    if let Some(mut echoes) = shared.mqtt_echoes()
+        && shared
+            .routes()
+            .iter()
+            .any(|r| r.subscribes_mqtt() && r.matches_topic(topic))
+    {
+        echoes.record(topic, payload, Instant::now());
     }
 }
 

@@ -10,15 +10,17 @@ use crate::bridge::checkpoint::Ticket;
 use crate::bridge::mapping::Route;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot, qos_of};
-use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, outcome_channel};
+use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, QoS, outcome_channel};
 
 /// What a publish in flight holds until its outcome is recorded: its queue slot (released
 /// only then, so a drain that waits for every permit also waits for the checkpoints), its
 /// checkpoint ticket and its route.
-pub(super) struct Pending {
-    pub(super) slot: Slot,
-    pub(super) ticket: Option<Ticket>,
-    pub(super) route: usize,
+pub(crate) struct Pending {
+    pub(crate) slot: Slot,
+    pub(crate) ticket: Option<Ticket>,
+    pub(crate) route: usize,
+    /// With the spool: the entry it was read from, removed once the broker acknowledged it.
+    pub(crate) seq: Option<u64>,
 }
 
 /// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
@@ -61,7 +63,7 @@ impl<T> Ledger<T> {
 /// Publishes for the pipeline and records their outcomes on a task of its own, from one
 /// channel of tagged outcomes ([`MqttHandle::publish_tagged`]): no future, oneshot channel or
 /// task per message.
-pub(super) struct Settlement {
+pub(crate) struct Settlement {
     ledger: Arc<Mutex<Ledger<Pending>>>,
     outcomes: OutcomeSender,
 }
@@ -77,7 +79,7 @@ impl Settlement {
     /// Starts the recording task, in the current span. It ends once this is dropped and
     /// every publish made through it has its outcome, so a pipeline that stops does not cut
     /// short the messages still waiting (the drain waits for their queue permits).
-    pub(super) fn start(shared: Arc<Shared>) -> Settlement {
+    pub(crate) fn start(shared: Arc<Shared>) -> Settlement {
         let (outcomes, mut reports) = outcome_channel();
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let book = Arc::clone(&ledger);
@@ -111,9 +113,29 @@ impl Settlement {
         route: &Route,
         pending: Pending,
     ) -> Result<(), (MqttError, Option<Pending>)> {
-        let qos = qos_of(route.qos);
+        self.publish_message(
+            mqtt,
+            topic,
+            payload,
+            qos_of(route.qos),
+            route.retain,
+            pending,
+        )
+        .await
+    }
+
+    /// [`Settlement::publish`] with the QoS and retain flag given.
+    pub(crate) async fn publish_message(
+        &self,
+        mqtt: &MqttHandle,
+        topic: String,
+        payload: bytes::Bytes,
+        qos: QoS,
+        retain: bool,
+        pending: Pending,
+    ) -> Result<(), (MqttError, Option<Pending>)> {
         let tag = lock(&self.ledger).insert(pending);
-        mqtt.publish_tagged(topic, payload, qos, route.retain, tag, &self.outcomes)
+        mqtt.publish_tagged(topic, payload, qos, retain, tag, &self.outcomes)
             .await
             .map_err(|e| (e, lock(&self.ledger).take(tag)))
     }
@@ -125,15 +147,30 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
         slot,
         ticket,
         route,
+        seq,
     } = pending;
+    let spooled = seq.zip(shared.spools.as_ref());
     match &outcome.result {
         Ok(()) => {
             if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
                 replay.ack(ticket);
             }
+            if let Some((seq, spools)) = spooled {
+                spools.b2m.remove(seq);
+            }
             shared.stats.forwarded(Direction::BayeuxToMqtt, route);
         }
+        // With the spool, a publish the client gave back unacknowledged (it was stopped:
+        // replaced by a reload, or shutdown) stays there and is sent again.
+        Err(e) if redeliver_after_restart(e) && spooled.is_some() => {
+            if let Some((seq, spools)) = spooled {
+                spools.b2m_rewind.request(seq);
+            }
+        }
         Err(e) => {
+            if let Some((seq, spools)) = spooled {
+                spools.b2m.remove(seq);
+            }
             shared.count_publish_error("mqtt", e.reason());
             release_ticket(shared, ticket, redeliver_after_restart(e));
             shared.drop_message(

@@ -1,0 +1,162 @@
+//! Bayeux → MQTT delivery from the spool: entries in order, at most `bridge.queue_capacity`
+//! publishes in flight; an entry leaves the spool once the broker acknowledged it (or refused
+//! it for good). See the parent module.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, trace, warn};
+
+use super::ToMqtt;
+use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
+use crate::bridge::stats::Direction;
+use crate::bridge::{Shared, Slot};
+use crate::mqtt::MqttError;
+
+/// Entries read from the spool at once, at most.
+const READ_BATCH: usize = 256;
+
+/// How long a rewind waits before reading again, so that removals of entries acknowledged
+/// just before are committed (the spool commits them within `spool::REMOVE_DELAY`) and not
+/// read, and sent, again.
+const REWIND_SETTLE: Duration = Duration::from_millis(120);
+
+/// Delivers until `stop` turns true; publishes in flight then finish on their own (the
+/// drain waits for them up to its deadline; those that fail stay in the spool).
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(spools) = shared.spools.as_ref() else {
+        return;
+    };
+    let queue = spools.b2m.clone();
+    let mut paused = spools.b2m_paused.subscribe();
+    let settlement = Settlement::start(Arc::clone(&shared));
+    let mut cursor = 0u64;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if *paused.borrow() {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = paused.wait_for(|p| !*p) => continue,
+            }
+        }
+        if let Some(seq) = spools.b2m_rewind.take() {
+            debug!(
+                from = seq,
+                "Reading the spool again from an entry the MQTT client gave back."
+            );
+            tokio::time::sleep(REWIND_SETTLE).await;
+            cursor = cursor.min(seq);
+        }
+        // Before reading: what is appended after the read is not missed.
+        let changed = queue.changed();
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                permit = permits.acquire() => drop(permit),
+                () = spools.b2m_rewind.requested() => {}
+            }
+            continue;
+        }
+        let entries = match queue.read_from(cursor, free.min(READ_BATCH)) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "Could not read the Bayeux → MQTT spool; trying again.");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if entries.is_empty() {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = paused.wait_for(|p| *p) => {}
+                () = changed => {}
+                () = spools.b2m_rewind.requested() => {}
+            }
+            continue;
+        }
+        for entry in entries {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            cursor = entry.seq + 1;
+            let message = match ToMqtt::decode(&entry.data) {
+                Ok(message) => message,
+                Err(reason) => {
+                    queue.remove(entry.seq);
+                    shared.drop_message(
+                        Direction::BayeuxToMqtt,
+                        "spool_entry_damaged",
+                        0,
+                        &format!("spool entry {}", entry.seq),
+                        reason,
+                    );
+                    continue;
+                }
+            };
+            record_mqtt_echo(&shared, &message.topic, &message.payload);
+            trace!(topic = %message.topic, seq = entry.seq, "Forwarding to MQTT from the spool.");
+            let pending = Pending {
+                slot: Slot::new(permit, &shared.b2m_in_flight),
+                ticket: None,
+                route: message.route,
+                seq: Some(entry.seq),
+            };
+            let mqtt = shared.mqtt();
+            let ToMqtt {
+                route,
+                qos,
+                retain,
+                topic,
+                payload,
+            } = message;
+            if let Err((e, _)) = settlement
+                .publish_message(&mqtt, topic.clone(), payload, qos, retain, pending)
+                .await
+            {
+                refused(&shared, &queue, &e, entry.seq, route, &topic);
+                if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
+                    // The client was stopped (a reload replaced it, or shutdown): read again
+                    // from here through the current one.
+                    cursor = entry.seq;
+                    break;
+                }
+            }
+        }
+    }
+    debug!("Bayeux → MQTT delivery from the spool stopped.");
+}
+
+/// A publish the MQTT client refused at once: too large or an invalid topic (dropped,
+/// counted, removed from the spool), or the client stopped (kept for the next try).
+fn refused(
+    shared: &Shared,
+    queue: &crate::spool::Queue,
+    e: &MqttError,
+    seq: u64,
+    route: usize,
+    topic: &str,
+) {
+    if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
+        return;
+    }
+    warn!(%topic, error = %e, "MQTT refused the publish.");
+    shared.count_publish_error("mqtt", e.reason());
+    queue.remove(seq);
+    shared.drop_message(
+        Direction::BayeuxToMqtt,
+        e.reason(),
+        route,
+        topic,
+        &e.to_string(),
+    );
+}

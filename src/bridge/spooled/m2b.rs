@@ -1,0 +1,138 @@
+//! MQTT → Bayeux delivery from the spool: entries in order, at most `bridge.queue_capacity`
+//! publishes awaiting a verdict; an entry leaves the spool once the Bayeux server accepted it
+//! (or refused it for good). Failed requests are retried with backoff as without the spool.
+//! See the parent module.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, trace, warn};
+
+use super::ToBayeux;
+use crate::bayeux::PublishError;
+use crate::bridge::m2b::{Pending, echoes_back, settle};
+use crate::bridge::payload::echo_fingerprint;
+use crate::bridge::settling::Settler;
+use crate::bridge::stats::Direction;
+use crate::bridge::{Shared, Slot};
+
+/// Entries read from the spool at once, at most.
+const READ_BATCH: usize = 256;
+
+/// Delivers until `stop` turns true; verdicts still awaited then are awaited by the settling
+/// task (what gets none stays in the spool).
+pub(crate) async fn deliver(
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(spools) = shared.spools.as_ref() else {
+        return;
+    };
+    let queue = spools.m2b.clone();
+    let settler = Settler::start();
+    let mut cursor = 0u64;
+    'reading: loop {
+        if *stop.borrow() {
+            break;
+        }
+        let changed = queue.changed();
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                permit = permits.acquire() => drop(permit),
+            }
+            continue;
+        }
+        let entries = match queue.read_from(cursor, free.min(READ_BATCH)) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "Could not read the MQTT → Bayeux spool; trying again.");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if entries.is_empty() {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                () = changed => {}
+            }
+            continue;
+        }
+        for entry in entries {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let seq = entry.seq;
+            cursor = seq + 1;
+            let message = match ToBayeux::decode(&entry.data) {
+                Ok(message) => message,
+                Err(reason) => {
+                    queue.remove(seq);
+                    shared.drop_message(
+                        Direction::MqttToBayeux,
+                        "spool_entry_damaged",
+                        0,
+                        &format!("spool entry {seq}"),
+                        reason,
+                    );
+                    continue;
+                }
+            };
+            let ToBayeux {
+                route,
+                channel,
+                topic,
+                data,
+            } = message;
+            // Recorded now, not when it was spooled: the echo comes back after this publish.
+            if echoes_back(&shared.routes(), &channel) {
+                shared
+                    .bayeux_echoes()
+                    .record(&channel, &echo_fingerprint(&data), Instant::now());
+            }
+            trace!(%topic, %channel, seq, "Forwarding to Bayeux from the spool.");
+            let json = data.json().as_bytes().to_vec();
+            let verdict = match shared
+                .publisher()
+                .publish_queued(&channel, data, None)
+                .await
+            {
+                Ok(verdict) => verdict,
+                // Shutting down: it stays in the spool.
+                Err(PublishError::Closed) if *stop.borrow() => break 'reading,
+                Err(e) => {
+                    queue.remove(seq);
+                    shared.drop_message(
+                        Direction::MqttToBayeux,
+                        "invalid_channel",
+                        route,
+                        &channel,
+                        &e.to_string(),
+                    );
+                    continue;
+                }
+            };
+            let slot = Slot::new(permit, &shared.m2b_in_flight);
+            let (shared, queue, stop) = (Arc::clone(&shared), queue.clone(), stop.clone());
+            settler.settle(async move {
+                let _slot = slot;
+                let pending = Pending {
+                    route,
+                    channel,
+                    verdict,
+                };
+                // The data is JSON text, so "the payload" it is made from again on a retry
+                // is that text.
+                if settle(&shared, pending, &json, stop).await {
+                    queue.remove(seq);
+                }
+            });
+        }
+    }
+    debug!("MQTT → Bayeux delivery from the spool stopped.");
+}

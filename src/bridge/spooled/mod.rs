@@ -1,0 +1,321 @@
+//! The durable spool in the pipelines (`[spool] enabled`).
+//!
+//! With the spool, each direction is cut in two at the disk:
+//!
+//! 1. **Intake.** The pipeline's reading loop (`b2m::run`, `m2b::run`) turns each message
+//!    into its final form (an MQTT publish: route, QoS, retain, topic, payload; a Bayeux
+//!    publish: route, channel, data) and hands it to the direction's [`Intake`], holding its
+//!    queue slot. The intake task takes every message waiting and appends them to the
+//!    direction's spool queue in one commit (group commit, fsync); only then is the source
+//!    told: the MQTT message is acknowledged to the broker, the Bayeux event's replay
+//!    checkpoint may advance, and the slot is free again. The reading loop therefore keeps
+//!    reading while the destination is down, as long as the disk keeps up and the spool has
+//!    room: the Bayeux session keeps polling (so the server never expires it because of us)
+//!    and the broker's per-client queue never fills.
+//! 2. **Delivery.** One task per direction ([`b2m::deliver`], [`m2b::deliver`]) reads the
+//!    queue in order from its cursor and publishes with at most `bridge.queue_capacity`
+//!    messages in flight. An entry leaves the spool only once the destination acknowledged
+//!    it (broker PUBACK/PUBCOMP, Bayeux `successful: true`) or refused it for good (then it
+//!    is dropped and counted, as without the spool). Messages go out in spool order, which
+//!    is the order they were received in, so order per route holds across restarts.
+//!
+//! A full spool (`spool.max_bytes`) back-pressures: the intake waits for room, the reading
+//! loop runs out of slots and stops reading that side, exactly as without the spool; a
+//! Bayeux session that then expires is reported as a `session_expired` gap.
+//!
+//! After a restart the delivery tasks start from the first entry left in the queue: what was
+//! durable and not acknowledged goes out again (duplicates only for what was in flight).
+
+pub(super) mod b2m;
+pub(super) mod m2b;
+mod record;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub(super) use record::{ToBayeux, ToMqtt};
+
+use super::Shared;
+use super::Slot;
+use super::checkpoint::Ticket;
+use super::stats::Direction;
+use crate::config::SpoolConfig;
+use crate::mqtt::{AckToken, MqttHandle};
+use crate::spool::{Queue, Spool, SpoolError};
+
+/// The queue names in `spool.dir` (files `<name>.redb`).
+pub(super) const B2M_QUEUE: &str = "bayeux_to_mqtt";
+/// See [`B2M_QUEUE`].
+pub(super) const M2B_QUEUE: &str = "mqtt_to_bayeux";
+
+/// How long a failed spool write waits before it is tried again (a disk error: full disk,
+/// I/O error). The messages keep their slots meanwhile, so the source is back-pressured.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+/// Most messages one intake commit takes.
+const INTAKE_BATCH: usize = 1024;
+
+/// The spool and its two queues, with what the delivery tasks share with the rest.
+pub(crate) struct Spools {
+    pub(super) spool: Spool,
+    pub(super) b2m: Queue,
+    pub(super) m2b: Queue,
+    /// Bayeux → MQTT delivery paused (a reload is replacing the MQTT client).
+    pub(super) b2m_paused: watch::Sender<bool>,
+    /// Where a delivery task must go back to after publishes failed without a verdict
+    /// (the MQTT client they went to was replaced): the smallest such sequence number.
+    pub(super) b2m_rewind: Rewind,
+}
+
+impl Spools {
+    /// Opens the spool and its two queues (blocking: each queue's file is checked whole).
+    pub(super) fn open(config: &SpoolConfig) -> Result<Spools, SpoolError> {
+        let spool = Spool::open(&config.dir, config.max_bytes)?;
+        let b2m = spool.queue(B2M_QUEUE)?;
+        let m2b = spool.queue(M2B_QUEUE)?;
+        for (direction, queue) in [
+            (Direction::BayeuxToMqtt, &b2m),
+            (Direction::MqttToBayeux, &m2b),
+        ] {
+            let stats = queue.stats();
+            if stats.entries > 0 {
+                info!(%direction, entries = stats.entries, bytes = stats.bytes, file = %queue.file().display(),
+                    "Spooled messages from before the restart will be delivered first.");
+            }
+        }
+        Ok(Spools {
+            spool,
+            b2m,
+            m2b,
+            b2m_paused: watch::channel(false).0,
+            b2m_rewind: Rewind::default(),
+        })
+    }
+
+    /// The queue of `direction`.
+    pub(super) fn queue(&self, direction: Direction) -> &Queue {
+        match direction {
+            Direction::BayeuxToMqtt => &self.b2m,
+            Direction::MqttToBayeux => &self.m2b,
+        }
+    }
+
+    /// Commits pending removals and closes both queues.
+    pub(super) async fn close(&self) {
+        self.b2m.close().await;
+        self.m2b.close().await;
+    }
+}
+
+/// Opens the spool of `config` on tokio's blocking pool (opening checks each file whole).
+pub(super) async fn open(config: &SpoolConfig) -> Result<Spools, SpoolError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || Spools::open(&config))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SpoolError::Io {
+                file: PathBuf::new(),
+                source: std::io::Error::other(format!("the spool could not be opened: {e}")),
+            })
+        })
+}
+
+/// Logs what stays in the spool at shutdown, for the next start.
+pub(super) fn log_left(spools: &Spools) {
+    for direction in [Direction::BayeuxToMqtt, Direction::MqttToBayeux] {
+        let stats = spools.queue(direction).stats();
+        if stats.entries > 0 {
+            info!(%direction, entries = stats.entries, bytes = stats.bytes,
+                "Messages left in the spool; they are delivered after the restart.");
+        }
+    }
+}
+
+/// The two delivery tasks and how to stop them.
+pub(crate) struct Delivery {
+    pub(super) b2m: JoinHandle<()>,
+    pub(super) m2b: JoinHandle<()>,
+    pub(super) stop_b2m: watch::Sender<bool>,
+    pub(super) stop_m2b: watch::Sender<bool>,
+    pub(super) b2m_permits: Arc<Semaphore>,
+    pub(super) m2b_permits: Arc<Semaphore>,
+}
+
+impl Delivery {
+    /// Starts delivering from the spool, with `capacity` messages in flight per direction,
+    /// when the bridge has one.
+    pub(super) fn start(shared: &Arc<Shared>, capacity: usize) -> Option<Delivery> {
+        shared.spools.as_ref()?;
+        let (stop_b2m, b2m_stopped) = watch::channel(false);
+        let (stop_m2b, m2b_stopped) = watch::channel(false);
+        let b2m_permits = Arc::new(Semaphore::new(capacity));
+        let m2b_permits = Arc::new(Semaphore::new(capacity));
+        let b2m = tokio::spawn(
+            b2m::deliver(Arc::clone(shared), Arc::clone(&b2m_permits), b2m_stopped)
+                .instrument(info_span!("bayeux_to_mqtt", from = "spool")),
+        );
+        let m2b = tokio::spawn(
+            m2b::deliver(Arc::clone(shared), Arc::clone(&m2b_permits), m2b_stopped)
+                .instrument(info_span!("mqtt_to_bayeux", from = "spool")),
+        );
+        Some(Delivery {
+            b2m,
+            m2b,
+            stop_b2m,
+            stop_m2b,
+            b2m_permits,
+            m2b_permits,
+        })
+    }
+}
+
+/// A request to read a queue again from an earlier entry.
+#[derive(Default)]
+pub(crate) struct Rewind {
+    to: std::sync::Mutex<Option<u64>>,
+    notify: Notify,
+}
+
+impl Rewind {
+    /// Asks the delivery task to read again from `seq` (or earlier, if asked so already).
+    pub(super) fn request(&self, seq: u64) {
+        let mut to = self.to.lock().unwrap_or_else(|p| p.into_inner());
+        *to = Some(to.map_or(seq, |t| t.min(seq)));
+        drop(to);
+        self.notify.notify_one();
+    }
+
+    /// The pending request, if any.
+    pub(super) fn take(&self) -> Option<u64> {
+        self.to.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Resolves at the next request (or at once if one came since the last `take`).
+    pub(super) async fn requested(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// What is done with a message once it is durable in the spool.
+pub(super) enum OnDurable {
+    /// Bayeux → MQTT: the replay checkpoint may pass the event; its slot is free.
+    Bayeux { slot: Slot, ticket: Option<Ticket> },
+    /// MQTT → Bayeux: the broker gets its acknowledgement; the slot is free.
+    Mqtt {
+        slot: Slot,
+        token: AckToken,
+        mqtt: MqttHandle,
+    },
+}
+
+impl OnDurable {
+    fn done(self, shared: &Shared) {
+        match self {
+            OnDurable::Bayeux { slot, ticket } => {
+                if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
+                    replay.ack(ticket);
+                }
+                drop(slot);
+            }
+            OnDurable::Mqtt { slot, token, mqtt } => {
+                mqtt.ack(token);
+                drop(slot);
+            }
+        }
+    }
+}
+
+/// One message for the intake: its entries (one per destination) and what to do once they
+/// are durable.
+type Item = (Vec<Bytes>, OnDurable);
+
+/// Where a pipeline hands messages to be made durable; see the module docs.
+pub(super) struct Intake {
+    tx: mpsc::UnboundedSender<Item>,
+}
+
+impl Intake {
+    /// Starts the intake task of `direction`, in the current span. It ends once every
+    /// `Intake` is dropped and what was handed over is durable (or the queue was closed).
+    pub(super) fn start(shared: Arc<Shared>, direction: Direction) -> (Intake, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_intake(shared, direction, rx).in_current_span());
+        (Intake { tx }, task)
+    }
+
+    /// Hands over one message. Unbounded here: the caller's slots bound it.
+    pub(super) fn submit(&self, entries: Vec<Bytes>, then: OnDurable) {
+        if self.tx.send((entries, then)).is_err() {
+            error!("Internal error: the spool intake stopped before its pipeline.");
+        }
+    }
+}
+
+async fn run_intake(
+    shared: Arc<Shared>,
+    direction: Direction,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) {
+    let Some(spools) = shared.spools.as_ref() else {
+        return;
+    };
+    let queue = spools.queue(direction).clone();
+    let full = AtomicBool::new(false);
+    let mut items: Vec<Item> = Vec::new();
+    // What arrives while a batch is committed waits in the channel and forms the next one.
+    while rx.recv_many(&mut items, INTAKE_BATCH).await > 0 {
+        let entries: Vec<Bytes> = items
+            .iter()
+            .flat_map(|(entries, _)| entries.iter().cloned())
+            .collect();
+        if !append(&queue, entries, direction, &full).await {
+            // Closed at shutdown: nothing becomes durable; the sources keep the messages
+            // (MQTT: unacknowledged, redelivered; Bayeux: counted as abandoned).
+            return;
+        }
+        for (_, then) in items.drain(..) {
+            then.done(&shared);
+        }
+    }
+}
+
+/// Appends until it succeeds; `false` once the queue is closed.
+async fn append(
+    queue: &Queue,
+    entries: Vec<Bytes>,
+    direction: Direction,
+    full: &AtomicBool,
+) -> bool {
+    loop {
+        // Created before the attempt, so that room freed meanwhile is not missed.
+        let changed = queue.changed();
+        match queue.append(entries.clone()).await {
+            Ok(_) => {
+                if full.swap(false, Ordering::Relaxed) {
+                    info!(%direction, "The spool has room again; taking messages.");
+                }
+                return true;
+            }
+            Err(SpoolError::Full { needed, used, max }) => {
+                if !full.swap(true, Ordering::Relaxed) {
+                    warn!(%direction, needed, used, max,
+                        "The spool is full; not taking more messages from this side until deliveries free room (back-pressure).");
+                }
+                changed.await;
+            }
+            Err(SpoolError::Closed) => return false,
+            Err(e) => {
+                error!(%direction, error = %e, retry_in = ?WRITE_RETRY,
+                    "Could not write to the spool; not taking more messages from this side meanwhile.");
+                tokio::time::sleep(WRITE_RETRY).await;
+            }
+        }
+    }
+}

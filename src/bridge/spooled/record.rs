@@ -1,0 +1,211 @@
+//! What a spool entry holds: a message in its final form, so that delivery after a restart
+//! needs no route lookup (a route changed by a reload or a restart meanwhile does not change
+//! where a spooled message goes).
+//!
+//! Layout, all integers little-endian: a version byte ([`VERSION`]), then
+//! - Bayeux → MQTT ([`ToMqtt`]): route `u32`, QoS `u8`, retain `u8`, topic length `u32`,
+//!   topic (UTF-8), payload (the rest);
+//! - MQTT → Bayeux ([`ToBayeux`]): route `u32`, channel length `u32`, channel, source topic
+//!   length `u32`, source topic (for logs), data (JSON text, the rest).
+//!
+//! Decoding never panics: a short or malformed entry is an error naming what is wrong, and
+//! the caller drops it and counts it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::bayeux::Data;
+use crate::mqtt::QoS;
+
+/// The entry layout version.
+pub(super) const VERSION: u8 = 1;
+
+/// A Bayeux → MQTT message as it will be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToMqtt {
+    pub(crate) route: usize,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+}
+
+/// An MQTT → Bayeux message as it will be published.
+#[derive(Debug, Clone)]
+pub(crate) struct ToBayeux {
+    pub(crate) route: usize,
+    pub(crate) channel: String,
+    /// The MQTT topic it came from, for logs.
+    pub(crate) topic: String,
+    pub(crate) data: Data,
+}
+
+impl ToMqtt {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(11 + self.topic.len() + self.payload.len());
+        out.put_u8(VERSION);
+        out.put_u32_le(route_u32(self.route));
+        out.put_u8(self.qos.as_u8());
+        out.put_u8(u8::from(self.retain));
+        put_str(&mut out, &self.topic);
+        out.put_slice(&self.payload);
+        out.freeze()
+    }
+
+    pub(crate) fn decode(entry: &Bytes) -> Result<ToMqtt, &'static str> {
+        let mut r = Reader::new(entry)?;
+        let route = r.u32()? as usize;
+        let qos = match r.u8()? {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            _ => return Err("QoS out of range"),
+        };
+        let retain = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err("retain flag out of range"),
+        };
+        let topic = r.string()?;
+        Ok(ToMqtt {
+            route,
+            qos,
+            retain,
+            topic,
+            payload: entry.slice(r.at..),
+        })
+    }
+}
+
+impl ToBayeux {
+    pub(crate) fn encode(&self) -> Bytes {
+        let json = self.data.json();
+        let mut out =
+            BytesMut::with_capacity(13 + self.channel.len() + self.topic.len() + json.len());
+        out.put_u8(VERSION);
+        out.put_u32_le(route_u32(self.route));
+        put_str(&mut out, &self.channel);
+        put_str(&mut out, &self.topic);
+        out.put_slice(json.as_bytes());
+        out.freeze()
+    }
+
+    pub(crate) fn decode(entry: &Bytes) -> Result<ToBayeux, &'static str> {
+        let mut r = Reader::new(entry)?;
+        let route = r.u32()? as usize;
+        let channel = r.string()?;
+        let topic = r.string()?;
+        let json = std::str::from_utf8(&entry[r.at..]).map_err(|_| "data is not UTF-8")?;
+        let data = Data::from_json(json).map_err(|_| "data is not JSON")?;
+        Ok(ToBayeux {
+            route,
+            channel,
+            topic,
+            data,
+        })
+    }
+}
+
+fn route_u32(route: usize) -> u32 {
+    u32::try_from(route).unwrap_or(u32::MAX)
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    // Topics and channels are far below 4 GiB (packet and body limits).
+    out.put_u32_le(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    out.put_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, &'static str> {
+        let mut r = Reader { bytes, at: 0 };
+        match r.u8()? {
+            VERSION => Ok(r),
+            _ => Err("unknown entry version"),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(n).ok_or("length overflow")?;
+        let slice = self.bytes.get(self.at..end).ok_or("entry cut short")?;
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn string(&mut self) -> Result<String, &'static str> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "name is not UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_entries_round_trip_and_damaged_ones_are_errors() {
+        let message = ToMqtt {
+            route: 7,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "a/b".to_owned(),
+            payload: Bytes::from_static(b"{\"id\":1}"),
+        };
+        let entry = message.encode();
+        assert_eq!(ToMqtt::decode(&entry), Ok(message));
+        for cut in 0..entry.len() - 8 {
+            assert!(ToMqtt::decode(&entry.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut bad = entry.to_vec();
+        bad[0] = 9;
+        assert_eq!(
+            ToMqtt::decode(&Bytes::from(bad)),
+            Err("unknown entry version")
+        );
+        let mut huge = entry.to_vec();
+        huge[7..11].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ToMqtt::decode(&Bytes::from(huge)).is_err());
+    }
+
+    #[test]
+    fn bayeux_entries_round_trip_and_damaged_ones_are_errors() {
+        let message = ToBayeux {
+            route: 2,
+            channel: "/c/d".to_owned(),
+            topic: "c/d".to_owned(),
+            data: Data::from_json(r#"{"x": [1, 2]}"#).unwrap_or_else(|e| panic!("{e}")),
+        };
+        let entry = message.encode();
+        let back = ToBayeux::decode(&entry).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                back.route,
+                back.channel.as_str(),
+                back.topic.as_str(),
+                back.data.json()
+            ),
+            (2, "/c/d", "c/d", r#"{"x": [1, 2]}"#)
+        );
+        for cut in 0..entry.len() {
+            let _ = ToBayeux::decode(&entry.slice(..cut));
+        }
+        assert_eq!(
+            ToBayeux::decode(&entry.slice(..entry.len() - 1)).err(),
+            Some("data is not JSON")
+        );
+    }
+}

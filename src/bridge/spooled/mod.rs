@@ -38,7 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub(super) use record::{ToBayeux, ToMqtt};
 
@@ -280,6 +280,8 @@ async fn run_intake(
             // (MQTT: unacknowledged, redelivered; Bayeux: counted as abandoned).
             return;
         }
+        // Tests and operators following a backlog wait for this line.
+        debug!(%direction, messages = items.len(), "Spooled.");
         for (_, then) in items.drain(..) {
             then.done(&shared);
         }

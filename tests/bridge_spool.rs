@@ -14,6 +14,9 @@
 //! - A damaged spool file stops the start with the file and the recovery command.
 //! - A full spool back-pressures, and the Bayeux session that then expires is a reported gap.
 //!
+//! The Bayeux → MQTT outage is a blackhole (no FIN, no RST; bytes vanish), as a dead network
+//! path is; the others close and refuse connections.
+//!
 //! Synchronisation is by events: the bridge's JSON log lines (the intake's `Spooled.` line
 //! after each commit says how many messages became durable), the test clients' deliveries
 //! and the CometD server's `session expired:` line.
@@ -69,20 +72,26 @@ impl Setup<'_> {
 }
 
 fn route(bayeux: &str, mqtt: &str, direction: &str) -> String {
-    format!("[[route]]\nbayeux = \"{bayeux}\"\nmqtt = \"{mqtt}\"\ndirection = \"{direction}\"\nqos = 1\n\n")
+    format!(
+        "[[route]]\nbayeux = \"{bayeux}\"\nmqtt = \"{mqtt}\"\ndirection = \"{direction}\"\nqos = 1\n\n"
+    )
 }
 
 /// Waits until the bridge made `n` messages of `direction` durable (its `Spooled.` lines).
 async fn wait_spooled(bridge: &BridgeProcess, direction: &str, n: u64) {
     bridge
-        .wait_until(&format!("{n} {direction} messages spooled"), WAIT, |lines| {
-            lines
-                .iter()
-                .filter(|l| l.is("Spooled.") && l.str_field("direction") == Some(direction))
-                .filter_map(|l| l.u64_field("messages"))
-                .sum::<u64>()
-                >= n
-        })
+        .wait_until(
+            &format!("{n} {direction} messages spooled"),
+            WAIT,
+            |lines| {
+                lines
+                    .iter()
+                    .filter(|l| l.is("Spooled.") && l.str_field("direction") == Some(direction))
+                    .filter_map(|l| l.u64_field("messages"))
+                    .sum::<u64>()
+                    >= n
+            },
+        )
         .await;
 }
 
@@ -148,7 +157,9 @@ async fn bayeux_to_mqtt_loses_nothing_when_the_broker_is_away_longer_than_the_ba
     bridge.wait_for_log("Bridge ready.", WAIT).await;
     let publisher = BayeuxPeer::publisher(&server.url(), WAIT);
 
-    gate.close();
+    // The broker's path goes dead without a FIN or RST: the bridge finds out only by its
+    // keep-alive, and what it writes meanwhile is lost on the way.
+    gate.blackhole();
     // 300 messages over about 3 s, three times the session's lifetime without a poll and
     // 60 times the bridge's queue.
     for round in 0..30u64 {
@@ -172,7 +183,11 @@ async fn bayeux_to_mqtt_loses_nothing_when_the_broker_is_away_longer_than_the_ba
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status}; {}", bridge.tail(20));
     let totals = bridge.totals("bayeux_to_mqtt");
-    assert_eq!((totals.received, totals.forwarded), (300, 300), "{totals:?}");
+    assert_eq!(
+        (totals.received, totals.forwarded),
+        (300, 300),
+        "{totals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +348,9 @@ async fn a_full_spool_back_pressures_and_the_expired_session_is_a_reported_gap()
     // 100 messages of 20 kB: twice the spool's 1 MiB.
     let pad = "x".repeat(20_000);
     for id in 0..100u64 {
-        publisher.publish("/sf/x", json!({ "id": id, "pad": pad })).await;
+        publisher
+            .publish("/sf/x", json!({ "id": id, "pad": pad }))
+            .await;
     }
     bridge
         .wait_for_log(
@@ -348,7 +365,12 @@ async fn a_full_spool_back_pressures_and_the_expired_session_is_a_reported_gap()
             l.is("Possible message loss.") && l.str_field("kind") == Some("session_expired")
         })
         .await;
-    assert_eq!(gap.str_field("direction"), Some("bayeux_to_mqtt"), "{}", gap.raw);
+    assert_eq!(
+        gap.str_field("direction"),
+        Some("bayeux_to_mqtt"),
+        "{}",
+        gap.raw
+    );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status}; {}", bridge.tail(20));
 }

@@ -10,12 +10,13 @@
 //!
 //! - [`Gate::open`] (the start mode): forwards bytes both ways.
 //! - [`Gate::blackhole`]: a dead network path. Connections stay open but nothing passes:
-//!   bytes read from either side are discarded (counted in [`Stats::discarded`]), nothing is
-//!   written, no FIN, no RST. New connections are accepted and held the same way; the target
-//!   hears of them only once the gate opens again. A peer finds out only through its own
-//!   timeouts and keep-alives. A side that closes meanwhile is closed towards the other side
-//!   only when the gate opens again. Discarded bytes are lost for good, so a connection that
-//!   lived through a blackhole carries a hole in its byte stream afterwards.
+//!   the gate reads and writes nothing, no FIN, no RST. What the peers send waits in the
+//!   kernel's buffers and then in theirs, as it waits for TCP's retransmissions on a dead
+//!   path, and arrives once the gate opens again (a path that comes back before TCP gives
+//!   up); follow with [`Gate::close`] or [`Gate::refuse`] for one that does not. New
+//!   connections are accepted and held the same way; the target hears of them only once the
+//!   gate opens again. A peer finds out only through its own timeouts and keep-alives.
+//!   ([`Stats::discarded`] stays 0; it is kept for the counters' shape.)
 //! - [`Gate::refuse`]: nothing listens. The listening socket is closed at once, so new
 //!   connections fail with `ECONNREFUSED`, and open connections are reset (RST) on both
 //!   sides. Any other mode binds the same port again.
@@ -379,23 +380,14 @@ impl Connection {
         // Otherwise dropping both streams closes them with a FIN.
     }
 
-    /// Reads and discards from `client` until the mode changes; false if the client closed
-    /// (or failed) meanwhile.
+    /// Waits, reading nothing from `client`, until the mode changes; false if the gate is
+    /// gone.
     async fn discard_until_change(
         &self,
-        client: &mut TcpStream,
+        _client: &mut TcpStream,
         mode: &mut watch::Receiver<Mode>,
     ) -> bool {
-        let mut buf = vec![0; BUFFER];
-        loop {
-            tokio::select! {
-                read = client.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => self.count(|s| s.discarded += n as u64),
-                },
-                _ = mode.changed() => return true,
-            }
-        }
+        mode.changed().await.is_ok()
     }
 
     /// Copies `from` → `to` as the mode says, until `from` ends (then shuts `to` down for
@@ -416,22 +408,10 @@ impl Connection {
             let current = *mode.borrow_and_update();
             match current {
                 Mode::Refuse | Mode::Close => return Ok(()), // The caller ends the connection.
-                Mode::Blackhole => {
-                    self.count(|s| s.discarded += (end - start) as u64);
-                    (start, end) = (0, 0);
-                    if !from_open {
-                        mode.changed().await.map_err(|_| ())?;
-                        continue;
-                    }
-                    tokio::select! {
-                        // A side that closes or fails is not told to the other side yet.
-                        read = from.read(&mut buf) => match read {
-                            Ok(0) | Err(_) => from_open = false,
-                            Ok(n) => self.count(|s| s.discarded += n as u64),
-                        },
-                        _ = mode.changed() => {}
-                    }
-                }
+                // Nothing is read or written: what the peers send waits in the kernel's
+                // buffers (and then in the senders'), as it waits for TCP's retransmissions
+                // on a dead path, and goes on once the gate opens again.
+                Mode::Blackhole => mode.changed().await.map_err(|_| ())?,
                 Mode::Open | Mode::SlowDrip(_) if start < end => {
                     let rate = match current {
                         Mode::SlowDrip(rate) => Some(rate),

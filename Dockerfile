@@ -32,8 +32,8 @@ COPY --from=build /src/target/release/bayeux-mqtt-bridge /usr/local/bin/bayeux-m
 # distroless's `nonroot` user. A mounted secret file (mqtt.password_file, bayeux.token_file)
 # must be readable by this uid.
 USER 65532:65532
-# `[replay] state_dir`: the replay checkpoints. Mount a volume here to keep them across
-# container replacements.
+# `[replay] state_dir` (the replay checkpoints) and `[spool] dir` (spool/ below it). Mount a
+# volume here to keep them across container replacements.
 COPY --from=build --chown=65532:65532 /state/bayeux-mqtt-bridge /var/lib/bayeux-mqtt-bridge
 VOLUME ["/var/lib/bayeux-mqtt-bridge"]
 # The optional metrics and health listener (`[http] listen`).

@@ -45,6 +45,7 @@ const POLL: Duration = Duration::from_millis(50);
 const DEBUG_SPOOL: (&str, &str) = ("RUST_LOG", "info,bayeux_mqtt_bridge::bridge::spooled=debug");
 
 struct Setup<'a> {
+    spool: bool,
     url: String,
     broker_port: u16,
     client_id: &'a str,
@@ -60,7 +61,8 @@ impl Setup<'_> {
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"{id}\"\n\
              connect_timeout_secs = 2\nbackoff_increment_ms = 100\nbackoff_max_ms = 500\n\n\
              [bridge]\nqueue_capacity = 5\ndrain_timeout_secs = 3\n\n\
-             [spool]\nenabled = true\ndir = \"{dir}\"\nmax_bytes = {max}\n\n{routes}",
+             [spool]\nenabled = {spool}\ndir = \"{dir}\"\nmax_bytes = {max}\n\n{routes}",
+            spool = self.spool,
             url = self.url,
             port = self.broker_port,
             id = self.client_id,
@@ -139,6 +141,7 @@ async fn bayeux_to_mqtt_loses_nothing_when_the_broker_is_away_longer_than_the_ba
     let dir = TempDir::new("spool-b2m");
     let spool_dir = dir.path().join("spool");
     let setup = Setup {
+        spool: true,
         url: server.url(),
         broker_port: gate.port(),
         client_id: "spool-b2m",
@@ -198,6 +201,7 @@ async fn mqtt_to_bayeux_loses_nothing_when_the_bayeux_server_is_away_beyond_the_
     let dir = TempDir::new("spool-m2b");
     let spool_dir = dir.path().join("spool");
     let setup = Setup {
+        spool: true,
         url: format!("http://127.0.0.1:{}/cometd", gate.port()),
         broker_port: broker.port(),
         client_id: "spool-m2b",
@@ -250,6 +254,7 @@ async fn a_bridge_killed_while_the_broker_is_away_delivers_what_it_took_after_a_
     let dir = TempDir::new("spool-kill");
     let spool_dir = dir.path().join("spool");
     let setup = Setup {
+        spool: true,
         url: server.url(),
         broker_port: gate.port(),
         client_id: "spool-kill",
@@ -293,6 +298,7 @@ async fn a_damaged_spool_stops_the_start_naming_the_file_and_the_recovery_comman
     std::fs::write(&damaged, vec![0x5a; 64 * 1024]).unwrap_or_else(|e| panic!("{e}"));
     // Nothing listens on these ports: the start must fail before connecting anywhere.
     let setup = Setup {
+        spool: true,
         url: "http://127.0.0.1:9/cometd".to_owned(),
         broker_port: 9,
         client_id: "spool-damaged",
@@ -333,6 +339,7 @@ async fn a_full_spool_back_pressures_and_the_expired_session_is_a_reported_gap()
     let dir = TempDir::new("spool-full");
     let spool_dir = dir.path().join("spool");
     let setup = Setup {
+        spool: true,
         url: server.url(),
         broker_port: gate.port(),
         client_id: "spool-full",
@@ -370,6 +377,65 @@ async fn a_full_spool_back_pressures_and_the_expired_session_is_a_reported_gap()
         Some("bayeux_to_mqtt"),
         "{}",
         gap.raw
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "exit {status}; {}", bridge.tail(20));
+}
+
+/// Without the spool the same MQTT → Bayeux outage loses messages at the broker, which the
+/// bridge cannot see; it reports the span as a `broker_queue_at_risk` gap instead of staying
+/// silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_spool_a_bayeux_outage_beyond_the_broker_queue_is_a_reported_gap() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 50\n").await;
+    let gate = Gate::start(server.port()).await;
+    let dir = TempDir::new("nospool-m2b");
+    let spool_dir = dir.path().join("spool");
+    let setup = Setup {
+        spool: false,
+        url: format!("http://127.0.0.1:{}/cometd", gate.port()),
+        broker_port: broker.port(),
+        client_id: "nospool-m2b",
+        spool_dir: &spool_dir,
+        max_bytes: 64 << 20,
+        routes: &route("/nq/*", "nq/+", "mqtt_to_bayeux"),
+    };
+    let config = ConfigFile::new(&setup.toml());
+    let subscriber = BayeuxPeer::subscriber(&server.url(), "/nq/*", WAIT).await;
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "nospool-m2b-pub"), &[]).await;
+
+    gate.close();
+    for round in 0..30u64 {
+        publisher
+            .publish_ids("nq/x", round * 10..(round + 1) * 10)
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gate.open();
+    let gap = bridge
+        .wait_for_line("the broker_queue_at_risk gap", WAIT, |l| {
+            l.is("Possible message loss.") && l.str_field("kind") == Some("broker_queue_at_risk")
+        })
+        .await;
+    assert_eq!(
+        gap.str_field("direction"),
+        Some("mqtt_to_bayeux"),
+        "{}",
+        gap.raw
+    );
+    assert_eq!(gap.str_field("names"), Some("nq/+"), "{}", gap.raw);
+    // What the gap warns of did happen: the broker dropped messages for the bridge. A
+    // marker sent after the outage arrives after everything the broker kept.
+    publisher.publish_ids("nq/x", 1000..1001).await;
+    subscriber
+        .wait_for_ids("the marker after the outage", "/nq/", 1000..1001)
+        .await;
+    assert!(
+        subscriber.ids("/nq/").len() < 301,
+        "the broker kept everything; the test no longer shows a loss"
     );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status}; {}", bridge.tail(20));

@@ -11,7 +11,10 @@
 //! - `replay_gap`: the Bayeux server refused a stored replay id ([`super::replay`]);
 //! - `session_expired`: the Bayeux session was lost and a new one subscribed again;
 //! - `mqtt_session_lost`: the broker answered without the persistent session it had;
-//! - `shutdown_abandoned`: received, not delivered when the drain deadline passed.
+//! - `shutdown_abandoned`: received, not delivered when the drain deadline passed;
+//! - `broker_queue_at_risk`: MQTT → Bayeux could not take messages for a while (the Bayeux
+//!   side did not accept them, or the spool was full), so the broker held them, and a
+//!   broker drops what goes over its per-client queue limit without telling the client.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +39,14 @@ pub(crate) enum GapKind {
     MqttSessionLost,
     /// Messages received and not delivered when the drain deadline passed.
     ShutdownAbandoned,
+    /// MQTT → Bayeux stopped taking messages for at least [`AT_RISK_AFTER`]: the broker
+    /// queued them for the bridge up to its own limit and may have dropped the rest.
+    BrokerQueueAtRisk,
 }
+
+/// How long MQTT → Bayeux must have been unable to take messages before it is reported as
+/// a `broker_queue_at_risk` gap: shorter spans are ordinary flow control.
+pub(crate) const AT_RISK_AFTER: Duration = Duration::from_secs(1);
 
 impl GapKind {
     /// The `kind` label and the status message's `event`.
@@ -46,6 +56,7 @@ impl GapKind {
             GapKind::SessionExpired => "session_expired",
             GapKind::MqttSessionLost => "mqtt_session_lost",
             GapKind::ShutdownAbandoned => "shutdown_abandoned",
+            GapKind::BrokerQueueAtRisk => "broker_queue_at_risk",
         }
     }
 }
@@ -181,6 +192,16 @@ impl Pressure {
         if s.full_since.take().is_some() {
             s.last_full = Some(Instant::now());
         }
+    }
+
+    /// The queue has room again: when it became full, if it was.
+    pub(crate) fn relieved_since(&self) -> Option<Instant> {
+        let mut s = self.lock();
+        let since = s.full_since.take();
+        if since.is_some() {
+            s.last_full = Some(Instant::now());
+        }
+        since
     }
 
     /// Whether the queue was full at some time since `since` (any time, with `None`).

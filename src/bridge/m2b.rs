@@ -64,6 +64,10 @@ pub(super) async fn run(
         Swap(Swap),
     }
     loop {
+        // Messages wait and every slot is taken: the broker holds what comes next.
+        if !pending.is_empty() && permits.available_permits() == 0 {
+            shared.m2b_pressure.full();
+        }
         let wake = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => Wake::Stop,
@@ -75,6 +79,9 @@ pub(super) async fn run(
         match wake {
             Wake::Stop | Wake::Slot(None) => break,
             Wake::Slot(Some(permit)) => {
+                if let Some(since) = shared.m2b_pressure.relieved_since() {
+                    report_held_back(&shared, since);
+                }
                 let Some(message) = pending.pop_front() else {
                     continue;
                 };
@@ -141,6 +148,34 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         _ => {}
     }
+}
+
+/// Reports a `broker_queue_at_risk` gap when MQTT → Bayeux could not take messages since
+/// `since` for at least [`gaps::AT_RISK_AFTER`]: the broker held them meanwhile, and drops
+/// what goes over its per-client limit without telling the client.
+fn report_held_back(shared: &Arc<Shared>, since: std::time::Instant) {
+    if since.elapsed() < gaps::AT_RISK_AFTER {
+        return;
+    }
+    let mut gap = Gap::new(GapKind::BrokerQueueAtRisk, Direction::MqttToBayeux);
+    gap.names = shared
+        .routes()
+        .iter()
+        .filter(|r| r.subscribes_mqtt())
+        .map(|r| r.mqtt_filter.clone())
+        .collect();
+    gap.names.dedup();
+    gap.since = Some(gaps::wall_clock(since));
+    gap.extra.insert(
+        "reason".to_owned(),
+        "MQTT → Bayeux could not take messages (the Bayeux side did not accept them, or the \
+         spool was full); the broker held them for the bridge, up to its per-client queue \
+         limit (Mosquitto: max_queued_messages, 1000 by default), and drops the rest without \
+         telling the client"
+            .into(),
+    );
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
 }
 
 /// Reports a `mqtt_session_lost` gap when the broker answered without the persistent session

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) spools: Option<Spools>,
     /// When the Bayeux → MQTT queue was full (for `session_expired` gaps).
     pub(crate) b2m_pressure: Pressure,
+    /// When MQTT → Bayeux could not take messages (for `broker_queue_at_risk` gaps).
+    pub(crate) m2b_pressure: Pressure,
     /// Whether the bridge asks the broker for a session that outlives the connection
     /// (`clean_start = false`, and on MQTT 5 a non-zero session expiry).
     pub(crate) persistent_mqtt_session: AtomicBool,
@@ -133,6 +135,7 @@ impl Shared {
             replay,
             spools,
             b2m_pressure: Pressure::default(),
+            m2b_pressure: Pressure::default(),
             persistent_mqtt_session: AtomicBool::new(persistent(&config.mqtt)),
             mqtt_session: Mutex::default(),
             b2m_abandoned: Default::default(),

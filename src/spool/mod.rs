@@ -70,7 +70,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use format::{ENTRY_OVERHEAD, ENTRY_VERSION, FORMAT_VERSION, HEADER_LEN};
-pub use queue::{Entry, Queue, QueueStats};
+pub use queue::{Durable, Entry, Queue, QueueStats};
 pub use recover::{Recovered, Recovery, recover};
 
 /// How long a removal may wait for a commit when no append comes along.

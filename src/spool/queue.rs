@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
@@ -22,6 +23,25 @@ pub struct Entry {
     pub appended_at: SystemTime,
     /// Its bytes, as appended.
     pub data: Bytes,
+}
+
+/// Resolves once the entries of an [`Queue::append_early`] are durable (or their commit
+/// failed).
+#[derive(Debug)]
+#[must_use = "the entries are written anyway; await this to learn when they are durable"]
+pub struct Durable(oneshot::Receiver<Result<(), SpoolError>>);
+
+impl Future for Durable {
+    type Output = Result<(), SpoolError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(SpoolError::Closed)))
+    }
 }
 
 /// A queue's figures, for metrics.
@@ -54,8 +74,11 @@ struct Shared {
     file: PathBuf,
     /// `None` once closed.
     db: RwLock<Option<Arc<Database>>>,
-    /// To the writer thread; `None` once closed.
+    /// To the writer thread; `None` once closed. Held while a sequence number is assigned
+    /// and the append sent, so that the writer gets appends in sequence order.
     requests: Mutex<Option<mpsc::Sender<Request>>>,
+    /// The next sequence number to assign (under the `requests` lock).
+    next_seq: AtomicU64,
     budget: Arc<Budget>,
     appended: Arc<Notify>,
     stats: Arc<Mutex<QueueStats>>,
@@ -63,9 +86,11 @@ struct Shared {
 
 enum Request {
     Append {
+        /// The sequence number of the first entry; the others follow.
+        first: u64,
         entries: Vec<Bytes>,
         cost: u64,
-        reply: oneshot::Sender<Result<Vec<u64>, SpoolError>>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     Remove(u64),
     Close(oneshot::Sender<()>),
@@ -93,7 +118,6 @@ impl Queue {
         let writer = Writer {
             file: file.clone(),
             db: Arc::clone(&db),
-            next_seq: opened.next_seq,
             budget: Arc::clone(&budget),
             appended: Arc::clone(&appended),
             stats: Arc::clone(&stats),
@@ -112,6 +136,7 @@ impl Queue {
                 file,
                 db: RwLock::new(Some(db)),
                 requests: Mutex::new(Some(sender)),
+                next_seq: AtomicU64::new(opened.next_seq),
                 budget,
                 appended,
                 stats,
@@ -134,8 +159,30 @@ impl Queue {
     /// larger than the whole budget never fits). Dropping the future does not cancel the
     /// write.
     pub async fn append(&self, entries: Vec<Bytes>) -> Result<Vec<u64>, SpoolError> {
+        let count = entries.len() as u64;
+        let (first, durable) = self.append_early(entries)?;
+        durable.await?;
+        Ok((first..first + count).collect())
+    }
+
+    /// Starts appending `entries` and returns at once with the sequence number of the first
+    /// (the others follow it) and a future that resolves once they are durable, as
+    /// [`append`](Self::append) does. The numbers are known before the commit, so a reader
+    /// may act on the entries while they are written, e.g. send them on, and
+    /// [`remove`](Self::remove) them before the commit finished (the removal goes into the
+    /// same or a later commit). If the commit fails, the future says so and those numbers
+    /// are never used; appending the entries again gives them new numbers.
+    ///
+    /// `Err(SpoolError::Full { .. })` or `Err(SpoolError::Closed)` at once, with nothing
+    /// written; an empty `entries` is durable at once.
+    pub fn append_early(&self, entries: Vec<Bytes>) -> Result<(u64, Durable), SpoolError> {
         if entries.is_empty() {
-            return Ok(Vec::new());
+            let (reply, answer) = oneshot::channel();
+            let _ = reply.send(Ok(()));
+            return Ok((
+                self.shared.next_seq.load(Ordering::Relaxed),
+                Durable(answer),
+            ));
         }
         let cost = entries
             .iter()
@@ -143,17 +190,29 @@ impl Queue {
             .sum();
         self.shared.budget.reserve(cost)?;
         let (reply, answer) = oneshot::channel();
-        let request = Request::Append {
-            entries,
-            cost,
-            reply,
+        let count = entries.len() as u64;
+        let requests = lock(&self.shared.requests);
+        let first = self.shared.next_seq.load(Ordering::Relaxed);
+        let sent = match &*requests {
+            Some(sender) => sender
+                .send(Request::Append {
+                    first,
+                    entries,
+                    cost,
+                    reply,
+                })
+                .is_ok(),
+            None => false,
         };
-        if !self.send(request) {
+        if !sent {
+            drop(requests);
             self.shared.budget.release(cost);
             return Err(SpoolError::Closed);
         }
+        self.shared.next_seq.store(first + count, Ordering::Relaxed);
+        drop(requests);
         // The writer releases the reservation itself if the commit fails.
-        answer.await.unwrap_or(Err(SpoolError::Closed))
+        Ok((first, Durable(answer)))
     }
 
     /// Up to `limit` entries with sequence number >= `from`, in order. Blocking, but cheap:
@@ -257,18 +316,21 @@ impl Queue {
 struct Writer {
     file: PathBuf,
     db: Arc<Database>,
-    next_seq: u64,
     budget: Arc<Budget>,
     appended: Arc<Notify>,
     stats: Arc<Mutex<QueueStats>>,
 }
 
-/// Appends of one commit, in arrival order.
-type Appends = Vec<(
-    Vec<Bytes>,
-    u64,
-    oneshot::Sender<Result<Vec<u64>, SpoolError>>,
-)>;
+/// One append of a commit.
+struct Append {
+    first: u64,
+    entries: Vec<Bytes>,
+    cost: u64,
+    reply: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+/// Appends of one commit, in arrival (and so sequence) order.
+type Appends = Vec<Append>;
 
 /// What one commit changed.
 struct Committed {
@@ -293,10 +355,16 @@ impl Writer {
             let mut appends: Appends = Vec::new();
             let mut take = |request| match request {
                 Request::Append {
+                    first,
                     entries,
                     cost,
                     reply,
-                } => appends.push((entries, cost, reply)),
+                } => appends.push(Append {
+                    first,
+                    entries,
+                    cost,
+                    reply,
+                }),
                 Request::Remove(seq) => removals.push(seq),
                 Request::Close(done) => closing.push(done),
             };
@@ -339,16 +407,15 @@ impl Writer {
     fn commit(&mut self, appends: Appends, removals: &[u64]) -> bool {
         let started = Instant::now();
         let now = SystemTime::now();
-        let batches: Vec<&[Bytes]> = appends.iter().map(|(e, ..)| e.as_slice()).collect();
-        let result = self.transaction(&batches, removals, now);
+        let result = self.transaction(&appends, removals, now);
         let elapsed = started.elapsed().as_secs_f64();
-        let cost: u64 = appends.iter().map(|(_, cost, _)| cost).sum();
+        let cost: u64 = appends.iter().map(|a| a.cost).sum();
         match result {
             Ok(committed) => {
-                let count: u64 = batches.iter().map(|b| b.len() as u64).sum();
-                let written: u64 = batches
+                let count: u64 = appends.iter().map(|a| a.entries.len() as u64).sum();
+                let written: u64 = appends
                     .iter()
-                    .flat_map(|b| b.iter())
+                    .flat_map(|a| a.entries.iter())
                     .map(|e| e.len() as u64)
                     .sum();
                 {
@@ -360,10 +427,8 @@ impl Writer {
                     stats.commit_seconds_total += elapsed;
                     stats.written_bytes += written;
                 }
-                for (entries, _, reply) in appends {
-                    let first = self.next_seq;
-                    self.next_seq += entries.len() as u64;
-                    let _ = reply.send(Ok((first..self.next_seq).collect()));
+                for append in appends {
+                    let _ = append.reply.send(Ok(()));
                 }
                 if count > 0 {
                     self.appended.notify_waiters();
@@ -378,8 +443,8 @@ impl Writer {
                     "Spool commit failed."
                 );
                 self.budget.release(cost);
-                for (_, _, reply) in appends {
-                    let _ = reply.send(Err(error.duplicate()));
+                for append in appends {
+                    let _ = append.reply.send(Err(error.duplicate()));
                 }
                 true
             }
@@ -389,7 +454,7 @@ impl Writer {
     /// One write transaction: the batches from `next_seq` on, the removals, `next_seq`.
     fn transaction(
         &self,
-        batches: &[&[Bytes]],
+        appends: &[Append],
         removals: &[u64],
         now: SystemTime,
     ) -> Result<Committed, SpoolError> {
@@ -402,13 +467,15 @@ impl Writer {
         };
         {
             let mut table = txn.open_table(ENTRIES).map_err(|e| redb_error(file, e))?;
-            let mut seq = self.next_seq;
-            for entry in batches.iter().flat_map(|b| b.iter()) {
-                let value = format::encode(entry, now);
-                table
-                    .insert(seq, value.as_slice())
-                    .map_err(|e| redb_error(file, e))?;
-                seq += 1;
+            let mut next = None;
+            for append in appends {
+                for (seq, entry) in (append.first..).zip(&append.entries) {
+                    let value = format::encode(entry, now);
+                    table
+                        .insert(seq, value.as_slice())
+                        .map_err(|e| redb_error(file, e))?;
+                    next = Some(seq + 1);
+                }
             }
             for &removal in removals {
                 if let Some(old) = table.remove(removal).map_err(|e| redb_error(file, e))? {
@@ -421,9 +488,11 @@ impl Writer {
                     format::decode(value.value()).map_err(|r| format::corrupt(file, r))?;
                 committed.oldest = Some(at);
             }
-            let mut meta = txn.open_table(META).map_err(|e| redb_error(file, e))?;
-            meta.insert(META_NEXT_SEQ, seq)
-                .map_err(|e| redb_error(file, e))?;
+            if let Some(next) = next {
+                let mut meta = txn.open_table(META).map_err(|e| redb_error(file, e))?;
+                meta.insert(META_NEXT_SEQ, next)
+                    .map_err(|e| redb_error(file, e))?;
+            }
         }
         txn.commit().map_err(|e| redb_error(file, e))?;
         Ok(committed)

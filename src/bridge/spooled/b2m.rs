@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::ToMqtt;
+use super::{Source, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
@@ -33,9 +33,9 @@ pub(crate) async fn deliver(
         return;
     };
     let queue = spools.b2m.clone();
+    let mut source = Source::new(spools, Direction::BayeuxToMqtt);
     let mut paused = spools.b2m_paused.subscribe();
     let settlement = Settlement::start(Arc::clone(&shared));
-    let mut cursor = 0u64;
     loop {
         if *stop.borrow() {
             break;
@@ -52,9 +52,9 @@ pub(crate) async fn deliver(
                 "Reading the spool again from an entry the MQTT client gave back."
             );
             tokio::time::sleep(REWIND_SETTLE).await;
-            cursor = cursor.min(seq);
+            source.rewind(seq);
         }
-        // Before reading: what is appended after the read is not missed.
+        // Before reading: what is committed after the read is not missed.
         let changed = queue.changed();
         let free = permits.available_permits();
         if free == 0 {
@@ -65,7 +65,7 @@ pub(crate) async fn deliver(
             }
             continue;
         }
-        let entries = match queue.read_from(cursor, free.min(READ_BATCH)) {
+        let entries = match source.next(free.min(READ_BATCH)) {
             Ok(entries) => entries,
             Err(e) => {
                 warn!(error = %e, "Could not read the Bayeux → MQTT spool; trying again.");
@@ -79,37 +79,38 @@ pub(crate) async fn deliver(
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 _ = paused.wait_for(|p| *p) => {}
-                () = changed => {}
+                () = source.wait(changed) => {}
                 () = spools.b2m_rewind.requested() => {}
             }
             continue;
         }
-        for entry in entries {
+        for (seq, data) in entries {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Not expected (at most `free` were read): deliver it next time.
+                source.rewind(seq);
                 break;
             };
-            cursor = entry.seq + 1;
-            let message = match ToMqtt::decode(&entry.data) {
+            let message = match ToMqtt::decode(&data) {
                 Ok(message) => message,
                 Err(reason) => {
-                    queue.remove(entry.seq);
+                    queue.remove(seq);
                     shared.drop_message(
                         Direction::BayeuxToMqtt,
                         "spool_entry_damaged",
                         0,
-                        &format!("spool entry {}", entry.seq),
+                        &format!("spool entry {seq}"),
                         reason,
                     );
                     continue;
                 }
             };
             record_mqtt_echo(&shared, &message.topic, &message.payload);
-            trace!(topic = %message.topic, seq = entry.seq, "Forwarding to MQTT from the spool.");
+            trace!(topic = %message.topic, seq, "Forwarding to MQTT from the spool.");
             let pending = Pending {
                 slot: Slot::new(permit, &shared.b2m_in_flight),
                 ticket: None,
                 route: message.route,
-                seq: Some(entry.seq),
+                seq: Some(seq),
             };
             let mqtt = shared.mqtt();
             let ToMqtt {
@@ -123,11 +124,11 @@ pub(crate) async fn deliver(
                 .publish_message(&mqtt, topic.clone(), payload, qos, retain, pending)
                 .await
             {
-                refused(&shared, &queue, &e, entry.seq, route, &topic);
+                refused(&shared, &queue, &e, seq, route, &topic);
                 if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
                     // The client was stopped (a reload replaced it, or shutdown): read again
                     // from here through the current one.
-                    cursor = entry.seq;
+                    source.rewind(seq);
                     break;
                 }
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::ToBayeux;
+use super::{Source, ToBayeux};
 use crate::bayeux::PublishError;
 use crate::bridge::m2b::{Pending, echoes_back, settle};
 use crate::bridge::payload::echo_fingerprint;
@@ -31,8 +31,8 @@ pub(crate) async fn deliver(
         return;
     };
     let queue = spools.m2b.clone();
+    let mut source = Source::new(spools, Direction::MqttToBayeux);
     let settler = Settler::start();
-    let mut cursor = 0u64;
     'reading: loop {
         if *stop.borrow() {
             break;
@@ -46,7 +46,7 @@ pub(crate) async fn deliver(
             }
             continue;
         }
-        let entries = match queue.read_from(cursor, free.min(READ_BATCH)) {
+        let entries = match source.next(free.min(READ_BATCH)) {
             Ok(entries) => entries,
             Err(e) => {
                 warn!(error = %e, "Could not read the MQTT → Bayeux spool; trying again.");
@@ -59,17 +59,16 @@ pub(crate) async fn deliver(
         if entries.is_empty() {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
-                () = changed => {}
+                () = source.wait(changed) => {}
             }
             continue;
         }
-        for entry in entries {
+        for (seq, data) in entries {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
+                source.rewind(seq);
                 break;
             };
-            let seq = entry.seq;
-            cursor = seq + 1;
-            let message = match ToBayeux::decode(&entry.data) {
+            let message = match ToBayeux::decode(&data) {
                 Ok(message) => message,
                 Err(reason) => {
                     queue.remove(seq);

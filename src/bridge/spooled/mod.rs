@@ -72,6 +72,9 @@ pub(crate) struct Spools {
     /// Where a delivery task must go back to after publishes failed without a verdict
     /// (the MQTT client they went to was replaced): the smallest such sequence number.
     pub(super) b2m_rewind: Rewind,
+    /// Fresh entries from each intake to its delivery task.
+    pub(super) b2m_feed: Feed,
+    pub(super) m2b_feed: Feed,
 }
 
 impl Spools {
@@ -96,6 +99,8 @@ impl Spools {
             m2b,
             b2m_paused: watch::channel(false).0,
             b2m_rewind: Rewind::default(),
+            b2m_feed: Feed::new(),
+            m2b_feed: Feed::new(),
         })
     }
 
@@ -104,6 +109,14 @@ impl Spools {
         match direction {
             Direction::BayeuxToMqtt => &self.b2m,
             Direction::MqttToBayeux => &self.m2b,
+        }
+    }
+
+    /// The feed of `direction`.
+    pub(super) fn feed(&self, direction: Direction) -> &Feed {
+        match direction {
+            Direction::BayeuxToMqtt => &self.b2m_feed,
+            Direction::MqttToBayeux => &self.m2b_feed,
         }
     }
 
@@ -173,6 +186,118 @@ impl Delivery {
             b2m_permits,
             m2b_permits,
         })
+    }
+}
+
+/// Batches of fresh entries, handed from the intake to the delivery task as soon as they
+/// have their sequence numbers, so that delivery does not wait for the commit (the
+/// acknowledgement upstream still does). Bounded: a batch that does not fit is left out,
+/// and the delivery task reads it from the disk instead.
+pub(crate) struct Feed {
+    tx: mpsc::Sender<Fresh>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Fresh>>>,
+}
+
+/// Entries appended together: sequence numbers `first`, `first + 1`, …
+pub(super) struct Fresh {
+    first: u64,
+    entries: Vec<Bytes>,
+}
+
+/// Batches the feed holds at most.
+const FEED_BATCHES: usize = 64;
+
+impl Feed {
+    fn new() -> Feed {
+        let (tx, rx) = mpsc::channel(FEED_BATCHES);
+        Feed {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    fn offer(&self, first: u64, entries: Vec<Bytes>) {
+        // Full (the delivery task is behind) or gone: it reads these from the disk.
+        let _ = self.tx.try_send(Fresh { first, entries });
+    }
+
+    /// The receiving end, for the one delivery task.
+    fn take(&self) -> Option<mpsc::Receiver<Fresh>> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Where a delivery task gets its entries, in sequence order: from the feed while it goes on
+/// right where the task is, from the disk otherwise (a backlog from before a restart,
+/// batches the feed left out, a rewind).
+pub(super) struct Source {
+    queue: Queue,
+    feed: Option<mpsc::Receiver<Fresh>>,
+    head: Option<Fresh>,
+    /// The next sequence number to deliver.
+    cursor: u64,
+}
+
+impl Source {
+    pub(super) fn new(spools: &Spools, direction: Direction) -> Source {
+        Source {
+            queue: spools.queue(direction).clone(),
+            feed: spools.feed(direction).take(),
+            head: None,
+            cursor: 0,
+        }
+    }
+
+    /// Up to `limit` entries to deliver next, in order; empty when there is nothing yet
+    /// (then [`Source::wait`], with a `changed` future made before this call).
+    pub(super) fn next(&mut self, limit: usize) -> Result<Vec<(u64, Bytes)>, SpoolError> {
+        loop {
+            if self.head.is_none() {
+                self.head = self.feed.as_mut().and_then(|f| f.try_recv().ok());
+            }
+            let Some(head) = self.head.as_mut() else {
+                break;
+            };
+            let end = head.first + head.entries.len() as u64;
+            if end <= self.cursor {
+                self.head = None;
+                continue;
+            }
+            if head.first > self.cursor {
+                // A gap: entries the feed left out, or a rewind. The disk has them.
+                break;
+            }
+            let skip = usize::try_from(self.cursor - head.first).unwrap_or(usize::MAX);
+            let out: Vec<(u64, Bytes)> = (self.cursor..)
+                .zip(head.entries.iter().skip(skip).take(limit).cloned())
+                .collect();
+            self.cursor += out.len() as u64;
+            if self.cursor >= end {
+                self.head = None;
+            }
+            return Ok(out);
+        }
+        let entries = self.queue.read_from(self.cursor, limit)?;
+        if let Some(last) = entries.last() {
+            self.cursor = last.seq + 1;
+        }
+        Ok(entries.into_iter().map(|e| (e.seq, e.data)).collect())
+    }
+
+    /// Waits for a fresh batch or for `changed` (a commit, or room freed).
+    pub(super) async fn wait(&mut self, changed: impl std::future::Future<Output = ()>) {
+        match (self.head.is_none(), self.feed.as_mut()) {
+            (true, Some(feed)) => tokio::select! {
+                fresh = feed.recv() => self.head = fresh,
+                () = changed => {}
+            },
+            _ => changed.await,
+        }
+    }
+
+    /// Delivers from `seq` again (what is still in the spool from there on).
+    pub(super) fn rewind(&mut self, seq: u64) {
+        self.cursor = self.cursor.min(seq);
     }
 }
 
@@ -275,7 +400,7 @@ async fn run_intake(
             .iter()
             .flat_map(|(entries, _)| entries.iter().cloned())
             .collect();
-        if !append(&queue, entries, direction, &full).await {
+        if !append(&queue, spools.feed(direction), entries, direction, &full).await {
             // Closed at shutdown: nothing becomes durable; the sources keep the messages
             // (MQTT: unacknowledged, redelivered; Bayeux: counted as abandoned).
             return;
@@ -288,9 +413,11 @@ async fn run_intake(
     }
 }
 
-/// Appends until it succeeds; `false` once the queue is closed.
+/// Appends until it is durable, handing the entries to the delivery task as soon as they
+/// have their numbers; `false` once the queue is closed.
 async fn append(
     queue: &Queue,
+    feed: &Feed,
     entries: Vec<Bytes>,
     direction: Direction,
     full: &AtomicBool,
@@ -298,12 +425,13 @@ async fn append(
     loop {
         // Created before the attempt, so that room freed meanwhile is not missed.
         let changed = queue.changed();
-        match queue.append(entries.clone()).await {
-            Ok(_) => {
+        let durable = match queue.append_early(entries.clone()) {
+            Ok((first, durable)) => {
                 if full.swap(false, Ordering::Relaxed) {
                     info!(%direction, "The spool has room again; taking messages.");
                 }
-                return true;
+                feed.offer(first, entries.clone());
+                durable
             }
             Err(SpoolError::Full { needed, used, max }) => {
                 if !full.swap(true, Ordering::Relaxed) {
@@ -311,11 +439,24 @@ async fn append(
                         "The spool is full; not taking more messages from this side until deliveries free room (back-pressure).");
                 }
                 changed.await;
+                continue;
             }
             Err(SpoolError::Closed) => return false,
             Err(e) => {
                 error!(%direction, error = %e, retry_in = ?WRITE_RETRY,
                     "Could not write to the spool; not taking more messages from this side meanwhile.");
+                tokio::time::sleep(WRITE_RETRY).await;
+                continue;
+            }
+        };
+        match durable.await {
+            Ok(()) => return true,
+            Err(SpoolError::Closed) => return false,
+            Err(e) => {
+                // The delivery task may have sent them already; appended again they may
+                // be sent twice (at-least-once).
+                error!(%direction, error = %e, retry_in = ?WRITE_RETRY,
+                    "Could not commit to the spool; writing again.");
                 tokio::time::sleep(WRITE_RETRY).await;
             }
         }

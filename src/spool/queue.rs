@@ -79,6 +79,9 @@ struct Shared {
     requests: Mutex<Option<mpsc::Sender<Request>>>,
     /// The next sequence number to assign (under the `requests` lock).
     next_seq: AtomicU64,
+    /// Removals not yet taken by the writer. Collected here rather than sent one by one, so
+    /// that the writer thread wakes up once per batch of removals, not once per entry.
+    removals: Arc<Mutex<Vec<u64>>>,
     budget: Arc<Budget>,
     appended: Arc<Notify>,
     stats: Arc<Mutex<QueueStats>>,
@@ -92,7 +95,8 @@ enum Request {
         cost: u64,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
-    Remove(u64),
+    /// Removals were added to the shared list (sent when it stops being empty).
+    Removals,
     Close(oneshot::Sender<()>),
 }
 
@@ -115,7 +119,9 @@ impl Queue {
         }));
         let appended = Arc::new(Notify::new());
         let (sender, receiver) = mpsc::channel();
+        let removals = Arc::new(Mutex::new(Vec::new()));
         let writer = Writer {
+            removals_in: Arc::clone(&removals),
             file: file.clone(),
             db: Arc::clone(&db),
             budget: Arc::clone(&budget),
@@ -137,6 +143,7 @@ impl Queue {
                 db: RwLock::new(Some(db)),
                 requests: Mutex::new(Some(sender)),
                 next_seq: AtomicU64::new(opened.next_seq),
+                removals,
                 budget,
                 appended,
                 stats,
@@ -251,7 +258,17 @@ impl Queue {
     /// bytes return to the budget once committed. Unknown numbers are ignored; so is a
     /// removal after [`close`](Self::close).
     pub fn remove(&self, seq: u64) {
-        self.send(Request::Remove(seq));
+        if self.is_closed() {
+            return;
+        }
+        let first = {
+            let mut removals = lock(&self.shared.removals);
+            removals.push(seq);
+            removals.len() == 1
+        };
+        if first {
+            self.send(Request::Removals);
+        }
     }
 
     /// Resolves when anything was appended to this queue, or freed in any queue of the
@@ -314,6 +331,8 @@ impl Queue {
 
 /// The writer thread's state.
 struct Writer {
+    /// [`Queue::remove`]'s list.
+    removals_in: Arc<Mutex<Vec<u64>>>,
     file: PathBuf,
     db: Arc<Database>,
     budget: Arc<Budget>,
@@ -332,6 +351,25 @@ struct Append {
 /// Appends of one commit, in arrival (and so sequence) order.
 type Appends = Vec<Append>;
 
+/// Sorts one request into the appends of the next commit or the close requests.
+fn take(request: Request, appends: &mut Appends, closing: &mut Vec<oneshot::Sender<()>>) {
+    match request {
+        Request::Append {
+            first,
+            entries,
+            cost,
+            reply,
+        } => appends.push(Append {
+            first,
+            entries,
+            cost,
+            reply,
+        }),
+        Request::Removals => {}
+        Request::Close(done) => closing.push(done),
+    }
+}
+
 /// What one commit changed.
 struct Committed {
     removed: u64,
@@ -341,7 +379,9 @@ struct Committed {
 
 impl Writer {
     /// Takes requests until closed: every request waiting goes into one commit; removals
-    /// alone wait up to [`REMOVE_DELAY`] for company.
+    /// alone wait up to [`REMOVE_DELAY`] for company. Removals are not sent one by one: the
+    /// first of a batch wakes the thread ([`Request::Removals`]), and the list is taken when
+    /// the next commit is made, so the thread wakes about once per commit, not per removal.
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut removals: Vec<u64> = Vec::new();
         let mut deadline: Option<Instant> = None;
@@ -353,35 +393,36 @@ impl Writer {
                 Some(at) => requests.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             let mut appends: Appends = Vec::new();
-            let mut take = |request| match request {
-                Request::Append {
-                    first,
-                    entries,
-                    cost,
-                    reply,
-                } => appends.push(Append {
-                    first,
-                    entries,
-                    cost,
-                    reply,
-                }),
-                Request::Remove(seq) => removals.push(seq),
-                Request::Close(done) => closing.push(done),
-            };
+            let mut woken_for_removals = false;
             match first {
-                Ok(request) => take(request),
+                Ok(Request::Removals) => woken_for_removals = true,
+                Ok(request) => take(request, &mut appends, &mut closing),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
-            while let Ok(request) = requests.try_recv() {
-                take(request);
-            }
-            let stopping = disconnected || !closing.is_empty();
-            if !removals.is_empty() && deadline.is_none() {
+            if woken_for_removals && deadline.is_none() {
                 deadline = Some(Instant::now() + REMOVE_DELAY);
             }
             let due = deadline.is_some_and(|at| Instant::now() >= at);
-            if !appends.is_empty() || (!removals.is_empty() && (due || stopping)) {
+            let stopping = disconnected || !closing.is_empty();
+            if appends.is_empty() && !due && !stopping {
+                // Removals only, not due yet: wait for company or the deadline.
+                continue;
+            }
+            // Removals are taken before the channel is drained: the append of every entry
+            // removed so far was sent before its removal, so it is in this commit or an
+            // earlier one, never a later one.
+            removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
+            while let Ok(request) = requests.try_recv() {
+                take(request, &mut appends, &mut closing);
+            }
+            let stopping = disconnected || !closing.is_empty();
+            if stopping {
+                // Removals made before `close` was called, after the take above; their
+                // appends were sent before `close`, so they were drained above.
+                removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
+            }
+            if !appends.is_empty() || !removals.is_empty() {
                 let failed = self.commit(appends, &removals);
                 if failed && !stopping {
                     // Kept for the next commit; retried after another delay.
@@ -390,6 +431,8 @@ impl Writer {
                     removals.clear();
                     deadline = None;
                 }
+            } else {
+                deadline = None;
             }
             if stopping {
                 break;

@@ -49,11 +49,30 @@ fn out_of_order(ids: &[u64]) -> Vec<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bayeux_to_mqtt_keeps_order_while_mqtt_to_bayeux_publishes_on_the_same_server() {
+    two_way_load_keeps_order(None).await;
+}
+
+/// The same through the durable spool, which both directions then pass through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_keep_order_under_two_way_load_through_the_spool() {
+    let dir = common::bridge::TempDir::new("order-spool");
+    two_way_load_keeps_order(Some(&dir.path().join("spool"))).await;
+}
+
+async fn two_way_load_keeps_order(spool: Option<&std::path::Path>) {
+    let spool = spool.map_or(String::new(), |dir| {
+        format!("[spool]\nenabled = true\ndir = \"{}\"\n\n", dir.display())
+    });
     let server = PeerServer::start_async(PeerKind::CometD).await;
-    let broker = Mosquitto::start_async().await;
+    // The publisher below sends each round as fast as Mosquitto takes it, faster than the
+    // bridge acknowledges on a loaded machine (and, with the spool, after each commit), so a
+    // burst waits in the broker's queue for the bridge, which drops beyond
+    // `max_queued_messages` (1000): lift that limit, order is what this test is about.
+    // (`tests/bridge_spool.rs` covers the broker's queue.)
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
     let url = server.url();
     let config = ConfigFile::new(&format!(
-        "[bayeux]\nurl = \"{url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 1000\n\n\
+        "{spool}[bayeux]\nurl = \"{url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 1000\n\n\
          [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"order-bridge\"\nkeep_alive_secs = 3600\n\n\
          [[route]]\nbayeux = \"/up/*\"\nmqtt = \"up/+\"\ndirection = \"bayeux_to_mqtt\"\nqos = 1\n\n\
          [[route]]\nbayeux = \"/down/*\"\nmqtt = \"down/+\"\ndirection = \"mqtt_to_bayeux\"\nqos = 1\n",

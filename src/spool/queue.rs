@@ -470,11 +470,13 @@ impl Writer {
                     stats.commit_seconds_total += elapsed;
                     stats.written_bytes += written;
                 }
-                for append in appends {
-                    let _ = append.reply.send(Ok(()));
-                }
+                // Readers first: a `changed` made once an append resolved must not be woken
+                // by that append's own commit.
                 if count > 0 {
                     self.appended.notify_waiters();
+                }
+                for append in appends {
+                    let _ = append.reply.send(Ok(()));
                 }
                 self.budget.release(committed.freed);
                 false

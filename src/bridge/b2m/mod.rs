@@ -331,7 +331,7 @@ async fn forward(
         slot,
         ticket,
         route: route.number(),
-        seq: None,
+        key: None,
     };
     if let Err((e, pending)) = out
         .settlement

@@ -8,6 +8,7 @@ use tracing::{Instrument, error};
 
 use crate::bridge::checkpoint::Ticket;
 use crate::bridge::mapping::Route;
+use crate::bridge::spooled::Key;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot, qos_of};
 use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, QoS, outcome_channel};
@@ -19,8 +20,8 @@ pub(crate) struct Pending {
     pub(crate) slot: Slot,
     pub(crate) ticket: Option<Ticket>,
     pub(crate) route: usize,
-    /// With the spool: the entry it was read from, removed once the broker acknowledged it.
-    pub(crate) seq: Option<u64>,
+    /// With the spool: where it is there; settled once the broker acknowledged it.
+    pub(crate) key: Option<Key>,
 }
 
 /// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
@@ -147,29 +148,29 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
         slot,
         ticket,
         route,
-        seq,
+        key,
     } = pending;
-    let spooled = seq.zip(shared.spools.as_ref());
+    let spooled = key.zip(shared.spools.as_ref());
     match &outcome.result {
         Ok(()) => {
             if let (Some(replay), Some(ticket)) = (&shared.replay, ticket) {
                 replay.ack(ticket);
             }
-            if let Some((seq, spools)) = spooled {
-                spools.b2m.remove(seq);
+            if let Some((key, spools)) = spooled {
+                spools.settled(Direction::BayeuxToMqtt, key);
             }
             shared.stats.forwarded(Direction::BayeuxToMqtt, route);
         }
         // With the spool, a publish the client gave back unacknowledged (it was stopped:
         // replaced by a reload, or shutdown) stays there and is sent again.
         Err(e) if redeliver_after_restart(e) && spooled.is_some() => {
-            if let Some((seq, spools)) = spooled {
-                spools.b2m_rewind.request(seq);
+            if let Some((key, spools)) = spooled {
+                spools.b2m_rewind.request(key);
             }
         }
         Err(e) => {
-            if let Some((seq, spools)) = spooled {
-                spools.b2m.remove(seq);
+            if let Some((key, spools)) = spooled {
+                spools.settled(Direction::BayeuxToMqtt, key);
             }
             shared.count_publish_error("mqtt", e.reason());
             release_ticket(shared, ticket, redeliver_after_restart(e));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::{Source, ToMqtt};
+use super::{Item, Source, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
@@ -46,13 +46,14 @@ pub(crate) async fn deliver(
                 _ = paused.wait_for(|p| !*p) => continue,
             }
         }
-        if let Some(seq) = spools.b2m_rewind.take() {
+        if let Some(key) = spools.b2m_rewind.take() {
             debug!(
-                from = seq,
-                "Reading the spool again from an entry the MQTT client gave back."
+                pack = key.seq,
+                index = key.index,
+                "Delivering again from a message the MQTT client gave back."
             );
             tokio::time::sleep(REWIND_SETTLE).await;
-            source.rewind(seq);
+            source.rewind(key);
         }
         // Before reading: what is committed after the read is not missed.
         let changed = queue.changed();
@@ -84,33 +85,40 @@ pub(crate) async fn deliver(
             }
             continue;
         }
-        for (seq, data) in entries {
+        for item in entries {
+            let (key, data) = match item {
+                Item::Message(key, data) => (key, data),
+                Item::Damaged(seq, reason) => {
+                    damaged(&shared, &queue, Direction::BayeuxToMqtt, seq, reason);
+                    continue;
+                }
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Not expected (at most `free` were read): deliver it next time.
-                source.rewind(seq);
+                source.rewind(key);
                 break;
             };
             let message = match ToMqtt::decode(&data) {
                 Ok(message) => message,
                 Err(reason) => {
-                    queue.remove(seq);
+                    spools.settled(Direction::BayeuxToMqtt, key);
                     shared.drop_message(
                         Direction::BayeuxToMqtt,
                         "spool_entry_damaged",
                         0,
-                        &format!("spool entry {seq}"),
+                        &format!("spool entry {}.{}", key.seq, key.index),
                         reason,
                     );
                     continue;
                 }
             };
             record_mqtt_echo(&shared, &message.topic, &message.payload);
-            trace!(topic = %message.topic, seq, "Forwarding to MQTT from the spool.");
+            trace!(topic = %message.topic, pack = key.seq, index = key.index, "Forwarding to MQTT from the spool.");
             let pending = Pending {
                 slot: Slot::new(permit, &shared.b2m_in_flight),
                 ticket: None,
                 route: message.route,
-                seq: Some(seq),
+                key: Some(key),
             };
             let mqtt = shared.mqtt();
             let ToMqtt {
@@ -124,40 +132,42 @@ pub(crate) async fn deliver(
                 .publish_message(&mqtt, topic.clone(), payload, qos, retain, pending)
                 .await
             {
-                refused(&shared, &queue, &e, seq, route, &topic);
                 if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
-                    // The client was stopped (a reload replaced it, or shutdown): read again
-                    // from here through the current one.
-                    source.rewind(seq);
+                    // The client was stopped (a reload replaced it, or shutdown): deliver
+                    // again from here through the current one.
+                    source.rewind(key);
                     break;
                 }
+                warn!(%topic, error = %e, "MQTT refused the publish.");
+                shared.count_publish_error("mqtt", e.reason());
+                spools.settled(Direction::BayeuxToMqtt, key);
+                shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    e.reason(),
+                    route,
+                    &topic,
+                    &e.to_string(),
+                );
             }
         }
     }
     debug!("Bayeux → MQTT delivery from the spool stopped.");
 }
 
-/// A publish the MQTT client refused at once: too large or an invalid topic (dropped,
-/// counted, removed from the spool), or the client stopped (kept for the next try).
-fn refused(
+/// A spool entry that is not a pack of messages: removed and counted as one dropped message.
+pub(super) fn damaged(
     shared: &Shared,
     queue: &crate::spool::Queue,
-    e: &MqttError,
+    direction: Direction,
     seq: u64,
-    route: usize,
-    topic: &str,
+    reason: &str,
 ) {
-    if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
-        return;
-    }
-    warn!(%topic, error = %e, "MQTT refused the publish.");
-    shared.count_publish_error("mqtt", e.reason());
     queue.remove(seq);
     shared.drop_message(
-        Direction::BayeuxToMqtt,
-        e.reason(),
-        route,
-        topic,
-        &e.to_string(),
+        direction,
+        "spool_entry_damaged",
+        0,
+        &format!("spool entry {seq}"),
+        reason,
     );
 }

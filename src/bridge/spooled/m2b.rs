@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::{Source, ToBayeux};
+use super::b2m::damaged;
+use super::{Item, Source, ToBayeux};
 use crate::bayeux::PublishError;
 use crate::bridge::m2b::{Pending, echoes_back, settle};
 use crate::bridge::payload::echo_fingerprint;
@@ -63,20 +64,27 @@ pub(crate) async fn deliver(
             }
             continue;
         }
-        for (seq, data) in entries {
+        for item in entries {
+            let (key, data) = match item {
+                Item::Message(key, data) => (key, data),
+                Item::Damaged(seq, reason) => {
+                    damaged(&shared, &queue, Direction::MqttToBayeux, seq, reason);
+                    continue;
+                }
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                source.rewind(seq);
+                source.rewind(key);
                 break;
             };
             let message = match ToBayeux::decode(&data) {
                 Ok(message) => message,
                 Err(reason) => {
-                    queue.remove(seq);
+                    spools.settled(Direction::MqttToBayeux, key);
                     shared.drop_message(
                         Direction::MqttToBayeux,
                         "spool_entry_damaged",
                         0,
-                        &format!("spool entry {seq}"),
+                        &format!("spool entry {}.{}", key.seq, key.index),
                         reason,
                     );
                     continue;
@@ -94,7 +102,7 @@ pub(crate) async fn deliver(
                     .bayeux_echoes()
                     .record(&channel, &echo_fingerprint(&data), Instant::now());
             }
-            trace!(%topic, %channel, seq, "Forwarding to Bayeux from the spool.");
+            trace!(%topic, %channel, pack = key.seq, index = key.index, "Forwarding to Bayeux from the spool.");
             let json = data.json().as_bytes().to_vec();
             let verdict = match shared
                 .publisher()
@@ -105,7 +113,7 @@ pub(crate) async fn deliver(
                 // Shutting down: it stays in the spool.
                 Err(PublishError::Closed) if *stop.borrow() => break 'reading,
                 Err(e) => {
-                    queue.remove(seq);
+                    spools.settled(Direction::MqttToBayeux, key);
                     shared.drop_message(
                         Direction::MqttToBayeux,
                         "invalid_channel",
@@ -117,7 +125,7 @@ pub(crate) async fn deliver(
                 }
             };
             let slot = Slot::new(permit, &shared.m2b_in_flight);
-            let (shared, queue, stop) = (Arc::clone(&shared), queue.clone(), stop.clone());
+            let (shared, stop) = (Arc::clone(&shared), stop.clone());
             settler.settle(async move {
                 let _slot = slot;
                 let pending = Pending {
@@ -127,8 +135,10 @@ pub(crate) async fn deliver(
                 };
                 // The data is JSON text, so "the payload" it is made from again on a retry
                 // is that text.
-                if settle(&shared, pending, &json, stop).await {
-                    queue.remove(seq);
+                if settle(&shared, pending, &json, stop).await
+                    && let Some(spools) = &shared.spools
+                {
+                    spools.settled(Direction::MqttToBayeux, key);
                 }
             });
         }

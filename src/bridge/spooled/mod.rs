@@ -30,6 +30,7 @@ pub(super) mod b2m;
 pub(super) mod m2b;
 mod record;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +76,9 @@ pub(crate) struct Spools {
     /// Fresh entries from each intake to its delivery task.
     pub(super) b2m_feed: Feed,
     pub(super) m2b_feed: Feed,
+    /// What of each pack is settled, per direction.
+    pub(super) b2m_book: Arc<Book>,
+    pub(super) m2b_book: Arc<Book>,
 }
 
 impl Spools {
@@ -101,6 +105,8 @@ impl Spools {
             b2m_rewind: Rewind::default(),
             b2m_feed: Feed::new(),
             m2b_feed: Feed::new(),
+            b2m_book: Arc::default(),
+            m2b_book: Arc::default(),
         })
     }
 
@@ -117,6 +123,22 @@ impl Spools {
         match direction {
             Direction::BayeuxToMqtt => &self.b2m_feed,
             Direction::MqttToBayeux => &self.m2b_feed,
+        }
+    }
+
+    /// The book of `direction`.
+    pub(super) fn book(&self, direction: Direction) -> &Arc<Book> {
+        match direction {
+            Direction::BayeuxToMqtt => &self.b2m_book,
+            Direction::MqttToBayeux => &self.m2b_book,
+        }
+    }
+
+    /// Message `key` of `direction` is settled: its pack leaves the spool once all of its
+    /// messages are.
+    pub(super) fn settled(&self, direction: Direction, key: Key) {
+        if self.book(direction).settle(key) {
+            self.queue(direction).remove(key.seq);
         }
     }
 
@@ -227,30 +249,150 @@ impl Feed {
     }
 }
 
-/// Where a delivery task gets its entries, in sequence order: from the feed while it goes on
-/// right where the task is, from the disk otherwise (a backlog from before a restart,
-/// batches the feed left out, a rewind).
+/// A message's place in the spool: its pack (spool entry) and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) seq: u64,
+    pub(crate) index: u32,
+}
+
+/// Which messages of each pack being delivered are settled (acknowledged, or dropped for
+/// good). A pack leaves the spool once all of its messages are.
+#[derive(Default)]
+pub(crate) struct Book {
+    packs: std::sync::Mutex<HashMap<u64, Pack>>,
+}
+
+struct Pack {
+    settled: Vec<bool>,
+    left: usize,
+}
+
+impl Book {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pack>> {
+        self.packs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts following pack `seq` of `count` messages, unless it is followed already.
+    fn open(&self, seq: u64, count: usize) {
+        self.lock().entry(seq).or_insert_with(|| Pack {
+            settled: vec![false; count],
+            left: count,
+        });
+    }
+
+    /// Whether message `key` is settled already (not sent again after a rewind).
+    fn is_settled(&self, key: Key) -> bool {
+        self.lock()
+            .get(&key.seq)
+            .and_then(|p| p.settled.get(key.index as usize).copied())
+            .unwrap_or(false)
+    }
+
+    /// Message `key` is settled; true when that was its pack's last one (remove the pack).
+    pub(super) fn settle(&self, key: Key) -> bool {
+        let mut packs = self.lock();
+        let Some(pack) = packs.get_mut(&key.seq) else {
+            return false;
+        };
+        match pack.settled.get_mut(key.index as usize) {
+            Some(settled) if !*settled => {
+                *settled = true;
+                pack.left -= 1;
+            }
+            _ => return false,
+        }
+        if pack.left == 0 {
+            packs.remove(&key.seq);
+            return true;
+        }
+        false
+    }
+}
+
+/// One thing a delivery task gets from its [`Source`].
+pub(super) enum Item {
+    /// A message to deliver.
+    Message(Key, Bytes),
+    /// A spool entry that is not a pack of messages (damaged): remove it and count it.
+    Damaged(u64, &'static str),
+}
+
+/// Where a delivery task gets its messages, in order: packs from the feed while it goes on
+/// right where the task is, from the disk otherwise (a backlog from before a restart, packs
+/// the feed left out, a rewind); each pack's messages one by one.
 pub(super) struct Source {
     queue: Queue,
+    book: Arc<Book>,
     feed: Option<mpsc::Receiver<Fresh>>,
     head: Option<Fresh>,
-    /// The next sequence number to deliver.
+    /// The sequence number of the next pack to take.
     cursor: u64,
+    /// The pack being delivered and the index of its next message.
+    current: Option<(u64, Vec<Bytes>, usize)>,
+    /// Packs taken and not yet started, in order.
+    taken: std::collections::VecDeque<(u64, Bytes)>,
 }
 
 impl Source {
     pub(super) fn new(spools: &Spools, direction: Direction) -> Source {
         Source {
             queue: spools.queue(direction).clone(),
+            book: Arc::clone(spools.book(direction)),
             feed: spools.feed(direction).take(),
             head: None,
             cursor: 0,
+            current: None,
+            taken: std::collections::VecDeque::new(),
         }
     }
 
-    /// Up to `limit` entries to deliver next, in order; empty when there is nothing yet
+    /// Up to `limit` messages to deliver next, in order; empty when there is nothing yet
     /// (then [`Source::wait`], with a `changed` future made before this call).
-    pub(super) fn next(&mut self, limit: usize) -> Result<Vec<(u64, Bytes)>, SpoolError> {
+    pub(super) fn next(&mut self, limit: usize) -> Result<Vec<Item>, SpoolError> {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            if let Some((seq, messages, next)) = self.current.as_mut() {
+                let seq = *seq;
+                while out.len() < limit && *next < messages.len() {
+                    let key = Key {
+                        seq,
+                        index: u32::try_from(*next).unwrap_or(u32::MAX),
+                    };
+                    if !self.book.is_settled(key) {
+                        out.push(Item::Message(key, messages[*next].clone()));
+                    }
+                    *next += 1;
+                }
+                if *next >= messages.len() {
+                    self.current = None;
+                }
+                continue;
+            }
+            if self.taken.is_empty() {
+                let packs = self.packs(limit)?;
+                self.taken.extend(packs);
+            }
+            let Some((seq, entry)) = self.taken.pop_front() else {
+                break;
+            };
+            match record::unpack(&entry) {
+                Ok(messages) => {
+                    self.book.open(seq, messages.len());
+                    if messages.is_empty() && self.book.settle(Key { seq, index: 0 }) {
+                        self.queue.remove(seq);
+                    }
+                    self.current = Some((seq, messages, 0));
+                }
+                Err(reason) => out.push(Item::Damaged(seq, reason)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` packs from the cursor on: from the feed when it goes on right there,
+    /// from the disk otherwise.
+    fn packs(&mut self, limit: usize) -> Result<Vec<(u64, Bytes)>, SpoolError> {
         loop {
             if self.head.is_none() {
                 self.head = self.feed.as_mut().and_then(|f| f.try_recv().ok());
@@ -264,7 +406,7 @@ impl Source {
                 continue;
             }
             if head.first > self.cursor {
-                // A gap: entries the feed left out, or a rewind. The disk has them.
+                // A gap: packs the feed left out, or a rewind. The disk has them.
                 break;
             }
             let skip = usize::try_from(self.cursor - head.first).unwrap_or(usize::MAX);
@@ -284,7 +426,7 @@ impl Source {
         Ok(entries.into_iter().map(|e| (e.seq, e.data)).collect())
     }
 
-    /// Waits for a fresh batch or for `changed` (a commit, or room freed).
+    /// Waits for a fresh pack or for `changed` (a commit, or room freed).
     pub(super) async fn wait(&mut self, changed: impl std::future::Future<Output = ()>) {
         match (self.head.is_none(), self.feed.as_mut()) {
             (true, Some(feed)) => tokio::select! {
@@ -295,30 +437,44 @@ impl Source {
         }
     }
 
-    /// Delivers from `seq` again (what is still in the spool from there on).
-    pub(super) fn rewind(&mut self, seq: u64) {
-        self.cursor = self.cursor.min(seq);
+    /// Delivers again from the pack of `key` on, what of it is not settled.
+    pub(super) fn rewind(&mut self, key: Key) {
+        let from = match &self.current {
+            Some((seq, ..)) => (*seq).min(key.seq),
+            None => key.seq,
+        };
+        let from = self.taken.front().map_or(from, |(seq, _)| from.min(*seq));
+        self.cursor = self.cursor.min(from);
+        self.current = None;
+        self.taken.clear();
     }
 }
 
-/// A request to read a queue again from an earlier entry.
+/// A request to deliver again from an earlier message.
 #[derive(Default)]
 pub(crate) struct Rewind {
-    to: std::sync::Mutex<Option<u64>>,
+    to: std::sync::Mutex<Option<Key>>,
     notify: Notify,
 }
 
 impl Rewind {
-    /// Asks the delivery task to read again from `seq` (or earlier, if asked so already).
-    pub(super) fn request(&self, seq: u64) {
+    /// Asks the delivery task to deliver again from `key` (or earlier, if asked so already).
+    pub(super) fn request(&self, key: Key) {
         let mut to = self.to.lock().unwrap_or_else(|p| p.into_inner());
-        *to = Some(to.map_or(seq, |t| t.min(seq)));
+        let earlier = |a: Key, b: Key| {
+            if (b.seq, b.index) < (a.seq, a.index) {
+                b
+            } else {
+                a
+            }
+        };
+        *to = Some(to.map_or(key, |t| earlier(t, key)));
         drop(to);
         self.notify.notify_one();
     }
 
     /// The pending request, if any.
-    pub(super) fn take(&self) -> Option<u64> {
+    pub(super) fn take(&self) -> Option<Key> {
         self.to.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -359,11 +515,11 @@ impl OnDurable {
 
 /// One message for the intake: its entries (one per destination) and what to do once they
 /// are durable.
-type Item = (Vec<Bytes>, OnDurable);
+type Taken = (Vec<Bytes>, OnDurable);
 
 /// Where a pipeline hands messages to be made durable; see the module docs.
 pub(super) struct Intake {
-    tx: mpsc::UnboundedSender<Item>,
+    tx: mpsc::UnboundedSender<Taken>,
 }
 
 impl Intake {
@@ -386,20 +542,17 @@ impl Intake {
 async fn run_intake(
     shared: Arc<Shared>,
     direction: Direction,
-    mut rx: mpsc::UnboundedReceiver<Item>,
+    mut rx: mpsc::UnboundedReceiver<Taken>,
 ) {
     let Some(spools) = shared.spools.as_ref() else {
         return;
     };
     let queue = spools.queue(direction).clone();
     let full = AtomicBool::new(false);
-    let mut items: Vec<Item> = Vec::new();
+    let mut items: Vec<Taken> = Vec::new();
     // What arrives while a batch is committed waits in the channel and forms the next one.
     while rx.recv_many(&mut items, INTAKE_BATCH).await > 0 {
-        let entries: Vec<Bytes> = items
-            .iter()
-            .flat_map(|(entries, _)| entries.iter().cloned())
-            .collect();
+        let entries = packs(&items);
         if !append(&queue, spools.feed(direction), entries, direction, &full).await {
             // Closed at shutdown: nothing becomes durable; the sources keep the messages
             // (MQTT: unacknowledged, redelivered; Bayeux: counted as abandoned).
@@ -411,6 +564,31 @@ async fn run_intake(
             then.done(&shared);
         }
     }
+}
+
+/// Most bytes of one pack, unless a single message is larger: keeps an entry well below
+/// the smallest `spool.max_bytes`, so that a batch of small messages always fits once room
+/// is freed.
+const PACK_BYTES: usize = 64 * 1024;
+
+/// The messages of `items` as packs (spool entries) of at most [`PACK_BYTES`] each, in order.
+fn packs(items: &[Taken]) -> Vec<Bytes> {
+    let mut packs = Vec::new();
+    let mut messages: Vec<Bytes> = Vec::new();
+    let mut bytes = 0;
+    for message in items.iter().flat_map(|(entries, _)| entries.iter()) {
+        if !messages.is_empty() && bytes + message.len() > PACK_BYTES {
+            packs.push(record::pack(&messages));
+            messages.clear();
+            bytes = 0;
+        }
+        bytes += message.len() + 4;
+        messages.push(message.clone());
+    }
+    if !messages.is_empty() {
+        packs.push(record::pack(&messages));
+    }
+    packs
 }
 
 /// Appends until it is durable, handing the entries to the delivery task as soon as they

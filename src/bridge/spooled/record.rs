@@ -19,6 +19,51 @@ use crate::mqtt::QoS;
 /// The entry layout version.
 pub(super) const VERSION: u8 = 1;
 
+/// The version byte of a pack: several messages in one spool entry.
+const PACK_VERSION: u8 = 0x50;
+
+/// Several encoded messages as one spool entry (one B-tree insert and one removal for all of
+/// them): [`PACK_VERSION`], the count `u32`, then each message as its length `u32` and its
+/// bytes.
+pub(crate) fn pack(messages: &[Bytes]) -> Bytes {
+    let len = 5 + messages.iter().map(|m| 4 + m.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(len);
+    out.put_u8(PACK_VERSION);
+    out.put_u32_le(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+    for message in messages {
+        out.put_u32_le(u32::try_from(message.len()).unwrap_or(u32::MAX));
+        out.put_slice(message);
+    }
+    out.freeze()
+}
+
+/// The messages of a [`pack`], sharing its bytes.
+pub(crate) fn unpack(entry: &Bytes) -> Result<Vec<Bytes>, &'static str> {
+    let mut r = Reader {
+        bytes: entry,
+        at: 0,
+    };
+    if r.u8()? != PACK_VERSION {
+        return Err("not a pack of messages");
+    }
+    let count = r.u32()? as usize;
+    // Each message takes at least its 4-byte length: a count beyond that is damage.
+    if count > entry.len() / 4 {
+        return Err("message count out of range");
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = r.u32()? as usize;
+        let start = r.at;
+        r.take(len)?;
+        out.push(entry.slice(start..r.at));
+    }
+    if r.at != entry.len() {
+        return Err("bytes after the last message");
+    }
+    Ok(out)
+}
+
 /// A Bayeux → MQTT message as it will be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ToMqtt {
@@ -179,6 +224,27 @@ mod tests {
         let mut huge = entry.to_vec();
         huge[7..11].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ToMqtt::decode(&Bytes::from(huge)).is_err());
+    }
+
+    #[test]
+    fn packs_round_trip_and_damaged_ones_are_errors() {
+        let messages = vec![
+            Bytes::from_static(b"one"),
+            Bytes::new(),
+            Bytes::from_static(b"three"),
+        ];
+        let packed = pack(&messages);
+        assert_eq!(unpack(&packed), Ok(messages));
+        for cut in 0..packed.len() {
+            assert!(unpack(&packed.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut longer = packed.to_vec();
+        longer.push(0);
+        assert!(unpack(&Bytes::from(longer)).is_err());
+        let mut huge = packed.to_vec();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(unpack(&Bytes::from(huge)).is_err());
+        assert_eq!(unpack(&pack(&[])), Ok(Vec::new()));
     }
 
     #[test]

@@ -440,3 +440,57 @@ async fn without_the_spool_a_bayeux_outage_beyond_the_broker_queue_is_a_reported
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status}; {}", bridge.tail(20));
 }
+
+/// A message larger than the whole spool could never be written: it is dropped and counted
+/// (`spool_too_small`) instead of holding its side back for good, and what follows flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_spool_is_dropped_and_counted_and_the_rest_flows() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let dir = TempDir::new("spool-small");
+    let spool_dir = dir.path().join("spool");
+    let setup = Setup {
+        spool: true,
+        url: server.url(),
+        broker_port: broker.port(),
+        client_id: "spool-small",
+        spool_dir: &spool_dir,
+        max_bytes: 1 << 20,
+        routes: &route("/ss/*", "ss/+", "bayeux_to_mqtt"),
+    };
+    let config = ConfigFile::new(&setup.toml());
+    let subscriber = MqttPeer::connect_with(
+        mqtt_options(&broker, "spool-small-sub"),
+        &[("ss/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let publisher = BayeuxPeer::publisher(&server.url(), WAIT);
+    publisher
+        .publish("/ss/x", json!({ "id": 0, "pad": "y".repeat(1_200_000) }))
+        .await;
+    publisher.publish_ids("/ss/x", 1..2).await;
+    subscriber
+        .wait_for_ids("the message after the oversized one", "ss/", 1..2)
+        .await;
+    let drop = bridge
+        .wait_for_line("the oversized message's drop", WAIT, |l| {
+            l.is("Message dropped.") && l.str_field("reason") == Some("spool_too_small")
+        })
+        .await;
+    assert_eq!(drop.str_field("name"), Some("/ss/x"), "{}", drop.raw);
+    assert_eq!(
+        subscriber.ids("ss/").keys().copied().collect::<Vec<_>>(),
+        [1]
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "exit {status}; {}", bridge.tail(20));
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        totals.dropped.get("spool_too_small"),
+        Some(&1),
+        "{totals:?}"
+    );
+}

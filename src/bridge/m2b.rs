@@ -312,7 +312,7 @@ async fn forward(
             token: message.token,
             mqtt: mqtt.clone(),
         };
-        intake.submit(entries, then);
+        intake.submit(entries, then, first_route, &message.topic);
         return;
     }
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");

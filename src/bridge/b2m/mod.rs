@@ -322,7 +322,8 @@ async fn forward(
             topic,
             payload,
         };
-        intake.submit(vec![entry.encode()], OnDurable::Bayeux { slot, ticket });
+        let then = OnDurable::Bayeux { slot, ticket };
+        intake.submit(vec![entry.encode()], then, route.number(), &message.channel);
         return;
     }
     record_mqtt_echo(shared, &topic, &payload);

@@ -6,7 +6,8 @@
 //!    into its final form (an MQTT publish: route, QoS, retain, topic, payload; a Bayeux
 //!    publish: route, channel, data) and hands it to the direction's [`Intake`], holding its
 //!    queue slot. The intake task takes every message waiting and appends them to the
-//!    direction's spool queue in one commit (group commit, fsync); only then is the source
+//!    direction's spool queue in one commit (group commit, fsync), packed into as few spool
+//!    entries as [`PACK_BYTES`] allows (one B-tree insert for many messages); only then is the source
 //!    told: the MQTT message is acknowledged to the broker, the Bayeux event's replay
 //!    checkpoint may advance, and the slot is free again. The reading loop therefore keeps
 //!    reading while the destination is down, as long as the disk keeps up and the spool has
@@ -18,6 +19,10 @@
 //!    it (broker PUBACK/PUBCOMP, Bayeux `successful: true`) or refused it for good (then it
 //!    is dropped and counted, as without the spool). Messages go out in spool order, which
 //!    is the order they were received in, so order per route holds across restarts.
+//!    The intake hands each pack to the delivery task as soon as it has its sequence number
+//!    ([`Feed`]), so delivery does not wait for the fsync; the task reads the disk for a
+//!    backlog (after a restart, or when the feed overflowed). A [`Book`] per direction
+//!    settles each message of a pack; the pack leaves the spool once all of them are.
 //!
 //! A full spool (`spool.max_bytes`) back-pressures: the intake waits for room, the reading
 //! loop runs out of slots and stops reading that side, exactly as without the spool; a
@@ -520,6 +525,8 @@ type Taken = (Vec<Bytes>, OnDurable);
 /// Where a pipeline hands messages to be made durable; see the module docs.
 pub(super) struct Intake {
     tx: mpsc::UnboundedSender<Taken>,
+    shared: Arc<Shared>,
+    direction: Direction,
 }
 
 impl Intake {
@@ -527,12 +534,39 @@ impl Intake {
     /// `Intake` is dropped and what was handed over is durable (or the queue was closed).
     pub(super) fn start(shared: Arc<Shared>, direction: Direction) -> (Intake, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_intake(shared, direction, rx).in_current_span());
-        (Intake { tx }, task)
+        let task = tokio::spawn(run_intake(Arc::clone(&shared), direction, rx).in_current_span());
+        (
+            Intake {
+                tx,
+                shared,
+                direction,
+            },
+            task,
+        )
     }
 
-    /// Hands over one message. Unbounded here: the caller's slots bound it.
-    pub(super) fn submit(&self, entries: Vec<Bytes>, then: OnDurable) {
+    /// Hands over one message (`name`: its channel or topic, for logs). Unbounded here: the
+    /// caller's slots bound it. A message larger than the whole spool could never be
+    /// written: it is dropped and counted (`spool_too_small`) instead of blocking its side
+    /// for good, and acknowledged upstream like any other refused message.
+    pub(super) fn submit(&self, entries: Vec<Bytes>, then: OnDurable, route: usize, name: &str) {
+        let size: u64 = entries.iter().map(|e| e.len() as u64 + 4).sum::<u64>() + 5;
+        let max = self
+            .shared
+            .spools
+            .as_ref()
+            .map_or(u64::MAX, |s| s.spool.max_bytes());
+        if size + crate::spool::ENTRY_OVERHEAD > max {
+            self.shared.drop_message(
+                self.direction,
+                "spool_too_small",
+                route,
+                name,
+                &format!("{size} bytes do not fit in a spool of spool.max_bytes = {max}"),
+            );
+            then.done(&self.shared);
+            return;
+        }
         if self.tx.send((entries, then)).is_err() {
             error!("Internal error: the spool intake stopped before its pipeline.");
         }

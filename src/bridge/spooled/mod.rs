@@ -231,6 +231,9 @@ pub(super) struct Fresh {
     entries: Vec<Bytes>,
 }
 
+/// Packs a delivery task takes at once, at most.
+const PACKS_AT_ONCE: usize = 8;
+
 /// Batches the feed holds at most.
 const FEED_BATCHES: usize = 64;
 
@@ -375,18 +378,18 @@ impl Source {
                 continue;
             }
             if self.taken.is_empty() {
-                let packs = self.packs(limit)?;
+                // A few packs at a time: a backlog is read as it is delivered.
+                let packs = self.packs(limit.min(PACKS_AT_ONCE))?;
                 self.taken.extend(packs);
             }
             let Some((seq, entry)) = self.taken.pop_front() else {
                 break;
             };
             match record::unpack(&entry) {
+                // Nothing to deliver (the intake makes no empty packs; one would be damage).
+                Ok(messages) if messages.is_empty() => self.queue.remove(seq),
                 Ok(messages) => {
                     self.book.open(seq, messages.len());
-                    if messages.is_empty() && self.book.settle(Key { seq, index: 0 }) {
-                        self.queue.remove(seq);
-                    }
                     self.current = Some((seq, messages, 0));
                 }
                 Err(reason) => out.push(Item::Damaged(seq, reason)),

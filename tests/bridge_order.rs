@@ -143,3 +143,73 @@ fn out_of_order_names_each_late_id_once() {
     assert_eq!(out_of_order(&[0, 2, 1, 3]), vec![(1, 2)]);
     assert_eq!(out_of_order(&[3, 0, 1, 2]), vec![(0, 3), (1, 3), (2, 3)]);
 }
+
+/// Messages that arrived first, each id once (later copies, which at-least-once allows, are
+/// left out).
+fn first_arrivals(ids: &[u64]) -> Vec<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// MQTT → Bayeux keeps its order when the Bayeux server's path fails under a stream: the
+/// bridge reaches the server through the gate, which blackholes it for a while. Requests in
+/// flight fail without an answer; their publishes must go again ahead of the ones queued
+/// behind them (before the fix each was retried on its own backoff, and they arrived
+/// shuffled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_keeps_order_across_a_failed_bayeux_request() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
+    let gate = common::gate::Gate::start(server.port()).await;
+    let config = ConfigFile::new(&format!(
+        "[bayeux]\nurl = \"http://127.0.0.1:{gate}/cometd\"\nbackoff_increment_ms = 100\n\
+         backoff_max_ms = 500\nmax_network_delay_secs = 1\n\n\
+         [mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"order-retry\"\n\n\
+         [[route]]\nbayeux = \"/down/*\"\nmqtt = \"down/+\"\ndirection = \"mqtt_to_bayeux\"\nqos = 1\n",
+        gate = gate.port(),
+        host = broker.host(),
+        port = broker.port(),
+    ));
+    let down = BayeuxPeer::subscriber(&server.url(), "/down/*", WAIT).await;
+    let publisher = MqttPeer::connect(mqtt_options(&broker, "order-retry-pub"), &[]).await;
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    // The path goes dead for 1.5 s while messages flow: the request in flight gets no answer
+    // and fails at the bridge's network deadline (1 s); then every connection is reset (what
+    // the path held is lost) and new ones are refused for a moment; then it comes back.
+    let total = 600u64;
+    for round in 0..total / 10 {
+        match round {
+            5 => gate.blackhole(),
+            // The dead path ends in resets: what it held is gone.
+            35 => gate.refuse(),
+            40 => gate.open(),
+            _ => {}
+        }
+        publisher
+            .publish_ids("down/x", round * 10..(round + 1) * 10)
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    down.wait_for_ids("every message", "/down/", 0..total).await;
+    let arrived: Vec<u64> = down
+        .inbox
+        .snapshot()
+        .iter()
+        .filter_map(|m| common::mqtt_peer::id_of(&m.data_value()?))
+        .collect();
+    let late = out_of_order(&first_arrivals(&arrived));
+    assert!(
+        late.is_empty(),
+        "{} messages arrived (first) after a later one: {:?}",
+        late.len(),
+        &late[..late.len().min(20)]
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(
+        status.success(),
+        "bridge exit: {status}\n{}",
+        bridge.tail(30)
+    );
+}

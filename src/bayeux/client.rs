@@ -74,6 +74,11 @@ pub struct ClientOptions {
     /// larger on its own fails with [`PublishError::TooLarge`]. 0 (the default): no limit.
     /// Salesforce: 32768.
     pub max_request_bytes: usize,
+    /// Publishes of a request that failed without an answer (the outcome is unknown) go
+    /// again, ahead of everything queued after them and after a backoff, instead of
+    /// failing with [`PublishError::Transport`](super::PublishError): they keep their
+    /// order, and one may reach the server twice. Default `false`.
+    pub retry_publishes: bool,
 }
 
 impl Default for ClientOptions {
@@ -94,6 +99,7 @@ impl Default for ClientOptions {
             token_source: None,
             max_auth_attempts: 5,
             max_request_bytes: 0,
+            retry_publishes: false,
         }
     }
 }
@@ -125,6 +131,7 @@ impl fmt::Debug for ClientOptions {
             .field("token_source", &self.token_source)
             .field("max_auth_attempts", &self.max_auth_attempts)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("retry_publishes", &self.retry_publishes)
             .finish()
     }
 }
@@ -287,6 +294,7 @@ impl Client {
             max_auth_attempts: options.max_auth_attempts,
             max_request_bytes: options.max_request_bytes,
             extensions: options.extensions.clone(),
+            retry_publishes: options.retry_publishes,
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
         let session = Session::new(session_options, Instant::now().into_std());

@@ -1,10 +1,12 @@
 //! MQTT → Bayeux: messages from the broker become Bayeux publishes; each is acknowledged to
 //! the broker only after the Bayeux server answered `successful: true` (at-least-once).
 //!
-//! Acks are released in receive order by the MQTT client. A publish whose request failed is
-//! retried with backoff until the server answers (a duplicate is possible if the first try
-//! reached the server); one the server refuses for good is dropped, counted and acknowledged
-//! so it does not block the messages behind it. At shutdown, unanswered messages are left
+//! Acks are released in receive order by the MQTT client. A publish whose request failed
+//! without an answer is sent again by the Bayeux client itself, ahead of later ones and after
+//! a backoff (`ClientOptions::retry_publishes`, which the bridge turns on), so order holds; a
+//! duplicate is possible if the first try reached the server. Other failures (the client was
+//! replaced or stopped) are retried here with backoff. One the server refuses for good is
+//! dropped, counted and acknowledged so it does not block the messages behind it. At shutdown, unanswered messages are left
 //! unacknowledged for the broker to deliver again.
 
 use std::collections::VecDeque;

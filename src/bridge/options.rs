@@ -25,6 +25,9 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
     options.max_queued = queued;
     options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
     options.max_request_bytes = b.max_request_bytes;
+    // MQTT → Bayeux keeps its order across a failed request: the client sends the failed
+    // publishes again ahead of later ones (a duplicate is possible, as with any retry).
+    options.retry_publishes = true;
     if b.ack_extension {
         // A fresh one per client: its batch number belongs to one client's sessions.
         options

@@ -77,6 +77,10 @@ pub struct SessionOptions {
     /// Outgoing hooks, applied to each message as it is put into a request (so that the
     /// size cap counts what they add).
     pub extensions: Vec<Arc<dyn Extension>>,
+    /// Publishes of a request that failed without an answer (outcome unknown) go again,
+    /// ahead of everything queued after them and after a backoff, instead of failing with
+    /// [`PublishError::Transport`]: their order is kept, and one may reach the server twice.
+    pub retry_publishes: bool,
 }
 
 impl Default for SessionOptions {
@@ -91,6 +95,7 @@ impl Default for SessionOptions {
             max_auth_attempts: 5,
             max_request_bytes: 0,
             extensions: Vec::new(),
+            retry_publishes: false,
         }
     }
 }
@@ -210,6 +215,10 @@ pub struct Session {
     multiple_clients_reported: bool,
     connect_backoff: Backoff,
     handshake_backoff: Backoff,
+    /// With `retry_publishes`: the wait before publishes of a failed request go again.
+    publish_backoff: Backoff,
+    /// No batch starts before then (publishes of a failed request wait to go again).
+    batch_retry_at: Option<Instant>,
     sub_backoff: BackoffOptions,
     /// Token state, when the driver has a token source.
     auth: Option<auth::AuthState>,
@@ -248,6 +257,8 @@ impl Session {
         let mut session = Session {
             connect_backoff: backoff(1),
             handshake_backoff: backoff(2),
+            publish_backoff: backoff(5),
+            batch_retry_at: None,
             auth,
             sub_backoff: options.backoff,
             options,
@@ -335,11 +346,16 @@ impl Session {
             _ => None,
         });
         let token_at = self.auth.as_ref().and_then(|a| a.fetch_at);
-        [self.handshake_at, self.connect_at, token_at]
-            .into_iter()
-            .flatten()
-            .chain(sub_retry)
-            .min()
+        [
+            self.handshake_at,
+            self.connect_at,
+            token_at,
+            self.batch_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(sub_retry)
+        .min()
     }
 
     /// Time has passed: start what is due.
@@ -521,6 +537,7 @@ impl Session {
                 let batch = self.other_batch.take().unwrap_or_default();
                 match result {
                     Ok(messages) => {
+                        self.publish_backoff.reset();
                         for msg in messages {
                             self.receive(msg, now);
                         }
@@ -535,7 +552,12 @@ impl Session {
                         }
                         self.unanswered(batch, &e.to_string(), now);
                     }
-                    Err(e) => self.unanswered(batch, &e.to_string(), now),
+                    Err(e) => {
+                        if self.options.retry_publishes {
+                            self.retry_publishes(&batch, now);
+                        }
+                        self.unanswered(batch, &e.to_string(), now);
+                    }
                 }
             }
         }
@@ -553,6 +575,27 @@ impl Session {
             }
         }
         self.after_response(now);
+    }
+
+    /// Puts the publishes of a request that failed without an answer back at the head of the
+    /// outbox, in their order and under their ids, to go again after a backoff (what else
+    /// the request held is left to `unanswered`).
+    fn retry_publishes(&mut self, batch: &[String], now: Instant) {
+        let mut again = Vec::new();
+        for id in batch {
+            if let Some(Pending::Publish(_)) = self.pending.get(id)
+                && let Some(Pending::Publish(sent)) = self.pending.remove(id)
+            {
+                again.push(*sent);
+            }
+        }
+        if again.is_empty() {
+            return;
+        }
+        for msg in again.into_iter().rev() {
+            self.outbox.push_front(msg);
+        }
+        self.batch_retry_at = Some(now + self.publish_backoff.next_delay());
     }
 
     /// After any response: requeue what must go again, and send what is due.

@@ -18,8 +18,12 @@ impl Session {
         {
             self.send_connect();
         }
-        let can_send =
-            matches!(self.phase, Phase::Handshaken | Phase::Disconnecting) && !self.connect_failing;
+        if self.batch_retry_at.is_some_and(|t| t <= now) {
+            self.batch_retry_at = None;
+        }
+        let can_send = matches!(self.phase, Phase::Handshaken | Phase::Disconnecting)
+            && !self.connect_failing
+            && self.batch_retry_at.is_none();
         if can_send && self.other_batch.is_none() {
             self.send_batch(now);
         }

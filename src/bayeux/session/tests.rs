@@ -658,6 +658,50 @@ fn a_failed_request_fails_its_publishes_as_outcome_unknown_and_retries_its_subsc
 }
 
 #[test]
+fn with_retry_publishes_a_failed_request_sends_its_publishes_again_first_after_a_backoff() {
+    let mut h = Harness::with(SessionOptions {
+        retry_publishes: true,
+        ..options()
+    });
+    h.connected("c1");
+    let a = h.session.publish("/x", json!(1), None, h.now).unwrap();
+    let first = h.sent(Lane::Other);
+    assert_eq!(first.len(), 1);
+    // Queued behind the request in flight.
+    let b = h.session.publish("/x", json!(2), None, h.now).unwrap();
+    let c = h.session.publish("/x", json!(3), None, h.now).unwrap();
+    h.fail(Lane::Other);
+    assert!(h.publish_results().is_empty(), "not failed: they go again");
+    assert!(
+        h.nothing_sent(Lane::Other),
+        "nothing goes out before the backoff"
+    );
+    let wait = h
+        .session
+        .next_deadline()
+        .map(|t| t.saturating_duration_since(h.now));
+    assert!(wait.is_some_and(|w| w > Duration::ZERO), "{wait:?}");
+    h.advance(Duration::from_secs(60));
+    let again = h.sent(Lane::Other);
+    let ids: Vec<String> = again.iter().map(|m| m.id.clone().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![a.clone(), b.clone(), c.clone()],
+        "in order, under their ids"
+    );
+    h.reply(
+        Lane::Other,
+        [a, b, c]
+            .iter()
+            .map(|id| json!({"channel":"/x","id":id,"successful":true}))
+            .collect(),
+    );
+    let results = h.publish_results();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+}
+
+#[test]
 fn service_subscriptions_stay_local() {
     let mut h = Harness::new();
     h.connected("c1");

@@ -1051,3 +1051,42 @@ async fn server_initiated_disconnect_in_connect_reply_rehandshakes() {
     assert_eq!(on(&requests, "/meta/handshake").len(), 2);
     expect_event(&mut events, "Connected in the new session", is_connected).await;
 }
+
+/// A server that redirects is not followed: the redirect would carry the session's cookies
+/// and headers to another address. The client reports it (naming the target, without its
+/// credentials) and backs off like any failed handshake; the target never hears from it.
+/// (A scripted server: the real ones cannot be made to redirect.)
+#[tokio::test]
+async fn a_redirect_is_reported_and_never_followed() {
+    let target = FakeServer::start(|req| healthy(req, "c1")).await;
+    let location = format!("http://user:pw@{}/cometd?token=secret", target.addr());
+    let server = FakeServer::start(move |_| {
+        Reply::Header(
+            "Location",
+            location.clone(),
+            Box::new(Reply::Status(307, "moved".into())),
+        )
+    })
+    .await;
+    let (_client, mut events) = start(options(&server));
+    let failed = expect_event(&mut events, "a failed handshake", |e| {
+        matches!(e, Event::HandshakeFailed { .. })
+    })
+    .await;
+    let Event::HandshakeFailed { reason, .. } = failed else {
+        unreachable!("matched above")
+    };
+    assert!(
+        reason.contains("307") && reason.contains("redirects are not followed"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!("http://{}/cometd", target.addr())),
+        "names the target: {reason}"
+    );
+    assert!(
+        !reason.contains("secret") && !reason.contains("pw@"),
+        "without credentials: {reason}"
+    );
+    assert_eq!(target.request_count(), 0, "the redirect was not followed");
+}

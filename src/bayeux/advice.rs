@@ -10,6 +10,21 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+/// The longest `timeout` advice taken as given (10 minutes): a server holds a `/meta/connect`
+/// for seconds to a few minutes (CometD 30 s, Salesforce 110 s). A longer one, from a buggy
+/// or hostile server, would park the client with nothing noticing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest `interval` advice taken as given (10 minutes), for the same reason.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
+
+/// The longest `maxInterval` advice taken as given (1 day).
+pub const MAX_MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+fn millis(limit: Duration) -> i64 {
+    i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The `reconnect` advice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reconnect {
@@ -83,12 +98,19 @@ impl Advice {
                 .get("reconnect")
                 .and_then(Value::as_str)
                 .and_then(Reconnect::parse),
-            interval: obj.get("interval").and_then(as_i64),
-            timeout: obj.get("timeout").and_then(as_i64).map(|t| t.max(0) as u64),
+            // Clamped to [`MAX_INTERVAL`] (a negative one still forbids reconnecting).
+            interval: obj
+                .get("interval")
+                .and_then(as_i64)
+                .map(|i| i.min(millis(MAX_INTERVAL))),
+            timeout: obj
+                .get("timeout")
+                .and_then(as_i64)
+                .map(|t| t.clamp(0, millis(MAX_TIMEOUT)) as u64),
             max_interval: obj
                 .get("maxInterval")
                 .and_then(as_i64)
-                .map(|t| t.max(0) as u64),
+                .map(|t| t.clamp(0, millis(MAX_MAX_INTERVAL)) as u64),
             multiple_clients: obj.get("multiple-clients").and_then(Value::as_bool),
             hosts: obj.get("hosts").and_then(Value::as_array).map(|hosts| {
                 hosts
@@ -194,6 +216,20 @@ mod tests {
             Some("long-polling"),
         );
         assert_eq!(a.timeout, Some(5000));
+    }
+
+    #[test]
+    fn advice_of_centuries_is_clamped_to_documented_bounds() {
+        let a = Advice::from_value(
+            &json!({"interval": 9_000_000_000_000_i64, "timeout": 1e300, "maxInterval": i64::MAX}),
+            None,
+        );
+        assert_eq!(a.interval(), MAX_INTERVAL);
+        assert_eq!(a.timeout_or(Duration::ZERO), MAX_TIMEOUT);
+        assert_eq!(a.max_interval(), Some(MAX_MAX_INTERVAL));
+        assert!(!a.forbids_reconnect());
+        let usual = Advice::from_value(&json!({"interval": 0, "timeout": 110_000}), None);
+        assert_eq!(usual.timeout_or(Duration::ZERO), Duration::from_secs(110));
     }
 
     #[test]

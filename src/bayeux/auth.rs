@@ -247,6 +247,9 @@ impl OAuthTokenSource {
             _ => None,
         };
         let http = reqwest::Client::builder()
+            // A redirect would re-send the form (client secret, refresh token, assertion)
+            // elsewhere: reported, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .http1_only()
             .build()
@@ -287,6 +290,17 @@ impl Inner {
             .await
             .map_err(|e| TokenError::Unavailable(describe_http_error(e)))?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = crate::bayeux::transport::long_polling::redirect_target(
+                response.url(),
+                response.headers(),
+            );
+            return Err(TokenError::Refused(format!(
+                "HTTP {status}: the token endpoint redirects to {location}; redirects are not \
+                 followed (set token_url to the final address)",
+                status = status.as_u16()
+            )));
+        }
         let body = read_capped(response).await?;
         classify(status.as_u16(), &body)
     }

@@ -118,6 +118,19 @@ pub enum TransportError {
         /// The HTTP status code.
         status: u16,
     },
+    /// The server answered with a redirect, which the client does not follow: it would
+    /// carry the session's cookies and headers (credentials) to another address, maybe
+    /// over plain HTTP.
+    #[error(
+        "HTTP status {status}: the server redirects to {location}; redirects are not \
+         followed (set the URL to the final address)"
+    )]
+    Redirect {
+        /// The HTTP status code (3xx).
+        status: u16,
+        /// Where to, without user info or query (which may carry credentials).
+        location: String,
+    },
     /// The response body was larger than the configured cap.
     #[error("response body exceeds the {cap}-byte cap")]
     TooLarge {

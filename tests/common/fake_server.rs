@@ -129,6 +129,8 @@ pub enum Reply {
     /// `"BAYEUX_BROWSER=abc; Path=/"`) to the inner reply. Ignored when the
     /// inner reply sends no response (`Stall`, `Close`).
     SetCookie(String, Box<Reply>),
+    /// Add a header (name, value) to the inner reply, e.g. a redirect's `Location`.
+    Header(&'static str, String, Box<Reply>),
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -344,6 +346,10 @@ async fn send_reply(conn: &mut Conn, mut reply: Reply, close: bool) -> io::Resul
                 extra.push(("Set-Cookie", cookie));
                 *inner
             }
+            Reply::Header(name, value, inner) => {
+                extra.push((name, value));
+                *inner
+            }
             other => break other,
         };
     };
@@ -375,7 +381,9 @@ async fn send_reply(conn: &mut Conn, mut reply: Reply, close: bool) -> io::Resul
             return Ok(false);
         }
         Reply::Close => return Ok(false),
-        Reply::Delayed(..) | Reply::SetCookie(..) => unreachable!("unwrapped above"),
+        Reply::Delayed(..) | Reply::SetCookie(..) | Reply::Header(..) => {
+            unreachable!("unwrapped above")
+        }
     }
     Ok(true)
 }

@@ -34,6 +34,8 @@ impl LongPolling {
     /// at most `max_body` bytes.
     pub fn new(url: Url, headers: HeaderMap, max_body: usize) -> Result<Self, String> {
         let http = reqwest::Client::builder()
+            // A redirect is reported, never followed (`TransportError::Redirect`).
+            .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
             .default_headers(headers)
             .http1_only()
@@ -100,6 +102,12 @@ async fn exchange(
 ) -> Result<Vec<Message>, TransportError> {
     let mut response = request.send().await.map_err(io_error)?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(TransportError::Redirect {
+            status: status.as_u16(),
+            location: redirect_target(response.url(), response.headers()),
+        });
+    }
     if status != reqwest::StatusCode::OK {
         return Err(TransportError::Status {
             status: status.as_u16(),
@@ -183,4 +191,51 @@ pub(crate) fn describe_http_error(e: reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Where a redirect points, for the error: the `Location` resolved against `base`, without
+/// user info or query; "(no Location)" or "(an invalid Location)" otherwise.
+pub(crate) fn redirect_target(base: &Url, headers: &reqwest::header::HeaderMap) -> String {
+    match headers.get(reqwest::header::LOCATION) {
+        None => "(no Location)".to_owned(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|location| base.join(location).ok())
+            .map_or_else(
+                || "(an invalid Location)".to_owned(),
+                |mut target| {
+                    let _ = target.set_username("");
+                    let _ = target.set_password(None);
+                    target.set_query(None);
+                    target.set_fragment(None);
+                    target.to_string()
+                },
+            ),
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_target_is_resolved_and_loses_its_credentials() {
+        let base = Url::parse("https://bayeux.example/cometd").unwrap_or_else(|e| panic!("{e}"));
+        let mut headers = HeaderMap::new();
+        assert_eq!(redirect_target(&base, &headers), "(no Location)");
+        headers.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("http://user:secret@evil.example/x?token=abc#f"),
+        );
+        assert_eq!(redirect_target(&base, &headers), "http://evil.example/x");
+        headers.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("/other"),
+        );
+        assert_eq!(
+            redirect_target(&base, &headers),
+            "https://bayeux.example/other"
+        );
+    }
 }

@@ -1,26 +1,36 @@
 //! Process signals: SIGTERM (systemd `stop`, `docker stop`, PID 1) and SIGINT (Ctrl-C) both
 //! mean "drain and exit"; SIGHUP (`systemctl reload`) means "re-read the config".
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn signal() {
+/// Listens for SIGINT and SIGTERM from the moment it is called (inside a tokio runtime) and
+/// resolves on the first. Installed at once, not when first polled: a SIGTERM during start-up
+/// (before the bridge's main loop polls this) must drain and exit 0, not kill the process by
+/// the signal's default action.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = next(term) => {}
+                () = next(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct EchoFilter {
     ttl: Duration,
+    /// Most records kept: beyond it the oldest goes first (its echo, if it still came, would
+    /// be forwarded once), so a flood of own publishes cannot grow the filter without bound.
+    max: usize,
+    /// Records given up to the cap since the start.
+    evicted: u64,
     /// Fingerprint → expiry times of the outstanding records (one per publish).
     pending: HashMap<u64, VecDeque<Instant>>,
     /// Insertion order, for expiring old records cheaply.
@@ -25,18 +30,38 @@ pub struct EchoFilter {
 }
 
 impl EchoFilter {
-    /// A filter whose records expire after `ttl`.
+    /// A filter whose records expire after `ttl`, with at most [`EchoFilter::DEFAULT_MAX`]
+    /// records.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_max(ttl, Self::DEFAULT_MAX)
+    }
+
+    /// The default cap: a few megabytes, far more than the publishes whose echoes are still
+    /// on their way (they come back within milliseconds).
+    pub const DEFAULT_MAX: usize = 100_000;
+
+    /// A filter whose records expire after `ttl`, with at most `max` (at least 1) records.
+    pub fn with_max(ttl: Duration, max: usize) -> Self {
         EchoFilter {
             ttl,
+            max: max.max(1),
+            evicted: 0,
             pending: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
+    /// Records given up to the cap since the start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Records that the bridge published `payload` on `name`.
     pub fn record(&mut self, name: &str, payload: &[u8], now: Instant) {
         self.expire(now);
+        while self.order.len() >= self.max {
+            self.evict_oldest();
+        }
         let key = fingerprint(name, payload);
         let expires = now + self.ttl;
         self.pending.entry(key).or_default().push_back(expires);
@@ -65,6 +90,24 @@ impl EchoFilter {
     /// Whether no records are outstanding.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Drops the oldest record (if it was not consumed already).
+    fn evict_oldest(&mut self) {
+        let Some((expires, key)) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(records) = self.pending.get_mut(&key) {
+            // The oldest record of this key, if it is this one (records of one key are in
+            // the order they were made; a consumed one is gone from the front already).
+            if records.front() == Some(&expires) {
+                records.pop_front();
+                self.evicted += 1;
+            }
+            if records.is_empty() {
+                self.pending.remove(&key);
+            }
+        }
     }
 
     fn expire(&mut self, now: Instant) {
@@ -132,6 +175,26 @@ mod tests {
         assert!(f.take("/a", b"x", now));
         assert!(!f.take("/a", b"x", now));
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_records_is_capped_by_dropping_the_oldest() {
+        let now = Instant::now();
+        let mut f = EchoFilter::with_max(TTL, 3);
+        for n in 0..1000u32 {
+            f.record("/a", &n.to_le_bytes(), now);
+        }
+        assert_eq!(f.len(), 3, "bounded");
+        assert_eq!(f.evicted(), 997);
+        assert!(
+            !f.take("/a", &0u32.to_le_bytes(), now),
+            "the oldest went first"
+        );
+        assert!(
+            f.take("/a", &999u32.to_le_bytes(), now),
+            "the newest is kept"
+        );
+        assert!(f.order.len() <= 3, "the order list is bounded too");
     }
 
     #[test]

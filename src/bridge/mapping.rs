@@ -261,6 +261,14 @@ impl Route {
                 .collect::<Vec<_>>()
                 .join("/")
         );
+        // `/service/` channels are the server's request/response services: only a route that
+        // names them (its Bayeux side starts with `/service/`) may publish there, never a
+        // catch-all such as `/**`.
+        if channel.starts_with("/service/")
+            && self.bayeux_prefix.first().map(String::as_str) != Some("service")
+        {
+            return None;
+        }
         match validate_publish_channel(&channel) {
             Ok(pattern) if !pattern.is_meta() => Some(channel),
             _ => None,

@@ -534,3 +534,22 @@ fn describe_lists_warnings_last() {
         "{text}"
     );
 }
+
+#[test]
+fn service_channels_are_reached_only_by_routes_that_name_them() {
+    let catch_all = compile(&[config("/**", "#", Direction::MqttToBayeux)])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert_eq!(catch_all.topic_to_channel("service/echo"), None);
+    assert_eq!(
+        catch_all.topic_to_channel("a/service/echo").as_deref(),
+        Some("/a/service/echo")
+    );
+    let named = compile(&[config("/service/**", "svc/#", Direction::MqttToBayeux)])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    assert_eq!(
+        named.topic_to_channel("svc/echo").as_deref(),
+        Some("/service/echo")
+    );
+}

@@ -152,6 +152,18 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
     }
 }
 
+/// The MQTT filters the routes subscribe to, for gap reports.
+fn subscribed_filters(shared: &Shared) -> Vec<String> {
+    let mut filters: Vec<String> = shared
+        .routes()
+        .iter()
+        .filter(|r| r.subscribes_mqtt())
+        .map(|r| r.mqtt_filter.clone())
+        .collect();
+    filters.dedup();
+    filters
+}
+
 /// Reports a `broker_queue_at_risk` gap when MQTT → Bayeux could not take messages since
 /// `since` for at least [`gaps::AT_RISK_AFTER`]: the broker held them meanwhile, and drops
 /// what goes over its per-client limit without telling the client.
@@ -160,13 +172,7 @@ fn report_held_back(shared: &Arc<Shared>, since: std::time::Instant) {
         return;
     }
     let mut gap = Gap::new(GapKind::BrokerQueueAtRisk, Direction::MqttToBayeux);
-    gap.names = shared
-        .routes()
-        .iter()
-        .filter(|r| r.subscribes_mqtt())
-        .map(|r| r.mqtt_filter.clone())
-        .collect();
-    gap.names.dedup();
+    gap.names = subscribed_filters(shared);
     gap.since = Some(gaps::wall_clock(since));
     gap.extra.insert(
         "reason".to_owned(),
@@ -199,13 +205,7 @@ fn session_lost(shared: &Arc<Shared>, session_present: bool) {
         since
     };
     let mut gap = Gap::new(GapKind::MqttSessionLost, Direction::MqttToBayeux);
-    gap.names = shared
-        .routes()
-        .iter()
-        .filter(|r| r.subscribes_mqtt())
-        .map(|r| r.mqtt_filter.clone())
-        .collect();
-    gap.names.dedup();
+    gap.names = subscribed_filters(shared);
     if gap.names.is_empty() {
         // Nothing subscribed: the broker queued nothing for the bridge.
         return;

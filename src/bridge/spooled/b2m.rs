@@ -8,14 +8,11 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, trace, warn};
 
-use super::{Item, Source, ToMqtt};
+use super::{Item, Source, Step, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
 use crate::mqtt::MqttError;
-
-/// Entries read from the spool at once, at most.
-const READ_BATCH: usize = 256;
 
 /// How long a rewind waits before reading again, so that removals of entries acknowledged
 /// just before are committed (the spool commits them within `spool::REMOVE_DELAY`) and not
@@ -55,36 +52,17 @@ pub(crate) async fn deliver(
             tokio::time::sleep(REWIND_SETTLE).await;
             source.rewind(key);
         }
-        // Before reading: what is committed after the read is not missed.
-        let changed = queue.changed();
-        let free = permits.available_permits();
-        if free == 0 {
+        let interrupt = async {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                permit = permits.acquire() => drop(permit),
+                _ = paused.wait_for(|p| *p) => {}
                 () = spools.b2m_rewind.requested() => {}
-            }
-            continue;
-        }
-        let entries = match source.next(free.min(READ_BATCH)) {
-            Ok(entries) => entries,
-            Err(e) => {
-                warn!(error = %e, "Could not read the Bayeux → MQTT spool; trying again.");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
             }
         };
-        if entries.is_empty() {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                _ = paused.wait_for(|p| *p) => {}
-                () = source.wait(changed) => {}
-                () = spools.b2m_rewind.requested() => {}
-            }
-            continue;
-        }
+        let entries = match source.step(&permits, &mut stop, interrupt).await {
+            Step::Deliver(entries) => entries,
+            Step::Again => continue,
+            Step::Stop => break,
+        };
         for item in entries {
             let (key, data) = match item {
                 Item::Message(key, data) => (key, data),

@@ -4,22 +4,19 @@
 //! See the parent module.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, watch};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 
 use super::b2m::damaged;
-use super::{Item, Source, ToBayeux};
+use super::{Item, Source, Step, ToBayeux};
 use crate::bayeux::PublishError;
 use crate::bridge::m2b::{Pending, echoes_back, settle};
 use crate::bridge::payload::echo_fingerprint;
 use crate::bridge::settling::Settler;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
-
-/// Entries read from the spool at once, at most.
-const READ_BATCH: usize = 256;
 
 /// Delivers until `stop` turns true; verdicts still awaited then are awaited by the settling
 /// task (what gets none stays in the spool).
@@ -35,35 +32,14 @@ pub(crate) async fn deliver(
     let mut source = Source::new(spools, Direction::MqttToBayeux);
     let settler = Settler::start();
     'reading: loop {
-        if *stop.borrow() {
-            break;
-        }
-        let changed = queue.changed();
-        let free = permits.available_permits();
-        if free == 0 {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                permit = permits.acquire() => drop(permit),
-            }
-            continue;
-        }
-        let entries = match source.next(free.min(READ_BATCH)) {
-            Ok(entries) => entries,
-            Err(e) => {
-                warn!(error = %e, "Could not read the MQTT → Bayeux spool; trying again.");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+        let entries = match source
+            .step(&permits, &mut stop, std::future::pending())
+            .await
+        {
+            Step::Deliver(entries) => entries,
+            Step::Again => continue,
+            Step::Stop => break,
         };
-        if entries.is_empty() {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                () = source.wait(changed) => {}
-            }
-            continue;
-        }
         for item in entries {
             let (key, data) = match item {
                 Item::Message(key, data) => (key, data),

@@ -48,7 +48,7 @@ use tracing::{Instrument, info, info_span};
 pub(super) use intake::{Intake, OnDurable};
 pub(super) use record::{ToBayeux, ToMqtt};
 pub(crate) use source::{Book, Feed, Key, Rewind};
-use source::{Item, Source};
+use source::{Item, Source, Step};
 
 use super::Shared;
 use super::stats::Direction;

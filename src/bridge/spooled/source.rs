@@ -122,6 +122,19 @@ pub(super) enum Item {
     Damaged(u64, &'static str),
 }
 
+/// What a delivery task does next ([`Source::step`]).
+pub(super) enum Step {
+    /// Deliver these, in order; a slot is free for each.
+    Deliver(Vec<Item>),
+    /// Look again (a slot came free, something was appended, or the caller was interrupted).
+    Again,
+    /// Stop delivering.
+    Stop,
+}
+
+/// Messages read from the spool at once, at most.
+const READ_BATCH: usize = 256;
+
 /// Where a delivery task gets its messages, in order: packs from the feed while it goes on
 /// right where the task is, from the disk otherwise (a backlog from before a restart, packs
 /// the feed left out, a rewind); each pack's messages one by one.
@@ -151,9 +164,52 @@ impl Source {
         }
     }
 
+    /// The delivery loop's shared step: as many messages as `permits` has free slots (at
+    /// most a read's worth), or a wait until a slot comes free, something is appended,
+    /// `interrupt` resolves (the caller's own wake-ups) or `stop` turns true.
+    pub(super) async fn step(
+        &mut self,
+        permits: &tokio::sync::Semaphore,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        interrupt: impl std::future::Future<Output = ()>,
+    ) -> Step {
+        if *stop.borrow() {
+            return Step::Stop;
+        }
+        // Before reading: what is committed after the read is not missed.
+        let changed = self.queue.changed();
+        let free = permits.available_permits();
+        if free == 0 {
+            return tokio::select! {
+                _ = stop.wait_for(|s| *s) => Step::Stop,
+                permit = permits.acquire() => {
+                    drop(permit);
+                    Step::Again
+                }
+                () = interrupt => Step::Again,
+            };
+        }
+        match self.next(free.min(READ_BATCH)) {
+            Ok(items) if !items.is_empty() => Step::Deliver(items),
+            Ok(_) => tokio::select! {
+                _ = stop.wait_for(|s| *s) => Step::Stop,
+                () = self.wait(changed) => Step::Again,
+                () = interrupt => Step::Again,
+            },
+            Err(e) => {
+                tracing::warn!(file = %self.queue.file().display(), error = %e,
+                    "Could not read the spool; trying again.");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => Step::Stop,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => Step::Again,
+                }
+            }
+        }
+    }
+
     /// Up to `limit` messages to deliver next, in order; empty when there is nothing yet
     /// (then [`Source::wait`], with a `changed` future made before this call).
-    pub(super) fn next(&mut self, limit: usize) -> Result<Vec<Item>, SpoolError> {
+    fn next(&mut self, limit: usize) -> Result<Vec<Item>, SpoolError> {
         let mut out = Vec::new();
         while out.len() < limit {
             if let Some((seq, messages, next)) = self.current.as_mut() {
@@ -231,7 +287,7 @@ impl Source {
     }
 
     /// Waits for a fresh pack or for `changed` (a commit, or room freed).
-    pub(super) async fn wait(&mut self, changed: impl std::future::Future<Output = ()>) {
+    async fn wait(&mut self, changed: impl std::future::Future<Output = ()>) {
         match (self.head.is_none(), self.feed.as_mut()) {
             (true, Some(feed)) => tokio::select! {
                 fresh = feed.recv() => self.head = fresh,

@@ -288,3 +288,20 @@ async fn out_of_file_descriptors_pauses_the_listener_instead_of_spinning() {
     );
     let _ = bridge.terminate(WAIT).await;
 }
+
+#[test]
+fn max_connections_out_of_range_is_refused_with_the_key() {
+    for bad in ["0", "4097"] {
+        let config = ConfigFile::new(&toml(free_port(), &format!("max_connections = {bad}")));
+        let checked = common::bridge::check(config.path());
+        assert_eq!(checked.status.code(), Some(2), "check accepted {bad}");
+        assert!(
+            checked.stderr.contains("http.max_connections")
+                && checked
+                    .stderr
+                    .contains(&format!("from 1 to 4096, found {bad}")),
+            "{}",
+            checked.stderr
+        );
+    }
+}

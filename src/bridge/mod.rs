@@ -116,6 +116,7 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
         .warnings()
         .into_iter()
         .chain(mapping::warnings(&routes))
+        .chain(crate::files::warnings(config))
         .collect();
     for warning in warnings {
         text.push_str(&format!("warning: {warning}\n"));

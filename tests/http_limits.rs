@@ -305,3 +305,58 @@ fn max_connections_out_of_range_is_refused_with_the_key() {
         );
     }
 }
+
+/// The value the image's Dockerfile gives `name` with `ENV name=value`.
+fn dockerfile_env(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("ENV ")?
+                .trim()
+                .strip_prefix(name)?
+                .strip_prefix('=')
+        })
+        .unwrap_or_else(|| panic!("{path} has no `ENV {name}=…`"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_listener_variable_serves_health_with_a_config_without_http() {
+    const VAR: &str = "BAYEUX_MQTT_BRIDGE__HTTP__LISTEN";
+    // The image's address on a port of the test's (the image's own port may be taken here).
+    let image = dockerfile_env(VAR);
+    let (host, image_port) = image.rsplit_once(':').expect("address:port");
+    assert_eq!(
+        host, "127.0.0.1",
+        "the image listens beyond loopback by default"
+    );
+    assert_eq!(image_port, "9464", "the image's HEALTHCHECK asks port 9464");
+    let toml = toml(free_port(), "");
+    let without_http = toml
+        .split_once("[http]")
+        .map(|(a, b)| {
+            format!(
+                "{a}{}",
+                &b[b.find("[[route]]").expect("routes after [http]")..]
+            )
+        })
+        .expect("an [http] section to drop");
+    let config = ConfigFile::new(&without_http);
+    let port = free_port();
+    let address = format!("{host}:{port}");
+    let mut bridge = BridgeProcess::spawn(&config, &[(VAR, &address)]);
+    let started = bridge.wait_for_log(HTTP_STARTED, WAIT).await;
+    assert_eq!(started.str_field("addr"), Some(address.as_str()));
+    let output = tokio::process::Command::new(common::bridge::BINARY)
+        .args(["health", "--url", &format!("http://{address}/livez")])
+        .output()
+        .await
+        .expect("run health");
+    assert!(
+        output.status.success(),
+        "health failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = bridge.terminate(WAIT).await;
+}

@@ -218,15 +218,15 @@ pub async fn serve(
                 .header_read_timeout(limits.header_read_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
+            let (result, lifetime_over) = tokio::select! {
+                result = connection.as_mut() => (result, false),
                 () = tokio::time::sleep(limits.connection_lifetime) => {
                     // Let the request in progress (if any) be answered, then close; a client
                     // that does not read its answer is dropped after the grace period.
                     open.0.timed_out.inc();
                     connection.as_mut().graceful_shutdown();
                     match tokio::time::timeout(limits.header_read_timeout, connection).await {
-                        Ok(result) => result,
+                        Ok(result) => (result, true),
                         Err(_) => {
                             debug!(%peer, "HTTP connection dropped at the end of its lifetime.");
                             return;
@@ -235,7 +235,8 @@ pub async fn serve(
                 }
             };
             if let Err(e) = result {
-                if e.is_timeout() {
+                // A header that did not arrive in time (counted once per connection).
+                if e.is_timeout() && !lifetime_over {
                     open.0.timed_out.inc();
                 }
                 debug!(%peer, error = %e, "HTTP connection ended with an error.");

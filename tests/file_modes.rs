@@ -1,7 +1,8 @@
 //! File modes (issue 14, item 13) on the real daemon: secret files and state directories
 //! that other users can open draw one warning each at start (key, path and mode, never the
 //! content), in the daemon's log and in `check`; a directory the operator made keeps its
-//! mode; a log file the daemon creates is 0600 whatever the umask.
+//! mode; a log file the daemon creates is 0600 and its state directories 0700, whatever the
+//! umask.
 //!
 //! No peer is needed: the warnings come before the bridge connects, so the config points the
 //! Bayeux server and the broker at loopback ports where nothing listens.
@@ -148,8 +149,11 @@ async fn loose_secret_files_and_state_dirs_are_warned_about_once_without_their_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_file_the_daemon_creates_is_private_under_a_permissive_umask() {
-    let config = ConfigFile::new(&toml("[log]\nfile = \"bridge.log\"\nformat = \"json\"\n"));
+async fn a_log_file_and_state_dirs_the_daemon_creates_are_private_under_a_permissive_umask() {
+    let config = ConfigFile::new(&toml(
+        "[log]\nfile = \"bridge.log\"\nformat = \"json\"\n\n\
+         [spool]\nenabled = true\ndir = \"state/spool\"\nmax_bytes = 1048576\n",
+    ));
     let dir = config.dir();
     for (name, content) in [("password", PASSWORD), ("token", TOKEN)] {
         let path = dir.join(name);
@@ -177,5 +181,22 @@ async fn a_log_file_the_daemon_creates_is_private_under_a_permissive_umask() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(mode_of(&log), 0o600, "the new log file's mode");
+    // Created by the daemon, with the directory above it: 0700 both.
+    assert_eq!(
+        mode_of(&dir.join("state")),
+        0o700,
+        "the new state directory's mode"
+    );
+    assert_eq!(
+        mode_of(&dir.join("state/spool")),
+        0o700,
+        "the new spool directory's mode"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("File mode warning."),
+        "private files drew a warning:
+{text}"
+    );
     let _ = bridge.terminate(WAIT).await;
 }

@@ -1,7 +1,9 @@
 //! The HTTP listener's bounds (issue 14, item 4) on the real daemon: a request header that
 //! never completes is cut off, connections beyond `http.max_connections` are closed at once
-//! and do not keep `/livez` from answering once the idle ones are gone, and running out of
-//! file descriptors pauses the listener instead of spinning on failed accepts.
+//! and do not keep `/livez` from answering once the idle ones are gone, hundreds of idle
+//! connections hold no more than `http.max_connections` file descriptors, running out of file
+//! descriptors pauses the listener instead of spinning on failed accepts, and the image's
+//! `BAYEUX_MQTT_BRIDGE__HTTP__LISTEN` turns the listener on for a config without `[http]`.
 //!
 //! No peer is needed: `/livez` answers whether or not the Bayeux server and the broker are
 //! reachable, so the config points both at loopback ports where nothing listens (the bridge
@@ -358,5 +360,49 @@ async fn the_images_listener_variable_serves_health_with_a_config_without_http()
         "health failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let _ = bridge.terminate(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_idle_connections_hold_at_most_max_connections_file_descriptors() {
+    const OPENED: usize = 300;
+    const MAX: usize = 64; // the default
+    let (_config, mut bridge, port) = spawn_bridge("").await;
+    get_ok(port, "/livez", "before the flood").await;
+    let before = open_fds(bridge.pid());
+    let mut streams = Vec::new();
+    for _ in 0..OPENED {
+        streams.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // The served ones stay open until the header timeout (10 s); the others are closed at
+    // once, so within 5 s exactly OPENED - MAX see the end of the stream.
+    let reads = streams.into_iter().map(|mut stream| {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .is_ok();
+            (closed, stream)
+        })
+    });
+    let mut closed = 0;
+    let mut open = Vec::new();
+    for read in reads.collect::<Vec<_>>() {
+        let (was_closed, stream) = read.await.unwrap();
+        if was_closed {
+            closed += 1;
+        } else {
+            open.push(stream);
+        }
+    }
+    assert_eq!(closed, OPENED - MAX, "connections closed at once");
+    let during = open_fds(bridge.pid());
+    eprintln!("bridge file descriptors: {before} before, {during} with {OPENED} idle connections");
+    assert!(
+        during <= before + MAX as u64 + 8,
+        "{during} descriptors open with {OPENED} idle connections ({before} before)"
+    );
+    drop(open);
+    get_ok(port, "/livez", "once the idle connections closed").await;
     let _ = bridge.terminate(WAIT).await;
 }

@@ -2,11 +2,23 @@
 #
 #   docker build -t bayeux-mqtt-bridge .
 #   docker run -d --name bayeux-mqtt-bridge \
-#       -v "$PWD/bridge.toml:/etc/bayeux-mqtt-bridge/bridge.toml:ro" bayeux-mqtt-bridge
+#       --read-only --cap-drop=ALL --security-opt no-new-privileges \
+#       --memory 512m --pids-limit 256 \
+#       -v "$PWD/bridge.toml:/etc/bayeux-mqtt-bridge/bridge.toml:ro" \
+#       -v bayeux-mqtt-bridge-state:/var/lib/bayeux-mqtt-bridge \
+#       bayeux-mqtt-bridge
 #
 # The config is mounted at /etc/bayeux-mqtt-bridge/ (a file or the whole directory); nothing is
-# baked in. The HEALTHCHECK needs the HTTP listener: `[http] listen = "127.0.0.1:9464"` (or
-# "0.0.0.0:9464" to scrape /metrics from outside the container).
+# baked in. The daemon writes only to the state volume, so the root filesystem can be
+# read-only, and it needs no capability.
+#
+# The HEALTHCHECK asks the HTTP listener, which is off by default in the daemon; the image turns
+# it on, on loopback only, with BAYEUX_MQTT_BRIDGE__HTTP__LISTEN=127.0.0.1:9464 (below). That
+# variable wins over `[http] listen` in the file. To scrape /metrics from outside the
+# container, run with `-e BAYEUX_MQTT_BRIDGE__HTTP__LISTEN=0.0.0.0:9464 -p 127.0.0.1:9464:9464`
+# (or a private network): the endpoints have no authentication, and the metrics name channels
+# and topics. An empty value (`-e BAYEUX_MQTT_BRIDGE__HTTP__LISTEN=`) leaves the file in
+# charge; then the HEALTHCHECK needs a listener on port 9464, or --no-healthcheck.
 #
 # Both base images are pinned by tag and by the digest of their multi-arch index. Bump a tag and
 # its digest together (`docker buildx imagetools inspect IMAGE:TAG` prints the digest).
@@ -19,8 +31,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY vendor ./vendor
 COPY src ./src
 RUN cargo build --release --locked
-# An empty state directory for the runtime stage (which has no shell to make one).
-RUN mkdir -p /state/bayeux-mqtt-bridge
+# An empty state directory for the runtime stage (which has no shell to make one), private
+# (0700): it holds the replay checkpoints and the spool.
+RUN mkdir -p /state && mkdir -m 0700 /state/bayeux-mqtt-bridge
 
 # Runtime stage: glibc, libgcc, CA certificates and nothing else (no shell, no package
 # manager). Debian 12 like the build stage, so the binary's glibc matches.
@@ -33,10 +46,15 @@ COPY --from=build /src/target/release/bayeux-mqtt-bridge /usr/local/bin/bayeux-m
 # must be readable by this uid.
 USER 65532:65532
 # `[replay] state_dir` (the replay checkpoints) and `[spool] dir` (spool/ below it). Mount a
-# volume here to keep them across container replacements.
-COPY --from=build --chown=65532:65532 /state/bayeux-mqtt-bridge /var/lib/bayeux-mqtt-bridge
+# volume here to keep them across container replacements. The parent is copied, not the
+# directory's contents, so the directory itself keeps its mode 0700 (and a new named volume
+# starts with it); a bind mount keeps the host directory's mode, which the daemon warns about
+# at start when group or others can open it.
+COPY --from=build --chown=65532:65532 /state/ /var/lib/
 VOLUME ["/var/lib/bayeux-mqtt-bridge"]
-# The optional metrics and health listener (`[http] listen`).
+# The metrics and health listener, on loopback so that the HEALTHCHECK works out of the box
+# without exposing anything (see the top of this file to publish it).
+ENV BAYEUX_MQTT_BRIDGE__HTTP__LISTEN=127.0.0.1:9464
 EXPOSE 9464
 # The daemon is PID 1 (exec form, no shell, no init) and drains on SIGTERM within
 # bridge.drain_timeout_secs (8 s), under `docker stop`'s 10 s.

@@ -26,6 +26,10 @@ from pathlib import Path
 
 BINARY = "/usr/local/bin/bayeux-mqtt-bridge"
 CONFIG = "/etc/bayeux-mqtt-bridge/bridge.toml"
+STATE_DIR = "/var/lib/bayeux-mqtt-bridge"
+# The variable that turns the HTTP listener on (it overrides `[http] listen`).
+LISTEN_ENV = "BAYEUX_MQTT_BRIDGE__HTTP__LISTEN"
+LOOPBACK = ("127.0.0.1", "[::1]", "localhost")
 BUILD_COMMAND = ["cargo", "build", "--release", "--locked"]
 # Paths the build context must not carry (huge, or secrets).
 MUST_IGNORE = ["target", ".git", "tests/peers/node_modules"]
@@ -318,6 +322,9 @@ def check(text: str, rules: list[tuple[bool, re.Pattern]] | None) -> list[Result
     else:
         report(False, "CMD", f"{where} has no CMD naming --config {CONFIG}")
 
+    check_listener(final, health, report)
+    check_state_dir(final, stages, report)
+
     build = binary_source(final, stages)
     if build is None:
         report(False, "binary from build stage",
@@ -337,6 +344,101 @@ def check(text: str, rules: list[tuple[bool, re.Pattern]] | None) -> list[Result
         report(not kept, ".dockerignore",
                f"excludes {', '.join(MUST_IGNORE)}" if not kept else f"keeps {', '.join(kept)}")
     return results
+
+
+def env_values(stage: Stage) -> dict[str, str]:
+    """The variables the stage's ENV instructions set (`ENV K=V ...` and `ENV K V`)."""
+    values: dict[str, str] = {}
+    for instruction in stage.instructions:
+        if instruction.keyword != "ENV":
+            continue
+        words = shlex.split(instruction.args)
+        if words and "=" not in words[0]:
+            values[words[0]] = " ".join(words[1:])
+            continue
+        for word in words:
+            key, _, value = word.partition("=")
+            values[key] = value
+    return values
+
+
+def check_listener(final: Stage, health: Instruction | None, report) -> None:
+    """The image's HEALTHCHECK must work with a config that has no [http] section: the image
+    turns the listener on itself, on loopback (nothing exposed by default), on the port the
+    HEALTHCHECK asks."""
+    name = "health check out of the box"
+    listen = env_values(final).get(LISTEN_ENV)
+    if not listen:
+        report(False, name, f"no ENV {LISTEN_ENV}: the listener is off by default, so a config "
+               "without [http] leaves the container unhealthy forever")
+        return
+    host, _, port = listen.rpartition(":")
+    if host not in LOOPBACK:
+        report(False, name, f"ENV {LISTEN_ENV}={listen}: the image's default must be loopback; "
+               "the endpoints have no authentication")
+        return
+    argv: list[str] = []
+    if health is not None:
+        _, rest = split_flags(health.args)
+        argv = exec_form(rest.partition(" ")[2].strip()) or []
+    url = next((b for a, b in zip(argv, argv[1:]) if a == "--url"), None)
+    match = re.match(r"^http://([^/]+):(\d+)/", url or "")
+    if match is None or match.group(1) not in LOOPBACK or match.group(2) != port:
+        report(False, name, f"ENV {LISTEN_ENV}={listen} but the HEALTHCHECK asks {url}")
+        return
+    report(True, name, f"ENV {LISTEN_ENV}={listen}, HEALTHCHECK asks {url}")
+
+
+def check_state_dir(final: Stage, stages: list[Stage], report) -> None:
+    """The state directory must reach the image with mode 0700. COPY copies a directory's
+    contents, and creates the destination directory itself 0755; so the parent is copied,
+    and the stage it comes from makes the directory 0700."""
+    name = "state dir 0700"
+    parent, base = os.path.split(STATE_DIR)
+    for instruction in final.instructions:
+        if instruction.keyword != "COPY":
+            continue
+        flags, rest = split_flags(instruction.args)
+        source = next((f.split("=", 1)[1] for f in flags if f.startswith("--from=")), None)
+        paths = exec_form(rest) or shlex.split(rest)
+        dest, sources = paths[-1].rstrip("/") or "/", paths[:-1]
+        if dest == STATE_DIR:
+            report(False, name, f"line {instruction.line}: COPY … {STATE_DIR} copies into it and "
+                   "creates the directory 0755; copy its parent instead")
+            return
+        if dest != parent or source is None:
+            continue
+        stage = next((s for s in stages[:-1] if source.lower() in (s.name, str(s.index))), None)
+        if stage is None:
+            continue
+        for src in sources:
+            made = os.path.join(src.rstrip("/"), base)
+            if private_dir_made(stage, made):
+                report(True, name, f"stage {stage.label()} makes {made} 0700; line "
+                       f"{instruction.line} copies it to {STATE_DIR}")
+                return
+            report(False, name, f"stage {stage.label()} does not make {made} mode 0700 "
+                   "(mkdir -m 0700 or chmod 0700)")
+            return
+    report(False, name, f"the final stage does not COPY --from a stage into {parent}/, so "
+           f"{STATE_DIR} is not made 0700")
+
+
+def private_dir_made(stage: Stage, path: str) -> bool:
+    """Whether a RUN of `stage` runs `mkdir -m 0700 … path` or `chmod 0700 … path`."""
+    for run in (i for i in stage.instructions if i.keyword == "RUN"):
+        for command in build_commands(run):
+            if path not in command or not command:
+                continue
+            args = command[1:]
+            if command[0] == "mkdir":
+                modes = [b for a, b in zip(args, args[1:]) if a == "-m"]
+                modes += [a.split("=", 1)[1] for a in args if a.startswith("--mode=")]
+                if any(m in ("0700", "700", "u=rwx,go=") for m in modes):
+                    return True
+            if command[0] == "chmod" and args and args[0] in ("0700", "700", "go-rwx"):
+                return True
+    return False
 
 
 def binary_source(final: Stage, stages: list[Stage]) -> Stage | None:
@@ -483,6 +585,19 @@ def self_test(text: str, rules) -> int:
          "build command"),
         ("binary from nowhere", variant("COPY --from=build ", "COPY "),
          "binary from build stage"),
+        ("no default listener", re.sub(rf"ENV {LISTEN_ENV}=\S*\n", "", text),
+         "health check out of the box"),
+        ("listener on another port", re.sub(rf"(ENV {LISTEN_ENV}=)\S*", r"\g<1>127.0.0.1:9000",
+                                            text), "health check out of the box"),
+        ("listener beyond loopback", re.sub(rf"(ENV {LISTEN_ENV}=)\S*", r"\g<1>0.0.0.0:9464",
+                                            text), "health check out of the box"),
+        ("state dir contents copied", re.sub(r"COPY --from=build (--chown=\S+ )?/state/ /var/lib/",
+                                             f"COPY --from=build --chown=65532:65532 "
+                                             f"/state/bayeux-mqtt-bridge {STATE_DIR}", text),
+         "state dir 0700"),
+        ("state dir not private", variant("mkdir -m 0700 ", "mkdir "), "state dir 0700"),
+        ("state dir not copied", re.sub(r"COPY --from=build (--chown=\S+ )?/state/ /var/lib/\n",
+                                        "", text), "state dir 0700"),
     ]
     for name, broken, expected in cases:
         results = check(broken, rules)

@@ -12,6 +12,8 @@
 //! - [`bridge`]: the daemon joining both sides; `bridge::mapping` (routes: channel ↔ topic
 //!   rewriting) and `bridge::payload` (message body conversion) are pure.
 //! - [`cli`]: the `sub` and `pub` operator tools.
+//! - [`files`]: warnings about secret files, state directories and the log file that other
+//!   users can open.
 //! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
 //!   nothing of Bayeux or the bridge.
 //! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,
@@ -30,6 +32,7 @@ pub mod bayeux;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bayeux_mqtt_bridge::{bridge, cli, config, http, scheduling, shutdown, spool, telemetry};
+use bayeux_mqtt_bridge::{
+    bridge, cli, config, files, http, scheduling, shutdown, spool, telemetry,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Bridge Bayeux (CometD) channels and MQTT topics.
@@ -167,6 +169,9 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
     }
     for warning in config.warnings() {
         tracing::warn!(%warning, "Config warning.");
+    }
+    for warning in files::warnings(&config) {
+        tracing::warn!(%warning, "File mode warning.");
     }
     // Before the runtime starts any thread: they inherit it.
     scheduling::apply(config.bridge.cpu_scheduling).log();

@@ -146,6 +146,23 @@ pub struct Metrics {
     pub spool_commits: Family<DirectionLabels, Counter>,
     /// `bridge_spool_commit_seconds_total{direction}`: time spent committing (fsync).
     pub spool_commit_seconds: Family<DirectionLabels, Counter<f64, AtomicU64>>,
+    /// The HTTP listener's connections (`bridge_http_*`).
+    pub http: HttpMetrics,
+}
+
+/// The HTTP listener's connection metrics; clones share the values.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    /// `bridge_http_connections_open`: connections being served.
+    pub open: Gauge,
+    /// `bridge_http_connections_refused_total`: connections closed at once because
+    /// `http.max_connections` were open.
+    pub refused: Counter,
+    /// `bridge_http_connections_timed_out_total`: connections closed because the request
+    /// header did not arrive in time or the connection reached its lifetime.
+    pub timed_out: Counter,
+    /// `bridge_http_accept_errors_total`: failed accepts (e.g. out of file descriptors).
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +199,7 @@ impl Metrics {
             spool_oldest_age: Family::default(),
             spool_commits: Family::default(),
             spool_commit_seconds: Family::default(),
+            http: HttpMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -299,6 +317,27 @@ impl Metrics {
             "bayeux_tokens",
             "OAuth access tokens fetched (ok), and refused tokens or token endpoint failures (error)",
             m.tokens.clone(),
+        );
+        registry.register(
+            "http_connections_open",
+            "Connections the HTTP listener is serving",
+            m.http.open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because http.max_connections were open",
+            m.http.refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed because the request header did not arrive in time or the \
+             connection reached its lifetime",
+            m.http.timed_out.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failed accepts on the HTTP listener (e.g. out of file descriptors)",
+            m.http.accept_errors.clone(),
         );
         registry.register(
             "build",

@@ -70,10 +70,18 @@ pub fn init_daemon(level: &str, format: LogFormat, file: Option<&Path>) -> Resul
     Ok(())
 }
 
+/// Opens `path` for appending; a new file is created with mode 0600 (log lines name
+/// channels, topics and peers). An existing file keeps its mode (`files` warns when it is
+/// open to others).
 fn open_log(path: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
         .open(path)
         .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
 }

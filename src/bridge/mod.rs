@@ -116,6 +116,7 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
         .warnings()
         .into_iter()
         .chain(mapping::warnings(&routes))
+        .chain(crate::files::warnings(config))
         .collect();
     for warning in warnings {
         text.push_str(&format!("warning: {warning}\n"));
@@ -275,9 +276,19 @@ pub async fn run_with_reload(
                 .as_ref()
                 .map(|s| (s.b2m.clone(), s.m2b.clone(), s.spool.max_bytes())),
         });
-        tokio::spawn(crate::http::serve(listener, endpoints, async {
-            let _ = http_stopped.await;
-        }))
+        let limits = crate::http::Limits {
+            max_connections: config.http.max_connections,
+            ..crate::http::Limits::default()
+        };
+        tokio::spawn(crate::http::serve(
+            listener,
+            endpoints,
+            limits,
+            stats.metrics.http.clone(),
+            async {
+                let _ = http_stopped.await;
+            },
+        ))
     });
     // The config is valid and both clients run (connecting with backoff): the daemon does its
     // job, so systemd's start is complete. Whether the data plane is up is STATUS= and

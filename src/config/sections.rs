@@ -153,7 +153,7 @@ impl Default for SpoolConfig {
 }
 
 /// `[http]`: the metrics and health listener.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to serve `/metrics`, `/livez` and `/readyz` on, e.g. `"127.0.0.1:9464"`. Off
@@ -161,6 +161,23 @@ pub struct HttpConfig {
     /// channels and topics, to the network without authentication.
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Connections served at once; one more is closed at once (and counted in
+    /// `bridge_http_connections_refused_total`). Default 64, from 1 to 4096.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_http_max_connections() -> usize {
+    crate::http::DEFAULT_MAX_CONNECTIONS
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            max_connections: default_http_max_connections(),
+        }
+    }
 }
 
 /// `[[route]]`: one forwarding rule between a Bayeux channel (pattern) and an MQTT topic

@@ -37,7 +37,24 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     log(&config.log)?;
     replay(&config.replay)?;
     spool(&config.spool)?;
+    http(&config.http)?;
     routes(&config.route)
+}
+
+/// The largest `http.max_connections`: each connection holds a file descriptor.
+const HTTP_MAX_CONNECTIONS: usize = 4096;
+
+fn http(c: &super::HttpConfig) -> Result<(), Invalid> {
+    if !(1..=HTTP_MAX_CONNECTIONS).contains(&c.max_connections) {
+        return Err(Invalid::new(
+            "http.max_connections",
+            format!(
+                "must be from 1 to {HTTP_MAX_CONNECTIONS}, found {}",
+                c.max_connections
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn replay(c: &super::ReplayConfig) -> Result<(), Invalid> {

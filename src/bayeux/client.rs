@@ -48,6 +48,12 @@ pub struct ClientOptions {
     pub default_timeout: Duration,
     /// Largest accepted response body. Default 10 MiB.
     pub max_response_bytes: usize,
+    /// Most messages accepted in one response: a reply with more is refused like a bad
+    /// reply ([`TransportError::TooManyMessages`](super::TransportError)), before the
+    /// message past the cap is decoded, which bounds the memory one reply takes (a message
+    /// costs some 350 bytes decoded, however short its JSON). Default 100,000
+    /// ([`DEFAULT_MAX_MESSAGES`](super::message::DEFAULT_MAX_MESSAGES)).
+    pub max_messages_per_reply: usize,
     /// Backoff for failing handshakes, connects and subscriptions. Default 1 s steps to 30 s,
     /// 20 % jitter.
     pub backoff: BackoffOptions,
@@ -90,6 +96,7 @@ impl Default for ClientOptions {
             max_network_delay: Duration::from_secs(10),
             default_timeout: Duration::from_secs(60),
             max_response_bytes: 10 * 1024 * 1024,
+            max_messages_per_reply: super::message::DEFAULT_MAX_MESSAGES,
             backoff: BackoffOptions::default(),
             max_queued: 1000,
             max_batch: 100,
@@ -124,6 +131,7 @@ impl fmt::Debug for ClientOptions {
             .field("max_network_delay", &self.max_network_delay)
             .field("default_timeout", &self.default_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_messages_per_reply", &self.max_messages_per_reply)
             .field("backoff", &self.backoff)
             .field("max_queued", &self.max_queued)
             .field("max_batch", &self.max_batch)
@@ -272,7 +280,8 @@ impl Client {
             }
         }
         let transport = LongPolling::new(options.url.clone(), headers, options.max_response_bytes)
-            .map_err(ClientError::Options)?;
+            .map_err(ClientError::Options)?
+            .with_max_messages(options.max_messages_per_reply);
         Ok(Self::with_transport(options, Arc::new(transport)))
     }
 

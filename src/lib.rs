@@ -12,6 +12,8 @@
 //! - [`bridge`]: the daemon joining both sides; `bridge::mapping` (routes: channel ↔ topic
 //!   rewriting) and `bridge::payload` (message body conversion) are pure.
 //! - [`cli`]: the `sub` and `pub` operator tools.
+//! - [`log_limit`]: rate limiting of warnings that can repeat once per message (at most a
+//!   burst per key per window, then one line with the count suppressed); a leaf.
 //! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
 //!   nothing of Bayeux or the bridge.
 //! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,
@@ -31,6 +33,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;

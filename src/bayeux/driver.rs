@@ -22,6 +22,7 @@ use super::event::{Event, Next, StopReason, Unrouted};
 use super::message::Message;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
+use crate::log_limit::{self, LogLimiter};
 
 struct Listener {
     patterns: Vec<ChannelPattern>,
@@ -50,6 +51,9 @@ pub(super) struct Driver {
     /// Why the client stopped, for [`Client::stop_reason`](super::Client::stop_reason); set
     /// before the handles can see the client closed.
     stopped: Arc<OnceLock<StopReason>>,
+    /// Warnings that can come once per message (unroutable, unclaimed, dropped events) are
+    /// rate-limited.
+    log_limit: LogLimiter,
 }
 
 enum Wake {
@@ -57,6 +61,8 @@ enum Wake {
     Token(Result<AccessToken, TokenError>),
     Timer,
     Command(Option<Command>),
+    /// A rate-limit window with suppressed warnings has ended.
+    Report,
 }
 
 impl Driver {
@@ -82,6 +88,7 @@ impl Driver {
             token_lane: None,
             disconnect_waiters: Vec::new(),
             stopped,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -92,12 +99,14 @@ impl Driver {
                 break;
             }
             let deadline = self.session.next_deadline().map(Instant::from_std);
+            let report_at = self.log_limit.next_report().map(Instant::from_std);
             let wake = tokio::select! {
                 result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
                 result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
                 result = poll_token(&mut self.token_lane) => Wake::Token(result),
                 _ = sleep_until(deadline) => Wake::Timer,
                 command = self.commands.recv(), if self.commands_open => Wake::Command(command),
+                _ = sleep_until(report_at) => Wake::Report,
             };
             let now = Instant::now().into_std();
             match wake {
@@ -118,6 +127,7 @@ impl Driver {
                     self.session.on_token(result, now);
                 }
                 Wake::Timer => self.session.on_timer(now),
+                Wake::Report => log_limit::report(&self.log_limit.expired(now), log_limit::WINDOW),
                 Wake::Command(Some(command)) => self.command(command, now),
                 Wake::Command(None) => {
                     // Every handle is gone: nobody can use this session any more.
@@ -333,20 +343,72 @@ impl Driver {
     }
 
     fn emit(&mut self, event: Event) {
-        log_event(&event);
+        self.log_event(&event);
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
-                warn!(
-                    ?event,
-                    "Event buffer full; the event is dropped (read Events to keep up)."
-                )
+                // Never the event itself above trace: an unroutable one holds a payload.
+                trace!(?event, "Dropped event.");
+                const FULL: &str =
+                    "Event buffer full; the event is dropped (read Events to keep up).";
+                if self.allow(FULL) {
+                    warn!(event = event_name(&event), "{FULL}");
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+
+    /// Whether a warning that can repeat once per message may be logged now.
+    fn allow(&mut self, key: &'static str) -> bool {
+        let now = Instant::now().into_std();
+        log_limit::report(&self.log_limit.expired(now), log_limit::WINDOW);
+        self.log_limit.allow(key, now)
+    }
+
+    /// Logs `event`: lifecycle events as they come, those that can come once per message
+    /// rate-limited.
+    fn log_event(&mut self, event: &Event) {
+        match event {
+            Event::Unrouted { reason, message } => {
+                const UNROUTED: &str = "Message could not be routed.";
+                if self.allow(UNROUTED) {
+                    warn!(?reason, channel = %message.channel, id = ?message.id, "{UNROUTED}")
+                }
+            }
+            Event::PublishFailed { id, error } if *error != PublishError::Closed => {
+                const UNCLAIMED: &str = "Publish failed and nobody awaits it.";
+                if self.allow(UNCLAIMED) {
+                    warn!(%id, %error, "{UNCLAIMED}")
+                }
+            }
+            _ => log_event(event),
+        }
+    }
 }
 
+/// The variant's name, for logs (never its fields: some hold payloads).
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Handshaken { .. } => "Handshaken",
+        Event::HandshakeFailed { .. } => "HandshakeFailed",
+        Event::TokenRefreshed { .. } => "TokenRefreshed",
+        Event::AuthenticationFailed { .. } => "AuthenticationFailed",
+        Event::Connected => "Connected",
+        Event::ConnectFailed { .. } => "ConnectFailed",
+        Event::SessionLost { .. } => "SessionLost",
+        Event::Disconnected { .. } => "Disconnected",
+        Event::SubscriptionConfirmed { .. } => "SubscriptionConfirmed",
+        Event::SubscriptionFailed { .. } => "SubscriptionFailed",
+        Event::Unsubscribed { .. } => "Unsubscribed",
+        Event::MultipleClients => "MultipleClients",
+        Event::Unrouted { .. } => "Unrouted",
+        Event::PublishFailed { .. } => "PublishFailed",
+        Event::Stopped { .. } => "Stopped",
+    }
+}
+
+/// Logs a lifecycle event (the per-message ones go through [`Driver::log_event`]).
 fn log_event(event: &Event) {
     match event {
         Event::Handshaken {

@@ -292,6 +292,9 @@ pub async fn run_with_reload(
         .and_then(|n| n.watchdog_interval())
         .map(tokio::time::interval);
     let mut watcher = spawn_watcher(bayeux_events, &shared);
+    // Rate-limited warnings: what a window held back is reported once it ends, also when
+    // nothing comes after it.
+    let mut log_flush = tokio::time::interval(crate::log_limit::WINDOW);
 
     tokio::pin!(shutdown);
     let outcome = loop {
@@ -307,6 +310,7 @@ pub async fn run_with_reload(
             }
             Some(stopped) = fatal_rx.recv() => break Err(stopped),
             _ = tick(&mut watchdog) => ping(notifier.as_deref()),
+            _ = log_flush.tick() => shared.log_limit.flush(),
             Some(()) = next_reload(&mut reload) => {
                 let Some(path) = reload.as_ref().map(|r| r.path.clone()) else { continue };
                 let reloading = live.reload(&path, &shared, &mut watcher, notifier.as_deref());

@@ -1,0 +1,177 @@
+//! Issue 14, items 3 and 6: what a hostile or stalled Bayeux server can do to the daemon's
+//! log and to its readiness, on the real binary (`common::bridge`) with a real Mosquitto.
+//!
+//! - A flood of deliveries on channels the bridge never subscribed to: the scripted fake
+//!   server (`common::fake_server`) sends them, as a real server never delivers on a channel
+//!   nobody subscribed to. The log must stay bounded (rate-limited warnings and one line
+//!   with the number suppressed) and never show a payload at info or warn.
+//! - A stalled data plane: a real CometD server behind the fault proxy (`common::gate`),
+//!   blackholed: `/readyz` must say not ready, with the stall as a reason, within the bound
+//!   the Bayeux client computes from the advice, and ready again once the path opens.
+//!
+//! Synchronisation is by the bridge's JSON log lines and, where `/readyz` is the thing under
+//! test, by polling it at short intervals up to a deadline.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::bridge::{BridgeProcess, ConfigFile, LogLine};
+use common::fake_server::{FakeServer, Reply, Request, bayeux};
+use common::mosquitto::Mosquitto;
+
+/// Longest any single expected event may take. Generous: it only bounds failures.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the flood's payloads carry; it must never appear in the log at info or above.
+const MARKER: &str = "payload-marker-9f3c";
+
+/// Unroutable deliveries the fake server sends in one reply: more than the Bayeux client's
+/// event buffer (1024), so the "buffer full" path is flooded too.
+const FLOOD: usize = 3000;
+
+/// The Bayeux client's rate limit (`log_limit::BURST`).
+const BURST: usize = 10;
+
+const UNROUTED: &str = "Message could not be routed.";
+const BUFFER_FULL: &str = "Event buffer full; the event is dropped (read Events to keep up).";
+const SUPPRESSED: &str = "Repeated warnings suppressed.";
+
+fn bridge_toml(url: &str, broker: &Mosquitto, client_id: &str, extra: &str) -> String {
+    format!(
+        "[bayeux]\n\
+         url = \"{url}\"\n\
+         backoff_increment_ms = 100\n\
+         backoff_max_ms = 1000\n\
+         max_network_delay_secs = 2\n\
+         \n\
+         [mqtt]\n\
+         host = \"{host}\"\n\
+         port = {port}\n\
+         client_id = \"{client_id}\"\n\
+         connect_timeout_secs = 2\n\
+         keep_alive_secs = 5\n\
+         backoff_increment_ms = 100\n\
+         backoff_max_ms = 1000\n\
+         \n\
+         [bridge]\n\
+         drain_timeout_secs = 3\n\
+         {extra}\n\
+         [[route]]\n\
+         bayeux = \"/demo/x\"\n\
+         mqtt = \"demo/x\"\n\
+         direction = \"bayeux_to_mqtt\"\n",
+        host = broker.host(),
+        port = broker.port(),
+    )
+}
+
+/// Handshake, subscribe and disconnect succeed; the first `/meta/connect` after the subscribe
+/// is answered with [`FLOOD`] deliveries on a channel nobody subscribed to; every other
+/// connect is held for half a second, as a real server holds it.
+fn flooding() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+    let subscribed = AtomicBool::new(false);
+    let flooded = AtomicBool::new(false);
+    move |req| {
+        let mut replies = Vec::new();
+        let mut hold = false;
+        for message in &req.messages {
+            match message.get("channel").and_then(Value::as_str).unwrap_or("") {
+                "/meta/handshake" => replies.push(bayeux::handshake_ok(message, "flood-client")),
+                "/meta/subscribe" => {
+                    subscribed.store(true, Ordering::SeqCst);
+                    replies.push(bayeux::subscribe_ok(message));
+                }
+                "/meta/connect" => {
+                    replies.push(bayeux::connect_ok(message, None));
+                    if subscribed.load(Ordering::SeqCst) && !flooded.swap(true, Ordering::SeqCst) {
+                        for i in 0..FLOOD {
+                            replies.push(bayeux::delivery(
+                                "/elsewhere/x",
+                                json!({"secret": MARKER, "n": i}),
+                            ));
+                        }
+                    } else {
+                        hold = true;
+                    }
+                }
+                _ => replies.push(bayeux::ok(message)),
+            }
+        }
+        let reply = Reply::Json(Value::Array(replies));
+        if hold {
+            Reply::Delayed(Duration::from_millis(500), Box::new(reply))
+        } else {
+            reply
+        }
+    }
+}
+
+fn count(lines: &[LogLine], message: &str) -> usize {
+    lines.iter().filter(|l| l.is(message)).count()
+}
+
+fn suppressed_of(lines: &[LogLine], warning: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l.is(SUPPRESSED) && l.str_field("warning") == Some(warning))
+        .filter_map(|l| l.u64_field("suppressed"))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_flood_of_unroutable_messages_logs_a_bounded_number_of_lines_without_payloads() {
+    let broker = Mosquitto::start_async().await;
+    let server = FakeServer::start(flooding()).await;
+    let config = ConfigFile::new(&bridge_toml(&server.url(), &broker, "bounds-flood", ""));
+    // Info, as a production bridge logs; payloads may appear at trace only.
+    let mut bridge = BridgeProcess::spawn(&config, &[("RUST_LOG", "info")]);
+    let started = Instant::now();
+    // The limiter reports a window once it has ended (10 s after its first line).
+    bridge
+        .wait_until(
+            "the count of suppressed unroutable warnings",
+            WAIT,
+            |lines| suppressed_of(lines, UNROUTED) > 0,
+        )
+        .await;
+    let lines = bridge.lines();
+    let logged = count(&lines, UNROUTED);
+    let suppressed = suppressed_of(&lines, UNROUTED);
+    assert!(
+        logged <= BURST,
+        "{logged} unroutable warnings for {FLOOD} messages (at most {BURST} expected)"
+    );
+    assert_eq!(
+        logged as u64 + suppressed,
+        FLOOD as u64,
+        "every unroutable message is either logged or counted as suppressed"
+    );
+    assert!(
+        count(&lines, BUFFER_FULL) <= BURST,
+        "{} buffer-full warnings",
+        count(&lines, BUFFER_FULL)
+    );
+    let leaks: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.raw.contains(MARKER))
+        .map(|l| l.raw.as_str())
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "payload text in the log at info level ({} lines), e.g. {:.300}",
+        leaks.len(),
+        leaks[0]
+    );
+    let total = lines.len();
+    assert!(
+        total < 200,
+        "{total} log lines within {:?} of a {FLOOD}-message flood",
+        started.elapsed()
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "{}", bridge.tail(40));
+}

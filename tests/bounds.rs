@@ -175,3 +175,61 @@ async fn a_flood_of_unroutable_messages_logs_a_bounded_number_of_lines_without_p
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "{}", bridge.tail(40));
 }
+
+// ---------------------------------------------------------------------------------------
+// log.file: reopened on SIGHUP (logrotate), and the reload still happens
+// ---------------------------------------------------------------------------------------
+
+/// Polls `path` until its text satisfies `done`; fails after [`WAIT`] with what it holds.
+async fn wait_file(path: &std::path::Path, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what} in {}: timed out; it holds:\n{text}",
+            path.display()
+        );
+        // Polling a file: nothing announces a write to it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reopens_a_rotated_log_file_and_still_reloads_the_config() {
+    let broker = Mosquitto::start_async().await;
+    let server = common::peers::PeerServer::start_async(common::peers::PeerKind::CometD).await;
+    let dir = common::bridge::TempDir::new("bounds-logrotate");
+    let log = dir.path().join("bridge.log");
+    let extra = format!("\n[log]\nfile = \"{}\"\n", log.display());
+    let config = ConfigFile::new(&bridge_toml(
+        &server.url(),
+        &broker,
+        "bounds-rotate",
+        &extra,
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    wait_file(&log, "Bridge ready.", |t| t.contains("\"Bridge ready.\"")).await;
+
+    // logrotate without copytruncate: rename, then signal.
+    let rotated = dir.path().join("bridge.log.1");
+    std::fs::rename(&log, &rotated).expect("rename the log file");
+    bridge.signal("HUP");
+    let fresh = wait_file(&log, "Config reloaded.", |t| {
+        t.contains("\"Config reloaded.\"")
+    })
+    .await;
+    assert!(fresh.contains("\"Log file reopened.\""), "{fresh}");
+    let old = std::fs::read_to_string(&rotated).expect("the rotated file");
+    assert!(
+        !old.contains("Config reloaded."),
+        "the reload was logged to the rotated file:\n{old}"
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "{}", bridge.tail(40));
+    let fresh = std::fs::read_to_string(&log).expect("the new log file");
+    assert!(fresh.contains("\"Bridge stopped.\""), "{fresh}");
+}

@@ -233,3 +233,122 @@ async fn sighup_reopens_a_rotated_log_file_and_still_reloads_the_config() {
     let fresh = std::fs::read_to_string(&log).expect("the new log file");
     assert!(fresh.contains("\"Bridge stopped.\""), "{fresh}");
 }
+
+// ---------------------------------------------------------------------------------------
+// A stalled Bayeux data plane is not ready
+// ---------------------------------------------------------------------------------------
+
+/// The CometD server's long-poll hold in the stall test.
+const HOLD_MS: u64 = 2000;
+/// `bayeux.max_network_delay_secs` of the test bridges.
+const NETWORK_DELAY_SECS: u64 = 2;
+/// The stall bound the Bayeux client computes: advice timeout + interval (CometD: 0) +
+/// network delay + the 5 s margin (`bayeux::liveness::STALL_MARGIN`).
+const STALL_BOUND: Duration = Duration::from_secs(HOLD_MS / 1000 + NETWORK_DELAY_SECS + 5);
+const STALLED: &str = "Bayeux data plane stalled";
+
+/// `/readyz` as (status, reasons).
+async fn readyz(port: u16) -> Option<(u16, Vec<String>)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.ok()?;
+    let reasons = body["reasons"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((status, reasons))
+}
+
+/// Polls `/readyz` until `done` holds; fails after `within` with the last answer.
+async fn wait_readyz(
+    port: u16,
+    what: &str,
+    within: Duration,
+    done: impl Fn(u16, &[String]) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < within {
+        if let Some((status, reasons)) = readyz(port).await {
+            if done(status, &reasons) {
+                return started.elapsed();
+            }
+            last = Some((status, reasons));
+        }
+        // Polling the endpoint under test.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz: {what} not within {within:?}; last answer {last:?}");
+}
+
+#[tokio::test]
+async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bound() {
+    use common::gate::Gate;
+    use common::peers::{PeerKind, PeerServer};
+    let broker = Mosquitto::start_async().await;
+    let server = PeerServer::start_with_timeout_async(PeerKind::CometD, HOLD_MS).await;
+    let gate = Gate::start(server.port()).await;
+    let url = format!("http://127.0.0.1:{}/cometd", gate.port());
+    let mut found = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let extra = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+        let config = ConfigFile::new(&bridge_toml(&url, &broker, "bounds-stall", &extra));
+        let bridge = BridgeProcess::spawn(&config, &[]);
+        bridge
+            .wait_until("the HTTP listener", WAIT, |lines| {
+                lines.iter().any(|l| {
+                    l.message()
+                        .is_some_and(|m| m.starts_with("HTTP listener started"))
+                        || l.is("Bridge failed.")
+                })
+            })
+            .await;
+        if !bridge.lines().iter().any(|l| l.is("Bridge failed.")) {
+            found = Some((config, bridge, port));
+            break;
+        }
+    }
+    let (_config, mut bridge, port) = found.expect("an HTTP port the bridge could bind");
+    wait_readyz(port, "ready", WAIT, |status, _| status == 200).await;
+
+    gate.blackhole();
+    let took = wait_readyz(port, "the stall reported", WAIT, |status, reasons| {
+        status == 503 && reasons.iter().any(|r| r.starts_with(STALLED))
+    })
+    .await;
+    // The last exchange was at most one hold before the blackhole; the check runs every
+    // second.
+    let allowed = STALL_BOUND + Duration::from_secs(2);
+    assert!(
+        took <= allowed,
+        "the stall showed after {took:?}, over the {allowed:?} allowed"
+    );
+
+    gate.open();
+    wait_readyz(port, "ready again", WAIT, |status, _| status == 200).await;
+    let lines = bridge.lines();
+    assert_eq!(
+        count(&lines, "Bayeux data plane stalled."),
+        1,
+        "{}",
+        bridge.tail(40)
+    );
+    assert_eq!(
+        count(&lines, "Bayeux data plane moving again."),
+        1,
+        "{}",
+        bridge.tail(40)
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "{}", bridge.tail(40));
+}

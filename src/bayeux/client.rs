@@ -26,6 +26,7 @@ use super::driver::Driver;
 use super::error::{ClientError, PublishError};
 use super::event::{Event, StopReason};
 use super::ext::Extension;
+use super::liveness::{Liveness, Pulse};
 use super::message::{Data, Message};
 use super::session::{Session, SessionOptions};
 use super::transport::Transport;
@@ -179,6 +180,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     subscription_buffer: usize,
     stopped: Arc<OnceLock<StopReason>>,
+    pulse: Pulse,
 }
 
 /// Lifecycle events and unroutable messages, in order. Reading them is optional; if the
@@ -306,8 +308,10 @@ impl Client {
             retry_publishes: options.retry_publishes,
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
-        let session = Session::new(session_options, Instant::now().into_std());
+        let now = Instant::now().into_std();
+        let session = Session::new(session_options, now);
         let stopped = Arc::new(OnceLock::new());
+        let pulse = Pulse::new(now, options.default_timeout + options.max_network_delay);
         let driver = Driver::new(
             session,
             transport,
@@ -315,6 +319,7 @@ impl Client {
             cmd_rx,
             event_tx,
             Arc::clone(&stopped),
+            pulse.clone(),
         );
         tokio::spawn(driver.run().instrument(span));
         (
@@ -322,6 +327,7 @@ impl Client {
                 commands: cmd_tx,
                 subscription_buffer,
                 stopped,
+                pulse,
             },
             Events { rx: event_rx },
         )
@@ -432,6 +438,12 @@ impl Client {
         {
             let _ = stopped.await;
         }
+    }
+
+    /// How long since the client last heard from the server, and how long a healthy session
+    /// goes without (see [`Liveness`]).
+    pub fn liveness(&self) -> Liveness {
+        self.pulse.at(Instant::now().into_std())
     }
 
     /// Whether the client task has ended.

@@ -19,6 +19,7 @@ use super::channel::ChannelPattern;
 use super::client::{ClientOptions, Command};
 use super::error::{PublishError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
+use super::liveness::Pulse;
 use super::message::Message;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
@@ -54,6 +55,8 @@ pub(super) struct Driver {
     /// Warnings that can come once per message (unroutable, unclaimed, dropped events) are
     /// rate-limited.
     log_limit: LogLimiter,
+    /// When the last response arrived, for [`Client::liveness`](super::Client::liveness).
+    pulse: Pulse,
 }
 
 enum Wake {
@@ -73,6 +76,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         stopped: Arc<OnceLock<StopReason>>,
+        pulse: Pulse,
     ) -> Self {
         Driver {
             session,
@@ -89,6 +93,7 @@ impl Driver {
             disconnect_waiters: Vec::new(),
             stopped,
             log_limit: LogLimiter::default(),
+            pulse,
         }
     }
 
@@ -114,6 +119,9 @@ impl Driver {
                     match lane {
                         Lane::Other => self.other_lane = None,
                         Lane::Connect => self.connect_lane = None,
+                    }
+                    if result.is_ok() {
+                        self.pulse.heard(now);
                     }
                     let result = result.map(|messages| self.incoming(messages));
                     if let Err(e) = &result {
@@ -232,10 +240,12 @@ impl Driver {
         // The session has already applied the outgoing extension hooks.
         let deadline = match lane {
             Lane::Connect => {
-                self.session
-                    .advice()
-                    .timeout_or(self.options.default_timeout)
-                    + self.options.max_network_delay
+                let advice = self.session.advice();
+                let deadline = advice.timeout_or(self.options.default_timeout)
+                    + self.options.max_network_delay;
+                // The next connect follows the reply after the advised interval.
+                self.pulse.expect(deadline + advice.interval());
+                deadline
             }
             Lane::Other => self.options.max_network_delay,
         };

@@ -70,9 +70,9 @@ fn bridge_toml(url: &str, broker: &Mosquitto, client_id: &str, extra: &str) -> S
 }
 
 /// Handshake, subscribe and disconnect succeed; the first `/meta/connect` after the subscribe
-/// is answered with [`FLOOD`] deliveries on a channel nobody subscribed to; every other
+/// is answered with `flood` deliveries on a channel nobody subscribed to; every other
 /// connect is held for half a second, as a real server holds it.
-fn flooding() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+fn flooding(flood: usize) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     let subscribed = AtomicBool::new(false);
     let flooded = AtomicBool::new(false);
     move |req| {
@@ -88,7 +88,7 @@ fn flooding() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
                 "/meta/connect" => {
                     replies.push(bayeux::connect_ok(message, None));
                     if subscribed.load(Ordering::SeqCst) && !flooded.swap(true, Ordering::SeqCst) {
-                        for i in 0..FLOOD {
+                        for i in 0..flood {
                             replies.push(bayeux::delivery(
                                 "/elsewhere/x",
                                 json!({"secret": MARKER, "n": i}),
@@ -125,7 +125,7 @@ fn suppressed_of(lines: &[LogLine], warning: &str) -> u64 {
 #[tokio::test]
 async fn a_flood_of_unroutable_messages_logs_a_bounded_number_of_lines_without_payloads() {
     let broker = Mosquitto::start_async().await;
-    let server = FakeServer::start(flooding()).await;
+    let server = FakeServer::start(flooding(FLOOD)).await;
     let config = ConfigFile::new(&bridge_toml(&server.url(), &broker, "bounds-flood", ""));
     // Info, as a production bridge logs; payloads may appear at trace only.
     let mut bridge = BridgeProcess::spawn(&config, &[("RUST_LOG", "info")]);
@@ -348,6 +348,78 @@ async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bo
         1,
         "{}",
         bridge.tail(40)
+    );
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(status.success(), "{}", bridge.tail(40));
+}
+
+// ---------------------------------------------------------------------------------------
+// A reply of more messages than the cap is a bad reply, counted, and the bridge recovers
+// ---------------------------------------------------------------------------------------
+
+/// The Bayeux client's default `max_messages_per_reply`.
+const MAX_MESSAGES: usize = 100_000;
+
+#[tokio::test]
+async fn a_reply_over_the_message_cap_is_refused_counted_and_the_bridge_recovers() {
+    let broker = Mosquitto::start_async().await;
+    let server = FakeServer::start(flooding(MAX_MESSAGES + 1)).await;
+    let mut found = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let extra = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
+        let config = ConfigFile::new(&bridge_toml(&server.url(), &broker, "bounds-cap", &extra));
+        let bridge = BridgeProcess::spawn(&config, &[]);
+        bridge
+            .wait_until("the HTTP listener", WAIT, |lines| {
+                lines.iter().any(|l| {
+                    l.message()
+                        .is_some_and(|m| m.starts_with("HTTP listener started"))
+                        || l.is("Bridge failed.")
+                })
+            })
+            .await;
+        if !bridge.lines().iter().any(|l| l.is("Bridge failed.")) {
+            found = Some((config, bridge, port));
+            break;
+        }
+    }
+    let (_config, mut bridge, port) = found.expect("an HTTP port the bridge could bind");
+    let failed = |l: &LogLine| {
+        l.is("Connect failed; will retry.")
+            && l.str_field("reason")
+                .is_some_and(|r| r.contains(&format!("more than {MAX_MESSAGES} messages")))
+    };
+    bridge
+        .wait_until("the refused reply", WAIT, |lines| lines.iter().any(failed))
+        .await;
+    // The normal failure path: connect again, ready again.
+    wait_readyz(port, "ready after the bad reply", WAIT, |status, _| {
+        status == 200
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains(r#"bridge_bad_replies_total{side="bayeux",cause="too_many_messages"} 1"#),
+        "{metrics}"
+    );
+    let lines = bridge.lines();
+    assert_eq!(
+        count(&lines, UNROUTED),
+        0,
+        "no message of the refused reply was decoded"
+    );
+    assert!(
+        !lines.iter().any(|l| l.raw.contains(MARKER)),
+        "payload in the log"
     );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "{}", bridge.tail(40));

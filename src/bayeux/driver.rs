@@ -120,8 +120,14 @@ impl Driver {
                         Lane::Other => self.other_lane = None,
                         Lane::Connect => self.connect_lane = None,
                     }
-                    if result.is_ok() {
-                        self.pulse.heard(now);
+                    match &result {
+                        Ok(_) => self.pulse.heard(now),
+                        Err(
+                            e @ (TransportError::TooLarge { .. }
+                            | TransportError::TooManyMessages { .. }
+                            | TransportError::Decode(_)),
+                        ) => self.emit(Event::BadReply { error: e.clone() }),
+                        Err(_) => {}
                     }
                     let result = result.map(|messages| self.incoming(messages));
                     if let Err(e) = &result {
@@ -412,6 +418,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::SubscriptionFailed { .. } => "SubscriptionFailed",
         Event::Unsubscribed { .. } => "Unsubscribed",
         Event::MultipleClients => "MultipleClients",
+        Event::BadReply { .. } => "BadReply",
         Event::Unrouted { .. } => "Unrouted",
         Event::PublishFailed { .. } => "PublishFailed",
         Event::Stopped { .. } => "Stopped",
@@ -493,6 +500,8 @@ fn log_event(event: &Event) {
         Event::Unrouted { reason, message } => {
             warn!(?reason, channel = %message.channel, id = ?message.id, "Message could not be routed.")
         }
+        // The failed request is logged as such (a failed connect, subscription or publish).
+        Event::BadReply { error } => debug!(%error, "Bad reply."),
         // Its caller gave up; at shutdown that is expected and not worth a warning.
         Event::PublishFailed {
             id,

@@ -167,10 +167,21 @@ async fn exchange(
     decode_batch_limited(&body, max_messages).map_err(|e| match e {
         DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
         DecodeError::TooMany { cap } => TransportError::TooManyMessages { cap },
+        // A JSON body may carry payloads, which are not for logs; a proxy's error page is
+        // recognisable from its start.
+        DecodeError::Invalid(why) if looks_like_json(&body) => TransportError::Decode(why),
         DecodeError::Invalid(why) => {
             TransportError::Decode(format!("{why}; body starts with {:?}", excerpt(&body)))
         }
     })
+}
+
+/// Whether `body` starts like a JSON array or object (after whitespace).
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'[' | b'{')
+    )
 }
 
 /// The first bytes of a body, as text, for error messages (a proxy's HTML error page is

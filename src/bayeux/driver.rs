@@ -103,6 +103,7 @@ impl Driver {
             if self.session.is_stopped() {
                 break;
             }
+            self.expect_exchange();
             let deadline = self.session.next_deadline().map(Instant::from_std);
             let report_at = self.log_limit.next_report().map(Instant::from_std);
             let wake = tokio::select! {
@@ -154,6 +155,18 @@ impl Driver {
             let _ = waiter.send(());
         }
         debug!("Bayeux client task ended.");
+    }
+
+    /// Tells the pulse how soon the next exchange is due with the current advice: a connect
+    /// follows the last reply after `interval` and is held up to `timeout`, plus the network's
+    /// allowance.
+    fn expect_exchange(&self) {
+        let advice = self.session.advice();
+        self.pulse.expect(
+            advice.timeout_or(self.options.default_timeout)
+                + advice.interval()
+                + self.options.max_network_delay,
+        );
     }
 
     fn command(&mut self, command: Command, now: std::time::Instant) {
@@ -246,12 +259,10 @@ impl Driver {
         // The session has already applied the outgoing extension hooks.
         let deadline = match lane {
             Lane::Connect => {
-                let advice = self.session.advice();
-                let deadline = advice.timeout_or(self.options.default_timeout)
-                    + self.options.max_network_delay;
-                // The next connect follows the reply after the advised interval.
-                self.pulse.expect(deadline + advice.interval());
-                deadline
+                self.session
+                    .advice()
+                    .timeout_or(self.options.default_timeout)
+                    + self.options.max_network_delay
             }
             Lane::Other => self.options.max_network_delay,
         };

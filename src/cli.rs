@@ -18,7 +18,8 @@ pub struct EndpointArgs {
     /// The Bayeux endpoint, e.g. http://127.0.0.1:8080/cometd.
     #[arg(long)]
     pub url: Url,
-    /// An HTTP header sent on every request, as 'Name: value' (repeatable).
+    /// An HTTP header sent on every request, as 'Name: value' (repeatable). Other users can
+    /// read the command line (ps): put tokens in a --header-file instead.
     #[arg(long = "header", value_name = "'Name: value'", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
     /// A file of 'Name: value' lines, one header each, sent as --header is (repeatable):

@@ -244,6 +244,16 @@ mod redirect_tests {
     use super::*;
 
     #[test]
+    fn only_a_body_that_is_not_json_is_quoted_in_a_decode_error() {
+        assert!(looks_like_json(
+            b" \n[{\"channel\":\"/a\",\"data\":\"secret\"} x"
+        ));
+        assert!(looks_like_json(b"{\"data\":1}"));
+        assert!(!looks_like_json(b"<html>Down</html>"));
+        assert!(!looks_like_json(b""));
+    }
+
+    #[test]
     fn a_redirect_target_is_resolved_and_loses_its_credentials() {
         let base = Url::parse("https://bayeux.example/cometd").unwrap_or_else(|e| panic!("{e}"));
         let mut headers = HeaderMap::new();

@@ -1,5 +1,6 @@
-//! Issue 14, items 3 and 6: what a hostile or stalled Bayeux server can do to the daemon's
-//! log and to its readiness, on the real binary (`common::bridge`) with a real Mosquitto.
+//! Issue 14, items 3, 6 and 7: what a hostile or stalled Bayeux server can do to the daemon's
+//! log, its readiness and its memory, on the real binary (`common::bridge`) with a real
+//! Mosquitto.
 //!
 //! - A flood of deliveries on channels the bridge never subscribed to: the scripted fake
 //!   server (`common::fake_server`) sends them, as a real server never delivers on a channel
@@ -8,6 +9,9 @@
 //! - A stalled data plane: a real CometD server behind the fault proxy (`common::gate`),
 //!   blackholed: `/readyz` must say not ready, with the stall as a reason, within the bound
 //!   the Bayeux client computes from the advice, and ready again once the path opens.
+//! - A reply of more messages than the cap (scripted: a real server sends what was
+//!   published): refused before it is decoded, counted, and the session carries on.
+//! - `log.file` renamed by logrotate: SIGHUP opens it again, and the reload still happens.
 //!
 //! Synchronisation is by the bridge's JSON log lines and, where `/readyz` is the thing under
 //! test, by polling it at short intervals up to a deadline.
@@ -423,4 +427,44 @@ async fn a_reply_over_the_message_cap_is_refused_counted_and_the_bridge_recovers
     );
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "{}", bridge.tail(40));
+}
+
+/// The library's own option: a client with `max_messages_per_reply = 5` refuses a reply of
+/// 10 messages as a bad reply, retries the connect and carries on.
+#[tokio::test]
+async fn the_client_option_sets_the_message_cap() {
+    use bayeux_mqtt_bridge::bayeux::{Client, ClientOptions, Event, TransportError};
+    let server = FakeServer::start(flooding(10)).await;
+    let mut options = ClientOptions::new(server.url().parse().expect("the fake server's URL"));
+    options.max_messages_per_reply = 5;
+    options.max_network_delay = Duration::from_secs(2);
+    let (client, mut events) = Client::new(options).expect("a client");
+    let _subscription = client.subscribe("/demo/x").await.expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no recovery within {WAIT:?}; events {seen:?}"))
+            .expect("the client keeps running");
+        let connected_again = matches!(event, Event::Connected)
+            && seen
+                .iter()
+                .any(|e| matches!(e, Event::ConnectFailed { .. }));
+        seen.push(event);
+        if connected_again {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&Event::BadReply {
+            error: TransportError::TooManyMessages { cap: 5 }
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Unrouted { .. })),
+        "a message of the refused reply was decoded: {seen:?}"
+    );
+    client.disconnect().await;
 }

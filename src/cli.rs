@@ -3,6 +3,7 @@
 //! logs go to stderr.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,9 +18,15 @@ pub struct EndpointArgs {
     /// The Bayeux endpoint, e.g. http://127.0.0.1:8080/cometd.
     #[arg(long)]
     pub url: Url,
-    /// An HTTP header sent on every request, as 'Name: value' (repeatable).
+    /// An HTTP header sent on every request, as 'Name: value' (repeatable). Other users can
+    /// read the command line (ps): put tokens in a --header-file instead.
     #[arg(long = "header", value_name = "'Name: value'", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// A file of 'Name: value' lines, one header each, sent as --header is (repeatable):
+    /// keeps tokens out of the command line. Blank lines and lines starting with # are
+    /// ignored. Should be readable by its owner only.
+    #[arg(long = "header-file", value_name = "PATH")]
+    pub header_files: Vec<PathBuf>,
 }
 
 /// `sub` arguments.
@@ -62,9 +69,64 @@ fn parse_header(raw: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value.trim().to_owned()))
 }
 
+/// The headers of a `--header-file`: one `Name: value` per line; blank lines and lines
+/// whose first non-blank character is `#` are skipped. A bad line is an error naming the
+/// file and the line number, never quoting the line (it may hold a token).
+fn parse_header_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut headers = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let header = parse_header(line)
+            .map_err(|why| format!("{} line {}: {why}", path.display(), i + 1))?;
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// Reads a `--header-file`, warning when others than its owner may read it.
+fn read_header_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read header file {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("header file {} is not UTF-8 text", path.display()))?;
+    warn_if_loose(path);
+    parse_header_file(path, &text)
+}
+
+/// Warns when `path` is readable by its group or by everyone: it holds credentials.
+fn warn_if_loose(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o044 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format_args!("{mode:o}"),
+                    "The header file is readable by its group or by everyone; it may hold \
+                     credentials (chmod 600 it)."
+                );
+            }
+        }
+    }
+}
+
+/// Every header of `endpoint`: the `--header` ones, then those of each `--header-file`.
+fn headers_of(endpoint: &EndpointArgs) -> Result<Vec<(String, String)>, String> {
+    let mut headers = endpoint.headers.clone();
+    for path in &endpoint.header_files {
+        headers.extend(read_header_file(path)?);
+    }
+    Ok(headers)
+}
+
 fn client_for(endpoint: &EndpointArgs) -> Result<(Client, crate::bayeux::client::Events), String> {
     let mut options = ClientOptions::new(endpoint.url.clone());
-    options.headers = endpoint.headers.clone();
+    options.headers = headers_of(endpoint)?;
     Client::new(options).map_err(|e| e.to_string())
 }
 
@@ -205,5 +267,30 @@ mod tests {
         );
         assert!(parse_header("no colon").is_err());
         assert!(parse_header(": v").is_err());
+    }
+
+    #[test]
+    fn a_header_file_skips_blank_lines_and_comments() {
+        let text = "# the token\n\nAuthorization: Bearer a:b\r\n  # indented comment\nX-Two:2\n";
+        assert_eq!(
+            parse_header_file(Path::new("h.txt"), text).unwrap(),
+            vec![
+                ("Authorization".into(), "Bearer a:b".into()),
+                ("X-Two".into(), "2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_header_line_names_file_and_line_but_not_its_text() {
+        let text = "X-Ok: 1\n# c\nBearer s3cret-token\n";
+        let err = parse_header_file(Path::new("/etc/h.txt"), text).unwrap_err();
+        assert_eq!(err, "/etc/h.txt line 3: expected 'Name: value'");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = parse_header_file(Path::new("h"), ": s3cret").unwrap_err();
+        assert!(
+            err.starts_with("h line 1: ") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! - [`cli`]: the `sub` and `pub` operator tools.
 //! - [`files`]: warnings about secret files, state directories and the log file that other
 //!   users can open.
+//! - [`log_limit`]: rate limiting of warnings that can repeat once per message (at most a
+//!   burst per key per window, then one line with the count suppressed); a leaf.
 //! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
 //!   nothing of Bayeux or the bridge.
 //! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;

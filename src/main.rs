@@ -178,7 +178,7 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
     block_on(async move {
         let reload = bridge::ReloadSource {
             path: path.to_owned(),
-            requests: shutdown::reload_requests(),
+            requests: shutdown::reload_requests(reopen_log),
         };
         match bridge::run_with_reload(config, shutdown::signal(), Some(reload)).await {
             Ok(_) => {
@@ -192,6 +192,17 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
             }
         }
     })
+}
+
+/// On SIGHUP, before the config reload: the log file again under its path (logrotate).
+fn reopen_log() {
+    match telemetry::reopen_log() {
+        Ok(Some(path)) => tracing::info!(file = %path.display(), "Log file reopened."),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not reopen the log file; still writing to the old one.")
+        }
+    }
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -112,6 +112,9 @@ pub struct Metrics {
     pub capacity: Family<DirectionLabels, Gauge>,
     /// `bridge_reconnects_total{side,cause}`.
     pub reconnects: Family<CauseLabels, Counter>,
+    /// `bridge_bad_replies_total{side,cause}`: Bayeux responses refused as bad replies
+    /// (`too_large`, `too_many_messages`, `invalid`).
+    pub bad_replies: Family<CauseLabels, Counter>,
     /// `bridge_handshakes_total{side,cause}` (Bayeux: `initial` or `rehandshake`).
     pub handshakes: Family<CauseLabels, Counter>,
     /// `bridge_connected{side}`: 1 while connected.
@@ -184,6 +187,7 @@ impl Metrics {
             in_flight: Family::default(),
             capacity: Family::default(),
             reconnects: Family::default(),
+            bad_replies: Family::default(),
             handshakes: Family::default(),
             connected: Family::default(),
             subscriptions: Family::default(),
@@ -266,6 +270,11 @@ impl Metrics {
             "reconnects",
             "Lost connections or failed attempts, by side and cause",
             m.reconnects.clone(),
+        );
+        registry.register(
+            "bad_replies",
+            "Bayeux responses refused as bad replies, by cause",
+            m.bad_replies.clone(),
         );
         registry.register(
             "handshakes",

@@ -34,10 +34,11 @@ pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
-/// One item per SIGHUP, from a task that listens for them. Must be called inside a tokio
-/// runtime. Without SIGHUP support (not Unix, or the handler could not be installed) the
-/// receiver never yields.
-pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
+/// One item per SIGHUP, from a task that listens for them; `on_signal` runs at once on each
+/// (the daemon reopens its log file there). Must be called inside a tokio runtime. Without
+/// SIGHUP support (not Unix, or the handler could not be installed) the receiver never
+/// yields.
+pub fn reload_requests(on_signal: fn()) -> tokio::sync::mpsc::Receiver<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
     {
@@ -46,6 +47,7 @@ pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
             Ok(mut hup) => {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
+                        on_signal();
                         // A burst of SIGHUPs while one reload runs needs only one more.
                         let _ = tx.try_send(());
                     }
@@ -55,6 +57,9 @@ pub fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
         }
     }
     #[cfg(not(unix))]
-    drop(tx);
+    {
+        let _ = on_signal;
+        drop(tx);
+    }
     rx
 }

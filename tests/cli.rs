@@ -778,3 +778,152 @@ async fn sub_exits_0_on_sigterm_during_a_long_poll_cometd() {
 async fn sub_exits_0_on_sigterm_during_a_long_poll_faye() {
     sub_exits_0_on_sigterm_during_a_long_poll(PeerKind::Faye).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. --header-file keeps tokens out of argv
+// ---------------------------------------------------------------------------------------
+
+/// Writes `content` to a header file with the given Unix mode.
+fn header_file(dir: &common::bridge::TempDir, mode: u32, content: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.file("headers.txt", content);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .expect("chmod the header file");
+    path.to_str().expect("UTF-8 temp path").to_owned()
+}
+
+/// The Salesforce fake refuses every request without its token: `sub` with the token only in
+/// a `--header-file` is served, and the token appears nowhere in its logs.
+#[tokio::test]
+async fn sub_sends_the_token_of_a_header_file_and_never_logs_it() {
+    const TOKEN: &str = "file-t0ken-4b1d";
+    let fake = common::salesforce::SalesforceFake::start_async(&["--token", TOKEN]).await;
+    let dir = common::bridge::TempDir::new("cli-header-file");
+    let path = header_file(
+        &dir,
+        0o600,
+        &format!("# Salesforce session\n\nAuthorization: Bearer {TOKEN}\n"),
+    );
+    let mut sub = Cli::spawn(
+        &[
+            "sub",
+            "--url",
+            &fake.url,
+            "--header-file",
+            &path,
+            "--count",
+            "1",
+            "-vv",
+            "/event/Foo__e",
+        ],
+        &[],
+    );
+    sub.wait_subscribed(1).await;
+    fake.publish("/event/Foo__e", 1).await;
+    let line = sub.next_line().await.expect("the published event");
+    let message: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(message["channel"], json!("/event/Foo__e"), "{line}");
+    let out = sub.finish().await;
+    out.assert_success();
+    assert!(
+        !out.stderr.contains(TOKEN),
+        "the token leaked into the logs\n{}",
+        out.context()
+    );
+    assert!(
+        !out.stderr.contains("readable by its group"),
+        "a 0600 file drew the loose-mode warning\n{}",
+        out.context()
+    );
+
+    // Without the file the same server refuses the session: the header did the work.
+    let refused = run(
+        &[
+            "pub",
+            "--url",
+            &fake.url,
+            "--timeout",
+            "10",
+            "/event/Foo__e",
+            "{}",
+        ],
+        &[],
+    )
+    .await;
+    refused.assert_failure();
+    assert!(
+        refused.stderr.contains("Handshake denied"),
+        "{}",
+        refused.context()
+    );
+}
+
+/// `--header` and `--header-file` add up: the fake server sees both on every request.
+#[tokio::test]
+async fn header_file_headers_are_merged_with_header_flags() {
+    let server = FakeServer::start(scripted(Script::Idle)).await;
+    let url = server.url();
+    let dir = common::bridge::TempDir::new("cli-header-merge");
+    let path = header_file(&dir, 0o600, "X-From-File: f1\n# X-Commented: no\n");
+    let out = run(
+        &[
+            "pub",
+            "--url",
+            &url,
+            "--header",
+            "X-From-Flag: a1",
+            "--header-file",
+            &path,
+            "/demo/x",
+            "{}",
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    let requests = server
+        .wait_for("the publish", WAIT, |r| has_channel(r, "/demo/x"))
+        .await;
+    for request in &requests {
+        assert_eq!(request.header("x-from-flag"), Some("a1"), "{request:?}");
+        assert_eq!(request.header("x-from-file"), Some("f1"), "{request:?}");
+        assert_eq!(request.header("x-commented"), None, "{request:?}");
+    }
+}
+
+/// A bad line is refused before anything is sent, naming the file and the line number but
+/// not quoting it; a file others may read draws a warning.
+#[tokio::test]
+async fn a_bad_header_file_line_is_named_without_its_value_and_a_loose_file_is_warned_about() {
+    let server = FakeServer::start(scripted(Script::Idle)).await;
+    let url = server.url();
+    let dir = common::bridge::TempDir::new("cli-header-bad");
+    let path = header_file(&dir, 0o644, "X-Ok: 1\n\nBearer s3cret-value\n");
+    let out = run(
+        &[
+            "pub",
+            "--url",
+            &url,
+            "--header-file",
+            &path,
+            "/demo/x",
+            "{}",
+        ],
+        &[],
+    )
+    .await;
+    out.assert_failure();
+    assert!(
+        out.stderr
+            .contains(&format!("{path} line 3: expected 'Name: value'")),
+        "{}",
+        out.context()
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.context());
+    assert!(
+        out.stderr.contains("readable by its group or by everyone"),
+        "no warning about a 0644 header file\n{}",
+        out.context()
+    );
+    assert!(server.requests().is_empty(), "a request went out");
+}

@@ -26,6 +26,7 @@ use super::driver::Driver;
 use super::error::{ClientError, PublishError};
 use super::event::{Event, StopReason};
 use super::ext::Extension;
+use super::liveness::{Liveness, Pulse};
 use super::message::{Data, Message};
 use super::session::{Session, SessionOptions};
 use super::transport::Transport;
@@ -48,6 +49,12 @@ pub struct ClientOptions {
     pub default_timeout: Duration,
     /// Largest accepted response body. Default 10 MiB.
     pub max_response_bytes: usize,
+    /// Most messages accepted in one response: a reply with more is refused like a bad
+    /// reply ([`TransportError::TooManyMessages`](super::TransportError)), before the
+    /// message past the cap is decoded, which bounds the memory one reply takes (a message
+    /// costs some 350 bytes decoded, however short its JSON). Default 100,000
+    /// ([`DEFAULT_MAX_MESSAGES`](super::message::DEFAULT_MAX_MESSAGES)).
+    pub max_messages_per_reply: usize,
     /// Backoff for failing handshakes, connects and subscriptions. Default 1 s steps to 30 s,
     /// 20 % jitter.
     pub backoff: BackoffOptions,
@@ -90,6 +97,7 @@ impl Default for ClientOptions {
             max_network_delay: Duration::from_secs(10),
             default_timeout: Duration::from_secs(60),
             max_response_bytes: 10 * 1024 * 1024,
+            max_messages_per_reply: super::message::DEFAULT_MAX_MESSAGES,
             backoff: BackoffOptions::default(),
             max_queued: 1000,
             max_batch: 100,
@@ -124,6 +132,7 @@ impl fmt::Debug for ClientOptions {
             .field("max_network_delay", &self.max_network_delay)
             .field("default_timeout", &self.default_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_messages_per_reply", &self.max_messages_per_reply)
             .field("backoff", &self.backoff)
             .field("max_queued", &self.max_queued)
             .field("max_batch", &self.max_batch)
@@ -171,6 +180,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     subscription_buffer: usize,
     stopped: Arc<OnceLock<StopReason>>,
+    pulse: Pulse,
 }
 
 /// Lifecycle events and unroutable messages, in order. Reading them is optional; if the
@@ -272,7 +282,8 @@ impl Client {
             }
         }
         let transport = LongPolling::new(options.url.clone(), headers, options.max_response_bytes)
-            .map_err(ClientError::Options)?;
+            .map_err(ClientError::Options)?
+            .with_max_messages(options.max_messages_per_reply);
         Ok(Self::with_transport(options, Arc::new(transport)))
     }
 
@@ -297,8 +308,10 @@ impl Client {
             retry_publishes: options.retry_publishes,
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
-        let session = Session::new(session_options, Instant::now().into_std());
+        let now = Instant::now().into_std();
+        let session = Session::new(session_options, now);
         let stopped = Arc::new(OnceLock::new());
+        let pulse = Pulse::new(now, options.default_timeout + options.max_network_delay);
         let driver = Driver::new(
             session,
             transport,
@@ -306,6 +319,7 @@ impl Client {
             cmd_rx,
             event_tx,
             Arc::clone(&stopped),
+            pulse.clone(),
         );
         tokio::spawn(driver.run().instrument(span));
         (
@@ -313,6 +327,7 @@ impl Client {
                 commands: cmd_tx,
                 subscription_buffer,
                 stopped,
+                pulse,
             },
             Events { rx: event_rx },
         )
@@ -423,6 +438,12 @@ impl Client {
         {
             let _ = stopped.await;
         }
+    }
+
+    /// How long since the client last heard from the server, and how long a healthy session
+    /// goes without (see [`Liveness`]).
+    pub fn liveness(&self) -> Liveness {
+        self.pulse.at(Instant::now().into_std())
     }
 
     /// Whether the client task has ended.

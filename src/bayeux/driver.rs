@@ -19,9 +19,11 @@ use super::channel::ChannelPattern;
 use super::client::{ClientOptions, Command};
 use super::error::{PublishError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
+use super::liveness::Pulse;
 use super::message::Message;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
+use crate::log_limit::{self, LogLimiter};
 
 struct Listener {
     patterns: Vec<ChannelPattern>,
@@ -50,6 +52,11 @@ pub(super) struct Driver {
     /// Why the client stopped, for [`Client::stop_reason`](super::Client::stop_reason); set
     /// before the handles can see the client closed.
     stopped: Arc<OnceLock<StopReason>>,
+    /// Warnings that can come once per message (unroutable, unclaimed, dropped events) are
+    /// rate-limited.
+    log_limit: LogLimiter,
+    /// When the last response arrived, for [`Client::liveness`](super::Client::liveness).
+    pulse: Pulse,
 }
 
 enum Wake {
@@ -57,6 +64,8 @@ enum Wake {
     Token(Result<AccessToken, TokenError>),
     Timer,
     Command(Option<Command>),
+    /// A rate-limit window with suppressed warnings has ended.
+    Report,
 }
 
 impl Driver {
@@ -67,6 +76,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         stopped: Arc<OnceLock<StopReason>>,
+        pulse: Pulse,
     ) -> Self {
         Driver {
             session,
@@ -82,6 +92,8 @@ impl Driver {
             token_lane: None,
             disconnect_waiters: Vec::new(),
             stopped,
+            log_limit: LogLimiter::default(),
+            pulse,
         }
     }
 
@@ -91,13 +103,16 @@ impl Driver {
             if self.session.is_stopped() {
                 break;
             }
+            self.expect_exchange();
             let deadline = self.session.next_deadline().map(Instant::from_std);
+            let report_at = self.log_limit.next_report().map(Instant::from_std);
             let wake = tokio::select! {
                 result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
                 result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
                 result = poll_token(&mut self.token_lane) => Wake::Token(result),
                 _ = sleep_until(deadline) => Wake::Timer,
                 command = self.commands.recv(), if self.commands_open => Wake::Command(command),
+                _ = sleep_until(report_at) => Wake::Report,
             };
             let now = Instant::now().into_std();
             match wake {
@@ -105,6 +120,15 @@ impl Driver {
                     match lane {
                         Lane::Other => self.other_lane = None,
                         Lane::Connect => self.connect_lane = None,
+                    }
+                    match &result {
+                        Ok(_) => self.pulse.heard(now),
+                        Err(
+                            e @ (TransportError::TooLarge { .. }
+                            | TransportError::TooManyMessages { .. }
+                            | TransportError::Decode(_)),
+                        ) => self.emit(Event::BadReply { error: e.clone() }),
+                        Err(_) => {}
                     }
                     let result = result.map(|messages| self.incoming(messages));
                     if let Err(e) = &result {
@@ -118,6 +142,7 @@ impl Driver {
                     self.session.on_token(result, now);
                 }
                 Wake::Timer => self.session.on_timer(now),
+                Wake::Report => log_limit::report(&self.log_limit.expired(now), log_limit::WINDOW),
                 Wake::Command(Some(command)) => self.command(command, now),
                 Wake::Command(None) => {
                     // Every handle is gone: nobody can use this session any more.
@@ -130,6 +155,18 @@ impl Driver {
             let _ = waiter.send(());
         }
         debug!("Bayeux client task ended.");
+    }
+
+    /// Tells the pulse how soon the next exchange is due with the current advice: a connect
+    /// follows the last reply after `interval` and is held up to `timeout`, plus the network's
+    /// allowance.
+    fn expect_exchange(&self) {
+        let advice = self.session.advice();
+        self.pulse.expect(
+            advice.timeout_or(self.options.default_timeout)
+                + advice.interval()
+                + self.options.max_network_delay,
+        );
     }
 
     fn command(&mut self, command: Command, now: std::time::Instant) {
@@ -333,20 +370,73 @@ impl Driver {
     }
 
     fn emit(&mut self, event: Event) {
-        log_event(&event);
+        self.log_event(&event);
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
-                warn!(
-                    ?event,
-                    "Event buffer full; the event is dropped (read Events to keep up)."
-                )
+                // Never the event itself above trace: an unroutable one holds a payload.
+                trace!(?event, "Dropped event.");
+                const FULL: &str =
+                    "Event buffer full; the event is dropped (read Events to keep up).";
+                if self.allow(FULL) {
+                    warn!(event = event_name(&event), "{FULL}");
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+
+    /// Whether a warning that can repeat once per message may be logged now.
+    fn allow(&mut self, key: &'static str) -> bool {
+        let now = Instant::now().into_std();
+        log_limit::report(&self.log_limit.expired(now), log_limit::WINDOW);
+        self.log_limit.allow(key, now)
+    }
+
+    /// Logs `event`: lifecycle events as they come, those that can come once per message
+    /// rate-limited.
+    fn log_event(&mut self, event: &Event) {
+        match event {
+            Event::Unrouted { reason, message } => {
+                const UNROUTED: &str = "Message could not be routed.";
+                if self.allow(UNROUTED) {
+                    warn!(?reason, channel = %message.channel, id = ?message.id, "{UNROUTED}")
+                }
+            }
+            Event::PublishFailed { id, error } if *error != PublishError::Closed => {
+                const UNCLAIMED: &str = "Publish failed and nobody awaits it.";
+                if self.allow(UNCLAIMED) {
+                    warn!(%id, %error, "{UNCLAIMED}")
+                }
+            }
+            _ => log_event(event),
+        }
+    }
 }
 
+/// The variant's name, for logs (never its fields: some hold payloads).
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Handshaken { .. } => "Handshaken",
+        Event::HandshakeFailed { .. } => "HandshakeFailed",
+        Event::TokenRefreshed { .. } => "TokenRefreshed",
+        Event::AuthenticationFailed { .. } => "AuthenticationFailed",
+        Event::Connected => "Connected",
+        Event::ConnectFailed { .. } => "ConnectFailed",
+        Event::SessionLost { .. } => "SessionLost",
+        Event::Disconnected { .. } => "Disconnected",
+        Event::SubscriptionConfirmed { .. } => "SubscriptionConfirmed",
+        Event::SubscriptionFailed { .. } => "SubscriptionFailed",
+        Event::Unsubscribed { .. } => "Unsubscribed",
+        Event::MultipleClients => "MultipleClients",
+        Event::BadReply { .. } => "BadReply",
+        Event::Unrouted { .. } => "Unrouted",
+        Event::PublishFailed { .. } => "PublishFailed",
+        Event::Stopped { .. } => "Stopped",
+    }
+}
+
+/// Logs a lifecycle event (the per-message ones go through [`Driver::log_event`]).
 fn log_event(event: &Event) {
     match event {
         Event::Handshaken {
@@ -421,6 +511,8 @@ fn log_event(event: &Event) {
         Event::Unrouted { reason, message } => {
             warn!(?reason, channel = %message.channel, id = ?message.id, "Message could not be routed.")
         }
+        // The failed request is logged as such (a failed connect, subscription or publish).
+        Event::BadReply { error } => debug!(%error, "Bad reply."),
         // Its caller gave up; at shutdown that is expected and not worth a warning.
         Event::PublishFailed {
             id,

@@ -140,6 +140,13 @@ pub enum TransportError {
     /// The body was empty or not a Bayeux batch.
     #[error("bad response body: {0}")]
     Decode(String),
+    /// The body held more messages than the cap (`ClientOptions::max_messages_per_reply`):
+    /// decoded, it would take far more memory than its bytes.
+    #[error("response holds more than {cap} messages")]
+    TooManyMessages {
+        /// The cap.
+        cap: usize,
+    },
 }
 
 /// Why a token could not be fetched from a [`super::auth::TokenSource`]. Never holds a

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::error::PublishError;
+use super::error::{PublishError, TransportError};
 use super::message::Message;
 
 /// What the session does next after losing its connection.
@@ -170,6 +170,15 @@ pub enum Event {
     },
     /// The server reported several sessions for this client's cookie (`multiple-clients`).
     MultipleClients,
+    /// A response was refused as a bad reply: larger than `max_response_bytes`, holding more
+    /// than `max_messages_per_reply` messages, or not a Bayeux batch. The request fails as
+    /// any failed request does ([`Event::ConnectFailed`], a failed subscription or publish);
+    /// this event says why, for counting.
+    BadReply {
+        /// The transport's error ([`TransportError::TooLarge`],
+        /// [`TransportError::TooManyMessages`] or [`TransportError::Decode`]).
+        error: TransportError,
+    },
     /// A message nobody could take.
     Unrouted {
         /// Why.

@@ -154,7 +154,19 @@ pub enum DecodeError {
     /// The body is not JSON, or not JSON of the expected shape.
     #[error("response is not a Bayeux message batch: {0}")]
     Invalid(String),
+    /// The batch holds more messages than the cap (see [`decode_batch_limited`]).
+    #[error("response holds more than {cap} messages")]
+    TooMany {
+        /// The cap.
+        cap: usize,
+    },
 }
+
+/// The most messages [`decode_batch`] takes from one batch (100,000): a body of the default
+/// 10 MiB cap holds that many messages of 100 bytes, more than a server sends in one reply,
+/// and they take some 40 MB decoded. Without a count cap a 10 MiB body of minimal messages
+/// (`{"channel":"/a"}`, 17 bytes) decodes into 600,000 of them: some 250 MB.
+pub const DEFAULT_MAX_MESSAGES: usize = 100_000;
 
 /// Decodes a batch. The spec says batches SHOULD be arrays and a single object MAY be
 /// accepted, so both are.
@@ -162,19 +174,35 @@ pub enum DecodeError {
 /// The body is parsed straight into [`Message`]s, one after the other: no tree of the whole
 /// batch is built first, so a long-poll reply carrying a backlog of thousands of messages
 /// costs the messages themselves and little more.
+///
+/// At most [`DEFAULT_MAX_MESSAGES`] messages are taken; see [`decode_batch_limited`].
 pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, DecodeError> {
+    decode_batch_limited(body, DEFAULT_MAX_MESSAGES)
+}
+
+/// [`decode_batch`] taking at most `max_messages` messages (at least 1): a batch with more
+/// is [`DecodeError::TooMany`], found before the message past the cap is built, so decoding
+/// never holds more than `max_messages` messages whatever the body.
+pub fn decode_batch_limited(body: &[u8], max_messages: usize) -> Result<Vec<Message>, DecodeError> {
+    let max_messages = max_messages.max(1);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
     // The index of the message being decoded, to name it in an error.
     let at = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let too_many = Cell::new(false);
     let batch = BatchSeed {
         at: &at,
-        capacity: decode::capacity_hint(body),
+        capacity: decode::capacity_hint(body).min(max_messages),
+        max: max_messages,
+        too_many: &too_many,
     }
     .deserialize(&mut deserializer)
     .and_then(|batch| deserializer.end().map(|()| batch));
+    if too_many.get() {
+        return Err(DecodeError::TooMany { cap: max_messages });
+    }
     batch.map_err(|e| match at.get() {
         Some(i) => DecodeError::Invalid(format!("message {i}: {e}")),
         None => DecodeError::Invalid(e.to_string()),

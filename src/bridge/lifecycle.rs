@@ -155,6 +155,14 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 let labels = OutcomeLabels { outcome: "error" };
                 stats.metrics.tokens.get_or_create(&labels).inc();
             }
+            Event::BadReply { error } => {
+                let cause = match error {
+                    bayeux::TransportError::TooLarge { .. } => "too_large",
+                    bayeux::TransportError::TooManyMessages { .. } => "too_many_messages",
+                    _ => "invalid",
+                };
+                count(&stats.metrics.bad_replies, cause)
+            }
             Event::Stopped { reason } => return BridgeError::BayeuxStopped(reason.to_string()),
             _ => {}
         }

@@ -146,7 +146,9 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             shared
                 .stats
                 .dropped_many(Direction::MqttToBayeux, route, "receiver_full", count);
-            warn!(%topic, count, route, %reason, "Messages dropped.");
+            if shared.log_limit.allow("Messages dropped.") {
+                warn!(%topic, count, route, %reason, "Messages dropped.");
+            }
         }
         _ => {}
     }
@@ -449,7 +451,9 @@ pub(crate) async fn settle(
             ) => {
                 shared.count_publish_error("bayeux", "transport");
                 let wait = backoff.next_delay();
-                warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
+                if shared.log_limit.allow("Bayeux publish failed; retrying.") {
+                    warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
+                }
                 tokio::select! {
                     _ = stop.wait_for(|stop| *stop) => return false,
                     () = tokio::time::sleep(wait) => {}

@@ -39,7 +39,7 @@ pub(crate) use shared::{Shared, Slot};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
@@ -150,6 +150,9 @@ pub fn probe_spool(config: &Config, file: &std::path::Path) -> Result<(), Config
         reason: format!("cannot be used: {e}"),
     })
 }
+
+/// How often the Bayeux client's liveness is checked for readiness.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 /// Where a running bridge re-reads its config from, and the requests (SIGHUP) to do so.
 #[derive(Debug)]
@@ -303,6 +306,11 @@ pub async fn run_with_reload(
         .and_then(|n| n.watchdog_interval())
         .map(tokio::time::interval);
     let mut watcher = spawn_watcher(bayeux_events, &shared);
+    // Rate-limited warnings: what a window held back is reported once it ends, also when
+    // nothing comes after it.
+    let mut log_flush = tokio::time::interval(crate::log_limit::WINDOW);
+    // A stalled Bayeux data plane has no event of its own: its liveness is looked at.
+    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
 
     tokio::pin!(shutdown);
     let outcome = loop {
@@ -318,6 +326,8 @@ pub async fn run_with_reload(
             }
             Some(stopped) = fatal_rx.recv() => break Err(stopped),
             _ = tick(&mut watchdog) => ping(notifier.as_deref()),
+            _ = log_flush.tick() => shared.log_limit.flush(),
+            _ = liveness.tick() => shared.readiness.bayeux_liveness(shared.bayeux().liveness()),
             Some(()) = next_reload(&mut reload) => {
                 let Some(path) = reload.as_ref().map(|r| r.path.clone()) else { continue };
                 let reloading = live.reload(&path, &shared, &mut watcher, notifier.as_deref());

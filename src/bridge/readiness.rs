@@ -7,9 +7,10 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::stats::Stats;
+use crate::bayeux::Liveness;
 use crate::metrics::{SideLabels, SubscriptionLabels};
 use crate::notify::Notifier;
 
@@ -21,6 +22,9 @@ struct State {
     mqtt_connected: bool,
     bayeux_confirmed: BTreeSet<String>,
     mqtt_subscribed: BTreeSet<String>,
+    /// Why the Bayeux data plane counts as stalled, while it does (see
+    /// [`Readiness::bayeux_liveness`]).
+    bayeux_stalled: Option<String>,
     ready: bool,
     /// The last `STATUS=` sent.
     status: String,
@@ -161,6 +165,26 @@ impl Readiness {
         }
     }
 
+    /// The Bayeux client's [`Liveness`], checked periodically: a session that has gone
+    /// longer than its advice allows without any exchange with the server is stalled (a
+    /// dead path, a reply that never ends, a client that no longer turns), and the bridge is
+    /// not ready while it is, even if the session still counts as connected.
+    pub fn bayeux_liveness(&self, liveness: Liveness) {
+        let stalled = liveness.is_stalled().then(|| {
+            format!(
+                "Bayeux data plane stalled: no exchange with the server within {} s",
+                liveness.expected_within.as_secs()
+            )
+        });
+        if self.lock().bayeux_stalled != stalled {
+            match &stalled {
+                Some(reason) => warn!(%reason, "Bayeux data plane stalled."),
+                None => info!("Bayeux data plane moving again."),
+            }
+            self.update(|s| s.bayeux_stalled = stalled);
+        }
+    }
+
     /// The MQTT side connected; with a present session the broker kept the subscriptions.
     pub fn mqtt_connected(&self, session_present: bool) {
         self.update(|s| {
@@ -240,6 +264,9 @@ impl Readiness {
         if !s.bayeux_connected {
             reasons.push("Bayeux server not connected".to_owned());
         }
+        if let Some(stalled) = &s.bayeux_stalled {
+            reasons.push(stalled.clone());
+        }
         if !s.mqtt_connected {
             reasons.push("MQTT broker not connected".to_owned());
         }
@@ -304,6 +331,30 @@ mod tests {
             r.is_ready(),
             "a present session keeps the broker-side subscriptions"
         );
+    }
+
+    #[test]
+    fn a_stalled_bayeux_session_is_not_ready_even_while_connected() {
+        use std::time::Duration;
+        let r = Readiness::new(["/a".to_owned()], []);
+        r.bayeux_connected(true);
+        r.bayeux_confirmed("/a");
+        r.mqtt_connected(false);
+        assert!(r.is_ready());
+        let live = |since: u64| Liveness {
+            since_exchange: Duration::from_secs(since),
+            expected_within: Duration::from_secs(45),
+        };
+        r.bayeux_liveness(live(45));
+        assert!(r.is_ready());
+        r.bayeux_liveness(live(46));
+        assert!(!r.is_ready());
+        assert_eq!(
+            r.reasons(),
+            vec!["Bayeux data plane stalled: no exchange with the server within 45 s"]
+        );
+        r.bayeux_liveness(live(0));
+        assert!(r.is_ready());
     }
 
     #[test]

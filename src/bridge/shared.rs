@@ -2,6 +2,7 @@
 //! counters, loop-prevention filters, replay state, and each message's place in its
 //! direction's bounded queue.
 
+use crate::log_limit::SharedLimiter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) b2m_abandoned: std::sync::atomic::AtomicU64,
     /// MQTT messages received and not yet taken when MQTT → Bayeux stopped.
     pub(crate) m2b_left_pending: std::sync::atomic::AtomicU64,
+    /// Rate limit of the warnings that can come once per message.
+    pub(crate) log_limit: SharedLimiter,
 }
 
 /// What the bridge knows of its MQTT session.
@@ -140,6 +143,7 @@ impl Shared {
             mqtt_session: Mutex::default(),
             b2m_abandoned: Default::default(),
             m2b_left_pending: Default::default(),
+            log_limit: SharedLimiter::default(),
         }
     }
 
@@ -261,6 +265,9 @@ impl Shared {
         detail: &str,
     ) {
         self.stats.dropped(direction, route, reason);
-        warn!(%direction, reason, route, name, detail, "Message dropped.");
+        const DROPPED: &str = "Message dropped.";
+        if self.log_limit.allow(DROPPED) {
+            warn!(%direction, reason, route, name, detail, "{DROPPED}");
+        }
     }
 }

@@ -22,6 +22,10 @@ pub(super) struct BatchSeed<'a> {
     pub(super) at: &'a Cell<Option<usize>>,
     /// Room to reserve for an array: see [`capacity_hint`].
     pub(super) capacity: usize,
+    /// The most messages taken; one more sets `too_many` and fails the batch.
+    pub(super) max: usize,
+    /// Set when the batch holds more than `max` messages.
+    pub(super) too_many: &'a Cell<bool>,
 }
 
 /// How many messages a batch body holds at most, counted without parsing: the commas
@@ -76,6 +80,14 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut messages = Vec::with_capacity(self.capacity);
         loop {
+            if messages.len() == self.max {
+                // Is there one more? Skimmed, not built: `IgnoredAny` allocates nothing.
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    self.too_many.set(true);
+                    return Err(de::Error::custom("too many messages"));
+                }
+                break;
+            }
             self.at.set(Some(messages.len()));
             match seq.next_element::<Message>()? {
                 Some(message) => messages.push(message),

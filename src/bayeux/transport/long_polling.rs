@@ -17,7 +17,7 @@ use url::Url;
 
 use super::{SendFuture, Transport};
 use crate::bayeux::error::TransportError;
-use crate::bayeux::message::{DecodeError, Message, decode_batch, encode_batch};
+use crate::bayeux::message::{DecodeError, Message, decode_batch_limited, encode_batch};
 
 /// Long-polling over HTTP(S).
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct LongPolling {
     http: reqwest::Client,
     url: Url,
     max_body: usize,
+    /// The most messages taken from one reply.
+    max_messages: usize,
     /// The current `Authorization` value from a token source, marked sensitive.
     bearer: Arc<RwLock<Option<HeaderValue>>>,
 }
@@ -45,8 +47,17 @@ impl LongPolling {
             http,
             url,
             max_body,
+            max_messages: crate::bayeux::message::DEFAULT_MAX_MESSAGES,
             bearer: Arc::default(),
         })
+    }
+
+    /// Refuses replies of more than `max_messages` messages
+    /// ([`TransportError::TooManyMessages`]); default
+    /// [`DEFAULT_MAX_MESSAGES`](crate::bayeux::message::DEFAULT_MAX_MESSAGES).
+    pub fn with_max_messages(mut self, max_messages: usize) -> Self {
+        self.max_messages = max_messages.max(1);
+        self
     }
 }
 
@@ -86,9 +97,9 @@ impl Transport for LongPolling {
         if let Some(value) = bearer {
             request = request.header(AUTHORIZATION, value);
         }
-        let max_body = self.max_body;
+        let (max_body, max_messages) = (self.max_body, self.max_messages);
         Box::pin(async move {
-            match tokio::time::timeout(deadline, exchange(request, max_body)).await {
+            match tokio::time::timeout(deadline, exchange(request, max_body, max_messages)).await {
                 Ok(result) => result,
                 Err(_) => Err(TransportError::Timeout(deadline)),
             }
@@ -99,6 +110,7 @@ impl Transport for LongPolling {
 async fn exchange(
     request: reqwest::RequestBuilder,
     max_body: usize,
+    max_messages: usize,
 ) -> Result<Vec<Message>, TransportError> {
     let mut response = request.send().await.map_err(io_error)?;
     let status = response.status();
@@ -152,12 +164,24 @@ async fn exchange(
             body.into()
         }
     };
-    decode_batch(&body).map_err(|e| match e {
+    decode_batch_limited(&body, max_messages).map_err(|e| match e {
         DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
+        DecodeError::TooMany { cap } => TransportError::TooManyMessages { cap },
+        // A JSON body may carry payloads, which are not for logs; a proxy's error page is
+        // recognisable from its start.
+        DecodeError::Invalid(why) if looks_like_json(&body) => TransportError::Decode(why),
         DecodeError::Invalid(why) => {
             TransportError::Decode(format!("{why}; body starts with {:?}", excerpt(&body)))
         }
     })
+}
+
+/// Whether `body` starts like a JSON array or object (after whitespace).
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'[' | b'{')
+    )
 }
 
 /// The first bytes of a body, as text, for error messages (a proxy's HTML error page is
@@ -218,6 +242,16 @@ pub(crate) fn redirect_target(base: &Url, headers: &reqwest::header::HeaderMap) 
 #[cfg(test)]
 mod redirect_tests {
     use super::*;
+
+    #[test]
+    fn only_a_body_that_is_not_json_is_quoted_in_a_decode_error() {
+        assert!(looks_like_json(
+            b" \n[{\"channel\":\"/a\",\"data\":\"secret\"} x"
+        ));
+        assert!(looks_like_json(b"{\"data\":1}"));
+        assert!(!looks_like_json(b"<html>Down</html>"));
+        assert!(!looks_like_json(b""));
+    }
 
     #[test]
     fn a_redirect_target_is_resolved_and_loses_its_credentials() {

@@ -189,6 +189,9 @@ pub(super) async fn run(
     debug!("Bayeux → MQTT pipeline stopped taking messages.");
 }
 
+/// A warning that can come once per message (rate-limited).
+pub(crate) const REFUSED: &str = "MQTT refused the publish.";
+
 /// Forwards `message` by its route, or counts it as dropped if a reload removed the route.
 async fn take(
     shared: &Arc<Shared>,
@@ -339,7 +342,9 @@ async fn forward(
         .publish(mqtt, topic, payload, route, pending)
         .await
     {
-        warn!(channel = %message.channel, error = %e, "MQTT refused the publish.");
+        if shared.log_limit.allow(REFUSED) {
+            warn!(channel = %message.channel, error = %e, "{REFUSED}");
+        }
         shared.count_publish_error("mqtt", e.reason());
         let ticket = pending.and_then(|p| p.ticket);
         release_ticket(shared, ticket, redeliver_after_restart(&e));

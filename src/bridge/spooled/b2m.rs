@@ -116,7 +116,9 @@ pub(crate) async fn deliver(
                     source.rewind(key);
                     break;
                 }
-                warn!(%topic, error = %e, "MQTT refused the publish.");
+                if shared.log_limit.allow(crate::bridge::b2m::REFUSED) {
+                    warn!(%topic, error = %e, "{}", crate::bridge::b2m::REFUSED);
+                }
                 shared.count_publish_error("mqtt", e.reason());
                 spools.settled(Direction::BayeuxToMqtt, key);
                 shared.drop_message(

@@ -51,8 +51,9 @@
 //! ```
 //!
 //! `updated` is the Unix time (seconds, as a string; a number is accepted too) of the
-//! channel's last advance. A flush writes `checkpoints.json.tmp` in the same directory, syncs
-//! it, renames it over `checkpoints.json` and syncs the directory, so after `kill -9` or a
+//! channel's last advance. A flush writes `checkpoints.json.tmp` in the same directory (a new
+//! file, mode 0600; whatever was at that path, a symlink included, is removed first and never
+//! followed), syncs it, renames it over `checkpoints.json` and syncs the directory, so after `kill -9` or a
 //! power loss the file holds either the previous or the new checkpoints in full. A leftover
 //! temporary file (a flush interrupted before its rename) is ignored and removed at
 //! [`open`](CheckpointStore::open). A missing file is an empty store; a file that cannot be

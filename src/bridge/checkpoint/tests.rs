@@ -635,3 +635,43 @@ fn checkpoints_are_visible_before_they_are_flushed() {
         "never flushed"
     );
 }
+
+/// Issue 14, item 13: a symlink planted at the temporary path is not followed (its target
+/// keeps its content; before, the flush wrote the checkpoints through it), and the files
+/// written are mode 0600.
+#[cfg(unix)]
+#[test]
+fn a_symlink_at_the_temporary_path_is_not_followed_and_files_are_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("symlink");
+    let mut store = open(&dir);
+    let target = dir.path().join("victim");
+    fs::write(&target, "precious").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&target, dir.temp()).unwrap();
+    advance(&mut store, "/event/Foo", 10);
+    store.flush().unwrap();
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "the link's target keeps its mode"
+    );
+    assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(10));
+    let file = fs::symlink_metadata(dir.file()).unwrap();
+    assert!(file.file_type().is_file(), "the checkpoint file is no link");
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    assert!(fs::symlink_metadata(dir.temp()).is_err(), "renamed away");
+
+    // The same with a dangling link (a write through it would create its target).
+    let dangling = dir.path().join("created-through-the-link");
+    std::os::unix::fs::symlink(&dangling, dir.temp()).unwrap();
+    advance(&mut store, "/event/Foo", 11);
+    store.flush().unwrap();
+    assert!(!dangling.exists(), "nothing was created through the link");
+    assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(11));
+    assert_eq!(
+        fs::metadata(dir.file()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

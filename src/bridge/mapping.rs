@@ -377,6 +377,46 @@ impl Route {
     }
 }
 
+/// Checks `routes` for `replay.enabled = true`: every route that subscribes to Bayeux must
+/// name one channel, no wildcard. Replay positions are per concrete channel (Salesforce's
+/// replay extension takes one `"<channel>": replayId` entry per subscribed channel and has
+/// no way to resume a pattern), so a wildcard subscription could never resume, while its
+/// deliveries would bring one position per channel name the server sends. At most
+/// `max_channels` distinct channels may be subscribed (the checkpoint store's bound).
+pub fn check_replay(routes: &[Route], max_channels: usize) -> Result<(), MappingError> {
+    if let Some(route) = routes
+        .iter()
+        .find(|r| r.subscribes_bayeux() && !r.bayeux.is_literal())
+    {
+        return Err(MappingError {
+            route: route.number(),
+            field: "bayeux",
+            reason: format!(
+                "{} is a pattern, but replay.enabled = true: replay positions are kept per \
+                 concrete channel (the Salesforce replay extension resumes named channels, \
+                 not patterns), so a wildcard subscription cannot resume; give each channel \
+                 its own route, or turn replay off",
+                route.bayeux
+            ),
+        });
+    }
+    let subscriptions = bayeux_subscriptions(routes);
+    if subscriptions.len() > max_channels
+        && let Some(route) = routes.iter().rfind(|r| r.subscribes_bayeux())
+    {
+        return Err(MappingError {
+            route: route.number(),
+            field: "bayeux",
+            reason: format!(
+                "with replay.enabled = true the routes may subscribe to at most {max_channels} \
+                 Bayeux channels (the checkpoint store's bound); they subscribe to {}",
+                subscriptions.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The distinct Bayeux patterns the bridge subscribes to, in route order.
 pub fn bayeux_subscriptions(routes: &[Route]) -> Vec<ChannelPattern> {
     let mut out: Vec<ChannelPattern> = Vec::new();

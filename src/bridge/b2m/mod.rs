@@ -294,7 +294,10 @@ async fn forward(
     shared
         .stats
         .received(Direction::BayeuxToMqtt, route.number());
-    let ticket = shared.replay.as_ref().and_then(|r| r.begin(&message));
+    let ticket = shared
+        .replay
+        .as_ref()
+        .and_then(|r| r.begin(&message, &route.bayeux));
     if is_own_echo(shared, &message) {
         shared.stats.echo(Direction::BayeuxToMqtt);
         release_ticket(shared, ticket, false);

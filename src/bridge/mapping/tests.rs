@@ -654,3 +654,31 @@ fn routes_whose_names_can_never_be_valid_are_refused() {
     // Subscribing to such a channel is the server's business.
     assert!(compile(&[config("/küche/*", "k/+", B2M)]).is_ok());
 }
+
+#[test]
+fn replay_refuses_wildcard_subscriptions_and_more_channels_than_the_bound() {
+    use Direction::{BayeuxToMqtt as B2M, Both, MqttToBayeux as M2B};
+    let routes = compile(&[
+        config("/event/A", "a", B2M),
+        config("/event/*", "e/+", M2B),
+        config("/data/**", "d/#", Both),
+    ])
+    .unwrap();
+    let err = check_replay(&routes, 10).unwrap_err();
+    assert_eq!(err.key(), "route[3].bayeux");
+    assert!(
+        err.reason
+            .contains("/data/** is a pattern, but replay.enabled = true"),
+        "{err}"
+    );
+    // Publishing to a pattern's channels subscribes to nothing: fine.
+    assert_eq!(check_replay(&routes[..2], 10), Ok(()));
+    let many: Vec<RouteConfig> = (0..4)
+        .map(|n| config(&format!("/event/E{n}"), &format!("e/{n}"), B2M))
+        .collect();
+    let many = compile(&many).unwrap();
+    assert_eq!(check_replay(&many, 4), Ok(()));
+    let err = check_replay(&many, 3).unwrap_err();
+    assert_eq!(err.key(), "route[4].bayeux");
+    assert!(err.reason.contains("at most 3 Bayeux channels"), "{err}");
+}

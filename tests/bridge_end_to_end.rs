@@ -2053,3 +2053,72 @@ async fn channels_whose_topic_the_broker_would_refuse_are_dropped_counted_and_th
         "Bayeux → MQTT totals (received, forwarded, dropped)"
     );
 }
+
+/// MQTT → Bayeux: a topic level outside the Bayeux channel grammar (here `küche`: CometD's
+/// server and Faye refuse non-ASCII channel names) is dropped as `invalid_name`, never
+/// published, and acknowledged to the broker: a second bridge on the same persistent session
+/// does not get it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_without_a_valid_channel_are_dropped_and_acknowledged() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher =
+        MqttPeer::connect_with(mqtt_options(&broker, "e2e-badname-pub"), &[], WAIT).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/in/**", WAIT).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-badname",
+        "",
+        "",
+        &[route("/in/*", "in/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+    let mut first = BridgeProcess::spawn(&config, &[]);
+    first.wait_for_log("Bridge ready.", WAIT).await;
+    for topic in ["in/küche", "in/a,b", "in/ok"] {
+        publisher.publish_qos(topic, "{}", QoS::AtLeastOnce).await;
+    }
+    bayeux
+        .inbox
+        .wait_until("the valid message", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/in/ok")
+        })
+        .await;
+    first.wait_for_nth("Message dropped.", 2, WAIT).await;
+    stop(&mut first).await;
+    let channels: Vec<String> = bayeux
+        .inbox
+        .snapshot()
+        .iter()
+        .map(|m| m.channel.clone())
+        .collect();
+    assert_eq!(channels, ["/in/ok"], "only the valid name reaches Bayeux");
+    let totals = first.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (3, 1, BTreeMap::from([("invalid_name".to_owned(), 2)])),
+        "MQTT → Bayeux totals (received, forwarded, dropped)"
+    );
+
+    // Had the dropped messages not been acknowledged, the broker would deliver them again to
+    // the same persistent session first.
+    let mut second = BridgeProcess::spawn(&config, &[]);
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    publisher
+        .publish_qos("in/end", "{}", QoS::AtLeastOnce)
+        .await;
+    bayeux
+        .inbox
+        .wait_until("the message after the restart", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/in/end")
+        })
+        .await;
+    stop(&mut second).await;
+    let totals = second.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (1, 1, no_drops()),
+        "the second bridge received only the new message"
+    );
+}

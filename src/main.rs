@@ -154,6 +154,11 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Routes that cannot be compiled are a config error like any other: exit 2, as `check`.
+    if let Err(e) = bridge::compile_routes(&config, config.replay.enabled) {
+        eprintln!("error: {}", e.in_file(path));
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let level = if verbose > 0 {
         telemetry::level_for(verbose).to_owned()
     } else {

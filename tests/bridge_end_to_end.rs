@@ -1927,3 +1927,198 @@ async fn status_topic_says_online_again_after_a_broker_restart_while_mqtt_to_bay
         .await;
     assert_eq!(watcher.inbox.snapshot()[0].text(), "online");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Names the other side would refuse (issue 14, item 1)
+// ---------------------------------------------------------------------------------------------
+
+/// Publishes `data` on `channel` as a plain HTTP client of the CometD Node server: a
+/// handshake, then one publish in the session the `BAYEUX_BROWSER` cookie names. The
+/// project's Bayeux client refuses to publish on a channel with a control character, but
+/// cometd-nodejs-server checks nothing and relays such a channel to its subscribers, as a
+/// buggy or hostile server or publisher could; this sends one to it.
+async fn raw_cometd_publish(url: &str, channel: &str, data: Value) {
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(WAIT)
+        .build()
+        .expect("reqwest client");
+    let post = |body: Value| {
+        let request = http.post(url).json(&body);
+        async move {
+            let reply: Value = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST {body}: {e}"))
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("reply to {body}: {e}"));
+            reply
+        }
+    };
+    let handshake = post(json!([{
+        "channel": "/meta/handshake",
+        "version": "1.0",
+        "supportedConnectionTypes": ["long-polling"],
+    }]))
+    .await;
+    let client_id = handshake[0]["clientId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("handshake reply without clientId: {handshake}"))
+        .to_owned();
+    let reply = post(json!([{
+        "channel": channel,
+        "clientId": client_id,
+        "id": "1",
+        "data": data,
+    }]))
+    .await;
+    assert_eq!(
+        reply[0]["successful"],
+        json!(true),
+        "the server accepted the publish on {channel:?}: {reply}"
+    );
+}
+
+/// A wildcard route (`/poison/**` ↔ `poison/#`) receives channels whose topic Mosquitto
+/// would find malformed: a C0 control character, a C1 control character and a Unicode
+/// non-character (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4). Before the fix the bridge published
+/// them; Mosquitto closed the connection, and at QoS 1 the same publish went out again after
+/// every reconnect, so nothing after it ever arrived. Now each is dropped, never sent,
+/// counted as `invalid_name` and logged with its name; the messages after them arrive, and
+/// the MQTT connection never drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_whose_topic_the_broker_would_refuse_are_dropped_counted_and_the_connection_stays_up()
+ {
+    let mut f = BayeuxToMqtt::start(
+        "e2e-poison",
+        "poison/#",
+        "",
+        "",
+        &[route("/poison/**", "poison/#", "bayeux_to_mqtt", "qos = 1")],
+    )
+    .await;
+    let url = f._server.url();
+    let bad = [
+        "/poison/a\u{1}b",
+        "/poison/c1\u{85}",
+        "/poison/x/nc\u{fdd0}",
+    ];
+    for (i, channel) in bad.iter().enumerate() {
+        raw_cometd_publish(&url, channel, json!({ "id": 100 + i as u64 })).await;
+    }
+    f.bayeux.publish_ids("/poison/ok", 0..5).await;
+    f.mqtt_sub
+        .wait_for_ids("the messages after the poison ones", "poison/", 0..5)
+        .await;
+    f.bridge
+        .wait_for_nth("Message dropped.", bad.len(), WAIT)
+        .await;
+    let dropped: BTreeSet<(Option<String>, Option<String>)> = f
+        .bridge
+        .lines()
+        .iter()
+        .filter(|l| l.is("Message dropped."))
+        .map(|l| {
+            (
+                l.str_field("reason").map(str::to_owned),
+                l.str_field("name").map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        bad.iter()
+            .map(|c| (Some("invalid_name".to_owned()), Some((*c).to_owned())))
+            .collect(),
+        "each poison channel is logged as dropped, by name"
+    );
+    stop(&mut f.bridge).await;
+    assert_eq!(
+        f.bridge
+            .count("Lost the connection to the MQTT broker; reconnecting."),
+        0,
+        "the MQTT connection never dropped; log:\n{}",
+        f.bridge.tail(40)
+    );
+    assert_eq!(
+        f.mqtt_sub.ids("poison/"),
+        (0..5).map(|id| (id, 1)).collect(),
+        "only the good messages reach MQTT, once each"
+    );
+    let totals = f.bridge.totals("bayeux_to_mqtt");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (8, 5, BTreeMap::from([("invalid_name".to_owned(), 3)])),
+        "Bayeux → MQTT totals (received, forwarded, dropped)"
+    );
+}
+
+/// MQTT → Bayeux: a topic level outside the Bayeux channel grammar (here `küche`: CometD's
+/// server and Faye refuse non-ASCII channel names) is dropped as `invalid_name`, never
+/// published, and acknowledged to the broker: a second bridge on the same persistent session
+/// does not get it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_without_a_valid_channel_are_dropped_and_acknowledged() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher =
+        MqttPeer::connect_with(mqtt_options(&broker, "e2e-badname-pub"), &[], WAIT).await;
+    let bayeux = BayeuxPeer::subscriber(&url, "/in/**", WAIT).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-badname",
+        "",
+        "",
+        &[route("/in/*", "in/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+    let mut first = BridgeProcess::spawn(&config, &[]);
+    first.wait_for_log("Bridge ready.", WAIT).await;
+    for topic in ["in/küche", "in/a,b", "in/ok"] {
+        publisher.publish_qos(topic, "{}", QoS::AtLeastOnce).await;
+    }
+    bayeux
+        .inbox
+        .wait_until("the valid message", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/in/ok")
+        })
+        .await;
+    first.wait_for_nth("Message dropped.", 2, WAIT).await;
+    stop(&mut first).await;
+    let channels: Vec<String> = bayeux
+        .inbox
+        .snapshot()
+        .iter()
+        .map(|m| m.channel.clone())
+        .collect();
+    assert_eq!(channels, ["/in/ok"], "only the valid name reaches Bayeux");
+    let totals = first.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (3, 1, BTreeMap::from([("invalid_name".to_owned(), 2)])),
+        "MQTT → Bayeux totals (received, forwarded, dropped)"
+    );
+
+    // Had the dropped messages not been acknowledged, the broker would deliver them again to
+    // the same persistent session first.
+    let mut second = BridgeProcess::spawn(&config, &[]);
+    second.wait_for_log("Bridge ready.", WAIT).await;
+    publisher
+        .publish_qos("in/end", "{}", QoS::AtLeastOnce)
+        .await;
+    bayeux
+        .inbox
+        .wait_until("the message after the restart", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/in/end")
+        })
+        .await;
+    stop(&mut second).await;
+    let totals = second.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (1, 1, no_drops()),
+        "the second bridge received only the new message"
+    );
+}

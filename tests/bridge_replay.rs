@@ -572,3 +572,61 @@ async fn a_revoked_token_is_replaced_without_losing_events() {
     assert!(stats["tokensIssued"].as_u64() >= Some(2), "{stats}");
     assert!(duplicated <= 2 * CAPACITY, "{duplicated} duplicates");
 }
+
+/// Replay with a wildcard route is refused at start (issue 14, item 2): replay positions are
+/// per concrete channel (Salesforce's replay extension resumes named channels, not
+/// patterns), so such a route could never resume, and keeping one position per channel name
+/// the server sends grew memory, `checkpoints.json` and the metric series without bound.
+/// `check` and the daemon both exit 2 naming the file, the key and the reason; a route that
+/// only publishes to a pattern's channels (`mqtt_to_bayeux`) does not subscribe and is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_with_a_wildcard_subscription_is_refused_at_start_with_exit_2() {
+    let dir = TempDir::new("replay-wildcard");
+    let toml = |routes: &str| {
+        format!(
+            "[bayeux]\nurl = \"http://127.0.0.1:9/cometd\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\
+             port = 9\n\n[replay]\nenabled = true\nstate_dir = \"{}\"\n\n{routes}",
+            dir.path().join("state").display()
+        )
+    };
+    let wildcard = toml(
+        "[[route]]\nbayeux = \"/event/Order__e\"\nmqtt = \"sf/order\"\n\
+         direction = \"bayeux_to_mqtt\"\n\n\
+         [[route]]\nbayeux = \"/event/**\"\nmqtt = \"sf/#\"\ndirection = \"both\"\n",
+    );
+    let config = ConfigFile::new(&wildcard);
+    let checked = common::bridge::check(config.path());
+    assert_eq!(checked.status.code(), Some(2), "{checked:?}");
+    for expected in [
+        config.path().display().to_string(),
+        "route[2].bayeux".to_owned(),
+        "/event/** is a pattern, but replay.enabled = true".to_owned(),
+    ] {
+        assert!(
+            checked.stderr.contains(&expected),
+            "{expected:?} in {checked:?}"
+        );
+    }
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    let status = bridge
+        .wait_exit("the daemon refusing the config", Duration::from_secs(10))
+        .await;
+    assert_eq!(status.code(), Some(2), "log:\n{}", bridge.tail(20));
+    assert!(
+        bridge.tail(20).contains("route[2].bayeux"),
+        "log:\n{}",
+        bridge.tail(20)
+    );
+    assert!(
+        !dir.path().join("state").join("checkpoints.json").exists(),
+        "nothing was started"
+    );
+
+    // Publishing to a pattern's channels subscribes to nothing on the Bayeux side.
+    let publishing = toml(
+        "[[route]]\nbayeux = \"/event/**\"\nmqtt = \"sf/#\"\ndirection = \"mqtt_to_bayeux\"\n",
+    );
+    let config = ConfigFile::new(&publishing);
+    let checked = common::bridge::check(config.path());
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+}

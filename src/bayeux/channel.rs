@@ -4,6 +4,19 @@
 //! one more segment) or `**` (one or more segments); wildcards anywhere else are invalid
 //! (Bayeux spec, "Channels"). `/meta/**` is the protocol's own namespace and `/service/**` is
 //! request/response with the server. Pure: no IO.
+//!
+//! Two levels of strictness:
+//!
+//! - [`ChannelPattern::parse`] accepts any segment text except control characters and
+//!   Unicode non-characters, so that names configured or received from a server with a wider
+//!   grammar still work.
+//! - [`validate_channel_name`] checks a concrete name a program *generates* (for example from
+//!   an MQTT topic) against the grammar that servers enforce: the Bayeux specification's
+//!   ("Channels": a segment is one or more ASCII letters, digits and `- _ ! ~ ( ) $ @`)
+//!   widened by the characters the CometD server also accepts (space and `. # + { }`). Faye
+//!   enforces the specification's grammar and answers anything else with `405 Invalid
+//!   channel`; cometd-nodejs-server checks nothing and relays even control characters to its
+//!   subscribers.
 
 use std::fmt;
 
@@ -71,6 +84,9 @@ impl ChannelPattern {
             }
             if seg.chars().any(char::is_control) {
                 return Err(bad("contains a control character"));
+            }
+            if seg.chars().any(is_non_character) {
+                return Err(bad("contains a Unicode non-character"));
             }
             match *seg {
                 "*" | "**" if i != last => {
@@ -163,6 +179,60 @@ pub fn validate_publish_channel(channel: &str) -> Result<ChannelPattern, Invalid
     Ok(pattern)
 }
 
+/// Whether `c` is a Unicode non-character: U+FDD0–U+FDEF, or the last two code points of a
+/// plane (U+xxFFFE, U+xxFFFF).
+fn is_non_character(c: char) -> bool {
+    let code = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&code) || (code & 0xFFFE) == 0xFFFE
+}
+
+/// Whether `c` may appear in a segment of a generated channel name (see the module docs):
+/// an ASCII letter or digit, a mark of the Bayeux grammar (`- _ ! ~ ( ) $ @`), or one of
+/// CometD's additions (space, `.`, `#`, `+`, `{`, `}`).
+pub fn is_segment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '_' | '!' | '~' | '(' | ')' | '$' | '@' | ' ' | '.' | '#' | '+' | '{' | '}'
+        )
+}
+
+/// Checks a concrete channel name that a program generated, before it is published or sent
+/// anywhere: `/` and one or more non-empty segments of [`is_segment_char`] characters, no
+/// wildcard. Stricter than [`ChannelPattern::parse`]; see the module docs for the grammar.
+pub fn validate_channel_name(channel: &str) -> Result<(), InvalidChannel> {
+    let bad = |reason| InvalidChannel {
+        name: channel.to_owned(),
+        reason,
+    };
+    let rest = channel
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with '/'"))?;
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err(bad("has an empty segment"));
+        }
+        if segment.contains('*') {
+            return Err(bad("'*' is a wildcard, not allowed in a channel name"));
+        }
+        if segment
+            .chars()
+            .any(|c| c.is_control() || is_non_character(c))
+        {
+            return Err(bad(
+                "contains a control character or a Unicode non-character",
+            ));
+        }
+        if !segment.chars().all(is_segment_char) {
+            return Err(bad(
+                "a segment may hold only ASCII letters, digits, space and - _ ! ~ ( ) $ @ . # + { } \
+                 (the Bayeux grammar as CometD accepts it)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +286,9 @@ mod tests {
             "/foo/b*r",
             "/**/x",
             "/a\nb",
+            "/a\u{85}b",
+            "/a\u{fdd0}",
+            "/a/\u{fffe}",
         ] {
             let err = ChannelPattern::parse(bad).unwrap_err();
             assert_eq!(err.name, bad);
@@ -236,6 +309,48 @@ mod tests {
         assert!(validate_publish_channel("/a/b").is_ok());
         assert!(validate_publish_channel("/a/*").is_err());
         assert!(validate_publish_channel("/a/**").is_err());
+    }
+
+    #[test]
+    fn generated_names_follow_the_bayeux_grammar() {
+        for good in [
+            "/a",
+            "/a/b",
+            "/event/Order_Event__e",
+            "/topic/My-Topic.v2",
+            "/a b/c d",
+            "/x/!~()$@",
+            "/x/{room}/#1+2",
+            "/meta/connect",
+        ] {
+            assert_eq!(validate_channel_name(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "/",
+            "a/b",
+            "/a//b",
+            "/a/",
+            "/a/*",
+            "/a/**",
+            "/a/b*",
+            "/a\u{1}b",
+            "/a\u{7f}",
+            "/a\u{9f}",
+            "/a\tb",
+            "/a\u{fdd0}",
+            "/a\u{10ffff}",
+            "/küche",
+            "/a,b",
+            "/a?b=1",
+            "/a%20b",
+            "/a\\b",
+            "/a\"b",
+        ] {
+            let error = validate_channel_name(bad).unwrap_err();
+            assert_eq!(error.name, bad);
+            assert!(!error.reason.is_empty(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -51,8 +51,9 @@
 //! ```
 //!
 //! `updated` is the Unix time (seconds, as a string; a number is accepted too) of the
-//! channel's last advance. A flush writes `checkpoints.json.tmp` in the same directory, syncs
-//! it, renames it over `checkpoints.json` and syncs the directory, so after `kill -9` or a
+//! channel's last advance. A flush writes `checkpoints.json.tmp` in the same directory (a new
+//! file, mode 0600; whatever was at that path, a symlink included, is removed first and never
+//! followed), syncs it, renames it over `checkpoints.json` and syncs the directory, so after `kill -9` or a
 //! power loss the file holds either the previous or the new checkpoints in full. A leftover
 //! temporary file (a flush interrupted before its rename) is ignored and removed at
 //! [`open`](CheckpointStore::open). A missing file is an empty store; a file that cannot be
@@ -72,11 +73,22 @@
 //! # Channel keys
 //!
 //! Channels are stored exactly as given: the store neither normalises nor validates them. The
-//! bridge passes `bayeux::ext::replay::channel_key(channel)`, the key under which the replay
-//! extension sends the position, so that [`all`](CheckpointStore::all) can be handed to
-//! `ReplayExtension::set` unchanged.
+//! bridge passes the key of the *subscription* a message arrived on,
+//! `bayeux::ext::replay::channel_key(subscribed channel)`, which is the key under which the
+//! replay extension sends the position, so that [`all`](CheckpointStore::all) can be handed to
+//! `ReplayExtension::set` unchanged. (Versions before this one passed the channel each message
+//! was delivered on; for the literal channels that replay allows the two are the same, so
+//! their files load and resume unchanged.)
+//!
+//! # Bounds
+//!
+//! A store keeps at most [`MAX_CHECKPOINTS`] checkpoints. [`prune`](CheckpointStore::prune)
+//! (called by the bridge at start) forgets the least recently advanced checkpoints of
+//! channels nothing subscribes to any more until the store is within its bound, and
+//! recording a new channel beyond the bound forgets the least recently advanced other one.
+//! Messages in flight are bounded by the caller (`bridge.queue_capacity`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -97,6 +109,8 @@ pub const TEMP_FILE_NAME: &str = "checkpoints.json.tmp";
 pub const LOCK_FILE_NAME: &str = "checkpoints.lock";
 /// The file format version this build reads and writes.
 pub const VERSION: u64 = 1;
+/// The most checkpoints a store keeps (see the [module docs](self#bounds)).
+pub const MAX_CHECKPOINTS: usize = 1000;
 
 /// Why the checkpoint store could not be opened or written. Each variant names the path.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +284,46 @@ impl CheckpointStore {
         self.generation += 1;
     }
 
+    /// Forgets checkpoints until at most `limit` are left, least recently advanced first, and
+    /// only those of channels not in `keep` (the channels subscribed to now, whose positions
+    /// are always kept). Returns the forgotten channels; the next flush writes the file
+    /// without them.
+    pub fn prune(&mut self, keep: &BTreeSet<String>, limit: usize) -> Vec<String> {
+        let excess = self.channels.len().saturating_sub(limit);
+        if excess == 0 {
+            return Vec::new();
+        }
+        let mut stale: Vec<(u64, String)> = self
+            .channels
+            .iter()
+            .filter(|(channel, _)| !keep.contains(*channel))
+            .map(|(channel, entry)| (entry.updated, channel.clone()))
+            .collect();
+        stale.sort();
+        let forgotten: Vec<String> = stale
+            .into_iter()
+            .take(excess)
+            .map(|(_, channel)| channel)
+            .collect();
+        for channel in &forgotten {
+            self.channels.remove(channel);
+        }
+        if !forgotten.is_empty() {
+            self.generation += 1;
+        }
+        forgotten
+    }
+
+    /// How many checkpoints the store holds.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether the store holds no checkpoint.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
     /// Records that the message with `replay_id` was taken from `channel`. Call it in the
     /// order the server delivered the channel's messages: that order, not the ids, decides
     /// what the checkpoint may pass.
@@ -381,6 +435,9 @@ impl CheckpointStore {
             None => {
                 let entry = Entry { replay_id, updated };
                 self.channels.insert(ticket.channel.to_string(), entry);
+                if self.channels.len() > MAX_CHECKPOINTS {
+                    self.evict_oldest_except(&ticket.channel);
+                }
             }
         }
         self.generation += 1;
@@ -388,6 +445,21 @@ impl CheckpointStore {
             channel: ticket.channel,
             replay_id,
         })
+    }
+}
+
+impl CheckpointStore {
+    /// Forgets the least recently advanced checkpoint other than `channel`'s.
+    fn evict_oldest_except(&mut self, channel: &str) {
+        let oldest = self
+            .channels
+            .iter()
+            .filter(|(c, _)| c.as_str() != channel)
+            .min_by_key(|(_, entry)| entry.updated)
+            .map(|(c, _)| c.clone());
+        if let Some(oldest) = oldest {
+            self.channels.remove(&oldest);
+        }
     }
 }
 

@@ -263,17 +263,19 @@ async fn forward(
         .iter()
         .filter(|r| r.subscribes_mqtt() && r.matches_topic(&message.topic))
     {
+        // An untranslatable topic is dropped and, when no route takes it, acknowledged below
+        // so that the broker does not deliver it again.
         match route.topic_to_channel(&message.topic) {
-            Some(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
+            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
                 targets.push((route.number(), channel))
             }
-            Some(_) => {}
-            None => shared.drop_message(
+            Ok(_) => {}
+            Err(e) => shared.drop_message(
                 Direction::MqttToBayeux,
-                "unmapped",
+                e.reason(),
                 route.number(),
                 &message.topic,
-                "the topic has no Bayeux channel under this route",
+                &e.to_string(),
             ),
         }
     }

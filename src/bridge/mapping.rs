@@ -24,24 +24,35 @@
 //! # What does not translate at run time
 //!
 //! A name that matches a route can still lack a counterpart; the translation functions then
-//! return `None`, and the bridge logs and counts the message as unmapped:
+//! return an [`Untranslatable`], and the bridge drops the message (never sends it), logs it
+//! with the name escaped, counts it under the reason [`Untranslatable::reason`] and
+//! acknowledges it to its source so that it is not delivered again. `unmapped`:
 //!
 //! - MQTT `#` also matches its parent level (`sensors/#` matches `sensors`), but `**` needs at
 //!   least one segment (`/sensors/**` does not match `/sensors`): the topic `sensors` has no
 //!   channel.
 //! - MQTT levels may be empty (`sensors//a`), channel segments may not.
-//! - A captured topic level that is not a valid channel segment (holds `*`, a control
-//!   character) or yields a `/meta/` channel.
-//! - A captured channel segment that holds `+`, `#` or NUL, or a topic that would start
-//!   with `$`.
+//! - A topic that yields a `/meta/` channel, or a `/service/` one under a route that does not
+//!   name `/service/`.
+//! - A captured channel segment that holds `+` or `#` (MQTT wildcards), or a topic that would
+//!   start with `$` (the broker's own topics).
+//!
+//! `invalid_name`: every generated name is checked against the other side's grammar before
+//! anything is sent. A topic must pass [`crate::mqtt::validate_topic`] (no NUL, no control
+//! character U+0001–U+001F or U+007F–U+009F, no Unicode non-character, at most 65 535
+//! bytes): Mosquitto closes the connection on a publish that breaks this, and at QoS ≥ 1
+//! would be sent the same publish after every reconnect, stopping both directions for good.
+//! A channel must pass [`validate_channel_name`] (the Bayeux grammar as CometD accepts it:
+//! ASCII letters, digits, space and `- _ ! ~ ( ) $ @ . # + { }`).
 
 use std::path::Path;
 
-use crate::bayeux::channel::{ChannelPattern, Wildcard, validate_publish_channel};
+use crate::bayeux::channel::{ChannelPattern, Wildcard, validate_channel_name};
 use crate::config::{ConfigError, RouteConfig};
 pub use crate::config::{Direction, PayloadMode};
 
-use names::{MQTT_MAX_NAME, filter_matches, mqtt_levels};
+use crate::mqtt::{is_forbidden, validate_topic};
+use names::{filter_matches, mqtt_levels};
 
 /// A route that cannot be compiled: which route (numbered from 1), which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +78,33 @@ impl MappingError {
             file: file.to_owned(),
             key: Some(self.key()),
             reason: self.reason,
+        }
+    }
+}
+
+/// Why a name that reached a route has no counterpart on the other side (see the module
+/// docs). The message is dropped and counted under [`Untranslatable::reason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Untranslatable {
+    /// The name does not match the route, or its match has no counterpart under it.
+    #[error("{0}")]
+    Unmapped(&'static str),
+    /// The generated name breaks the other side's grammar; it was never sent.
+    #[error("the generated name {name:?} is not valid: {reason}")]
+    InvalidName {
+        /// The generated name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Untranslatable {
+    /// The drop reason it is counted under: `unmapped` or `invalid_name`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Untranslatable::Unmapped(_) => "unmapped",
+            Untranslatable::InvalidName { .. } => "invalid_name",
         }
     }
 }
@@ -141,6 +179,17 @@ fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError
         ));
     }
     let mqtt_levels = mqtt_levels(&bayeux, &config.mqtt).map_err(|r| err("mqtt", r))?;
+    if let Some(c) = config.mqtt.chars().find(|&c| is_forbidden(c)) {
+        return Err(err(
+            "mqtt",
+            format!(
+                "{:?} holds U+{:04X}: control characters and Unicode non-characters are \
+                 malformed for MQTT brokers",
+                config.mqtt,
+                u32::from(c)
+            ),
+        ));
+    }
     let wildcard = bayeux.wildcard();
     let mqtt_filter = mqtt_levels
         .iter()
@@ -157,11 +206,26 @@ fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError
         Wildcard::One => &text[..text.len() - 2],
         Wildcard::Deep => &text[..text.len() - 3],
     };
-    let bayeux_prefix = literal
+    let bayeux_prefix: Vec<String> = literal
         .split('/')
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    // A route that publishes to Bayeux generates channels from this prefix: a prefix outside
+    // the grammar would make every one of them invalid.
+    if config.direction != Direction::BayeuxToMqtt && !bayeux_prefix.is_empty() {
+        let prefix = format!("/{}", bayeux_prefix.join("/"));
+        validate_channel_name(&prefix).map_err(|e| {
+            err(
+                "bayeux",
+                format!(
+                    "{bayeux} cannot be published to: {} (the bridge publishes only names of \
+                     the Bayeux grammar as CometD accepts it)",
+                    e.reason
+                ),
+            )
+        })?;
+    }
     Ok(Route {
         index,
         bayeux,
@@ -204,20 +268,26 @@ impl Route {
         filter_matches(&self.mqtt_filter, topic)
     }
 
-    /// The MQTT topic for a message on `channel`, or `None` if the channel does not match the
-    /// Bayeux pattern or a captured segment cannot be a topic level (holds `+`, `#` or NUL,
-    /// or would start the topic with `$`).
-    pub fn channel_to_topic(&self, channel: &str) -> Option<String> {
+    /// The MQTT topic for a message on `channel`, or why there is none: the channel does not
+    /// match the Bayeux pattern or a captured segment cannot be a topic level (holds `+` or
+    /// `#`, or would start the topic with `$`): [`Untranslatable::Unmapped`]; the topic is not
+    /// a valid MQTT topic name (a control character or non-character, NUL, too long):
+    /// [`Untranslatable::InvalidName`].
+    pub fn channel_to_topic(&self, channel: &str) -> Result<String, Untranslatable> {
         if !self.bayeux.matches(channel) {
-            return None;
+            return Err(Untranslatable::Unmapped(
+                "the channel does not match the route's Bayeux pattern",
+            ));
         }
         // The segments after the literal prefix, as one `a/b/c` slice of the channel.
         let mut captured = channel.get(1..).unwrap_or_default();
         for _ in 0..self.bayeux_prefix.len() {
             captured = captured.split_once('/').map_or("", |(_, rest)| rest);
         }
-        if captured.contains(['+', '#', '\0']) {
-            return None;
+        if captured.contains(['+', '#']) {
+            return Err(Untranslatable::Unmapped(
+                "the channel holds `+` or `#`, which are wildcards in MQTT",
+            ));
         }
         let mut topic = String::with_capacity(channel.len() + 16);
         for (i, level) in self.mqtt_levels.iter().enumerate() {
@@ -229,30 +299,50 @@ impl Route {
                 Level::Capture => topic.push_str(captured),
             }
         }
-        (!topic.starts_with('$') && topic.len() <= MQTT_MAX_NAME).then_some(topic)
+        if topic.starts_with('$') {
+            return Err(Untranslatable::Unmapped(
+                "the topic would start with `$`, which is the broker's own namespace",
+            ));
+        }
+        match validate_topic(&topic) {
+            Ok(()) => Ok(topic),
+            Err(reason) => Err(Untranslatable::InvalidName {
+                name: topic,
+                reason,
+            }),
+        }
     }
 
-    /// The Bayeux channel for a message on `topic`, or `None` if the topic does not match
-    /// the MQTT side or a captured level cannot be a channel segment (empty, holds `*` or a
-    /// control character) or the result is a `/meta/` channel.
-    pub fn topic_to_channel(&self, topic: &str) -> Option<String> {
+    /// The Bayeux channel for a message on `topic`, or why there is none: the topic does not
+    /// match the MQTT side, a captured level is empty, or the result is a `/meta/` channel or
+    /// a `/service/` channel the route does not name: [`Untranslatable::Unmapped`]; the
+    /// channel breaks the Bayeux grammar ([`validate_channel_name`]):
+    /// [`Untranslatable::InvalidName`].
+    pub fn topic_to_channel(&self, topic: &str) -> Result<String, Untranslatable> {
+        const NO_MATCH: Untranslatable =
+            Untranslatable::Unmapped("the topic does not match the route's MQTT side");
         if topic.starts_with('$') {
-            return None;
+            return Err(NO_MATCH);
         }
         let levels: Vec<&str> = topic.split('/').collect();
         let n = self.mqtt_levels.len();
         let deep = self.bayeux.wildcard() == Wildcard::Deep;
         if levels.len() != n && !(deep && levels.len() > n) {
-            return None;
+            return Err(NO_MATCH);
         }
         let mut captured: &[&str] = &[];
         for (i, level) in self.mqtt_levels.iter().enumerate() {
             match level {
-                Level::Literal(text) if text != levels[i] => return None,
+                Level::Literal(text) if text != levels[i] => return Err(NO_MATCH),
                 Level::Literal(_) => {}
                 Level::Capture if deep => captured = &levels[i..],
                 Level::Capture => captured = &levels[i..=i],
             }
+        }
+        if captured.iter().any(|level| level.is_empty()) {
+            return Err(Untranslatable::Unmapped(
+                "the topic has an empty level, which cannot be a channel segment",
+            ));
         }
         let channel = format!(
             "/{}",
@@ -267,13 +357,64 @@ impl Route {
         if channel.starts_with("/service/")
             && self.bayeux_prefix.first().map(String::as_str) != Some("service")
         {
-            return None;
+            return Err(Untranslatable::Unmapped(
+                "the channel would be a /service/ channel, which only a route naming /service/ \
+                 may publish to",
+            ));
         }
-        match validate_publish_channel(&channel) {
-            Ok(pattern) if !pattern.is_meta() => Some(channel),
-            _ => None,
+        if channel == "/meta" || channel.starts_with("/meta/") {
+            return Err(Untranslatable::Unmapped(
+                "the channel would be a /meta/ channel, which belongs to the protocol",
+            ));
+        }
+        match validate_channel_name(&channel) {
+            Ok(()) => Ok(channel),
+            Err(e) => Err(Untranslatable::InvalidName {
+                name: channel,
+                reason: e.reason.to_owned(),
+            }),
         }
     }
+}
+
+/// Checks `routes` for `replay.enabled = true`: every route that subscribes to Bayeux must
+/// name one channel, no wildcard. Replay positions are per concrete channel (Salesforce's
+/// replay extension takes one `"<channel>": replayId` entry per subscribed channel and has
+/// no way to resume a pattern), so a wildcard subscription could never resume, while its
+/// deliveries would bring one position per channel name the server sends. At most
+/// `max_channels` distinct channels may be subscribed (the checkpoint store's bound).
+pub fn check_replay(routes: &[Route], max_channels: usize) -> Result<(), MappingError> {
+    if let Some(route) = routes
+        .iter()
+        .find(|r| r.subscribes_bayeux() && !r.bayeux.is_literal())
+    {
+        return Err(MappingError {
+            route: route.number(),
+            field: "bayeux",
+            reason: format!(
+                "{} is a pattern, but replay.enabled = true: replay positions are kept per \
+                 concrete channel (the Salesforce replay extension resumes named channels, \
+                 not patterns), so a wildcard subscription cannot resume; give each channel \
+                 its own route, or turn replay off",
+                route.bayeux
+            ),
+        });
+    }
+    let subscriptions = bayeux_subscriptions(routes);
+    if subscriptions.len() > max_channels
+        && let Some(route) = routes.iter().rfind(|r| r.subscribes_bayeux())
+    {
+        return Err(MappingError {
+            route: route.number(),
+            field: "bayeux",
+            reason: format!(
+                "with replay.enabled = true the routes may subscribe to at most {max_channels} \
+                 Bayeux channels (the checkpoint store's bound); they subscribe to {}",
+                subscriptions.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The distinct Bayeux patterns the bridge subscribes to, in route order.

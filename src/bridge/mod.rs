@@ -92,10 +92,24 @@ pub enum BridgeError {
     },
 }
 
+/// Compiles the routes of `config` and checks them against its other sections (with replay
+/// on, no wildcard subscriptions: [`mapping::check_replay`]). For `check`, the daemon's start
+/// and reloads (with the running `[replay]`: it changes only at a restart).
+pub fn compile_routes(
+    config: &Config,
+    replay_enabled: bool,
+) -> Result<Vec<mapping::Route>, mapping::MappingError> {
+    let routes = mapping::compile(&config.route)?;
+    if replay_enabled {
+        mapping::check_replay(&routes, checkpoint::MAX_CHECKPOINTS)?;
+    }
+    Ok(routes)
+}
+
 /// What `bayeux-mqtt-bridge check` prints: the compiled routes, what the bridge subscribes to
 /// on each side, and warnings.
 pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
-    let routes = mapping::compile(&config.route)?;
+    let routes = compile_routes(config, config.replay.enabled)?;
     let mut text = mapping::describe(&routes);
     if config.replay.enabled {
         text.push_str(&format!(
@@ -177,8 +191,8 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()>,
     mut reload: Option<ReloadSource>,
 ) -> Result<Arc<Stats>, BridgeError> {
-    let routes =
-        mapping::compile(&config.route).map_err(|e| BridgeError::Mapping(e.to_string()))?;
+    let routes = compile_routes(&config, config.replay.enabled)
+        .map_err(|e| BridgeError::Mapping(e.to_string()))?;
     for warning in mapping::warnings(&routes) {
         warn!(%warning, "Route warning.");
     }
@@ -206,7 +220,11 @@ pub async fn run_with_reload(
     // No Local on every subscription: the bridge never wants its own publishes back.
     let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), mqtt_specs(&routes))?;
     let replay = match config.replay.enabled {
-        true => Some(Arc::new(Replay::open(&config.replay, Arc::clone(&stats))?)),
+        true => Some(Arc::new(Replay::open(
+            &config.replay,
+            Arc::clone(&stats),
+            &bayeux_channels,
+        )?)),
         false => None,
     };
     let (bayeux, bayeux_events) = Client::new(replay::with_extension(

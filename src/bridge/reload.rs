@@ -143,7 +143,9 @@ impl Live {
                 path.display()
             ));
         }
-        let routes = mapping::compile(&new.route).map_err(|e| e.in_file(path).to_string())?;
+        // Checked against the running `[replay]`: a change to it waits for a restart.
+        let routes = super::compile_routes(&new, self.config.replay.enabled)
+            .map_err(|e| e.in_file(path).to_string())?;
         for warning in new.warnings().into_iter().chain(mapping::warnings(&routes)) {
             warn!(%warning, "Config warning.");
         }

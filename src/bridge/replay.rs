@@ -15,6 +15,7 @@
 //! were lost. [`Replay::on_subscription_failed`] recognises the refusal and applies
 //! `replay.on_invalid`; the caller reports the [`Gap`] (log, metric, status topic).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,12 +23,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::checkpoint::{CheckpointError, CheckpointStore, Ticket};
+use super::checkpoint::{CheckpointError, CheckpointStore, MAX_CHECKPOINTS, Ticket};
 use super::gaps::{self, GapKind};
 use super::stats::Direction;
 use super::stats::Stats;
-use crate::bayeux::Message;
 use crate::bayeux::ext::replay::{self as ext, ReplayExtension};
+use crate::bayeux::{ChannelPattern, Message};
 use crate::config::{ReplayConfig, ReplayInvalidPolicy};
 use crate::metrics::{ChannelLabels, OutcomeLabels};
 
@@ -75,16 +76,37 @@ impl Gap {
 }
 
 impl Replay {
-    /// Opens the checkpoint store under `config.state_dir` and sets every stored checkpoint on
-    /// a new replay extension.
+    /// Opens the checkpoint store under `config.state_dir` and sets the stored checkpoints of
+    /// `subscriptions` (the Bayeux channels the routes subscribe to) on a new replay
+    /// extension. Checkpoints of other channels (routes removed since, or a file written by
+    /// an older version that keyed them by delivered channel under a wildcard route) stay in
+    /// the file, up to [`checkpoint::MAX_CHECKPOINTS`](super::checkpoint::MAX_CHECKPOINTS) in
+    /// all, least recently advanced forgotten first; they resume if a route subscribes to
+    /// their channel again.
     pub(crate) fn open(
         config: &ReplayConfig,
         stats: Arc<Stats>,
+        subscriptions: &[String],
     ) -> Result<Replay, CheckpointError> {
-        let store = CheckpointStore::open(&config.state_dir)?;
+        let mut store = CheckpointStore::open(&config.state_dir)?;
+        let keys: BTreeSet<String> = subscriptions
+            .iter()
+            .map(|s| ext::channel_key(s).to_owned())
+            .collect();
+        let forgotten = store.prune(&keys, MAX_CHECKPOINTS);
+        if !forgotten.is_empty() {
+            warn!(
+                file = %store.path().display(),
+                count = forgotten.len(),
+                limit = MAX_CHECKPOINTS,
+                "Forgot the oldest checkpoints of channels no route subscribes to: the file held \
+                 more than the limit."
+            );
+        }
         let extension = Arc::new(ReplayExtension::with_default(config.start_from));
         let stored = store.all();
-        for (channel, replay_id) in &stored {
+        let mut resumed = 0;
+        for (channel, replay_id) in stored.iter().filter(|(c, _)| keys.contains(*c)) {
             extension.set(channel, *replay_id);
             stats
                 .metrics
@@ -94,10 +116,12 @@ impl Replay {
                 })
                 .set(*replay_id);
             info!(channel, replay_id, "Resuming from the stored checkpoint.");
+            resumed += 1;
         }
         info!(
             file = %store.path().display(),
-            channels = stored.len(),
+            channels = resumed,
+            kept_unsubscribed = stored.len() - resumed,
             start_from = config.start_from,
             "Replay checkpoints loaded."
         );
@@ -127,12 +151,16 @@ impl Replay {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that `message` was taken, if it carries a replay id. Call in delivery order.
-    pub(crate) fn begin(&self, message: &Message) -> Option<Ticket> {
+    /// Records that `message` was taken from the subscription `subscribed`, if it carries a
+    /// replay id. Call in delivery order. The checkpoint is the subscription's (the key its
+    /// `/meta/subscribe` sends), not the delivered channel's: so it is the one a resubscribe
+    /// resumes from, and the number of checkpoints is bounded by the routes, not by the
+    /// channel names a server sends.
+    pub(crate) fn begin(&self, message: &Message, subscribed: &ChannelPattern) -> Option<Ticket> {
         let replay_id = ext::replay_id(message)?;
         Some(
             self.store()
-                .begin(ext::channel_key(&message.channel), replay_id),
+                .begin(ext::channel_key(subscribed.as_str()), replay_id),
         )
     }
 
@@ -276,6 +304,7 @@ fn is_invalid_replay_id(error: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn recognises_salesforce_replay_refusals_only() {
@@ -296,7 +325,12 @@ mod tests {
             on_invalid: policy,
             ..ReplayConfig::default()
         };
-        Replay::open(&config, Arc::new(Stats::default())).expect("opens")
+        Replay::open(
+            &config,
+            Arc::new(Stats::default()),
+            &["/event/A".to_owned(), "/event/B".to_owned()],
+        )
+        .expect("opens")
     }
 
     fn temp_dir(label: &str) -> std::path::PathBuf {
@@ -315,15 +349,22 @@ mod tests {
         m
     }
 
+    fn sub(pattern: &str) -> ChannelPattern {
+        ChannelPattern::parse(pattern).expect("a valid pattern")
+    }
+
     const REFUSED: &str = "400::The replayId {7} you provided was invalid.";
 
     #[test]
     fn acknowledged_events_move_the_extension_and_a_refused_id_falls_back_by_policy() {
         let dir = temp_dir("policy");
         let r = replay(ReplayInvalidPolicy::Earliest, &dir);
-        let t = r.begin(&event("/event/A", 7)).expect("has an id");
+        let t = r
+            .begin(&event("/event/A", 7), &sub("/event/A"))
+            .expect("has an id");
         assert!(
-            r.begin(&Message::new("/event/A")).is_none(),
+            r.begin(&Message::new("/event/A"), &sub("/event/A"))
+                .is_none(),
             "no id, no ticket"
         );
         r.ack(t);
@@ -349,7 +390,9 @@ mod tests {
     fn stop_policy_keeps_the_checkpoint() {
         let dir = temp_dir("stop");
         let r = replay(ReplayInvalidPolicy::Stop, &dir);
-        let t = r.begin(&event("/event/A", 7)).expect("has an id");
+        let t = r
+            .begin(&event("/event/A", 7), &sub("/event/A"))
+            .expect("has an id");
         r.ack(t);
         let gap = r
             .on_subscription_failed("/event/A", REFUSED)
@@ -359,12 +402,80 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// Issue 14, item 2: the checkpoint is the subscription's key, whatever channel the
+    /// event was delivered on, so many channel names keep one checkpoint and one metric
+    /// series, and the key is the one the subscribe sends (it used to be the delivered
+    /// channel, which a pattern subscription never sent back).
+    #[test]
+    fn checkpoints_are_kept_per_subscription_not_per_delivered_channel() {
+        let dir = temp_dir("per-subscription");
+        let r = replay(ReplayInvalidPolicy::Latest, &dir);
+        let pattern = sub("/event/**");
+        for n in 0..5_000 {
+            let t = r
+                .begin(&event(&format!("/event/E{n}"), n), &pattern)
+                .expect("has an id");
+            r.ack(t);
+        }
+        let filtered = sub("/topic/Orders?Status=Open");
+        let t = r
+            .begin(&event("/topic/Orders", 42), &filtered)
+            .expect("has an id");
+        r.ack(t);
+        assert_eq!(
+            r.store().all(),
+            BTreeMap::from([
+                ("/event/**".to_owned(), 4_999),
+                ("/topic/Orders".to_owned(), 42)
+            ])
+        );
+        assert_eq!(r.extension.positions().len(), 2);
+        let metrics = r.stats.metrics.encode();
+        let series = metrics
+            .lines()
+            .filter(|l| l.starts_with("bridge_replay_checkpoint{"))
+            .count();
+        assert_eq!(series, 2, "{metrics}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A file written by an older version (keyed by delivered channel) loads: the entries of
+    /// the channels the routes subscribe to resume them; the others stay in the file but are
+    /// neither sent nor exported as metrics.
+    #[test]
+    fn an_old_file_resumes_the_subscribed_channels_and_keeps_the_others() {
+        let dir = temp_dir("old-file");
+        std::fs::write(
+            dir.join(super::super::checkpoint::FILE_NAME),
+            r#"{"version": 1, "channels": {
+                "/event/A": {"replay_id": 5, "updated": "100"},
+                "/event/Gone": {"replay_id": 6, "updated": "100"}
+            }}"#,
+        )
+        .expect("write the old file");
+        let r = replay(ReplayInvalidPolicy::Latest, &dir);
+        assert_eq!(r.extension.resume_from("/event/A"), 5);
+        assert_eq!(r.extension.get("/event/Gone"), None);
+        assert_eq!(r.store().get("/event/Gone"), Some(6), "kept in the file");
+        let metrics = r.stats.metrics.encode();
+        assert!(
+            metrics.contains(r#"bridge_replay_checkpoint{channel="/event/A"} 5"#),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("/event/Gone"), "{metrics}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     #[tokio::test]
     async fn flushed_checkpoints_are_loaded_into_the_extension_at_open() {
         let dir = temp_dir("reopen");
         let r = replay(ReplayInvalidPolicy::Latest, &dir);
-        let first = r.begin(&event("/event/A", 3)).expect("id");
-        let second = r.begin(&event("/event/A", 9)).expect("id");
+        let first = r
+            .begin(&event("/event/A", 3), &sub("/event/A"))
+            .expect("id");
+        let second = r
+            .begin(&event("/event/A", 9), &sub("/event/A"))
+            .expect("id");
         r.ack(second);
         assert_eq!(r.extension.get("/event/A"), None, "3 is still in flight");
         r.ack(first);

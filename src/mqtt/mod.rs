@@ -61,7 +61,7 @@ pub use client::{MqttHandle, PublishCompletion, start};
 pub use error::MqttError;
 pub use options::{MqttOptions, Protocol, TlsFiles, Will};
 pub use outcome::{Outcome, OutcomeSender, Outcomes, outcome_channel};
-pub use topic::{filter_matches, validate_filter, validate_topic};
+pub use topic::{filter_matches, is_forbidden, validate_filter, validate_topic};
 
 /// MQTT quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,11 +1,20 @@
 //! MQTT topic names and topic filters: validation and matching (MQTT 3.1.1 §4.7, 5.0 §4.7).
 //! Pure; the same rules hold for both protocol versions.
+//!
+//! Besides the wildcard rules, a name is refused if it holds a code point that MQTT's UTF-8
+//! strings must not (NUL) or should not contain (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4): the
+//! control characters U+0001–U+001F and U+007F–U+009F, and the Unicode non-characters
+//! (U+FDD0–U+FDEF and the last two code points of every plane, U+xxFFFE and U+xxFFFF).
+//! Mosquitto treats a packet holding one as malformed and closes the connection, so a
+//! publish to such a topic would take the whole connection down (and, at QoS ≥ 1, again
+//! after every reconnect).
 
 /// The longest topic or filter MQTT can encode (a two-byte length prefix).
 pub(super) const MAX_TOPIC_BYTES: usize = 65_535;
 
 /// Checks a topic name that messages are published to: not empty, no `+` or `#` wildcards,
-/// no NUL character, at most 65 535 bytes. The error says what is wrong.
+/// no NUL, control or non-character code point (see the module docs), at most 65 535 bytes.
+/// The error says what is wrong.
 pub fn validate_topic(topic: &str) -> Result<(), String> {
     check_common(topic, "topic")?;
     if topic.contains(['+', '#']) {
@@ -14,7 +23,8 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a subscription filter: not empty, no NUL, at most 65 535 bytes, `+` only as a whole
+/// Checks a subscription filter: not empty, no NUL, control or non-character code point, at
+/// most 65 535 bytes, `+` only as a whole
 /// level, `#` only as the whole last level. The error says what is wrong.
 pub fn validate_filter(filter: &str) -> Result<(), String> {
     check_common(filter, "filter")?;
@@ -69,7 +79,22 @@ fn check_common(value: &str, what: &str) -> Result<(), String> {
     if value.contains('\0') {
         return Err(format!("a {what} must not contain the NUL character"));
     }
+    if let Some(c) = value.chars().find(|&c| is_forbidden(c)) {
+        return Err(format!(
+            "a {what} must not contain U+{:04X} (control characters and Unicode \
+             non-characters are malformed for MQTT brokers such as Mosquitto)",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// Whether MQTT's UTF-8 strings must not or should not hold `c`: a control character
+/// (U+0000–U+001F, U+007F–U+009F) or a Unicode non-character (U+FDD0–U+FDEF, U+xxFFFE,
+/// U+xxFFFF). Surrogates cannot occur in a Rust `str`.
+pub fn is_forbidden(c: char) -> bool {
+    let code = u32::from(c);
+    c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || (code & 0xFFFE) == 0xFFFE
 }
 
 #[cfg(test)]
@@ -96,6 +121,49 @@ mod tests {
     fn publish_topics_with_wildcards_nul_or_no_name_are_rejected() {
         for topic in ["", "a/+", "a/#", "+", "#", "a+b", "a\0b"] {
             assert!(validate_topic(topic).is_err(), "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_and_non_characters_are_refused_in_topics_and_filters() {
+        for bad in [
+            '\u{1}',
+            '\u{9}',
+            '\u{a}',
+            '\u{1f}',
+            '\u{7f}',
+            '\u{80}',
+            '\u{85}',
+            '\u{9f}',
+            '\u{fdd0}',
+            '\u{fdef}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{1fffe}',
+            '\u{10ffff}',
+        ] {
+            let topic = format!("a/b{bad}c");
+            let error = validate_topic(&topic).unwrap_err();
+            assert!(
+                error.contains(&format!("U+{:04X}", u32::from(bad))),
+                "{topic:?}: {error}"
+            );
+            assert!(validate_filter(&topic).is_err(), "{topic:?}");
+            assert!(is_forbidden(bad), "{bad:?}");
+        }
+        // Their neighbours are ordinary characters.
+        for good in [
+            '\u{20}',
+            '\u{7e}',
+            '\u{a0}',
+            '\u{fdcf}',
+            '\u{fdf0}',
+            '\u{fffd}',
+            '\u{10000}',
+        ] {
+            let topic = format!("a/b{good}c");
+            assert_eq!(validate_topic(&topic), Ok(()), "{topic:?}");
+            assert!(!is_forbidden(good), "{good:?}");
         }
     }
 

@@ -31,6 +31,11 @@
 //! acknowledged), so a re-handshake or resubscribe resumes after that event and nothing still
 //! in flight is skipped. Nothing is persisted here either; storing positions across restarts
 //! is the caller's job.
+//!
+//! Positions are kept per key as given to [`ReplayExtension::set`]; the caller bounds them
+//! (the extension cannot know which keys matter). Replay is per concrete channel: for a
+//! wildcard subscription the map would carry the pattern as the key, which Salesforce does not
+//! resume from, so resume named channels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -47,6 +52,10 @@ pub const REPLAY_FIELD: &str = "replay";
 pub const NEW_EVENTS_ONLY: i64 = -1;
 /// Replay id asking for every event still in the retention window.
 pub const ALL_RETAINED: i64 = -2;
+/// The most channels whose last received replay id [`ReplayExtension::last_seen`] tracks.
+/// Deliveries on further channels are not tracked: a server that sends ever new channel
+/// names (to a wildcard subscription) cannot grow the map without bound.
+pub const MAX_LAST_SEEN: usize = 1024;
 
 /// The client side of Salesforce's replay extension, holding a channel → replay id map. Add
 /// it to [`ClientOptions::extensions`](crate::bayeux::ClientOptions::extensions) and keep a
@@ -151,7 +160,8 @@ impl ReplayExtension {
 
     /// The replay id of the most recent event received on `channel` while replay was enabled
     /// (received by this client, not necessarily processed by its caller). Observability only:
-    /// it does not change where the channel resumes from.
+    /// it does not change where the channel resumes from. At most [`MAX_LAST_SEEN`] channels
+    /// are tracked, the first ones seen.
     pub fn last_seen(&self, channel: &str) -> Option<i64> {
         self.state().last_seen.get(channel_key(channel)).copied()
     }
@@ -221,10 +231,13 @@ impl Extension for ReplayExtension {
             && let Some(id) = replay_id(message)
         {
             let mut state = self.state();
+            let key = channel_key(&message.channel);
             if state.enabled {
-                state
-                    .last_seen
-                    .insert(channel_key(&message.channel).to_owned(), id);
+                if let Some(seen) = state.last_seen.get_mut(key) {
+                    *seen = id;
+                } else if state.last_seen.len() < MAX_LAST_SEEN {
+                    state.last_seen.insert(key.to_owned(), id);
+                }
             }
         }
     }
@@ -481,6 +494,25 @@ mod tests {
             hook.outgoing(&mut m);
             assert!(m.ext.is_none(), "{channel}");
         }
+    }
+
+    #[test]
+    fn last_seen_stays_bounded_however_many_channels_are_delivered() {
+        let hook = enabled(ReplayExtension::new());
+        for n in 0..10_000i64 {
+            let data = json!({"event": {"replayId": n}});
+            hook.incoming(&mut delivery(&format!("/event/E{n}"), data));
+        }
+        assert_eq!(hook.state().last_seen.len(), MAX_LAST_SEEN);
+        assert_eq!(hook.last_seen("/event/E0"), Some(0));
+        assert_eq!(hook.last_seen("/event/E9999"), None, "past the bound");
+        // A channel already tracked is still updated.
+        hook.incoming(&mut delivery(
+            "/event/E0",
+            json!({"event": {"replayId": 77}}),
+        ));
+        assert_eq!(hook.last_seen("/event/E0"), Some(77));
+        assert!(hook.positions().is_empty(), "deliveries set no position");
     }
 
     #[test]

@@ -297,23 +297,32 @@ async fn forward(
     shared
         .stats
         .received(Direction::BayeuxToMqtt, route.number());
-    let ticket = shared.replay.as_ref().and_then(|r| r.begin(&message));
+    let ticket = shared
+        .replay
+        .as_ref()
+        .and_then(|r| r.begin(&message, &route.bayeux));
     if is_own_echo(shared, &message) {
         shared.stats.echo(Direction::BayeuxToMqtt);
         release_ticket(shared, ticket, false);
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return;
     }
-    let Some(topic) = route.channel_to_topic(&message.channel) else {
-        release_ticket(shared, ticket, false);
-        shared.drop_message(
-            Direction::BayeuxToMqtt,
-            "unmapped",
-            route.number(),
-            &message.channel,
-            "the channel has no MQTT topic under this route",
-        );
-        return;
+    // An untranslatable channel is dropped, never sent, and done for the replay checkpoint
+    // (so it is not delivered again): a topic with a control character would make the broker
+    // close the connection, and at QoS ≥ 1 the same publish would follow every reconnect.
+    let topic = match route.channel_to_topic(&message.channel) {
+        Ok(topic) => topic,
+        Err(e) => {
+            release_ticket(shared, ticket, false);
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                e.reason(),
+                route.number(),
+                &message.channel,
+                &e.to_string(),
+            );
+            return;
+        }
     };
     let payload = bayeux_to_mqtt_payload(&mut message, route.payload);
     if let Some(intake) = &out.intake {

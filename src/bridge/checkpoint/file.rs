@@ -136,16 +136,34 @@ pub(super) fn remove_leftover(temp: &Path) {
     }
 }
 
-/// Creates or truncates `path` (0600 on unix), writes `bytes` and syncs the file.
+/// Writes `bytes` to a new file at `path` and syncs it. Whatever is at `path` first (a file
+/// left by a failed flush, or a symlink planted there) is removed, never followed:
+/// `remove_file` removes a link itself, and the file is then created with `create_new`
+/// (`O_CREAT | O_EXCL`, which fails rather than follow a symlink that appeared in between)
+/// and, on Linux, `O_NOFOLLOW`. On unix it is created with mode 0600 and set to 0600
+/// explicitly, whatever the umask: it holds the same positions as the checkpoint file it
+/// replaces. A directory at `path` is not removed: that is an error.
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
+        #[cfg(target_os = "linux")]
+        options.custom_flags(libc::O_NOFOLLOW);
     }
     let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
     file.write_all(bytes)?;
     file.sync_all()
 }

@@ -635,3 +635,99 @@ fn checkpoints_are_visible_before_they_are_flushed() {
         "never flushed"
     );
 }
+
+/// Issue 14, item 13: a symlink planted at the temporary path is not followed (its target
+/// keeps its content; before, the flush wrote the checkpoints through it), and the files
+/// written are mode 0600.
+#[cfg(unix)]
+#[test]
+fn a_symlink_at_the_temporary_path_is_not_followed_and_files_are_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("symlink");
+    let mut store = open(&dir);
+    let target = dir.path().join("victim");
+    fs::write(&target, "precious").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&target, dir.temp()).unwrap();
+    advance(&mut store, "/event/Foo", 10);
+    store.flush().unwrap();
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "the link's target keeps its mode"
+    );
+    assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(10));
+    let file = fs::symlink_metadata(dir.file()).unwrap();
+    assert!(file.file_type().is_file(), "the checkpoint file is no link");
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    assert!(fs::symlink_metadata(dir.temp()).is_err(), "renamed away");
+
+    // The same with a dangling link (a write through it would create its target).
+    let dangling = dir.path().join("created-through-the-link");
+    std::os::unix::fs::symlink(&dangling, dir.temp()).unwrap();
+    advance(&mut store, "/event/Foo", 11);
+    store.flush().unwrap();
+    assert!(!dangling.exists(), "nothing was created through the link");
+    assert_eq!(on_disk(&dir).get("/event/Foo").copied(), Some(11));
+    assert_eq!(
+        fs::metadata(dir.file()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Issue 14, item 2: however many channels the store is given, it keeps at most
+/// `MAX_CHECKPOINTS` (it used to keep one per channel name for ever).
+#[test]
+fn the_store_stays_bounded_however_many_channels_it_is_given() {
+    let dir = TestDir::new("bounded");
+    let mut store = open(&dir);
+    for n in 0..MAX_CHECKPOINTS + 500 {
+        advance(&mut store, &format!("/event/E{n}"), n as i64);
+    }
+    assert_eq!(store.all().len(), MAX_CHECKPOINTS);
+    let last = format!("/event/E{}", MAX_CHECKPOINTS + 499);
+    assert_eq!(store.get(&last), Some((MAX_CHECKPOINTS + 499) as i64));
+    store.flush().unwrap();
+    assert_eq!(on_disk(&dir).len(), MAX_CHECKPOINTS);
+}
+
+/// A file written before checkpoints were keyed by subscription (one entry per delivered
+/// channel, possibly thousands under a wildcard route) still loads in full; `prune` then
+/// forgets the least recently advanced entries of channels nothing subscribes to, down to the
+/// bound, and never a subscribed one.
+#[test]
+fn an_old_file_keyed_by_delivered_channels_loads_and_is_pruned_to_the_bound() {
+    let dir = TestDir::new("migrate");
+    fs::create_dir_all(dir.path()).unwrap();
+    let mut channels = serde_json::Map::new();
+    for n in 0..1500u64 {
+        channels.insert(
+            format!("/event/E{n}"),
+            json!({"replay_id": n, "updated": (n + 10).to_string()}),
+        );
+    }
+    channels.insert(
+        "/event/Subscribed".to_owned(),
+        json!({"replay_id": 7, "updated": "1"}),
+    );
+    let text = json!({"version": 1, "channels": channels}).to_string();
+    fs::write(dir.file(), text).unwrap();
+    let mut store = open(&dir);
+    assert_eq!(store.len(), 1501, "the old file loads in full");
+    let keep = BTreeSet::from(["/event/Subscribed".to_owned()]);
+    let forgotten = store.prune(&keep, MAX_CHECKPOINTS);
+    assert_eq!(forgotten.len(), 501);
+    assert!(
+        forgotten.iter().all(|c| c != "/event/Subscribed"),
+        "a subscribed channel is kept although it is the oldest"
+    );
+    assert_eq!(store.get("/event/E0"), None, "the oldest go first");
+    assert_eq!(store.get("/event/E1499"), Some(1499));
+    assert_eq!(store.get("/event/Subscribed"), Some(7));
+    assert_eq!(store.len(), MAX_CHECKPOINTS);
+    assert!(store.dirty());
+    store.flush().unwrap();
+    assert_eq!(on_disk(&dir).len(), MAX_CHECKPOINTS);
+    assert!(store.prune(&keep, MAX_CHECKPOINTS).is_empty());
+}

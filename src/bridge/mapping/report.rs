@@ -30,7 +30,7 @@ impl Route {
                             .join("/")
                     ),
                 };
-                let topic = self.channel_to_topic(&channel)?;
+                let topic = self.channel_to_topic(&channel).ok()?;
                 Some((channel, topic))
             })
             .collect()

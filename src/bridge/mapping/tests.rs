@@ -86,12 +86,12 @@ fn names_are_rewritten_both_ways_by_corresponding_wildcards() {
         assert!(route.matches_channel(channel), "{case}: {channel}");
         assert!(route.matches_topic(topic), "{case}: {topic}");
         assert_eq!(
-            route.channel_to_topic(channel).as_deref(),
+            route.channel_to_topic(channel).ok().as_deref(),
             Some(topic),
             "{case}"
         );
         assert_eq!(
-            route.topic_to_channel(topic).as_deref(),
+            route.topic_to_channel(topic).ok().as_deref(),
             Some(channel),
             "{case}"
         );
@@ -117,7 +117,7 @@ fn channels_without_a_topic_do_not_translate() {
     for (bayeux, mqtt, channel) in table {
         let route = both(bayeux, mqtt);
         assert_eq!(
-            route.channel_to_topic(channel),
+            route.channel_to_topic(channel).ok(),
             None,
             "{bayeux} ↔ {mqtt}: {channel}"
         );
@@ -148,7 +148,7 @@ fn topics_without_a_channel_do_not_translate() {
     for (bayeux, mqtt, topic) in table {
         let route = both(bayeux, mqtt);
         assert_eq!(
-            route.topic_to_channel(topic),
+            route.topic_to_channel(topic).ok(),
             None,
             "{bayeux} ↔ {mqtt}: {topic:?}"
         );
@@ -284,7 +284,7 @@ fn errors_name_the_route_number_from_one() {
 fn service_channels_may_be_published_to() {
     let routes = compile(&[config("/service/cmd", "cmd", Direction::MqttToBayeux)]).unwrap();
     assert_eq!(
-        routes[0].topic_to_channel("cmd").as_deref(),
+        routes[0].topic_to_channel("cmd").ok().as_deref(),
         Some("/service/cmd")
     );
 }
@@ -540,16 +540,145 @@ fn service_channels_are_reached_only_by_routes_that_name_them() {
     let catch_all = compile(&[config("/**", "#", Direction::MqttToBayeux)])
         .unwrap_or_else(|e| panic!("{e}"))
         .remove(0);
-    assert_eq!(catch_all.topic_to_channel("service/echo"), None);
+    assert_eq!(catch_all.topic_to_channel("service/echo").ok(), None);
     assert_eq!(
-        catch_all.topic_to_channel("a/service/echo").as_deref(),
+        catch_all.topic_to_channel("a/service/echo").ok().as_deref(),
         Some("/a/service/echo")
     );
     let named = compile(&[config("/service/**", "svc/#", Direction::MqttToBayeux)])
         .unwrap_or_else(|e| panic!("{e}"))
         .remove(0);
     assert_eq!(
-        named.topic_to_channel("svc/echo").as_deref(),
+        named.topic_to_channel("svc/echo").ok().as_deref(),
         Some("/service/echo")
     );
+}
+
+#[test]
+fn names_the_other_side_would_refuse_are_invalid_names_never_output() {
+    let route = both("/poison/**", "poison/#");
+    // (channel, the generated topic that is refused)
+    for (channel, topic) in [
+        ("/poison/a\u{1}b", "poison/a\u{1}b"),
+        ("/poison/a\u{1f}", "poison/a\u{1f}"),
+        ("/poison/x/\u{7f}", "poison/x/\u{7f}"),
+        ("/poison/\u{85}", "poison/\u{85}"),
+        ("/poison/\u{9f}", "poison/\u{9f}"),
+        ("/poison/\u{fdd0}", "poison/\u{fdd0}"),
+        ("/poison/a\u{fffe}", "poison/a\u{fffe}"),
+        ("/poison/a\u{10ffff}", "poison/a\u{10ffff}"),
+    ] {
+        let error = route.channel_to_topic(channel).unwrap_err();
+        assert_eq!(error.reason(), "invalid_name", "{channel:?}: {error}");
+        assert_eq!(
+            error,
+            Untranslatable::InvalidName {
+                name: topic.to_owned(),
+                reason: crate::mqtt::validate_topic(topic).unwrap_err(),
+            }
+        );
+        // Shown escaped: the log line and the error carry no raw control character.
+        assert!(
+            !error.to_string().contains(|c: char| c.is_control()),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        route.channel_to_topic("/poison/a+b").unwrap_err().reason(),
+        "unmapped"
+    );
+    assert_eq!(
+        route.channel_to_topic("/other").unwrap_err().reason(),
+        "unmapped"
+    );
+    // MQTT → Bayeux: what the Bayeux grammar (as CometD accepts it) does not allow.
+    for topic in [
+        "poison/küche",
+        "poison/a,b",
+        "poison/a?b",
+        "poison/*",
+        "poison/a\\b",
+    ] {
+        let error = route.topic_to_channel(topic).unwrap_err();
+        assert_eq!(error.reason(), "invalid_name", "{topic:?}: {error}");
+    }
+    for topic in ["poison//a", "meta/x"] {
+        assert_eq!(
+            both("/**", "#")
+                .topic_to_channel(topic)
+                .unwrap_err()
+                .reason(),
+            "unmapped",
+            "{topic:?}"
+        );
+    }
+}
+
+#[test]
+fn every_translated_name_is_valid_on_the_other_side() {
+    // Each segment/level built from a code point of every interesting range: whatever comes
+    // out is a valid topic or channel.
+    let samples: Vec<char> = (0u32..0x300)
+        .chain(0xFDC0..0xFE00)
+        .chain(0xFFF0..=0xFFFF)
+        .chain([0x1FFFE, 0x1FFFF, 0x10FFFE, 0x10FFFF, 0x1F600])
+        .filter_map(char::from_u32)
+        .collect();
+    let route = both("/p/**", "p/#");
+    for c in samples {
+        for name in [format!("a{c}"), format!("{c}"), format!("{c}/b")] {
+            if let Ok(topic) = route.channel_to_topic(&format!("/p/{name}")) {
+                assert_eq!(crate::mqtt::validate_topic(&topic), Ok(()), "{topic:?}");
+                assert!(!topic.starts_with('$'), "{topic:?}");
+            }
+            if let Ok(channel) = route.topic_to_channel(&format!("p/{name}")) {
+                assert_eq!(
+                    crate::bayeux::channel::validate_channel_name(&channel),
+                    Ok(()),
+                    "{channel:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn routes_whose_names_can_never_be_valid_are_refused() {
+    use Direction::{BayeuxToMqtt as B2M, MqttToBayeux as M2B};
+    let err = refusal("/a/*", "x\u{1}/+", B2M);
+    assert_eq!(err.field, "mqtt");
+    assert!(err.reason.contains("U+0001"), "{err}");
+    let err = refusal("/küche/*", "k/+", M2B);
+    assert_eq!(err.field, "bayeux");
+    assert!(err.reason.contains("cannot be published to"), "{err}");
+    // Subscribing to such a channel is the server's business.
+    assert!(compile(&[config("/küche/*", "k/+", B2M)]).is_ok());
+}
+
+#[test]
+fn replay_refuses_wildcard_subscriptions_and_more_channels_than_the_bound() {
+    use Direction::{BayeuxToMqtt as B2M, Both, MqttToBayeux as M2B};
+    let routes = compile(&[
+        config("/event/A", "a", B2M),
+        config("/event/*", "e/+", M2B),
+        config("/data/**", "d/#", Both),
+    ])
+    .unwrap();
+    let err = check_replay(&routes, 10).unwrap_err();
+    assert_eq!(err.key(), "route[3].bayeux");
+    assert!(
+        err.reason
+            .contains("/data/** is a pattern, but replay.enabled = true"),
+        "{err}"
+    );
+    // Publishing to a pattern's channels subscribes to nothing: fine.
+    assert_eq!(check_replay(&routes[..2], 10), Ok(()));
+    let many: Vec<RouteConfig> = (0..4)
+        .map(|n| config(&format!("/event/E{n}"), &format!("e/{n}"), B2M))
+        .collect();
+    let many = compile(&many).unwrap();
+    assert_eq!(check_replay(&many, 4), Ok(()));
+    let err = check_replay(&many, 3).unwrap_err();
+    assert_eq!(err.key(), "route[4].bayeux");
+    assert!(err.reason.contains("at most 3 Bayeux channels"), "{err}");
 }

@@ -12,7 +12,7 @@ use super::{Item, Source, Step, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
-use crate::mqtt::MqttError;
+use crate::mqtt::{MqttError, validate_topic};
 
 /// How long a rewind waits before reading again, so that removals of entries acknowledged
 /// just before are committed (the spool commits them within `spool::REMOVE_DELAY`) and not
@@ -90,6 +90,19 @@ pub(crate) async fn deliver(
                     continue;
                 }
             };
+            // Checked again here: the entry may have been spooled by a version that did not
+            // check, and a topic the broker finds malformed would close the connection.
+            if let Err(reason) = validate_topic(&message.topic) {
+                spools.settled(Direction::BayeuxToMqtt, key);
+                shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    "invalid_name",
+                    message.route,
+                    &message.topic,
+                    &reason,
+                );
+                continue;
+            }
             record_mqtt_echo(&shared, &message.topic, &message.payload);
             trace!(topic = %message.topic, pack = key.seq, index = key.index, "Forwarding to MQTT from the spool.");
             let pending = Pending {

@@ -12,6 +12,7 @@ use tracing::{debug, trace};
 use super::b2m::damaged;
 use super::{Item, Source, Step, ToBayeux};
 use crate::bayeux::PublishError;
+use crate::bayeux::channel::validate_channel_name;
 use crate::bridge::m2b::{Pending, echoes_back, settle};
 use crate::bridge::payload::echo_fingerprint;
 use crate::bridge::settling::Settler;
@@ -72,6 +73,19 @@ pub(crate) async fn deliver(
                 topic,
                 data,
             } = message;
+            // Checked again here: the entry may have been spooled by a version that did not
+            // check.
+            if let Err(e) = validate_channel_name(&channel) {
+                spools.settled(Direction::MqttToBayeux, key);
+                shared.drop_message(
+                    Direction::MqttToBayeux,
+                    "invalid_name",
+                    route,
+                    &channel,
+                    e.reason,
+                );
+                continue;
+            }
             // Recorded now, not when it was spooled: the echo comes back after this publish.
             if echoes_back(&shared.routes(), &channel) {
                 shared

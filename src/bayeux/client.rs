@@ -31,6 +31,7 @@ use super::session::{Session, SessionOptions};
 use super::transport::Transport;
 use super::transport::long_polling::LongPolling;
 use crate::backoff::BackoffOptions;
+use crate::tls::TlsFiles;
 
 /// Everything a client needs to know. `Default` gives the documented defaults and an
 /// unusable URL; set [`ClientOptions::url`].
@@ -79,6 +80,10 @@ pub struct ClientOptions {
     /// failing with [`PublishError::Transport`](super::PublishError): they keep their
     /// order, and one may reach the server twice. Default `false`.
     pub retry_publishes: bool,
+    /// HTTPS trust and client certificate, for the Bayeux endpoint and (when the bridge
+    /// builds one) the token endpoint. Default: the system's CA bundle, no client
+    /// certificate. See [`crate::tls`].
+    pub tls: TlsFiles,
 }
 
 impl Default for ClientOptions {
@@ -100,6 +105,7 @@ impl Default for ClientOptions {
             max_auth_attempts: 5,
             max_request_bytes: 0,
             retry_publishes: false,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -132,6 +138,7 @@ impl fmt::Debug for ClientOptions {
             .field("max_auth_attempts", &self.max_auth_attempts)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("retry_publishes", &self.retry_publishes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -258,9 +265,12 @@ impl Client {
         for (name, value) in &options.headers {
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
-            let value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
                 ClientError::Options(format!("invalid value for HTTP header {name}"))
             })?;
+            // Any header may carry a credential (`Authorization`, `X-Api-Key`, a cookie):
+            // sensitive values are left out of `Debug` output (reqwest, hyper, our logs).
+            value.set_sensitive(true);
             headers.append(name, value);
         }
         match options.url.scheme() {
@@ -271,8 +281,13 @@ impl Client {
                 )));
             }
         }
-        let transport = LongPolling::new(options.url.clone(), headers, options.max_response_bytes)
-            .map_err(ClientError::Options)?;
+        let transport = LongPolling::with_tls(
+            options.url.clone(),
+            headers,
+            options.max_response_bytes,
+            &options.tls,
+        )
+        .map_err(ClientError::Options)?;
         Ok(Self::with_transport(options, Arc::new(transport)))
     }
 

@@ -34,17 +34,23 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
             .extensions
             .push(std::sync::Arc::new(crate::bayeux::ext::AckExtension::new()));
     }
+    options.tls = b.tls.as_ref().map(|t| t.files()).unwrap_or_default();
     if let Some(oauth) = &b.oauth {
         options.max_auth_attempts = oauth.max_auth_attempts;
-        // Token requests get the same network allowance as Bayeux requests.
-        options.token_source = Some(token_source(oauth, b.max_network_delay()));
+        // Token requests get the same network allowance and TLS settings as Bayeux
+        // requests.
+        options.token_source = Some(token_source(oauth, b.max_network_delay(), &options.tls));
     }
     options
 }
 
 /// The token source `[bayeux.oauth]` describes. One that cannot be built (a key that is PEM
 /// but not RSA) refuses every fetch, so the client stops at once, naming the reason.
-fn token_source(c: &OAuthConfig, timeout: std::time::Duration) -> Arc<dyn TokenSource> {
+fn token_source(
+    c: &OAuthConfig,
+    timeout: std::time::Duration,
+    tls: &TlsFiles,
+) -> Arc<dyn TokenSource> {
     let exposed = |s: &Option<crate::config::Secret>| {
         s.as_ref()
             .map(|s| s.expose().to_owned())
@@ -67,7 +73,7 @@ fn token_source(c: &OAuthConfig, timeout: std::time::Duration) -> Arc<dyn TokenS
             private_key_pem: exposed(&c.private_key),
         },
     };
-    match OAuthTokenSource::new(c.token_url.clone(), grant, c.scope.clone(), timeout) {
+    match OAuthTokenSource::with_tls(c.token_url.clone(), grant, c.scope.clone(), timeout, tls) {
         Ok(source) => Arc::new(source),
         Err(error) => Arc::new(Unusable(error)),
     }
@@ -105,11 +111,7 @@ pub fn mqtt_options(config: &Config) -> MqttOptions {
         max: m.backoff_max(),
         ..BackoffOptions::default()
     };
-    options.tls = m.tls.as_ref().map(|t| TlsFiles {
-        ca_file: t.ca_file.clone(),
-        cert_file: t.cert_file.clone(),
-        key_file: t.key_file.clone(),
-    });
+    options.tls = m.tls.as_ref().map(|t| t.files());
     options.last_will = Some(Will {
         topic: m.status_topic.clone(),
         payload: b"offline".to_vec(),

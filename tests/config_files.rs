@@ -705,6 +705,30 @@ fn secrets_never_appear_in_debug_output() {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
     assert!(debug.contains("<redacted>"));
+
+    // [bayeux.oauth]: the secrets, and credentials in the token URL.
+    scratch.file("client-secret", "oauth-secret-6\n");
+    let path = scratch.file(
+        "oauth.toml",
+        MINIMAL.replace(
+            "[mqtt]",
+            "[bayeux.oauth]\n\
+             token_url = \"https://u:tok-url-secret-7@login.example/token?key=tok-url-secret-8\"\n\
+             grant = \"refresh_token\"\nclient_id = \"c\"\nclient_secret_file = \"client-secret\"\n\
+             refresh_token = \"refresh-secret-9\"\n\n[mqtt]",
+        ),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    let debug = format!("{config:?} {config:#?}");
+    for secret in [
+        "oauth-secret-6",
+        "tok-url-secret-7",
+        "tok-url-secret-8",
+        "refresh-secret-9",
+    ] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(debug.contains("login.example/token"), "{debug}");
 }
 
 #[test]

@@ -246,33 +246,38 @@ impl Subscription {
     }
 }
 
+/// The headers of `options` for every request, each value marked sensitive: any of them may
+/// carry a credential (`Authorization`, `X-Api-Key`, a cookie), and a sensitive value is left
+/// out of `Debug` output (reqwest's client and request, hyper, our logs).
+fn static_headers(options: &ClientOptions) -> Result<HeaderMap, ClientError> {
+    let mut headers = HeaderMap::new();
+    if options.token_source.is_some()
+        && options
+            .headers
+            .iter()
+            .any(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
+    {
+        return Err(ClientError::Options(
+            "set either a token source or an Authorization header, not both".to_owned(),
+        ));
+    }
+    for (name, value) in &options.headers {
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
+        let mut value = HeaderValue::from_str(value.trim())
+            .map_err(|_| ClientError::Options(format!("invalid value for HTTP header {name}")))?;
+        value.set_sensitive(true);
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 impl Client {
     /// Starts a client on the current tokio runtime. It handshakes at once and keeps its
     /// session alive until [`Client::disconnect`], the server's `reconnect: none`, or the
     /// last handle being dropped.
     pub fn new(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let mut headers = HeaderMap::new();
-        if options.token_source.is_some()
-            && options
-                .headers
-                .iter()
-                .any(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
-        {
-            return Err(ClientError::Options(
-                "set either a token source or an Authorization header, not both".to_owned(),
-            ));
-        }
-        for (name, value) in &options.headers {
-            let name = HeaderName::from_bytes(name.trim().as_bytes())
-                .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
-            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
-                ClientError::Options(format!("invalid value for HTTP header {name}"))
-            })?;
-            // Any header may carry a credential (`Authorization`, `X-Api-Key`, a cookie):
-            // sensitive values are left out of `Debug` output (reqwest, hyper, our logs).
-            value.set_sensitive(true);
-            headers.append(name, value);
-        }
+        let headers = static_headers(&options)?;
         match options.url.scheme() {
             "http" | "https" => {}
             other => {
@@ -457,5 +462,36 @@ impl Client {
             .send(command)
             .await
             .map_err(|_| ClientError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn static_header_values_stay_out_of_the_transports_debug_output() {
+        let options = ClientOptions {
+            url: Url::parse("http://user:url-secret-3@127.0.0.1/cometd?k=url-secret-4")
+                .unwrap_or_else(|e| panic!("{e}")),
+            headers: vec![
+                ("Authorization".into(), "Bearer tok-secret-1".into()),
+                ("X-Api-Key".into(), "key-secret-2".into()),
+            ],
+            ..ClientOptions::default()
+        };
+        let headers = static_headers(&options).unwrap_or_else(|e| panic!("{e}"));
+        let transport =
+            LongPolling::new(options.url.clone(), headers, 1024).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{transport:?} {transport:#?}");
+        assert!(shown.contains("x-api-key"), "{shown}");
+        for secret in [
+            "tok-secret-1",
+            "key-secret-2",
+            "url-secret-3",
+            "url-secret-4",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 }

@@ -25,8 +25,9 @@ use crate::bayeux::error::TransportError;
 use crate::bayeux::message::{DecodeError, Message, decode_batch, encode_batch};
 use crate::tls::TlsFiles;
 
-/// Long-polling over HTTP(S).
-#[derive(Debug, Clone)]
+/// Long-polling over HTTP(S). `Debug` shows the URL without user info or query; header
+/// values are sensitive (see `Client::new`), so reqwest's `Debug` leaves them out.
+#[derive(Clone)]
 pub struct LongPolling {
     http: reqwest::Client,
     url: Url,
@@ -60,6 +61,16 @@ impl LongPolling {
             max_body,
             bearer: Arc::default(),
         })
+    }
+}
+
+impl std::fmt::Debug for LongPolling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongPolling")
+            .field("http", &self.http)
+            .field("url", &crate::bayeux::client::redacted_url(&self.url))
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,3 +12,4 @@ pub mod mosquitto;
 pub mod mqtt_peer;
 pub mod peers;
 pub mod salesforce;
+pub mod tls_proxy;

@@ -200,9 +200,12 @@ async fn the_bridge_reaches_an_https_bayeux_server_trusted_through_its_ca_file()
     let pki = Pki::generate();
     let server = PeerServer::start_async(PeerKind::CometD).await;
     let broker = Mosquitto::start_async().await;
-    let subscriber =
-        MqttPeer::connect_with(mqtt_options(&broker, "https-sub"), &[("tls/#", QoS::AtLeastOnce)], WAIT)
-            .await;
+    let subscriber = MqttPeer::connect_with(
+        mqtt_options(&broker, "https-sub"),
+        &[("tls/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
     let proxy = TlsProxy::start(&pki.server, server.port(), None).await;
     let tls = format!("ca_file = \"{}\"\n", pki.ca.display());
     let config = bridge_config(
@@ -339,6 +342,109 @@ async fn the_token_endpoint_is_reached_over_https_and_a_wrong_ca_sends_no_secret
     );
     bridge.terminate(WAIT).await;
     assert_eq!(refusing.handshakes(), 0);
-    assert_eq!(refusing.bytes_from_clients(), 0, "the token request was sent");
+    assert_eq!(
+        refusing.bytes_from_clients(),
+        0,
+        "the token request was sent"
+    );
     assert_eq!(fake.stats().await["tokensIssued"], 1);
+}
+
+/// A forward proxy that answers every request 502 and records its request line
+/// (`CONNECT host:443 HTTP/1.1` for HTTPS, `POST http://host/... HTTP/1.1` for HTTP).
+struct RecordingProxy {
+    port: u16,
+    lines: tokio::sync::watch::Receiver<Vec<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingProxy {
+    async fn start() -> RecordingProxy {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, lines) = tokio::sync::watch::channel(Vec::new());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.is_ok() {
+                    tx.send_modify(|lines| lines.push(line.trim_end().to_owned()));
+                }
+                let _ = reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        RecordingProxy { port, lines, task }
+    }
+
+    async fn wait_for(&self, line: &str) {
+        let mut lines = self.lines.clone();
+        let seen = tokio::time::timeout(WAIT, lines.wait_for(|l| l.iter().any(|l| l == line)));
+        assert!(
+            seen.await.is_ok(),
+            "the proxy did not see {line:?}; it saw {:?}",
+            self.lines.borrow()
+        );
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_bayeux_and_token_endpoints_go_through_the_proxy_of_the_environment() {
+    let broker = Mosquitto::start_async().await;
+    let proxy = RecordingProxy::start().await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let env = [
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("HTTP_PROXY", proxy_url.as_str()),
+    ];
+    // The token endpoint, over HTTPS: a CONNECT through the proxy.
+    let oauth = "url = \"https://bayeux.invalid/cometd\"\n[bayeux.oauth]\n\
+                 token_url = \"https://login.invalid/services/oauth2/token\"\n\
+                 grant = \"client_credentials\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let config = bridge_config(oauth, &mqtt_section(&broker, ""));
+    let mut bridge = BridgeProcess::spawn(&config, &env);
+    proxy.wait_for("CONNECT login.invalid:443 HTTP/1.1").await;
+    bridge.terminate(WAIT).await;
+
+    // The Bayeux endpoint, over HTTPS and over plain HTTP.
+    let config = bridge_config(
+        "url = \"https://bayeux.invalid/cometd\"",
+        &mqtt_section(&broker, ""),
+    );
+    let mut bridge = BridgeProcess::spawn(&config, &env);
+    proxy.wait_for("CONNECT bayeux.invalid:443 HTTP/1.1").await;
+    bridge.terminate(WAIT).await;
+    let config = bridge_config(
+        "url = \"http://bayeux.invalid:8080/cometd\"",
+        &mqtt_section(&broker, ""),
+    );
+    let mut bridge = BridgeProcess::spawn(&config, &env);
+    proxy
+        .wait_for("POST http://bayeux.invalid:8080/cometd HTTP/1.1")
+        .await;
+    bridge.terminate(WAIT).await;
+
+    // NO_PROXY names the host: the bridge goes there directly (and finds no such host).
+    let seen = proxy.lines.borrow().len();
+    let mut bridge =
+        BridgeProcess::spawn(&config, &[env[0], env[1], ("NO_PROXY", "bayeux.invalid")]);
+    bridge
+        .wait_for_log("Handshake failed; will retry.", WAIT)
+        .await;
+    bridge.terminate(WAIT).await;
+    assert_eq!(
+        proxy.lines.borrow().len(),
+        seen,
+        "{:?}",
+        proxy.lines.borrow()
+    );
 }

@@ -58,7 +58,9 @@ impl TlsProxy {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 for cert in CertificateDer::pem_file_iter(ca).expect("client CA file") {
-                    roots.add(cert.expect("client CA")).expect("client CA added");
+                    roots
+                        .add(cert.expect("client CA"))
+                        .expect("client CA added");
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)

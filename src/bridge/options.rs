@@ -105,6 +105,9 @@ pub fn mqtt_options(config: &Config) -> MqttOptions {
     options.session_expiry = m.session_expiry();
     options.max_packet_size = m.max_packet_size as usize;
     options.inflight = m.inflight;
+    // Room for every message the broker may send before we acknowledge one (the client's
+    // own check): a large `mqtt.inflight` must not make a valid config fail at start.
+    options.event_buffer = options.event_buffer.max(usize::from(m.inflight));
     options.connect_timeout = m.connect_timeout();
     options.backoff = BackoffOptions {
         increment: m.backoff_increment(),
@@ -181,6 +184,22 @@ mod tests {
         let config = crate::config::load(&path).expect("valid config");
         std::fs::remove_dir_all(dir).ok();
         config
+    }
+
+    #[test]
+    fn every_valid_mqtt_section_gives_valid_client_options() {
+        // `preflight` refuses what the client's own check refuses: a config that passes the
+        // file's checks must pass the client's too (a large inflight once did not).
+        let c = config("").mqtt;
+        for (inflight, keep_alive) in [(1, 5), (100, 30), (5000, 65535), (u16::MAX, 5)] {
+            let mut config = config("");
+            config.mqtt = crate::config::MqttConfig {
+                inflight,
+                keep_alive_secs: keep_alive,
+                ..c.clone()
+            };
+            assert_eq!(mqtt_options(&config).validate(), Ok(()), "{inflight}");
+        }
     }
 
     #[test]

@@ -184,14 +184,17 @@ fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
         1024,
         MAX_BODY_BYTES,
     )?;
-    if c.max_request_bytes != 0 {
-        within(
+    let request = c.max_request_bytes as u64;
+    if request != 0 && !(1024..=MAX_BODY_BYTES).contains(&request) {
+        let bound = if request < 1024 {
+            "at least 1024".to_owned()
+        } else {
+            format!("at most {MAX_BODY_BYTES}")
+        };
+        return Err(Invalid::new(
             "bayeux.max_request_bytes",
-            c.max_request_bytes as u64,
-            1024,
-            MAX_BODY_BYTES,
-        )
-        .map_err(|e| Invalid::new(e.key, format!("{} (or 0: no limit)", e.reason)))?;
+            format!("must be 0 (no limit) or {bound}, found {request}"),
+        ));
     }
     if let Some(oauth) = &c.oauth {
         self::oauth(oauth)?;

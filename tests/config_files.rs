@@ -747,18 +747,12 @@ fn load_reads_the_process_environment() {
 }
 
 /// Runs `check` and the daemon on `path`; both must refuse it with exit 2 and the same
-/// `error: <file>: <key>: <reason>` line, which is returned.
+/// `error: <file>: <key>: <reason>` line, which is returned. A daemon that starts instead
+/// (it would run until stopped) is killed after a deadline and the test fails.
 fn refused_alike(path: &Path) -> String {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
     let check = common::bridge::check(path);
-    let daemon = std::process::Command::new(common::bridge::BINARY)
-        .arg("--config")
-        .arg(path)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the daemon: {e}"));
-    let daemon_err = String::from_utf8_lossy(&daemon.stderr).into_owned();
     assert_eq!(
         check.status.code(),
         Some(2),
@@ -767,8 +761,40 @@ fn refused_alike(path: &Path) -> String {
         check.stdout,
         check.stderr
     );
+    let mut daemon = std::process::Command::new(common::bridge::BINARY)
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run the daemon: {e}"));
+    // A refused config exits at once; polling is the only way to bound the wait for a child
+    // process without a runtime.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!(
+                "the daemon started on {} instead of refusing it",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut daemon_err = String::new();
+    let _ = daemon
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut daemon_err));
     assert_eq!(
-        daemon.status.code(),
+        status.code(),
         Some(2),
         "the daemon did not refuse {} at start: {daemon_err}",
         path.display()

@@ -18,8 +18,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-pub use rustls::ClientConfig as RustlsClientConfig;
-
 /// System CA bundles, in the order OpenSSL-based tools look for them.
 pub const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",

@@ -237,6 +237,27 @@ async fn the_bridge_reaches_an_https_bayeux_server_trusted_through_its_ca_file()
     assert_forwarded(&server.url(), &subscriber, "/tls/https-mutual").await;
     assert_eq!(mtls.failed_handshakes(), 0);
     bridge.terminate(WAIT).await;
+
+    // Without the client certificate that proxy lets nothing through.
+    let mtls = TlsProxy::start(&pki.server, server.port(), Some(&pki.ca)).await;
+    let tls = format!("ca_file = \"{}\"\n", pki.ca.display());
+    let config = bridge_config(
+        &https_bayeux(true, &mtls, "/cometd", &tls),
+        &mqtt_section(&broker, ""),
+    );
+    write_token(&config);
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    wait_for_reason(
+        &bridge,
+        "Handshake failed; will retry.",
+        "reason",
+        "CertificateRequired",
+    )
+    .await;
+    bridge.terminate(WAIT).await;
+    assert_eq!(bridge.count("Bridge ready."), 0);
+    assert!(mtls.failed_handshakes() >= 1);
+    assert_eq!(mtls.bytes_from_clients(), 0);
 }
 
 /// Runs the bridge on a Bayeux URL behind `proxy` with `tls`, waits for the handshake failure

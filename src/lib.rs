@@ -26,6 +26,8 @@
 //!   messages whose destination is down; knows nothing of Bayeux, MQTT, the bridge or config
 //!   files.
 //! - [`telemetry`]: `tracing` setup (text or JSON, stderr or a file).
+//! - [`tls`]: TLS client settings (trusted CAs, client certificate) shared by both sides; a
+//!   leaf.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 
@@ -44,3 +46,4 @@ pub mod scheduling;
 pub mod shutdown;
 pub mod spool;
 pub mod telemetry;
+pub mod tls;

@@ -99,11 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path).and_then(|config| {
-        let description = bridge::describe(&config).map_err(|e| e.in_file(path))?;
-        bridge::probe_spool(&config, path)?;
-        Ok(description)
-    }) {
+    match config::load(path).and_then(|config| bridge::preflight(&config, path)) {
         Ok(description) => {
             print!("{description}");
             ExitCode::SUCCESS
@@ -150,7 +146,8 @@ fn run(path: &std::path::Path, verbose: u8) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = bridge::probe_spool(&config, path) {
+    // The same checks as `check`, so that the daemon refuses nothing `check` accepted.
+    if let Err(e) = bridge::preflight(&config, path) {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }

@@ -11,6 +11,7 @@ use bayeux_mqtt_bridge::config::{
     Config, ConfigError, Direction, LogFormat, MqttProtocol, env_var_for, load, load_with_env,
 };
 use common::bridge::TempDir;
+use common::certs::Pki;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
     vars.iter()
@@ -104,6 +105,10 @@ const ALL_KEYS: &[&str] = &[
     "bayeux.backoff_max_ms",
     "bayeux.max_request_bytes",
     "bayeux.ack_extension",
+    "bayeux.allow_cleartext_credentials",
+    "bayeux.tls.ca_file",
+    "bayeux.tls.cert_file",
+    "bayeux.tls.key_file",
     "bayeux.oauth.token_url",
     "bayeux.oauth.grant",
     "bayeux.oauth.client_id",
@@ -349,7 +354,8 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}protocol = \"3.1.1\"\npassword = \"pw\"\n{route}"),
             vec![],
             "mqtt.username",
-            "is required with a password when mqtt.protocol = \"3.1.1\"".into(),
+            "is required with mqtt.password (a password cannot be sent without a user name)"
+                .into(),
         ),
         (
             format!("{head}[mqtt.tls]\ncert_file = \"{ca}\"\n{route}"),
@@ -397,7 +403,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}keep_alive_secs = 0\n{route}"),
             vec![],
             "mqtt.keep_alive_secs",
-            "must be at least 1, found 0".into(),
+            "must be at least 5, found 0 with mqtt.protocol = \"5\"".into(),
         ),
         (
             format!("{head}{route}[bridge]\ndrain_timeout_secs = 0\n"),
@@ -530,7 +536,8 @@ fn a_missing_file_is_reported_with_its_path() {
 #[test]
 fn environment_variables_override_keys() {
     let scratch = TempDir::new("config");
-    let ca = scratch.file("ca.pem", "x");
+    let pki = Pki::generate();
+    let ca = &pki.ca;
     let path = scratch.file(
         "env.toml",
         MINIMAL.replace(
@@ -687,7 +694,7 @@ fn secrets_never_appear_in_debug_output() {
             )
             .replace(
                 "host = \"127.0.0.1\"",
-                "host = \"h\"\npassword = \"pw-secret-5\"",
+                "host = \"h\"\nusername = \"u\"\npassword = \"pw-secret-5\"",
             ),
     );
     let config = load_with_env(&path, []).unwrap();
@@ -702,6 +709,30 @@ fn secrets_never_appear_in_debug_output() {
         assert!(!debug.contains(secret), "{secret} in {debug}");
     }
     assert!(debug.contains("<redacted>"));
+
+    // [bayeux.oauth]: the secrets, and credentials in the token URL.
+    scratch.file("client-secret", "oauth-secret-6\n");
+    let path = scratch.file(
+        "oauth.toml",
+        MINIMAL.replace(
+            "[mqtt]",
+            "[bayeux.oauth]\n\
+             token_url = \"https://u:tok-url-secret-7@login.example/token?key=tok-url-secret-8\"\n\
+             grant = \"refresh_token\"\nclient_id = \"c\"\nclient_secret_file = \"client-secret\"\n\
+             refresh_token = \"refresh-secret-9\"\n\n[mqtt]",
+        ),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    let debug = format!("{config:?} {config:#?}");
+    for secret in [
+        "oauth-secret-6",
+        "tok-url-secret-7",
+        "tok-url-secret-8",
+        "refresh-secret-9",
+    ] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(debug.contains("login.example/token"), "{debug}");
 }
 
 #[test]
@@ -713,4 +744,298 @@ fn load_reads_the_process_environment() {
     let config = load(&path);
     unsafe { std::env::remove_var("BAYEUX_MQTT_BRIDGE__BRIDGE__QUEUE_CAPACITY") };
     assert_eq!(config.unwrap().bridge.queue_capacity, 7);
+}
+
+/// Runs `check` and the daemon on `path`; both must refuse it with exit 2 and the same
+/// `error: <file>: <key>: <reason>` line, which is returned. A daemon that starts instead
+/// (it would run until stopped) is killed after a deadline and the test fails.
+fn refused_alike(path: &Path) -> String {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let check = common::bridge::check(path);
+    assert_eq!(
+        check.status.code(),
+        Some(2),
+        "check did not refuse {}: {}{}",
+        path.display(),
+        check.stdout,
+        check.stderr
+    );
+    let mut daemon = std::process::Command::new(common::bridge::BINARY)
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run the daemon: {e}"));
+    // A refused config exits at once; polling is the only way to bound the wait for a child
+    // process without a runtime.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!(
+                "the daemon started on {} instead of refusing it",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut daemon_err = String::new();
+    let _ = daemon
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut daemon_err));
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "the daemon did not refuse {} at start: {daemon_err}",
+        path.display()
+    );
+    assert_eq!(check.stderr.trim(), daemon_err.trim(), "{}", path.display());
+    check.stderr.trim().to_owned()
+}
+
+#[test]
+fn check_and_the_daemon_refuse_the_same_configs_with_the_same_message() {
+    let scratch = TempDir::new("config");
+    let ec_key = scratch.file(
+        "ec-key.pem",
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
+    let head = "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n[mqtt]\nhost = \"127.0.0.1\"\n";
+    let route = "[[route]]\nbayeux = \"/a\"\nmqtt = \"a\"\ndirection = \"both\"\n";
+    // The largest integer TOML holds; as seconds it overflows `Instant` arithmetic.
+    let max = i64::MAX;
+    let cases: Vec<(String, &str, String)> = vec![
+        (
+            format!("{head}keep_alive_secs = 3\n{route}"),
+            "mqtt.keep_alive_secs",
+            "must be at least 5, found 3 with mqtt.protocol = \"5\"".into(),
+        ),
+        (
+            format!("{head}password = \"pw\"\n{route}"),
+            "mqtt.username",
+            "is required with mqtt.password (a password cannot be sent without a user name)".into(),
+        ),
+        (
+            format!("{head}connect_timeout_secs = {max}\n{route}"),
+            "mqtt.connect_timeout_secs",
+            format!("must be at most 3600, found {max}"),
+        ),
+        (
+            format!("{head}backoff_max_ms = {max}\n{route}"),
+            "mqtt.backoff_max_ms",
+            format!("must be at most 3600000, found {max}"),
+        ),
+        (
+            head.replace("[mqtt]", &format!("max_network_delay_secs = {max}\n[mqtt]")) + route,
+            "bayeux.max_network_delay_secs",
+            format!("must be at most 3600, found {max}"),
+        ),
+        (
+            head.replace("[mqtt]", "backoff_increment_ms = 3600001\n[mqtt]") + route,
+            "bayeux.backoff_increment_ms",
+            "must be at most 3600000, found 3600001".into(),
+        ),
+        (
+            head.replace("[mqtt]", &format!("max_response_bytes = {max}\n[mqtt]")) + route,
+            "bayeux.max_response_bytes",
+            format!("must be at most 1073741824, found {max}"),
+        ),
+        (
+            format!("{head}{route}[bridge]\ndrain_timeout_secs = {max}\n"),
+            "bridge.drain_timeout_secs",
+            format!("must be at most 3600, found {max}"),
+        ),
+        (
+            format!("{head}{route}[bridge]\nqueue_capacity = {max}\n"),
+            "bridge.queue_capacity",
+            format!("must be at most 1000000, found {max}"),
+        ),
+        (
+            format!("{head}{route}[replay]\ncheckpoint_interval_ms = {max}\n"),
+            "replay.checkpoint_interval_ms",
+            format!("must be at most 3600000, found {max}"),
+        ),
+        (
+            head.replace(
+                "[mqtt]",
+                &format!(
+                    "[bayeux.oauth]\ntoken_url = \"http://127.0.0.1/token\"\n\
+                     grant = \"jwt_bearer\"\nclient_id = \"c\"\nusername = \"u\"\n\
+                     private_key_file = \"{}\"\n[mqtt]",
+                    ec_key.display()
+                ),
+            ) + route,
+            "bayeux.oauth.private_key_file",
+            "the private key: not a usable RSA key".into(),
+        ),
+    ];
+    for (i, (content, key, reason)) in cases.into_iter().enumerate() {
+        let path = scratch.file(&format!("refused-{i}.toml"), &content);
+        let message = refused_alike(&path);
+        let expected = format!("error: {}: {key}: {reason}", path.display());
+        assert!(
+            message.starts_with(&expected),
+            "case {i}: expected {expected:?}, got {message:?}"
+        );
+    }
+}
+
+#[test]
+fn credentials_over_plain_http_to_another_host_are_refused_unless_allowed() {
+    let scratch = TempDir::new("config");
+    let token = scratch.file("token", "tok\n");
+    let route = "[[route]]\nbayeux = \"/a\"\nmqtt = \"a\"\ndirection = \"both\"\n";
+    let bayeux = |url: &str, extra: &str| {
+        format!("[bayeux]\nurl = \"{url}\"\n{extra}\n[mqtt]\nhost = \"h\"\n{route}")
+    };
+    let oauth = |token_url: &str| {
+        format!(
+            "[bayeux.oauth]\ntoken_url = \"{token_url}\"\ngrant = \"client_credentials\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\n"
+        )
+    };
+    let refused = "is plain http:// to a host that is not loopback: anyone on the path could \
+                   read and reuse the credentials. Use https://, or set \
+                   bayeux.allow_cleartext_credentials = true if the network is trusted";
+    let token_line = format!("token_file = \"{}\"", token.display());
+    let bad = [
+        (
+            bayeux(
+                "http://bayeux.example/cometd",
+                "headers = { X-Api-Key = \"k\" }",
+            ),
+            "bayeux.url",
+            format!("{refused} (bayeux.headers.X-Api-Key is sent)"),
+        ),
+        (
+            bayeux("http://10.0.0.1/cometd", &token_line),
+            "bayeux.url",
+            format!("{refused} (bayeux.token_file is sent)"),
+        ),
+        (
+            bayeux("http://u:p@bayeux.example/cometd", ""),
+            "bayeux.url",
+            format!("{refused} (the URL's user or password is sent)"),
+        ),
+        (
+            bayeux(
+                "http://bayeux.example/cometd",
+                &oauth("https://login.example/token"),
+            ),
+            "bayeux.url",
+            format!("{refused} (the token of [bayeux.oauth] is sent)"),
+        ),
+        (
+            bayeux(
+                "https://bayeux.example/cometd",
+                &oauth("http://login.example/token"),
+            ),
+            "bayeux.oauth.token_url",
+            format!("{refused} (the grant's secrets are sent)"),
+        ),
+    ];
+    for (i, (content, key, reason)) in bad.into_iter().enumerate() {
+        let path = scratch.file(&format!("cleartext-{i}.toml"), &content);
+        let message = refused_alike(&path);
+        assert_eq!(
+            message,
+            format!("error: {}: {key}: {reason}", path.display()),
+            "case {i}"
+        );
+        // The key that allows it.
+        let allowed = content.replace("[mqtt]", "allow_cleartext_credentials = true\n[mqtt]");
+        let allowed = allowed.replacen(
+            "[bayeux.oauth]",
+            "allow_cleartext_credentials = true\n[bayeux.oauth]",
+            1,
+        );
+        // In a [bayeux.oauth] case the key went before the sub-table; drop the copy after it.
+        let allowed = if allowed.contains("[bayeux.oauth]") {
+            let (head, tail) = allowed.split_once("[bayeux.oauth]").unwrap();
+            format!(
+                "{head}[bayeux.oauth]{}",
+                tail.replace("allow_cleartext_credentials = true\n", "")
+            )
+        } else {
+            allowed
+        };
+        let path = scratch.file(&format!("cleartext-allowed-{i}.toml"), &allowed);
+        load_with_env(&path, []).unwrap_or_else(|e| panic!("case {i}: {e}\n{allowed}"));
+    }
+    // Loopback, https, and plain http without credentials are fine.
+    for (i, content) in [
+        bayeux("http://localhost:8080/cometd", &token_line),
+        bayeux("http://127.0.0.7/cometd", "headers = { X-Api-Key = \"k\" }"),
+        bayeux("http://[::1]:8080/cometd", &oauth("http://127.0.0.1/token")),
+        bayeux("https://bayeux.example/cometd", &token_line),
+        bayeux("http://bayeux.example/cometd", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = scratch.file(&format!("fine-{i}.toml"), &content);
+        load_with_env(&path, []).unwrap_or_else(|e| panic!("case {i}: {e}\n{content}"));
+    }
+}
+
+#[test]
+fn bayeux_tls_files_are_read_relative_to_the_config_and_bad_pem_is_refused_at_start() {
+    let pki = Pki::generate();
+    let scratch = TempDir::new("config");
+    std::fs::copy(&pki.ca, scratch.path().join("ca.pem")).unwrap();
+    std::fs::copy(&pki.client.cert, scratch.path().join("client.pem")).unwrap();
+    std::fs::copy(&pki.client.key, scratch.path().join("client-key.pem")).unwrap();
+    let not_pem = scratch.file("not-pem.pem", "hello\n");
+    let with_tls = |tls: &str| MINIMAL.replace("[mqtt]", &format!("[bayeux.tls]\n{tls}\n\n[mqtt]"));
+    let path = scratch.file(
+        "good.toml",
+        with_tls("ca_file = \"ca.pem\"\ncert_file = \"client.pem\"\nkey_file = \"client-key.pem\""),
+    );
+    let config = load_with_env(&path, []).unwrap();
+    let tls = config.bayeux.tls.unwrap();
+    assert_eq!(tls.ca_file, Some(scratch.path().join("ca.pem")));
+    assert_eq!(tls.key_file, Some(scratch.path().join("client-key.pem")));
+    let bad = [
+        (
+            with_tls("ca_file = \"not-pem.pem\""),
+            "bayeux.tls.ca_file",
+            format!("{}: no PEM certificate in the file", not_pem.display()),
+        ),
+        (
+            with_tls(
+                "ca_file = \"ca.pem\"\ncert_file = \"not-pem.pem\"\nkey_file = \"client-key.pem\"",
+            ),
+            "bayeux.tls.cert_file",
+            format!("{}: no PEM certificate in the file", not_pem.display()),
+        ),
+        (
+            with_tls("cert_file = \"client.pem\"\nkey_file = \"not-pem.pem\""),
+            "bayeux.tls.key_file",
+            format!("{}: no usable private key: ", not_pem.display()),
+        ),
+        (
+            with_tls("cert_file = \"client.pem\""),
+            "bayeux.tls.key_file",
+            "cert_file and key_file must be set together".to_owned(),
+        ),
+    ];
+    for (i, (content, key, reason)) in bad.into_iter().enumerate() {
+        let path = scratch.file(&format!("bad-tls-{i}.toml"), &content);
+        let message = refused_alike(&path);
+        let expected = format!("error: {}: {key}: {reason}", path.display());
+        assert!(
+            message.starts_with(&expected),
+            "case {i}: expected {expected:?}, got {message:?}"
+        );
+    }
 }

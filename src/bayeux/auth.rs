@@ -33,7 +33,8 @@ use url::Url;
 
 use super::client::redacted_url;
 pub use super::error::TokenError;
-use super::transport::long_polling::describe_http_error;
+use super::transport::long_polling::{describe_http_error, http_client};
+use crate::tls::TlsFiles;
 
 /// The `grant_type` of the JWT bearer flow (RFC 7523).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -226,13 +227,26 @@ impl fmt::Debug for OAuthTokenSource {
 }
 
 impl OAuthTokenSource {
-    /// A source for `grant` at `token_url`, each request given at most `timeout`. Fails if
-    /// the URL is not HTTP(S) or a JWT grant's key is not a usable RSA key.
+    /// A source for `grant` at `token_url`, each request given at most `timeout`, trusting
+    /// the system's CA bundle for HTTPS. Fails if the URL is not HTTP(S) or a JWT grant's key
+    /// is not a usable RSA key.
     pub fn new(
         token_url: Url,
         grant: Grant,
         scope: Option<String>,
         timeout: Duration,
+    ) -> Result<Self, TokenError> {
+        Self::with_tls(token_url, grant, scope, timeout, &TlsFiles::default())
+    }
+
+    /// [`OAuthTokenSource::new`] with the HTTPS trust and client certificate of `tls`; also
+    /// fails if a TLS file cannot be used.
+    pub fn with_tls(
+        token_url: Url,
+        grant: Grant,
+        scope: Option<String>,
+        timeout: Duration,
+        tls: &TlsFiles,
     ) -> Result<Self, TokenError> {
         if !matches!(token_url.scheme(), "http" | "https") {
             return Err(TokenError::Refused(format!(
@@ -246,12 +260,11 @@ impl OAuthTokenSource {
             } => Some(parse_rsa_key(private_key_pem)?),
             _ => None,
         };
-        let http = reqwest::Client::builder()
-            // A redirect would re-send the form (client secret, refresh token, assertion)
-            // elsewhere: reported, never followed.
-            .redirect(reqwest::redirect::Policy::none())
+        // A redirect would re-send the form (client secret, refresh token, assertion)
+        // elsewhere: reported, never followed (`http_client` turns following off).
+        let http = http_client(&token_url, tls)
+            .map_err(TokenError::Refused)?
             .timeout(timeout)
-            .http1_only()
             .build()
             .map_err(|e| TokenError::Refused(format!("cannot build the HTTP client: {e}")))?;
         Ok(OAuthTokenSource {

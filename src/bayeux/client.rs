@@ -32,6 +32,7 @@ use super::session::{Session, SessionOptions};
 use super::transport::Transport;
 use super::transport::long_polling::LongPolling;
 use crate::backoff::BackoffOptions;
+use crate::tls::TlsFiles;
 
 /// Everything a client needs to know. `Default` gives the documented defaults and an
 /// unusable URL; set [`ClientOptions::url`].
@@ -86,6 +87,10 @@ pub struct ClientOptions {
     /// failing with [`PublishError::Transport`](super::PublishError): they keep their
     /// order, and one may reach the server twice. Default `false`.
     pub retry_publishes: bool,
+    /// HTTPS trust and client certificate, for the Bayeux endpoint and (when the bridge
+    /// builds one) the token endpoint. Default: the system's CA bundle, no client
+    /// certificate. See [`crate::tls`].
+    pub tls: TlsFiles,
 }
 
 impl Default for ClientOptions {
@@ -108,6 +113,7 @@ impl Default for ClientOptions {
             max_auth_attempts: 5,
             max_request_bytes: 0,
             retry_publishes: false,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -141,6 +147,7 @@ impl fmt::Debug for ClientOptions {
             .field("max_auth_attempts", &self.max_auth_attempts)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("retry_publishes", &self.retry_publishes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -249,30 +256,38 @@ impl Subscription {
     }
 }
 
+/// The headers of `options` for every request, each value marked sensitive: any of them may
+/// carry a credential (`Authorization`, `X-Api-Key`, a cookie), and a sensitive value is left
+/// out of `Debug` output (reqwest's client and request, hyper, our logs).
+fn static_headers(options: &ClientOptions) -> Result<HeaderMap, ClientError> {
+    let mut headers = HeaderMap::new();
+    if options.token_source.is_some()
+        && options
+            .headers
+            .iter()
+            .any(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
+    {
+        return Err(ClientError::Options(
+            "set either a token source or an Authorization header, not both".to_owned(),
+        ));
+    }
+    for (name, value) in &options.headers {
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
+        let mut value = HeaderValue::from_str(value.trim())
+            .map_err(|_| ClientError::Options(format!("invalid value for HTTP header {name}")))?;
+        value.set_sensitive(true);
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 impl Client {
     /// Starts a client on the current tokio runtime. It handshakes at once and keeps its
     /// session alive until [`Client::disconnect`], the server's `reconnect: none`, or the
     /// last handle being dropped.
     pub fn new(options: ClientOptions) -> Result<(Client, Events), ClientError> {
-        let mut headers = HeaderMap::new();
-        if options.token_source.is_some()
-            && options
-                .headers
-                .iter()
-                .any(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
-        {
-            return Err(ClientError::Options(
-                "set either a token source or an Authorization header, not both".to_owned(),
-            ));
-        }
-        for (name, value) in &options.headers {
-            let name = HeaderName::from_bytes(name.trim().as_bytes())
-                .map_err(|_| ClientError::Options(format!("invalid HTTP header name {name:?}")))?;
-            let value = HeaderValue::from_str(value.trim()).map_err(|_| {
-                ClientError::Options(format!("invalid value for HTTP header {name}"))
-            })?;
-            headers.append(name, value);
-        }
+        let headers = static_headers(&options)?;
         match options.url.scheme() {
             "http" | "https" => {}
             other => {
@@ -281,9 +296,14 @@ impl Client {
                 )));
             }
         }
-        let transport = LongPolling::new(options.url.clone(), headers, options.max_response_bytes)
-            .map_err(ClientError::Options)?
-            .with_max_messages(options.max_messages_per_reply);
+        let transport = LongPolling::with_tls(
+            options.url.clone(),
+            headers,
+            options.max_response_bytes,
+            &options.tls,
+        )
+        .map_err(ClientError::Options)?
+        .with_max_messages(options.max_messages_per_reply);
         Ok(Self::with_transport(options, Arc::new(transport)))
     }
 
@@ -463,5 +483,36 @@ impl Client {
             .send(command)
             .await
             .map_err(|_| ClientError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn static_header_values_stay_out_of_the_transports_debug_output() {
+        let options = ClientOptions {
+            url: Url::parse("http://user:url-secret-3@127.0.0.1/cometd?k=url-secret-4")
+                .unwrap_or_else(|e| panic!("{e}")),
+            headers: vec![
+                ("Authorization".into(), "Bearer tok-secret-1".into()),
+                ("X-Api-Key".into(), "key-secret-2".into()),
+            ],
+            ..ClientOptions::default()
+        };
+        let headers = static_headers(&options).unwrap_or_else(|e| panic!("{e}"));
+        let transport =
+            LongPolling::new(options.url.clone(), headers, 1024).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{transport:?} {transport:#?}");
+        assert!(shown.contains("x-api-key"), "{shown}");
+        for secret in [
+            "tok-secret-1",
+            "key-secret-2",
+            "url-secret-3",
+            "url-secret-4",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 }

@@ -138,6 +138,36 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
     Ok(text)
 }
 
+/// Everything that can be found wrong with a loaded config before connecting, for `check`,
+/// the daemon's start and a reload alike, so that the daemon never refuses what `check`
+/// accepted: the routes, the MQTT client's options (the backstop behind the config file's
+/// own checks), the OAuth signing key and the spool directory. Errors name `file`. Returns
+/// what `check` prints.
+pub fn preflight(config: &Config, file: &std::path::Path) -> Result<String, ConfigError> {
+    let in_file = |key: &str, reason: String| ConfigError {
+        file: file.to_owned(),
+        key: Some(key.to_owned()),
+        reason,
+    };
+    let description = describe(config).map_err(|e| e.in_file(file))?;
+    mqtt_options(config)
+        .validate()
+        .map_err(|e| in_file("mqtt", e.to_string()))?;
+    if let Some(oauth) = &config.bayeux.oauth
+        && oauth.grant == crate::config::OAuthGrant::JwtBearer
+        && let Some(pem) = &oauth.private_key
+    {
+        bayeux::auth::parse_rsa_key(pem.expose()).map_err(|e| {
+            let reason = match e {
+                bayeux::TokenError::Refused(why) | bayeux::TokenError::Unavailable(why) => why,
+            };
+            in_file("bayeux.oauth.private_key_file", reason)
+        })?;
+    }
+    probe_spool(config, file)?;
+    Ok(description)
+}
+
 /// `check`'s line about `[spool]`.
 fn spool_line(spool: &crate::config::SpoolConfig) -> String {
     if spool.enabled {

@@ -34,17 +34,23 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
             .extensions
             .push(std::sync::Arc::new(crate::bayeux::ext::AckExtension::new()));
     }
+    options.tls = b.tls.as_ref().map(|t| t.files()).unwrap_or_default();
     if let Some(oauth) = &b.oauth {
         options.max_auth_attempts = oauth.max_auth_attempts;
-        // Token requests get the same network allowance as Bayeux requests.
-        options.token_source = Some(token_source(oauth, b.max_network_delay()));
+        // Token requests get the same network allowance and TLS settings as Bayeux
+        // requests.
+        options.token_source = Some(token_source(oauth, b.max_network_delay(), &options.tls));
     }
     options
 }
 
 /// The token source `[bayeux.oauth]` describes. One that cannot be built (a key that is PEM
 /// but not RSA) refuses every fetch, so the client stops at once, naming the reason.
-fn token_source(c: &OAuthConfig, timeout: std::time::Duration) -> Arc<dyn TokenSource> {
+fn token_source(
+    c: &OAuthConfig,
+    timeout: std::time::Duration,
+    tls: &TlsFiles,
+) -> Arc<dyn TokenSource> {
     let exposed = |s: &Option<crate::config::Secret>| {
         s.as_ref()
             .map(|s| s.expose().to_owned())
@@ -67,7 +73,7 @@ fn token_source(c: &OAuthConfig, timeout: std::time::Duration) -> Arc<dyn TokenS
             private_key_pem: exposed(&c.private_key),
         },
     };
-    match OAuthTokenSource::new(c.token_url.clone(), grant, c.scope.clone(), timeout) {
+    match OAuthTokenSource::with_tls(c.token_url.clone(), grant, c.scope.clone(), timeout, tls) {
         Ok(source) => Arc::new(source),
         Err(error) => Arc::new(Unusable(error)),
     }
@@ -99,17 +105,16 @@ pub fn mqtt_options(config: &Config) -> MqttOptions {
     options.session_expiry = m.session_expiry();
     options.max_packet_size = m.max_packet_size as usize;
     options.inflight = m.inflight;
+    // Room for every message the broker may send before we acknowledge one (the client's
+    // own check): a large `mqtt.inflight` must not make a valid config fail at start.
+    options.event_buffer = options.event_buffer.max(usize::from(m.inflight));
     options.connect_timeout = m.connect_timeout();
     options.backoff = BackoffOptions {
         increment: m.backoff_increment(),
         max: m.backoff_max(),
         ..BackoffOptions::default()
     };
-    options.tls = m.tls.as_ref().map(|t| TlsFiles {
-        ca_file: t.ca_file.clone(),
-        cert_file: t.cert_file.clone(),
-        key_file: t.key_file.clone(),
-    });
+    options.tls = m.tls.as_ref().map(|t| t.files());
     options.last_will = Some(Will {
         topic: m.status_topic.clone(),
         payload: b"offline".to_vec(),
@@ -179,6 +184,22 @@ mod tests {
         let config = crate::config::load(&path).expect("valid config");
         std::fs::remove_dir_all(dir).ok();
         config
+    }
+
+    #[test]
+    fn every_valid_mqtt_section_gives_valid_client_options() {
+        // `preflight` refuses what the client's own check refuses: a config that passes the
+        // file's checks must pass the client's too (a large inflight once did not).
+        let c = config("").mqtt;
+        for (inflight, keep_alive) in [(1, 5), (100, 30), (5000, 65535), (u16::MAX, 5)] {
+            let mut config = config("");
+            config.mqtt = crate::config::MqttConfig {
+                inflight,
+                keep_alive_secs: keep_alive,
+                ..c.clone()
+            };
+            assert_eq!(mqtt_options(&config).validate(), Ok(()), "{inflight}");
+        }
     }
 
     #[test]

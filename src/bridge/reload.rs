@@ -133,6 +133,7 @@ impl Live {
         watcher: &mut JoinHandle<BridgeError>,
     ) -> Result<String, String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
+        super::preflight(&new, path).map_err(|e| e.to_string())?;
         if new.spool != self.config.spool {
             // The spool's files are open and hold messages: moving or shrinking it under the
             // running pipelines could lose or reorder them.

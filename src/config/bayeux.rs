@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{OAuthGrant, Secret, de_non_empty, de_url, defaults};
+use super::{OAuthGrant, Secret, TlsConfig, de_non_empty, de_url, defaults};
 
 /// `[bayeux]`: the Bayeux server and how to talk to it.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -55,11 +55,24 @@ pub struct BayeuxConfig {
     /// header.
     #[serde(default)]
     pub oauth: Option<OAuthConfig>,
+    /// `[bayeux.tls]`: the CA certificates trusted for `https://` (the Bayeux endpoint and
+    /// the token endpoint) and a client certificate. Optional: without it the system's CA
+    /// bundle is trusted and no client certificate is shown. Unlike `[mqtt.tls]`, its
+    /// presence does not turn TLS on: the URL's scheme does.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Allow credentials (any `headers` value, `token_file`, `[bayeux.oauth]`, a user or
+    /// password in the URL) over plain `http://` to a host that is not loopback
+    /// (127.0.0.0/8, `::1`, `localhost`). Default `false`: such a config is refused, since
+    /// anyone on the path could read and reuse them.
+    #[serde(default)]
+    pub allow_cleartext_credentials: bool,
 }
 
 /// `[bayeux.oauth]`: where the bearer token comes from when it is not fixed. The token is
-/// fetched before the first handshake and again whenever the server refuses it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// fetched before the first handshake and again whenever the server refuses it. `Debug`
+/// shows no secret (they are [`Secret`]s) and the token URL without user info or query.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthConfig {
     /// The token endpoint, e.g. `https://login.salesforce.com/services/oauth2/token`.
@@ -139,12 +152,8 @@ impl BayeuxConfig {
 impl fmt::Debug for BayeuxConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may carry credentials (user info, query): show neither.
-        let mut url = self.url.clone();
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        url.set_query(None);
         f.debug_struct("BayeuxConfig")
-            .field("url", &url.as_str())
+            .field("url", &shown_url(&self.url))
             .field("headers", &self.headers)
             .field("token_file", &self.token_file)
             .field("max_network_delay_secs", &self.max_network_delay_secs)
@@ -152,7 +161,43 @@ impl fmt::Debug for BayeuxConfig {
             .field("backoff_increment_ms", &self.backoff_increment_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("ack_extension", &self.ack_extension)
             .field("oauth", &self.oauth)
+            .field("tls", &self.tls)
+            .field(
+                "allow_cleartext_credentials",
+                &self.allow_cleartext_credentials,
+            )
+            .finish()
+    }
+}
+
+/// `url` without user info, query or fragment, for `Debug` output.
+fn shown_url(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+impl fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("token_url", &shown_url(&self.token_url))
+            .field("grant", &self.grant)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("client_secret_file", &self.client_secret_file)
+            .field("username", &self.username)
+            .field("private_key_file", &self.private_key_file)
+            .field("private_key", &self.private_key)
+            .field("audience", &self.audience)
+            .field("refresh_token", &self.refresh_token)
+            .field("refresh_token_file", &self.refresh_token_file)
+            .field("scope", &self.scope)
+            .field("max_auth_attempts", &self.max_auth_attempts)
             .finish()
     }
 }

@@ -292,7 +292,10 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
     if config.spool.dir.is_relative() {
         config.spool.dir = base.join(&config.spool.dir);
     }
-    if let Some(tls) = &mut config.mqtt.tls {
+    for tls in [&mut config.mqtt.tls, &mut config.bayeux.tls]
+        .into_iter()
+        .flatten()
+    {
         relative(&mut tls.ca_file);
         relative(&mut tls.cert_file);
         relative(&mut tls.key_file);

@@ -101,19 +101,32 @@ impl MqttConfig {
     }
 }
 
-/// `[mqtt.tls]`: TLS to the broker (rustls). Files must exist when the config is loaded.
+/// `[mqtt.tls]` and `[bayeux.tls]`: TLS settings (rustls). Files must exist and hold PEM
+/// when the config is loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM file of the CA certificate(s) to trust. Default: the system's CA bundle
-    /// (`/etc/ssl/certs/ca-certificates.crt` and the other usual paths).
+    /// PEM file of the CA certificate(s) to trust, *instead of* the system's. Default: the
+    /// system's CA bundle (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt` and the
+    /// other usual paths).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain), for brokers that require client certificates. Set
+    /// PEM client certificate (chain), for servers that require client certificates. Set
     /// together with `key_file`.
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`. Set together with `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files, as the TLS layer takes them.
+    pub fn files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }

@@ -1,17 +1,37 @@
 //! Range and cross-field checks on a deserialized [`Config`], and warnings about valid but
-//! doubtful settings. Pure, except that referenced TLS files and the log directory must
-//! exist.
+//! doubtful settings. Pure, except that referenced TLS files must hold usable PEM and the log
+//! directory must exist.
+//!
+//! Every number has an upper bound as well as a lower one (see the `MAX_*` constants and
+//! docs/configuration.md): a time near `u64::MAX` would overflow `Duration`/`Instant`
+//! arithmetic at run time, and a size that large is a typo.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
+
+use url::{Host, Url};
 
 use super::{
     BayeuxConfig, BridgeConfig, Config, LogConfig, MqttConfig, MqttProtocol, OAuthConfig,
-    OAuthGrant, RouteConfig,
+    OAuthGrant, RouteConfig, TlsConfig,
 };
 
 /// The largest MQTT packet the protocol can describe (remaining length 268,435,455 plus a
 /// five-byte fixed header).
 const MQTT_MAX_PACKET: u32 = 268_435_460;
+
+/// The longest setting in seconds (`*_secs`, except `mqtt.keep_alive_secs` and
+/// `mqtt.session_expiry_secs`, which the protocol bounds): one hour.
+pub(crate) const MAX_SECS: u64 = 3600;
+/// The longest setting in milliseconds (`*_ms`): one hour.
+pub(crate) const MAX_MS: u64 = 3_600_000;
+/// The largest byte size of an HTTP body (`bayeux.max_response_bytes`,
+/// `bayeux.max_request_bytes`): 1 GiB.
+pub(crate) const MAX_BODY_BYTES: u64 = 1 << 30;
+/// The largest `bridge.queue_capacity`.
+pub(crate) const MAX_QUEUE: u64 = 1_000_000;
+/// The largest `bayeux.oauth.max_auth_attempts`.
+pub(crate) const MAX_AUTH_ATTEMPTS: u64 = 1000;
 
 /// A key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +78,11 @@ fn http(c: &super::HttpConfig) -> Result<(), Invalid> {
 }
 
 fn replay(c: &super::ReplayConfig) -> Result<(), Invalid> {
-    at_least(
+    within(
         "replay.checkpoint_interval_ms",
         c.checkpoint_interval_ms,
         10,
+        MAX_MS,
     )?;
     if c.start_from != -1 && c.start_from != -2 {
         return Err(Invalid::new(
@@ -104,8 +125,31 @@ fn at_least(key: &str, value: u64, min: u64) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `min <= value <= max`.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
+    at_least(key, value, min)?;
+    if value > max {
+        return Err(Invalid::new(
+            key,
+            format!("must be at most {max}, found {value}"),
+        ));
+    }
+    Ok(())
+}
+
 fn backoff(section: &str, increment_ms: u64, max_ms: u64) -> Result<(), Invalid> {
-    at_least(&format!("{section}.backoff_increment_ms"), increment_ms, 1)?;
+    within(
+        &format!("{section}.backoff_increment_ms"),
+        increment_ms,
+        1,
+        MAX_MS,
+    )?;
+    if max_ms > MAX_MS {
+        return Err(Invalid::new(
+            format!("{section}.backoff_max_ms"),
+            format!("must be at most {MAX_MS}, found {max_ms}"),
+        ));
+    }
     if max_ms < increment_ms {
         return Err(Invalid::new(
             format!("{section}.backoff_max_ms"),
@@ -145,25 +189,136 @@ fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
             ));
         }
     }
-    at_least("bayeux.max_network_delay_secs", c.max_network_delay_secs, 1)?;
-    at_least(
+    within(
+        "bayeux.max_network_delay_secs",
+        c.max_network_delay_secs,
+        1,
+        MAX_SECS,
+    )?;
+    within(
         "bayeux.max_response_bytes",
         c.max_response_bytes as u64,
         1024,
+        MAX_BODY_BYTES,
     )?;
-    if c.max_request_bytes != 0 && c.max_request_bytes < 1024 {
+    let request = c.max_request_bytes as u64;
+    if request != 0 && !(1024..=MAX_BODY_BYTES).contains(&request) {
+        let bound = if request < 1024 {
+            "at least 1024".to_owned()
+        } else {
+            format!("at most {MAX_BODY_BYTES}")
+        };
         return Err(Invalid::new(
             "bayeux.max_request_bytes",
-            format!(
-                "must be 0 (no limit) or at least 1024, found {}",
-                c.max_request_bytes
-            ),
+            format!("must be 0 (no limit) or {bound}, found {request}"),
         ));
     }
     if let Some(oauth) = &c.oauth {
         self::oauth(oauth)?;
     }
-    backoff("bayeux", c.backoff_increment_ms, c.backoff_max_ms)
+    backoff("bayeux", c.backoff_increment_ms, c.backoff_max_ms)?;
+    cleartext(c)?;
+    let uses_https = c.url.scheme() == "https"
+        || c.oauth
+            .as_ref()
+            .is_some_and(|o| o.token_url.scheme() == "https");
+    if uses_https || c.tls.is_some() {
+        let tls = c.tls.clone().unwrap_or_default();
+        self::tls("bayeux.tls", &tls)?;
+    }
+    Ok(())
+}
+
+/// Refuses credentials over plain HTTP to a host that is not loopback, unless
+/// `bayeux.allow_cleartext_credentials` says so.
+fn cleartext(c: &BayeuxConfig) -> Result<(), Invalid> {
+    if c.allow_cleartext_credentials {
+        return Ok(());
+    }
+    let hint = "is plain http:// to a host that is not loopback: anyone on the path could \
+                read and reuse the credentials. Use https://, or set \
+                bayeux.allow_cleartext_credentials = true if the network is trusted";
+    let in_url = !c.url.username().is_empty() || c.url.password().is_some();
+    let what = if let Some(name) = c.headers.keys().next() {
+        // token_file has become an Authorization header by now.
+        if c.token_file.is_some() && name.eq_ignore_ascii_case("authorization") {
+            Some("bayeux.token_file".to_owned())
+        } else {
+            Some(format!("bayeux.headers.{name}"))
+        }
+    } else if c.oauth.is_some() {
+        Some("the token of [bayeux.oauth]".to_owned())
+    } else if in_url {
+        Some("the URL's user or password".to_owned())
+    } else {
+        None
+    };
+    if let Some(what) = what
+        && is_cleartext(&c.url)
+    {
+        return Err(Invalid::new(
+            "bayeux.url",
+            format!("{hint} ({what} is sent)"),
+        ));
+    }
+    if let Some(oauth) = &c.oauth
+        && is_cleartext(&oauth.token_url)
+    {
+        return Err(Invalid::new(
+            "bayeux.oauth.token_url",
+            format!("{hint} (the grant's secrets are sent)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `http://` to a host other than 127.0.0.0/8, `::1` or `localhost`.
+fn is_cleartext(url: &Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    let loopback = match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
+            ip == Ipv6Addr::LOCALHOST || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
+    };
+    !loopback
+}
+
+/// A TLS section: `cert_file` and `key_file` together, and every file readable and holding
+/// usable PEM (the same code the clients use).
+fn tls(section: &str, tls: &TlsConfig) -> Result<(), Invalid> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        let missing = if tls.cert_file.is_some() {
+            "key_file"
+        } else {
+            "cert_file"
+        };
+        return Err(Invalid::new(
+            format!("{section}.{missing}"),
+            "cert_file and key_file must be set together",
+        ));
+    }
+    for (name, file) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        if let Some(path) = file {
+            readable_file(path).map_err(|r| Invalid::new(format!("{section}.{name}"), r))?;
+        }
+    }
+    crate::tls::client_config(&tls.files(), &[])
+        .map(drop)
+        .map_err(|e| Invalid::new(format!("{section}.{}", e.setting), e.to_string()))
 }
 
 fn oauth(c: &OAuthConfig) -> Result<(), Invalid> {
@@ -180,7 +335,12 @@ fn oauth(c: &OAuthConfig) -> Result<(), Invalid> {
     if c.token_url.host_str().is_none_or(str::is_empty) {
         return Err(Invalid::new(key("token_url"), "has no host"));
     }
-    at_least(&key("max_auth_attempts"), c.max_auth_attempts.into(), 1)?;
+    within(
+        &key("max_auth_attempts"),
+        c.max_auth_attempts.into(),
+        1,
+        MAX_AUTH_ATTEMPTS,
+    )?;
     let grant = format!("with grant = {:?}", c.grant.as_str());
     let required = |name: &str, present: bool, hint: &str| {
         if present {
@@ -278,22 +438,44 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
     if c.client_id.is_empty() {
         return Err(Invalid::new("mqtt.client_id", "must not be empty"));
     }
-    if c.client_id.contains('\0') {
-        return Err(Invalid::new("mqtt.client_id", "must not contain NUL"));
-    }
-    if c.protocol == MqttProtocol::V311 && c.password.is_some() && c.username.is_none() {
+    mqtt_string("mqtt.client_id", &c.client_id)?;
+    if c.password.is_some() && c.username.is_none() {
+        // MQTT 3.1.1 forbids it; MQTT 5 allows it, but the client (rumqttc) cannot send it.
+        let key = if c.password_file.is_some() {
+            "mqtt.password_file"
+        } else {
+            "mqtt.password"
+        };
         return Err(Invalid::new(
             "mqtt.username",
-            "is required with a password when mqtt.protocol = \"3.1.1\"",
+            format!("is required with {key} (a password cannot be sent without a user name)"),
         ));
     }
-    at_least("mqtt.keep_alive_secs", c.keep_alive_secs, 1)?;
-    if c.keep_alive_secs > u64::from(u16::MAX) {
-        return Err(Invalid::new(
-            "mqtt.keep_alive_secs",
-            format!("must be at most 65535, found {}", c.keep_alive_secs),
-        ));
+    if let Some(username) = &c.username {
+        mqtt_string("mqtt.username", username)?;
     }
+    if let Some(password) = &c.password
+        && password.expose().len() > usize::from(u16::MAX)
+    {
+        return Err(Invalid::new("mqtt.password", "is longer than 65535 bytes"));
+    }
+    // rumqttc's MQTT 5 client needs a keep-alive of at least 5 s (it refuses less).
+    let min_keep_alive = match c.protocol {
+        MqttProtocol::V5 => 5,
+        MqttProtocol::V311 => 1,
+    };
+    within(
+        "mqtt.keep_alive_secs",
+        c.keep_alive_secs,
+        min_keep_alive,
+        u64::from(u16::MAX),
+    )
+    .map_err(|e| {
+        Invalid::new(
+            e.key,
+            format!("{} with mqtt.protocol = \"{}\"", e.reason, c.protocol),
+        )
+    })?;
     at_least("mqtt.max_packet_size", c.max_packet_size.into(), 1024)?;
     if c.max_packet_size > MQTT_MAX_PACKET {
         return Err(Invalid::new(
@@ -305,7 +487,12 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
         ));
     }
     at_least("mqtt.inflight", c.inflight.into(), 1)?;
-    at_least("mqtt.connect_timeout_secs", c.connect_timeout_secs, 1)?;
+    within(
+        "mqtt.connect_timeout_secs",
+        c.connect_timeout_secs,
+        1,
+        MAX_SECS,
+    )?;
     backoff("mqtt", c.backoff_increment_ms, c.backoff_max_ms)?;
     if let Err(reason) = topic_name(&c.status_topic) {
         let derived = format!("bayeux-mqtt-bridge/{}/status", c.client_id);
@@ -317,26 +504,18 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
         return Err(Invalid::new("mqtt.status_topic", format!("{reason}{hint}")));
     }
     if let Some(tls) = &c.tls {
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            let missing = if tls.cert_file.is_some() {
-                "key_file"
-            } else {
-                "cert_file"
-            };
-            return Err(Invalid::new(
-                format!("mqtt.tls.{missing}"),
-                "cert_file and key_file must be set together",
-            ));
-        }
-        for (name, file) in [
-            ("ca_file", &tls.ca_file),
-            ("cert_file", &tls.cert_file),
-            ("key_file", &tls.key_file),
-        ] {
-            if let Some(path) = file {
-                readable_file(path).map_err(|r| Invalid::new(format!("mqtt.tls.{name}"), r))?;
-            }
-        }
+        self::tls("mqtt.tls", tls)?;
+    }
+    Ok(())
+}
+
+/// An MQTT UTF-8 string: at most 65535 bytes, no NUL.
+fn mqtt_string(key: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > usize::from(u16::MAX) {
+        return Err(Invalid::new(key, "is longer than 65535 bytes"));
+    }
+    if value.contains('\0') {
+        return Err(Invalid::new(key, "must not contain NUL"));
     }
     Ok(())
 }
@@ -374,8 +553,18 @@ fn readable_file(path: &Path) -> Result<(), String> {
 }
 
 fn bridge(c: &BridgeConfig) -> Result<(), Invalid> {
-    at_least("bridge.queue_capacity", c.queue_capacity as u64, 1)?;
-    at_least("bridge.drain_timeout_secs", c.drain_timeout_secs, 1)
+    within(
+        "bridge.queue_capacity",
+        c.queue_capacity as u64,
+        1,
+        MAX_QUEUE,
+    )?;
+    within(
+        "bridge.drain_timeout_secs",
+        c.drain_timeout_secs,
+        1,
+        MAX_SECS,
+    )
 }
 
 fn log(c: &LogConfig) -> Result<(), Invalid> {

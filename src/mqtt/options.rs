@@ -3,7 +3,6 @@
 //! 1 MiB packets, 1 s → 60 s reconnect backoff).
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backoff::BackoffOptions;
@@ -26,17 +25,8 @@ pub enum Protocol {
     V311,
 }
 
-/// TLS material, all PEM files. With `tls` set the client speaks TLS (rustls).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates that are trusted to sign the broker's certificate. Without it, the
-    /// system's CA bundle is used (`SSL_CERT_FILE`, else the usual distribution paths).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain for mutual TLS; needs `key_file`.
-    pub cert_file: Option<PathBuf>,
-    /// Private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
-    pub key_file: Option<PathBuf>,
-}
+/// TLS material, all PEM files. With `MqttOptions::tls` set the client speaks TLS (rustls).
+pub use crate::tls::TlsFiles;
 
 /// The message the broker publishes for us if the connection ends without a DISCONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]

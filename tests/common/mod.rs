@@ -4,6 +4,7 @@
 pub mod bayeux_client;
 pub mod bayeux_peer;
 pub mod bridge;
+pub mod certs;
 pub mod fake_server;
 pub mod gate;
 pub mod inbox;
@@ -11,3 +12,4 @@ pub mod mosquitto;
 pub mod mqtt_peer;
 pub mod peers;
 pub mod salesforce;
+pub mod tls_proxy;

@@ -8,6 +8,11 @@
 //! every request gets its own deadline from the driver (`advice.timeout` + network delay for
 //! `/meta/connect`). Bodies are read in chunks up to a cap, so an oversized reply is a
 //! reported failure, not an allocation of unbounded size.
+//!
+//! HTTPS trusts what [`TlsFiles`] says (the system's CA bundle by default; see [`crate::tls`])
+//! and may show a client certificate. Proxies come from the environment (`HTTPS_PROXY`,
+//! `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest reads them): the client never turns them
+//! off.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -18,9 +23,11 @@ use url::Url;
 use super::{SendFuture, Transport};
 use crate::bayeux::error::TransportError;
 use crate::bayeux::message::{DecodeError, Message, decode_batch_limited, encode_batch};
+use crate::tls::TlsFiles;
 
-/// Long-polling over HTTP(S).
-#[derive(Debug, Clone)]
+/// Long-polling over HTTP(S). `Debug` shows the URL without user info or query; header
+/// values are sensitive (see `Client::new`), so reqwest's `Debug` leaves them out.
+#[derive(Clone)]
 pub struct LongPolling {
     http: reqwest::Client,
     url: Url,
@@ -33,14 +40,21 @@ pub struct LongPolling {
 
 impl LongPolling {
     /// A transport for `url` sending `headers` on every request, accepting reply bodies of
-    /// at most `max_body` bytes.
+    /// at most `max_body` bytes, trusting the system's CA bundle for HTTPS.
     pub fn new(url: Url, headers: HeaderMap, max_body: usize) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            // A redirect is reported, never followed (`TransportError::Redirect`).
-            .redirect(reqwest::redirect::Policy::none())
+        Self::with_tls(url, headers, max_body, &TlsFiles::default())
+    }
+
+    /// [`LongPolling::new`] with the HTTPS trust and client certificate of `tls`.
+    pub fn with_tls(
+        url: Url,
+        headers: HeaderMap,
+        max_body: usize,
+        tls: &TlsFiles,
+    ) -> Result<Self, String> {
+        let http = http_client(&url, tls)?
             .cookie_store(true)
             .default_headers(headers)
-            .http1_only()
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(LongPolling {
@@ -58,6 +72,16 @@ impl LongPolling {
     pub fn with_max_messages(mut self, max_messages: usize) -> Self {
         self.max_messages = max_messages.max(1);
         self
+    }
+}
+
+impl std::fmt::Debug for LongPolling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongPolling")
+            .field("http", &self.http)
+            .field("url", &crate::bayeux::client::redacted_url(&self.url))
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,6 +129,23 @@ impl Transport for LongPolling {
             }
         })
     }
+}
+
+/// The settings both HTTP clients (Bayeux and token endpoint) share: HTTP/1.1, no redirects
+/// followed (a redirect is reported: `TransportError::Redirect`), proxies from the
+/// environment, and for an `https://` URL (or with TLS files given) the TLS settings of
+/// `tls`. Fails, naming the file, when a TLS file cannot be used.
+pub(crate) fn http_client(url: &Url, tls: &TlsFiles) -> Result<reqwest::ClientBuilder, String> {
+    let builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .http1_only();
+    if url.scheme() != "https" && *tls == TlsFiles::default() {
+        // Plain HTTP: no TLS settings to read (nor a system bundle to need).
+        return Ok(builder);
+    }
+    let config = crate::tls::client_config(tls, &[b"http/1.1"])
+        .map_err(|e| format!("TLS setup failed: {} {e}", e.setting))?;
+    Ok(builder.use_preconfigured_tls(config))
 }
 
 async fn exchange(

@@ -26,6 +26,11 @@ pub(super) enum Sender {
 }
 
 /// rumqttc's event loop for the chosen protocol.
+///
+/// rumqttc's `MqttOptions` print the password in their `Debug` output (the `credentials`
+/// field). They are built in [`Engine::new`] and moved into the event loop at once; neither
+/// `Engine` nor [`Sender`] implements `Debug`, so they cannot reach a log line. Our own
+/// [`MqttOptions`] redact the password.
 pub(super) enum Engine {
     V5(Box<rumqttc::v5::EventLoop>),
     V311(Box<rumqttc::EventLoop>),

@@ -1,0 +1,203 @@
+//! Faults on the MQTT connection of the running daemon (issue 14, "Proof, not just fixes"):
+//! the bridge reaches a real Mosquitto through the loopback fault proxy
+//! (`tests/common/gate.rs`) while messages flow both ways at QoS 1 between a real CometD
+//! server and the broker. The path goes dead without an RST (blackhole), slows to a drip,
+//! or is reset (RST) mid-stream. Each time the bridge must recover by itself, count the
+//! lost connection in `bridge_reconnects_total{side="mqtt"}`, and lose no message: QoS 1
+//! keeps an unacknowledged publish on both ends (the bridge resends its own; the broker
+//! redelivers the ones the bridge had not acknowledged), so every id must arrive
+//! (duplicates are allowed by at-least-once).
+//!
+//! The Bayeux connection's faults are covered in `tests/bridge_order.rs` (blackhole, then
+//! resets), `tests/bridge_spool.rs` (close) and, for the client library against a scripted
+//! server, `tests/bayeux_faults.rs`.
+//!
+//! Synchronisation: the bridge's `Bridge ready.` line, the gate's connection counts, the
+//! reconnect counter in `/metrics` (polled: a counter has no event to await) and the test
+//! clients' deliveries; every wait has a deadline.
+
+mod common;
+
+use std::time::Duration;
+
+use bayeux_mqtt_bridge::mqtt::QoS;
+
+use common::bayeux_peer::BayeuxPeer;
+use common::bridge::{BridgeProcess, ConfigFile};
+use common::gate::{Gate, Mode};
+use common::mosquitto::Mosquitto;
+use common::mqtt_peer::{MqttPeer, mqtt_options};
+use common::peers::{PeerKind, PeerServer};
+
+const WAIT: Duration = Duration::from_secs(90);
+/// Messages each way.
+const TOTAL: u64 = 400;
+/// Sent in rounds of this many, [`ROUND_GAP`] apart, so that the fault lands mid-stream.
+const PER_ROUND: u64 = 10;
+const ROUND_GAP: Duration = Duration::from_millis(50);
+/// Gap between two scrapes of `/metrics` while waiting for a counter.
+const POLL: Duration = Duration::from_millis(200);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+/// `bridge_reconnects_total{side="mqtt",...}` summed over causes, from `/metrics`.
+async fn mqtt_reconnects(http_port: u16) -> f64 {
+    let url = format!("http://127.0.0.1:{http_port}/metrics");
+    let body = match reqwest::get(&url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    body.lines()
+        .filter(|l| l.starts_with("bridge_reconnects_total{") && l.contains("side=\"mqtt\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_mqtt_reconnects_above(http_port: u16, before: f64, bridge: &BridgeProcess) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = mqtt_reconnects(http_port).await;
+        if now > before {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge_reconnects_total{{side=\"mqtt\"}} stayed at {now} for {WAIT:?}; the \
+             bridge's log ends:\n{}",
+            bridge.tail(30)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What the gate does to the bridge's MQTT connection, and for how long.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Nothing passes, no FIN, no RST; the bridge's keep-alive must notice.
+    Blackhole,
+    /// A few bytes per second each way.
+    SlowDrip,
+    /// Every connection reset (RST) and new ones refused for a moment.
+    Reset,
+}
+
+async fn mqtt_fault_loses_nothing(fault: Fault) {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
+    let gate = Gate::start(broker.port()).await;
+    let http_port = free_port();
+    let url = server.url();
+    let config = ConfigFile::new(&format!(
+        "[bayeux]\nurl = \"{url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 1000\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {gate}\nclient_id = \"faults-bridge\"\n\
+         keep_alive_secs = 5\nconnect_timeout_secs = 2\nbackoff_increment_ms = 100\n\
+         backoff_max_ms = 1000\n\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+         [[route]]\nbayeux = \"/up/*\"\nmqtt = \"up/+\"\ndirection = \"bayeux_to_mqtt\"\nqos = 1\n\n\
+         [[route]]\nbayeux = \"/down/*\"\nmqtt = \"down/+\"\ndirection = \"mqtt_to_bayeux\"\nqos = 1\n",
+        gate = gate.port(),
+    ));
+    let up = MqttPeer::connect_with(
+        mqtt_options(&broker, "faults-up-subscriber"),
+        &[("up/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
+    let down_publisher = MqttPeer::connect(mqtt_options(&broker, "faults-down-pub"), &[]).await;
+    let up_publisher = BayeuxPeer::publisher(&url, WAIT);
+    let down = BayeuxPeer::subscriber(&url, "/down/*", WAIT).await;
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    gate.wait_connections(1, WAIT).await;
+    let before = mqtt_reconnects(http_port).await;
+
+    let rounds = TOTAL / PER_ROUND;
+    for round in 0..rounds {
+        if round == rounds / 4 {
+            match fault {
+                Fault::Blackhole => gate.blackhole(),
+                Fault::SlowDrip => gate.slow_drip(64),
+                Fault::Reset => gate.refuse(),
+            }
+        }
+        let ids = round * PER_ROUND..(round + 1) * PER_ROUND;
+        tokio::join!(
+            up_publisher.publish_ids("/up/x", ids.clone()),
+            down_publisher.publish_ids("down/x", ids),
+        );
+        tokio::time::sleep(ROUND_GAP).await;
+    }
+    // The bridge noticed: a blackhole through its keep-alive (no RST ever comes), a reset at
+    // once. A slow drip may or may not cost a connection; it is counted if it does.
+    let reconnects = match fault {
+        Fault::Blackhole | Fault::Reset => {
+            wait_mqtt_reconnects_above(http_port, before, &bridge).await
+        }
+        Fault::SlowDrip => mqtt_reconnects(http_port).await,
+    };
+    assert_eq!(
+        gate.mode(),
+        match fault {
+            Fault::Blackhole => Mode::Blackhole,
+            Fault::SlowDrip => Mode::SlowDrip(64),
+            Fault::Reset => Mode::Refuse,
+        }
+    );
+    gate.open();
+
+    up.wait_for_ids("every Bayeux → MQTT id after the fault", "up/", 0..TOTAL)
+        .await;
+    down.wait_for_ids("every MQTT → Bayeux id after the fault", "/down/", 0..TOTAL)
+        .await;
+    eprintln!(
+        "{fault:?}: {} MQTT reconnects counted; {} Bayeux → MQTT and {} MQTT → Bayeux \
+         deliveries for {TOTAL} ids each way",
+        reconnects - before,
+        up.inbox.snapshot().len(),
+        down.inbox.snapshot().len(),
+    );
+    // The bridge is healthy afterwards: a fresh message goes through at once both ways.
+    up_publisher.publish_ids("/up/x", TOTAL..TOTAL + 1).await;
+    down_publisher.publish_ids("down/x", TOTAL..TOTAL + 1).await;
+    up.wait_for_ids("a message after recovery", "up/", [TOTAL])
+        .await;
+    down.wait_for_ids("a message after recovery", "/down/", [TOTAL])
+        .await;
+
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(
+        status.success(),
+        "bridge exit: {status}\n{}",
+        bridge.tail(30)
+    );
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert!(
+        totals.dropped.values().all(|&n| n == 0),
+        "Bayeux → MQTT dropped messages: {totals:?}"
+    );
+    let totals = bridge.totals("mqtt_to_bayeux");
+    assert!(
+        totals.dropped.values().all(|&n| n == 0),
+        "MQTT → Bayeux dropped messages: {totals:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_blackhole_without_rst_is_noticed_by_keep_alive_and_loses_nothing_at_qos_1() {
+    mqtt_fault_loses_nothing(Fault::Blackhole).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_slow_drip_loses_nothing_at_qos_1() {
+    mqtt_fault_loses_nothing(Fault::SlowDrip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_reset_mid_stream_is_counted_and_loses_nothing_at_qos_1() {
+    mqtt_fault_loses_nothing(Fault::Reset).await;
+}

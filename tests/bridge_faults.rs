@@ -45,29 +45,38 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
-/// `bridge_reconnects_total{side="mqtt",...}` summed over causes, from `/metrics`.
-async fn mqtt_reconnects(http_port: u16) -> f64 {
+/// `bridge_reconnects_total{side=SIDE,...}` summed over causes, from `/metrics`.
+async fn reconnects(http_port: u16, side: Side) -> f64 {
+    let label = match side {
+        Side::Mqtt => "side=\"mqtt\"",
+        Side::Bayeux => "side=\"bayeux\"",
+    };
     let url = format!("http://127.0.0.1:{http_port}/metrics");
     let body = match reqwest::get(&url).await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => return 0.0,
     };
     body.lines()
-        .filter(|l| l.starts_with("bridge_reconnects_total{") && l.contains("side=\"mqtt\""))
+        .filter(|l| l.starts_with("bridge_reconnects_total{") && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-async fn wait_mqtt_reconnects_above(http_port: u16, before: f64, bridge: &BridgeProcess) -> f64 {
+async fn wait_reconnects_above(
+    http_port: u16,
+    side: Side,
+    before: f64,
+    bridge: &BridgeProcess,
+) -> f64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let now = mqtt_reconnects(http_port).await;
+        let now = reconnects(http_port, side).await;
         if now > before {
             return now;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "bridge_reconnects_total{{side=\"mqtt\"}} stayed at {now} for {WAIT:?}; the \
+            "bridge_reconnects_total{{side={side:?}}} stayed at {now} for {WAIT:?}; the \
              bridge's log ends:\n{}",
             bridge.tail(30)
         );
@@ -75,7 +84,14 @@ async fn wait_mqtt_reconnects_above(http_port: u16, before: f64, bridge: &Bridge
     }
 }
 
-/// What the gate does to the bridge's MQTT connection, and for how long.
+/// Which of the bridge's connections goes through the gate.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Mqtt,
+    Bayeux,
+}
+
+/// What the gate does to that connection.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     /// Nothing passes, no FIN, no RST; the bridge's keep-alive must notice.
@@ -84,23 +100,37 @@ enum Fault {
     SlowDrip,
     /// Every connection reset (RST) and new ones refused for a moment.
     Reset,
+    /// Replies cut off in the middle and the connection reset (RST), a few times.
+    ResetMidResponse,
 }
 
-async fn mqtt_fault_loses_nothing(fault: Fault) {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+async fn fault_loses_nothing(side: Side, fault: Fault) {
+    // With the acknowledgement extension: a connect reply cut off is delivered again.
+    let server = PeerServer::start_with_args_async(PeerKind::CometD, &["--ack"]).await;
     let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
-    let gate = Gate::start(broker.port()).await;
+    let gate = Gate::start(match side {
+        Side::Mqtt => broker.port(),
+        Side::Bayeux => server.port(),
+    })
+    .await;
+    let (bayeux_url, mqtt_port) = match side {
+        Side::Mqtt => (server.url(), gate.port()),
+        Side::Bayeux => (
+            format!("http://127.0.0.1:{}/cometd", gate.port()),
+            broker.port(),
+        ),
+    };
     let http_port = free_port();
     let url = server.url();
     let config = ConfigFile::new(&format!(
-        "[bayeux]\nurl = \"{url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 1000\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {gate}\nclient_id = \"faults-bridge\"\n\
+        "[bayeux]\nurl = \"{bayeux_url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 1000\n\
+         max_network_delay_secs = 2\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"faults-bridge\"\n\
          keep_alive_secs = 5\nconnect_timeout_secs = 2\nbackoff_increment_ms = 100\n\
          backoff_max_ms = 1000\n\n\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
          [[route]]\nbayeux = \"/up/*\"\nmqtt = \"up/+\"\ndirection = \"bayeux_to_mqtt\"\nqos = 1\n\n\
          [[route]]\nbayeux = \"/down/*\"\nmqtt = \"down/+\"\ndirection = \"mqtt_to_bayeux\"\nqos = 1\n",
-        gate = gate.port(),
     ));
     let up = MqttPeer::connect_with(
         mqtt_options(&broker, "faults-up-subscriber"),
@@ -113,8 +143,8 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
     let down = BayeuxPeer::subscriber(&url, "/down/*", WAIT).await;
     let mut bridge = BridgeProcess::spawn(&config, &[]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
-    gate.wait_connections(1, WAIT).await;
-    let before = mqtt_reconnects(http_port).await;
+    gate.wait_accepted(1, WAIT).await;
+    let before = reconnects(http_port, side).await;
 
     let rounds = TOTAL / PER_ROUND;
     for round in 0..rounds {
@@ -123,6 +153,7 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
                 Fault::Blackhole => gate.blackhole(),
                 Fault::SlowDrip => gate.slow_drip(64),
                 Fault::Reset => gate.refuse(),
+                Fault::ResetMidResponse => gate.reset_mid_response(),
             }
         }
         let ids = round * PER_ROUND..(round + 1) * PER_ROUND;
@@ -134,11 +165,16 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
     }
     // The bridge noticed: a blackhole through its keep-alive (no RST ever comes), a reset at
     // once. A slow drip may or may not cost a connection; it is counted if it does.
-    let reconnects = match fault {
-        Fault::Blackhole | Fault::Reset => {
-            wait_mqtt_reconnects_above(http_port, before, &bridge).await
+    if let Fault::ResetMidResponse = fault {
+        // Several replies cut: long-poll replies carrying deliveries, publish replies.
+        gate.wait_until("5 replies cut off", WAIT, |s| s.cut >= 5)
+            .await;
+    }
+    let counted = match fault {
+        Fault::Blackhole | Fault::Reset | Fault::ResetMidResponse => {
+            wait_reconnects_above(http_port, side, before, &bridge).await
         }
-        Fault::SlowDrip => mqtt_reconnects(http_port).await,
+        Fault::SlowDrip => reconnects(http_port, side).await,
     };
     assert_eq!(
         gate.mode(),
@@ -146,6 +182,7 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
             Fault::Blackhole => Mode::Blackhole,
             Fault::SlowDrip => Mode::SlowDrip(64),
             Fault::Reset => Mode::Refuse,
+            Fault::ResetMidResponse => Mode::ResetMidResponse,
         }
     );
     gate.open();
@@ -155,9 +192,10 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
     down.wait_for_ids("every MQTT → Bayeux id after the fault", "/down/", 0..TOTAL)
         .await;
     eprintln!(
-        "{fault:?}: {} MQTT reconnects counted; {} Bayeux → MQTT and {} MQTT → Bayeux \
-         deliveries for {TOTAL} ids each way",
-        reconnects - before,
+        "{side:?} {fault:?}: {} reconnects counted, {} replies cut; {} Bayeux → MQTT and {} \
+         MQTT → Bayeux deliveries for {TOTAL} ids each way",
+        counted - before,
+        gate.stats().cut,
         up.inbox.snapshot().len(),
         down.inbox.snapshot().len(),
     );
@@ -189,15 +227,23 @@ async fn mqtt_fault_loses_nothing(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_blackhole_without_rst_is_noticed_by_keep_alive_and_loses_nothing_at_qos_1() {
-    mqtt_fault_loses_nothing(Fault::Blackhole).await;
+    fault_loses_nothing(Side::Mqtt, Fault::Blackhole).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_slow_drip_loses_nothing_at_qos_1() {
-    mqtt_fault_loses_nothing(Fault::SlowDrip).await;
+    fault_loses_nothing(Side::Mqtt, Fault::SlowDrip).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_reset_mid_stream_is_counted_and_loses_nothing_at_qos_1() {
-    mqtt_fault_loses_nothing(Fault::Reset).await;
+    fault_loses_nothing(Side::Mqtt, Fault::Reset).await;
+}
+
+/// Bayeux replies (long-poll replies carrying deliveries, and the replies to the bridge's
+/// publishes) cut off mid-body by an RST: the server's acknowledgement extension delivers
+/// a lost connect reply again, and the bridge sends a publish whose reply it lost again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_replies_reset_mid_response_are_counted_and_lose_nothing_at_qos_1() {
+    fault_loses_nothing(Side::Bayeux, Fault::ResetMidResponse).await;
 }

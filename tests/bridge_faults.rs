@@ -1,5 +1,6 @@
-//! Faults on the MQTT connection of the running daemon (issue 14, "Proof, not just fixes"):
-//! the bridge reaches a real Mosquitto through the loopback fault proxy
+//! Faults on the connections of the running daemon (issue 14, "Proof, not just fixes").
+//!
+//! MQTT: the bridge reaches a real Mosquitto through the loopback fault proxy
 //! (`tests/common/gate.rs`) while messages flow both ways at QoS 1 between a real CometD
 //! server and the broker. The path goes dead without an RST (blackhole), slows to a drip,
 //! or is reset (RST) mid-stream. Each time the bridge must recover by itself, count the
@@ -8,9 +9,12 @@
 //! redelivers the ones the bridge had not acknowledged), so every id must arrive
 //! (duplicates are allowed by at-least-once).
 //!
-//! The Bayeux connection's faults are covered in `tests/bridge_order.rs` (blackhole, then
-//! resets), `tests/bridge_spool.rs` (close) and, for the client library against a scripted
-//! server, `tests/bayeux_faults.rs`.
+//! On the Bayeux connection: replies reset (RST) mid-body by the gate in front of the real
+//! CometD server with its acknowledgement extension, and truncated chunked bodies from the
+//! scripted server (`tests/common/fake_server.rs`, which alone can send one). Other Bayeux
+//! faults are covered in `tests/bridge_order.rs` (blackhole, then resets),
+//! `tests/bridge_spool.rs` (close) and, for the client library against a scripted server,
+//! `tests/bayeux_faults.rs`.
 //!
 //! Synchronisation: the bridge's `Bridge ready.` line, the gate's connection counts, the
 //! reconnect counter in `/metrics` (polled: a counter has no event to await) and the test
@@ -246,4 +250,157 @@ async fn an_mqtt_reset_mid_stream_is_counted_and_loses_nothing_at_qos_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bayeux_replies_reset_mid_response_are_counted_and_lose_nothing_at_qos_1() {
     fault_loses_nothing(Side::Bayeux, Fault::ResetMidResponse).await;
+}
+
+/// Long-poll replies whose chunked body is cut short (the first half sent, then a FIN
+/// without the final chunk) and long polls closed without an answer, from a scripted Bayeux server
+/// (`tests/common/fake_server.rs`: no real server sends a truncated chunked body, and the
+/// scripted one also lets the test decide exactly which replies break). The server keeps
+/// each delivery batch until the bridge's acknowledgement extension confirms it, as
+/// CometD's does, so a broken reply is delivered again on the next `/meta/connect`: every id
+/// must reach MQTT, the failed connects are counted in
+/// `bridge_reconnects_total{side="bayeux"}`, and the bridge keeps its session (one
+/// handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_chunked_bayeux_replies_are_counted_and_lose_nothing_with_the_ack_extension() {
+    use std::sync::{Arc, Mutex};
+
+    use common::fake_server::{FakeServer, Reply, bayeux};
+    use serde_json::{Value, json};
+
+    const IDS: u64 = 200;
+    const PER_BATCH: u64 = 20;
+
+    #[derive(Default)]
+    struct State {
+        handshakes: u64,
+        /// The batch sent last and not yet acknowledged: its number and ids.
+        unacked: Option<(u64, Vec<u64>)>,
+        batches: u64,
+        next_id: u64,
+        /// Sends so far, to choose which replies break.
+        sends: u64,
+        truncated: u64,
+        closed: u64,
+    }
+
+    let state = Arc::new(Mutex::new(State::default()));
+    let server = FakeServer::start({
+        let state = Arc::clone(&state);
+        move |req| {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(first) = req.messages.first().cloned() else {
+                return Reply::Status(400, "no messages".into());
+            };
+            match req.channel() {
+                Some("/meta/handshake") => {
+                    st.handshakes += 1;
+                    let mut reply = bayeux::handshake_ok(&first, "fault-client");
+                    reply["ext"] = json!({"ack": true});
+                    Reply::Json(json!([reply]))
+                }
+                Some("/meta/connect") => {
+                    let acked = first
+                        .pointer("/ext/ack")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    if st.unacked.as_ref().is_some_and(|(b, _)| *b <= acked) {
+                        st.unacked = None;
+                    }
+                    if st.unacked.is_none() && st.next_id < IDS {
+                        st.batches += 1;
+                        let ids: Vec<u64> =
+                            (st.next_id..(st.next_id + PER_BATCH).min(IDS)).collect();
+                        st.next_id += ids.len() as u64;
+                        st.unacked = Some((st.batches, ids));
+                    }
+                    let Some((batch, ids)) = st.unacked.clone() else {
+                        // Nothing to deliver: hold the long poll a little, as a server does.
+                        let mut reply = bayeux::connect_ok(&first, None);
+                        reply["ext"] = json!({"ack": st.batches});
+                        return Reply::Delayed(
+                            Duration::from_millis(200),
+                            Box::new(Reply::Json(json!([reply]))),
+                        );
+                    };
+                    let mut reply = bayeux::connect_ok(&first, None);
+                    reply["ext"] = json!({"ack": batch});
+                    let mut messages = vec![reply];
+                    messages.extend(
+                        ids.iter()
+                            .map(|id| bayeux::delivery("/up/x", json!({"id": id}))),
+                    );
+                    st.sends += 1;
+                    // Every third reply breaks: truncated chunked, then closed unanswered.
+                    match st.sends % 6 {
+                        2 => {
+                            st.truncated += 1;
+                            Reply::TruncatedChunked(Value::Array(messages))
+                        }
+                        5 => {
+                            st.closed += 1;
+                            Reply::Close
+                        }
+                        _ => Reply::Json(Value::Array(messages)),
+                    }
+                }
+                _ => bayeux::reply_all(req, bayeux::ok),
+            }
+        }
+    })
+    .await;
+
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
+    let http_port = free_port();
+    let config = ConfigFile::new(&format!(
+        "[bayeux]\nurl = \"{url}\"\nbackoff_increment_ms = 100\nbackoff_max_ms = 500\n\
+         max_network_delay_secs = 2\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"faults-chunked\"\n\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+         [[route]]\nbayeux = \"/up/*\"\nmqtt = \"up/+\"\ndirection = \"bayeux_to_mqtt\"\nqos = 1\n",
+        url = server.url(),
+        port = broker.port(),
+    ));
+    let up = MqttPeer::connect_with(
+        mqtt_options(&broker, "faults-chunked-sub"),
+        &[("up/#", QoS::AtLeastOnce)],
+        WAIT,
+    )
+    .await;
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    up.wait_for_ids("every id despite the broken replies", "up/", 0..IDS)
+        .await;
+    let counted = wait_reconnects_above(http_port, Side::Bayeux, 0.0, &bridge).await;
+    let (truncated, closed, handshakes) = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.truncated, st.closed, st.handshakes)
+    };
+    eprintln!(
+        "truncated chunked: {truncated} replies truncated, {closed} closed unanswered, \
+         {counted} Bayeux reconnects counted, {} MQTT deliveries for {IDS} ids, {handshakes} \
+         handshake(s)",
+        up.inbox.snapshot().len()
+    );
+    assert!(
+        truncated >= 3,
+        "only {truncated} truncated replies were sent"
+    );
+    assert!(
+        counted >= truncated as f64,
+        "{truncated} truncated replies but only {counted} failed connects counted"
+    );
+    assert_eq!(handshakes, 1, "a broken reply must not cost the session");
+    let (status, _) = bridge.terminate(WAIT).await;
+    assert!(
+        status.success(),
+        "bridge exit: {status}\n{}",
+        bridge.tail(30)
+    );
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert!(
+        totals.dropped.values().all(|&n| n == 0),
+        "Bayeux → MQTT dropped messages: {totals:?}"
+    );
 }

@@ -268,7 +268,7 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], factor: usize, slack: usize, mut target: 
     loop {
         match budget {
             Budget::Cases(n) if cases >= n => break,
-            Budget::Time(t) if cases % 256 == 0 && started.elapsed() >= t => break,
+            Budget::Time(t) if cases.is_multiple_of(256) && started.elapsed() >= t => break,
             _ => {}
         }
         input.clear();

@@ -233,3 +233,51 @@ async fn waiting_for_connections_that_never_come_fails_with_the_counts() {
     let gate = Gate::start(echo.port).await;
     gate.wait_connections(1, Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn reset_mid_response_lets_half_a_body_through_then_resets() {
+    let echo = Echo::start().await;
+    let gate = Gate::start(echo.port).await;
+    let mut stream = connect(&gate).await;
+    assert_echoes(&mut stream, b"before").await;
+
+    gate.reset_mid_response();
+    assert_eq!(gate.mode(), Mode::ResetMidResponse);
+    // An HTTP-shaped "reply": the header and half of the 40-byte body come back, then RST.
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n";
+    let body = [b'x'; 40];
+    let mut message = head.to_vec();
+    message.extend_from_slice(&body);
+    stream.write_all(&message).await.unwrap();
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the cut reply ended in time");
+    assert_eq!(
+        got.len(),
+        head.len() + 20,
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.starts_with(head));
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the connection ends with an RST"
+    );
+    assert_eq!(gate.stats().cut, 1);
+
+    // Open again: new connections forward whole replies.
+    gate.open();
+    let mut again = connect(&gate).await;
+    assert_echoes(&mut again, &message).await;
+}

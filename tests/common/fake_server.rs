@@ -4,7 +4,8 @@
 //! that real servers (CometD, Faye) cannot be made to produce on demand —
 //! Salesforce-style `403::Unknown client` with `advice.reconnect = "handshake"`,
 //! `advice.reconnect = "none"`, HTTP 500, a non-JSON body, a response stalled
-//! past the client's deadline, an over-cap (huge) body, a dropped connection.
+//! past the client's deadline, an over-cap (huge) body, a dropped connection, a
+//! truncated chunked body.
 //! Here each test scripts the server's behaviour with a handler
 //! `Fn(&Request) -> Reply`, and asserts on what the client sent.
 //!
@@ -121,6 +122,11 @@ pub enum Reply {
     Huge(usize),
     /// Close the connection without answering.
     Close,
+    /// `200 OK`, `application/json`, `Transfer-Encoding: chunked`, but only the first half
+    /// of this JSON value's text is sent (one chunk), then the connection is closed (FIN)
+    /// without the final zero-length chunk: a truncated chunked body. No real server does
+    /// this on purpose; a proxy or a crash in mid-reply does.
+    TruncatedChunked(Value),
     /// Apply the inner reply after this delay (tokio time, so it follows a
     /// paused clock). Use it to hold a `/meta/connect` the way a real server
     /// does for up to `advice.timeout` when there is nothing to deliver.
@@ -381,6 +387,26 @@ async fn send_reply(conn: &mut Conn, mut reply: Reply, close: bool) -> io::Resul
             return Ok(false);
         }
         Reply::Close => return Ok(false),
+        Reply::TruncatedChunked(value) => {
+            let body = serde_json::to_vec(&value).expect("fake server: serialize JSON reply");
+            let half = &body[..body.len() / 2];
+            let head = response_head(
+                200,
+                "application/json",
+                &extra,
+                "Transfer-Encoding: chunked",
+                false,
+            );
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(format!("{:x}\r\n", half.len()).as_bytes());
+            bytes.extend_from_slice(half);
+            bytes.extend_from_slice(b"\r\n");
+            let stream = conn.get_mut();
+            stream.write_all(&bytes).await?;
+            stream.flush().await?;
+            let _ = stream.shutdown().await;
+            return Ok(false);
+        }
         Reply::Delayed(..) | Reply::SetCookie(..) | Reply::Header(..) => {
             unreachable!("unwrapped above")
         }

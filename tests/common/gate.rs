@@ -25,6 +25,12 @@
 //!   read yet gets an RST instead.)
 //! - [`Gate::slow_drip`]: forwards at most N bytes per second in each direction of each
 //!   connection; the rest waits in the kernel's buffers (the sender feels back-pressure).
+//! - [`Gate::reset_mid_response`]: forwards the client's bytes, but of the next chunk the
+//!   target sends on a connection only the first part, then resets (RST) both sides: a reply
+//!   cut off in the middle. If the chunk holds the end of an HTTP header (`\r\n\r\n`),
+//!   the cut falls in the middle of what follows it (the body); otherwise in the middle of
+//!   the chunk. Every connection that gets a reply is cut this way until another mode;
+//!   [`Stats::cut`] counts them.
 //!
 //! [`Gate::stats`] counts connections and bytes, and [`Gate::wait_until`] /
 //! [`Gate::wait_connections`] / [`Gate::wait_accepted`] await a count (e.g. "the client
@@ -68,6 +74,8 @@ pub enum Mode {
     Close,
     /// Forward at most this many bytes per second per direction (at least 1).
     SlowDrip(u64),
+    /// Forward the first part of the target's next chunk, then reset both sides.
+    ResetMidResponse,
 }
 
 /// What went through the gate so far.
@@ -83,6 +91,8 @@ pub struct Stats {
     pub to_client: u64,
     /// Bytes read from either side and thrown away while blackholed.
     pub discarded: u64,
+    /// Replies cut off and reset in [`Mode::ResetMidResponse`].
+    pub cut: u64,
 }
 
 impl Stats {
@@ -160,6 +170,12 @@ impl Gate {
     /// Forwards at most `bytes_per_sec` (at least 1) per direction of each connection.
     pub fn slow_drip(&self, bytes_per_sec: u64) {
         self.set_mode(Mode::SlowDrip(bytes_per_sec.max(1)));
+    }
+
+    /// Cuts the next reply on each connection in the middle and resets the connection; see
+    /// the module doc.
+    pub fn reset_mid_response(&self) {
+        self.set_mode(Mode::ResetMidResponse);
     }
 
     /// The current mode.
@@ -344,7 +360,7 @@ impl Connection {
             // Copied out: the borrow holds a lock and must not live across an await.
             let current = *mode.borrow_and_update();
             match current {
-                Mode::Open | Mode::SlowDrip(_) if client_open => {
+                Mode::Open | Mode::SlowDrip(_) | Mode::ResetMidResponse if client_open => {
                     match TcpStream::connect(target).await {
                         Ok(server) => break server,
                         Err(_) => return,
@@ -373,7 +389,7 @@ impl Connection {
             // of either ends the other.
             let _ = tokio::try_join!(up, down);
         }
-        if *mode.borrow() == Mode::Refuse {
+        if matches!(*mode.borrow(), Mode::Refuse | Mode::ResetMidResponse) {
             reset(&client);
             reset(&server);
         }
@@ -412,7 +428,21 @@ impl Connection {
                 // buffers (and then in the senders'), as it waits for TCP's retransmissions
                 // on a dead path, and goes on once the gate opens again.
                 Mode::Blackhole => mode.changed().await.map_err(|_| ())?,
-                Mode::Open | Mode::SlowDrip(_) if start < end => {
+                Mode::ResetMidResponse
+                    if start < end && matches!(direction, Direction::ToClient) =>
+                {
+                    // Only the first part of the reply, then the caller resets both sides.
+                    let cut = cut_point(&buf[start..end]);
+                    if to.write_all(&buf[start..start + cut]).await.is_ok() {
+                        let _ = to.flush().await;
+                        self.count(|s| {
+                            s.to_client += cut as u64;
+                            s.cut += 1;
+                        });
+                    }
+                    return Err(());
+                }
+                Mode::Open | Mode::SlowDrip(_) | Mode::ResetMidResponse if start < end => {
                     let rate = match current {
                         Mode::SlowDrip(rate) => Some(rate),
                         _ => None,
@@ -431,11 +461,11 @@ impl Connection {
                         _ = mode.changed() => {}
                     }
                 }
-                Mode::Open | Mode::SlowDrip(_) if !from_open => {
+                Mode::Open | Mode::SlowDrip(_) | Mode::ResetMidResponse if !from_open => {
                     let _ = to.shutdown().await;
                     return Ok(());
                 }
-                Mode::Open | Mode::SlowDrip(_) => {
+                Mode::Open | Mode::SlowDrip(_) | Mode::ResetMidResponse => {
                     // In slow drip, read no more than a second's worth: the rest stays in
                     // the kernel and pushes back on the sender.
                     let limit = match current {
@@ -490,6 +520,18 @@ impl Direction {
             Direction::ToClient => &mut stats.to_client,
         }
     }
+}
+
+/// How many bytes of `chunk` [`Mode::ResetMidResponse`] lets through: half of what follows
+/// an HTTP header's end if the chunk holds one, else half the chunk (at least one byte, never
+/// all of it when it has two or more).
+fn cut_point(chunk: &[u8]) -> usize {
+    let body_start = chunk
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    let cut = body_start + (chunk.len() - body_start) / 2;
+    cut.clamp(1, chunk.len().saturating_sub(1).max(1))
 }
 
 /// Makes dropping `stream` send an RST instead of a FIN. A socket that cannot take the option

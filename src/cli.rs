@@ -88,7 +88,7 @@ fn parse_header_file(path: &Path, text: &str) -> Result<Vec<(String, String)>, S
 
 /// Reads a `--header-file`, warning when others than its owner may read it.
 fn read_header_file(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::files::read_capped(path, crate::files::MAX_SECRET_BYTES)
         .map_err(|e| format!("cannot read header file {}: {e}", path.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("header file {} is not UTF-8 text", path.display()))?;

@@ -4,7 +4,9 @@
 //! nothing an operator made (the directories and files the daemon creates itself are created
 //! 0700 and 0600).
 //!
-//! [`loose`] is pure; [`warnings`] reads the modes.
+//! [`loose`] is pure; [`warnings`] reads the modes. [`read_capped`] reads a file the
+//! operator names with a size cap, so `/dev/zero` or a wrong path to a huge file is an error,
+//! not an allocation without end.
 
 use std::path::Path;
 
@@ -108,6 +110,38 @@ pub fn warnings(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// The most bytes of a secret file (a password, token, private key): a 4096-bit RSA key in
+/// PEM takes about 3.3 KiB.
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// The most bytes of a config file, a PEM certificate bundle or the checkpoint file.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads `path` whole, refusing a file of more than `max` bytes (an
+/// [`io::ErrorKind::InvalidData`](std::io::ErrorKind::InvalidData) error that says so)
+/// without reading more than `max + 1` bytes of it: a device such as `/dev/zero` or a
+/// FIFO is read no further than that.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_capped_text(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// The permission bits of `path` (following symbolic links, as reading it does).
 #[cfg(unix)]
 fn mode(path: &Path) -> Option<u32> {
@@ -123,6 +157,26 @@ fn mode(_path: &Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_capped_refuses_a_file_over_the_cap_and_an_endless_device() {
+        let dir = std::env::temp_dir().join(format!("files-cap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_capped(&path, 5).unwrap(), b"12345");
+        let err = read_capped(&path, 4).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("larger than 4 bytes"), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_capped(Path::new("/dev/zero"), 1024).unwrap_err();
+            assert!(err.to_string().contains("larger than 1024 bytes"), "{err}");
+        }
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(read_capped_text(&path, 5).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn private_modes_draw_no_warning() {

@@ -82,7 +82,9 @@ pub fn client_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ClientConfig, T
         (Some(cert_file), Some(key_file)) => {
             let chain = read_certs(cert_file, "cert_file")?;
             // The parser's error never quotes the key.
-            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+            let pem = crate::files::read_capped(key_file, crate::files::MAX_SECRET_BYTES)
+                .map_err(|e| TlsError::new(key_file, "key_file", e))?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
                 TlsError::new(key_file, "key_file", format!("no usable private key: {e}"))
             })?;
             builder
@@ -151,8 +153,9 @@ fn read_certs(
     path: &Path,
     setting: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::new(path, setting, e))?
+    let pem = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)
+        .map_err(|e| TlsError::new(path, setting, e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::new(path, setting, e))?;
     if certs.is_empty() {

@@ -680,6 +680,26 @@ fn secret_files_become_the_password_and_a_bearer_header() {
     assert_eq!(config.bayeux.token_file, Some(scratch.path().join("token")));
 }
 
+/// A secret file is read with a cap: `/dev/zero` (or a wrong path to a huge file) is a
+/// config error naming the key, not an allocation without end.
+#[test]
+fn an_endless_or_huge_secret_file_is_refused_not_read_whole() {
+    let scratch = TempDir::new("config");
+    scratch.file("token", &"t".repeat(64 * 1024 + 1));
+    for (line, key) in [
+        ("token_file = \"/dev/zero\"", "bayeux.token_file"),
+        ("token_file = \"token\"", "bayeux.token_file"),
+    ] {
+        let path = scratch.file(
+            "huge.toml",
+            MINIMAL.replace("[mqtt]", &format!("{line}\n\n[mqtt]")),
+        );
+        let error = load_with_env(&path, []).unwrap_err().to_string();
+        assert!(error.contains(key), "{line}: {error}");
+        assert!(error.contains("larger than 65536 bytes"), "{line}: {error}");
+    }
+}
+
 #[test]
 fn secrets_never_appear_in_debug_output() {
     let scratch = TempDir::new("config");

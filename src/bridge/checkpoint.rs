@@ -223,7 +223,7 @@ impl CheckpointStore {
         let file = dir.join(FILE_NAME);
         let temp = dir.join(TEMP_FILE_NAME);
         remove_leftover(&temp);
-        let channels = match fs::read(&file) {
+        let channels = match crate::files::read_capped(&file, crate::files::MAX_CONFIG_BYTES) {
             Ok(bytes) => decode(&bytes).map_err(|detail| CheckpointError::Corrupt {
                 path: file.clone(),
                 detail,

@@ -67,7 +67,7 @@ pub fn load_with_env(
         key,
         reason,
     };
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_capped_text(path, crate::files::MAX_CONFIG_BYTES)
         .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
     let overrides = Overrides::from_env(env).map_err(|(k, r)| fail(Some(k), r))?;
     let raw = config::Config::builder()
@@ -411,7 +411,7 @@ fn drop_shadowed_headers(headers: &mut BTreeMap<String, Secret>, overrides: &Ove
 
 /// The trimmed content of a secret file; never quotes the content.
 fn read_secret(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_capped_text(path, crate::files::MAX_SECRET_BYTES)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let secret = text.trim();
     if secret.is_empty() {

@@ -685,7 +685,7 @@ fn secret_files_become_the_password_and_a_bearer_header() {
 #[test]
 fn an_endless_or_huge_secret_file_is_refused_not_read_whole() {
     let scratch = TempDir::new("config");
-    scratch.file("token", &"t".repeat(64 * 1024 + 1));
+    scratch.file("token", "t".repeat(64 * 1024 + 1));
     for (line, key) in [
         ("token_file = \"/dev/zero\"", "bayeux.token_file"),
         ("token_file = \"token\"", "bayeux.token_file"),

@@ -1090,3 +1090,59 @@ async fn a_redirect_is_reported_and_never_followed() {
     );
     assert_eq!(target.request_count(), 0, "the redirect was not followed");
 }
+
+/// The token endpoint's redirect is not followed either: a 307/308 would re-send the form
+/// (client secret, refresh token or signed assertion) to the new address. The fetch fails
+/// for good, naming the status and the target without its credentials, and the target never
+/// hears from the client. (A scripted server: the real token endpoints cannot be made to
+/// redirect.)
+#[tokio::test]
+async fn a_token_endpoint_redirect_is_refused_and_the_form_never_sent_again() {
+    use bayeux_mqtt_bridge::bayeux::TokenError;
+    use bayeux_mqtt_bridge::bayeux::auth::{Grant, OAuthTokenSource, TokenSource};
+
+    let target = FakeServer::start(|_| Reply::Status(200, "{}".into())).await;
+    for status in [307, 308] {
+        let location = format!("http://user:pw@{}/token?code=secret", target.addr());
+        let endpoint = FakeServer::start(move |_| {
+            Reply::Header(
+                "Location",
+                location.clone(),
+                Box::new(Reply::Status(status, "moved".into())),
+            )
+        })
+        .await;
+        let source = OAuthTokenSource::new(
+            Url::parse(&format!("http://{}/token", endpoint.addr())).expect("a URL"),
+            Grant::ClientCredentials {
+                client_id: "cid".into(),
+                client_secret: "client-s3cret".into(),
+            },
+            None,
+            Duration::from_secs(5),
+        )
+        .expect("a token source");
+        let error = source.fetch().await.expect_err("a redirect is not a token");
+        let TokenError::Refused(reason) = &error else {
+            panic!("{status}: a redirect is refused for good, got {error:?}")
+        };
+        assert!(
+            reason.contains(&status.to_string()) && reason.contains("redirects are not followed"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&format!("http://{}/token", target.addr())),
+            "names the target: {reason}"
+        );
+        assert!(
+            !reason.contains("secret") && !reason.contains("pw@"),
+            "without credentials: {reason}"
+        );
+        assert_eq!(
+            endpoint.request_count(),
+            1,
+            "{status}: one request, no retry"
+        );
+    }
+    assert_eq!(target.request_count(), 0, "the redirect was not followed");
+}

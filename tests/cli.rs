@@ -7,6 +7,8 @@
 //! server confirms a subscription), and the fake server's request log is awaited. Every
 //! wait has a deadline and fails with the child's captured stdout and stderr.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::process::{ExitStatus, Stdio};

@@ -15,6 +15,8 @@
 //! reload removed routes. Tests 11–12 are issue 13's gap reports: a Bayeux session lost while
 //! the broker was away, and a broker that lost the bridge's persistent session.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -412,6 +414,21 @@ impl Http {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+/// Polls a broker's log until `done` holds for it; returns the log.
+async fn wait_broker_log(broker: &Mosquitto, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = broker.log();
+        if done(&log) {
+            return log;
+        }
+        if Instant::now() > deadline {
+            panic!("waiting for {what} in the broker's log: timed out after {WAIT:?}:\n{log}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -891,9 +908,22 @@ async fn sighup_adds_and_removes_a_route_while_an_untouched_route_keeps_flowing_
     mqtt_sub
         .wait_for_ids("every message on A at MQTT", "keep/", ids.iter().copied())
         .await;
-    // Observation window: a late duplicate on A, or a forward on a removed route, would
-    // arrive within it.
-    tokio::time::sleep(QUIET).await;
+    // Barriers instead of an observation window: a marker on a kept route each way, sent
+    // after everything above by the same publishers. One Bayeux session carries every route,
+    // Bayeux → MQTT and MQTT → Bayeux each keep delivery order, so a late duplicate on A or a
+    // forward on a removed route would arrive before the markers.
+    bayeux_pub
+        .publish("/added/marker", json!({ "c": "marker" }))
+        .await;
+    mqtt_pub
+        .publish("mq/new/marker", json!({ "d": "marker" }).to_string())
+        .await;
+    mqtt_sub
+        .wait_for("added/marker", &json!({ "c": "marker" }))
+        .await;
+    bayeux_sub
+        .wait_for("/mq/new/marker", &json!({ "d": "marker" }))
+        .await;
 
     let counts = mqtt_sub.ids("keep/");
     let lost: Vec<u64> = ids
@@ -1402,7 +1432,8 @@ async fn a_changed_bayeux_url_reconnects_only_the_bayeux_side() {
     // The first server is no longer read.
     pub1.publish("/x/c", json!({ "server": 1, "after": true }))
         .await;
-    // Observation window: a forward from the old session, or to it, would arrive within it.
+    // Observation window, the one left in this file: the two servers share no order that a
+    // marker could lean on, and neither says when the bridge's old session on it ended.
     tokio::time::sleep(QUIET).await;
     assert!(
         mqtt_sub.on("x/c").is_empty(),
@@ -1603,8 +1634,14 @@ async fn a_changed_route_forwards_or_counts_the_messages_already_taken_from_baye
             after.iter().copied(),
         )
         .await;
-    // Observation window: stragglers and duplicates would arrive within it.
-    tokio::time::sleep(QUIET).await;
+    // Barrier instead of an observation window: one more id, published last on the same
+    // route. Bayeux → MQTT keeps delivery order, so stragglers and duplicates of the ids
+    // above (whatever the bridge still held when the route changed) would arrive before it.
+    const MARKER: u64 = 2000;
+    publisher.publish_ids("/chg/n", MARKER..MARKER + 1).await;
+    mqtt_sub
+        .wait_for_ids("the final marker id", "chg2/", [MARKER])
+        .await;
 
     let old = mqtt_sub.ids("chg/");
     let new = mqtt_sub.ids("chg2/");
@@ -1842,8 +1879,27 @@ async fn a_changed_mqtt_broker_reconnects_only_the_mqtt_side() {
     sub2.wait_for("m/b", &json!({ "broker": 2 })).await;
     pub2.publish("n/b", json!({ "from": 2 }).to_string()).await;
     bayeux_sub.wait_for("/n/b", &json!({ "from": 2 })).await;
-    // Observation window: a forward to the old broker would arrive within it.
-    tokio::time::sleep(QUIET).await;
+    // No observation window: the old broker's own log (mosquitto -v) is the record of what
+    // it got from the bridge. Once it logged the bridge's session ending, nothing more can
+    // come over that session; a publish of m/b would have been logged as received, and a
+    // second session would have been logged as connecting.
+    let old_log = wait_broker_log(
+        &first,
+        "the bridge's session on the old broker to end",
+        |log| log.contains("Client ops-mq disconnected"),
+    )
+    .await;
+    let from_bridge = |needle: &str| {
+        old_log
+            .lines()
+            .filter(|l| l.contains(needle) && l.contains("ops-mq"))
+            .count()
+    };
+    assert_eq!(
+        (from_bridge("New client connected"), from_bridge("'m/b'")),
+        (1, 0),
+        "the old broker saw the bridge connect once and never got m/b; its log:\n{old_log}"
+    );
     assert!(
         sub1.on("m/b").is_empty(),
         "still publishing to the old broker"

@@ -915,10 +915,11 @@ fn freeze(pid_file: &std::path::Path) {
 ///
 /// So every message the subscriber misses is one the bridge took from Bayeux and never got
 /// acknowledged by a broker: the bridge's loss. Duplicates are allowed (QoS 1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1() {
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+    kind: PeerKind,
+) {
     const N: u64 = 300;
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let server = PeerServer::start_async(kind).await;
     let url = server.url();
     let mut freezable = FreezableBroker::start(true).await;
     let pid_file = freezable.pid_file.clone();
@@ -1017,6 +1018,23 @@ async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_messa
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1_cometd()
+{
+    mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+        PeerKind::CometD,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1_faye() {
+    mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+        PeerKind::Faye,
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Bayeux server restarted mid-stream
 // ---------------------------------------------------------------------------------------------
@@ -1031,10 +1049,11 @@ struct Sent {
     ok: bool,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice() {
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(
+    kind: PeerKind,
+) {
     const AFTER: usize = 30;
-    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
     let subscriber = MqttPeer::connect_with(
@@ -1177,6 +1196,18 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice_cometd() {
+    bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(PeerKind::CometD)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice_faye() {
+    bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(PeerKind::Faye)
+        .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. MQTT → Bayeux while the Bayeux server is down
 // ---------------------------------------------------------------------------------------------
@@ -1219,10 +1250,11 @@ async fn publish_while_bayeux_is_down(
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns() {
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+    kind: PeerKind,
+) {
     const N: u64 = 20;
-    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
     let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-wait-pub"), &[], WAIT).await;
@@ -1256,6 +1288,24 @@ async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_a
         (N, N, no_drops()),
         "MQTT → Bayeux totals (received, forwarded, dropped)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns_cometd()
+ {
+    mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+        PeerKind::CometD,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns_faye()
+ {
+    mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+        PeerKind::Faye,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

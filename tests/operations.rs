@@ -670,9 +670,8 @@ async fn metrics_change_as_traffic_flows() {
 // 2. /readyz, /livez and `health`
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back() {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+async fn readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back(kind: PeerKind) {
+    let server = PeerServer::start_async(kind).await;
     let mut broker = Mosquitto::start_async().await;
     let url = server.url();
     let mut setup = Setup::new(&url, &broker, "ops-readyz", true);
@@ -757,6 +756,16 @@ async fn readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back() {
     // Nothing listens any more: `health` fails.
     let (code, stderr) = health(&readyz).await;
     assert_eq!(code, Some(1), "`health` with the bridge stopped: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back_cometd() {
+    readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back(PeerKind::CometD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back_faye() {
+    readyz_goes_503_when_mosquitto_stops_and_200_when_it_is_back(PeerKind::Faye).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1310,9 +1319,8 @@ async fn sd_notify_messages_are_observed_through_notify_socket() {
 /// READY=1 means "started", not "forwarding": with the broker unreachable at start the bridge
 /// still tells systemd it is up (so `TimeoutStartSec=` does not kill it) and says in STATUS=
 /// what it waits for; once the broker is back it forwards without a second READY=1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_is_sent_while_the_broker_is_unreachable() {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+async fn ready_is_sent_while_the_broker_is_unreachable(kind: PeerKind) {
+    let server = PeerServer::start_async(kind).await;
     let mut broker = Mosquitto::start_async().await;
     // Nothing listens on the broker's port until the restart below.
     broker.kill();
@@ -1358,6 +1366,16 @@ async fn ready_is_sent_while_the_broker_is_unreachable() {
         "one READY=1: {states:?}"
     );
     stop(&mut bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_while_the_broker_is_unreachable_cometd() {
+    ready_is_sent_while_the_broker_is_unreachable(PeerKind::CometD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_sent_while_the_broker_is_unreachable_faye() {
+    ready_is_sent_while_the_broker_is_unreachable(PeerKind::Faye).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2040,9 +2058,8 @@ async fn a_bayeux_session_expired_during_back_pressure_is_reported_as_a_gap() {
 
 /// A broker restarted without persistence loses the session the bridge asked to keep
 /// (`clean_start = false`): what it had queued for the bridge is gone, and the bridge says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap() {
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap(kind: PeerKind) {
+    let server = PeerServer::start_async(kind).await;
     let mut broker = Mosquitto::start_async().await;
     let gate = Gate::start(broker.port()).await;
     let url = server.url();
@@ -2105,4 +2122,14 @@ async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap() {
         bridge.tail(30)
     );
     stop(&mut bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap_cometd() {
+    a_broker_that_lost_the_persistent_session_is_reported_as_a_gap(PeerKind::CometD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap_faye() {
+    a_broker_that_lost_the_persistent_session_is_reported_as_a_gap(PeerKind::Faye).await;
 }

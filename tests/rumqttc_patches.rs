@@ -16,8 +16,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::io::{Read, Write};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Longest any expected step may take; it only bounds failures.
 const WAIT: Duration = Duration::from_secs(30);
@@ -30,49 +32,44 @@ const CONNACK_V4: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 const CONNACK_V5: [u8; 5] = [0x20, 0x03, 0x00, 0x00, 0x00];
 
 /// The broker's end of one connection: what the client wrote, packet by packet.
+///
+/// After the CONNACK it is a plain non-blocking std socket: its reads are real `recv` calls,
+/// which see at once what the client flushed (tokio's `try_read` would answer from readiness
+/// the runtime may not have polled yet).
 struct Wire {
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     buffer: Vec<u8>,
 }
 
 impl Wire {
     /// Accepts the client's connection and answers its CONNECT.
     async fn accept(listener: &TcpListener, connack: &[u8]) -> Wire {
-        let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+        let (mut stream, _) = tokio::time::timeout(WAIT, listener.accept())
             .await
             .expect("the client connects")
             .expect("accept");
-        let mut wire = Wire {
-            stream,
-            buffer: Vec::new(),
-        };
-        let (kind, _) = wire.next_packet().await;
-        assert_eq!(kind, CONNECT, "the first packet is CONNECT");
-        wire.send(connack).await;
-        wire
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .await
-            .expect("write to the client");
-    }
-
-    /// Waits for one whole packet: its type and its bytes.
-    async fn next_packet(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            if let Some(packet) = self.split_packet() {
-                return packet;
+        let mut buffer = Vec::new();
+        let connect = loop {
+            if let Some(packet) = split_packet(&mut buffer) {
+                break packet;
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
                 .await
-                .expect("a packet from the client")
+                .expect("CONNECT from the client")
                 .expect("read from the client");
             assert!(n > 0, "the client closed the connection");
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(connect.0, CONNECT, "the first packet is CONNECT");
+        stream.write_all(connack).await.expect("write CONNACK");
+        let stream = stream.into_std().expect("a std socket");
+        Wire { stream, buffer }
+    }
+
+    /// Writes to the client (a few bytes: the socket buffer takes them at once).
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the client");
     }
 
     /// Every whole packet the client has written so far, without waiting. On loopback a
@@ -80,14 +77,14 @@ impl Wire {
     fn packets_now(&mut self) -> Vec<(u8, Vec<u8>)> {
         let mut chunk = [0u8; 65536];
         loop {
-            match self.stream.try_read(&mut chunk) {
+            match self.stream.read(&mut chunk) {
                 Ok(0) => panic!("the client closed the connection"),
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("read from the client: {e}"),
             }
         }
-        std::iter::from_fn(|| self.split_packet()).collect()
+        std::iter::from_fn(|| split_packet(&mut self.buffer)).collect()
     }
 
     /// How many PUBLISH packets the client has written since the last look.
@@ -97,30 +94,30 @@ impl Wire {
             .filter(|(kind, _)| *kind == PUBLISH)
             .count()
     }
+}
 
-    /// Takes one whole packet off the front of the buffer, if there is one.
-    fn split_packet(&mut self) -> Option<(u8, Vec<u8>)> {
-        let first = *self.buffer.first()?;
-        // Remaining length: a variable byte integer of up to four bytes.
-        let mut length = 0usize;
-        let mut shift = 0;
-        let mut at = 1;
-        loop {
-            let byte = *self.buffer.get(at)?;
-            length |= usize::from(byte & 0x7f) << shift;
-            at += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
+/// Takes one whole packet off the front of `buffer`, if there is one: its type and bytes.
+fn split_packet(buffer: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let first = *buffer.first()?;
+    // Remaining length: a variable byte integer of up to four bytes.
+    let mut length = 0usize;
+    let mut shift = 0;
+    let mut at = 1;
+    loop {
+        let byte = *buffer.get(at)?;
+        length |= usize::from(byte & 0x7f) << shift;
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
         }
-        let end = at + length;
-        if self.buffer.len() < end {
-            return None;
-        }
-        let packet: Vec<u8> = self.buffer.drain(..end).collect();
-        Some((first >> 4, packet))
+        shift += 7;
     }
+    let end = at + length;
+    if buffer.len() < end {
+        return None;
+    }
+    let packet: Vec<u8> = buffer.drain(..end).collect();
+    Some((first >> 4, packet))
 }
 
 /// PUBACK for `pkid` (MQTT 3.1.1).
@@ -143,6 +140,11 @@ async fn connect_v4(inflight: u16) -> (rumqttc::AsyncClient, rumqttc::EventLoop,
         .set_keep_alive(Duration::ZERO)
         .set_inflight(inflight);
     let (client, mut event_loop) = rumqttc::AsyncClient::new(options, 64);
+    // As the bridge does (src/mqtt/engine): without it, Nagle's algorithm keeps every small
+    // write after the first in the kernel until the scripted broker's ACK.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    event_loop.set_network_options(network);
     let (connected, wire) = tokio::join!(
         tokio::time::timeout(WAIT, event_loop.poll()),
         Wire::accept(&listener, &CONNACK_V4)
@@ -229,7 +231,7 @@ async fn a_batch_stops_at_a_full_window() {
     for _ in 0..2 {
         poll(&mut event_loop).await; // the batch's buffered events
     }
-    wire.send(&puback(1)).await;
+    wire.send(&puback(1));
     let acked = poll(&mut event_loop).await;
     assert!(
         matches!(acked, rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(ref a)) if a.pkid == 1),
@@ -256,7 +258,7 @@ async fn after_one_ack_of_a_full_window(write_hold: u16) -> (Option<usize>, Wire
     }
     assert_eq!(wire.publishes_now(), 4, "the window is full");
     queue_publishes(&client, 2);
-    wire.send(&puback(1)).await;
+    wire.send(&puback(1));
     let acked = poll(&mut event_loop).await;
     assert!(
         matches!(acked, rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(ref a)) if a.pkid == 1),
@@ -278,7 +280,7 @@ async fn after_one_ack_of_a_full_window(write_hold: u16) -> (Option<usize>, Wire
         // The rest: the second ack frees half the window, and both waiting publishes go out
         // together in the poll after it.
         assert_eq!(wire.publishes_now(), 0, "nothing written while held");
-        wire.send(&puback(2)).await;
+        wire.send(&puback(2));
         let acked = poll(&mut event_loop).await;
         assert!(
             matches!(acked, rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(ref a)) if a.pkid == 2),
@@ -324,7 +326,10 @@ async fn a_prebuilt_v5_publish_goes_out_as_built() {
     let listener = listener().await;
     let port = listener.local_addr().expect("local address").port();
     let mut options = rumqttc::v5::MqttOptions::new("patched-v5", "127.0.0.1", port);
-    options.set_keep_alive(Duration::ZERO);
+    options.set_keep_alive(Duration::from_secs(60));
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     let (client, mut event_loop) = rumqttc::v5::AsyncClient::new(options, 64);
     let (connected, mut wire) = tokio::join!(
         tokio::time::timeout(WAIT, event_loop.poll()),
@@ -349,8 +354,11 @@ async fn a_prebuilt_v5_publish_goes_out_as_built() {
         ),
         "{event:?}"
     );
-    let (kind, packet) = wire.next_packet().await;
-    assert_eq!(kind, PUBLISH);
+    let packets = wire.packets_now();
+    let [(kind, packet)] = &packets[..] else {
+        panic!("one packet after the poll, got {packets:?}");
+    };
+    assert_eq!(*kind, PUBLISH);
     assert_eq!(packet[0] & 0x0f, 0x01, "QoS 0, retain set: {packet:?}");
     // Fixed header (2 bytes here), topic length, topic, properties length (0), payload.
     let mut expected = vec![0x00, 0x09];

@@ -1,15 +1,17 @@
 //! End-to-end tests of the bridge daemon (issue 3, "Tests"): the real binary
 //! (`common::bridge`), a real Mosquitto broker (`common::mosquitto`) and real Bayeux servers
-//! (`common::peers`: the CometD Node server, and Faye once), each started by the test on free
+//! (`common::peers`: the CometD Node server, and Faye for the route, payload, restart and
+//! outage scenarios), each started by the test on free
 //! loopback ports. The test clients on both sides are the project's own libraries (Bayeux
 //! client, MQTT client), except where a test must see what a subscription at QoS 2 receives:
 //! the library asks for QoS 2 as QoS 1 by design, so that test uses plain rumqttc.
 //!
 //! Synchronisation is by events: the bridge's JSON log lines (`Bridge ready.`, `Totals.`, …,
 //! read as they are written), the test clients' deliveries and the servers' own start-up
-//! lines. Every wait has a deadline and fails with what was seen. The only sleeps are
-//! bounded observation windows that prove something does *not* happen (commented where
-//! used) and the pacing of load generators.
+//! lines. Every wait has a deadline and fails with what was seen. That something does *not*
+//! happen (a duplicate, an echo, a loop) is proved with a final marker message sent along
+//! the same ordered path, not with a sleep; times are taken from the bridge's own log. The
+//! only sleeps are the pacing of load generators.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 

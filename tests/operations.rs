@@ -4,10 +4,12 @@
 //!
 //! Synchronisation is by events: the bridge's JSON log lines (`Bridge ready.`, `Config
 //! reloaded.`, …), the test clients' deliveries and the datagrams on a test `NOTIFY_SOCKET`.
-//! Polling happens only where an HTTP endpoint is the thing under test (`/readyz`,
-//! `/metrics`), at short intervals up to a deadline. Every wait has a deadline and fails with
-//! what was seen. The only sleeps are bounded observation windows that prove something does
-//! *not* happen (commented where used) and the pacing of a load generator.
+//! Polling happens only where an HTTP endpoint or a broker's log is the thing looked at
+//! (`/readyz`, `/metrics`, mosquitto -v), at short intervals up to a deadline. Every wait has
+//! a deadline and fails with what was seen. That something does *not* happen is proved with a
+//! final marker message along the same ordered path where there is one; the one observation
+//! window left (a changed Bayeux server: two servers share no order) is commented where used.
+//! The restart and outage scenarios run against both CometD and Faye.
 //!
 //! Tests 1–6 are the list. Tests 7–10 go further into live reload: SIGTERM while a
 //! reload waits for the broker, a changed route with messages waiting in the bridge, a

@@ -14,8 +14,12 @@
 //! - [`cli`]: the `sub` and `pub` operator tools.
 //! - [`files`]: warnings about secret files, state directories and the log file that other
 //!   users can open.
+//! - [`http`]: the optional HTTP listener (`/metrics`, `/livez`, `/readyz`), bounded in
+//!   connections, header time and connection lifetime; knows nothing of the bridge (it calls
+//!   the endpoints it is given).
 //! - [`log_limit`]: rate limiting of warnings that can repeat once per message (at most a
 //!   burst per key per window, then one line with the count suppressed); a leaf.
+//! - [`metrics`]: Prometheus metric names, labels and record helpers; a leaf.
 //! - [`mqtt`]: the reconnecting, at-least-once MQTT client (rumqttc, MQTT 5 or 3.1.1); knows
 //!   nothing of Bayeux or the bridge.
 //! - [`notify`]: sd_notify for systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`,

@@ -11,6 +11,8 @@
 //!   (../shared/reference/bayeux-protocol.md §1.12, §3): handshake reply
 //!   `ext: {"replay": true, "payload.format": true}`, events carrying `data.event.replayId`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

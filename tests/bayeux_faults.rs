@@ -12,6 +12,8 @@
 //! [`FakeServer::wait_for`]; the only sleeps are bounded observation windows that prove an
 //! *absence* of requests, and are commented as such.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::HashSet;
@@ -478,8 +480,11 @@ async fn http_500_on_connect_retries_with_growing_waits_then_recovers() {
 
     let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 4, "three failing connects and the recovery");
+    // The growth is asserted on the waits the client announces (above). The server's clock
+    // brackets each wait (the failure is answered before it starts, the retry arrives after it
+    // ends), so a measured gap is never shorter than its wait; how much longer is up to the
+    // scheduler, so the gaps themselves are not compared with each other.
     let gaps = gaps(&times);
-    assert!(gaps.windows(2).all(|w| w[0] < w[1]), "gaps: {gaps:?}");
     for (gap, wait) in gaps.iter().zip(&waits) {
         assert!(
             gap >= wait,
@@ -672,8 +677,8 @@ async fn http_503_on_handshake_retries_with_growing_waits() {
 
     let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 4, "three failed handshakes and the good one");
+    // As for connects: growth on the announced waits, each measured gap at least its wait.
     let gaps = gaps(&times);
-    assert!(gaps.windows(2).all(|w| w[0] < w[1]), "gaps: {gaps:?}");
     for (gap, wait) in gaps.iter().zip(&waits) {
         assert!(gap >= wait, "gap {gap:?} shorter than retry_in {wait:?}");
     }

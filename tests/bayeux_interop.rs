@@ -5,6 +5,8 @@
 //! CometD Node server delivers a message once per matching server-side subscription, Faye
 //! once per client) the assertions say so.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::sync::{Arc, Mutex};

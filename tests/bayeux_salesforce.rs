@@ -11,6 +11,8 @@
 //! (`/_control/stats`), which the assertions read. It does not verify JWT signatures; the
 //! unit tests in `src/bayeux/auth.rs` do.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::BTreeMap;

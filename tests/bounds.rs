@@ -16,6 +16,8 @@
 //! Synchronisation is by the bridge's JSON log lines and, where `/readyz` is the thing under
 //! test, by polling it at short intervals up to a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,15 +1,19 @@
 //! End-to-end tests of the bridge daemon (issue 3, "Tests"): the real binary
 //! (`common::bridge`), a real Mosquitto broker (`common::mosquitto`) and real Bayeux servers
-//! (`common::peers`: the CometD Node server, and Faye once), each started by the test on free
+//! (`common::peers`: the CometD Node server, and Faye for the route, payload, restart and
+//! outage scenarios), each started by the test on free
 //! loopback ports. The test clients on both sides are the project's own libraries (Bayeux
 //! client, MQTT client), except where a test must see what a subscription at QoS 2 receives:
 //! the library asks for QoS 2 as QoS 1 by design, so that test uses plain rumqttc.
 //!
 //! Synchronisation is by events: the bridge's JSON log lines (`Bridge ready.`, `Totals.`, …,
 //! read as they are written), the test clients' deliveries and the servers' own start-up
-//! lines. Every wait has a deadline and fails with what was seen. The only sleeps are
-//! bounded observation windows that prove something does *not* happen (commented where
-//! used) and the pacing of load generators.
+//! lines. Every wait has a deadline and fails with what was seen. That something does *not*
+//! happen (a duplicate, an echo, a loop) is proved with a final marker message sent along
+//! the same ordered path, not with a sleep; times are taken from the bridge's own log. The
+//! only sleeps are the pacing of load generators.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
 
@@ -34,11 +38,14 @@ use common::peers::{PeerKind, PeerServer};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
 const WAIT: Duration = Duration::from_secs(30);
-/// Observation window for proving that nothing (more) arrives: a loop or a duplicate on
-/// loopback would show up within milliseconds, so one second is many round trips.
-const QUIET: Duration = Duration::from_secs(1);
 /// The default `bridge.drain_timeout_secs`.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(8);
+/// The drain stops waiting for messages one second before its deadline and keeps that second
+/// for the goodbyes (`src/bridge/lifecycle.rs`); against a peer that does not answer, those
+/// take their own minimum waits (a few hundred milliseconds) past the deadline. So, on the
+/// bridge's own clock, a drain that gave up ends between the deadline minus this and the
+/// deadline plus this.
+const DRAIN_RESERVE: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // Test clients
@@ -200,6 +207,29 @@ async fn stop(bridge: &mut BridgeProcess) -> Duration {
         bridge.tail(40)
     );
     elapsed
+}
+
+/// How long the drain took by the bridge's own log: from `Shutdown requested; draining.` to
+/// the `Totals.` it logs once the drain is over. Unlike the time from SIGTERM to exit, this
+/// leaves out signal delivery, process teardown and the test's own scheduling.
+fn drain_took(bridge: &BridgeProcess) -> Duration {
+    bridge.logged_between("Shutdown requested; draining.", "Totals.")
+}
+
+/// The lines in which the drain announces that it reached its deadline: a goodbye not answered
+/// "in time", undelivered spool messages kept "at the drain deadline", or messages abandoned.
+fn deadline_announcements(bridge: &BridgeProcess) -> Vec<String> {
+    bridge
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l.message()
+                .is_some_and(|m| m.ends_with(" in time.") || m.starts_with("Drain deadline"))
+                || (l.is("Possible message loss.")
+                    && l.str_field("kind") == Some("shutdown_abandoned"))
+        })
+        .map(|l| l.raw)
+        .collect()
 }
 
 fn no_drops() -> BTreeMap<String, u64> {
@@ -767,7 +797,8 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
         "",
         &[route("/chat/*", "chat/+", "both", "")],
     ));
-    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    // The pipelines' trace: the echo of the last marker is awaited in it.
+    let mut bridge = BridgeProcess::spawn(&config, &[TRACE_PIPELINES]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
 
     let from_mqtt = json!({ "from": "mqtt" });
@@ -786,13 +817,54 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
             g.iter().any(|g| g.topic == "chat/b")
         })
         .await;
-    // Observation window: a ping-pong would keep producing copies within milliseconds.
-    tokio::time::sleep(QUIET).await;
+    // Barriers instead of an observation window: order holds per route, so a copy of either
+    // message would arrive before a marker sent after it along the same path.
+    // a) The Bayeux server gives the bridge's subscription /chat/m (the bridge's own publish)
+    //    before a marker published now; Bayeux → MQTT forwards in order.
+    bayeux
+        .publish("/chat/mark-b", json!({ "marker": "b" }))
+        .await;
+    mqtt.inbox
+        .wait_until("the Bayeux marker on MQTT", WAIT, |g| {
+            g.iter().any(|g| g.topic == "chat/mark-b")
+        })
+        .await;
+    // b) The broker gives the bridge's subscription chat/b and chat/mark-b (its own publishes,
+    //    which come back over MQTT 3.1.1) before a marker published now; MQTT → Bayeux
+    //    forwards in order.
+    mqtt.publish_qos(
+        "chat/mark-m",
+        json!({ "marker": "m" }).to_string(),
+        QoS::AtLeastOnce,
+    )
+    .await;
+    bayeux
+        .inbox
+        .wait_until("the MQTT marker on Bayeux", WAIT, |m| {
+            m.iter().any(|m| m.channel == "/chat/mark-m")
+        })
+        .await;
+    // c) The last marker's own echo from the Bayeux server, so that the totals below are
+    //    final: the bridge says when it sets it aside.
+    bridge
+        .wait_until(
+            "the bridge to set aside the echo of /chat/mark-m",
+            WAIT,
+            |lines| {
+                lines.iter().any(|l| {
+                    l.is("Own publish echoed by the Bayeux server; not forwarded back.")
+                        && l.str_field("channel") == Some("/chat/mark-m")
+                })
+            },
+        )
+        .await;
+    let marker = |name: &str| name.contains("mark-");
 
     let on_bayeux: Vec<(String, Value)> = bayeux
         .inbox
         .snapshot()
         .into_iter()
+        .filter(|m| !marker(&m.channel))
         .map(|m| (m.channel.clone(), m.data_value().unwrap_or(Value::Null)))
         .collect();
     let mut expected_bayeux = vec![
@@ -810,6 +882,7 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
         .inbox
         .snapshot()
         .iter()
+        .filter(|g| !marker(&g.topic))
         .map(|g| (g.topic.clone(), g.json()))
         .collect();
     on_mqtt.sort_by(|a, b| a.0.cmp(&b.0));
@@ -823,20 +896,21 @@ async fn both_directions_forward_each_message_once_without_echo_or_loop(protocol
     );
 
     stop(&mut bridge).await;
-    // The Bayeux server echoes the bridge's own publish (/chat/m) to its subscription.
+    // The Bayeux server echoes the bridge's own publishes (/chat/m, /chat/mark-m) to its
+    // subscription. Each count includes one marker each way.
     let b2m = bridge.totals("bayeux_to_mqtt");
     assert_eq!(
         (b2m.received, b2m.forwarded, b2m.echoes, b2m.dropped),
-        (2, 1, 1, no_drops()),
+        (4, 2, 2, no_drops()),
         "MQTT {protocol}: Bayeux → MQTT totals (received, forwarded, echoes, dropped)"
     );
     // MQTT 5 No Local keeps the bridge's own publish (chat/b) from coming back; MQTT 3.1.1 has
     // no such option, so it comes back and is suppressed as an echo.
     let m2b = bridge.totals("mqtt_to_bayeux");
     let expected = if protocol == "5" {
-        (1, 1, 0, no_drops())
+        (2, 2, 0, no_drops())
     } else {
-        (2, 1, 1, no_drops())
+        (4, 2, 2, no_drops())
     };
     assert_eq!(
         (m2b.received, m2b.forwarded, m2b.echoes, m2b.dropped),
@@ -925,10 +999,11 @@ fn freeze(pid_file: &std::path::Path) {
 ///
 /// So every message the subscriber misses is one the bridge took from Bayeux and never got
 /// acknowledged by a broker: the bridge's loss. Duplicates are allowed (QoS 1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1() {
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+    kind: PeerKind,
+) {
     const N: u64 = 300;
-    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let server = PeerServer::start_async(kind).await;
     let url = server.url();
     let mut freezable = FreezableBroker::start(true).await;
     let pid_file = freezable.pid_file.clone();
@@ -1027,6 +1102,23 @@ async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_messa
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1_cometd()
+{
+    mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+        PeerKind::CometD,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1_faye() {
+    mosquitto_killed_and_restarted_mid_stream_loses_no_bayeux_to_mqtt_message_at_qos_1(
+        PeerKind::Faye,
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Bayeux server restarted mid-stream
 // ---------------------------------------------------------------------------------------------
@@ -1041,10 +1133,11 @@ struct Sent {
     ok: bool,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice() {
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(
+    kind: PeerKind,
+) {
     const AFTER: usize = 30;
-    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
     let subscriber = MqttPeer::connect_with(
@@ -1134,8 +1227,18 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
             after.is_subset(&have)
         })
         .await;
-    // Observation window: a duplicate forwarded by the bridge would arrive within it.
-    tokio::time::sleep(QUIET).await;
+    // Barrier instead of an observation window: one more id, published last; Bayeux → MQTT
+    // keeps the order of a route, so a duplicate of an earlier id would arrive before it.
+    let marker = last + 1;
+    publisher
+        .publish("/restart/n", json!({ "id": marker }))
+        .await;
+    subscriber
+        .inbox
+        .wait_until("the final marker id", WAIT, |got| {
+            got.iter().any(|g| g.id() == marker)
+        })
+        .await;
 
     let counts = subscriber.ids_strict("restart/");
     let twice: BTreeMap<u64, usize> = counts
@@ -1175,6 +1278,18 @@ async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_t
         (totals.forwarded, no_drops()),
         "everything received was forwarded: {totals:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice_cometd() {
+    bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(PeerKind::CometD)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice_faye() {
+    bayeux_server_restart_mid_stream_resumes_traffic_and_forwards_nothing_twice(PeerKind::Faye)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1219,10 +1334,11 @@ async fn publish_while_bayeux_is_down(
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns() {
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+    kind: PeerKind,
+) {
     const N: u64 = 20;
-    let mut server = PeerServer::start_async(PeerKind::CometD).await;
+    let mut server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
     let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-wait-pub"), &[], WAIT).await;
@@ -1256,6 +1372,24 @@ async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_a
         (N, N, no_drops()),
         "MQTT → Bayeux totals (received, forwarded, dropped)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns_cometd()
+ {
+    mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+        PeerKind::CometD,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns_faye()
+ {
+    mqtt_to_bayeux_waits_while_the_bayeux_server_is_down_and_is_delivered_after_it_returns(
+        PeerKind::Faye,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1503,13 +1637,23 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
     let b2m = bridge.totals("bayeux_to_mqtt");
     let m2b = bridge.totals("mqtt_to_bayeux");
     eprintln!(
-        "SIGTERM under load: exit after {elapsed:?}; Bayeux → MQTT {b2m:?} ({bayeux_published} \
+        "SIGTERM under load: exit after {elapsed:?} (drain {:?} by its log); Bayeux → MQTT {b2m:?} ({bayeux_published} \
          published, {bayeux_ok} accepted by the server); MQTT → Bayeux {m2b:?} \
-         ({mqtt_published} published)"
+         ({mqtt_published} published)",
+        drain_took(&bridge)
+    );
+    // With both sides up the drain finishes before its deadline: it announces reaching none,
+    // and its own log puts the end within it.
+    let drained = drain_took(&bridge);
+    assert_eq!(
+        deadline_announcements(&bridge),
+        Vec::<String>::new(),
+        "SIGTERM under load: the drain reached its deadline of {DRAIN_DEADLINE:?} (took \
+         {drained:?})"
     );
     assert!(
-        elapsed <= DRAIN_DEADLINE,
-        "SIGTERM to exit took {elapsed:?}, over the drain deadline of {DRAIN_DEADLINE:?}"
+        drained <= DRAIN_DEADLINE,
+        "the drain took {drained:?} by the bridge's log, over its deadline of {DRAIN_DEADLINE:?}"
     );
     assert_eq!(
         b2m.dropped,
@@ -1637,10 +1781,16 @@ async fn sigterm_counts_as_dropped_every_bayeux_message_the_bridge_received_but_
         "SIGTERM with the broker frozen: exit after {elapsed:?} (drain deadline {drain:?}); \
          the bridge's Bayeux client received {received} messages; totals {totals:?}"
     );
+    // The frozen broker holds the drain to its deadline: it says so, and its own log puts
+    // the end there.
+    let announced = deadline_announcements(&bridge);
     assert!(
-        elapsed <= drain + Duration::from_secs(1),
-        "SIGTERM to exit took {elapsed:?} with a drain deadline of {drain:?}"
+        announced
+            .iter()
+            .any(|l| l.contains("Could not publish the offline status in time.")),
+        "the drain did not announce giving up on the frozen broker: {announced:#?}"
     );
+    assert_drain_ended_at_its_deadline(&bridge, drain);
     let mut problems = Vec::new();
     if totals.forwarded + totals.echoes + dropped != received {
         problems.push(format!(
@@ -1687,6 +1837,18 @@ async fn sigterm_counts_as_dropped_every_bayeux_message_the_bridge_received_but_
     assert_eq!(gap.u64_field("count"), Some(dropped), "{}", gap.raw);
 }
 
+/// A drain held up by a peer that does not answer ends at its deadline, by the bridge's own
+/// log (see [`DRAIN_RESERVE`]): not before (it waited), not long after (it gave up).
+fn assert_drain_ended_at_its_deadline(bridge: &BridgeProcess, deadline: Duration) {
+    let drained = drain_took(bridge);
+    assert!(
+        drained >= deadline - DRAIN_RESERVE && drained <= deadline + DRAIN_RESERVE,
+        "the drain took {drained:?} by the bridge's log, with a deadline of {deadline:?}; the \
+         log ends:\n{}",
+        bridge.tail(30)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_bayeux_server_down_exits_0_by_the_drain_deadline_and_leaves_held_mqtt_messages_to_the_broker()
  {
@@ -1712,10 +1874,7 @@ async fn sigterm_with_the_bayeux_server_down_exits_0_by_the_drain_deadline_and_l
     eprintln!(
         "SIGTERM with the Bayeux server down: exit after {elapsed:?} (drain deadline {drain:?})"
     );
-    assert!(
-        elapsed <= drain + Duration::from_secs(1),
-        "SIGTERM to exit took {elapsed:?} with a drain deadline of {drain:?}"
-    );
+    assert_drain_ended_at_its_deadline(&first, drain);
     let totals = first.totals("mqtt_to_bayeux");
     assert_eq!(
         (totals.received, totals.forwarded, totals.dropped),

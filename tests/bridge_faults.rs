@@ -20,6 +20,8 @@
 //! reconnect counter in `/metrics` (polled: a counter has no event to await) and the test
 //! clients' deliveries; every wait has a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! and token endpoint (a scripted fake, not Salesforce, which cannot be run offline; see
 //! `tests/common/salesforce.rs`). Synchronisation is by the bridge's JSON log lines.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -16,6 +16,8 @@
 //! Synchronisation is by events: the bridge's `Bridge ready.` log line and the test clients'
 //! deliveries; every wait has a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

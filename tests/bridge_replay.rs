@@ -7,6 +7,8 @@
 //! bridge's JSON log lines, the test subscriber's deliveries, the fake's stats. Every wait has
 //! a deadline and fails with what was seen.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -21,6 +21,8 @@
 //! after each commit says how many messages became durable), the test clients' deliveries
 //! and the CometD server's `session expired:` line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::path::Path;

@@ -7,6 +7,8 @@
 //! server confirms a subscription), and the fake server's request log is awaited. Every
 //! wait has a deadline and fails with the child's captured stdout and stderr.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::process::{ExitStatus, Stdio};
@@ -471,12 +473,19 @@ async fn pub_reports_the_server_refusal_faye() {
     assert!(out.stdout.is_empty(), "{}", out.context());
 }
 
-/// The counterpart of the Faye test: the channel is not refused locally, CometD accepts it.
+/// The counterpart of the Faye test: the channel is not refused locally, CometD accepts it
+/// and delivers it (a `sub` on `/**` receives it).
 #[tokio::test]
-async fn pub_channel_with_a_space_is_accepted_cometd() {
+async fn pub_channel_with_a_space_is_accepted_and_delivered_cometd() {
     let server = PeerServer::start_async(PeerKind::CometD).await;
-    let out = publish(&server.url(), "/foo bar", &json!({"x": 1})).await;
+    let url = server.url();
+    let mut sub = subscribed(&url, &["--count", "1"], "/**").await;
+    let data = json!({"x": 1});
+    let out = publish(&url, "/foo bar", &data).await;
     out.assert_success();
+    let line = sub.next_line().await.expect("a line for /foo bar");
+    assert_delivery(&line, "/foo bar", &data);
+    sub.finish().await.assert_success();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 //! files fail naming the file, the key and the reason; environment variables override keys;
 //! secrets stay out of errors and debug output.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::path::{Path, PathBuf};

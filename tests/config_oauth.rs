@@ -2,6 +2,8 @@
 //! secret files (read, resolved relative to the file, never shown), and validation errors that
 //! name the key and the reason. Also that the bridge turns them into client options.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use bayeux_mqtt_bridge::bridge::bayeux_options;

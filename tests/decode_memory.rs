@@ -4,6 +4,8 @@
 //! Its own test binary, so that no other test allocates while one measures; the tests take
 //! a lock so that they never measure at the same time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};

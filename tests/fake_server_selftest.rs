@@ -2,6 +2,8 @@
 //! each `Reply` variant behaves as documented when driven by a real reqwest
 //! client, and the request log, `wait_for`, keep-alive and shutdown work.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 //! Everything waits for events (bytes, EOF, errors, the gate's counters) with a generous
 //! deadline; the only fixed waits are the bounded windows in which nothing may arrive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::io::ErrorKind;

@@ -7,6 +7,8 @@
 //! No peer is needed: the warnings come before the bridge connects, so the config points the
 //! Bayeux server and the broker at loopback ports where nothing listens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

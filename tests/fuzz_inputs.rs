@@ -20,6 +20,8 @@
 //! of each target, so a failure can be replayed). `scripts/fuzz` runs this in release mode.
 //! A panicking case prints its input (escaped) before failing the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};

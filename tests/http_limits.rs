@@ -11,6 +11,8 @@
 //! the only sleep-like waits are the bounded observation window that proves the listener does
 //! not spin, and short polling intervals where an HTTP endpoint is the thing under test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -6,6 +6,8 @@
 //!
 //! Every wait is for an event (with a timeout); the only sleeps are the client's own backoff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -970,50 +972,10 @@ async fn a_burst_through_a_small_window_arrives_complete_and_in_order_v311() {
 
 // ---------------------------------------------------------------------------------------------
 // At full speed the client holds new publishes back until half the in-flight window is free
-// (vendor/rumqttc/PATCHES.md, "Holding writes for room"), and acknowledges the broker's
-// PUBACKs at TCP level at once meanwhile. Without that quick ACK, Mosquitto (Nagle's
-// algorithm on) keeps the rest of a group of PUBACKs until our kernel's delayed ACK, up to
-// 40 ms later, at many refills of the window. This is a stall detector, not a speed target:
-// with the quick ACK left out, 4,000 publishes took 7.8–8.3 s on the 2-core test machine
-// (about 20 ms per refill); with it, 0.06–0.1 s. The bound is 2 s.
-//
-// What this guards is the quick ACK that holding needs; without the hold at all it passes
-// too. The hold itself (fewer, larger writes) is not visible through the client's API and is
-// measured instead: `writev` calls per message in README "Benchmarks", item 13.
-
-async fn a_full_window_refills_without_waiting_for_delayed_acks(protocol: Protocol) {
-    init_logs();
-    const TOTAL: usize = 4_000;
-    const WINDOW: u16 = 20;
-    const BOUND: Duration = Duration::from_secs(2);
-    let broker = Mosquitto::start_async().await;
-    let mut publisher_options = options(&broker, "refill-pub", protocol);
-    // Mosquitto announces a receive maximum of 20 over MQTT 5; the same window over 3.1.1.
-    publisher_options.inflight = WINDOW;
-    let publisher = Client::connect(publisher_options, &[]).await;
-
-    let started = Instant::now();
-    let mut completions = Vec::with_capacity(TOTAL);
-    for n in 0..TOTAL {
-        completions.push(publisher.queue("refill/x", n, QoS::AtLeastOnce).await);
-    }
-    all_acknowledged(completions).await;
-    let took = started.elapsed();
-
-    eprintln!("{TOTAL} QoS 1 publishes through a window of {WINDOW} took {took:?}");
-    assert!(
-        took < BOUND,
-        "{TOTAL} publishes took {took:?} (more than {BOUND:?}): refills of the window \
-         waited for delayed ACKs"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_window_refills_without_waiting_for_delayed_acks_v5() {
-    a_full_window_refills_without_waiting_for_delayed_acks(Protocol::V5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_window_refills_without_waiting_for_delayed_acks_v311() {
-    a_full_window_refills_without_waiting_for_delayed_acks(Protocol::V311).await;
-}
+// and acknowledges the broker's PUBACKs at TCP level at once meanwhile (vendor/rumqttc/
+// PATCHES.md, "Holding writes for room"). That both work together is a matter of speed, so it
+// is the benchmark's to show (scripts/bench, Bayeux → MQTT QoS 1 at full speed: without the
+// quick ACK each refill of the window waits up to 40 ms for a delayed ACK and the rate falls
+// by two orders of magnitude), not a wall-clock bound here. The behaviour itself (what is held,
+// what is written together) has tests of its own in vendor/rumqttc. The burst tests above show
+// that a small window still delivers everything, in order.

@@ -4,6 +4,8 @@
 //! invalid`, `403::Handshake denied`, `403::Unknown client` and the control
 //! endpoints the bridge tests script it with.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

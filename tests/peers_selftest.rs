@@ -2,6 +2,8 @@
 //! start, answer a raw handshake, honour the long-poll timeout, and can be
 //! killed and restarted on the same port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};

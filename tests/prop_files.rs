@@ -7,6 +7,8 @@
 //! spool (each case writes, syncs and checks a database file); `PROPTEST_CASES` overrides
 //! both. The fuzz harness (`tests/fuzz_inputs.rs`) runs the config loader for longer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! unless `PROPTEST_CASES` says otherwise; the fuzz harness (`tests/fuzz_inputs.rs`,
 //! `scripts/fuzz`) runs the same decoders for millions of cases.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::time::Duration;
 
 use bayeux_mqtt_bridge::bayeux::advice::{self, Advice};

@@ -7,6 +7,8 @@
 //! both point at a loopback port nobody listens on, and the daemon keeps retrying until it is
 //! stopped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::os::unix::process::CommandExt;

@@ -5,6 +5,8 @@
 //! connected, subscriptions made, so every request that carries a secret has been sent),
 //! and then every line it wrote is searched for the secret strings.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

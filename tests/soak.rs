@@ -13,6 +13,8 @@
 //! what it held for the bridge's session would be lost by the protocol itself, not by the
 //! bridge (`tests/bridge_end_to_end.rs` covers a Bayeux server restart).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,8 @@
 //! The spool on the command line: `check` describes `[spool]` and refuses a directory it
 //! cannot write; `spool-recover` moves damaged queue files aside and leaves healthy ones.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::path::Path;

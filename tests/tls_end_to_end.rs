@@ -6,6 +6,8 @@
 //! error, and the proxy proves that nothing (no request, no credential) was sent.
 //! Synchronisation is by the bridge's JSON log lines and the MQTT client's deliveries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -140,6 +140,33 @@ impl LogLine {
         self.message() == Some(message)
     }
 
+    /// When the bridge logged the event, by its own clock: the record's RFC 3339 UTC
+    /// `timestamp` (`2026-12-07T10:10:10.123456Z`) as time since the Unix epoch. Spans
+    /// between two of these are what the bridge took, free of the test's own scheduling.
+    pub fn timestamp(&self) -> Option<Duration> {
+        let text = self.json.as_ref()?.get("timestamp")?.as_str()?;
+        let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+        let mut ymd = date.splitn(3, '-').map(str::parse::<i64>);
+        let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+        let mut hms = time.splitn(3, ':');
+        let (h, min) = (
+            hms.next()?.parse::<u64>().ok()?,
+            hms.next()?.parse::<u64>().ok()?,
+        );
+        let seconds = hms.next()?.parse::<f64>().ok()?;
+        // Days from the civil date (Howard Hinnant's days_from_civil).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+        Some(
+            Duration::from_secs(days * 86_400 + h * 3_600 + min * 60)
+                + Duration::from_secs_f64(seconds),
+        )
+    }
+
     /// Whether the event was logged inside a span named `name` (at any depth).
     pub fn in_span(&self, name: &str) -> bool {
         self.json
@@ -268,6 +295,30 @@ impl BridgeProcess {
             .iter()
             .filter(|l| l.is(message) && !l.in_span(span))
             .count()
+    }
+
+    /// The time the bridge's own log puts between the first event `from` and the first event
+    /// `to` after it (e.g. from `Shutdown requested; draining.` to the `Totals.` it logs when
+    /// the drain is over). Panics, with the log's end, if either is missing.
+    pub fn logged_between(&self, from: &str, to: &str) -> Duration {
+        let lines = self.lines();
+        let stamp = |message: &str, skip: usize| {
+            lines
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .find(|(_, l)| l.is(message))
+                .and_then(|(i, l)| Some((i, l.timestamp()?)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no timestamped \"{message}\" in the log; it ends:\n{}",
+                        self.tail(30)
+                    )
+                })
+        };
+        let (start, began) = stamp(from, 0);
+        let (_, ended) = stamp(to, start + 1);
+        ended.saturating_sub(began)
     }
 
     /// The last `n` lines, for failure messages.

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::gaps::{self, GapKind};
+use super::shutdown::{Shutdown, Step};
 use super::spooled::Delivery;
 use super::stats::{self, Direction, Stats};
 use super::{BridgeError, Shared, b2m};
@@ -291,13 +292,10 @@ pub(super) fn log_summary(stats: &Stats) {
     }
 }
 
-/// The running pipelines and the signals that stop them.
+/// The running pipelines; they stop at the steps of the bridge's [`Shutdown`].
 pub(super) struct Pipelines {
     pub(super) b2m: JoinHandle<()>,
     pub(super) m2b: JoinHandle<()>,
-    pub(super) stop_m2b: watch::Sender<bool>,
-    pub(super) drain_b2m: watch::Sender<bool>,
-    pub(super) stop_b2m: watch::Sender<bool>,
     pub(super) b2m_permits: Arc<Semaphore>,
     pub(super) m2b_permits: Arc<Semaphore>,
     /// With `[spool]`: the delivery tasks.
@@ -309,25 +307,26 @@ pub(super) async fn drain(
     shared: &Shared,
     mqtt: &MqttHandle,
     mut pipelines: Pipelines,
+    shutdown: &Shutdown,
     capacity: usize,
     deadline: Instant,
 ) {
     if let Some(delivery) = pipelines.delivery.take() {
-        return drain_spooled(shared, mqtt, pipelines, delivery, capacity, deadline).await;
+        return drain_spooled(
+            shared, mqtt, pipelines, delivery, shutdown, capacity, deadline,
+        )
+        .await;
     }
     let Pipelines {
         b2m,
         m2b,
-        stop_m2b,
-        drain_b2m,
-        stop_b2m,
         b2m_permits,
         m2b_permits,
         delivery: _,
     } = pipelines;
     // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
     //    (unacknowledged ones are delivered again by the broker).
-    let _ = stop_m2b.send(true);
+    shutdown.advance(Step::StopMqttToBayeux);
     let reserve = Duration::from_secs(1);
     let until = |reserve: Duration| deadline.checked_sub(reserve).unwrap_or(deadline);
     let mut m2b = m2b;
@@ -360,14 +359,14 @@ pub(super) async fn drain(
         warn!("The Bayeux server did not answer /meta/disconnect in time.");
     }
     debug!("Drain: Bayeux client disconnected.");
-    let _ = drain_b2m.send(true);
+    shutdown.advance(Step::DrainBayeuxToMqtt);
     let mut b2m = b2m;
     if tokio::time::timeout_at(until(reserve).into(), &mut b2m)
         .await
         .is_err()
     {
         // Deadline: the pipeline counts what it still buffers as dropped, then ends.
-        let _ = stop_b2m.send(true);
+        shutdown.advance(Step::StopBayeuxToMqtt);
         let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
         if tokio::time::timeout(grace, &mut b2m).await.is_err() {
             b2m.abort();
@@ -398,15 +397,13 @@ async fn drain_spooled(
     mqtt: &MqttHandle,
     pipelines: Pipelines,
     delivery: Delivery,
+    shutdown: &Shutdown,
     capacity: usize,
     deadline: Instant,
 ) {
     let Pipelines {
         b2m,
         m2b,
-        stop_m2b,
-        drain_b2m,
-        stop_b2m,
         b2m_permits,
         m2b_permits,
         delivery: _,
@@ -415,7 +412,7 @@ async fn drain_spooled(
     let until = deadline.checked_sub(reserve).unwrap_or(deadline);
     // 1. Stop taking: MQTT → Bayeux at once (the broker keeps what was not taken), Bayeux →
     //    MQTT once the Bayeux client handed over what it holds; both made durable.
-    let _ = stop_m2b.send(true);
+    shutdown.advance(Step::StopMqttToBayeux);
     let mut m2b = m2b;
     if tokio::time::timeout_at(until.into(), &mut m2b)
         .await
@@ -431,13 +428,13 @@ async fn drain_spooled(
     {
         warn!("The Bayeux server did not answer /meta/disconnect in time.");
     }
-    let _ = drain_b2m.send(true);
+    shutdown.advance(Step::DrainBayeuxToMqtt);
     let mut b2m = b2m;
     if tokio::time::timeout_at(until.into(), &mut b2m)
         .await
         .is_err()
     {
-        let _ = stop_b2m.send(true);
+        shutdown.advance(Step::StopBayeuxToMqtt);
         let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
         if tokio::time::timeout(grace, &mut b2m).await.is_err() {
             b2m.abort();
@@ -464,8 +461,7 @@ async fn drain_spooled(
             info!("Drain deadline: undelivered messages stay in the spool for the next start.");
         }
     }
-    let _ = delivery.stop_b2m.send(true);
-    let _ = delivery.stop_m2b.send(true);
+    shutdown.advance(Step::StopDeliveries);
     let _ = tokio::time::timeout_at(until.into(), delivery.m2b).await;
     let _ = tokio::time::timeout_at(until.into(), delivery.b2m).await;
     all_back(&delivery.m2b_permits, capacity, until).await;

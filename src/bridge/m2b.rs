@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
 use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
+use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
@@ -27,25 +28,25 @@ use crate::backoff::{Backoff, BackoffOptions};
 use crate::bayeux::{Client, PublishError, Verdict};
 use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 
-/// Runs until `stop` turns true or the MQTT client has ended.
-///
-/// Lifecycle events (connected, subscribed, disconnected) are handled as they come, even when
-/// every slot is taken (the Bayeux side is down); messages wait in `pending` for a slot. QoS 1
-/// and 2 messages there are bounded by the broker's in-flight window (they are not
-/// acknowledged yet); QoS 0 floods are bounded by [`PENDING_LIMIT`], beyond which the loop
-/// stops reading until slots free up.
 /// A new MQTT client and its events, after a reload changed `[mqtt]`.
 pub(super) type Swap = (MqttHandle, mpsc::Receiver<MqttEvent>);
 
 /// Most messages waiting for a slot before the loop stops reading events.
 const PENDING_LIMIT: usize = 4096;
 
+/// Runs until `stop` is set or the MQTT client has ended.
+///
+/// Lifecycle events (connected, subscribed, disconnected) are handled as they come, even when
+/// every slot is taken (the Bayeux side is down); messages wait in `pending` for a slot. QoS 1
+/// and 2 messages there are bounded by the broker's in-flight window (they are not
+/// acknowledged yet); QoS 0 floods are bounded by [`PENDING_LIMIT`], beyond which the loop
+/// stops reading until slots free up.
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
     mut events: mpsc::Receiver<MqttEvent>,
     permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Signal,
     mut swaps: mpsc::Receiver<Swap>,
 ) {
     let mut mqtt = mqtt;
@@ -72,7 +73,7 @@ pub(super) async fn run(
         }
         let wake = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => Wake::Stop,
+            () = stop.wait() => Wake::Stop,
             Some(swap) = swaps.recv() => Wake::Swap(swap),
             permit = permits.clone().acquire_owned(), if !pending.is_empty() => Wake::Slot(permit.ok()),
             event = events.recv(), if open && pending.len() < PENDING_LIMIT => Wake::Event(event),
@@ -238,47 +239,25 @@ fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
     });
 }
 
+/// Forwards `message` to the Bayeux channels its routes map it to (or with `[spool]` into
+/// the spool); it is acknowledged to the broker once every target settled, or at once when
+/// it is an own echo, nothing takes it, or it cannot be converted.
 async fn forward(
     shared: &Arc<Shared>,
     bayeux: &Client,
     mqtt: &MqttHandle,
     message: IncomingMessage,
     permit: Slot,
-    stop: watch::Receiver<bool>,
+    stop: Signal,
     out: &Outputs,
 ) {
     let now = Instant::now();
-    if let Some(mut echoes) = shared.mqtt_echoes()
-        && echoes.take(&message.topic, &message.payload, now)
-    {
-        shared.stats.received(Direction::MqttToBayeux, 0);
-        shared.stats.echo(Direction::MqttToBayeux);
-        debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+    if own_echo(shared, &message, now) {
         mqtt.ack(message.token);
         return;
     }
-    let mut targets: Vec<(usize, String)> = Vec::new();
     let routes = shared.routes();
-    for route in routes
-        .iter()
-        .filter(|r| r.subscribes_mqtt() && r.matches_topic(&message.topic))
-    {
-        // An untranslatable topic is dropped and, when no route takes it, acknowledged below
-        // so that the broker does not deliver it again.
-        match route.topic_to_channel(&message.topic) {
-            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
-                targets.push((route.number(), channel))
-            }
-            Ok(_) => {}
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                e.reason(),
-                route.number(),
-                &message.topic,
-                &e.to_string(),
-            ),
-        }
-    }
+    let targets = targets(shared, &routes, &message.topic);
     let first_route = targets.first().map_or(0, |(route, _)| *route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
     if targets.is_empty() {
@@ -291,7 +270,7 @@ async fn forward(
             shared.drop_message(
                 Direction::MqttToBayeux,
                 "binary_payload",
-                targets[0].0,
+                first_route,
                 &message.topic,
                 &e.to_string(),
             );
@@ -300,58 +279,12 @@ async fn forward(
         }
     };
     if let Some(intake) = &out.intake {
-        trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
-        let entries = targets
-            .into_iter()
-            .map(|(route, channel)| {
-                ToBayeux {
-                    route,
-                    channel,
-                    topic: message.topic.clone(),
-                    data: data.clone(),
-                }
-                .encode()
-            })
-            .collect();
-        let then = OnDurable::Mqtt {
-            slot: permit,
-            token: message.token,
-            mqtt: mqtt.clone(),
-        };
-        intake.submit(entries, then, first_route, &message.topic);
-        return;
+        return spool(intake, mqtt, message, permit, targets, data);
     }
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
-    // The serialized data, for the echo filter: made only when a target channel is one the
-    // bridge also reads (the only way it can come back).
-    let mut fingerprint: Option<Vec<u8>> = None;
-    let mut verdicts = Vec::with_capacity(targets.len());
-    let last = targets.len() - 1;
-    let mut data = Some(data);
-    for (i, (route, channel)) in targets.into_iter().enumerate() {
-        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
-            break;
-        };
-        if echoes_back(&routes, &channel) {
-            let fingerprint = fingerprint.get_or_insert_with(|| echo_fingerprint(&value));
-            shared.bayeux_echoes().record(&channel, fingerprint, now);
-        }
-        match bayeux.publish_queued(&channel, value, None).await {
-            Ok(verdict) => verdicts.push(Pending {
-                route,
-                channel,
-                verdict,
-            }),
-            Err(PublishError::Closed) => return, // shutting down: the broker keeps the message
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                "invalid_channel",
-                route,
-                &channel,
-                &e.to_string(),
-            ),
-        }
-    }
+    let Some(verdicts) = publish_all(shared, bayeux, &routes, targets, data, now).await else {
+        return; // shutting down: the broker keeps the message
+    };
     let shared = Arc::clone(shared);
     let mqtt = mqtt.clone();
     out.settler.settle(async move {
@@ -364,6 +297,127 @@ async fn forward(
             mqtt.ack(message.token);
         }
     });
+}
+
+/// Whether `message` is an own publish coming back from the broker (MQTT 3.1.1 only); it is
+/// counted as such and not forwarded.
+fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
+    let Some(mut echoes) = shared.mqtt_echoes() else {
+        return false;
+    };
+    if !echoes.take(&message.topic, &message.payload, now) {
+        return false;
+    }
+    shared.stats.received(Direction::MqttToBayeux, 0);
+    shared.stats.echo(Direction::MqttToBayeux);
+    debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+    true
+}
+
+/// The routes and Bayeux channels `topic` goes to, each channel once. An untranslatable
+/// topic is dropped for that route (and, when no route takes it, acknowledged by the caller
+/// so that the broker does not deliver it again).
+fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String)> {
+    let mut targets: Vec<(usize, String)> = Vec::new();
+    for route in routes
+        .iter()
+        .filter(|r| r.subscribes_mqtt() && r.matches_topic(topic))
+    {
+        match route.topic_to_channel(topic) {
+            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
+                targets.push((route.number(), channel))
+            }
+            Ok(_) => {}
+            Err(e) => shared.drop_message(
+                Direction::MqttToBayeux,
+                e.reason(),
+                route.number(),
+                topic,
+                &e.to_string(),
+            ),
+        }
+    }
+    targets
+}
+
+/// Hands `message`, converted to `data`, for each of its `targets` to the spool; it is
+/// acknowledged to the broker once durable there.
+fn spool(
+    intake: &Intake,
+    mqtt: &MqttHandle,
+    message: IncomingMessage,
+    permit: Slot,
+    targets: Vec<(usize, String)>,
+    data: crate::bayeux::Data,
+) {
+    trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
+    let first_route = targets.first().map_or(0, |(route, _)| *route);
+    let entries = targets
+        .into_iter()
+        .map(|(route, channel)| {
+            ToBayeux {
+                route,
+                channel,
+                topic: message.topic.clone(),
+                data: data.clone(),
+            }
+            .encode()
+        })
+        .collect();
+    let then = OnDurable::Mqtt {
+        slot: permit,
+        token: message.token,
+        mqtt: mqtt.clone(),
+    };
+    intake.submit(entries, then, first_route, &message.topic);
+}
+
+/// Publishes `data` on each target channel, recording it for the echo filter where it can
+/// come back; returns the verdicts to wait for, or `None` when the Bayeux client is closed
+/// (shutting down). A channel the client refuses at once is dropped and counted.
+async fn publish_all(
+    shared: &Shared,
+    bayeux: &Client,
+    routes: &[Route],
+    targets: Vec<(usize, String)>,
+    data: crate::bayeux::Data,
+    now: Instant,
+) -> Option<Vec<Pending>> {
+    // The serialized data, for the echo filter: made only when a target channel is one the
+    // bridge also reads (the only way it can come back).
+    let mut fingerprint: Option<Vec<u8>> = None;
+    let mut verdicts = Vec::with_capacity(targets.len());
+    let last = targets.len().saturating_sub(1);
+    let mut data = Some(data);
+    for (i, (route, channel)) in targets.into_iter().enumerate() {
+        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
+            break;
+        };
+        record_echo(
+            shared,
+            routes,
+            &channel,
+            &value,
+            Some(&mut fingerprint),
+            now,
+        );
+        match bayeux.publish_queued(&channel, value, None).await {
+            Ok(verdict) => verdicts.push(Pending {
+                route,
+                channel,
+                verdict,
+            }),
+            Err(PublishError::Closed) => return None,
+            Err(e) => shared.drop_message(
+                Direction::MqttToBayeux,
+                "invalid_channel",
+                route,
+                &channel,
+                &e.to_string(),
+            ),
+        }
+    }
+    Some(verdicts)
 }
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
@@ -394,7 +448,7 @@ pub(crate) async fn settle(
     shared: &Shared,
     pending: Pending,
     payload: &[u8],
-    mut stop: watch::Receiver<bool>,
+    mut stop: Signal,
 ) -> bool {
     let Pending {
         route,
@@ -446,7 +500,7 @@ pub(crate) async fn settle(
             }
             // Shutting down: leave it to the broker. Otherwise the client was replaced by a
             // reload (new [bayeux] settings): publish again through the current one.
-            Err(PublishError::Closed) if *stop.borrow() => return false,
+            Err(PublishError::Closed) if stop.is_set() => return false,
             Err(
                 e
                 @ (PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_)),
@@ -457,32 +511,70 @@ pub(crate) async fn settle(
                     warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
                 }
                 tokio::select! {
-                    _ = stop.wait_for(|stop| *stop) => return false,
+                    () = stop.wait() => return false,
                     () = tokio::time::sleep(wait) => {}
                 }
                 // Made from the same payload the first time, so this does not fail; if it
                 // did, the message is dropped as it would have been then.
-                let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
-                    Ok(data) => data,
-                    Err(e) => {
-                        shared.drop_message(
-                            Direction::MqttToBayeux,
-                            "binary_payload",
-                            route,
-                            &channel,
-                            &e.to_string(),
-                        );
-                        return true;
-                    }
+                let Some(data) = retry_data(shared, route, &channel, payload) else {
+                    return true;
                 };
-                if echoes_back(&shared.routes(), &channel) {
-                    let fingerprint = echo_fingerprint(&data);
-                    shared
-                        .bayeux_echoes()
-                        .record(&channel, &fingerprint, Instant::now());
-                }
                 result = shared.publisher().publish(&channel, data).await;
             }
         }
     }
+}
+
+/// The Bayeux data of a retry of `payload` on `channel`, made again from the MQTT payload and
+/// recorded for the echo filter as the first try was; `None` (counted as dropped) if it
+/// cannot be made.
+fn retry_data(
+    shared: &Shared,
+    route: usize,
+    channel: &str,
+    payload: &[u8],
+) -> Option<crate::bayeux::Data> {
+    let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
+        Ok(data) => data,
+        Err(e) => {
+            shared.drop_message(
+                Direction::MqttToBayeux,
+                "binary_payload",
+                route,
+                channel,
+                &e.to_string(),
+            );
+            return None;
+        }
+    };
+    record_echo(
+        shared,
+        &shared.routes(),
+        channel,
+        &data,
+        None,
+        Instant::now(),
+    );
+    Some(data)
+}
+
+/// Records a publish on `channel` for the echo filter when it can come back (the bridge also
+/// reads `channel`); `fingerprint` keeps the serialized data for the other targets of the
+/// same message.
+fn record_echo(
+    shared: &Shared,
+    routes: &[Route],
+    channel: &str,
+    data: &crate::bayeux::Data,
+    fingerprint: Option<&mut Option<Vec<u8>>>,
+    now: Instant,
+) {
+    if !echoes_back(routes, channel) {
+        return;
+    }
+    let mut own = None;
+    let fingerprint = fingerprint
+        .unwrap_or(&mut own)
+        .get_or_insert_with(|| echo_fingerprint(data));
+    shared.bayeux_echoes().record(channel, fingerprint, now);
 }

@@ -15,11 +15,12 @@ use std::time::Instant;
 
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
 use super::mapping::Route;
 use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
+use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
@@ -76,9 +77,9 @@ pub(super) const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_
 pub(super) struct Stop {
     /// Soft: keep forwarding until every subscription has ended (the Bayeux client closes them
     /// after delivering what it holds), then stop.
-    pub(super) draining: watch::Receiver<bool>,
+    pub(super) draining: Signal,
     /// Hard: stop now (the drain deadline); whatever is still buffered is counted as dropped.
-    pub(super) now: watch::Receiver<bool>,
+    pub(super) now: Signal,
 }
 
 /// Runs until the subscriptions end after `stop.draining`, or `stop.now`.
@@ -115,8 +116,8 @@ pub(super) async fn run(
         }
         let permit = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
+            () = stop.wait() => break,
+            () = draining.wait(), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
                 apply(&mut deliveries, &mut live, &mut mqtt, change);
                 continue;
@@ -132,8 +133,8 @@ pub(super) async fn run(
         let (key, message) = loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break 'taking,
-                _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
+                () = stop.wait() => break 'taking,
+                () = draining.wait(), if deliveries.is_empty() => break 'taking,
                 Some(change) = control.recv() => {
                     apply(&mut deliveries, &mut live, &mut mqtt, change);
                 }
@@ -147,7 +148,7 @@ pub(super) async fn run(
         // While messages are already waiting and permits are free, take them without the
         // selects above (setting up their futures costs more than the message), stopping at
         // any control change so that a pause or removal applies before the next message.
-        while !live.paused && !*stop.borrow() {
+        while !live.paused && !stop.is_set() {
             if let Ok(change) = control.try_recv() {
                 apply(&mut deliveries, &mut live, &mut mqtt, change);
                 continue;

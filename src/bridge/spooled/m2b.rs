@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, trace};
 
 use super::b2m::damaged;
@@ -16,16 +16,13 @@ use crate::bayeux::channel::validate_channel_name;
 use crate::bridge::m2b::{Pending, echoes_back, settle};
 use crate::bridge::payload::echo_fingerprint;
 use crate::bridge::settling::Settler;
+use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
 
 /// Delivers until `stop` turns true; verdicts still awaited then are awaited by the settling
 /// task (what gets none stays in the spool).
-pub(crate) async fn deliver(
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut stop: Signal) {
     let Some(spools) = shared.spools.as_ref() else {
         return;
     };
@@ -101,7 +98,7 @@ pub(crate) async fn deliver(
             {
                 Ok(verdict) => verdict,
                 // Shutting down: it stays in the spool.
-                Err(PublishError::Closed) if *stop.borrow() => break 'reading,
+                Err(PublishError::Closed) if stop.is_set() => break 'reading,
                 Err(e) => {
                     spools.settled(Direction::MqttToBayeux, key);
                     shared.drop_message(

@@ -28,7 +28,9 @@ use crate::backoff::{Backoff, BackoffOptions};
 use crate::bayeux::{Client, PublishError, Verdict};
 use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 
-/// A new MQTT client and its events, after a reload changed `[mqtt]`.
+/// A new MQTT client and its events, after a reload changed `[mqtt]`. They come as a pair,
+/// not as a change of [`Shared::mqtt`] alone: a message is acknowledged through the client
+/// that delivered it.
 pub(super) type Swap = (MqttHandle, mpsc::Receiver<MqttEvent>);
 
 /// Most messages waiting for a slot before the loop stops reading events.

@@ -470,7 +470,6 @@ fn spawn_pipelines(
     let b2m = tokio::spawn(
         b2m::run(
             Arc::clone(shared),
-            shared.mqtt(),
             initial,
             Arc::clone(&b2m_permits),
             b2m::Stop {

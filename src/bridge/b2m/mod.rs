@@ -51,8 +51,8 @@ pub(super) enum Control {
     Replace { key: u64, route: Arc<Route> },
     /// Stop taking messages (a reload is replacing the MQTT client).
     Pause,
-    /// Take messages again, publishing through `mqtt`.
-    Resume(MqttHandle),
+    /// Take messages again, publishing through the current MQTT client ([`Shared::mqtt`]).
+    Resume,
     /// Stop reading route `key`. What its subscription still buffers is taken and counted as
     /// dropped (`route_removed`), then its stream ends.
     Remove { key: u64 },
@@ -85,7 +85,6 @@ pub(super) struct Stop {
 /// Runs until the subscriptions end after `stop.draining`, or `stop.now`.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    mqtt: MqttHandle,
     routes: Vec<(u64, Arc<Route>, Subscription)>,
     permits: Arc<Semaphore>,
     stop: Stop,
@@ -95,7 +94,9 @@ pub(super) async fn run(
         mut draining,
         now: mut stop,
     } = stop;
-    let mut mqtt = mqtt;
+    // The pipeline's copy of the current MQTT client, which `shared` owns; taken again at
+    // each `Control::Resume` (a reload replaced it).
+    let mut mqtt = shared.mqtt();
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
     let out = Outputs {
@@ -119,7 +120,7 @@ pub(super) async fn run(
             () = stop.wait() => break,
             () = draining.wait(), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
-                apply(&mut deliveries, &mut live, &mut mqtt, change);
+                apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             permit = permits.clone().acquire_owned(), if !live.paused => match permit {
@@ -136,7 +137,7 @@ pub(super) async fn run(
                 () = stop.wait() => break 'taking,
                 () = draining.wait(), if deliveries.is_empty() => break 'taking,
                 Some(change) = control.recv() => {
-                    apply(&mut deliveries, &mut live, &mut mqtt, change);
+                    apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 }
                 // `None`: the last stream just ended; loop to re-check the conditions above.
                 next = deliveries.next(), if !deliveries.is_empty() && !live.paused => if let Some(next) = next {
@@ -150,7 +151,7 @@ pub(super) async fn run(
         // any control change so that a pause or removal applies before the next message.
         while !live.paused && !stop.is_set() {
             if let Ok(change) = control.try_recv() {
-                apply(&mut deliveries, &mut live, &mut mqtt, change);
+                apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -219,8 +220,14 @@ async fn take(
     forward(shared, mqtt, route, message, slot, out).await;
 }
 
-/// Applies a control change; a resume also switches the pipeline to the new `mqtt` client.
-fn apply(deliveries: &mut Deliveries, live: &mut Live, mqtt: &mut MqttHandle, change: Control) {
+/// Applies a control change; a resume also switches the pipeline to the current MQTT client.
+fn apply(
+    shared: &Shared,
+    deliveries: &mut Deliveries,
+    live: &mut Live,
+    mqtt: &mut MqttHandle,
+    change: Control,
+) {
     match change {
         Control::Add {
             key,
@@ -231,9 +238,9 @@ fn apply(deliveries: &mut Deliveries, live: &mut Live, mqtt: &mut MqttHandle, ch
             live.routes.insert(key, route);
         }
         Control::Pause => live.paused = true,
-        Control::Resume(handle) => {
+        Control::Resume => {
             live.paused = false;
-            *mqtt = handle;
+            *mqtt = shared.mqtt();
         }
         Control::Remove { key } => {
             live.routes.remove(&key);

@@ -81,39 +81,17 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
             } if !subscriptions.is_empty() => {
                 let back_pressured = shared.b2m_pressure.was_full_since(last_connected);
                 let since = last_connected.map_or_else(SystemTime::now, gaps::wall_clock);
-                lost = Some(match lost.take() {
-                    // Lost again before the new session subscribed: one longer gap.
-                    Some(mut earlier) => {
-                        earlier.subscriptions.extend(subscriptions.iter().cloned());
-                        earlier.waiting.extend(subscriptions);
-                        earlier.back_pressured |= back_pressured;
-                        earlier.reason = reason;
-                        earlier
-                    }
-                    None => LostSession {
-                        since,
-                        reason,
-                        subscriptions: subscriptions.iter().cloned().collect(),
-                        waiting: subscriptions.into_iter().collect(),
-                        back_pressured,
-                    },
-                });
+                lost = Some(LostSession::add(
+                    lost.take(),
+                    since,
+                    reason,
+                    subscriptions,
+                    back_pressured,
+                ));
             }
             Event::SubscriptionConfirmed { subscription } => {
                 readiness.bayeux_confirmed(&subscription);
-                if let Some(session) = &mut lost {
-                    session.waiting.remove(&subscription);
-                    if session.waiting.is_empty() {
-                        let gap = session.gap(&shared);
-                        lost = None;
-                        // On a task of its own: a broker that is down as well must not hold
-                        // up the readiness events behind.
-                        let shared = Arc::clone(&shared);
-                        tokio::spawn(async move {
-                            gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await
-                        });
-                    }
-                }
+                resubscribed(&mut lost, &shared, &subscription);
             }
             Event::Unsubscribed { subscription, .. } => {
                 if let Some(session) = &mut lost {
@@ -125,27 +103,8 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 error,
                 ..
             } => {
-                let gap = shared
-                    .replay
-                    .as_ref()
-                    .and_then(|r| r.on_subscription_failed(&subscription, &error));
-                if let Some(gap) = gap {
-                    warn!(
-                        channel = %gap.channel,
-                        last_good_replay_id = gap.last_good,
-                        resumed_from = ?gap.resumed_from,
-                        error = %gap.error,
-                        "The Bayeux server refused the stored replay id: events after it that \
-                         the server no longer retains are lost."
-                    );
-                    gaps::report(&shared, &gap.report(), gaps::REPORT_TIMEOUT).await;
-                    if gap.resumed_from.is_none() {
-                        return BridgeError::ReplayGap {
-                            channel: gap.channel,
-                            last_good: gap.last_good,
-                            error: gap.error,
-                        };
-                    }
+                if let Some(stop) = subscription_failed(&shared, &subscription, &error).await {
+                    return stop;
                 }
             }
             Event::TokenRefreshed { .. } => {
@@ -171,6 +130,54 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
     BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
 }
 
+/// The new session confirmed `subscription`: once it has confirmed every subscription of
+/// the `lost` session, that session's gap is reported.
+fn resubscribed(lost: &mut Option<LostSession>, shared: &Arc<Shared>, subscription: &str) {
+    let Some(session) = lost else {
+        return;
+    };
+    session.waiting.remove(subscription);
+    if session.waiting.is_empty() {
+        let gap = session.gap(shared);
+        *lost = None;
+        // On a task of its own: a broker that is down as well must not hold up the readiness
+        // events behind.
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
+    }
+}
+
+/// The server refused `subscription` with `error`: with replay, a refused stored replay id
+/// is a gap, reported; it stops the bridge (the error returned) when `replay.on_invalid`
+/// says so.
+async fn subscription_failed(
+    shared: &Shared,
+    subscription: &str,
+    error: &str,
+) -> Option<BridgeError> {
+    let gap = shared
+        .replay
+        .as_ref()
+        .and_then(|r| r.on_subscription_failed(subscription, error))?;
+    warn!(
+        channel = %gap.channel,
+        last_good_replay_id = gap.last_good,
+        resumed_from = ?gap.resumed_from,
+        error = %gap.error,
+        "The Bayeux server refused the stored replay id: events after it that the server no \
+         longer retains are lost."
+    );
+    gaps::report(shared, &gap.report(), gaps::REPORT_TIMEOUT).await;
+    if gap.resumed_from.is_some() {
+        return None;
+    }
+    Some(BridgeError::ReplayGap {
+        channel: gap.channel,
+        last_good: gap.last_good,
+        error: gap.error,
+    })
+}
+
 /// A lost Bayeux session whose gap ends when the new session has subscribed again.
 struct LostSession {
     /// The last successful `/meta/connect` of the lost session.
@@ -186,6 +193,33 @@ struct LostSession {
 }
 
 impl LostSession {
+    /// The session lost `since`, with `subscriptions`; added to the `earlier` one when it was
+    /// lost again before the new session subscribed (one longer gap).
+    fn add(
+        earlier: Option<LostSession>,
+        since: SystemTime,
+        reason: String,
+        subscriptions: Vec<String>,
+        back_pressured: bool,
+    ) -> LostSession {
+        match earlier {
+            Some(mut earlier) => {
+                earlier.subscriptions.extend(subscriptions.iter().cloned());
+                earlier.waiting.extend(subscriptions);
+                earlier.back_pressured |= back_pressured;
+                earlier.reason = reason;
+                earlier
+            }
+            None => LostSession {
+                since,
+                reason,
+                subscriptions: subscriptions.iter().cloned().collect(),
+                waiting: subscriptions.into_iter().collect(),
+                back_pressured,
+            },
+        }
+    }
+
     /// The `session_expired` gap, ending now; covered when the server honours replay.
     fn gap(&self, shared: &Shared) -> gaps::Gap {
         let mut gap = gaps::Gap::new(GapKind::SessionExpired, Direction::BayeuxToMqtt);

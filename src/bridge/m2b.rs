@@ -463,68 +463,56 @@ pub(crate) async fn settle(
     });
     let mut result = verdict.await;
     loop {
-        match result {
+        let e = match result {
             Ok(_) => {
                 shared.stats.forwarded(Direction::MqttToBayeux, route);
                 return true;
             }
-            Err(PublishError::Refused(error)) => {
-                shared.count_publish_error("bayeux", "refused");
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "bayeux_refused",
-                    route,
-                    &channel,
-                    &error.raw,
-                );
-                return true;
-            }
-            Err(PublishError::InvalidChannel(e)) => {
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "invalid_channel",
-                    route,
-                    &channel,
-                    &e.to_string(),
-                );
-                return true;
-            }
-            // Over `bayeux.max_request_bytes`: it can never be sent.
-            Err(e @ PublishError::TooLarge { .. }) => {
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "payload_too_large",
-                    route,
-                    &channel,
-                    &e.to_string(),
-                );
-                return true;
-            }
-            // Shutting down: leave it to the broker. Otherwise the client was replaced by a
-            // reload (new [bayeux] settings): publish again through the current one.
-            Err(PublishError::Closed) if stop.is_set() => return false,
-            Err(
-                e
-                @ (PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_)),
-            ) => {
-                shared.count_publish_error("bayeux", "transport");
-                let wait = backoff.next_delay();
-                if shared.log_limit.allow("Bayeux publish failed; retrying.") {
-                    warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
-                }
-                tokio::select! {
-                    () = stop.wait() => return false,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                // Made from the same payload the first time, so this does not fail; if it
-                // did, the message is dropped as it would have been then.
-                let Some(data) = retry_data(shared, route, &channel, payload) else {
-                    return true;
-                };
-                result = shared.publisher().publish(&channel, data).await;
-            }
+            Err(e) => e,
+        };
+        if dropped_for_good(shared, route, &channel, &e) {
+            return true;
         }
+        // Shutting down: leave it to the broker. Otherwise the client was replaced by a
+        // reload (new [bayeux] settings): publish again through the current one.
+        if matches!(e, PublishError::Closed) && stop.is_set() {
+            return false;
+        }
+        shared.count_publish_error("bayeux", "transport");
+        let wait = backoff.next_delay();
+        if shared.log_limit.allow("Bayeux publish failed; retrying.") {
+            warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
+        }
+        tokio::select! {
+            () = stop.wait() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        // Made from the same payload the first time, so this does not fail; if it did, the
+        // message is dropped as it would have been then.
+        let Some(data) = retry_data(shared, route, &channel, payload) else {
+            return true;
+        };
+        result = shared.publisher().publish(&channel, data).await;
     }
+}
+
+/// Drops and counts a message whose publish failed for good: the server refused it, its
+/// channel is invalid, or it is over `bayeux.max_request_bytes` (it can never be sent).
+/// `false` for a failure worth retrying (closed client, transport, full queue).
+fn dropped_for_good(shared: &Shared, route: usize, channel: &str, error: &PublishError) -> bool {
+    let (reason, detail) = match error {
+        PublishError::Refused(refusal) => {
+            shared.count_publish_error("bayeux", "refused");
+            ("bayeux_refused", refusal.raw.clone())
+        }
+        PublishError::InvalidChannel(e) => ("invalid_channel", e.to_string()),
+        PublishError::TooLarge { .. } => ("payload_too_large", error.to_string()),
+        PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_) => {
+            return false;
+        }
+    };
+    shared.drop_message(Direction::MqttToBayeux, reason, route, channel, &detail);
+    true
 }
 
 /// The Bayeux data of a retry of `payload` on `channel`, made again from the MQTT payload and

@@ -358,61 +358,26 @@ pub(super) async fn drain(
         m2b_permits,
         delivery: _,
     } = pipelines;
+    let reserve = Duration::from_secs(1);
+    let until = deadline.checked_sub(reserve).unwrap_or(deadline);
     // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
     //    (unacknowledged ones are delivered again by the broker).
-    shutdown.advance(Step::StopMqttToBayeux);
-    let reserve = Duration::from_secs(1);
-    let until = |reserve: Duration| deadline.checked_sub(reserve).unwrap_or(deadline);
-    let mut m2b = m2b;
-    if tokio::time::timeout_at(until(reserve).into(), &mut m2b)
-        .await
-        .is_err()
-    {
-        m2b.abort();
-    }
-    all_back(&m2b_permits, capacity, until(reserve)).await;
+    stop_mqtt_to_bayeux(shutdown, m2b, &m2b_permits, capacity, until).await;
     let m2b_abandoned = shared.m2b_left_pending.load(Ordering::Relaxed)
         + shared.m2b_in_flight.load(Ordering::Relaxed) as u64;
     debug!("Drain: MQTT → Bayeux settled.");
-    if let Some(publisher) = shared.set_publisher(None)
-        && tokio::time::timeout_at(until(reserve).into(), publisher.disconnect())
-            .await
-            .is_err()
-    {
-        warn!(
-            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
-        );
-    }
+    disconnect_publisher(shared, until).await;
     // 2. The Bayeux client delivers what it holds, sends /meta/disconnect and closes the
     //    subscriptions; Bayeux → MQTT forwards until they end, then waits for the broker.
-    let bayeux = shared.bayeux();
-    if tokio::time::timeout_at(until(reserve).into(), bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
-    }
+    disconnect_bayeux(shared, until).await;
     debug!("Drain: Bayeux client disconnected.");
-    shutdown.advance(Step::DrainBayeuxToMqtt);
-    let mut b2m = b2m;
-    if tokio::time::timeout_at(until(reserve).into(), &mut b2m)
-        .await
-        .is_err()
-    {
-        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
-        shutdown.advance(Step::StopBayeuxToMqtt);
-        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
-        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
-            b2m.abort();
-        }
-    }
-    all_back(&b2m_permits, capacity, until(reserve)).await;
+    drain_bayeux_to_mqtt(shutdown, b2m, &b2m_permits, capacity, until).await;
     debug!("Drain: Bayeux → MQTT settled.");
     // Still unacknowledged now, they fail at the disconnect below: with what the pipeline
     // could not even take, lost unless replay brings them back after the restart.
     let b2m_abandoned = shared.b2m_abandoned.load(Ordering::Relaxed)
         + shared.b2m_in_flight.load(Ordering::Relaxed) as u64;
-    report_abandoned(shared, b2m_abandoned, m2b_abandoned, until(reserve)).await;
+    report_abandoned(shared, b2m_abandoned, m2b_abandoned, until).await;
     // 3. Goodbye to the broker; publishes still unacknowledged fail and count as dropped.
     finish(shared, mqtt, deadline).await;
     all_back(
@@ -446,68 +411,23 @@ async fn drain_spooled(
     let until = deadline.checked_sub(reserve).unwrap_or(deadline);
     // 1. Stop taking: MQTT → Bayeux at once (the broker keeps what was not taken), Bayeux →
     //    MQTT once the Bayeux client handed over what it holds; both made durable.
-    shutdown.advance(Step::StopMqttToBayeux);
-    let mut m2b = m2b;
-    if tokio::time::timeout_at(until.into(), &mut m2b)
-        .await
-        .is_err()
-    {
-        m2b.abort();
-    }
-    all_back(&m2b_permits, capacity, until).await;
-    let bayeux = shared.bayeux();
-    if tokio::time::timeout_at(until.into(), bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
-    }
-    shutdown.advance(Step::DrainBayeuxToMqtt);
-    let mut b2m = b2m;
-    if tokio::time::timeout_at(until.into(), &mut b2m)
-        .await
-        .is_err()
-    {
-        shutdown.advance(Step::StopBayeuxToMqtt);
-        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
-        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
-            b2m.abort();
-        }
-    }
-    all_back(&b2m_permits, capacity, until).await;
+    stop_mqtt_to_bayeux(shutdown, m2b, &m2b_permits, capacity, until).await;
+    disconnect_bayeux(shared, until).await;
+    drain_bayeux_to_mqtt(shutdown, b2m, &b2m_permits, capacity, until).await;
     debug!("Drain: both directions stopped taking; what they took is in the spool.");
     // 2. Deliver what the deadline allows.
-    if let Some(spools) = &shared.spools {
-        let empty = async {
-            loop {
-                let changed = spools.b2m.changed();
-                let changed_m2b = spools.m2b.changed();
-                if spools.b2m.stats().entries == 0 && spools.m2b.stats().entries == 0 {
-                    return;
-                }
-                tokio::select! {
-                    () = changed => {}
-                    () = changed_m2b => {}
-                }
-            }
-        };
-        if tokio::time::timeout_at(until.into(), empty).await.is_err() {
-            info!("Drain deadline: undelivered messages stay in the spool for the next start.");
-        }
+    if let Some(spools) = &shared.spools
+        && tokio::time::timeout_at(until.into(), spools_empty(spools))
+            .await
+            .is_err()
+    {
+        info!("Drain deadline: undelivered messages stay in the spool for the next start.");
     }
     shutdown.advance(Step::StopDeliveries);
     let _ = tokio::time::timeout_at(until.into(), delivery.m2b).await;
     let _ = tokio::time::timeout_at(until.into(), delivery.b2m).await;
     all_back(&delivery.m2b_permits, capacity, until).await;
-    if let Some(publisher) = shared.set_publisher(None)
-        && tokio::time::timeout_at(until.into(), publisher.disconnect())
-            .await
-            .is_err()
-    {
-        warn!(
-            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
-        );
-    }
+    disconnect_publisher(shared, until).await;
     all_back(&delivery.b2m_permits, capacity, until).await;
     debug!("Drain: deliveries from the spool settled.");
     // 3. Goodbye to the broker; publishes still unacknowledged stay in the spool.
@@ -518,4 +438,87 @@ async fn drain_spooled(
         Instant::now() + Duration::from_millis(500),
     )
     .await;
+}
+
+/// Stops MQTT → Bayeux taking messages and waits, until `until` at most, for it to end and
+/// for what it took to settle.
+async fn stop_mqtt_to_bayeux(
+    shutdown: &Shutdown,
+    mut m2b: JoinHandle<()>,
+    permits: &Semaphore,
+    capacity: usize,
+    until: Instant,
+) {
+    shutdown.advance(Step::StopMqttToBayeux);
+    if tokio::time::timeout_at(until.into(), &mut m2b)
+        .await
+        .is_err()
+    {
+        m2b.abort();
+    }
+    all_back(permits, capacity, until).await;
+}
+
+/// Lets Bayeux → MQTT forward until its subscriptions end, stopping it at `until` (what it
+/// still buffers is counted as dropped), and waits for what it took to settle.
+async fn drain_bayeux_to_mqtt(
+    shutdown: &Shutdown,
+    mut b2m: JoinHandle<()>,
+    permits: &Semaphore,
+    capacity: usize,
+    until: Instant,
+) {
+    shutdown.advance(Step::DrainBayeuxToMqtt);
+    if tokio::time::timeout_at(until.into(), &mut b2m)
+        .await
+        .is_err()
+    {
+        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
+        shutdown.advance(Step::StopBayeuxToMqtt);
+        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
+        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
+            b2m.abort();
+        }
+    }
+    all_back(permits, capacity, until).await;
+}
+
+/// The Bayeux client delivers what it holds, sends `/meta/disconnect` and closes its
+/// subscriptions, by `until`.
+async fn disconnect_bayeux(shared: &Shared, until: Instant) {
+    let bayeux = shared.bayeux();
+    if tokio::time::timeout_at(until.into(), bayeux.disconnect())
+        .await
+        .is_err()
+    {
+        warn!("The Bayeux server did not answer /meta/disconnect in time.");
+    }
+}
+
+/// Ends the publishing session of MQTT → Bayeux, when there is one, by `until`.
+async fn disconnect_publisher(shared: &Shared, until: Instant) {
+    if let Some(publisher) = shared.set_publisher(None)
+        && tokio::time::timeout_at(until.into(), publisher.disconnect())
+            .await
+            .is_err()
+    {
+        warn!(
+            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
+        );
+    }
+}
+
+/// Resolves once both spool queues are empty (everything in them delivered).
+async fn spools_empty(spools: &super::spooled::Spools) {
+    loop {
+        let changed = spools.b2m.changed();
+        let changed_m2b = spools.m2b.changed();
+        if spools.b2m.stats().entries == 0 && spools.m2b.stats().entries == 0 {
+            return;
+        }
+        tokio::select! {
+            () = changed => {}
+            () = changed_m2b => {}
+        }
+    }
 }

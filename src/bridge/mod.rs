@@ -279,29 +279,10 @@ impl Bridge {
             Some(addr) => Some(crate::http::bind(addr).await?),
             None => None,
         };
-        // No Local on every subscription: the bridge never wants its own publishes back.
-        let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), mqtt_specs(&routes))?;
-        let replay = match config.replay.enabled {
-            true => Some(Arc::new(Replay::open(
-                &config.replay,
-                Arc::clone(&stats),
-                &bayeux_channels,
-            )?)),
-            false => None,
-        };
-        let (bayeux, bayeux_events) = Client::new(replay::with_extension(
-            bayeux_options(&config, queued(&config, &routes)),
-            replay.as_deref(),
-        ))?;
-        let shared = Arc::new(Shared::new(
-            &config,
-            bayeux.clone(),
-            mqtt,
-            Arc::clone(&stats),
-            Arc::clone(&readiness),
-            replay.clone(),
-            spools,
-        ));
+        let (shared, mqtt_events, bayeux_events) =
+            start_clients(&config, &routes, &stats, &readiness, spools)?;
+        let bayeux = shared.bayeux();
+        let replay = shared.replay.clone();
         let stop = Shutdown::default();
         let flusher = replay.map(|r| tokio::spawn(r.run_flusher(stop.signal(Step::StopFlusher))));
         let (fatal, fatal_rx) = mpsc::channel(1);
@@ -453,6 +434,41 @@ impl Bridge {
         }
         Arc::clone(&shared.stats)
     }
+}
+
+/// Starts the MQTT client and the Bayeux client (with `[replay]`, its extension on the
+/// checkpoints opened here) and the state both pipelines share; they connect with backoff.
+fn start_clients(
+    config: &Config,
+    routes: &[mapping::Route],
+    stats: &Arc<Stats>,
+    readiness: &Arc<Readiness>,
+    spools: Option<spooled::Spools>,
+) -> Result<(Arc<Shared>, mpsc::Receiver<mqtt::MqttEvent>, bayeux::Events), BridgeError> {
+    // No Local on every subscription: the bridge never wants its own publishes back.
+    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(config), mqtt_specs(routes))?;
+    let replay = match config.replay.enabled {
+        true => Some(Arc::new(Replay::open(
+            &config.replay,
+            Arc::clone(stats),
+            &wanted(routes).0,
+        )?)),
+        false => None,
+    };
+    let (bayeux, bayeux_events) = Client::new(replay::with_extension(
+        bayeux_options(config, queued(config, routes)),
+        replay.as_deref(),
+    ))?;
+    let shared = Arc::new(Shared::new(
+        config,
+        bayeux,
+        mqtt,
+        Arc::clone(stats),
+        Arc::clone(readiness),
+        replay,
+        spools,
+    ));
+    Ok((shared, mqtt_events, bayeux_events))
 }
 
 /// Spawns both pipelines (and with `[spool]` the deliveries from it), each with

@@ -551,7 +551,7 @@ fn retry_data(
 /// Records a publish on `channel` for the echo filter when it can come back (the bridge also
 /// reads `channel`); `fingerprint` keeps the serialized data for the other targets of the
 /// same message.
-fn record_echo(
+pub(crate) fn record_echo(
     shared: &Shared,
     routes: &[Route],
     channel: &str,

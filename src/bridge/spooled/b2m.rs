@@ -20,7 +20,7 @@ use crate::mqtt::{MqttError, validate_topic};
 /// read, and sent, again.
 const REWIND_SETTLE: Duration = Duration::from_millis(120);
 
-/// Delivers until `stop` turns true; publishes in flight then finish on their own (the
+/// Delivers until `stop` is set; publishes in flight then finish on their own (the
 /// drain waits for them up to its deadline; those that fail stay in the spool).
 pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut stop: Signal) {
     let Some(spools) = shared.spools.as_ref() else {

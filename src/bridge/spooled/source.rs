@@ -166,7 +166,7 @@ impl Source {
 
     /// The delivery loop's shared step: as many messages as `permits` has free slots (at
     /// most a read's worth), or a wait until a slot comes free, something is appended,
-    /// `interrupt` resolves (the caller's own wake-ups) or `stop` turns true.
+    /// `interrupt` resolves (the caller's own wake-ups) or `stop` is set.
     pub(super) async fn step(
         &mut self,
         permits: &tokio::sync::Semaphore,

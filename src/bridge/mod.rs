@@ -571,3 +571,40 @@ async fn next_reload(reload: &mut Option<ReloadSource>) -> Option<()> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BridgeError;
+
+    #[test]
+    fn a_route_error_reads_as_before_and_keeps_its_route_and_key() {
+        let error = super::mapping::MappingError {
+            route: 3,
+            field: "mqtt",
+            reason: "bad filter".to_owned(),
+        };
+        let bridge = BridgeError::from(error.clone());
+        assert_eq!(bridge.to_string(), "route[3].mqtt: bad filter");
+        assert!(matches!(bridge, BridgeError::Mapping(e) if e.key() == "route[3].mqtt"));
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_reads_as_before_and_can_be_told_apart() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = taken.local_addr().expect("its address");
+        let error = crate::http::bind(addr)
+            .await
+            .expect_err("the port is taken");
+        let bridge = BridgeError::from(error);
+        let text = bridge.to_string();
+        assert!(
+            text.starts_with(&format!("HTTP listener: cannot listen on {addr}: ")),
+            "{text}"
+        );
+        assert!(
+            matches!(&bridge, BridgeError::Http(e) if e.source.kind() == std::io::ErrorKind::AddrInUse)
+        );
+    }
+}

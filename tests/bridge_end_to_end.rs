@@ -584,6 +584,88 @@ async fn oversized_bayeux_messages_are_dropped_and_counted_and_the_rest_keep_flo
     );
 }
 
+/// MQTT 3.1.1 cannot tell the broker our `max_packet_size` (MQTT 5 has a CONNECT property
+/// for it), so the broker delivers larger messages anyway. A QoS 1 message over the limit on
+/// a subscribed topic is acknowledged, dropped, counted (`payload_too_large`) and logged with
+/// its topic; the connection stays up and the small messages behind it reach Bayeux. It
+/// used to be a poison message: rumqttc refused to decode it and dropped the connection, and
+/// the broker sent it again on the resumed session after every reconnect. A second bridge
+/// run on the same session gets nothing again: the broker had its PUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_mqtt_3_1_1_message_is_acknowledged_dropped_and_counted_not_a_poison() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let url = server.url();
+    let publisher = MqttPeer::connect_with(mqtt_options(&broker, "e2e-big-pub"), &[], WAIT).await;
+    let subscriber = BayeuxPeer::subscriber(&url, "/big/**", WAIT).await;
+    let config = ConfigFile::new(&bridge_toml(
+        &url,
+        &broker,
+        "e2e-big",
+        "protocol = \"3.1.1\"\nmax_packet_size = 4096",
+        "",
+        &[route("/big/*", "big/+", "mqtt_to_bayeux", "qos = 1")],
+    ));
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+
+    let big = json!({ "id": 100, "pad": "x".repeat(10 * 1024) }).to_string();
+    publisher
+        .publish_qos("big/huge", big, QoS::AtLeastOnce)
+        .await;
+    publisher.publish_ids("big/small", 0..3).await;
+    subscriber
+        .wait_for_ids("the small messages behind the oversized one", "/big/", 0..3)
+        .await;
+    let dropped = bridge
+        .wait_for_line("the oversized message's drop", WAIT, |l| {
+            l.is("Message dropped.") && l.str_field("reason") == Some("payload_too_large")
+        })
+        .await;
+    assert_eq!(
+        dropped.str_field("name"),
+        Some("big/huge"),
+        "the drop names the topic: {dropped:?}"
+    );
+    stop(&mut bridge).await;
+    assert_eq!(
+        bridge.count("Lost the connection to the MQTT broker; reconnecting."),
+        0,
+        "the MQTT connection was never lost; the bridge's log ends:\n{}",
+        bridge.tail(30)
+    );
+    assert_eq!(
+        subscriber
+            .ids_strict("/big/")
+            .into_keys()
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2],
+        "only the small messages reach Bayeux, once each"
+    );
+    let totals = bridge.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (3, 3, BTreeMap::from([("payload_too_large".to_owned(), 1)])),
+        "MQTT → Bayeux totals (received, forwarded, dropped)"
+    );
+
+    // Same client id, persistent session: had the broker not had the PUBACK, it would send
+    // the oversized message again now, ahead of the new one.
+    let mut bridge = BridgeProcess::spawn(&config, &[]);
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    publisher.publish_ids("big/small", 3..4).await;
+    subscriber
+        .wait_for_ids("the message after the restart", "/big/", 3..4)
+        .await;
+    stop(&mut bridge).await;
+    let totals = bridge.totals("mqtt_to_bayeux");
+    assert_eq!(
+        (totals.received, totals.forwarded, totals.dropped),
+        (1, 1, no_drops()),
+        "MQTT → Bayeux totals of the second run (received, forwarded, dropped)"
+    );
+}
+
 /// JSON payloads travel as the JSON text they are, both ways: key order, spacing inside
 /// strings and non-ASCII text survive (the bridge used to re-encode them with keys sorted).
 /// The Bayeux servers re-encode what they relay (`JSON.stringify`: compact, order kept), so

@@ -273,6 +273,82 @@ async fn large_payloads_pass_and_oversized_ones_fail_alone_v311() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. An incoming message over our max_packet_size: MQTT 5 tells the broker the limit, MQTT
+//     3.1.1 cannot; either way the connection stays and the messages after it arrive.
+
+async fn an_incoming_message_over_max_packet_size_does_not_cost_the_connection(protocol: Protocol) {
+    init_logs();
+    let broker = Mosquitto::start_async().await;
+    let mut small = options(&broker, "sub", protocol);
+    small.max_packet_size = 4096;
+    let mut subscriber = Client::connect(small, &[sub("big/#")]).await;
+    let publisher = Client::connect(options(&broker, "pub", protocol), &[]).await;
+
+    publisher
+        .handle
+        .publish(
+            "big/huge",
+            Bytes::from(vec![b'x'; 10 * 1024]),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await
+        .expect("10 KiB is within the publisher's limit");
+    publisher
+        .handle
+        .publish(
+            "big/small",
+            Bytes::from_static(b"after"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await
+        .expect("published");
+    let mut seen = Vec::new();
+    let message = subscriber
+        .wait_for(|e| match e {
+            MqttEvent::Message(m) => Some(m),
+            MqttEvent::Disconnected { reason } => panic!("the connection was lost: {reason}"),
+            other => {
+                seen.push(format!("{other:?}"));
+                None
+            }
+        })
+        .await;
+    assert_eq!(
+        (message.topic.as_str(), text(&message).as_str()),
+        ("big/small", "after")
+    );
+    subscriber.handle.ack(message.token);
+    match protocol {
+        // The broker knows our limit and drops the message for us.
+        Protocol::V5 => assert_eq!(seen, Vec::<String>::new()),
+        // The broker cannot know it: the client acknowledges the message, drops it and says so.
+        Protocol::V311 => assert_eq!(
+            seen,
+            vec![format!(
+                "{:?}",
+                MqttEvent::Oversized {
+                    topic: "big/huge".into(),
+                    size: 1 + 2 + 2 + "big/huge".len() + 2 + 10 * 1024,
+                    limit: 4096
+                }
+            )]
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_message_over_max_packet_size_does_not_cost_the_connection_v5() {
+    an_incoming_message_over_max_packet_size_does_not_cost_the_connection(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_message_over_max_packet_size_does_not_cost_the_connection_v311() {
+    an_incoming_message_over_max_packet_size_does_not_cost_the_connection(Protocol::V311).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // 3. Acks are released in receive order; what the broker did not get an ack for is
 //    redelivered to the next connection of the same session.
 

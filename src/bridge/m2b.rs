@@ -136,6 +136,25 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         MqttEvent::ConnectFailed { .. } => shared.count_reconnect("connect_failed"),
         MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
+        // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
+        // acknowledged the message already (see `MqttEvent::Oversized`).
+        MqttEvent::Oversized { topic, size, limit } => {
+            let route = shared
+                .routes()
+                .iter()
+                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
+                .map_or(0, |r| r.number());
+            shared.drop_message(
+                Direction::MqttToBayeux,
+                "payload_too_large",
+                route,
+                &topic,
+                &format!(
+                    "the MQTT message is {size} bytes, over mqtt.max_packet_size ({limit}); \
+                     acknowledged to the broker and dropped"
+                ),
+            );
+        }
         MqttEvent::Dropped {
             topic,
             count,

@@ -161,6 +161,19 @@ pub enum MqttEvent {
     },
     /// An incoming message. QoS 1/2 messages must be passed to [`MqttHandle::ack`].
     Message(IncomingMessage),
+    /// An incoming message larger than [`MqttOptions::max_packet_size`] was acknowledged
+    /// (QoS 1/2) and dropped; it is not delivered. Only on MQTT 3.1.1, which cannot tell the
+    /// broker the limit (an MQTT 5 broker drops such messages itself). Refusing it instead
+    /// would lose the connection, and a broker with the session would send it again after
+    /// every reconnect.
+    Oversized {
+        /// The topic it was published to.
+        topic: String,
+        /// Its encoded PUBLISH packet size, in bytes.
+        size: usize,
+        /// `max_packet_size`.
+        limit: usize,
+    },
     /// Incoming messages were dropped: QoS 0 messages arriving while the event channel was
     /// full. `topic` is the last dropped message's topic; `reason` says how many.
     Dropped {

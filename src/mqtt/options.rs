@@ -67,7 +67,9 @@ pub struct MqttOptions {
     /// Whole seconds. Ignored for MQTT 3.1.1, where a persistent session never expires.
     pub session_expiry: Duration,
     /// Largest packet sent or accepted, in bytes. Default 1 MiB. An MQTT 5 broker is told
-    /// this limit, and a smaller one it announces is honoured for publishes.
+    /// this limit, and a smaller one it announces is honoured for publishes. An MQTT 3.1.1
+    /// broker cannot be told it: a larger incoming message is read (up to the protocol's
+    /// maximum), acknowledged and reported as [`super::MqttEvent::Oversized`], not delivered.
     pub max_packet_size: usize,
     /// Most QoS 1/2 messages in flight per direction: unacknowledged publishes we send, and
     /// (MQTT 5 receive maximum) unacknowledged messages the broker sends us. Default 100.

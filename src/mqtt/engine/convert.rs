@@ -128,6 +128,7 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
             receive_maximum: connack.properties.as_ref().and_then(|p| p.receive_max),
         },
         P::Publish(publish) => Ev::Publish {
+            size: publish.size(),
             // MQTT 5 requires UTF-8 topics; a broker that breaks this gets a lossy topic
             // rather than a dropped connection.
             topic: String::from_utf8_lossy(&publish.topic).into_owned(),
@@ -196,6 +197,7 @@ pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
             receive_maximum: None,
         },
         P::Publish(publish) => Ev::Publish {
+            size: publish.size(),
             topic: publish.topic,
             payload: publish.payload,
             qos: from_qos4(publish.qos),

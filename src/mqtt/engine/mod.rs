@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{TlsConfiguration, Transport};
 
 use super::QoS;
-use super::options::{MqttOptions, Protocol};
+use super::options::{MQTT_MAX_PACKET, MqttOptions, Protocol};
 use super::tracker::{Drained, Ev, Replay, Request, Sink};
 use convert::{
     filter4, filter5, incoming4, incoming5, outgoing_ev, publish5, qos4, qos5, replay4, replay5,
@@ -136,7 +136,14 @@ impl Engine {
                     .set_manual_acks(true)
                     .set_transport(transport)
                     .set_inflight(options.inflight)
-                    .set_max_packet_size(options.max_packet_size, options.max_packet_size);
+                    // MQTT 3.1.1 cannot tell the broker our limit, so it sends larger
+                    // messages anyway. rumqttc would refuse to decode one and drop the
+                    // connection, and with a persistent session the broker sends the same
+                    // message again after every reconnect (a poison message). So rumqttc
+                    // reads anything the protocol can frame, and the tracker acknowledges
+                    // and drops what is over `max_packet_size` (`MqttEvent::Oversized`).
+                    // The broker's own limit bounds the memory one such message takes.
+                    .set_max_packet_size(MQTT_MAX_PACKET, options.max_packet_size);
                 if let Some(username) = &options.username {
                     o.set_credentials(
                         username.clone(),

@@ -221,6 +221,7 @@ impl Tracker {
             Ev::SubAck { pkid, codes } => self.on_suback(pkid, codes, out),
             Ev::UnsubAck { pkid, failure } => self.on_unsuback(pkid, failure),
             Ev::Publish {
+                size,
                 topic,
                 payload,
                 qos,
@@ -228,6 +229,20 @@ impl Tracker {
                 pkid,
             } => {
                 let token = self.receive(qos, pkid);
+                if size > self.own_max_packet {
+                    // Only on MQTT 3.1.1, where the broker cannot be told the limit (the
+                    // engine lets rumqttc read it; see there). Acknowledged, in receive
+                    // order, so that the broker does not send it again.
+                    drop(payload);
+                    debug!(%topic, size, limit = self.own_max_packet, "Incoming message over max_packet_size acknowledged and dropped.");
+                    self.ack(token);
+                    out.push(MqttEvent::Oversized {
+                        topic,
+                        size,
+                        limit: self.own_max_packet,
+                    });
+                    return;
+                }
                 out.push(MqttEvent::Message(IncomingMessage {
                     topic,
                     payload,

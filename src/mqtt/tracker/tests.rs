@@ -98,6 +98,7 @@ impl Harness {
 
     fn incoming(&mut self, pkid: u16) -> AckToken {
         let mut out = self.event(Ev::Publish {
+            size: 12,
             topic: "in/x".into(),
             payload: Bytes::from_static(b"p"),
             qos: QoS::AtLeastOnce,
@@ -350,6 +351,56 @@ fn acks_are_released_in_receive_order() {
     assert_eq!(h.channel.drain(), vec![ack(11), ack(12)]);
     h.tracker.ack(third);
     assert_eq!(h.channel.drain(), vec![ack(13)]);
+}
+
+#[test]
+fn an_incoming_message_over_the_packet_limit_is_acknowledged_in_order_and_reported_not_delivered() {
+    let mut h = harness(10);
+    let first = h.incoming(11);
+    let out = h.event(Ev::Publish {
+        size: (1 << 20) + 1,
+        topic: "in/big".into(),
+        payload: Bytes::from_static(b"big"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        pkid: 12,
+    });
+    match out.as_slice() {
+        [MqttEvent::Oversized { topic, size, limit }] => assert_eq!(
+            (topic.as_str(), *size, *limit),
+            ("in/big", (1 << 20) + 1, 1 << 20)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.channel.take(),
+        None,
+        "its PUBACK waits for the message before"
+    );
+    let third = h.incoming(13);
+    h.tracker.ack(first);
+    let ack = |pkid| Request::Ack {
+        pkid,
+        qos: QoS::AtLeastOnce,
+        epoch: 0,
+    };
+    assert_eq!(h.channel.drain(), vec![ack(11), ack(12)]);
+    h.tracker.ack(third);
+    assert_eq!(h.channel.drain(), vec![ack(13)]);
+}
+
+#[test]
+fn an_incoming_message_at_the_packet_limit_is_delivered() {
+    let mut h = harness(10);
+    let out = h.event(Ev::Publish {
+        size: 1 << 20,
+        topic: "in/x".into(),
+        payload: Bytes::from_static(b"p"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        pkid: 0,
+    });
+    assert!(matches!(out.as_slice(), [MqttEvent::Message(_)]), "{out:?}");
 }
 
 #[test]

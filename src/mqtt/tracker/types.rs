@@ -135,6 +135,8 @@ pub(in crate::mqtt) enum Ev {
         receive_maximum: Option<u16>,
     },
     Publish {
+        /// The encoded size of the PUBLISH packet, in bytes.
+        size: usize,
         topic: String,
         payload: Bytes,
         qos: QoS,

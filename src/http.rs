@@ -90,10 +90,21 @@ pub trait Endpoints: Send + Sync + 'static {
 }
 
 /// Binds `addr`; errors name the address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        .map_err(|source| BindError { addr, source })
+}
+
+/// The listener could not be bound: the address, and the system's error (its kind tells
+/// e.g. an address in use from a missing permission).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why it could not be bound.
+    pub source: std::io::Error,
 }
 
 /// Counts events and tells when to log them: the first at once, then at most one line per

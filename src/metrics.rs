@@ -206,148 +206,12 @@ impl Metrics {
             http: HttpMetrics::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "messages_received",
-            "Messages taken from the source side",
-            m.received.clone(),
-        );
-        registry.register(
-            "messages_forwarded",
-            "Messages the destination side acknowledged",
-            m.forwarded.clone(),
-        );
-        registry.register(
-            "messages_dropped",
-            "Messages not forwarded, by reason",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "echoes_suppressed",
-            "Own publishes that came back and were not forwarded again",
-            m.echoes.clone(),
-        );
-        registry.register(
-            "publish_errors",
-            "Failed publish attempts, by side and cause",
-            m.publish_errors.clone(),
-        );
-        registry.register(
-            "spool_messages",
-            "Messages in the durable spool, waiting for their destination",
-            m.spool_messages.clone(),
-        );
-        registry.register(
-            "spool_bytes",
-            "Bytes of the messages in the spool, as counted against spool.max_bytes",
-            m.spool_bytes.clone(),
-        );
-        registry.register(
-            "spool_oldest_age_seconds",
-            "How long the oldest message in the spool has waited",
-            m.spool_oldest_age.clone(),
-        );
-        registry.register(
-            "spool_commits",
-            "Spool commits (each one fsync)",
-            m.spool_commits.clone(),
-        );
-        registry.register(
-            "spool_commit_seconds",
-            "Time spent committing to the spool (fsync included)",
-            m.spool_commit_seconds.clone(),
-        );
-        registry.register(
-            "in_flight_messages",
-            "Messages taken from the source and not yet acknowledged by the destination",
-            m.in_flight.clone(),
-        );
-        registry.register(
-            "queue_capacity",
-            "Most messages in flight per direction before back-pressure",
-            m.capacity.clone(),
-        );
-        registry.register(
-            "reconnects",
-            "Lost connections or failed attempts, by side and cause",
-            m.reconnects.clone(),
-        );
-        registry.register(
-            "bad_replies",
-            "Bayeux responses refused as bad replies, by cause",
-            m.bad_replies.clone(),
-        );
-        registry.register(
-            "handshakes",
-            "Successful Bayeux handshakes, initial or after a lost session",
-            m.handshakes.clone(),
-        );
-        registry.register(
-            "connected",
-            "1 while the side is connected",
-            m.connected.clone(),
-        );
-        registry.register(
-            "subscription_confirmed",
-            "1 while the subscription is confirmed by the server or broker",
-            m.subscriptions.clone(),
-        );
-        registry.register(
-            "last_forward_timestamp_seconds",
-            "Unix time of the last forwarded message",
-            m.last_forward.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 while the bridge is ready (see /readyz)",
-            m.ready.clone(),
-        );
-        registry.register(
-            "replay_checkpoint",
-            "Replay id of the last event acknowledged by the broker, per channel (in memory)",
-            m.checkpoint.clone(),
-        );
-        registry.register(
-            "replay_checkpoint_writes",
-            "Writes of the checkpoint file, by outcome",
-            m.checkpoint_writes.clone(),
-        );
-        registry.register(
-            "replay_gaps",
-            "Stored replay ids the server refused (events lost), per channel",
-            m.replay_gaps.clone(),
-        );
-        registry.register(
-            "gaps",
-            "Spans in which messages may have been lost, by kind (replay_gap, session_expired, \
-             mqtt_session_lost, shutdown_abandoned) and direction",
-            m.gaps.clone(),
-        );
-        registry.register(
-            "bayeux_tokens",
-            "OAuth access tokens fetched (ok), and refused tokens or token endpoint failures (error)",
-            m.tokens.clone(),
-        );
-        registry.register(
-            "http_connections_open",
-            "Connections the HTTP listener is serving",
-            m.http.open.clone(),
-        );
-        registry.register(
-            "http_connections_refused",
-            "HTTP connections closed at once because http.max_connections were open",
-            m.http.refused.clone(),
-        );
-        registry.register(
-            "http_connections_timed_out",
-            "HTTP connections closed because the request header did not arrive in time or the \
-             connection reached its lifetime",
-            m.http.timed_out.clone(),
-        );
-        registry.register(
-            "http_accept_errors",
-            "Failed accepts on the HTTP listener (e.g. out of file descriptors)",
-            m.http.accept_errors.clone(),
-        );
+        m.register_messages(&mut registry);
+        m.register_spool(&mut registry);
+        m.register_queues(&mut registry);
+        m.register_connections(&mut registry);
+        m.register_replay(&mut registry);
+        m.register_http(&mut registry);
         registry.register(
             "build",
             "Build information",
@@ -356,6 +220,172 @@ impl Metrics {
             }),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Registers the message counters of both directions.
+    fn register_messages(&self, registry: &mut Registry) {
+        registry.register(
+            "messages_received",
+            "Messages taken from the source side",
+            self.received.clone(),
+        );
+        registry.register(
+            "messages_forwarded",
+            "Messages the destination side acknowledged",
+            self.forwarded.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages not forwarded, by reason",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "echoes_suppressed",
+            "Own publishes that came back and were not forwarded again",
+            self.echoes.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Failed publish attempts, by side and cause",
+            self.publish_errors.clone(),
+        );
+    }
+
+    /// Registers the metrics of the durable spool.
+    fn register_spool(&self, registry: &mut Registry) {
+        registry.register(
+            "spool_messages",
+            "Messages in the durable spool, waiting for their destination",
+            self.spool_messages.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of the messages in the spool, as counted against spool.max_bytes",
+            self.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_age_seconds",
+            "How long the oldest message in the spool has waited",
+            self.spool_oldest_age.clone(),
+        );
+        registry.register(
+            "spool_commits",
+            "Spool commits (each one fsync)",
+            self.spool_commits.clone(),
+        );
+        registry.register(
+            "spool_commit_seconds",
+            "Time spent committing to the spool (fsync included)",
+            self.spool_commit_seconds.clone(),
+        );
+    }
+
+    /// Registers the metrics of the bounded queues of both directions.
+    fn register_queues(&self, registry: &mut Registry) {
+        registry.register(
+            "in_flight_messages",
+            "Messages taken from the source and not yet acknowledged by the destination",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "queue_capacity",
+            "Most messages in flight per direction before back-pressure",
+            self.capacity.clone(),
+        );
+    }
+
+    /// Registers the metrics of the connections to both sides and of readiness.
+    fn register_connections(&self, registry: &mut Registry) {
+        registry.register(
+            "reconnects",
+            "Lost connections or failed attempts, by side and cause",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "bad_replies",
+            "Bayeux responses refused as bad replies, by cause",
+            self.bad_replies.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Successful Bayeux handshakes, initial or after a lost session",
+            self.handshakes.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while the side is connected",
+            self.connected.clone(),
+        );
+        registry.register(
+            "subscription_confirmed",
+            "1 while the subscription is confirmed by the server or broker",
+            self.subscriptions.clone(),
+        );
+        registry.register(
+            "last_forward_timestamp_seconds",
+            "Unix time of the last forwarded message",
+            self.last_forward.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the bridge is ready (see /readyz)",
+            self.ready.clone(),
+        );
+    }
+
+    /// Registers the metrics of replay checkpoints, gaps and OAuth tokens.
+    fn register_replay(&self, registry: &mut Registry) {
+        registry.register(
+            "replay_checkpoint",
+            "Replay id of the last event acknowledged by the broker, per channel (in memory)",
+            self.checkpoint.clone(),
+        );
+        registry.register(
+            "replay_checkpoint_writes",
+            "Writes of the checkpoint file, by outcome",
+            self.checkpoint_writes.clone(),
+        );
+        registry.register(
+            "replay_gaps",
+            "Stored replay ids the server refused (events lost), per channel",
+            self.replay_gaps.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Spans in which messages may have been lost, by kind (replay_gap, session_expired, \
+         mqtt_session_lost, shutdown_abandoned) and direction",
+            self.gaps.clone(),
+        );
+        registry.register(
+        "bayeux_tokens",
+        "OAuth access tokens fetched (ok), and refused tokens or token endpoint failures (error)",
+        self.tokens.clone(),
+    );
+    }
+
+    /// Registers the metrics of the HTTP listener.
+    fn register_http(&self, registry: &mut Registry) {
+        registry.register(
+            "http_connections_open",
+            "Connections the HTTP listener is serving",
+            self.http.open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because http.max_connections were open",
+            self.http.refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed because the request header did not arrive in time or the \
+         connection reached its lifetime",
+            self.http.timed_out.clone(),
+        );
+        registry.register(
+            "http_accept_errors",
+            "Failed accepts on the HTTP listener (e.g. out of file descriptors)",
+            self.http.accept_errors.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every metric.

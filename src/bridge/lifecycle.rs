@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::gaps::{self, GapKind};
+use super::shutdown::{Shutdown, Step};
 use super::spooled::Delivery;
 use super::stats::{self, Direction, Stats};
 use super::{BridgeError, Shared, b2m};
@@ -80,39 +81,17 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
             } if !subscriptions.is_empty() => {
                 let back_pressured = shared.b2m_pressure.was_full_since(last_connected);
                 let since = last_connected.map_or_else(SystemTime::now, gaps::wall_clock);
-                lost = Some(match lost.take() {
-                    // Lost again before the new session subscribed: one longer gap.
-                    Some(mut earlier) => {
-                        earlier.subscriptions.extend(subscriptions.iter().cloned());
-                        earlier.waiting.extend(subscriptions);
-                        earlier.back_pressured |= back_pressured;
-                        earlier.reason = reason;
-                        earlier
-                    }
-                    None => LostSession {
-                        since,
-                        reason,
-                        subscriptions: subscriptions.iter().cloned().collect(),
-                        waiting: subscriptions.into_iter().collect(),
-                        back_pressured,
-                    },
-                });
+                lost = Some(LostSession::add(
+                    lost.take(),
+                    since,
+                    reason,
+                    subscriptions,
+                    back_pressured,
+                ));
             }
             Event::SubscriptionConfirmed { subscription } => {
                 readiness.bayeux_confirmed(&subscription);
-                if let Some(session) = &mut lost {
-                    session.waiting.remove(&subscription);
-                    if session.waiting.is_empty() {
-                        let gap = session.gap(&shared);
-                        lost = None;
-                        // On a task of its own: a broker that is down as well must not hold
-                        // up the readiness events behind.
-                        let shared = Arc::clone(&shared);
-                        tokio::spawn(async move {
-                            gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await
-                        });
-                    }
-                }
+                resubscribed(&mut lost, &shared, &subscription);
             }
             Event::Unsubscribed { subscription, .. } => {
                 if let Some(session) = &mut lost {
@@ -124,27 +103,8 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 error,
                 ..
             } => {
-                let gap = shared
-                    .replay
-                    .as_ref()
-                    .and_then(|r| r.on_subscription_failed(&subscription, &error));
-                if let Some(gap) = gap {
-                    warn!(
-                        channel = %gap.channel,
-                        last_good_replay_id = gap.last_good,
-                        resumed_from = ?gap.resumed_from,
-                        error = %gap.error,
-                        "The Bayeux server refused the stored replay id: events after it that \
-                         the server no longer retains are lost."
-                    );
-                    gaps::report(&shared, &gap.report(), gaps::REPORT_TIMEOUT).await;
-                    if gap.resumed_from.is_none() {
-                        return BridgeError::ReplayGap {
-                            channel: gap.channel,
-                            last_good: gap.last_good,
-                            error: gap.error,
-                        };
-                    }
+                if let Some(stop) = subscription_failed(&shared, &subscription, &error).await {
+                    return stop;
                 }
             }
             Event::TokenRefreshed { .. } => {
@@ -170,6 +130,54 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
     BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
 }
 
+/// The new session confirmed `subscription`: once it has confirmed every subscription of
+/// the `lost` session, that session's gap is reported.
+fn resubscribed(lost: &mut Option<LostSession>, shared: &Arc<Shared>, subscription: &str) {
+    let Some(session) = lost else {
+        return;
+    };
+    session.waiting.remove(subscription);
+    if session.waiting.is_empty() {
+        let gap = session.gap(shared);
+        *lost = None;
+        // On a task of its own: a broker that is down as well must not hold up the readiness
+        // events behind.
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
+    }
+}
+
+/// The server refused `subscription` with `error`: with replay, a refused stored replay id
+/// is a gap, reported; it stops the bridge (the error returned) when `replay.on_invalid`
+/// says so.
+async fn subscription_failed(
+    shared: &Shared,
+    subscription: &str,
+    error: &str,
+) -> Option<BridgeError> {
+    let gap = shared
+        .replay
+        .as_ref()
+        .and_then(|r| r.on_subscription_failed(subscription, error))?;
+    warn!(
+        channel = %gap.channel,
+        last_good_replay_id = gap.last_good,
+        resumed_from = ?gap.resumed_from,
+        error = %gap.error,
+        "The Bayeux server refused the stored replay id: events after it that the server no \
+         longer retains are lost."
+    );
+    gaps::report(shared, &gap.report(), gaps::REPORT_TIMEOUT).await;
+    if gap.resumed_from.is_some() {
+        return None;
+    }
+    Some(BridgeError::ReplayGap {
+        channel: gap.channel,
+        last_good: gap.last_good,
+        error: gap.error,
+    })
+}
+
 /// A lost Bayeux session whose gap ends when the new session has subscribed again.
 struct LostSession {
     /// The last successful `/meta/connect` of the lost session.
@@ -185,6 +193,33 @@ struct LostSession {
 }
 
 impl LostSession {
+    /// The session lost `since`, with `subscriptions`; added to the `earlier` one when it was
+    /// lost again before the new session subscribed (one longer gap).
+    fn add(
+        earlier: Option<LostSession>,
+        since: SystemTime,
+        reason: String,
+        subscriptions: Vec<String>,
+        back_pressured: bool,
+    ) -> LostSession {
+        match earlier {
+            Some(mut earlier) => {
+                earlier.subscriptions.extend(subscriptions.iter().cloned());
+                earlier.waiting.extend(subscriptions);
+                earlier.back_pressured |= back_pressured;
+                earlier.reason = reason;
+                earlier
+            }
+            None => LostSession {
+                since,
+                reason,
+                subscriptions: subscriptions.iter().cloned().collect(),
+                waiting: subscriptions.into_iter().collect(),
+                back_pressured,
+            },
+        }
+    }
+
     /// The `session_expired` gap, ending now; covered when the server honours replay.
     fn gap(&self, shared: &Shared) -> gaps::Gap {
         let mut gap = gaps::Gap::new(GapKind::SessionExpired, Direction::BayeuxToMqtt);
@@ -291,13 +326,10 @@ pub(super) fn log_summary(stats: &Stats) {
     }
 }
 
-/// The running pipelines and the signals that stop them.
+/// The running pipelines; they stop at the steps of the bridge's [`Shutdown`].
 pub(super) struct Pipelines {
     pub(super) b2m: JoinHandle<()>,
     pub(super) m2b: JoinHandle<()>,
-    pub(super) stop_m2b: watch::Sender<bool>,
-    pub(super) drain_b2m: watch::Sender<bool>,
-    pub(super) stop_b2m: watch::Sender<bool>,
     pub(super) b2m_permits: Arc<Semaphore>,
     pub(super) m2b_permits: Arc<Semaphore>,
     /// With `[spool]`: the delivery tasks.
@@ -309,77 +341,43 @@ pub(super) async fn drain(
     shared: &Shared,
     mqtt: &MqttHandle,
     mut pipelines: Pipelines,
+    shutdown: &Shutdown,
     capacity: usize,
     deadline: Instant,
 ) {
     if let Some(delivery) = pipelines.delivery.take() {
-        return drain_spooled(shared, mqtt, pipelines, delivery, capacity, deadline).await;
+        return drain_spooled(
+            shared, mqtt, pipelines, delivery, shutdown, capacity, deadline,
+        )
+        .await;
     }
     let Pipelines {
         b2m,
         m2b,
-        stop_m2b,
-        drain_b2m,
-        stop_b2m,
         b2m_permits,
         m2b_permits,
         delivery: _,
     } = pipelines;
+    let reserve = Duration::from_secs(1);
+    let until = deadline.checked_sub(reserve).unwrap_or(deadline);
     // 1. MQTT → Bayeux stops taking messages and lets those in flight get their verdict
     //    (unacknowledged ones are delivered again by the broker).
-    let _ = stop_m2b.send(true);
-    let reserve = Duration::from_secs(1);
-    let until = |reserve: Duration| deadline.checked_sub(reserve).unwrap_or(deadline);
-    let mut m2b = m2b;
-    if tokio::time::timeout_at(until(reserve).into(), &mut m2b)
-        .await
-        .is_err()
-    {
-        m2b.abort();
-    }
-    all_back(&m2b_permits, capacity, until(reserve)).await;
+    stop_mqtt_to_bayeux(shutdown, m2b, &m2b_permits, capacity, until).await;
     let m2b_abandoned = shared.m2b_left_pending.load(Ordering::Relaxed)
         + shared.m2b_in_flight.load(Ordering::Relaxed) as u64;
     debug!("Drain: MQTT → Bayeux settled.");
-    if let Some(publisher) = shared.set_publisher(None)
-        && tokio::time::timeout_at(until(reserve).into(), publisher.disconnect())
-            .await
-            .is_err()
-    {
-        warn!(
-            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
-        );
-    }
+    disconnect_publisher(shared, until).await;
     // 2. The Bayeux client delivers what it holds, sends /meta/disconnect and closes the
     //    subscriptions; Bayeux → MQTT forwards until they end, then waits for the broker.
-    let bayeux = shared.bayeux();
-    if tokio::time::timeout_at(until(reserve).into(), bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
-    }
+    disconnect_bayeux(shared, until).await;
     debug!("Drain: Bayeux client disconnected.");
-    let _ = drain_b2m.send(true);
-    let mut b2m = b2m;
-    if tokio::time::timeout_at(until(reserve).into(), &mut b2m)
-        .await
-        .is_err()
-    {
-        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
-        let _ = stop_b2m.send(true);
-        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
-        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
-            b2m.abort();
-        }
-    }
-    all_back(&b2m_permits, capacity, until(reserve)).await;
+    drain_bayeux_to_mqtt(shutdown, b2m, &b2m_permits, capacity, until).await;
     debug!("Drain: Bayeux → MQTT settled.");
     // Still unacknowledged now, they fail at the disconnect below: with what the pipeline
     // could not even take, lost unless replay brings them back after the restart.
     let b2m_abandoned = shared.b2m_abandoned.load(Ordering::Relaxed)
         + shared.b2m_in_flight.load(Ordering::Relaxed) as u64;
-    report_abandoned(shared, b2m_abandoned, m2b_abandoned, until(reserve)).await;
+    report_abandoned(shared, b2m_abandoned, m2b_abandoned, until).await;
     // 3. Goodbye to the broker; publishes still unacknowledged fail and count as dropped.
     finish(shared, mqtt, deadline).await;
     all_back(
@@ -398,15 +396,13 @@ async fn drain_spooled(
     mqtt: &MqttHandle,
     pipelines: Pipelines,
     delivery: Delivery,
+    shutdown: &Shutdown,
     capacity: usize,
     deadline: Instant,
 ) {
     let Pipelines {
         b2m,
         m2b,
-        stop_m2b,
-        drain_b2m,
-        stop_b2m,
         b2m_permits,
         m2b_permits,
         delivery: _,
@@ -415,69 +411,23 @@ async fn drain_spooled(
     let until = deadline.checked_sub(reserve).unwrap_or(deadline);
     // 1. Stop taking: MQTT → Bayeux at once (the broker keeps what was not taken), Bayeux →
     //    MQTT once the Bayeux client handed over what it holds; both made durable.
-    let _ = stop_m2b.send(true);
-    let mut m2b = m2b;
-    if tokio::time::timeout_at(until.into(), &mut m2b)
-        .await
-        .is_err()
-    {
-        m2b.abort();
-    }
-    all_back(&m2b_permits, capacity, until).await;
-    let bayeux = shared.bayeux();
-    if tokio::time::timeout_at(until.into(), bayeux.disconnect())
-        .await
-        .is_err()
-    {
-        warn!("The Bayeux server did not answer /meta/disconnect in time.");
-    }
-    let _ = drain_b2m.send(true);
-    let mut b2m = b2m;
-    if tokio::time::timeout_at(until.into(), &mut b2m)
-        .await
-        .is_err()
-    {
-        let _ = stop_b2m.send(true);
-        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
-        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
-            b2m.abort();
-        }
-    }
-    all_back(&b2m_permits, capacity, until).await;
+    stop_mqtt_to_bayeux(shutdown, m2b, &m2b_permits, capacity, until).await;
+    disconnect_bayeux(shared, until).await;
+    drain_bayeux_to_mqtt(shutdown, b2m, &b2m_permits, capacity, until).await;
     debug!("Drain: both directions stopped taking; what they took is in the spool.");
     // 2. Deliver what the deadline allows.
-    if let Some(spools) = &shared.spools {
-        let empty = async {
-            loop {
-                let changed = spools.b2m.changed();
-                let changed_m2b = spools.m2b.changed();
-                if spools.b2m.stats().entries == 0 && spools.m2b.stats().entries == 0 {
-                    return;
-                }
-                tokio::select! {
-                    () = changed => {}
-                    () = changed_m2b => {}
-                }
-            }
-        };
-        if tokio::time::timeout_at(until.into(), empty).await.is_err() {
-            info!("Drain deadline: undelivered messages stay in the spool for the next start.");
-        }
-    }
-    let _ = delivery.stop_b2m.send(true);
-    let _ = delivery.stop_m2b.send(true);
-    let _ = tokio::time::timeout_at(until.into(), delivery.m2b).await;
-    let _ = tokio::time::timeout_at(until.into(), delivery.b2m).await;
-    all_back(&delivery.m2b_permits, capacity, until).await;
-    if let Some(publisher) = shared.set_publisher(None)
-        && tokio::time::timeout_at(until.into(), publisher.disconnect())
+    if let Some(spools) = &shared.spools
+        && tokio::time::timeout_at(until.into(), spools_empty(spools))
             .await
             .is_err()
     {
-        warn!(
-            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
-        );
+        info!("Drain deadline: undelivered messages stay in the spool for the next start.");
     }
+    shutdown.advance(Step::StopDeliveries);
+    let _ = tokio::time::timeout_at(until.into(), delivery.m2b).await;
+    let _ = tokio::time::timeout_at(until.into(), delivery.b2m).await;
+    all_back(&delivery.m2b_permits, capacity, until).await;
+    disconnect_publisher(shared, until).await;
     all_back(&delivery.b2m_permits, capacity, until).await;
     debug!("Drain: deliveries from the spool settled.");
     // 3. Goodbye to the broker; publishes still unacknowledged stay in the spool.
@@ -488,4 +438,87 @@ async fn drain_spooled(
         Instant::now() + Duration::from_millis(500),
     )
     .await;
+}
+
+/// Stops MQTT → Bayeux taking messages and waits, until `until` at most, for it to end and
+/// for what it took to settle.
+async fn stop_mqtt_to_bayeux(
+    shutdown: &Shutdown,
+    mut m2b: JoinHandle<()>,
+    permits: &Semaphore,
+    capacity: usize,
+    until: Instant,
+) {
+    shutdown.advance(Step::StopMqttToBayeux);
+    if tokio::time::timeout_at(until.into(), &mut m2b)
+        .await
+        .is_err()
+    {
+        m2b.abort();
+    }
+    all_back(permits, capacity, until).await;
+}
+
+/// Lets Bayeux → MQTT forward until its subscriptions end, stopping it at `until` (what it
+/// still buffers is counted as dropped), and waits for what it took to settle.
+async fn drain_bayeux_to_mqtt(
+    shutdown: &Shutdown,
+    mut b2m: JoinHandle<()>,
+    permits: &Semaphore,
+    capacity: usize,
+    until: Instant,
+) {
+    shutdown.advance(Step::DrainBayeuxToMqtt);
+    if tokio::time::timeout_at(until.into(), &mut b2m)
+        .await
+        .is_err()
+    {
+        // Deadline: the pipeline counts what it still buffers as dropped, then ends.
+        shutdown.advance(Step::StopBayeuxToMqtt);
+        let grace = b2m::LEFTOVER_WAIT + Duration::from_millis(200);
+        if tokio::time::timeout(grace, &mut b2m).await.is_err() {
+            b2m.abort();
+        }
+    }
+    all_back(permits, capacity, until).await;
+}
+
+/// The Bayeux client delivers what it holds, sends `/meta/disconnect` and closes its
+/// subscriptions, by `until`.
+async fn disconnect_bayeux(shared: &Shared, until: Instant) {
+    let bayeux = shared.bayeux();
+    if tokio::time::timeout_at(until.into(), bayeux.disconnect())
+        .await
+        .is_err()
+    {
+        warn!("The Bayeux server did not answer /meta/disconnect in time.");
+    }
+}
+
+/// Ends the publishing session of MQTT → Bayeux, when there is one, by `until`.
+async fn disconnect_publisher(shared: &Shared, until: Instant) {
+    if let Some(publisher) = shared.set_publisher(None)
+        && tokio::time::timeout_at(until.into(), publisher.disconnect())
+            .await
+            .is_err()
+    {
+        warn!(
+            "The Bayeux server did not answer the publishing session's /meta/disconnect in time."
+        );
+    }
+}
+
+/// Resolves once both spool queues are empty (everything in them delivered).
+async fn spools_empty(spools: &super::spooled::Spools) {
+    loop {
+        let changed = spools.b2m.changed();
+        let changed_m2b = spools.m2b.changed();
+        if spools.b2m.stats().entries == 0 && spools.m2b.stats().entries == 0 {
+            return;
+        }
+        tokio::select! {
+            () = changed => {}
+            () = changed_m2b => {}
+        }
+    }
 }

@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
 use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
+use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
@@ -27,25 +28,27 @@ use crate::backoff::{Backoff, BackoffOptions};
 use crate::bayeux::{Client, PublishError, Verdict};
 use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
 
-/// Runs until `stop` turns true or the MQTT client has ended.
+/// A new MQTT client and its events, after a reload changed `[mqtt]`. They come as a pair,
+/// not as a change of [`Shared::mqtt`] alone: a message is acknowledged through the client
+/// that delivered it.
+pub(super) type Swap = (MqttHandle, mpsc::Receiver<MqttEvent>);
+
+/// Most messages waiting for a slot before the loop stops reading events.
+const PENDING_LIMIT: usize = 4096;
+
+/// Runs until `stop` is set or the MQTT client has ended.
 ///
 /// Lifecycle events (connected, subscribed, disconnected) are handled as they come, even when
 /// every slot is taken (the Bayeux side is down); messages wait in `pending` for a slot. QoS 1
 /// and 2 messages there are bounded by the broker's in-flight window (they are not
 /// acknowledged yet); QoS 0 floods are bounded by [`PENDING_LIMIT`], beyond which the loop
 /// stops reading until slots free up.
-/// A new MQTT client and its events, after a reload changed `[mqtt]`.
-pub(super) type Swap = (MqttHandle, mpsc::Receiver<MqttEvent>);
-
-/// Most messages waiting for a slot before the loop stops reading events.
-const PENDING_LIMIT: usize = 4096;
-
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
     mut events: mpsc::Receiver<MqttEvent>,
     permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Signal,
     mut swaps: mpsc::Receiver<Swap>,
 ) {
     let mut mqtt = mqtt;
@@ -72,7 +75,7 @@ pub(super) async fn run(
         }
         let wake = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => Wake::Stop,
+            () = stop.wait() => Wake::Stop,
             Some(swap) = swaps.recv() => Wake::Swap(swap),
             permit = permits.clone().acquire_owned(), if !pending.is_empty() => Wake::Slot(permit.ok()),
             event = events.recv(), if open && pending.len() < PENDING_LIMIT => Wake::Event(event),
@@ -257,47 +260,25 @@ fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
     });
 }
 
+/// Forwards `message` to the Bayeux channels its routes map it to (or with `[spool]` into
+/// the spool); it is acknowledged to the broker once every target settled, or at once when
+/// it is an own echo, nothing takes it, or it cannot be converted.
 async fn forward(
     shared: &Arc<Shared>,
     bayeux: &Client,
     mqtt: &MqttHandle,
     message: IncomingMessage,
     permit: Slot,
-    stop: watch::Receiver<bool>,
+    stop: Signal,
     out: &Outputs,
 ) {
     let now = Instant::now();
-    if let Some(mut echoes) = shared.mqtt_echoes()
-        && echoes.take(&message.topic, &message.payload, now)
-    {
-        shared.stats.received(Direction::MqttToBayeux, 0);
-        shared.stats.echo(Direction::MqttToBayeux);
-        debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+    if own_echo(shared, &message, now) {
         mqtt.ack(message.token);
         return;
     }
-    let mut targets: Vec<(usize, String)> = Vec::new();
     let routes = shared.routes();
-    for route in routes
-        .iter()
-        .filter(|r| r.subscribes_mqtt() && r.matches_topic(&message.topic))
-    {
-        // An untranslatable topic is dropped and, when no route takes it, acknowledged below
-        // so that the broker does not deliver it again.
-        match route.topic_to_channel(&message.topic) {
-            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
-                targets.push((route.number(), channel))
-            }
-            Ok(_) => {}
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                e.reason(),
-                route.number(),
-                &message.topic,
-                &e.to_string(),
-            ),
-        }
-    }
+    let targets = targets(shared, &routes, &message.topic);
     let first_route = targets.first().map_or(0, |(route, _)| *route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
     if targets.is_empty() {
@@ -310,7 +291,7 @@ async fn forward(
             shared.drop_message(
                 Direction::MqttToBayeux,
                 "binary_payload",
-                targets[0].0,
+                first_route,
                 &message.topic,
                 &e.to_string(),
             );
@@ -319,58 +300,12 @@ async fn forward(
         }
     };
     if let Some(intake) = &out.intake {
-        trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
-        let entries = targets
-            .into_iter()
-            .map(|(route, channel)| {
-                ToBayeux {
-                    route,
-                    channel,
-                    topic: message.topic.clone(),
-                    data: data.clone(),
-                }
-                .encode()
-            })
-            .collect();
-        let then = OnDurable::Mqtt {
-            slot: permit,
-            token: message.token,
-            mqtt: mqtt.clone(),
-        };
-        intake.submit(entries, then, first_route, &message.topic);
-        return;
+        return spool(intake, mqtt, message, permit, targets, data);
     }
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
-    // The serialized data, for the echo filter: made only when a target channel is one the
-    // bridge also reads (the only way it can come back).
-    let mut fingerprint: Option<Vec<u8>> = None;
-    let mut verdicts = Vec::with_capacity(targets.len());
-    let last = targets.len() - 1;
-    let mut data = Some(data);
-    for (i, (route, channel)) in targets.into_iter().enumerate() {
-        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
-            break;
-        };
-        if echoes_back(&routes, &channel) {
-            let fingerprint = fingerprint.get_or_insert_with(|| echo_fingerprint(&value));
-            shared.bayeux_echoes().record(&channel, fingerprint, now);
-        }
-        match bayeux.publish_queued(&channel, value, None).await {
-            Ok(verdict) => verdicts.push(Pending {
-                route,
-                channel,
-                verdict,
-            }),
-            Err(PublishError::Closed) => return, // shutting down: the broker keeps the message
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                "invalid_channel",
-                route,
-                &channel,
-                &e.to_string(),
-            ),
-        }
-    }
+    let Some(verdicts) = publish_all(shared, bayeux, &routes, targets, data, now).await else {
+        return; // shutting down: the broker keeps the message
+    };
     let shared = Arc::clone(shared);
     let mqtt = mqtt.clone();
     out.settler.settle(async move {
@@ -383,6 +318,127 @@ async fn forward(
             mqtt.ack(message.token);
         }
     });
+}
+
+/// Whether `message` is an own publish coming back from the broker (MQTT 3.1.1 only); it is
+/// counted as such and not forwarded.
+fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
+    let Some(mut echoes) = shared.mqtt_echoes() else {
+        return false;
+    };
+    if !echoes.take(&message.topic, &message.payload, now) {
+        return false;
+    }
+    shared.stats.received(Direction::MqttToBayeux, 0);
+    shared.stats.echo(Direction::MqttToBayeux);
+    debug!(topic = %message.topic, "Own publish came back from the broker; not forwarded back.");
+    true
+}
+
+/// The routes and Bayeux channels `topic` goes to, each channel once. An untranslatable
+/// topic is dropped for that route (and, when no route takes it, acknowledged by the caller
+/// so that the broker does not deliver it again).
+fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String)> {
+    let mut targets: Vec<(usize, String)> = Vec::new();
+    for route in routes
+        .iter()
+        .filter(|r| r.subscribes_mqtt() && r.matches_topic(topic))
+    {
+        match route.topic_to_channel(topic) {
+            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
+                targets.push((route.number(), channel))
+            }
+            Ok(_) => {}
+            Err(e) => shared.drop_message(
+                Direction::MqttToBayeux,
+                e.reason(),
+                route.number(),
+                topic,
+                &e.to_string(),
+            ),
+        }
+    }
+    targets
+}
+
+/// Hands `message`, converted to `data`, for each of its `targets` to the spool; it is
+/// acknowledged to the broker once durable there.
+fn spool(
+    intake: &Intake,
+    mqtt: &MqttHandle,
+    message: IncomingMessage,
+    permit: Slot,
+    targets: Vec<(usize, String)>,
+    data: crate::bayeux::Data,
+) {
+    trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
+    let first_route = targets.first().map_or(0, |(route, _)| *route);
+    let entries = targets
+        .into_iter()
+        .map(|(route, channel)| {
+            ToBayeux {
+                route,
+                channel,
+                topic: message.topic.clone(),
+                data: data.clone(),
+            }
+            .encode()
+        })
+        .collect();
+    let then = OnDurable::Mqtt {
+        slot: permit,
+        token: message.token,
+        mqtt: mqtt.clone(),
+    };
+    intake.submit(entries, then, first_route, &message.topic);
+}
+
+/// Publishes `data` on each target channel, recording it for the echo filter where it can
+/// come back; returns the verdicts to wait for, or `None` when the Bayeux client is closed
+/// (shutting down). A channel the client refuses at once is dropped and counted.
+async fn publish_all(
+    shared: &Shared,
+    bayeux: &Client,
+    routes: &[Route],
+    targets: Vec<(usize, String)>,
+    data: crate::bayeux::Data,
+    now: Instant,
+) -> Option<Vec<Pending>> {
+    // The serialized data, for the echo filter: made only when a target channel is one the
+    // bridge also reads (the only way it can come back).
+    let mut fingerprint: Option<Vec<u8>> = None;
+    let mut verdicts = Vec::with_capacity(targets.len());
+    let last = targets.len().saturating_sub(1);
+    let mut data = Some(data);
+    for (i, (route, channel)) in targets.into_iter().enumerate() {
+        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
+            break;
+        };
+        record_echo(
+            shared,
+            routes,
+            &channel,
+            &value,
+            Some(&mut fingerprint),
+            now,
+        );
+        match bayeux.publish_queued(&channel, value, None).await {
+            Ok(verdict) => verdicts.push(Pending {
+                route,
+                channel,
+                verdict,
+            }),
+            Err(PublishError::Closed) => return None,
+            Err(e) => shared.drop_message(
+                Direction::MqttToBayeux,
+                "invalid_channel",
+                route,
+                &channel,
+                &e.to_string(),
+            ),
+        }
+    }
+    Some(verdicts)
 }
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
@@ -413,7 +469,7 @@ pub(crate) async fn settle(
     shared: &Shared,
     pending: Pending,
     payload: &[u8],
-    mut stop: watch::Receiver<bool>,
+    mut stop: Signal,
 ) -> bool {
     let Pending {
         route,
@@ -426,82 +482,108 @@ pub(crate) async fn settle(
     });
     let mut result = verdict.await;
     loop {
-        match result {
+        let e = match result {
             Ok(_) => {
                 shared.stats.forwarded(Direction::MqttToBayeux, route);
                 return true;
             }
-            Err(PublishError::Refused(error)) => {
-                shared.count_publish_error("bayeux", "refused");
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "bayeux_refused",
-                    route,
-                    &channel,
-                    &error.raw,
-                );
-                return true;
-            }
-            Err(PublishError::InvalidChannel(e)) => {
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "invalid_channel",
-                    route,
-                    &channel,
-                    &e.to_string(),
-                );
-                return true;
-            }
-            // Over `bayeux.max_request_bytes`: it can never be sent.
-            Err(e @ PublishError::TooLarge { .. }) => {
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "payload_too_large",
-                    route,
-                    &channel,
-                    &e.to_string(),
-                );
-                return true;
-            }
-            // Shutting down: leave it to the broker. Otherwise the client was replaced by a
-            // reload (new [bayeux] settings): publish again through the current one.
-            Err(PublishError::Closed) if *stop.borrow() => return false,
-            Err(
-                e
-                @ (PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_)),
-            ) => {
-                shared.count_publish_error("bayeux", "transport");
-                let wait = backoff.next_delay();
-                if shared.log_limit.allow("Bayeux publish failed; retrying.") {
-                    warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
-                }
-                tokio::select! {
-                    _ = stop.wait_for(|stop| *stop) => return false,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                // Made from the same payload the first time, so this does not fail; if it
-                // did, the message is dropped as it would have been then.
-                let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
-                    Ok(data) => data,
-                    Err(e) => {
-                        shared.drop_message(
-                            Direction::MqttToBayeux,
-                            "binary_payload",
-                            route,
-                            &channel,
-                            &e.to_string(),
-                        );
-                        return true;
-                    }
-                };
-                if echoes_back(&shared.routes(), &channel) {
-                    let fingerprint = echo_fingerprint(&data);
-                    shared
-                        .bayeux_echoes()
-                        .record(&channel, &fingerprint, Instant::now());
-                }
-                result = shared.publisher().publish(&channel, data).await;
-            }
+            Err(e) => e,
+        };
+        if dropped_for_good(shared, route, &channel, &e) {
+            return true;
         }
+        // Shutting down: leave it to the broker. Otherwise the client was replaced by a
+        // reload (new [bayeux] settings): publish again through the current one.
+        if matches!(e, PublishError::Closed) && stop.is_set() {
+            return false;
+        }
+        shared.count_publish_error("bayeux", "transport");
+        let wait = backoff.next_delay();
+        if shared.log_limit.allow("Bayeux publish failed; retrying.") {
+            warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
+        }
+        tokio::select! {
+            () = stop.wait() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        // Made from the same payload the first time, so this does not fail; if it did, the
+        // message is dropped as it would have been then.
+        let Some(data) = retry_data(shared, route, &channel, payload) else {
+            return true;
+        };
+        result = shared.publisher().publish(&channel, data).await;
     }
+}
+
+/// Drops and counts a message whose publish failed for good: the server refused it, its
+/// channel is invalid, or it is over `bayeux.max_request_bytes` (it can never be sent).
+/// `false` for a failure worth retrying (closed client, transport, full queue).
+fn dropped_for_good(shared: &Shared, route: usize, channel: &str, error: &PublishError) -> bool {
+    let (reason, detail) = match error {
+        PublishError::Refused(refusal) => {
+            shared.count_publish_error("bayeux", "refused");
+            ("bayeux_refused", refusal.raw.clone())
+        }
+        PublishError::InvalidChannel(e) => ("invalid_channel", e.to_string()),
+        PublishError::TooLarge { .. } => ("payload_too_large", error.to_string()),
+        PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_) => {
+            return false;
+        }
+    };
+    shared.drop_message(Direction::MqttToBayeux, reason, route, channel, &detail);
+    true
+}
+
+/// The Bayeux data of a retry of `payload` on `channel`, made again from the MQTT payload and
+/// recorded for the echo filter as the first try was; `None` (counted as dropped) if it
+/// cannot be made.
+fn retry_data(
+    shared: &Shared,
+    route: usize,
+    channel: &str,
+    payload: &[u8],
+) -> Option<crate::bayeux::Data> {
+    let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
+        Ok(data) => data,
+        Err(e) => {
+            shared.drop_message(
+                Direction::MqttToBayeux,
+                "binary_payload",
+                route,
+                channel,
+                &e.to_string(),
+            );
+            return None;
+        }
+    };
+    record_echo(
+        shared,
+        &shared.routes(),
+        channel,
+        &data,
+        None,
+        Instant::now(),
+    );
+    Some(data)
+}
+
+/// Records a publish on `channel` for the echo filter when it can come back (the bridge also
+/// reads `channel`); `fingerprint` keeps the serialized data for the other targets of the
+/// same message.
+pub(crate) fn record_echo(
+    shared: &Shared,
+    routes: &[Route],
+    channel: &str,
+    data: &crate::bayeux::Data,
+    fingerprint: Option<&mut Option<Vec<u8>>>,
+    now: Instant,
+) {
+    if !echoes_back(routes, channel) {
+        return;
+    }
+    let mut own = None;
+    let fingerprint = fingerprint
+        .unwrap_or(&mut own)
+        .get_or_insert_with(|| echo_fingerprint(data));
+    shared.bayeux_echoes().record(channel, fingerprint, now);
 }

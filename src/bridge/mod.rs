@@ -30,6 +30,7 @@ mod publisher;
 mod reload;
 mod settling;
 mod shared;
+mod shutdown;
 mod spooled;
 
 use lifecycle::{log_summary, spawn_watcher};
@@ -41,7 +42,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::bayeux::{self, Client};
@@ -49,14 +51,15 @@ use crate::config::{Config, ConfigError};
 use crate::mqtt::{self};
 use readiness::Readiness;
 use replay::Replay;
+use shutdown::{Shutdown, Step};
 use stats::Stats;
 
 /// Why the bridge could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// The routes do not compile.
+    /// The routes do not compile (the route and field are in the error).
     #[error("{0}")]
-    Mapping(String),
+    Mapping(#[from] mapping::MappingError),
     /// The Bayeux client could not start.
     #[error("Bayeux client: {0}")]
     Bayeux(#[from] bayeux::ClientError),
@@ -65,7 +68,7 @@ pub enum BridgeError {
     Mqtt(#[from] mqtt::MqttError),
     /// The HTTP listener could not start.
     #[error("HTTP listener: {0}")]
-    Http(String),
+    Http(#[from] crate::http::BindError),
     /// The Bayeux server ended the session for good.
     #[error("the Bayeux client stopped: {0}")]
     BayeuxStopped(String),
@@ -219,227 +222,331 @@ pub async fn run(
 pub async fn run_with_reload(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    mut reload: Option<ReloadSource>,
+    reload: Option<ReloadSource>,
 ) -> Result<Arc<Stats>, BridgeError> {
-    let routes = compile_routes(&config, config.replay.enabled)
-        .map_err(|e| BridgeError::Mapping(e.to_string()))?;
-    for warning in mapping::warnings(&routes) {
-        warn!(%warning, "Route warning.");
+    let mut bridge = Bridge::start(config, reload).await?;
+    let outcome = bridge.run(shutdown).await;
+    let stats = bridge.drain().await;
+    outcome.map(|()| stats)
+}
+
+/// A started bridge: its tasks, and what the run loop and the drain need of them.
+struct Bridge {
+    shared: Arc<Shared>,
+    notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The running config and the means to apply a reload.
+    live: reload::Live,
+    reload: Option<ReloadSource>,
+    /// Watches the Bayeux client's events (replaced by a reload of `[bayeux]`).
+    watcher: JoinHandle<BridgeError>,
+    /// What stops the bridge for good (a publishing session that ended).
+    fatal: mpsc::Receiver<BridgeError>,
+    pipelines: lifecycle::Pipelines,
+    /// The one shutdown signal of the pipelines and the other tasks.
+    stop: Shutdown,
+    /// With `[replay]`: the periodic checkpoint flush.
+    flusher: Option<JoinHandle<()>>,
+    http: Option<JoinHandle<()>>,
+    capacity: usize,
+}
+
+impl Bridge {
+    /// Checks and opens what the bridge needs, starts both clients, subscribes the routes and
+    /// spawns the pipelines and the HTTP listener; then tells systemd the start is complete.
+    async fn start(config: Config, reload: Option<ReloadSource>) -> Result<Bridge, BridgeError> {
+        let routes = compile_routes(&config, config.replay.enabled)?;
+        for warning in mapping::warnings(&routes) {
+            warn!(%warning, "Route warning.");
+        }
+        let capacity = config.bridge.queue_capacity.max(1);
+        // Before anything connects: a damaged spool stops the start.
+        let spools = match config.spool.enabled {
+            true => Some(spooled::open(&config.spool).await?),
+            false => None,
+        };
+        let (bayeux_channels, mqtt_filters) = wanted(&routes);
+        let stats = Arc::new(Stats::default());
+        let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+        if let Some(n) = &notifier {
+            n.status("Connecting to the Bayeux server and the MQTT broker");
+        }
+        let readiness = Arc::new(
+            Readiness::new(bayeux_channels.clone(), mqtt_filters.clone())
+                .with_stats(Arc::clone(&stats))
+                .with_notifier(notifier.clone()),
+        );
+        let listener = match config.http.listen {
+            Some(addr) => Some(crate::http::bind(addr).await?),
+            None => None,
+        };
+        let (shared, mqtt_events, bayeux_events) =
+            start_clients(&config, &routes, &stats, &readiness, spools)?;
+        let bayeux = shared.bayeux();
+        let replay = shared.replay.clone();
+        let stop = Shutdown::default();
+        let flusher = replay.map(|r| tokio::spawn(r.run_flusher(stop.signal(Step::StopFlusher))));
+        let (fatal, fatal_rx) = mpsc::channel(1);
+        shared.set_publisher(publisher::start(&config, &routes, &fatal)?);
+        let (b2m_control, b2m_control_rx) = mpsc::channel(64);
+        let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
+        let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap, fatal);
+        let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
+        shared.set_routes(routes);
+        info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
+        let pipelines = spawn_pipelines(
+            &shared,
+            initial,
+            (mqtt_events, m2b_swap_rx),
+            b2m_control_rx,
+            &stop,
+            capacity,
+        );
+        let http = listener.map(|listener| spawn_http(listener, &shared, &config, &stop, capacity));
+        // The config is valid and both clients run (connecting with backoff): the daemon does
+        // its job, so systemd's start is complete. Whether the data plane is up is STATUS= and
+        // /readyz; a peer down at boot must not make systemd kill and restart the daemon.
+        if let Some(n) = &notifier {
+            n.ready();
+            n.status(&readiness.status());
+        }
+        let watcher = spawn_watcher(bayeux_events, &shared);
+        Ok(Bridge {
+            shared,
+            notifier,
+            live,
+            reload,
+            watcher,
+            fatal: fatal_rx,
+            pipelines,
+            stop,
+            flusher,
+            http,
+            capacity,
+        })
     }
-    let capacity = config.bridge.queue_capacity.max(1);
-    // Before anything connects: a damaged spool stops the start.
-    let spools = match config.spool.enabled {
-        true => Some(spooled::open(&config.spool).await?),
-        false => None,
-    };
-    let (bayeux_channels, mqtt_filters) = wanted(&routes);
-    let stats = Arc::new(Stats::default());
-    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
-    if let Some(n) = &notifier {
-        n.status("Connecting to the Bayeux server and the MQTT broker");
+
+    /// Runs until `shutdown` resolves (`Ok`) or the bridge must stop (the error): applies
+    /// reloads, pings the watchdog, flushes rate-limited warnings and checks the Bayeux
+    /// client's liveness.
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), BridgeError> {
+        let notifier = self.notifier.clone();
+        let shared = Arc::clone(&self.shared);
+        // WATCHDOG=1 from this loop, so a loop that stops turning stops the pings.
+        let mut watchdog = notifier
+            .as_ref()
+            .and_then(|n| n.watchdog_interval())
+            .map(tokio::time::interval);
+        // Rate-limited warnings: what a window held back is reported once it ends, also when
+        // nothing comes after it.
+        let mut log_flush = tokio::time::interval(crate::log_limit::WINDOW);
+        // A stalled Bayeux data plane has no event of its own: its liveness is looked at.
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    info!("Shutdown requested; draining.");
+                    return Ok(());
+                }
+                stopped = &mut self.watcher => {
+                    return Err(stopped.unwrap_or_else(|e| {
+                        BridgeError::BayeuxStopped(format!("the Bayeux event watcher failed: {e}"))
+                    }));
+                }
+                Some(stopped) = self.fatal.recv() => return Err(stopped),
+                _ = tick(&mut watchdog) => ping(notifier.as_deref()),
+                _ = log_flush.tick() => shared.log_limit.flush(),
+                _ = liveness.tick() => shared.readiness.bayeux_liveness(shared.bayeux().liveness()),
+                Some(()) = next_reload(&mut self.reload) => {
+                    let Some(path) = self.reload.as_ref().map(|r| r.path.clone()) else {
+                        continue;
+                    };
+                    let reloading =
+                        self.live.reload(&path, &shared, &mut self.watcher, notifier.as_deref());
+                    tokio::pin!(reloading);
+                    // A reload never holds up a shutdown (nor the watchdog).
+                    let stop = loop {
+                        tokio::select! {
+                            () = &mut reloading => break false,
+                            () = &mut shutdown => break true,
+                            _ = tick(&mut watchdog) => ping(notifier.as_deref()),
+                        }
+                    };
+                    if stop {
+                        info!("Shutdown requested during a reload; draining.");
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
-    let readiness = Arc::new(
-        Readiness::new(bayeux_channels.clone(), mqtt_filters.clone())
-            .with_stats(Arc::clone(&stats))
-            .with_notifier(notifier.clone()),
-    );
-    let listener = match config.http.listen {
-        Some(addr) => Some(crate::http::bind(addr).await.map_err(BridgeError::Http)?),
-        None => None,
-    };
+
+    /// Drains the pipelines by `bridge.drain_timeout_secs`, says goodbye to both sides, saves
+    /// the last checkpoints and closes the HTTP listener; returns the counters.
+    async fn drain(self) -> Arc<Stats> {
+        let Bridge {
+            shared,
+            notifier,
+            live,
+            watcher,
+            pipelines,
+            stop,
+            flusher,
+            http,
+            capacity,
+            ..
+        } = self;
+        let deadline = Instant::now() + live.config().bridge.drain_timeout();
+        if let Some(n) = &notifier {
+            n.stopping();
+            n.status("Draining: finishing messages in flight");
+        }
+        lifecycle::drain(
+            &shared,
+            &shared.mqtt(),
+            pipelines,
+            &stop,
+            capacity,
+            deadline,
+        )
+        .await;
+        watcher.abort();
+        if let Some(spools) = &shared.spools {
+            // Removals of what was delivered become durable; the rest goes out after a restart.
+            spools.close().await;
+            spooled::log_left(spools);
+        }
+        // Every message in flight has its outcome now (or was given up at the deadline): the
+        // last checkpoints, so a restart resumes exactly after what the broker acknowledged.
+        stop.advance(Step::StopFlusher);
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        if let Some(replay) = &shared.replay
+            && replay.flush().await
+        {
+            info!("Replay checkpoints saved.");
+        }
+        log_summary(&shared.stats);
+        stop.advance(Step::CloseHttp);
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        Arc::clone(&shared.stats)
+    }
+}
+
+/// Starts the MQTT client and the Bayeux client (with `[replay]`, its extension on the
+/// checkpoints opened here) and the state both pipelines share; they connect with backoff.
+fn start_clients(
+    config: &Config,
+    routes: &[mapping::Route],
+    stats: &Arc<Stats>,
+    readiness: &Arc<Readiness>,
+    spools: Option<spooled::Spools>,
+) -> Result<(Arc<Shared>, mpsc::Receiver<mqtt::MqttEvent>, bayeux::Events), BridgeError> {
     // No Local on every subscription: the bridge never wants its own publishes back.
-    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(&config), mqtt_specs(&routes))?;
+    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(config), mqtt_specs(routes))?;
     let replay = match config.replay.enabled {
         true => Some(Arc::new(Replay::open(
             &config.replay,
-            Arc::clone(&stats),
-            &bayeux_channels,
+            Arc::clone(stats),
+            &wanted(routes).0,
         )?)),
         false => None,
     };
     let (bayeux, bayeux_events) = Client::new(replay::with_extension(
-        bayeux_options(&config, queued(&config, &routes)),
+        bayeux_options(config, queued(config, routes)),
         replay.as_deref(),
     ))?;
     let shared = Arc::new(Shared::new(
-        &config,
-        bayeux.clone(),
-        mqtt.clone(),
-        Arc::clone(&stats),
-        Arc::clone(&readiness),
-        replay.clone(),
+        config,
+        bayeux,
+        mqtt,
+        Arc::clone(stats),
+        Arc::clone(readiness),
+        replay,
         spools,
     ));
-    let (stop_flusher, flusher_stopped) = watch::channel(false);
-    let flusher = replay
-        .clone()
-        .map(|r| tokio::spawn(r.run_flusher(flusher_stopped)));
-    let (fatal, mut fatal_rx) = mpsc::channel(1);
-    shared.set_publisher(publisher::start(&config, &routes, &fatal)?);
-    let (b2m_control, b2m_control_rx) = mpsc::channel(64);
-    let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
-    let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap, fatal);
-    let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
-    shared.set_routes(routes);
-    info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
+    Ok((shared, mqtt_events, bayeux_events))
+}
 
-    let (stop_m2b, m2b_stopped) = watch::channel(false);
-    let (drain_b2m, b2m_draining) = watch::channel(false);
-    let (stop_b2m, b2m_stopped) = watch::channel(false);
+/// Spawns both pipelines (and with `[spool]` the deliveries from it), each with
+/// `capacity` messages in flight at most.
+fn spawn_pipelines(
+    shared: &Arc<Shared>,
+    initial: Vec<(u64, Arc<mapping::Route>, bayeux::Subscription)>,
+    (mqtt_events, m2b_swaps): (mpsc::Receiver<mqtt::MqttEvent>, mpsc::Receiver<m2b::Swap>),
+    b2m_control: mpsc::Receiver<b2m::Control>,
+    stop: &Shutdown,
+    capacity: usize,
+) -> lifecycle::Pipelines {
     let b2m_permits = Arc::new(Semaphore::new(capacity));
     let m2b_permits = Arc::new(Semaphore::new(capacity));
     let b2m = tokio::spawn(
         b2m::run(
-            Arc::clone(&shared),
-            mqtt.clone(),
+            Arc::clone(shared),
             initial,
             Arc::clone(&b2m_permits),
             b2m::Stop {
-                draining: b2m_draining,
-                now: b2m_stopped,
+                draining: stop.signal(Step::DrainBayeuxToMqtt),
+                now: stop.signal(Step::StopBayeuxToMqtt),
             },
-            b2m_control_rx,
+            b2m_control,
         )
         .instrument(info_span!("bayeux_to_mqtt")),
     );
     let m2b = tokio::spawn(
         m2b::run(
-            Arc::clone(&shared),
-            mqtt.clone(),
+            Arc::clone(shared),
+            shared.mqtt(),
             mqtt_events,
             Arc::clone(&m2b_permits),
-            m2b_stopped,
-            m2b_swap_rx,
+            stop.signal(Step::StopMqttToBayeux),
+            m2b_swaps,
         )
         .instrument(info_span!("mqtt_to_bayeux")),
     );
-    let delivery = spooled::Delivery::start(&shared, capacity);
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = listener.map(|listener| {
-        let endpoints = Arc::new(endpoints::BridgeEndpoints {
-            stats: Arc::clone(&stats),
-            readiness: Arc::clone(&readiness),
-            b2m: Arc::clone(&shared.b2m_in_flight),
-            m2b: Arc::clone(&shared.m2b_in_flight),
-            capacity,
-            spool: shared
-                .spools
-                .as_ref()
-                .map(|s| (s.b2m.clone(), s.m2b.clone(), s.spool.max_bytes())),
-        });
-        let limits = crate::http::Limits {
-            max_connections: config.http.max_connections,
-            ..crate::http::Limits::default()
-        };
-        tokio::spawn(crate::http::serve(
-            listener,
-            endpoints,
-            limits,
-            stats.metrics.http.clone(),
-            async {
-                let _ = http_stopped.await;
-            },
-        ))
-    });
-    // The config is valid and both clients run (connecting with backoff): the daemon does its
-    // job, so systemd's start is complete. Whether the data plane is up is STATUS= and
-    // /readyz; a peer down at boot must not make systemd kill and restart the daemon.
-    if let Some(n) = &notifier {
-        n.ready();
-        n.status(&readiness.status());
+    lifecycle::Pipelines {
+        b2m,
+        m2b,
+        b2m_permits,
+        m2b_permits,
+        delivery: spooled::Delivery::start(shared, capacity, stop),
     }
-    // WATCHDOG=1 from the main loop below, so a loop that stops turning stops the pings.
-    let mut watchdog = notifier
-        .as_ref()
-        .and_then(|n| n.watchdog_interval())
-        .map(tokio::time::interval);
-    let mut watcher = spawn_watcher(bayeux_events, &shared);
-    // Rate-limited warnings: what a window held back is reported once it ends, also when
-    // nothing comes after it.
-    let mut log_flush = tokio::time::interval(crate::log_limit::WINDOW);
-    // A stalled Bayeux data plane has no event of its own: its liveness is looked at.
-    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+}
 
-    tokio::pin!(shutdown);
-    let outcome = loop {
-        tokio::select! {
-            () = &mut shutdown => {
-                info!("Shutdown requested; draining.");
-                break Ok(());
-            }
-            stopped = &mut watcher => {
-                break Err(stopped.unwrap_or_else(|e| {
-                    BridgeError::BayeuxStopped(format!("the Bayeux event watcher failed: {e}"))
-                }));
-            }
-            Some(stopped) = fatal_rx.recv() => break Err(stopped),
-            _ = tick(&mut watchdog) => ping(notifier.as_deref()),
-            _ = log_flush.tick() => shared.log_limit.flush(),
-            _ = liveness.tick() => shared.readiness.bayeux_liveness(shared.bayeux().liveness()),
-            Some(()) = next_reload(&mut reload) => {
-                let Some(path) = reload.as_ref().map(|r| r.path.clone()) else { continue };
-                let reloading = live.reload(&path, &shared, &mut watcher, notifier.as_deref());
-                tokio::pin!(reloading);
-                // A reload never holds up a shutdown (nor the watchdog).
-                let stop = loop {
-                    tokio::select! {
-                        () = &mut reloading => break false,
-                        () = &mut shutdown => break true,
-                        _ = tick(&mut watchdog) => ping(notifier.as_deref()),
-                    }
-                };
-                if stop {
-                    info!("Shutdown requested during a reload; draining.");
-                    break Ok(());
-                }
-            }
-        }
-    };
-    let deadline = Instant::now() + live.config().bridge.drain_timeout();
-    if let Some(n) = &notifier {
-        n.stopping();
-        n.status("Draining: finishing messages in flight");
-    }
-    lifecycle::drain(
-        &shared,
-        &shared.mqtt(),
-        lifecycle::Pipelines {
-            b2m,
-            m2b,
-            stop_m2b,
-            drain_b2m,
-            stop_b2m,
-            b2m_permits,
-            m2b_permits,
-            delivery,
-        },
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the shutdown closes it.
+fn spawn_http(
+    listener: tokio::net::TcpListener,
+    shared: &Shared,
+    config: &Config,
+    stop: &Shutdown,
+    capacity: usize,
+) -> JoinHandle<()> {
+    let endpoints = Arc::new(endpoints::BridgeEndpoints {
+        stats: Arc::clone(&shared.stats),
+        readiness: Arc::clone(&shared.readiness),
+        b2m: Arc::clone(&shared.b2m_in_flight),
+        m2b: Arc::clone(&shared.m2b_in_flight),
         capacity,
-        deadline,
-    )
-    .await;
-    watcher.abort();
-    if let Some(spools) = &shared.spools {
-        // Removals of what was delivered become durable; the rest goes out after a restart.
-        spools.close().await;
-        spooled::log_left(spools);
-    }
-    // Every message in flight has its outcome now (or was given up at the deadline): the last
-    // checkpoints, so a restart resumes exactly after what the broker acknowledged.
-    let _ = stop_flusher.send(true);
-    if let Some(flusher) = flusher {
-        let _ = flusher.await;
-    }
-    if let Some(replay) = &replay
-        && replay.flush().await
-    {
-        info!("Replay checkpoints saved.");
-    }
-    log_summary(&stats);
-    let _ = http_stop.send(());
-    if let Some(http) = http {
-        let _ = http.await;
-    }
-    outcome.map(|()| stats)
+        spool: shared
+            .spools
+            .as_ref()
+            .map(|s| (s.b2m.clone(), s.m2b.clone(), s.spool.max_bytes())),
+    });
+    let limits = crate::http::Limits {
+        max_connections: config.http.max_connections,
+        ..crate::http::Limits::default()
+    };
+    let mut closed = stop.signal(Step::CloseHttp);
+    tokio::spawn(crate::http::serve(
+        listener,
+        endpoints,
+        limits,
+        shared.stats.metrics.http.clone(),
+        async move { closed.wait().await },
+    ))
 }
 
 /// The next watchdog tick, or never when the watchdog is off.
@@ -462,5 +569,42 @@ async fn next_reload(reload: &mut Option<ReloadSource>) -> Option<()> {
     match reload {
         Some(source) => source.requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BridgeError;
+
+    #[test]
+    fn a_route_error_reads_as_before_and_keeps_its_route_and_key() {
+        let error = super::mapping::MappingError {
+            route: 3,
+            field: "mqtt",
+            reason: "bad filter".to_owned(),
+        };
+        let bridge = BridgeError::from(error.clone());
+        assert_eq!(bridge.to_string(), "route[3].mqtt: bad filter");
+        assert!(matches!(bridge, BridgeError::Mapping(e) if e.key() == "route[3].mqtt"));
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_reads_as_before_and_can_be_told_apart() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = taken.local_addr().expect("its address");
+        let error = crate::http::bind(addr)
+            .await
+            .expect_err("the port is taken");
+        let bridge = BridgeError::from(error);
+        let text = bridge.to_string();
+        assert!(
+            text.starts_with(&format!("HTTP listener: cannot listen on {addr}: ")),
+            "{text}"
+        );
+        assert!(
+            matches!(&bridge, BridgeError::Http(e) if e.source.kind() == std::io::ErrorKind::AddrInUse)
+        );
     }
 }

@@ -371,7 +371,7 @@ impl Live {
             crate::mqtt::start(options, mqtt_specs(routes)).map_err(|e| e.to_string())?;
         shared.set_mqtt(mqtt.clone(), &new.mqtt);
         let _ = self.m2b.send((mqtt.clone(), events)).await;
-        let _ = self.b2m.send(b2m::Control::Resume(mqtt)).await;
+        let _ = self.b2m.send(b2m::Control::Resume).await;
         if let Some(spools) = &shared.spools {
             spools.b2m_paused.send_replace(false);
         }

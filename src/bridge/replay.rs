@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::checkpoint::{CheckpointError, CheckpointStore, MAX_CHECKPOINTS, Ticket};
@@ -224,14 +223,14 @@ impl Replay {
         outcome
     }
 
-    /// Flushes every `checkpoint_interval_ms` until `stop` turns true. The final flush, after
+    /// Flushes every `checkpoint_interval_ms` until `stop` is set. The final flush, after
     /// the drain, is the caller's.
-    pub(crate) async fn run_flusher(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run_flusher(self: Arc<Self>, mut stop: super::shutdown::Signal) {
         let mut interval = tokio::time::interval(self.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopped = tokio::select! {
-                _ = stop.wait_for(|s| *s) => true,
+                () = stop.wait() => true,
                 _ = interval.tick() => false,
             };
             if stopped {

@@ -62,7 +62,9 @@ pub(crate) struct Shared {
     pub(crate) binary_payloads: BinaryPolicy,
     /// The retained online/offline topic (replaced with `[mqtt]` on a reload).
     status_topic: RwLock<String>,
-    /// The current MQTT client (replaced when a reload changes `[mqtt]`).
+    /// The current MQTT client (replaced when a reload changes `[mqtt]`, only through
+    /// [`Shared::set_mqtt`]); the pipelines keep a copy for their hot path and take it again
+    /// when the reload tells them to (`b2m::Control::Resume`, `m2b::Swap`).
     mqtt: RwLock<MqttHandle>,
     /// Messages in flight Bayeux → MQTT.
     pub(crate) b2m_in_flight: Arc<std::sync::atomic::AtomicUsize>,

@@ -15,11 +15,12 @@ use std::time::Instant;
 
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
 use super::mapping::Route;
 use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
+use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
@@ -50,8 +51,8 @@ pub(super) enum Control {
     Replace { key: u64, route: Arc<Route> },
     /// Stop taking messages (a reload is replacing the MQTT client).
     Pause,
-    /// Take messages again, publishing through `mqtt`.
-    Resume(MqttHandle),
+    /// Take messages again, publishing through the current MQTT client ([`Shared::mqtt`]).
+    Resume,
     /// Stop reading route `key`. What its subscription still buffers is taken and counted as
     /// dropped (`route_removed`), then its stream ends.
     Remove { key: u64 },
@@ -76,15 +77,14 @@ pub(super) const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_
 pub(super) struct Stop {
     /// Soft: keep forwarding until every subscription has ended (the Bayeux client closes them
     /// after delivering what it holds), then stop.
-    pub(super) draining: watch::Receiver<bool>,
+    pub(super) draining: Signal,
     /// Hard: stop now (the drain deadline); whatever is still buffered is counted as dropped.
-    pub(super) now: watch::Receiver<bool>,
+    pub(super) now: Signal,
 }
 
 /// Runs until the subscriptions end after `stop.draining`, or `stop.now`.
 pub(super) async fn run(
     shared: Arc<Shared>,
-    mqtt: MqttHandle,
     routes: Vec<(u64, Arc<Route>, Subscription)>,
     permits: Arc<Semaphore>,
     stop: Stop,
@@ -94,7 +94,9 @@ pub(super) async fn run(
         mut draining,
         now: mut stop,
     } = stop;
-    let mut mqtt = mqtt;
+    // The pipeline's copy of the current MQTT client, which `shared` owns; taken again at
+    // each `Control::Resume` (a reload replaced it).
+    let mut mqtt = shared.mqtt();
     let mut deliveries: Deliveries = SelectAll::new();
     let mut live = Live::default();
     let out = Outputs {
@@ -115,10 +117,10 @@ pub(super) async fn run(
         }
         let permit = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => break,
-            _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break,
+            () = stop.wait() => break,
+            () = draining.wait(), if deliveries.is_empty() => break,
             Some(change) = control.recv() => {
-                apply(&mut deliveries, &mut live, &mut mqtt, change);
+                apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             permit = permits.clone().acquire_owned(), if !live.paused => match permit {
@@ -132,10 +134,10 @@ pub(super) async fn run(
         let (key, message) = loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stop| *stop) => break 'taking,
-                _ = draining.wait_for(|d| *d), if deliveries.is_empty() => break 'taking,
+                () = stop.wait() => break 'taking,
+                () = draining.wait(), if deliveries.is_empty() => break 'taking,
                 Some(change) = control.recv() => {
-                    apply(&mut deliveries, &mut live, &mut mqtt, change);
+                    apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 }
                 // `None`: the last stream just ended; loop to re-check the conditions above.
                 next = deliveries.next(), if !deliveries.is_empty() && !live.paused => if let Some(next) = next {
@@ -147,9 +149,9 @@ pub(super) async fn run(
         // While messages are already waiting and permits are free, take them without the
         // selects above (setting up their futures costs more than the message), stopping at
         // any control change so that a pause or removal applies before the next message.
-        while !live.paused && !*stop.borrow() {
+        while !live.paused && !stop.is_set() {
             if let Ok(change) = control.try_recv() {
-                apply(&mut deliveries, &mut live, &mut mqtt, change);
+                apply(&shared, &mut deliveries, &mut live, &mut mqtt, change);
                 continue;
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -218,8 +220,14 @@ async fn take(
     forward(shared, mqtt, route, message, slot, out).await;
 }
 
-/// Applies a control change; a resume also switches the pipeline to the new `mqtt` client.
-fn apply(deliveries: &mut Deliveries, live: &mut Live, mqtt: &mut MqttHandle, change: Control) {
+/// Applies a control change; a resume also switches the pipeline to the current MQTT client.
+fn apply(
+    shared: &Shared,
+    deliveries: &mut Deliveries,
+    live: &mut Live,
+    mqtt: &mut MqttHandle,
+    change: Control,
+) {
     match change {
         Control::Add {
             key,
@@ -230,9 +238,9 @@ fn apply(deliveries: &mut Deliveries, live: &mut Live, mqtt: &mut MqttHandle, ch
             live.routes.insert(key, route);
         }
         Control::Pause => live.paused = true,
-        Control::Resume(handle) => {
+        Control::Resume => {
             live.paused = false;
-            *mqtt = handle;
+            *mqtt = shared.mqtt();
         }
         Control::Remove { key } => {
             live.routes.remove(&key);

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, trace, warn};
 
 use super::{Item, Source, Step, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
+use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
 use crate::mqtt::{MqttError, validate_topic};
@@ -19,13 +20,9 @@ use crate::mqtt::{MqttError, validate_topic};
 /// read, and sent, again.
 const REWIND_SETTLE: Duration = Duration::from_millis(120);
 
-/// Delivers until `stop` turns true; publishes in flight then finish on their own (the
+/// Delivers until `stop` is set; publishes in flight then finish on their own (the
 /// drain waits for them up to its deadline; those that fail stay in the spool).
-pub(crate) async fn deliver(
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut stop: Signal) {
     let Some(spools) = shared.spools.as_ref() else {
         return;
     };
@@ -34,12 +31,12 @@ pub(crate) async fn deliver(
     let mut paused = spools.b2m_paused.subscribe();
     let settlement = Settlement::start(Arc::clone(&shared));
     loop {
-        if *stop.borrow() {
+        if stop.is_set() {
             break;
         }
         if *paused.borrow() {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = stop.wait() => break,
                 _ = paused.wait_for(|p| !*p) => continue,
             }
         }

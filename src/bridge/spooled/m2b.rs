@@ -6,26 +6,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tracing::{debug, trace};
 
 use super::b2m::damaged;
 use super::{Item, Source, Step, ToBayeux};
 use crate::bayeux::PublishError;
 use crate::bayeux::channel::validate_channel_name;
-use crate::bridge::m2b::{Pending, echoes_back, settle};
-use crate::bridge::payload::echo_fingerprint;
+use crate::bridge::m2b::{Pending, record_echo, settle};
 use crate::bridge::settling::Settler;
+use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
 
-/// Delivers until `stop` turns true; verdicts still awaited then are awaited by the settling
+/// Delivers until `stop` is set; verdicts still awaited then are awaited by the settling
 /// task (what gets none stays in the spool).
-pub(crate) async fn deliver(
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut stop: Signal) {
     let Some(spools) = shared.spools.as_ref() else {
         return;
     };
@@ -87,11 +83,14 @@ pub(crate) async fn deliver(
                 continue;
             }
             // Recorded now, not when it was spooled: the echo comes back after this publish.
-            if echoes_back(&shared.routes(), &channel) {
-                shared
-                    .bayeux_echoes()
-                    .record(&channel, &echo_fingerprint(&data), Instant::now());
-            }
+            record_echo(
+                &shared,
+                &shared.routes(),
+                &channel,
+                &data,
+                None,
+                Instant::now(),
+            );
             trace!(%topic, %channel, pack = key.seq, index = key.index, "Forwarding to Bayeux from the spool.");
             let json = data.json().as_bytes().to_vec();
             let verdict = match shared
@@ -101,7 +100,7 @@ pub(crate) async fn deliver(
             {
                 Ok(verdict) => verdict,
                 // Shutting down: it stays in the spool.
-                Err(PublishError::Closed) if *stop.borrow() => break 'reading,
+                Err(PublishError::Closed) if stop.is_set() => break 'reading,
                 Err(e) => {
                     spools.settled(Direction::MqttToBayeux, key);
                     shared.drop_message(

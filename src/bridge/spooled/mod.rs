@@ -51,6 +51,7 @@ pub(crate) use source::{Book, Feed, Key, Rewind};
 use source::{Item, Source, Step};
 
 use super::Shared;
+use super::shutdown::{Shutdown, Step as ShutdownStep};
 use super::stats::Direction;
 use crate::config::SpoolConfig;
 use crate::spool::{Queue, Spool, SpoolError};
@@ -170,12 +171,10 @@ pub(super) fn log_left(spools: &Spools) {
     }
 }
 
-/// The two delivery tasks and how to stop them.
+/// The two delivery tasks; they stop at [`ShutdownStep::StopDeliveries`].
 pub(crate) struct Delivery {
     pub(super) b2m: JoinHandle<()>,
     pub(super) m2b: JoinHandle<()>,
-    pub(super) stop_b2m: watch::Sender<bool>,
-    pub(super) stop_m2b: watch::Sender<bool>,
     pub(super) b2m_permits: Arc<Semaphore>,
     pub(super) m2b_permits: Arc<Semaphore>,
 }
@@ -183,10 +182,14 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// Starts delivering from the spool, with `capacity` messages in flight per direction,
     /// when the bridge has one.
-    pub(super) fn start(shared: &Arc<Shared>, capacity: usize) -> Option<Delivery> {
+    pub(super) fn start(
+        shared: &Arc<Shared>,
+        capacity: usize,
+        shutdown: &Shutdown,
+    ) -> Option<Delivery> {
         shared.spools.as_ref()?;
-        let (stop_b2m, b2m_stopped) = watch::channel(false);
-        let (stop_m2b, m2b_stopped) = watch::channel(false);
+        let b2m_stopped = shutdown.signal(ShutdownStep::StopDeliveries);
+        let m2b_stopped = shutdown.signal(ShutdownStep::StopDeliveries);
         let b2m_permits = Arc::new(Semaphore::new(capacity));
         let m2b_permits = Arc::new(Semaphore::new(capacity));
         let b2m = tokio::spawn(
@@ -200,8 +203,6 @@ impl Delivery {
         Some(Delivery {
             b2m,
             m2b,
-            stop_b2m,
-            stop_m2b,
             b2m_permits,
             m2b_permits,
         })

@@ -166,14 +166,14 @@ impl Source {
 
     /// The delivery loop's shared step: as many messages as `permits` has free slots (at
     /// most a read's worth), or a wait until a slot comes free, something is appended,
-    /// `interrupt` resolves (the caller's own wake-ups) or `stop` turns true.
+    /// `interrupt` resolves (the caller's own wake-ups) or `stop` is set.
     pub(super) async fn step(
         &mut self,
         permits: &tokio::sync::Semaphore,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &mut crate::bridge::shutdown::Signal,
         interrupt: impl std::future::Future<Output = ()>,
     ) -> Step {
-        if *stop.borrow() {
+        if stop.is_set() {
             return Step::Stop;
         }
         // Before reading: what is committed after the read is not missed.
@@ -181,7 +181,7 @@ impl Source {
         let free = permits.available_permits();
         if free == 0 {
             return tokio::select! {
-                _ = stop.wait_for(|s| *s) => Step::Stop,
+                () = stop.wait() => Step::Stop,
                 permit = permits.acquire() => {
                     drop(permit);
                     Step::Again
@@ -192,7 +192,7 @@ impl Source {
         match self.next(free.min(READ_BATCH)) {
             Ok(items) if !items.is_empty() => Step::Deliver(items),
             Ok(_) => tokio::select! {
-                _ = stop.wait_for(|s| *s) => Step::Stop,
+                () = stop.wait() => Step::Stop,
                 () = self.wait(changed) => Step::Again,
                 () = interrupt => Step::Again,
             },
@@ -200,7 +200,7 @@ impl Source {
                 tracing::warn!(file = %self.queue.file().display(), error = %e,
                     "Could not read the spool; trying again.");
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => Step::Stop,
+                    () = stop.wait() => Step::Stop,
                     () = tokio::time::sleep(std::time::Duration::from_secs(1)) => Step::Again,
                 }
             }

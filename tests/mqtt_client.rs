@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions, Protocol,
-    PublishCompletion, QoS, SubscriptionSpec, Will,
+    self, ConnectionError, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions,
+    Protocol, PublishCompletion, QoS, SubscriptionSpec, Will,
 };
 use bytes::Bytes;
 use common::mosquitto::Mosquitto;
@@ -940,4 +940,83 @@ async fn a_full_window_refills_without_waiting_for_delayed_acks_v5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_window_refills_without_waiting_for_delayed_acks_v311() {
     a_full_window_refills_without_waiting_for_delayed_acks(Protocol::V311).await;
+}
+
+/// A broker that admits only `user`/`password` (a `mosquitto_passwd` file,
+/// `allow_anonymous false`).
+async fn broker_with_password(user: &str, password: &str) -> Mosquitto {
+    let dir = std::env::temp_dir().join(format!("mqtt-client-passwd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let file = dir.join(format!("{user}.passwd"));
+    let status = std::process::Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&file)
+        .args([user, password])
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run mosquitto_passwd ({e}); `apt-get install mosquitto` provides it")
+        });
+    assert!(status.success(), "mosquitto_passwd failed: {status}");
+    // The broker drops to user `mosquitto` and must still read the file.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    Mosquitto::start_configured_async(
+        false,
+        &format!("allow_anonymous false\npassword_file {}\n", file.display()),
+    )
+    .await
+}
+
+/// Refused credentials (MQTT 5 reason code 0x86, MQTT 3.1.1 return code 4) are reported as
+/// such, not as a broker that is down, and every retry waits the longest backoff interval
+/// from the first failure on; the right credentials connect to the same broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_reported_and_retried_at_the_longest_interval() {
+    init_logs();
+    let broker = broker_with_password("bridge", "right").await;
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut good = options(&broker, "credentials-good", protocol);
+        good.username = Some("bridge".to_owned());
+        good.password = Some("right".to_owned());
+        Client::connect(good, &[]).await;
+
+        let mut wrong = options(&broker, "credentials-wrong", protocol);
+        wrong.username = Some("bridge".to_owned());
+        wrong.password = Some("wrong".to_owned());
+        wrong.backoff.max = Duration::from_millis(600);
+        let (handle, events) = mqtt::start(wrong, Vec::new()).expect("valid options");
+        let mut client = Client { handle, events };
+        let mut failures = Vec::new();
+        while failures.len() < 2 {
+            let failure = client
+                .wait_for(|e| match e {
+                    MqttEvent::Connected { .. } => {
+                        panic!("{protocol:?}: wrong credentials admitted")
+                    }
+                    MqttEvent::ConnectFailed {
+                        error,
+                        attempt,
+                        retry_in,
+                    } => Some((error, attempt, retry_in)),
+                    _ => None,
+                })
+                .await;
+            failures.push(failure);
+        }
+        for (n, (error, attempt, retry_in)) in failures.into_iter().enumerate() {
+            assert!(
+                matches!(error, ConnectionError::CredentialsRefused { .. }),
+                "{protocol:?}: attempt {attempt} failed with {error:?}"
+            );
+            assert_eq!(error.reason(), "credentials_refused");
+            assert_eq!(attempt as usize, n + 1);
+            assert_eq!(
+                retry_in,
+                Duration::from_millis(600),
+                "{protocol:?}: attempt {attempt} must wait the longest interval"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use crate::mqtt::tracker::{Ev, OutMessage, Replay};
-use crate::mqtt::{QoS, SubscriptionSpec};
+use crate::mqtt::{ConnectionError, QoS, SubscriptionSpec};
 
 pub(super) fn qos5(qos: QoS) -> QoS5 {
     match qos {
@@ -276,5 +276,39 @@ mod tests {
         assert_eq!(f.qos, QoS5::AtLeastOnce);
         assert!(f.nolocal);
         assert_eq!(filter4(&spec).qos, rumqttc::QoS::AtLeastOnce);
+    }
+}
+
+/// A v5 event loop error, typed: a CONNACK refusing our user name or password (0x86) or
+/// authorization (0x87) is told apart from the rest.
+pub(super) fn connection_error5(error: rumqttc::v5::ConnectionError) -> ConnectionError {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+    match error {
+        rumqttc::v5::ConnectionError::ConnectionRefused(
+            code @ (Code::BadUserNamePassword | Code::NotAuthorized),
+        ) => ConnectionError::CredentialsRefused {
+            code: format!("{code:?}"),
+        },
+        rumqttc::v5::ConnectionError::ConnectionRefused(code) => ConnectionError::Refused {
+            code: format!("{code:?}"),
+        },
+        other => ConnectionError::Network(other.to_string()),
+    }
+}
+
+/// A v3.1.1 event loop error, typed: CONNACK return codes 4 (bad user name or password) and
+/// 5 (not authorized) are told apart from the rest.
+pub(super) fn connection_error4(error: rumqttc::ConnectionError) -> ConnectionError {
+    use rumqttc::ConnectReturnCode as Code;
+    match error {
+        rumqttc::ConnectionError::ConnectionRefused(
+            code @ (Code::BadUserNamePassword | Code::NotAuthorized),
+        ) => ConnectionError::CredentialsRefused {
+            code: format!("{code:?}"),
+        },
+        rumqttc::ConnectionError::ConnectionRefused(code) => ConnectionError::Refused {
+            code: format!("{code:?}"),
+        },
+        other => ConnectionError::Network(other.to_string()),
     }
 }

@@ -34,7 +34,8 @@
 //!
 //! # Layout
 //!
-//! - `options`, `error`, `topic`, `tls`: settings, errors, topic rules, rustls setup.
+//! - `options`, `error`, `topic`, `tls`: settings, errors, topic rules (and the shared
+//!   `TopicName`), rustls setup.
 //! - `tracker/`: the bookkeeping, no IO: `publish` (publish ↔ packet id correlation and what
 //!   is sent again after a reconnect), `acks` (ordered acks), `controls` (the subscription
 //!   set, SUBACK/UNSUBACK).

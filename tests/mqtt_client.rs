@@ -16,7 +16,7 @@ use bayeux_mqtt_bridge::mqtt::{
     Protocol, PublishCompletion, QoS, SubscriptionSpec, Will,
 };
 use bytes::Bytes;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::{self, Mosquitto};
 use common::mqtt_peer::mqtt_options;
 use tokio::sync::mpsc;
 
@@ -942,40 +942,13 @@ async fn a_full_window_refills_without_waiting_for_delayed_acks_v311() {
     a_full_window_refills_without_waiting_for_delayed_acks(Protocol::V311).await;
 }
 
-/// A broker that admits only `user`/`password` (a `mosquitto_passwd` file,
-/// `allow_anonymous false`).
-async fn broker_with_password(user: &str, password: &str) -> Mosquitto {
-    let dir = std::env::temp_dir().join(format!("mqtt-client-passwd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let file = dir.join(format!("{user}.passwd"));
-    let status = std::process::Command::new("mosquitto_passwd")
-        .arg("-c")
-        .arg("-b")
-        .arg(&file)
-        .args([user, password])
-        .status()
-        .unwrap_or_else(|e| {
-            panic!("cannot run mosquitto_passwd ({e}); `apt-get install mosquitto` provides it")
-        });
-    assert!(status.success(), "mosquitto_passwd failed: {status}");
-    // The broker drops to user `mosquitto` and must still read the file.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    Mosquitto::start_configured_async(
-        false,
-        &format!("allow_anonymous false\npassword_file {}\n", file.display()),
-    )
-    .await
-}
-
 /// Refused credentials (MQTT 5 reason code 0x86, MQTT 3.1.1 return code 4) are reported as
 /// such, not as a broker that is down, and every retry waits the longest backoff interval
 /// from the first failure on; the right credentials connect to the same broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_are_reported_and_retried_at_the_longest_interval() {
     init_logs();
-    let broker = broker_with_password("bridge", "right").await;
+    let broker = mosquitto::start_with_password_async("bridge", "right").await;
     for protocol in [Protocol::V5, Protocol::V311] {
         let mut good = options(&broker, "credentials-good", protocol);
         good.username = Some("bridge".to_owned());

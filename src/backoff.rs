@@ -68,6 +68,18 @@ impl Backoff {
             .increment
             .saturating_mul(self.attempt)
             .min(self.options.max);
+        self.jittered(full)
+    }
+
+    /// The wait before the next attempt when an earlier retry cannot help (e.g. refused
+    /// credentials): the maximum, shortened by the jitter like any other wait. Counts one
+    /// more failure.
+    pub fn longest_delay(&mut self) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        self.jittered(self.options.max)
+    }
+
+    fn jittered(&mut self, full: Duration) -> Duration {
         if self.options.jitter == 0.0 {
             return full;
         }
@@ -113,6 +125,16 @@ mod tests {
         b.next_delay();
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_longest_delay_is_the_maximum_from_the_first_failure() {
+        let mut b = Backoff::with_seed(opts(0.0), 1);
+        assert_eq!(b.longest_delay(), Duration::from_secs(4));
+        assert_eq!(b.attempts(), 1);
+        let mut b = Backoff::with_seed(opts(0.2), 3);
+        let d = b.longest_delay();
+        assert!(d <= Duration::from_secs(4) && d >= Duration::from_secs(4).mul_f64(0.8));
     }
 
     #[test]

@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions, Protocol,
-    PublishCompletion, QoS, SubscriptionSpec, Will,
+    self, ConnectionError, IncomingMessage, MqttError, MqttEvent, MqttHandle, MqttOptions,
+    Protocol, PublishCompletion, QoS, SubscriptionSpec, Will,
 };
 use bytes::Bytes;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::{self, Mosquitto};
 use common::mqtt_peer::mqtt_options;
 use tokio::sync::mpsc;
 
@@ -310,7 +310,7 @@ async fn an_incoming_message_over_max_packet_size_does_not_cost_the_connection(p
     let message = subscriber
         .wait_for(|e| match e {
             MqttEvent::Message(m) => Some(m),
-            MqttEvent::Disconnected { reason } => panic!("the connection was lost: {reason}"),
+            MqttEvent::Disconnected { error } => panic!("the connection was lost: {error}"),
             other => {
                 seen.push(format!("{other:?}"));
                 None
@@ -979,3 +979,55 @@ async fn a_burst_through_a_small_window_arrives_complete_and_in_order_v311() {
 // by two orders of magnitude), not a wall-clock bound here. The behaviour itself (what is held,
 // what is written together) has tests of its own in vendor/rumqttc. The burst tests above show
 // that a small window still delivers everything, in order.
+
+/// Refused credentials (MQTT 5 reason code 0x86, MQTT 3.1.1 return code 4) are reported as
+/// such, not as a broker that is down, and every retry waits the longest backoff interval
+/// from the first failure on; the right credentials connect to the same broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_reported_and_retried_at_the_longest_interval() {
+    init_logs();
+    let broker = mosquitto::start_with_password_async("bridge", "right").await;
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let mut good = options(&broker, "credentials-good", protocol);
+        good.username = Some("bridge".to_owned());
+        good.password = Some("right".to_owned());
+        Client::connect(good, &[]).await;
+
+        let mut wrong = options(&broker, "credentials-wrong", protocol);
+        wrong.username = Some("bridge".to_owned());
+        wrong.password = Some("wrong".to_owned());
+        wrong.backoff.max = Duration::from_millis(600);
+        let (handle, events) = mqtt::start(wrong, Vec::new()).expect("valid options");
+        let mut client = Client { handle, events };
+        let mut failures = Vec::new();
+        while failures.len() < 2 {
+            let failure = client
+                .wait_for(|e| match e {
+                    MqttEvent::Connected { .. } => {
+                        panic!("{protocol:?}: wrong credentials admitted")
+                    }
+                    MqttEvent::ConnectFailed {
+                        error,
+                        attempt,
+                        retry_in,
+                    } => Some((error, attempt, retry_in)),
+                    _ => None,
+                })
+                .await;
+            failures.push(failure);
+        }
+        for (n, (error, attempt, retry_in)) in failures.into_iter().enumerate() {
+            assert!(
+                matches!(error, ConnectionError::CredentialsRefused { .. }),
+                "{protocol:?}: attempt {attempt} failed with {error:?}"
+            );
+            assert_eq!(error.reason(), "credentials_refused");
+            assert_eq!(attempt as usize, n + 1);
+            assert_eq!(
+                retry_in,
+                Duration::from_millis(600),
+                "{protocol:?}: attempt {attempt} must wait the longest interval"
+            );
+        }
+    }
+}

@@ -35,7 +35,7 @@ use common::bayeux_peer::BayeuxPeer;
 use common::bridge::{BINARY, BridgeProcess, ConfigFile, LogLine, TempDir};
 use common::gate::Gate;
 use common::inbox::Inbox;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::{self, Mosquitto};
 use common::mqtt_peer::{MqttPeer, mqtt_options};
 use common::peers::{PeerKind, PeerServer};
 
@@ -2135,4 +2135,118 @@ async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap_cometd()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_the_persistent_session_is_reported_as_a_gap_faye() {
     a_broker_that_lost_the_persistent_session_is_reported_as_a_gap(PeerKind::Faye).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused MQTT credentials
+// ---------------------------------------------------------------------------------------------
+
+/// The MQTT client's log line for a CONNACK refusing the credentials.
+const CREDENTIALS_REFUSED: &str = "The MQTT broker refused the credentials; check the user name \
+     and password. Will retry after the longest backoff interval.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_mqtt_credentials_are_reported_as_such_and_retried_at_the_longest_interval() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = mosquitto::start_with_password_async("bridge", "right").await;
+    let url = server.url();
+    let systemd = FakeSystemd::bind();
+    let mut setup = Setup::new(&url, &broker, "ops-refused", true);
+    let routes = [route("/r/out/*", "r/out/+", "bayeux_to_mqtt")];
+    let socket = systemd.path.to_str().expect("a UTF-8 temp path").to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("BAYEUX_MQTT_BRIDGE__MQTT__USERNAME", "bridge"),
+        ("BAYEUX_MQTT_BRIDGE__MQTT__PASSWORD", "wrong-secret-7"),
+    ];
+    let (_config, mut bridge) = spawn_bridge(&mut setup, &routes, &env).await;
+    let http = Http::new(&setup);
+
+    // Three refusals: each logged at error, each announcing the longest wait
+    // (`backoff_max_ms = 1000`, less up to 20 % jitter), not the growing steps of an
+    // unreachable broker (100 ms, 200 ms, 300 ms, less the jitter).
+    bridge.wait_for_nth(CREDENTIALS_REFUSED, 3, WAIT).await;
+    let refusals: Vec<LogLine> = bridge
+        .lines()
+        .into_iter()
+        .filter(|l| l.is(CREDENTIALS_REFUSED))
+        .collect();
+    for line in &refusals {
+        assert_eq!(
+            line.json.as_ref().and_then(|j| j["level"].as_str()),
+            Some("ERROR"),
+            "{}",
+            line.raw
+        );
+        let retry_in = line.str_field("retry_in").and_then(parse_debug_duration);
+        assert!(
+            retry_in
+                .is_some_and(|d| d >= Duration::from_millis(800) && d <= Duration::from_secs(1)),
+            "the longest interval (800 ms to 1 s with jitter): {}",
+            line.raw
+        );
+    }
+    assert_eq!(
+        bridge.count("Could not connect to the MQTT broker; will retry."),
+        0,
+        "refused credentials are not reported as an unreachable broker:\n{}",
+        bridge.tail(20)
+    );
+    assert!(
+        !bridge
+            .lines()
+            .iter()
+            .any(|l| l.raw.contains("wrong-secret-7")),
+        "the password reached the log"
+    );
+
+    let scrape = http
+        .scrape_until("the refusals counted", |s| {
+            s.counter(
+                "bridge_reconnects_total",
+                &[("side", "mqtt"), ("cause", "credentials_refused")],
+            ) >= 1.0
+        })
+        .await;
+    assert_eq!(
+        scrape.counter(
+            "bridge_reconnects_total",
+            &[("side", "mqtt"), ("cause", "connect_failed")]
+        ),
+        0.0,
+        "{}",
+        scrape.text
+    );
+    let body = http
+        .wait_readyz(503, "not ready with refused credentials")
+        .await;
+    assert!(
+        body["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("MQTT broker refused the credentials"))),
+        "/readyz body {body}"
+    );
+    systemd
+        .wait_states("a STATUS= naming the refused credentials", |s| {
+            s.iter().any(|t| {
+                t.starts_with("STATUS=Not ready")
+                    && t.contains("MQTT broker refused the credentials")
+            })
+        })
+        .await;
+    stop(&mut bridge).await;
+}
+
+/// A `Duration` as its `Debug` form prints it in a log field (`1s`, `881.002879ms`).
+fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic() || c == 'µ')?);
+    let value: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
 }

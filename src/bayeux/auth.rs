@@ -31,9 +31,8 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::client::redacted_url;
 pub use super::error::TokenError;
-use super::transport::long_polling::{describe_http_error, http_client};
+use super::http::{describe_http_error, http_client, redacted_url, redirect_target};
 use crate::tls::TlsFiles;
 
 /// The `grant_type` of the JWT bearer flow (RFC 7523).
@@ -304,10 +303,7 @@ impl Inner {
             .map_err(|e| TokenError::Unavailable(describe_http_error(e)))?;
         let status = response.status();
         if status.is_redirection() {
-            let location = crate::bayeux::transport::long_polling::redirect_target(
-                response.url(),
-                response.headers(),
-            );
+            let location = redirect_target(response.url(), response.headers());
             return Err(TokenError::Refused(format!(
                 "HTTP {status}: the token endpoint redirects to {location}; redirects are not \
                  followed (set token_url to the final address)",

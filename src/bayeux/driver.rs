@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -16,14 +17,34 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::auth::{AccessToken, TokenFuture};
 use super::channel::ChannelPattern;
-use super::client::{ClientOptions, Command};
 use super::error::{PublishError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
 use super::liveness::Pulse;
-use super::message::Message;
+use super::message::{Data, Message};
+use super::options::ClientOptions;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
 use crate::log_limit::{self, LogLimiter};
+
+/// What a [`Client`](super::Client) handle asks of the driver.
+pub(super) enum Command {
+    Subscribe {
+        patterns: Vec<ChannelPattern>,
+        tx: mpsc::Sender<Message>,
+    },
+    Unsubscribe {
+        pattern: ChannelPattern,
+    },
+    Publish {
+        channel: String,
+        data: Data,
+        ext: Option<Map<String, Value>>,
+        reply: oneshot::Sender<Result<Message, PublishError>>,
+    },
+    Disconnect {
+        done: oneshot::Sender<()>,
+    },
+}
 
 struct Listener {
     patterns: Vec<ChannelPattern>,

@@ -3,8 +3,11 @@
 //! Reusable on its own: this module knows nothing of MQTT, the bridge, config files or
 //! metrics. [`auth`] fetches bearer tokens (a fixed one, or OAuth 2.0 grants). The pure parts — [`message`] (codec), [`channel`] (names and patterns),
 //! [`advice`], [`session`] (the protocol state machine) and [`ext`] (extension hooks) — do no
-//! IO and are tested without a runtime. [`client`] is the driver: it owns the transport and
-//! the timers and hands out a cloneable [`Client`].
+//! IO and are tested without a runtime. [`client`] hands out a cloneable [`Client`] built from [`ClientOptions`] (`options`);
+//! its commands go to the driver task (`driver`), which owns the session, the transport and
+//! the timers. `http` holds what both HTTP clients share (settings, log-safe URLs and
+//! errors). Dependencies point one way: `client` → `driver` → `session`/`transport`/`auth`
+//! → `http`.
 
 pub mod advice;
 pub mod auth;
@@ -14,8 +17,10 @@ mod driver;
 pub mod error;
 pub mod event;
 pub mod ext;
+mod http;
 pub mod liveness;
 pub mod message;
+mod options;
 pub mod session;
 pub mod transport;
 

@@ -134,7 +134,15 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             shared.count_reconnect("disconnected");
             shared.readiness.mqtt_disconnected()
         }
-        MqttEvent::ConnectFailed { .. } => shared.count_reconnect("connect_failed"),
+        MqttEvent::ConnectFailed { error, .. } => {
+            let refused = error.is_credentials_refused();
+            shared.count_reconnect(if refused {
+                "credentials_refused"
+            } else {
+                "connect_failed"
+            });
+            shared.readiness.mqtt_credentials_refused(refused);
+        }
         MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
         // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
         // acknowledged the message already (see `MqttEvent::Oversized`).

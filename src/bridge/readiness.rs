@@ -20,6 +20,8 @@ struct State {
     mqtt_wanted: BTreeSet<String>,
     bayeux_connected: bool,
     mqtt_connected: bool,
+    /// The broker refused the credentials on the last connection attempt.
+    mqtt_credentials_refused: bool,
     bayeux_confirmed: BTreeSet<String>,
     mqtt_subscribed: BTreeSet<String>,
     /// Why the Bayeux data plane counts as stalled, while it does (see
@@ -189,6 +191,7 @@ impl Readiness {
     pub fn mqtt_connected(&self, session_present: bool) {
         self.update(|s| {
             s.mqtt_connected = true;
+            s.mqtt_credentials_refused = false;
             if session_present {
                 s.mqtt_subscribed = s.mqtt_wanted.clone();
             } else {
@@ -200,6 +203,12 @@ impl Readiness {
     /// The MQTT side lost its connection.
     pub fn mqtt_disconnected(&self) {
         self.update(|s| s.mqtt_connected = false);
+    }
+
+    /// A connection attempt to the broker failed; `refused` when it refused the credentials
+    /// (said as such by `/readyz` and `STATUS=` until an attempt fails otherwise or succeeds).
+    pub fn mqtt_credentials_refused(&self, refused: bool) {
+        self.update(|s| s.mqtt_credentials_refused = refused);
     }
 
     /// The broker confirmed `filter`.
@@ -268,7 +277,11 @@ impl Readiness {
             reasons.push(stalled.clone());
         }
         if !s.mqtt_connected {
-            reasons.push("MQTT broker not connected".to_owned());
+            reasons.push(if s.mqtt_credentials_refused {
+                "MQTT broker refused the credentials".to_owned()
+            } else {
+                "MQTT broker not connected".to_owned()
+            });
         }
         let missing: Vec<&str> = s
             .bayeux_wanted
@@ -331,6 +344,28 @@ mod tests {
             r.is_ready(),
             "a present session keeps the broker-side subscriptions"
         );
+    }
+
+    #[test]
+    fn refused_mqtt_credentials_are_reported_as_such_until_the_next_outcome() {
+        let r = Readiness::new([], []);
+        r.bayeux_connected(true);
+        assert_eq!(r.reasons(), vec!["MQTT broker not connected"]);
+        r.mqtt_credentials_refused(true);
+        assert_eq!(r.reasons(), vec!["MQTT broker refused the credentials"]);
+        assert!(
+            r.status()
+                .starts_with("Not ready: MQTT broker refused the credentials."),
+            "{}",
+            r.status()
+        );
+        r.mqtt_credentials_refused(false);
+        assert_eq!(r.reasons(), vec!["MQTT broker not connected"]);
+        r.mqtt_credentials_refused(true);
+        r.mqtt_connected(false);
+        assert!(r.is_ready());
+        r.mqtt_disconnected();
+        assert_eq!(r.reasons(), vec!["MQTT broker not connected"]);
     }
 
     #[test]

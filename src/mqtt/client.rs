@@ -18,8 +18,9 @@ use super::error::MqttError;
 use super::options::MqttOptions;
 use super::outcome::OutcomeSender;
 use super::tls;
+use super::topic::TopicName;
 use super::topic::{validate_filter, validate_topic};
-use super::tracker::{OutMessage, PublishReply, TopicName, Tracker};
+use super::tracker::{OutMessage, PublishReply, Tracker};
 use super::{AckToken, MqttEvent, QoS, SubscriptionSpec};
 
 /// Publishes that may wait in rumqttc's request channel at once. More callers wait in

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
-use tracing::{Span, debug, info, warn};
+use tracing::{Span, debug, error, info, warn};
 
 use crate::backoff::Backoff;
 
 use super::engine::Engine;
 use super::options::{MqttOptions, Protocol};
 use super::tracker::{Ev, Replay, Tracker};
-use super::{MqttEvent, QoS};
+use super::{ConnectionError, MqttEvent, QoS};
 
 /// Most requests rumqttc writes to the socket before it flushes. One `writev` and one
 /// wake-up of the broker per batch instead of per packet; PUBLISH_SLOTS publishes plus acks
@@ -169,12 +169,7 @@ impl Driver {
                 // Not connected, rumqttc holds no state a cancelled connect could corrupt.
                 tokio::time::timeout(self.connect_timeout, self.engine.poll())
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(format!(
-                            "no connection within the connect timeout ({:?})",
-                            self.connect_timeout
-                        ))
-                    })
+                    .unwrap_or(Err(ConnectionError::Timeout(self.connect_timeout)))
             };
             match polled {
                 Ok(Ev::ConnAck {
@@ -195,8 +190,8 @@ impl Driver {
                     self.on_events(batch.drain(..)).await;
                     self.batch = batch;
                 }
-                Err(reason) => {
-                    let wait = self.on_error(reason).await;
+                Err(error) => {
+                    let wait = self.on_error(error).await;
                     if !self.disconnected {
                         tokio::time::sleep(wait).await;
                     }
@@ -280,7 +275,7 @@ impl Driver {
     }
 
     /// Handles a poll error and returns how long to wait before the next attempt.
-    async fn on_error(&mut self, reason: String) -> Duration {
+    async fn on_error(&mut self, error: ConnectionError) -> Duration {
         let buffered = self.engine.take_buffered_events();
         self.on_events(buffered).await;
         let mut drained = self.engine.take_pending();
@@ -289,21 +284,37 @@ impl Driver {
         drained.publishes += std::mem::take(&mut self.backlog).len();
         self.shared.lock().on_connection_lost(drained);
 
-        let retry_in = self.backoff.next_delay();
-        if std::mem::take(&mut self.connected) {
-            warn!(error = %reason, ?retry_in, "Lost the connection to the MQTT broker; reconnecting.");
-            self.deliver(MqttEvent::Disconnected { reason }).await;
+        // Refused credentials stay refused until someone changes them: retrying sooner
+        // than the longest interval only floods the broker's log.
+        let retry_in = if error.is_credentials_refused() {
+            self.backoff.longest_delay()
         } else {
-            self.failed_attempts = self.failed_attempts.saturating_add(1);
-            let attempt = self.failed_attempts;
-            warn!(error = %reason, attempt, ?retry_in, "Could not connect to the MQTT broker; will retry.");
-            self.deliver(MqttEvent::ConnectFailed {
-                reason,
-                attempt,
-                retry_in,
-            })
-            .await;
+            self.backoff.next_delay()
+        };
+        if std::mem::take(&mut self.connected) {
+            warn!(%error, ?retry_in, "Lost the connection to the MQTT broker; reconnecting.");
+            self.deliver(MqttEvent::Disconnected { error }).await;
+            return retry_in;
         }
+        self.failed_attempts = self.failed_attempts.saturating_add(1);
+        let attempt = self.failed_attempts;
+        if error.is_credentials_refused() {
+            error!(
+                %error,
+                attempt,
+                ?retry_in,
+                "The MQTT broker refused the credentials; check the user name and password. \
+                 Will retry after the longest backoff interval."
+            );
+        } else {
+            warn!(%error, attempt, ?retry_in, "Could not connect to the MQTT broker; will retry.");
+        }
+        self.deliver(MqttEvent::ConnectFailed {
+            error,
+            attempt,
+            retry_in,
+        })
+        .await;
         retry_in
     }
 

@@ -102,3 +102,50 @@ impl MqttError {
         }
     }
 }
+
+/// Why a connection attempt failed or an established connection was lost (see
+/// [`super::MqttEvent::ConnectFailed`] and [`super::MqttEvent::Disconnected`]). The client
+/// reconnects after any of them; what differs is how long it waits and what the
+/// application should tell its operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionError {
+    /// The broker refused our credentials: CONNACK "bad user name or password" or "not
+    /// authorized" (MQTT 3.1.1 return codes 4 and 5, MQTT 5 reason codes 0x86 and 0x87).
+    /// Trying again at once will not help until someone changes the credentials or the
+    /// broker's password file, so the client waits the longest backoff interval.
+    #[error("the MQTT broker refused the credentials ({code})")]
+    CredentialsRefused {
+        /// The broker's return (reason) code.
+        code: String,
+    },
+    /// The broker refused the connection for another reason (a CONNACK failure code such
+    /// as "server unavailable" or "bad client id").
+    #[error("the MQTT broker refused the connection ({code})")]
+    Refused {
+        /// The broker's return (reason) code.
+        code: String,
+    },
+    /// No CONNACK within the connect timeout.
+    #[error("no connection within the connect timeout ({0:?})")]
+    Timeout(std::time::Duration),
+    /// Network, TLS or protocol trouble, as rumqttc describes it.
+    #[error("{0}")]
+    Network(String),
+}
+
+impl ConnectionError {
+    /// A short, stable label for metrics and logs (`snake_case`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectionError::CredentialsRefused { .. } => "credentials_refused",
+            ConnectionError::Refused { .. } => "refused",
+            ConnectionError::Timeout(_) => "timeout",
+            ConnectionError::Network(_) => "network",
+        }
+    }
+
+    /// Whether the broker refused our user name or password.
+    pub fn is_credentials_refused(&self) -> bool {
+        matches!(self, ConnectionError::CredentialsRefused { .. })
+    }
+}

@@ -29,10 +29,13 @@
 //! - **Subscriptions survive session loss**: after a CONNACK without a session (and on the
 //!   first connect) the client subscribes every [`SubscriptionSpec`] itself.
 //! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset by a CONNACK.
+//!   When the broker refuses the credentials ([`ConnectionError::CredentialsRefused`]) the
+//!   wait is the longest interval at once: retrying sooner cannot succeed.
 //!
 //! # Layout
 //!
-//! - `options`, `error`, `topic`, `tls`: settings, errors, topic rules, rustls setup.
+//! - `options`, `error`, `topic`, `tls`: settings, errors, topic rules (and the shared
+//!   `TopicName`), rustls setup.
 //! - `tracker/`: the bookkeeping, no IO: `publish` (publish ↔ packet id correlation and what
 //!   is sent again after a reconnect), `acks` (ordered acks), `controls` (the subscription
 //!   set, SUBACK/UNSUBACK).
@@ -58,7 +61,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use client::{MqttHandle, PublishCompletion, start};
-pub use error::MqttError;
+pub use error::{ConnectionError, MqttError};
 pub use options::{MqttOptions, Protocol, TlsFiles, Will};
 pub use outcome::{Outcome, OutcomeSender, Outcomes, outcome_channel};
 pub use topic::{filter_matches, is_forbidden, validate_filter, validate_topic};
@@ -134,8 +137,9 @@ pub enum MqttEvent {
     },
     /// A connection attempt failed; the client sleeps `retry_in`, then tries again.
     ConnectFailed {
-        /// Why the attempt failed.
-        reason: String,
+        /// Why the attempt failed. When the broker refused the credentials, `retry_in` is
+        /// the longest backoff interval.
+        error: ConnectionError,
         /// Consecutive failed attempts in this outage, from 1.
         attempt: u32,
         /// The wait before the next attempt.
@@ -144,7 +148,7 @@ pub enum MqttEvent {
     /// An established connection was lost (once per outage); reconnecting follows.
     Disconnected {
         /// Why it was lost.
-        reason: String,
+        error: ConnectionError,
     },
     /// The broker confirmed a subscription.
     Subscribed {

@@ -127,8 +127,15 @@ impl MqttOptions {
     /// Checks every field, so that nothing fails (or panics inside rumqttc) later. TLS files
     /// are read by [`super::start`], not here.
     pub fn validate(&self) -> Result<(), MqttError> {
-        let invalid =
-            |option: &'static str, reason: String| MqttError::InvalidOption { option, reason };
+        self.validate_identity()?;
+        self.validate_protocol_limits()?;
+        self.validate_flow_control()?;
+        self.validate_reconnects()?;
+        self.validate_tls_and_will()
+    }
+
+    /// Where to connect and as whom: host, port, client id and credentials.
+    fn validate_identity(&self) -> Result<(), MqttError> {
         if self.host.trim().is_empty() {
             return Err(invalid("host", "must not be empty".into()));
         }
@@ -154,6 +161,11 @@ impl MqttOptions {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// What the protocol can encode: keep-alive, session expiry, packet size.
+    fn validate_protocol_limits(&self) -> Result<(), MqttError> {
         let min_keep_alive = match self.protocol {
             Protocol::V311 => 1,
             Protocol::V5 => 5,
@@ -183,6 +195,11 @@ impl MqttOptions {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The in-flight window and the event buffer that must hold it.
+    fn validate_flow_control(&self) -> Result<(), MqttError> {
         if self.inflight == 0 {
             return Err(invalid("inflight", "must be at least 1".into()));
         }
@@ -196,6 +213,11 @@ impl MqttOptions {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The connect timeout and the reconnect backoff.
+    fn validate_reconnects(&self) -> Result<(), MqttError> {
         if self.connect_timeout.is_zero() || self.connect_timeout.as_secs() > u64::from(u16::MAX) {
             return Err(invalid(
                 "connect_timeout",
@@ -220,6 +242,11 @@ impl MqttOptions {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The TLS client certificate pair and the last will.
+    fn validate_tls_and_will(&self) -> Result<(), MqttError> {
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
         {
@@ -242,6 +269,11 @@ impl MqttOptions {
         }
         Ok(())
     }
+}
+
+/// An [`MqttError::InvalidOption`].
+fn invalid(option: &'static str, reason: String) -> MqttError {
+    MqttError::InvalidOption { option, reason }
 }
 
 impl fmt::Debug for MqttOptions {

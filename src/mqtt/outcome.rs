@@ -11,7 +11,7 @@
 use tokio::sync::mpsc;
 
 use super::error::MqttError;
-use super::tracker::TopicName;
+use super::topic::TopicName;
 
 /// How one tagged publish ended: `Ok` once the broker acknowledged it (QoS 1 PUBACK, QoS 2
 /// PUBCOMP; QoS 0 once written), as for [`MqttHandle::publish`](super::MqttHandle::publish).

@@ -9,6 +9,8 @@
 //! publish to such a topic would take the whole connection down (and, at QoS ≥ 1, again
 //! after every reconnect).
 
+use bytes::Bytes;
+
 /// The longest topic or filter MQTT can encode (a two-byte length prefix).
 pub(super) const MAX_TOPIC_BYTES: usize = 65_535;
 
@@ -95,6 +97,34 @@ fn check_common(value: &str, what: &str) -> Result<(), String> {
 pub fn is_forbidden(c: char) -> bool {
     let code = u32::from(c);
     c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || (code & 0xFFFE) == 0xFFFE
+}
+
+/// A topic name, valid UTF-8, held as [`Bytes`] so that the tracker's copy of a publish and
+/// rumqttc's share it instead of copying it.
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::mqtt) struct TopicName(Bytes);
+
+impl TopicName {
+    pub(in crate::mqtt) fn as_str(&self) -> &str {
+        // Built only from a `String` (see `From`), so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub(in crate::mqtt) fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl From<String> for TopicName {
+    fn from(topic: String) -> Self {
+        TopicName(Bytes::from(topic))
+    }
+}
+
+impl std::fmt::Display for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,38 @@ fn check_installed() {
     }
 }
 
+/// Starts a broker that admits only `user` with `password` (a `mosquitto_passwd` file,
+/// `allow_anonymous false`), on tokio's blocking pool.
+pub async fn start_with_password_async(user: &str, password: &str) -> Mosquitto {
+    let dir = std::env::temp_dir().join(format!(
+        "mosquitto-passwd-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let file = dir.join("passwd");
+    let status = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&file)
+        .args([user, password])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd ({e}). {INSTALL_HINT}"));
+    assert!(status.success(), "mosquitto_passwd failed: {status}");
+    // The broker drops to user `mosquitto` and must still read the file.
+    for (path, mode) in [(&dir, 0o755), (&file, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    }
+    Mosquitto::start_configured_async(
+        false,
+        &format!("allow_anonymous false\npassword_file {}\n", file.display()),
+    )
+    .await
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

@@ -10,7 +10,12 @@
 //! token endpoint that is unavailable is retried with capped backoff for as long as it takes;
 //! one that refuses the credentials stops the client at once.
 
-use super::*;
+use std::time::Instant;
+
+use super::{MAX_PUBLISH_REQUEUES, Output, Pending, Phase, Session};
+use crate::backoff::Backoff;
+use crate::bayeux::error::{ServerError, TokenError, TransportError};
+use crate::bayeux::event::{Event, StopReason};
 
 /// Token bookkeeping of a session whose driver has a token source.
 #[derive(Debug)]
@@ -95,7 +100,7 @@ impl Session {
     /// The server refused the token: drop the session and fetch a new token after a
     /// backoff, or stop after `max_auth_attempts` refusals in a row.
     pub(super) fn auth_refused(&mut self, reason: String, now: Instant) {
-        if matches!(self.phase, Phase::Stopped | Phase::Disconnecting) {
+        if matches!(self.phase, Phase::Stopped | Phase::Disconnecting { .. }) {
             return;
         }
         let max = self.options.max_auth_attempts.max(1);

@@ -1,6 +1,11 @@
 //! What to do after a failure: retry, handshake again, or stop.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use super::{Lane, Link, Output, Pending, Phase, Session, SubState};
+use crate::bayeux::advice::{Advice, Reconnect};
+use crate::bayeux::error::{PublishError, ServerError};
+use crate::bayeux::event::{Event, Next, StopReason};
 
 impl Session {
     /// A `/meta/connect` failed: with a server reply (`Some`) or at the transport (`None`).
@@ -21,11 +26,16 @@ impl Session {
             }
             None => (transport, Reconnect::Retry),
         };
-        if self.connected {
-            self.connected = false;
-            self.event(Event::Disconnected {
-                reason: reason.clone(),
-            });
+        if let Phase::Handshaken(link) = &mut self.phase {
+            let was_connected = *link == Link::Connected;
+            // Until a connect succeeds again, nothing but connects is sent, and each asks
+            // for an immediate answer.
+            *link = Link::Failing;
+            if was_connected {
+                self.event(Event::Disconnected {
+                    reason: reason.clone(),
+                });
+            }
         }
         if action == Reconnect::None || self.advice.forbids_reconnect() {
             self.stop(StopReason::ServerRefused {
@@ -52,8 +62,6 @@ impl Session {
             now.duration_since(since) + wait > timeout + self.advice.interval() + max
         });
         let attempt = self.connect_backoff.attempts();
-        self.connect_failing = true;
-        self.first_connect = true;
         if expired {
             let why = format!("{reason}; the session has expired on the server");
             let wait = self.rehandshake(why.clone(), wait, now);
@@ -92,7 +100,7 @@ impl Session {
     pub(super) fn rehandshake(&mut self, reason: String, wait: Duration, now: Instant) -> Duration {
         if matches!(
             self.phase,
-            Phase::Unconnected | Phase::Handshaking | Phase::Stopped | Phase::Disconnecting
+            Phase::Unconnected | Phase::Handshaking | Phase::Stopped | Phase::Disconnecting { .. }
         ) {
             return wait;
         }
@@ -109,7 +117,7 @@ impl Session {
     /// Forgets the session (its id, its outstanding connect, its confirmed subscriptions);
     /// the caller schedules what comes next.
     pub(super) fn drop_session(&mut self, reason: String) {
-        if self.phase == Phase::Handshaken {
+        if self.is_handshaken() {
             let subscriptions = self
                 .subs
                 .iter()
@@ -123,14 +131,12 @@ impl Session {
                 subscriptions,
             });
         }
-        if self.connected {
-            self.connected = false;
+        if self.is_connected() {
             self.event(Event::Disconnected { reason });
         }
         self.phase = Phase::Unconnected;
         self.client_id = None;
         self.connect_at = None;
-        self.connect_failing = false;
         if let Some(abandoned) = self.connect_id.take() {
             self.abandoned_connect = Some(abandoned);
             self.outputs.push_back(Output::Abort(Lane::Connect));
@@ -147,7 +153,6 @@ impl Session {
             return;
         }
         self.phase = Phase::Stopped;
-        self.connected = false;
         self.handshake_at = None;
         self.connect_at = None;
         if let Some(abandoned) = self.connect_id.take() {

@@ -36,16 +36,14 @@ mod send;
 #[cfg(test)]
 mod tests;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::advice::{Advice, Reconnect};
-use super::channel::{
-    ChannelPattern, META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
-};
-use super::error::{PublishError, ServerError, TokenError, TransportError};
-use super::event::{Event, Next, StopReason, Unrouted};
+use super::advice::Advice;
+use super::channel::{ChannelPattern, META_UNSUBSCRIBE};
+use super::error::{PublishError, TransportError};
+use super::event::{Event, StopReason, Unrouted};
 use super::ext::Extension;
-use super::message::{Data, Kind, Message};
+use super::message::{Data, Message};
 use crate::backoff::{Backoff, BackoffOptions};
 
 /// How many times a publish refused with "unknown session" is re-sent after a re-handshake.
@@ -140,9 +138,28 @@ pub enum Output {
 enum Phase {
     Unconnected,
     Handshaking,
-    Handshaken,
-    Disconnecting,
+    /// A session exists; the link says where its `/meta/connect` stands.
+    Handshaken(Link),
+    /// [`Session::disconnect`] was called in a session whose connect was not failing.
+    Disconnecting {
+        /// Whether the last `/meta/connect` had succeeded (the session still counts as
+        /// connected until it stops).
+        connected: bool,
+        /// Whether the `/meta/disconnect` has gone out in a batch.
+        sent: bool,
+    },
     Stopped,
+}
+
+/// Where the `/meta/connect` of a handshaken session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// No connect has succeeded in this session yet.
+    Fresh,
+    /// The last connect succeeded.
+    Connected,
+    /// The last connect failed; the next one is scheduled. Nothing else is sent meanwhile.
+    Failing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,13 +222,9 @@ pub struct Session {
     abandoned_connect: Option<String>,
     handshake_at: Option<Instant>,
     connect_at: Option<Instant>,
-    connected: bool,
-    connect_failing: bool,
-    first_connect: bool,
     unconnected_since: Option<Instant>,
     /// When the last `/meta/connect` of the current session succeeded.
     last_connected: Option<Instant>,
-    disconnect_requested: bool,
     multiple_clients_reported: bool,
     connect_backoff: Backoff,
     handshake_backoff: Backoff,
@@ -281,12 +294,8 @@ impl Session {
             // With tokens, the handshake waits for the first one.
             handshake_at: (!options_uses_tokens).then_some(now),
             connect_at: None,
-            connected: false,
-            connect_failing: false,
-            first_connect: true,
             unconnected_since: None,
             last_connected: None,
-            disconnect_requested: false,
             multiple_clients_reported: false,
             outputs: VecDeque::new(),
             inbox: None,
@@ -391,7 +400,19 @@ impl Session {
 
     /// Whether the last `/meta/connect` succeeded.
     pub fn is_connected(&self) -> bool {
-        self.connected
+        matches!(
+            self.phase,
+            Phase::Handshaken(Link::Connected)
+                | Phase::Disconnecting {
+                    connected: true,
+                    ..
+                }
+        )
+    }
+
+    /// Whether a session exists and is not being disconnected.
+    fn is_handshaken(&self) -> bool {
+        matches!(self.phase, Phase::Handshaken(_))
     }
 
     /// Adds a pattern to the subscription table. Subscribing to a pattern already in the
@@ -436,7 +457,7 @@ impl Session {
         };
         let on_server =
             !sub.local_only && matches!(sub.state, SubState::Confirmed | SubState::Sending(_));
-        if on_server && self.phase == Phase::Handshaken {
+        if on_server && self.is_handshaken() {
             let mut msg = Message::new(META_UNSUBSCRIBE);
             msg.subscription = Some(Value::String(pattern.to_owned()));
             self.outbox.push_back(msg);
@@ -458,7 +479,7 @@ impl Session {
         now: Instant,
     ) -> Result<String, PublishError> {
         self.drain_inbox();
-        if matches!(self.phase, Phase::Stopped | Phase::Disconnecting) {
+        if matches!(self.phase, Phase::Stopped | Phase::Disconnecting { .. }) {
             return Err(PublishError::Closed);
         }
         // Counting the publishes means a scan; it can only reach the limit when the whole
@@ -487,10 +508,12 @@ impl Session {
     pub fn disconnect(&mut self, now: Instant) {
         self.drain_inbox();
         match self.phase {
-            Phase::Stopped | Phase::Disconnecting => {}
-            Phase::Handshaken if !self.connect_failing => {
-                self.disconnect_requested = true;
-                self.phase = Phase::Disconnecting;
+            Phase::Stopped | Phase::Disconnecting { .. } => {}
+            Phase::Handshaken(link) if link != Link::Failing => {
+                self.phase = Phase::Disconnecting {
+                    connected: link == Link::Connected,
+                    sent: false,
+                };
                 self.handshake_at = None;
                 self.connect_at = None;
                 self.pump(now);
@@ -525,9 +548,9 @@ impl Session {
                     }
                     Err(e) => {
                         self.connect_id = None;
-                        if self.phase == Phase::Handshaken && self.is_auth_status(&e) {
+                        if self.is_handshaken() && self.is_auth_status(&e) {
                             self.auth_refused(e.to_string(), now);
-                        } else if self.phase == Phase::Handshaken {
+                        } else if self.is_handshaken() {
                             self.connect_failed(None, e.to_string(), now);
                         }
                     }
@@ -547,7 +570,7 @@ impl Session {
                         // The server took nothing from this request: publishes go again in
                         // the next session, with a new token.
                         self.requeue_publishes(&batch);
-                        if matches!(self.phase, Phase::Handshaking | Phase::Handshaken) {
+                        if matches!(self.phase, Phase::Handshaking | Phase::Handshaken(_)) {
                             self.auth_refused(e.to_string(), now);
                         }
                         self.unanswered(batch, &e.to_string(), now);
@@ -570,7 +593,7 @@ impl Session {
         // the connect.
         if sent_id.is_some() && self.connect_id == sent_id {
             self.connect_id = None;
-            if self.phase == Phase::Handshaken {
+            if self.is_handshaken() {
                 self.connect_failed(None, "response carried no /meta/connect reply".into(), now);
             }
         }

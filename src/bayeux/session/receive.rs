@@ -1,6 +1,17 @@
 //! Taking in replies and deliveries.
 
-use super::*;
+use std::time::Instant;
+
+use super::{
+    Link, MAX_PUBLISH_REQUEUES, Output, Pending, Phase, Session, SubState, linear_backoff,
+};
+use crate::bayeux::advice::{Advice, Reconnect};
+use crate::bayeux::channel::{
+    META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
+};
+use crate::bayeux::error::{PublishError, ServerError, TransportError};
+use crate::bayeux::event::{Event, StopReason, Unrouted};
+use crate::bayeux::message::{Kind, Message};
 
 impl Session {
     pub(super) fn receive(&mut self, msg: Message, now: Instant) {
@@ -101,12 +112,10 @@ impl Session {
         let rehandshake = self.handshakes > 0;
         self.handshakes += 1;
         self.handshakes_since_connect += 1;
-        self.phase = Phase::Handshaken;
+        self.phase = Phase::Handshaken(Link::Fresh);
         self.client_id = Some(client_id.clone());
         self.connection_type = Some(connection_type.clone());
         self.connect_backoff.reset();
-        self.connect_failing = false;
-        self.first_connect = true;
         self.connect_at = Some(now);
         self.multiple_clients_reported = false;
         for sub in self.subs.values_mut() {
@@ -123,7 +132,7 @@ impl Session {
     }
 
     pub(super) fn on_connect_reply(&mut self, msg: Message, now: Instant) {
-        if self.phase != Phase::Handshaken {
+        if !self.is_handshaken() {
             return;
         }
         if !msg.is_successful() {
@@ -146,12 +155,11 @@ impl Session {
         // not get a handshake storm (aiocometd#1, faye#542).
         self.handshake_backoff.reset();
         self.handshakes_since_connect = 0;
-        self.connect_failing = false;
         self.unconnected_since = None;
         self.last_connected = Some(now);
-        self.first_connect = false;
-        if !self.connected {
-            self.connected = true;
+        let was_connected = self.is_connected();
+        self.phase = Phase::Handshaken(Link::Connected);
+        if !was_connected {
             self.event(Event::Connected);
         }
         if self.advice.multiple_clients == Some(true) && !self.multiple_clients_reported {
@@ -304,7 +312,7 @@ impl Session {
             Some(Reconnect::None) => self.stop(StopReason::ServerRefused {
                 error: msg.error.clone(),
             }),
-            _ if self.phase == Phase::Handshaken => {
+            _ if self.is_handshaken() => {
                 let interval = self.advice.interval();
                 self.rehandshake("server sent /meta/disconnect".to_owned(), interval, now);
             }

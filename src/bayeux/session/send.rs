@@ -1,6 +1,17 @@
 //! Starting requests: the handshake, the long poll and batches of everything else.
 
-use super::*;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::{Lane, Link, Output, Pending, Phase, Session, SubState};
+use crate::bayeux::advice::Advice;
+use crate::bayeux::channel::{
+    META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
+};
+use crate::bayeux::error::PublishError;
+use crate::bayeux::event::Event;
+use crate::bayeux::message::Message;
 
 impl Session {
     /// Starts whatever may start now.
@@ -12,7 +23,7 @@ impl Session {
         {
             self.send_handshake();
         }
-        if self.phase == Phase::Handshaken
+        if self.is_handshaken()
             && self.connect_id.is_none()
             && self.connect_at.is_some_and(|t| t <= now)
         {
@@ -21,9 +32,10 @@ impl Session {
         if self.batch_retry_at.is_some_and(|t| t <= now) {
             self.batch_retry_at = None;
         }
-        let can_send = matches!(self.phase, Phase::Handshaken | Phase::Disconnecting)
-            && !self.connect_failing
-            && self.batch_retry_at.is_none();
+        let can_send = matches!(
+            self.phase,
+            Phase::Handshaken(Link::Fresh | Link::Connected) | Phase::Disconnecting { .. }
+        ) && self.batch_retry_at.is_none();
         if can_send && self.other_batch.is_none() {
             self.send_batch(now);
         }
@@ -57,7 +69,7 @@ impl Session {
         msg.id = Some(id.clone());
         msg.client_id.clone_from(&self.client_id);
         msg.connection_type.clone_from(&self.connection_type);
-        if self.first_connect {
+        if self.phase != Phase::Handshaken(Link::Connected) {
             // Ask the server to answer at once, so a lost session is found out quickly.
             msg.advice = Some(json!({ "timeout": 0 }));
         }
@@ -76,7 +88,7 @@ impl Session {
     pub(super) fn send_batch(&mut self, now: Instant) {
         let max = self.options.max_batch.max(1);
         let mut batch = Batch::new(self.options.max_request_bytes);
-        if self.phase == Phase::Handshaken {
+        if self.is_handshaken() {
             let wanted: Vec<String> = self
                 .subs
                 .iter()
@@ -135,7 +147,8 @@ impl Session {
             self.pending.insert(id, pending);
             batch.push(wire, size);
         }
-        if self.disconnect_requested && self.outbox.is_empty() && batch.len() < max {
+        let disconnect_due = matches!(self.phase, Phase::Disconnecting { sent: false, .. });
+        if disconnect_due && self.outbox.is_empty() && batch.len() < max {
             let id = self.new_id();
             let mut msg = Message::new(META_DISCONNECT);
             msg.client_id.clone_from(&self.client_id);
@@ -143,7 +156,9 @@ impl Session {
             self.outgoing(&mut msg);
             // A disconnect always fits a request of its own.
             if let Fit::Yes(size) | Fit::Never(size) = batch.fit(&msg) {
-                self.disconnect_requested = false;
+                if let Phase::Disconnecting { sent, .. } = &mut self.phase {
+                    *sent = true;
+                }
                 self.pending.insert(id, Pending::Disconnect);
                 batch.push(msg, size);
                 if let Some(abandoned) = self.connect_id.take() {

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::bayeux::channel::ChannelPattern;
+use crate::bayeux::channel::{ChannelPattern, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE};
+use crate::bayeux::error::TokenError;
+use crate::bayeux::event::Next;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -4,7 +4,7 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use crate::mqtt::tracker::{Ev, OutMessage, Replay};
-use crate::mqtt::{QoS, SubscriptionSpec};
+use crate::mqtt::{ConnectionError, QoS, SubscriptionSpec};
 
 pub(super) fn qos5(qos: QoS) -> QoS5 {
     match qos {
@@ -235,6 +235,40 @@ pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
     }
 }
 
+/// A v5 event loop error, typed: a CONNACK refusing our user name or password (0x86) or
+/// authorization (0x87) is told apart from the rest.
+pub(super) fn connection_error5(error: rumqttc::v5::ConnectionError) -> ConnectionError {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+    match error {
+        rumqttc::v5::ConnectionError::ConnectionRefused(
+            code @ (Code::BadUserNamePassword | Code::NotAuthorized),
+        ) => ConnectionError::CredentialsRefused {
+            code: format!("{code:?}"),
+        },
+        rumqttc::v5::ConnectionError::ConnectionRefused(code) => ConnectionError::Refused {
+            code: format!("{code:?}"),
+        },
+        other => ConnectionError::Network(other.to_string()),
+    }
+}
+
+/// A v3.1.1 event loop error, typed: CONNACK return codes 4 (bad user name or password) and
+/// 5 (not authorized) are told apart from the rest.
+pub(super) fn connection_error4(error: rumqttc::ConnectionError) -> ConnectionError {
+    use rumqttc::ConnectReturnCode as Code;
+    match error {
+        rumqttc::ConnectionError::ConnectionRefused(
+            code @ (Code::BadUserNamePassword | Code::NotAuthorized),
+        ) => ConnectionError::CredentialsRefused {
+            code: format!("{code:?}"),
+        },
+        rumqttc::ConnectionError::ConnectionRefused(code) => ConnectionError::Refused {
+            code: format!("{code:?}"),
+        },
+        other => ConnectionError::Network(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -242,6 +276,36 @@ mod tests {
     use super::*;
     use crate::mqtt::Protocol;
     use crate::mqtt::engine::publish_packet_size;
+
+    #[test]
+    fn refused_credentials_are_told_apart_from_other_refusals_on_both_protocols() {
+        use rumqttc::ConnectReturnCode as C4;
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C5;
+        let refused4 = |c| connection_error4(rumqttc::ConnectionError::ConnectionRefused(c));
+        let refused5 = |c| connection_error5(rumqttc::v5::ConnectionError::ConnectionRefused(c));
+        for error in [
+            refused4(C4::BadUserNamePassword),
+            refused4(C4::NotAuthorized),
+            refused5(C5::BadUserNamePassword),
+            refused5(C5::NotAuthorized),
+        ] {
+            assert!(error.is_credentials_refused(), "{error:?}");
+            assert_eq!(error.reason(), "credentials_refused");
+        }
+        for error in [
+            refused4(C4::ServiceUnavailable),
+            refused4(C4::BadClientId),
+            refused5(C5::ServerUnavailable),
+            refused5(C5::Banned),
+        ] {
+            assert!(
+                matches!(error, ConnectionError::Refused { .. }),
+                "{error:?}"
+            );
+        }
+        let io = connection_error4(rumqttc::ConnectionError::RequestsDone);
+        assert!(matches!(io, ConnectionError::Network(_)), "{io:?}");
+    }
 
     #[test]
     fn the_publish_size_matches_rumqttc_encoding() {

@@ -11,11 +11,12 @@ use rumqttc::tokio_rustls::rustls::ClientConfig;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{TlsConfiguration, Transport};
 
-use super::QoS;
 use super::options::{MQTT_MAX_PACKET, MqttOptions, Protocol};
 use super::tracker::{Drained, Ev, Replay, Request, Sink};
+use super::{ConnectionError, QoS};
 use convert::{
-    filter4, filter5, incoming4, incoming5, outgoing_ev, publish5, qos4, qos5, replay4, replay5,
+    connection_error4, connection_error5, filter4, filter5, incoming4, incoming5, outgoing_ev,
+    publish5, qos4, qos5, replay4, replay5,
 };
 
 /// The sending side of rumqttc's request channel.
@@ -167,17 +168,17 @@ impl Engine {
 
     /// The next event. Polling again after an error reconnects at once; the caller sleeps.
     /// Cancel-safe only while not connected (rumqttc may be mid-write otherwise).
-    pub(super) async fn poll(&mut self) -> Result<Ev, String> {
+    pub(super) async fn poll(&mut self) -> Result<Ev, ConnectionError> {
         match self {
             Engine::V5(event_loop) => match event_loop.poll().await {
                 Ok(rumqttc::v5::Event::Incoming(packet)) => Ok(incoming5(packet)),
                 Ok(rumqttc::v5::Event::Outgoing(outgoing)) => Ok(outgoing_ev(outgoing)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(connection_error5(e)),
             },
             Engine::V311(event_loop) => match event_loop.poll().await {
                 Ok(rumqttc::Event::Incoming(packet)) => Ok(incoming4(packet)),
                 Ok(rumqttc::Event::Outgoing(outgoing)) => Ok(outgoing_ev(outgoing)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(connection_error4(e)),
             },
         }
     }

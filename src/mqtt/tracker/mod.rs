@@ -53,9 +53,7 @@ use super::{IncomingMessage, MqttEvent, QoS, SubscriptionSpec};
 use acks::Received;
 use controls::Control;
 use publish::Outgoing;
-pub(super) use types::{
-    Drained, Ev, OutMessage, PublishReply, Replay, Reply, Request, Sink, TopicName,
-};
+pub(super) use types::{Drained, Ev, OutMessage, PublishReply, Replay, Reply, Request, Sink};
 
 /// See the module documentation.
 pub(super) struct Tracker {

@@ -5,6 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::mqtt::error::MqttError;
 use crate::mqtt::outcome::TaggedReply;
+use crate::mqtt::topic::TopicName;
 use crate::mqtt::{QoS, SubscriptionSpec};
 
 /// Where a waiting caller gets its result.
@@ -36,34 +37,6 @@ impl PublishReply {
         if let PublishReply::Tagged(reply) = self {
             reply.discard();
         }
-    }
-}
-
-/// A topic name, valid UTF-8, held as [`Bytes`] so that the tracker's copy of a publish and
-/// rumqttc's share it instead of copying it.
-#[derive(Debug, Clone, PartialEq)]
-pub(in crate::mqtt) struct TopicName(Bytes);
-
-impl TopicName {
-    pub(in crate::mqtt) fn as_str(&self) -> &str {
-        // Built only from a `String` (see `From`), so always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    pub(in crate::mqtt) fn bytes(&self) -> Bytes {
-        self.0.clone()
-    }
-}
-
-impl From<String> for TopicName {
-    fn from(topic: String) -> Self {
-        TopicName(Bytes::from(topic))
-    }
-}
-
-impl std::fmt::Display for TopicName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -212,7 +212,7 @@ fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     // bridge is a pipeline whose stages hand each message to the next: on two workers every
     // hand-over is a cross-thread wake-up (futex, eventfd, context switch), which cost more
     // CPU than the second thread gave back, and a current-thread runtime schedules for less
-    // than a pool of one (README, "Benchmarks"). Blocking work goes to spawn_blocking
+    // than a pool of one (docs/benchmarks.md). Blocking work goes to spawn_blocking
     // threads either way.
     let mut builder = if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@
 //! for a few microseconds of work. Under `SCHED_BATCH` a woken task does not preempt: it runs
 //! when the CPU's current task blocks or its time slice ends, by when more segments have
 //! arrived, so the same work takes fewer, longer turns (a third fewer context switches and
-//! about 16 % less CPU per message in `scripts/bench`; README, "Benchmarks", item 14). On an
+//! about 16 % less CPU per message in `scripts/bench`; CHANGELOG, "Benchmark history", item 14). On an
 //! idle CPU it runs at once, as before; on a busy one a message may wait up to a time slice
 //! (a few milliseconds) longer. Its priority among normal tasks (its nice value) is
 //! unchanged.

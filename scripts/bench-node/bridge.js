@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The Node.js baseline bridge the README compares against: what a straightforward Bayeux →
+// The Node.js baseline bridge docs/benchmarks.md compares against: what a straightforward Bayeux →
 // MQTT bridge in Node looks like. The CometD JavaScript client (npm cometd +
 // cometd-nodejs-client) subscribes to a channel pattern, and mqtt.js publishes every
 // delivered message's data as JSON to the corresponding topic. Writes are batched: each

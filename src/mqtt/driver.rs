@@ -31,7 +31,7 @@ const REQUEST_BATCH: usize = 64;
 /// requests go out while publishes are in flight: half of it. At full speed the broker's
 /// PUBACKs then free room in groups and the publishes go out in groups, in one write each,
 /// instead of two or three per write and wake-up, with no wait while the window is
-/// mostly free (vendor/rumqttc/PATCHES.md, "Holding writes for room"; README, item 13).
+/// mostly free (vendor/rumqttc/PATCHES.md, "Holding writes for room"; CHANGELOG, "Benchmark history", item 13).
 ///
 /// None while the client also receives messages it must acknowledge: their acks wait in the
 /// same request channel, and holding them back stalled both directions under two-way load

@@ -64,7 +64,7 @@ pub(super) fn publish_packet_size(
 /// With Nagle's algorithm (rumqttc's default) a QoS 0 publish that finds earlier data not
 /// yet acknowledged waits for the broker's delayed ACK: 9 ms at the median and 25 ms at p99
 /// at 2,000 msg/s, against 0.8 and 4 ms with `TCP_NODELAY`. Since writes are batched (see
-/// `set_request_batch`) it costs no measurable CPU (README, "Benchmarks").
+/// `set_request_batch`) it costs no measurable CPU (docs/benchmarks.md).
 fn network_options(connection_timeout: u64) -> rumqttc::NetworkOptions {
     let mut network = rumqttc::NetworkOptions::new();
     network.set_connection_timeout(connection_timeout);

@@ -342,6 +342,15 @@ async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bo
 
     gate.open();
     wait_readyz(port, "ready again", WAIT, |status, _| status == 200).await;
+    // `/readyz` reads the liveness when asked; the log line comes from the check that runs
+    // every second, so it may follow the first 200 by up to a second.
+    bridge
+        .wait_until("the recovery logged", WAIT, |lines| {
+            lines
+                .iter()
+                .any(|l| l.is("Bayeux data plane moving again."))
+        })
+        .await;
     let lines = bridge.lines();
     assert_eq!(
         count(&lines, "Bayeux data plane stalled."),

@@ -293,22 +293,20 @@ async fn wait_readyz(
     panic!("/readyz: {what} not within {within:?}; last answer {last:?}");
 }
 
-#[tokio::test]
-async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bound() {
-    use common::gate::Gate;
-    use common::peers::{PeerKind, PeerServer};
-    let broker = Mosquitto::start_async().await;
-    let server = PeerServer::start_with_timeout_async(PeerKind::CometD, HOLD_MS).await;
-    let gate = Gate::start(server.port()).await;
-    let url = format!("http://127.0.0.1:{}/cometd", gate.port());
-    let mut found = None;
+/// Starts the bridge for `url` with an HTTP listener on a free loopback port (another
+/// process may take the port between the probe and the bind: then a new one is tried).
+async fn spawn_with_http(
+    url: &str,
+    broker: &Mosquitto,
+    client: &str,
+) -> (ConfigFile, BridgeProcess, u16) {
     for _ in 0..5 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
         let extra = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
-        let config = ConfigFile::new(&bridge_toml(&url, &broker, "bounds-stall", &extra));
+        let config = ConfigFile::new(&bridge_toml(url, broker, client, &extra));
         let bridge = BridgeProcess::spawn(&config, &[]);
         bridge
             .wait_until("the HTTP listener", WAIT, |lines| {
@@ -320,11 +318,21 @@ async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bo
             })
             .await;
         if !bridge.lines().iter().any(|l| l.is("Bridge failed.")) {
-            found = Some((config, bridge, port));
-            break;
+            return (config, bridge, port);
         }
     }
-    let (_config, mut bridge, port) = found.expect("an HTTP port the bridge could bind");
+    panic!("no HTTP port the bridge could bind in 5 tries");
+}
+
+#[tokio::test]
+async fn a_blackholed_bayeux_path_makes_the_bridge_not_ready_within_the_stall_bound() {
+    use common::gate::Gate;
+    use common::peers::{PeerKind, PeerServer};
+    let broker = Mosquitto::start_async().await;
+    let server = PeerServer::start_with_timeout_async(PeerKind::CometD, HOLD_MS).await;
+    let gate = Gate::start(server.port()).await;
+    let url = format!("http://127.0.0.1:{}/cometd", gate.port());
+    let (_config, mut bridge, port) = spawn_with_http(&url, &broker, "bounds-stall").await;
     wait_readyz(port, "ready", WAIT, |status, _| status == 200).await;
 
     gate.blackhole();
@@ -379,30 +387,7 @@ const MAX_MESSAGES: usize = 100_000;
 async fn a_reply_over_the_message_cap_is_refused_counted_and_the_bridge_recovers() {
     let broker = Mosquitto::start_async().await;
     let server = FakeServer::start(flooding(MAX_MESSAGES + 1)).await;
-    let mut found = None;
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let extra = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
-        let config = ConfigFile::new(&bridge_toml(&server.url(), &broker, "bounds-cap", &extra));
-        let bridge = BridgeProcess::spawn(&config, &[]);
-        bridge
-            .wait_until("the HTTP listener", WAIT, |lines| {
-                lines.iter().any(|l| {
-                    l.message()
-                        .is_some_and(|m| m.starts_with("HTTP listener started"))
-                        || l.is("Bridge failed.")
-                })
-            })
-            .await;
-        if !bridge.lines().iter().any(|l| l.is("Bridge failed.")) {
-            found = Some((config, bridge, port));
-            break;
-        }
-    }
-    let (_config, mut bridge, port) = found.expect("an HTTP port the bridge could bind");
+    let (_config, mut bridge, port) = spawn_with_http(&server.url(), &broker, "bounds-cap").await;
     let failed = |l: &LogLine| {
         l.is("Connect failed; will retry.")
             && l.str_field("reason")

@@ -96,22 +96,12 @@ fn read_header_file(path: &Path) -> Result<Vec<(String, String)>, String> {
     parse_header_file(path, &text)
 }
 
-/// Warns when `path` is readable by its group or by everyone: it holds credentials.
+/// Warns when its group or other users can read or write `path`: it holds credentials
+/// (the same check and wording as the daemon's secret files, `files::warning`).
 fn warn_if_loose(path: &Path) {
-    #[cfg(unix)]
+    if let Some(warning) = crate::files::warning("--header-file", path, crate::files::Kind::Secret)
     {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o044 != 0 {
-                tracing::warn!(
-                    file = %path.display(),
-                    mode = format_args!("{mode:o}"),
-                    "The header file is readable by its group or by everyone; it may hold \
-                     credentials (chmod 600 it)."
-                );
-            }
-        }
+        tracing::warn!("{warning}");
     }
 }
 

@@ -106,8 +106,14 @@ pub fn checked<'a>(config: &'a Config) -> Vec<(&'static str, &'a Path, Kind)> {
 pub fn warnings(config: &Config) -> Vec<String> {
     checked(config)
         .into_iter()
-        .filter_map(|(key, path, kind)| loose(key, path, kind, mode(path)?))
+        .filter_map(|(key, path, kind)| warning(key, path, kind))
         .collect()
+}
+
+/// The warning for the file at `path` (see [`loose`]), reading its mode; `None` when it is
+/// private enough or does not exist.
+pub fn warning(key: &str, path: &Path, kind: Kind) -> Option<String> {
+    loose(key, path, kind, mode(path)?)
 }
 
 /// The most bytes of a secret file (a password, token, private key): a 4096-bit RSA key in

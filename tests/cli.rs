@@ -930,7 +930,8 @@ async fn a_bad_header_file_line_is_named_without_its_value_and_a_loose_file_is_w
     );
     assert!(!out.stderr.contains("s3cret"), "{}", out.context());
     assert!(
-        out.stderr.contains("readable by its group or by everyone"),
+        out.stderr
+            .contains("(mode 0644) can be read or written by its group and all users"),
         "no warning about a 0644 header file\n{}",
         out.context()
     );

@@ -28,7 +28,9 @@
 //!   survives) and shows up again as a new [`IncomingMessage`].
 //! - **Subscriptions survive session loss**: after a CONNACK without a session (and on the
 //!   first connect) the client subscribes every [`SubscriptionSpec`] itself.
-//! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset by a CONNACK.
+//! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset once a
+//!   connection has lasted `MqttOptions::stable_after` (a connection that drops soon after
+//!   its CONNACK keeps the waits growing).
 //!   When the broker refuses the credentials ([`ConnectionError::CredentialsRefused`]) the
 //!   wait is the longest interval at once: retrying sooner cannot succeed.
 //!

@@ -127,18 +127,6 @@ impl Setup {
 /// `bridge.queue_capacity` of the test bridges, unless a test sets another.
 const QUEUE_CAPACITY: usize = 64;
 
-/// The log line of the HTTP listener once it accepts connections.
-const HTTP_STARTED: &str = "HTTP listener started (/metrics, /livez, /readyz).";
-
-/// A free loopback port (free when asked; another process may take it before the bridge
-/// binds it, which [`spawn_bridge`] retries).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
-}
-
 /// Writes the config of `setup` with `routes` and runs the bridge on it. With an HTTP
 /// listener, picks a free port and waits until the listener started, trying another port if
 /// the bridge could not bind it (another test took it in between).
@@ -152,26 +140,17 @@ async fn spawn_bridge(
         let bridge = BridgeProcess::spawn(&config, env);
         return (config, bridge);
     }
-    for _ in 0..5 {
-        setup.http_port = Some(free_port());
-        let config = ConfigFile::new(&setup.toml(routes));
-        let bridge = BridgeProcess::spawn(&config, env);
-        let bind_failed = |l: &LogLine| {
-            l.is("Bridge failed.")
-                && l.str_field("error")
-                    .is_some_and(|e| e.contains("HTTP listener"))
-        };
-        bridge
-            .wait_until("the HTTP listener to start", WAIT, |lines| {
-                lines.iter().any(|l| l.is(HTTP_STARTED) || bind_failed(l))
-            })
-            .await;
-        if bridge.lines().iter().any(|l| l.is(HTTP_STARTED)) {
-            return (config, bridge);
-        }
-        eprintln!("HTTP port {:?} was taken; trying another", setup.http_port);
-    }
-    panic!("the bridge could not bind an HTTP port in 5 attempts");
+    // The port the bridge listens on stays in `setup` (the last one tried).
+    let (config, bridge, _) = BridgeProcess::spawn_with_http(
+        |port| {
+            setup.http_port = Some(port);
+            setup.toml(routes)
+        },
+        env,
+        WAIT,
+    )
+    .await;
+    (config, bridge)
 }
 
 /// SIGTERMs the bridge and checks that it exited 0.

@@ -228,7 +228,10 @@ impl PeerServer {
             .unwrap_or_else(|e| panic!("handshake reply of {}: {e}", self.url()));
         match reply[0]["clientId"].as_str() {
             Some(id) if reply[0]["successful"] == true => id.to_owned(),
-            _ => panic!("{} refused the idle session's handshake: {reply}", self.url()),
+            _ => panic!(
+                "{} refused the idle session's handshake: {reply}",
+                self.url()
+            ),
         }
     }
 

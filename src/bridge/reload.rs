@@ -292,6 +292,23 @@ impl Live {
     ) -> Result<Vec<String>, String> {
         let mut diff = RouteDiff::new(std::mem::take(&mut self.b2m_routes), &new.route, routes);
         let mut summary = Vec::new();
+        let applied = self.apply_diff(&mut diff, client, &mut summary).await;
+        // What the pipeline reads now, also after a failure half-way: the routes kept, changed
+        // or added, and the removed ones not reached yet. A later reload compares with this,
+        // so it neither subscribes a route twice nor forgets one.
+        self.b2m_routes = diff.kept;
+        self.b2m_routes.append(&mut diff.removed);
+        applied.map(|()| summary)
+    }
+
+    /// Applies `diff` to the pipeline and `client`, moving each route into `diff.kept` once
+    /// it is read and out of `diff.removed` once it is not.
+    async fn apply_diff(
+        &mut self,
+        diff: &mut RouteDiff,
+        client: &Client,
+        summary: &mut Vec<String>,
+    ) -> Result<(), String> {
         // A changed route that still reads the same pattern keeps its subscription: nothing
         // it has buffered is lost, and the server sees no unsubscribe/subscribe.
         for changed in diff.changed_in_place() {
@@ -306,7 +323,7 @@ impl Live {
             ));
             diff.kept.push(changed);
         }
-        for live in std::mem::take(&mut diff.removed) {
+        while let Some(live) = diff.removed.pop() {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
             let pattern = live.route.bayeux.as_str();
             if !diff.still_reads(pattern) {
@@ -335,8 +352,7 @@ impl Live {
                 .await;
             diff.kept.push(LiveRoute { key, config, route });
         }
-        self.b2m_routes = diff.kept;
-        Ok(summary)
+        Ok(())
     }
 
     /// A new Bayeux client for new `[bayeux]` settings; the old one winds down.
@@ -350,13 +366,19 @@ impl Live {
         let (client, events) =
             Client::new(shared.with_replay(bayeux_options(new, queued(new, routes))))
                 .map_err(|e| e.to_string())?;
-        for live in self.b2m_routes.drain(..) {
+        // Subscribed on the new client first: if that fails, the pipeline still reads the
+        // old one's routes and the reload is refused as a whole.
+        let old_routes = std::mem::take(&mut self.b2m_routes);
+        let subscriptions = match self.subscribe_all(&client, &new.route, routes).await {
+            Ok(subscriptions) => subscriptions,
+            Err(e) => {
+                self.b2m_routes = old_routes;
+                return Err(e.to_string());
+            }
+        };
+        for live in old_routes {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
         }
-        let subscriptions = self
-            .subscribe_all(&client, &new.route, routes)
-            .await
-            .map_err(|e| e.to_string())?;
         for (key, route, subscription) in subscriptions {
             let _ = self
                 .b2m

@@ -102,6 +102,9 @@ pub struct Metrics {
     pub forwarded: Family<RouteLabels, Counter>,
     /// `bridge_messages_dropped_total{direction,route,reason}`.
     pub dropped: Family<DropLabels, Counter>,
+    /// `bridge_dead_letters_total{direction,route,reason}`: undeliverable messages published
+    /// to a dead-letter topic (and acknowledged by the broker).
+    pub dead_letters: Family<DropLabels, Counter>,
     /// `bridge_echoes_suppressed_total{direction}`.
     pub echoes: Family<DirectionLabels, Counter>,
     /// `bridge_publish_errors_total{side,cause}`: failed publish attempts (retried or not).
@@ -182,6 +185,7 @@ impl Metrics {
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
+            dead_letters: Family::default(),
             echoes: Family::default(),
             publish_errors: Family::default(),
             in_flight: Family::default(),
@@ -238,6 +242,11 @@ impl Metrics {
             "messages_dropped",
             "Messages not forwarded, by reason",
             self.dropped.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Undeliverable messages published to a dead-letter topic, by reason",
+            self.dead_letters.clone(),
         );
         registry.register(
             "echoes_suppressed",

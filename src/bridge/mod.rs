@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod echo;
+mod dead_letter;
 mod gaps;
 pub mod mapping;
 pub mod payload;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bayeux_mqtt_bridge::backoff::BackoffOptions;
 use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, QoS, SubscriptionSpec,
+    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, Properties, QoS, SubscriptionSpec,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -30,9 +30,21 @@ pub struct Got {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 properties (empty on 3.1.1).
+    pub properties: Properties,
 }
 
 impl Got {
+    /// The value of the user property `name` (the last one, if repeated).
+    pub fn user_property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .user
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
@@ -312,6 +324,7 @@ pub fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage)
         payload,
         qos,
         retain,
+        properties,
         token,
     } = message;
     handle.ack(token);
@@ -320,5 +333,6 @@ pub fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage)
         payload,
         qos,
         retain,
+        properties,
     });
 }

@@ -19,11 +19,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
 use super::mapping::Route;
-use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
+use super::dead_letter::Undeliverable;
+use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint, mqtt_properties};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
+use crate::bayeux::ext::replay::replay_id;
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::MqttHandle;
 pub(crate) use settlement::{Pending, Settlement};
@@ -322,17 +324,28 @@ async fn forward(
         Ok(topic) => topic,
         Err(e) => {
             release_ticket(shared, ticket, false);
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                e.reason(),
-                route.number(),
-                &message.channel,
-                &e.to_string(),
-            );
+            let letter =
+                Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
+            shared.reject(letter);
             return;
         }
     };
-    let payload = bayeux_to_mqtt_payload(&mut message, route.payload);
+    let properties = shared.properties_on(route).then(|| replay_id(&message));
+    let payload = match bayeux_to_mqtt_payload(&mut message, &route.payload) {
+        Ok(payload) => payload,
+        Err(e) => {
+            // Done for the checkpoint: the same event would miss the value again.
+            release_ticket(shared, ticket, false);
+            let mut letter =
+                Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
+            letter.topic = Some(topic);
+            shared.reject(letter);
+            return;
+        }
+    };
+    let properties =
+        properties.map(|replay_id| Arc::new(mqtt_properties(&message, replay_id, &payload)));
+    let payload = payload.bytes;
     if let Some(intake) = &out.intake {
         trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
         let entry = ToMqtt {
@@ -341,6 +354,7 @@ async fn forward(
             retain: route.retain,
             topic,
             payload,
+            properties,
         };
         let then = OnDurable::Bayeux { slot, ticket };
         intake.submit(vec![entry.encode()], then, route.number(), &message.channel);
@@ -348,15 +362,18 @@ async fn forward(
     }
     record_mqtt_echo(shared, &topic, &payload);
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");
+    // Kept for a dead letter only when there can be one.
+    let original = shared.dead_letters.enabled().then(|| payload.clone());
     let pending = Pending {
         slot,
         ticket,
         route: route.number(),
         key: None,
+        original: original.clone(),
     };
     if let Err((e, pending)) = out
         .settlement
-        .publish(mqtt, topic, payload, route, pending)
+        .publish(mqtt, topic.clone(), payload, properties, route, pending)
         .await
     {
         if shared.log_limit.allow(REFUSED) {
@@ -364,14 +381,23 @@ async fn forward(
         }
         shared.count_publish_error("mqtt", e.reason());
         let ticket = pending.and_then(|p| p.ticket);
-        release_ticket(shared, ticket, redeliver_after_restart(&e));
-        shared.drop_message(
-            Direction::BayeuxToMqtt,
-            e.reason(),
-            route.number(),
-            &message.channel,
-            &e.to_string(),
-        );
+        let redeliver = redeliver_after_restart(&e);
+        release_ticket(shared, ticket, redeliver);
+        let mut letter =
+            Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
+        letter.topic = Some(topic);
+        match original {
+            Some(payload) if !redeliver => letter.payload = payload,
+            // Shutting down: it comes back after the restart (with replay), or it is lost.
+            _ => return shared.drop_message(
+                Direction::BayeuxToMqtt,
+                letter.reason,
+                letter.route,
+                &message.channel,
+                &letter.error,
+            ),
+        }
+        shared.reject(letter);
     }
 }
 

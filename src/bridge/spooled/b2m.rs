@@ -13,7 +13,8 @@ use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
 use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
-use crate::mqtt::{MqttError, validate_topic};
+use crate::bridge::dead_letter::Undeliverable;
+use crate::mqtt::{MqttError, Publish, validate_topic};
 
 /// How long a rewind waits before reading again, so that removals of entries acknowledged
 /// just before are committed (the spool commits them within `spool::REMOVE_DELAY`) and not
@@ -102,12 +103,6 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
             }
             record_mqtt_echo(&shared, &message.topic, &message.payload);
             trace!(topic = %message.topic, pack = key.seq, index = key.index, "Forwarding to MQTT from the spool.");
-            let pending = Pending {
-                slot: Slot::new(permit, &shared.b2m_in_flight),
-                ticket: None,
-                route: message.route,
-                key: Some(key),
-            };
             let mqtt = shared.mqtt();
             let ToMqtt {
                 route,
@@ -115,9 +110,19 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                 retain,
                 topic,
                 payload,
+                properties,
             } = message;
+            let original = shared.dead_letters.enabled().then(|| payload.clone());
+            let pending = Pending {
+                slot: Slot::new(permit, &shared.b2m_in_flight),
+                ticket: None,
+                route,
+                key: Some(key),
+                original: original.clone(),
+            };
+            let publish = Publish::new(topic.clone(), payload, qos, retain, properties);
             if let Err((e, _)) = settlement
-                .publish_message(&mqtt, topic.clone(), payload, qos, retain, pending)
+                .publish_message(&mqtt, publish, pending)
                 .await
             {
                 if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
@@ -131,13 +136,16 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                 }
                 shared.count_publish_error("mqtt", e.reason());
                 spools.settled(Direction::BayeuxToMqtt, key);
-                shared.drop_message(
-                    Direction::BayeuxToMqtt,
-                    e.reason(),
+                shared.reject(Undeliverable {
+                    direction: Direction::BayeuxToMqtt,
+                    reason: e.reason(),
                     route,
-                    &topic,
-                    &e.to_string(),
-                );
+                    channel: None,
+                    topic: Some(topic),
+                    error: e.to_string(),
+                    payload: original.unwrap_or_default(),
+                    extra: Vec::new(),
+                });
             }
         }
     }

@@ -30,7 +30,7 @@ use super::mapping::Route;
 use super::stats::{Direction, Stats};
 use crate::log_limit::SharedLimiter;
 use crate::metrics::DropLabels;
-use crate::mqtt::{MqttHandle, Properties, QoS};
+use crate::mqtt::{MqttError, MqttHandle, Properties, QoS};
 
 /// Most dead letters waiting for the broker's acknowledgement at once.
 pub(crate) const IN_FLIGHT: usize = 256;
@@ -267,27 +267,48 @@ impl DeadLetters {
                 .failed(&letter, "too many dead letters waiting for the broker");
             return;
         };
-        let (payload, properties) = if self.v311.load(Ordering::Relaxed) {
-            (envelope(&letter), None)
-        } else {
-            (letter.payload.clone(), Some(Arc::new(properties(&letter))))
-        };
+        let v311 = self.v311.load(Ordering::Relaxed);
         let counting = Arc::clone(&self.counting);
         tokio::spawn(async move {
             let _permit = permit;
-            let published = match mqtt
-                .publish_queued_with(&topic, payload, QoS::AtLeastOnce, false, properties)
-                .await
+            let mut published = publish(&mqtt, &topic, &letter, v311).await;
+            // Too large for the broker (the message itself may have been): the why without
+            // the payload, and its size.
+            if let Err(MqttError::PayloadTooLarge { .. }) = published
+                && !letter.payload.is_empty()
             {
-                Ok(completion) => completion.await,
-                Err(e) => Err(e),
-            };
+                let mut without = letter.clone();
+                without.payload = Bytes::new();
+                without
+                    .extra
+                    .push(("payload_omitted", letter.payload.len().to_string()));
+                published = publish(&mqtt, &topic, &without, v311).await;
+            }
             match published {
                 Ok(()) => counting.published(&letter, &topic),
-                Err(e) => counting.failed(&letter, &format!("dead letter to {topic:?} failed: {e}")),
+                Err(e) => {
+                    counting.failed(&letter, &format!("dead letter to {topic:?} failed: {e}"))
+                }
             }
         });
     }
+}
+
+/// Publishes `letter` to `topic` at QoS 1 and waits for the broker's acknowledgement.
+async fn publish(
+    mqtt: &MqttHandle,
+    topic: &str,
+    letter: &Undeliverable,
+    v311: bool,
+) -> Result<(), MqttError> {
+    let (payload, properties) = if v311 {
+        (envelope(letter), None)
+    } else {
+        (letter.payload.clone(), Some(Arc::new(properties(letter))))
+    };
+    mqtt.publish_queued_with(topic, payload, QoS::AtLeastOnce, false, properties)
+        .await?
+        .await
 }
 
 impl Counting {

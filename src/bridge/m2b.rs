@@ -18,9 +18,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
+use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
-use super::dead_letter::Undeliverable;
 use super::payload::{echo_fingerprint, mqtt_ext, mqtt_to_bayeux_data};
 use super::settling::Settler;
 use super::shutdown::Signal;

@@ -13,8 +13,8 @@
 //! (back-pressure) instead of dropping. Every drop is logged with its reason and counted.
 
 pub mod checkpoint;
-pub mod echo;
 mod dead_letter;
+pub mod echo;
 mod gaps;
 pub mod mapping;
 pub mod payload;

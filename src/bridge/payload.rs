@@ -350,10 +350,7 @@ mod tests {
         let data = mqtt_to_bayeux_data(original, BinaryPolicy::Refuse).unwrap();
         let mut message = Message::new("/a");
         message.data = Some(data);
-        assert_eq!(
-            &bytes(&mut message, PayloadMode::Data)[..],
-            original
-        );
+        assert_eq!(&bytes(&mut message, PayloadMode::Data)[..], original);
     }
 
     fn salesforce_event() -> Message {
@@ -369,7 +366,11 @@ mod tests {
     fn a_pointer_selects_a_value_as_the_server_wrote_it() {
         // (pointer, expected payload, published as text)
         let table: [(&str, &str, bool); 7] = [
-            ("/payload", r#"{"Name":"Acme","Amount":1.50,"a/b":{"~k":[10,"x"]}}"#, false),
+            (
+                "/payload",
+                r#"{"Name":"Acme","Amount":1.50,"a/b":{"~k":[10,"x"]}}"#,
+                false,
+            ),
             ("/payload/Amount", "1.50", false),
             ("/payload/a~1b/~0k", r#"[10,"x"]"#, false),
             ("/payload/a~1b/~0k/0", "10", false),
@@ -429,7 +430,10 @@ mod tests {
         assert_eq!(
             properties.user,
             [
-                ("bayeux-channel".to_owned(), "/data/AccountChangeEvent".to_owned()),
+                (
+                    "bayeux-channel".to_owned(),
+                    "/data/AccountChangeEvent".to_owned()
+                ),
                 ("bayeux-id".to_owned(), "9".to_owned()),
                 ("replay-id".to_owned(), "42".to_owned()),
             ]

@@ -214,6 +214,46 @@ impl MqttPeer {
             .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
     }
 
+    /// Publishes at QoS 1 with MQTT 5 `properties` and waits for the broker's acknowledgement.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        properties: Properties,
+    ) {
+        let wait = self.wait;
+        let publish = async {
+            self.handle
+                .publish_queued_with(
+                    topic,
+                    payload.into(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Some(std::sync::Arc::new(properties)),
+                )
+                .await?
+                .await
+        };
+        tokio::time::timeout(wait, publish)
+            .await
+            .unwrap_or_else(|_| panic!("publish to {topic}: not acknowledged within {wait:?}"))
+            .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
+    }
+
+    /// The first message that arrived on exactly `topic`, waiting for it.
+    pub async fn first_on(&self, topic: &str) -> Got {
+        self.inbox
+            .wait_until(&format!("a message on {topic}"), self.wait, |got| {
+                got.iter().any(|g| g.topic == topic)
+            })
+            .await;
+        self.inbox
+            .snapshot()
+            .into_iter()
+            .find(|g| g.topic == topic)
+            .unwrap_or_else(|| panic!("no message on {topic}"))
+    }
+
     /// Publishes `{"id": n}` for every id at QoS 1, pipelined, and waits for every PUBACK.
     pub async fn publish_ids(&self, topic: &str, ids: Range<u64>) {
         let wait = self.wait;

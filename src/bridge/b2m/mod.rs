@@ -18,8 +18,8 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
-use super::mapping::Route;
 use super::dead_letter::Undeliverable;
+use super::mapping::Route;
 use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint, mqtt_properties};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
@@ -389,13 +389,15 @@ async fn forward(
         match original {
             Some(payload) if !redeliver => letter.payload = payload,
             // Shutting down: it comes back after the restart (with replay), or it is lost.
-            _ => return shared.drop_message(
-                Direction::BayeuxToMqtt,
-                letter.reason,
-                letter.route,
-                &message.channel,
-                &letter.error,
-            ),
+            _ => {
+                return shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    letter.reason,
+                    letter.route,
+                    &message.channel,
+                    &letter.error,
+                );
+            }
         }
         shared.reject(letter);
     }

@@ -10,10 +10,10 @@ use tracing::{debug, trace, warn};
 
 use super::{Item, Source, Step, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
+use crate::bridge::dead_letter::Undeliverable;
 use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
-use crate::bridge::dead_letter::Undeliverable;
 use crate::mqtt::{MqttError, Publish, validate_topic};
 
 /// How long a rewind waits before reading again, so that removals of entries acknowledged
@@ -121,10 +121,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                 original: original.clone(),
             };
             let publish = Publish::new(topic.clone(), payload, qos, retain, properties);
-            if let Err((e, _)) = settlement
-                .publish_message(&mqtt, publish, pending)
-                .await
-            {
+            if let Err((e, _)) = settlement.publish_message(&mqtt, publish, pending).await {
                 if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
                     // The client was stopped (a reload replaced it, or shutdown): deliver
                     // again from here through the current one.

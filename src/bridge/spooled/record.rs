@@ -359,7 +359,10 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             properties: Some(Arc::new(Properties {
                 content_type: Some("text/plain".into()),
-                user: vec![("bayeux-channel".into(), "/a/b".into()), ("k".into(), "".into())],
+                user: vec![
+                    ("bayeux-channel".into(), "/a/b".into()),
+                    ("k".into(), "".into()),
+                ],
             })),
         };
         let entry = message.encode();

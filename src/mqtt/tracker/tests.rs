@@ -105,7 +105,7 @@ impl Harness {
             qos: QoS::AtLeastOnce,
             retain: false,
             pkid,
-        properties: None,
+            properties: None,
         });
         match out.pop() {
             Some(MqttEvent::Message(m)) => m.token,

@@ -130,6 +130,9 @@ pub struct Metrics {
     pub ready: Gauge,
     /// `bridge_replay_checkpoint{channel}`: the replay id the channel resumes after.
     pub checkpoint: Family<ChannelLabels, Gauge>,
+    /// `bridge_replay_checkpoint_timestamp_seconds{channel}`: Unix time the channel's
+    /// checkpoint last advanced (its age is `time()` minus this).
+    pub checkpoint_time: Family<ChannelLabels, Gauge<f64, AtomicU64>>,
     /// `bridge_replay_checkpoint_writes_total{outcome}`.
     pub checkpoint_writes: Family<OutcomeLabels, Counter>,
     /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
@@ -198,6 +201,7 @@ impl Metrics {
             last_forward: Family::default(),
             ready: Gauge::default(),
             checkpoint: Family::default(),
+            checkpoint_time: Family::default(),
             checkpoint_writes: Family::default(),
             replay_gaps: Family::default(),
             gaps: Family::default(),
@@ -348,6 +352,11 @@ impl Metrics {
             "replay_checkpoint",
             "Replay id of the last event acknowledged by the broker, per channel (in memory)",
             self.checkpoint.clone(),
+        );
+        registry.register(
+            "replay_checkpoint_timestamp_seconds",
+            "Unix time the channel's checkpoint last advanced (in memory)",
+            self.checkpoint_time.clone(),
         );
         registry.register(
             "replay_checkpoint_writes",

@@ -473,3 +473,153 @@ async fn mqtt311_dead_letters_are_json_envelopes() {
     );
     stop(&mut bridge).await;
 }
+
+/// A broker that refuses some topics (an ACL): a Bayeux → MQTT publish it refuses (MQTT 5
+/// PUBACK "not authorized", known only when the acknowledgement comes) is dead-lettered as
+/// `rejected`; a dead letter it refuses is not sent anywhere else: the message is dropped
+/// and counted as without a dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_publishes_are_dead_lettered_and_a_refused_dead_letter_is_counted_as_dropped() {
+    let dir = TempDir::new("shaping-acl");
+    let acl = dir.file("acl", "topic deny denied/#\ntopic readwrite #\n");
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(dir.path(), 0o755), (acl.as_path(), 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let broker =
+        Mosquitto::start_configured_async(false, &format!("acl_file {}\n", acl.display())).await;
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let url = server.url();
+    let bayeux = BayeuxPeer::publisher(&url, WAIT);
+    let peer = MqttPeer::connect(mqtt_options(&broker, "shaping-acl-sub"), &[DEAD]).await;
+    let routes = "[[route]]\nbayeux = \"/deny/*\"\nmqtt = \"denied/+\"\ndirection = \"bayeux_to_mqtt\"\n\
+                  [[route]]\nbayeux = \"/in/*\"\nmqtt = \"in/+\"\ndirection = \"mqtt_to_bayeux\"\n\
+                  dead_letter_topic = \"denied/dead\"\n";
+    let (_config, mut bridge) =
+        start(&toml(&url, &broker, "shaping-acl", ["", "", ""], routes)).await;
+    bayeux.publish("/deny/a", json!({"n": 1})).await;
+    let rejected = dead_letter(&peer, DEAD, "rejected").await;
+    assert_eq!(
+        (
+            rejected.user_property("source"),
+            rejected.user_property("topic"),
+            rejected.user_property("route")
+        ),
+        (Some("bayeux"), Some("denied/a"), Some("1"))
+    );
+    assert!(
+        rejected
+            .user_property("error")
+            .is_some_and(|e| e.contains("NotAuthorized")),
+        "{rejected:?}"
+    );
+    assert_eq!(rejected.json(), json!({"n": 1}));
+
+    peer.publish("in/bin", vec![0xff]).await;
+    bridge
+        .wait_for_log(
+            "Message dropped: its dead letter could not be published.",
+            WAIT,
+        )
+        .await;
+    stop(&mut bridge).await;
+    assert_eq!(
+        bridge.totals("mqtt_to_bayeux").dropped,
+        std::collections::BTreeMap::from([("binary_payload".to_owned(), 1)])
+    );
+}
+
+/// With `[spool]`, the properties of Bayeux → MQTT publishes and the `ext` of MQTT → Bayeux
+/// ones are stored with the message and sent by the delivery tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_and_ext_survive_the_spool() {
+    let broker = Mosquitto::start_async().await;
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let url = server.url();
+    let dir = TempDir::new("shaping-spool");
+    let bayeux = BayeuxPeer::subscriber(&url, "/sp/in/*", WAIT).await;
+    let peer = MqttPeer::connect(mqtt_options(&broker, "shaping-spool-sub"), &["sp/out/#"]).await;
+    let routes = "[[route]]\nbayeux = \"/sp/out/*\"\nmqtt = \"sp/out/+\"\n\
+                  direction = \"bayeux_to_mqtt\"\npayload = \"/v\"\n\
+                  [[route]]\nbayeux = \"/sp/in/*\"\nmqtt = \"sp/in/+\"\n\
+                  direction = \"mqtt_to_bayeux\"\next_properties = true\n";
+    let spool = format!(
+        "[spool]\nenabled = true\ndir = \"{}\"",
+        dir.path().join("spool").display()
+    );
+    let (_config, mut bridge) = start(&toml(
+        &url,
+        &broker,
+        "shaping-spool",
+        ["", "", &spool],
+        routes,
+    ))
+    .await;
+    BayeuxPeer::publisher(&url, WAIT)
+        .publish("/sp/out/a", json!({"v": "text"}))
+        .await;
+    let out = peer.first_on("sp/out/a").await;
+    assert_eq!(out.text(), "text");
+    assert_eq!(out.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(out.user_property("bayeux-channel"), Some("/sp/out/a"));
+    let properties = Properties {
+        content_type: None,
+        user: vec![("site".into(), "south".into())],
+    };
+    peer.publish_with("sp/in/b", "1", properties).await;
+    bayeux
+        .inbox
+        .wait_until("the MQTT message", WAIT, |m| !m.is_empty())
+        .await;
+    let got = bayeux.inbox.snapshot();
+    let ext = got[0].ext.clone().map(Value::Object).unwrap_or_default();
+    assert_eq!(
+        (&ext["mqtt-topic"], &ext["site"]),
+        (&json!("sp/in/b"), &json!("south")),
+        "{:?}",
+        got[0]
+    );
+    stop(&mut bridge).await;
+}
+
+/// A gap with a known count (here `shutdown_abandoned`: MQTT messages taken while the Bayeux
+/// server stopped answering, still unanswered at the drain deadline) leaves one placeholder
+/// dead letter: reason the gap's kind, `count`, and the gap report as the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_with_a_count_leaves_a_placeholder_dead_letter() {
+    use common::gate::Gate;
+    let broker = Mosquitto::start_async().await;
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let gate = Gate::start(server.port()).await;
+    let url = format!("http://127.0.0.1:{}/cometd", gate.port());
+    let peer = MqttPeer::connect(mqtt_options(&broker, "shaping-gap-sub"), &[DEAD]).await;
+    let routes =
+        "[[route]]\nbayeux = \"/held/*\"\nmqtt = \"held/+\"\ndirection = \"mqtt_to_bayeux\"\n";
+    let config = ConfigFile::new(&toml(&url, &broker, "shaping-gap", ["", "", ""], routes));
+    let mut bridge = BridgeProcess::spawn(
+        &config,
+        &[("RUST_LOG", "info,bayeux_mqtt_bridge::bridge::m2b=trace")],
+    );
+    bridge.wait_for_log("Bridge ready.", WAIT).await;
+    gate.blackhole();
+    for n in 0..3 {
+        peer.publish(&format!("held/{n}"), "{}").await;
+    }
+    bridge.wait_for_nth("Forwarding to Bayeux.", 3, WAIT).await;
+    stop(&mut bridge).await;
+    let placeholder = dead_letter(&peer, DEAD, "shutdown_abandoned").await;
+    assert_eq!(
+        (
+            placeholder.user_property("source"),
+            placeholder.user_property("count"),
+            placeholder.user_property("topic"),
+        ),
+        (Some("mqtt"), Some("3"), Some("held/+"))
+    );
+    let report = placeholder.json();
+    assert_eq!(
+        (&report["event"], &report["count"]),
+        (&json!("shutdown_abandoned"), &json!(3))
+    );
+    assert!(bridge.totals("mqtt_to_bayeux").dropped.is_empty());
+}

@@ -258,22 +258,33 @@ impl DeadLetters {
             .or_else(|| self.topic.clone())
     }
 
-    /// Publishes `letter` to `topic` through `mqtt` on a task of its own: counted as a dead
-    /// letter once the broker acknowledged it, as a drop (with `on_failure`'s reason) if it
-    /// cannot be published.
+    /// Publishes `letter` to `topic` through `mqtt` on a task of its own ([`DeadLetters::deliver`]).
     pub(crate) fn send(&self, mqtt: MqttHandle, topic: String, letter: Undeliverable) {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.counting
                 .failed(&letter, "too many dead letters waiting for the broker");
             return;
         };
-        let v311 = self.v311.load(Ordering::Relaxed);
-        let counting = Arc::clone(&self.counting);
+        let delivery = self.deliver(mqtt, topic, letter);
         tokio::spawn(async move {
             let _permit = permit;
+            delivery.await;
+        });
+    }
+
+    /// Publishes `letter` to `topic` through `mqtt`: counted as a dead letter once the broker
+    /// acknowledged it, as a drop (of its reason) if it cannot be published. One too large
+    /// for the broker goes without its payload (`payload_omitted` gives its size).
+    pub(crate) fn deliver(
+        &self,
+        mqtt: MqttHandle,
+        topic: String,
+        letter: Undeliverable,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let v311 = self.v311.load(Ordering::Relaxed);
+        let counting = Arc::clone(&self.counting);
+        async move {
             let mut published = publish(&mqtt, &topic, &letter, v311).await;
-            // Too large for the broker (the message itself may have been): the why without
-            // the payload, and its size.
             if let Err(MqttError::PayloadTooLarge { .. }) = published
                 && !letter.payload.is_empty()
             {
@@ -290,7 +301,7 @@ impl DeadLetters {
                     counting.failed(&letter, &format!("dead letter to {topic:?} failed: {e}"))
                 }
             }
-        });
+        }
     }
 }
 

@@ -1102,3 +1102,39 @@ fn bayeux_tls_files_are_read_relative_to_the_config_and_bad_pem_is_refused_at_st
         );
     }
 }
+
+#[test]
+fn shaping_keys_that_do_nothing_are_warned_about() {
+    let scratch = TempDir::new("config");
+    let path = scratch.file(
+        "shaping.toml",
+        r#"
+[bayeux]
+url = "http://127.0.0.1/cometd"
+[mqtt]
+host = "h"
+protocol = "3.1.1"
+[[route]]
+bayeux = "/a"
+mqtt = "a"
+direction = "bayeux_to_mqtt"
+properties = true
+ext_properties = true
+[[route]]
+bayeux = "/b"
+mqtt = "b"
+direction = "mqtt_to_bayeux"
+properties = false
+"#,
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "route[1].properties = true has no effect with mqtt.protocol = \"3.1.1\", which \
+             has no properties",
+            "route[1].ext_properties has no effect: the route only forwards Bayeux → MQTT",
+            "route[2].properties has no effect: the route only forwards MQTT → Bayeux",
+        ]
+    );
+}

@@ -700,6 +700,32 @@ fn dead_letters(config: &Config) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Message shaping keys that do nothing where they are set.
+fn shaping_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let v311 = config.mqtt.protocol == MqttProtocol::V311;
+    for (i, route) in config.route.iter().enumerate() {
+        let n = i + 1;
+        if route.properties == Some(true) && v311 {
+            out.push(format!(
+                "route[{n}].properties = true has no effect with mqtt.protocol = \"3.1.1\", \
+                 which has no properties"
+            ));
+        }
+        if route.properties.is_some() && route.direction == Direction::MqttToBayeux {
+            out.push(format!(
+                "route[{n}].properties has no effect: the route only forwards MQTT → Bayeux"
+            ));
+        }
+        if route.ext_properties && route.direction == Direction::BayeuxToMqtt {
+            out.push(format!(
+                "route[{n}].ext_properties has no effect: the route only forwards Bayeux → MQTT"
+            ));
+        }
+    }
+    out
+}
+
 /// Valid settings that are probably mistakes.
 pub(super) fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -741,6 +767,7 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
+    out.extend(shaping_warnings(config));
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     if url.scheme() == "http" && !loopback && !config.bayeux.headers.is_empty() {
         out.push(

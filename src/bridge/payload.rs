@@ -199,6 +199,17 @@ pub fn mqtt_properties(
     }
 }
 
+/// The event's replay id (`data.event.replayId`), looked for only when the data's text holds
+/// `"replayId"` at all: most deliveries of most servers have none, and then their data is not
+/// parsed again.
+pub fn event_replay_id(message: &Message) -> Option<i64> {
+    message
+        .data
+        .as_ref()
+        .filter(|data| data.json().contains("\"replayId\""))
+        .and_then(|_| crate::bayeux::ext::replay::replay_id(message))
+}
+
 /// The Bayeux `ext` fields of an MQTT message (`route.ext_properties`): `mqtt-topic`, and
 /// each MQTT 5 user property (a repeated name keeps its last value).
 pub fn mqtt_ext(topic: &str, properties: &Properties) -> serde_json::Map<String, Value> {
@@ -462,5 +473,14 @@ mod tests {
             Value::Object(ext),
             json!({"site": "b", "mqtt-topic": "in/x"})
         );
+    }
+
+    #[test]
+    fn the_replay_id_is_read_only_from_events_that_have_one() {
+        assert_eq!(event_replay_id(&salesforce_event()), Some(42));
+        assert_eq!(event_replay_id(&delivery()), None);
+        let mut text = Message::new("/a");
+        text.data = Some(json!({"note": "replayId", "event": {}}).into());
+        assert_eq!(event_replay_id(&text), None);
     }
 }

@@ -20,12 +20,11 @@ use tracing::{debug, trace, warn};
 
 use super::dead_letter::Undeliverable;
 use super::mapping::Route;
-use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint, mqtt_properties};
+use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint, event_replay_id, mqtt_properties};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
-use crate::bayeux::ext::replay::replay_id;
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::MqttHandle;
 pub(crate) use settlement::{Pending, Settlement};
@@ -330,7 +329,9 @@ async fn forward(
             return;
         }
     };
-    let properties = shared.properties_on(route).then(|| replay_id(&message));
+    let properties = shared
+        .properties_on(route)
+        .then(|| event_replay_id(&message));
     let payload = match bayeux_to_mqtt_payload(&mut message, &route.payload) {
         Ok(payload) => payload,
         Err(e) => {

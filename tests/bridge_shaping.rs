@@ -406,22 +406,38 @@ async fn undeliverable_messages_are_dead_lettered_with_why_and_counted() {
         .unwrap();
     assert!(omitted > 6000, "{omitted}");
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    for (direction, route, reason) in [
+    // Counted once the broker acknowledged the dead letter, which may be after the
+    // subscriber got it: the endpoint is polled until then.
+    let wanted: Vec<String> = [
         ("mqtt_to_bayeux", 1, "binary_payload"),
         ("mqtt_to_bayeux", 1, "invalid_name"),
         ("mqtt_to_bayeux", 1, "payload_too_large"),
         ("bayeux_to_mqtt", 2, "payload_too_large"),
-    ] {
-        let line = format!(
+    ]
+    .iter()
+    .map(|(direction, route, reason)| {
+        format!(
             "bridge_dead_letters_total{{direction=\"{direction}\",route=\"{route}\",reason=\"{reason}\"}} 1"
+        )
+    })
+    .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let missing: Vec<&String> = wanted.iter().filter(|l| !metrics.contains(*l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing:?} not in\n{metrics}"
         );
-        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop(&mut bridge).await;
     assert!(bridge.totals("mqtt_to_bayeux").dropped.is_empty());

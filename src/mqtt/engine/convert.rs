@@ -355,7 +355,7 @@ mod tests {
         for properties in [
             Properties {
                 content_type: Some("application/json".into()),
-                user: vec![("bayeux-channel".into(), "/a/b".into())],
+                user: vec![("source-channel".into(), "/a/b".into())],
             },
             Properties {
                 content_type: None,

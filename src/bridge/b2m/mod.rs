@@ -26,7 +26,7 @@ use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
 use crate::bayeux::{Message, Subscription};
-use crate::mqtt::MqttHandle;
+use crate::mqtt::{MqttError, MqttHandle, Properties};
 pub(crate) use settlement::{Pending, Settlement};
 use settlement::{redeliver_after_restart, release_ticket};
 
@@ -316,37 +316,19 @@ async fn forward(
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return;
     }
-    // An untranslatable channel is dropped, never sent, and done for the replay checkpoint
-    // (so it is not delivered again): a topic with a control character would make the broker
-    // close the connection, and at QoS ≥ 1 the same publish would follow every reconnect.
-    let topic = match route.channel_to_topic(&message.channel) {
-        Ok(topic) => topic,
-        Err(e) => {
+    // Not shaped: dead-lettered or dropped, and done for the replay checkpoint (so it is
+    // not delivered again: it would fail the same way).
+    let Shaped {
+        topic,
+        payload,
+        properties,
+    } = match shape(shared, route, &mut message) {
+        Ok(shaped) => shaped,
+        Err(letter) => {
             release_ticket(shared, ticket, false);
-            let letter =
-                Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
-            shared.reject(letter);
-            return;
+            return shared.reject(*letter);
         }
     };
-    let properties = shared
-        .properties_on(route)
-        .then(|| event_replay_id(&message));
-    let payload = match bayeux_to_mqtt_payload(&mut message, &route.payload) {
-        Ok(payload) => payload,
-        Err(e) => {
-            // Done for the checkpoint: the same event would miss the value again.
-            release_ticket(shared, ticket, false);
-            let mut letter =
-                Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
-            letter.topic = Some(topic);
-            shared.reject(letter);
-            return;
-        }
-    };
-    let properties =
-        properties.map(|replay_id| Arc::new(mqtt_properties(&message, replay_id, &payload)));
-    let payload = payload.bytes;
     if let Some(intake) = &out.intake {
         trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
         let entry = ToMqtt {
@@ -377,30 +359,88 @@ async fn forward(
         .publish(mqtt, topic.clone(), payload, properties, route, pending)
         .await
     {
-        if shared.log_limit.allow(REFUSED) {
-            warn!(channel = %message.channel, error = %e, "{REFUSED}");
-        }
-        shared.count_publish_error("mqtt", e.reason());
         let ticket = pending.and_then(|p| p.ticket);
-        let redeliver = redeliver_after_restart(&e);
-        release_ticket(shared, ticket, redeliver);
-        let mut letter =
-            Undeliverable::from_bayeux(&message, route.number(), e.reason(), e.to_string());
-        letter.topic = Some(topic);
-        match original {
-            Some(payload) if !redeliver => letter.payload = payload,
-            // Shutting down: it comes back after the restart (with replay), or it is lost.
-            _ => {
-                return shared.drop_message(
-                    Direction::BayeuxToMqtt,
-                    letter.reason,
-                    letter.route,
-                    &message.channel,
-                    &letter.error,
-                );
-            }
+        refused(shared, route, &message, topic, e, ticket, original);
+    }
+}
+
+/// A message shaped for MQTT.
+struct Shaped {
+    topic: String,
+    payload: bytes::Bytes,
+    properties: Option<Arc<Properties>>,
+}
+
+/// The topic, payload and (with MQTT 5) properties of `message` on `route`, or why it has
+/// none. An untranslatable channel is never sent: a topic with a control character would
+/// make the broker close the connection, and at QoS ≥ 1 the same publish would follow every
+/// reconnect.
+fn shape(
+    shared: &Shared,
+    route: &Route,
+    message: &mut Message,
+) -> Result<Shaped, Box<Undeliverable>> {
+    let topic = route.channel_to_topic(&message.channel).map_err(|e| {
+        Box::new(Undeliverable::from_bayeux(
+            message,
+            route.number(),
+            e.reason(),
+            e.to_string(),
+        ))
+    })?;
+    let replay_id = shared
+        .properties_on(route)
+        .then(|| event_replay_id(message));
+    let payload = match bayeux_to_mqtt_payload(message, &route.payload) {
+        Ok(payload) => payload,
+        Err(e) => {
+            let mut letter =
+                Undeliverable::from_bayeux(message, route.number(), e.reason(), e.to_string());
+            letter.topic = Some(topic);
+            return Err(Box::new(letter));
         }
-        shared.reject(letter);
+    };
+    let properties =
+        replay_id.map(|replay_id| Arc::new(mqtt_properties(message, replay_id, &payload)));
+    Ok(Shaped {
+        topic,
+        payload: payload.bytes,
+        properties,
+    })
+}
+
+/// The MQTT client refused the publish at once: counted, and dead-lettered with `original`
+/// (kept when there can be a dead letter) or dropped. Not when it was refused because the
+/// client stopped: then it comes back after the restart (with replay), or is lost.
+fn refused(
+    shared: &Shared,
+    route: &Route,
+    message: &Message,
+    topic: String,
+    e: MqttError,
+    ticket: Option<crate::bridge::checkpoint::Ticket>,
+    original: Option<bytes::Bytes>,
+) {
+    if shared.log_limit.allow(REFUSED) {
+        warn!(channel = %message.channel, error = %e, "{REFUSED}");
+    }
+    shared.count_publish_error("mqtt", e.reason());
+    let redeliver = redeliver_after_restart(&e);
+    release_ticket(shared, ticket, redeliver);
+    let mut letter = Undeliverable::from_bayeux(message, route.number(), e.reason(), e.to_string());
+    letter.topic = Some(topic);
+    match original {
+        Some(payload) if !redeliver => {
+            letter.payload = payload;
+            shared.reject(letter);
+        }
+        _ => shared.drop_message(
+            Direction::BayeuxToMqtt,
+            letter.reason,
+            letter.route,
+            &message.channel,
+            &letter.error,
+        ),
     }
 }
 

@@ -233,14 +233,16 @@ pub struct IncomingMessage {
 }
 
 impl fmt::Debug for IncomingMessage {
-    // The payload is left out: payloads are logged at TRACE only, by whoever chooses to.
+    // The payload and the user properties' values are left out: message contents are logged
+    // at TRACE only, by whoever chooses to.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncomingMessage")
             .field("topic", &self.topic)
             .field("payload_len", &self.payload.len())
             .field("qos", &self.qos)
             .field("retain", &self.retain)
-            .field("properties", &self.properties)
+            .field("content_type", &self.properties.content_type)
+            .field("user_properties", &self.properties.user.len())
             .field("token", &self.token)
             .finish()
     }

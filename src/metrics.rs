@@ -102,6 +102,9 @@ pub struct Metrics {
     pub forwarded: Family<RouteLabels, Counter>,
     /// `bridge_messages_dropped_total{direction,route,reason}`.
     pub dropped: Family<DropLabels, Counter>,
+    /// `bridge_dead_letters_total{direction,route,reason}`: undeliverable messages published
+    /// to a dead-letter topic (and acknowledged by the broker).
+    pub dead_letters: Family<DropLabels, Counter>,
     /// `bridge_echoes_suppressed_total{direction}`.
     pub echoes: Family<DirectionLabels, Counter>,
     /// `bridge_publish_errors_total{side,cause}`: failed publish attempts (retried or not).
@@ -127,6 +130,9 @@ pub struct Metrics {
     pub ready: Gauge,
     /// `bridge_replay_checkpoint{channel}`: the replay id the channel resumes after.
     pub checkpoint: Family<ChannelLabels, Gauge>,
+    /// `bridge_replay_checkpoint_timestamp_seconds{channel}`: Unix time the channel's
+    /// checkpoint last advanced (its age is `time()` minus this).
+    pub checkpoint_time: Family<ChannelLabels, Gauge<f64, AtomicU64>>,
     /// `bridge_replay_checkpoint_writes_total{outcome}`.
     pub checkpoint_writes: Family<OutcomeLabels, Counter>,
     /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
@@ -182,6 +188,7 @@ impl Metrics {
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
+            dead_letters: Family::default(),
             echoes: Family::default(),
             publish_errors: Family::default(),
             in_flight: Family::default(),
@@ -194,6 +201,7 @@ impl Metrics {
             last_forward: Family::default(),
             ready: Gauge::default(),
             checkpoint: Family::default(),
+            checkpoint_time: Family::default(),
             checkpoint_writes: Family::default(),
             replay_gaps: Family::default(),
             gaps: Family::default(),
@@ -238,6 +246,11 @@ impl Metrics {
             "messages_dropped",
             "Messages not forwarded, by reason",
             self.dropped.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Undeliverable messages published to a dead-letter topic, by reason",
+            self.dead_letters.clone(),
         );
         registry.register(
             "echoes_suppressed",
@@ -339,6 +352,11 @@ impl Metrics {
             "replay_checkpoint",
             "Replay id of the last event acknowledged by the broker, per channel (in memory)",
             self.checkpoint.clone(),
+        );
+        registry.register(
+            "replay_checkpoint_timestamp_seconds",
+            "Unix time the channel's checkpoint last advanced (in memory)",
+            self.checkpoint_time.clone(),
         );
         registry.register(
             "replay_checkpoint_writes",

@@ -79,6 +79,7 @@ async fn qos2_subscriber(broker: &Mosquitto, client_id: &str, filter: &str) -> I
                         rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
                     },
                     retain: p.retain,
+                    properties: Default::default(),
                 }),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => task_subacks.push(()),
                 Ok(_) => {}

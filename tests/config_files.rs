@@ -145,6 +145,7 @@ const ALL_KEYS: &[&str] = &[
     "bridge.queue_capacity",
     "bridge.drain_timeout_secs",
     "bridge.binary_payloads",
+    "bridge.dead_letter_topic",
     "log.level",
     "log.format",
     "log.file",
@@ -163,6 +164,9 @@ const ALL_KEYS: &[&str] = &[
     "route.qos",
     "route.retain",
     "route.payload",
+    "route.properties",
+    "route.ext_properties",
+    "route.dead_letter_topic",
 ];
 
 #[test]
@@ -213,7 +217,8 @@ fn an_unknown_key_is_refused_rather_than_ignored() {
         err.to_string(),
         format!(
             "{}: route[1].directon: unknown key (known keys here: `bayeux`, `mqtt`, \
-             `direction`, `qos`, `retain`, `payload`)",
+             `direction`, `qos`, `retain`, `payload`, `properties`, `ext_properties`, \
+             `dead_letter_topic`)",
             path.display()
         )
     );
@@ -490,6 +495,36 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             vec![],
             "spool.max_size",
             "unknown key (known keys here: `enabled`, `dir`, `max_bytes`)".into(),
+        ),
+        (
+            format!("{head}{route}payload = \"payload\"\n"),
+            vec![],
+            "route[1].payload",
+            "expected \"data\", \"message\" or a JSON pointer (RFC 6901) such as \
+             \"/payload\", found \"payload\""
+                .into(),
+        ),
+        (
+            format!("{head}{route}payload = \"/a~2b\"\n"),
+            vec![],
+            "route[1].payload",
+            "\"/a~2b\" is not a JSON pointer (RFC 6901): '~' must be followed by 0 or 1 \
+             (\"~0\" stands for '~', \"~1\" for '/')"
+                .into(),
+        ),
+        (
+            format!("{head}[bridge]\ndead_letter_topic = \"a/dead\"\n{route}"),
+            vec![],
+            "bridge.dead_letter_topic",
+            "\"a/dead\" is read by route[1] (mqtt = \"a/+\"): the bridge would forward its \
+             own dead letters; choose a topic no route subscribes to"
+                .into(),
+        ),
+        (
+            format!("{head}{route}dead_letter_topic = \"dead/#\"\n"),
+            vec![],
+            "route[1].dead_letter_topic",
+            "\"dead/#\" is not a topic name: it holds a wildcard".into(),
         ),
         (
             format!("{head}{route}"),
@@ -1066,4 +1101,40 @@ fn bayeux_tls_files_are_read_relative_to_the_config_and_bad_pem_is_refused_at_st
             "case {i}: expected {expected:?}, got {message:?}"
         );
     }
+}
+
+#[test]
+fn shaping_keys_that_do_nothing_are_warned_about() {
+    let scratch = TempDir::new("config");
+    let path = scratch.file(
+        "shaping.toml",
+        r#"
+[bayeux]
+url = "http://127.0.0.1/cometd"
+[mqtt]
+host = "h"
+protocol = "3.1.1"
+[[route]]
+bayeux = "/a"
+mqtt = "a"
+direction = "bayeux_to_mqtt"
+properties = true
+ext_properties = true
+[[route]]
+bayeux = "/b"
+mqtt = "b"
+direction = "mqtt_to_bayeux"
+properties = false
+"#,
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "route[1].properties = true has no effect with mqtt.protocol = \"3.1.1\", which \
+             has no properties",
+            "route[1].ext_properties has no effect: the route only forwards Bayeux → MQTT",
+            "route[2].properties has no effect: the route only forwards MQTT → Bayeux",
+        ]
+    );
 }

@@ -192,6 +192,9 @@ fn route_config(
         qos: 1,
         retain: false,
         payload: PayloadMode::Data,
+        properties: None,
+        ext_properties: false,
+        dead_letter_topic: None,
     }
 }
 

@@ -13,12 +13,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
+use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Route;
-use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
+use super::payload::{echo_fingerprint, mqtt_ext, mqtt_to_bayeux_data};
 use super::settling::Settler;
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
@@ -286,7 +289,7 @@ async fn forward(
         return;
     }
     let routes = shared.routes();
-    let targets = targets(shared, &routes, &message.topic);
+    let targets = targets(shared, &routes, &message);
     let first_route = targets.first().map_or(0, |(route, _)| *route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
     if targets.is_empty() {
@@ -296,22 +299,23 @@ async fn forward(
     let data = match mqtt_to_bayeux_data(&message.payload, shared.binary_payloads) {
         Ok(data) => data,
         Err(e) => {
-            shared.drop_message(
-                Direction::MqttToBayeux,
-                "binary_payload",
-                first_route,
+            shared.reject(Undeliverable::from_mqtt(
                 &message.topic,
-                &e.to_string(),
-            );
+                message.payload.clone(),
+                first_route,
+                "binary_payload",
+                e.to_string(),
+            ));
             mqtt.ack(message.token);
             return;
         }
     };
     if let Some(intake) = &out.intake {
-        return spool(intake, mqtt, message, permit, targets, data);
+        return spool(intake, mqtt, &routes, message, permit, targets, data);
     }
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
-    let Some(verdicts) = publish_all(shared, bayeux, &routes, targets, data, now).await else {
+    let Some(verdicts) = publish_all(shared, bayeux, &routes, &message, targets, data, now).await
+    else {
         return; // shutting down: the broker keeps the message
     };
     let shared = Arc::clone(shared);
@@ -346,7 +350,8 @@ fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
 /// The routes and Bayeux channels `topic` goes to, each channel once. An untranslatable
 /// topic is dropped for that route (and, when no route takes it, acknowledged by the caller
 /// so that the broker does not deliver it again).
-fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String)> {
+fn targets(shared: &Shared, routes: &[Route], message: &IncomingMessage) -> Vec<(usize, String)> {
+    let topic = message.topic.as_str();
     let mut targets: Vec<(usize, String)> = Vec::new();
     for route in routes
         .iter()
@@ -357,13 +362,13 @@ fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String
                 targets.push((route.number(), channel))
             }
             Ok(_) => {}
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                e.reason(),
-                route.number(),
+            Err(e) => shared.reject(Undeliverable::from_mqtt(
                 topic,
-                &e.to_string(),
-            ),
+                message.payload.clone(),
+                route.number(),
+                e.reason(),
+                e.to_string(),
+            )),
         }
     }
     targets
@@ -374,6 +379,7 @@ fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String
 fn spool(
     intake: &Intake,
     mqtt: &MqttHandle,
+    routes: &[Route],
     message: IncomingMessage,
     permit: Slot,
     targets: Vec<(usize, String)>,
@@ -389,6 +395,7 @@ fn spool(
                 channel,
                 topic: message.topic.clone(),
                 data: data.clone(),
+                ext: ext_of(routes, route, &message),
             }
             .encode()
         })
@@ -408,6 +415,7 @@ async fn publish_all(
     shared: &Shared,
     bayeux: &Client,
     routes: &[Route],
+    message: &IncomingMessage,
     targets: Vec<(usize, String)>,
     data: crate::bayeux::Data,
     now: Instant,
@@ -430,11 +438,13 @@ async fn publish_all(
             Some(&mut fingerprint),
             now,
         );
-        match bayeux.publish_queued(&channel, value, None).await {
+        let ext = ext_of(routes, route, message);
+        match bayeux.publish_queued(&channel, value, ext.clone()).await {
             Ok(verdict) => verdicts.push(Pending {
                 route,
                 channel,
                 verdict,
+                ext,
             }),
             Err(PublishError::Closed) => return None,
             Err(e) => shared.drop_message(
@@ -461,6 +471,17 @@ pub(crate) struct Pending {
     pub(crate) route: usize,
     pub(crate) channel: String,
     pub(crate) verdict: Verdict,
+    /// The message's `ext` (`route.ext_properties`), for a retry.
+    pub(crate) ext: Option<Map<String, Value>>,
+}
+
+/// The `ext` of `message` on `route` (from 1): its topic and user properties when the route
+/// has `ext_properties = true`.
+fn ext_of(routes: &[Route], route: usize, message: &IncomingMessage) -> Option<Map<String, Value>> {
+    routes
+        .iter()
+        .find(|r| r.number() == route && r.ext_properties)
+        .map(|_| mqtt_ext(&message.topic, &message.properties))
 }
 
 /// Where taken messages go: straight to the Bayeux server, or with `[spool]` into the spool
@@ -483,6 +504,7 @@ pub(crate) async fn settle(
         route,
         channel,
         verdict,
+        ext,
     } = pending;
     let mut backoff = Backoff::new(BackoffOptions {
         max: Duration::from_secs(30),
@@ -497,7 +519,7 @@ pub(crate) async fn settle(
             }
             Err(e) => e,
         };
-        if dropped_for_good(shared, route, &channel, &e) {
+        if dropped_for_good(shared, route, &channel, &e, payload) {
             return true;
         }
         // Shutting down: leave it to the broker. Otherwise the client was replaced by a
@@ -519,14 +541,23 @@ pub(crate) async fn settle(
         let Some(data) = retry_data(shared, route, &channel, payload) else {
             return true;
         };
-        result = shared.publisher().publish(&channel, data).await;
+        result = shared
+            .publisher()
+            .publish_with_ext(&channel, data, ext.clone())
+            .await;
     }
 }
 
 /// Drops and counts a message whose publish failed for good: the server refused it, its
 /// channel is invalid, or it is over `bayeux.max_request_bytes` (it can never be sent).
 /// `false` for a failure worth retrying (closed client, transport, full queue).
-fn dropped_for_good(shared: &Shared, route: usize, channel: &str, error: &PublishError) -> bool {
+fn dropped_for_good(
+    shared: &Shared,
+    route: usize,
+    channel: &str,
+    error: &PublishError,
+    payload: &[u8],
+) -> bool {
     let (reason, detail) = match error {
         PublishError::Refused(refusal) => {
             shared.count_publish_error("bayeux", "refused");
@@ -538,7 +569,10 @@ fn dropped_for_good(shared: &Shared, route: usize, channel: &str, error: &Publis
             return false;
         }
     };
-    shared.drop_message(Direction::MqttToBayeux, reason, route, channel, &detail);
+    let payload = Bytes::copy_from_slice(payload);
+    shared.reject(Undeliverable::refused_by_bayeux(
+        channel, payload, route, reason, detail,
+    ));
     true
 }
 

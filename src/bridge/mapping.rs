@@ -134,6 +134,12 @@ pub struct Route {
     pub retain: bool,
     /// What a Bayeux → MQTT publish carries.
     pub payload: PayloadMode,
+    /// MQTT 5 properties on Bayeux → MQTT publishes; `None`: on with MQTT 5.
+    pub properties: Option<bool>,
+    /// MQTT → Bayeux: the topic and user properties into the Bayeux message's `ext`.
+    pub ext_properties: bool,
+    /// This route's dead-letter topic, instead of the bridge's.
+    pub dead_letter_topic: Option<String>,
     /// The MQTT side as written (may hold `{1}`).
     mqtt_template: String,
     /// Literal channel segments before the wildcard.
@@ -233,7 +239,10 @@ fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError
         direction: config.direction,
         qos: config.qos,
         retain: config.retain,
-        payload: config.payload,
+        payload: config.payload.clone(),
+        properties: config.properties,
+        ext_properties: config.ext_properties,
+        dead_letter_topic: config.dead_letter_topic.clone(),
         mqtt_template: config.mqtt.clone(),
         bayeux_prefix,
         mqtt_levels,

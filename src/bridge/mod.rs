@@ -13,6 +13,7 @@
 //! (back-pressure) instead of dropping. Every drop is logged with its reason and counted.
 
 pub mod checkpoint;
+mod dead_letter;
 pub mod echo;
 mod gaps;
 pub mod mapping;

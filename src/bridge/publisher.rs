@@ -90,6 +90,9 @@ mod tests {
                 qos: 1,
                 retain: false,
                 payload: PayloadMode::Data,
+                properties: None,
+                ext_properties: false,
+                dead_letter_topic: None,
             })
             .collect();
         mapping::compile(&configs).unwrap_or_else(|e| panic!("{e}"))

@@ -30,6 +30,11 @@ pub struct BridgeConfig {
     /// each time; `"inherit"` keeps the policy it was started with. Takes effect at start.
     #[serde(default)]
     pub cpu_scheduling: CpuScheduling,
+    /// MQTT topic where messages the bridge cannot deliver are published (at QoS 1, with
+    /// their original payload and why); default none: they are only logged and counted.
+    /// A route's `dead_letter_topic` overrides it. No route may subscribe to it.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 impl BridgeConfig {
@@ -46,6 +51,7 @@ impl Default for BridgeConfig {
             drain_timeout_secs: defaults::drain_timeout_secs(),
             binary_payloads: BinaryPolicy::default(),
             cpu_scheduling: CpuScheduling::default(),
+            dead_letter_topic: None,
         }
     }
 }
@@ -201,7 +207,20 @@ pub struct RouteConfig {
     /// Publish to MQTT with the retain flag (Bayeux → MQTT only). Default false.
     #[serde(default)]
     pub retain: bool,
-    /// What a Bayeux → MQTT publish carries: `"data"` (default) or `"message"`.
+    /// What a Bayeux → MQTT publish carries: `"data"` (default), `"message"`, or a JSON
+    /// pointer (RFC 6901) into the data such as `"/payload"`.
     #[serde(default)]
     pub payload: PayloadMode,
+    /// MQTT 5: Bayeux → MQTT publishes carry a content type and the user properties
+    /// `bayeux-channel`, `bayeux-id` and `replay-id`. Default true with MQTT 5 (`None`);
+    /// MQTT 3.1.1 has no properties.
+    #[serde(default)]
+    pub properties: Option<bool>,
+    /// MQTT → Bayeux: put `mqtt-topic` and the publish's MQTT 5 user properties into the
+    /// Bayeux message's `ext`. Default false.
+    #[serde(default)]
+    pub ext_properties: bool,
+    /// This route's dead-letter topic, instead of `bridge.dead_letter_topic`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }

@@ -19,14 +19,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
 use super::checkpoint::Ticket;
+use super::dead_letter::Undeliverable;
 use super::mapping::Route;
-use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint};
+use super::payload::{bayeux_to_mqtt_payload, echo_fingerprint, event_replay_id, mqtt_properties};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToMqtt};
 use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
 use crate::bayeux::{Message, Subscription};
-use crate::mqtt::{MqttError, MqttHandle};
+use crate::mqtt::{MqttError, MqttHandle, Properties};
 pub(crate) use settlement::{Pending, Settlement};
 use settlement::{redeliver_after_restart, release_ticket};
 
@@ -347,10 +348,22 @@ async fn forward(
     slot: Slot,
     out: &Outputs,
 ) {
-    let Some((ticket, topic)) = route_to_topic(shared, route, &message) else {
+    let Some(ticket) = admit(shared, route, &message) else {
         return;
     };
-    let payload = bayeux_to_mqtt_payload(&mut message, route.payload);
+    // Not shaped: dead-lettered or dropped, and done for the replay checkpoint (so it is
+    // not delivered again: it would fail the same way).
+    let Shaped {
+        topic,
+        payload,
+        properties,
+    } = match shape(shared, route, &mut message) {
+        Ok(shaped) => shaped,
+        Err(letter) => {
+            release_ticket(shared, ticket, false);
+            return shared.reject(*letter);
+        }
+    };
     if let Some(intake) = &out.intake {
         trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
         let entry = ToMqtt {
@@ -359,6 +372,7 @@ async fn forward(
             retain: route.retain,
             topic,
             payload,
+            properties,
         };
         let then = OnDurable::Bayeux { slot, ticket };
         intake.submit(vec![entry.encode()], then, route.number(), &message.channel);
@@ -366,30 +380,109 @@ async fn forward(
     }
     record_mqtt_echo(shared, &topic, &payload);
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");
+    // Kept for a dead letter only when there can be one.
+    let original = shared.dead_letters.enabled().then(|| payload.clone());
     let pending = Pending {
         slot,
         ticket,
         route: route.number(),
         key: None,
+        original: original.clone(),
     };
     if let Err((e, pending)) = out
         .settlement
-        .publish(mqtt, topic, payload, route, pending)
+        .publish(mqtt, topic.clone(), payload, properties, route, pending)
         .await
     {
-        refused(shared, &e, pending, route.number(), &message.channel);
+        let ticket = pending.and_then(|p| p.ticket);
+        refused(shared, route, &message, topic, e, ticket, original);
     }
 }
 
-/// Counts `message` as received by `route`, opens its replay ticket and maps its channel to
-/// the MQTT topic. `None` when it is not forwarded: an own
-/// publish echoed by the Bayeux server, or a channel the route cannot translate (dropped).
-/// Either way its ticket is abandoned (the checkpoint may pass it).
-fn route_to_topic(
+/// A message shaped for MQTT.
+struct Shaped {
+    topic: String,
+    payload: bytes::Bytes,
+    properties: Option<Arc<Properties>>,
+}
+
+/// The topic, payload and (with MQTT 5) properties of `message` on `route`, or why it has
+/// none. An untranslatable channel is never sent: a topic with a control character would
+/// make the broker close the connection, and at QoS ≥ 1 the same publish would follow every
+/// reconnect.
+fn shape(
+    shared: &Shared,
+    route: &Route,
+    message: &mut Message,
+) -> Result<Shaped, Box<Undeliverable>> {
+    let topic = route.channel_to_topic(&message.channel).map_err(|e| {
+        Box::new(Undeliverable::from_bayeux(
+            message,
+            route.number(),
+            e.reason(),
+            e.to_string(),
+        ))
+    })?;
+    let replay_id = shared
+        .properties_on(route)
+        .then(|| event_replay_id(message));
+    let payload = match bayeux_to_mqtt_payload(message, &route.payload) {
+        Ok(payload) => payload,
+        Err(e) => {
+            let mut letter =
+                Undeliverable::from_bayeux(message, route.number(), e.reason(), e.to_string());
+            letter.topic = Some(topic);
+            return Err(Box::new(letter));
+        }
+    };
+    let properties =
+        replay_id.map(|replay_id| Arc::new(mqtt_properties(message, replay_id, &payload)));
+    Ok(Shaped {
+        topic,
+        payload: payload.bytes,
+        properties,
+    })
+}
+
+/// The MQTT client refused the publish at once: counted, and dead-lettered with `original`
+/// (kept when there can be a dead letter) or dropped. Not when it was refused because the
+/// client stopped: then it comes back after the restart (with replay), or is lost.
+fn refused(
     shared: &Shared,
     route: &Route,
     message: &Message,
-) -> Option<(Option<Ticket>, String)> {
+    topic: String,
+    e: MqttError,
+    ticket: Option<Ticket>,
+    original: Option<bytes::Bytes>,
+) {
+    if shared.log_limit.allow(REFUSED) {
+        warn!(channel = %message.channel, error = %e, "{REFUSED}");
+    }
+    shared.count_publish_error("mqtt", e.reason());
+    let redeliver = redeliver_after_restart(&e);
+    release_ticket(shared, ticket, redeliver);
+    let mut letter = Undeliverable::from_bayeux(message, route.number(), e.reason(), e.to_string());
+    letter.topic = Some(topic);
+    match original {
+        Some(payload) if !redeliver => {
+            letter.payload = payload;
+            shared.reject(letter);
+        }
+        _ => shared.drop_message(
+            Direction::BayeuxToMqtt,
+            letter.reason,
+            letter.route,
+            &message.channel,
+            &letter.error,
+        ),
+    }
+}
+
+/// Counts `message` as received by `route` and opens its replay ticket; `None` (the ticket
+/// abandoned: the checkpoint may pass it) when it is an own publish echoed by the Bayeux
+/// server, which is not forwarded back.
+fn admit(shared: &Shared, route: &Route, message: &Message) -> Option<Option<Ticket>> {
     shared
         .stats
         .received(Direction::BayeuxToMqtt, route.number());
@@ -403,42 +496,7 @@ fn route_to_topic(
         debug!(channel = %message.channel, route = route.number(), "Own publish echoed by the Bayeux server; not forwarded back.");
         return None;
     }
-    // An untranslatable channel is dropped, never sent, and done for the replay checkpoint
-    // (so it is not delivered again): a topic with a control character would make the broker
-    // close the connection, and at QoS ≥ 1 the same publish would follow every reconnect.
-    match route.channel_to_topic(&message.channel) {
-        Ok(topic) => Some((ticket, topic)),
-        Err(e) => {
-            release_ticket(shared, ticket, false);
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                e.reason(),
-                route.number(),
-                &message.channel,
-                &e.to_string(),
-            );
-            None
-        }
-    }
-}
-
-/// The MQTT client refused the publish of a message from `channel`: logged (rate-limited),
-/// counted and dropped; its replay ticket is released (delivered again after a restart when
-/// the refusal was the client stopping).
-fn refused(shared: &Shared, e: &MqttError, pending: Option<Pending>, route: usize, channel: &str) {
-    if shared.log_limit.allow(REFUSED) {
-        warn!(channel = %channel, error = %e, "{REFUSED}");
-    }
-    shared.count_publish_error("mqtt", e.reason());
-    let ticket = pending.and_then(|p| p.ticket);
-    release_ticket(shared, ticket, redeliver_after_restart(e));
-    shared.drop_message(
-        Direction::BayeuxToMqtt,
-        e.reason(),
-        route,
-        channel,
-        &e.to_string(),
-    );
+    Some(ticket)
 }
 
 /// Remembers an own publish to `topic` for echo suppression, when it can come back: only a

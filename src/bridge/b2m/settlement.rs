@@ -7,11 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{Instrument, error};
 
 use crate::bridge::checkpoint::Ticket;
+use crate::bridge::dead_letter::Undeliverable;
 use crate::bridge::mapping::Route;
 use crate::bridge::spooled::Key;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot, qos_of};
-use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, QoS, outcome_channel};
+use crate::mqtt::{
+    MqttError, MqttHandle, Outcome, OutcomeSender, Properties, Publish, outcome_channel,
+};
 
 /// What a publish in flight holds until its outcome is recorded: its queue slot (released
 /// only then, so a drain that waits for every permit also waits for the checkpoints), its
@@ -22,6 +25,8 @@ pub(crate) struct Pending {
     pub(crate) route: usize,
     /// With the spool: where it is there; settled once the broker acknowledged it.
     pub(crate) key: Option<Key>,
+    /// The payload, kept for a dead letter when there can be one.
+    pub(crate) original: Option<bytes::Bytes>,
 }
 
 /// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
@@ -111,32 +116,23 @@ impl Settlement {
         mqtt: &MqttHandle,
         topic: String,
         payload: bytes::Bytes,
+        properties: Option<Arc<Properties>>,
         route: &Route,
         pending: Pending,
     ) -> Result<(), (MqttError, Option<Pending>)> {
-        self.publish_message(
-            mqtt,
-            topic,
-            payload,
-            qos_of(route.qos),
-            route.retain,
-            pending,
-        )
-        .await
+        let message = Publish::new(topic, payload, qos_of(route.qos), route.retain, properties);
+        self.publish_message(mqtt, message, pending).await
     }
 
-    /// [`Settlement::publish`] with the QoS and retain flag given.
+    /// [`Settlement::publish`] with the QoS and retain flag given in `message`.
     pub(crate) async fn publish_message(
         &self,
         mqtt: &MqttHandle,
-        topic: String,
-        payload: bytes::Bytes,
-        qos: QoS,
-        retain: bool,
+        message: Publish,
         pending: Pending,
     ) -> Result<(), (MqttError, Option<Pending>)> {
         let tag = lock(&self.ledger).insert(pending);
-        mqtt.publish_tagged(topic, payload, qos, retain, tag, &self.outcomes)
+        mqtt.publish_tagged(message, tag, &self.outcomes)
             .await
             .map_err(|e| (e, lock(&self.ledger).take(tag)))
     }
@@ -149,6 +145,7 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
         ticket,
         route,
         key,
+        original,
     } = pending;
     let spooled = key.zip(shared.spools.as_ref());
     match &outcome.result {
@@ -174,13 +171,26 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
             }
             shared.count_publish_error("mqtt", e.reason());
             release_ticket(shared, ticket, redeliver_after_restart(e));
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                e.reason(),
-                route,
-                outcome.topic(),
-                &e.to_string(),
-            );
+            match original {
+                // Refused by the broker: the message itself is the problem.
+                Some(payload) if !redeliver_after_restart(e) => shared.reject(Undeliverable {
+                    direction: Direction::BayeuxToMqtt,
+                    reason: e.reason(),
+                    route,
+                    channel: None,
+                    topic: Some(outcome.topic().to_owned()),
+                    error: e.to_string(),
+                    payload,
+                    extra: Vec::new(),
+                }),
+                _ => shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    e.reason(),
+                    route,
+                    outcome.topic(),
+                    &e.to_string(),
+                ),
+            }
         }
     }
     drop(slot);

@@ -12,6 +12,9 @@ fn config(bayeux: &str, mqtt: &str, direction: Direction) -> RouteConfig {
         qos: 1,
         retain: false,
         payload: PayloadMode::Data,
+        properties: None,
+        ext_properties: false,
+        dead_letter_topic: None,
     }
 }
 
@@ -316,7 +319,7 @@ fn routes_keep_their_settings_and_position() {
     let route = &routes[1];
     assert_eq!((route.index, route.number()), (1, 2));
     assert_eq!(
-        (route.qos, route.retain, route.payload),
+        (route.qos, route.retain, route.payload.clone()),
         (2, true, PayloadMode::Message)
     );
     assert_eq!(route.bayeux.as_str(), "/b");

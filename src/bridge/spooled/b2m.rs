@@ -12,10 +12,11 @@ use tracing::{debug, trace, warn};
 
 use super::{Item, Key, Source, Spools, Step, ToMqtt};
 use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
+use crate::bridge::dead_letter::Undeliverable;
 use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
-use crate::mqtt::{MqttError, validate_topic};
+use crate::mqtt::{MqttError, Publish, validate_topic};
 
 /// How long a rewind waits before reading again, so that removals of entries acknowledged
 /// just before are committed (the spool commits them within `spool::REMOVE_DELAY`) and not
@@ -150,12 +151,6 @@ async fn publish(
 ) -> ControlFlow<()> {
     record_mqtt_echo(shared, &message.topic, &message.payload);
     trace!(topic = %message.topic, pack = key.seq, index = key.index, "Forwarding to MQTT from the spool.");
-    let pending = Pending {
-        slot,
-        ticket: None,
-        route: message.route,
-        key: Some(key),
-    };
     let mqtt = shared.mqtt();
     let ToMqtt {
         route,
@@ -163,11 +158,19 @@ async fn publish(
         retain,
         topic,
         payload,
+        properties,
     } = message;
-    let Err((e, _)) = settlement
-        .publish_message(&mqtt, topic.clone(), payload, qos, retain, pending)
-        .await
-    else {
+    // Kept for a dead letter only when there can be one.
+    let original = shared.dead_letters.enabled().then(|| payload.clone());
+    let pending = Pending {
+        slot,
+        ticket: None,
+        route,
+        key: Some(key),
+        original: original.clone(),
+    };
+    let publish = Publish::new(topic.clone(), payload, qos, retain, properties);
+    let Err((e, _)) = settlement.publish_message(&mqtt, publish, pending).await else {
         return ControlFlow::Continue(());
     };
     if matches!(e, MqttError::Shutdown | MqttError::NoRuntime) {
@@ -178,13 +181,16 @@ async fn publish(
     }
     shared.count_publish_error("mqtt", e.reason());
     spools.settled(Direction::BayeuxToMqtt, key);
-    shared.drop_message(
-        Direction::BayeuxToMqtt,
-        e.reason(),
+    shared.reject(Undeliverable {
+        direction: Direction::BayeuxToMqtt,
+        reason: e.reason(),
         route,
-        &topic,
-        &e.to_string(),
-    );
+        channel: None,
+        topic: Some(topic),
+        error: e.to_string(),
+        payload: original.unwrap_or_default(),
+        extra: Vec::new(),
+    });
     ControlFlow::Continue(())
 }
 

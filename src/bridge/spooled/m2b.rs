@@ -68,6 +68,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                 channel,
                 topic,
                 data,
+                ext,
             } = message;
             // Checked again here: the entry may have been spooled by a version that did not
             // check.
@@ -95,7 +96,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
             let json = data.json().as_bytes().to_vec();
             let verdict = match shared
                 .publisher()
-                .publish_queued(&channel, data, None)
+                .publish_queued(&channel, data, ext.clone())
                 .await
             {
                 Ok(verdict) => verdict,
@@ -121,6 +122,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                     route,
                     channel,
                     verdict,
+                    ext,
                 };
                 // The data is JSON text, so "the payload" it is made from again on a retry
                 // is that text.

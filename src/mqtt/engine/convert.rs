@@ -4,7 +4,7 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use crate::mqtt::tracker::{Ev, OutMessage, Replay};
-use crate::mqtt::{ConnectionError, QoS, SubscriptionSpec};
+use crate::mqtt::{ConnectionError, Properties, QoS, SubscriptionSpec};
 
 pub(super) fn qos5(qos: QoS) -> QoS5 {
     match qos {
@@ -62,7 +62,23 @@ pub(super) fn publish5(m: OutMessage, pkid: u16, dup: bool) -> p5::Publish {
         topic: m.topic.bytes(),
         pkid,
         payload: m.payload,
-        properties: None,
+        properties: m.properties.as_deref().map(properties5),
+    }
+}
+
+fn properties5(properties: &Properties) -> p5::PublishProperties {
+    p5::PublishProperties {
+        content_type: properties.content_type.clone(),
+        user_properties: properties.user.clone(),
+        ..p5::PublishProperties::default()
+    }
+}
+
+/// What the application sees of an incoming publish's properties.
+fn from_properties5(properties: p5::PublishProperties) -> Properties {
+    Properties {
+        content_type: properties.content_type,
+        user: properties.user_properties,
     }
 }
 
@@ -136,6 +152,7 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
             qos: from_qos5(publish.qos),
             retain: publish.retain,
             pkid: publish.pkid,
+            properties: publish.properties.map(from_properties5),
         },
         P::PubAck(ack) => Ev::PubAck {
             pkid: ack.pkid,
@@ -203,6 +220,7 @@ pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
             qos: from_qos4(publish.qos),
             retain: publish.retain,
             pkid: publish.pkid,
+            properties: None,
         },
         P::PubAck(ack) => Ev::PubAck {
             pkid: ack.pkid,
@@ -318,15 +336,49 @@ mod tests {
                 let mut v4 = rumqttc::Publish::from_bytes(topic, qos4(qos), payload);
                 v4.pkid = 1;
                 assert_eq!(
-                    publish_packet_size(Protocol::V5, topic, payload_len, qos),
+                    publish_packet_size(Protocol::V5, topic, payload_len, qos, 0),
                     v5.size(),
                     "v5 {payload_len} {qos:?}"
                 );
                 assert_eq!(
-                    publish_packet_size(Protocol::V311, topic, payload_len, qos),
+                    publish_packet_size(Protocol::V311, topic, payload_len, qos, 0),
                     v4.size(),
                     "v3 {payload_len} {qos:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_publish_size_with_properties_matches_rumqttc_encoding() {
+        let long = "v".repeat(200);
+        for properties in [
+            Properties {
+                content_type: Some("application/json".into()),
+                user: vec![("source-channel".into(), "/a/b".into())],
+            },
+            Properties {
+                content_type: None,
+                user: vec![("k".into(), long.clone()), ("k".into(), String::new())],
+            },
+        ] {
+            for payload_len in [0, 100, 16_300, 70_000] {
+                let payload = Bytes::from(vec![0u8; payload_len]);
+                let mut v5 = p5::Publish::new(
+                    "t",
+                    QoS5::AtLeastOnce,
+                    payload,
+                    Some(properties5(&properties)),
+                );
+                v5.pkid = 1;
+                let size = publish_packet_size(
+                    Protocol::V5,
+                    "t",
+                    payload_len,
+                    QoS::AtLeastOnce,
+                    properties.encoded_len(),
+                );
+                assert_eq!(size, v5.size(), "{payload_len} {properties:?}");
             }
         }
     }

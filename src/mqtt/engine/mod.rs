@@ -37,26 +37,33 @@ pub(super) enum Engine {
     V311(Box<rumqttc::EventLoop>),
 }
 
-/// The encoded size of a PUBLISH packet without properties (MQTT 3.1.1 §3.3, 5.0 §3.3).
+/// The encoded size of a PUBLISH packet (MQTT 3.1.1 §3.3, 5.0 §3.3); `properties_len` is
+/// the encoded length of its MQTT 5 properties ([`super::Properties::encoded_len`]), not
+/// sent on 3.1.1.
 pub(super) fn publish_packet_size(
     protocol: Protocol,
     topic: &str,
     payload_len: usize,
     qos: QoS,
+    properties_len: usize,
 ) -> usize {
     let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
     let properties = match protocol {
-        Protocol::V5 => 1,
+        Protocol::V5 => varint_len(properties_len) + properties_len,
         Protocol::V311 => 0,
     };
     let remaining = 2 + topic.len() + packet_id + properties + payload_len;
-    let length_bytes = match remaining {
+    1 + varint_len(remaining) + remaining
+}
+
+/// The bytes of MQTT's variable byte integer for `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
         0..=127 => 1,
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
-    };
-    1 + length_bytes + remaining
+    }
 }
 
 /// Socket options: rumqttc's connection timeout (whole seconds) and `TCP_NODELAY`.

@@ -225,6 +225,7 @@ impl Tracker {
                 qos,
                 retain,
                 pkid,
+                properties,
             } => {
                 let token = self.receive(qos, pkid);
                 if size > self.own_max_packet {
@@ -246,6 +247,7 @@ impl Tracker {
                     payload,
                     qos,
                     retain,
+                    properties: properties.unwrap_or_default(),
                     token,
                 }));
             }

@@ -23,12 +23,14 @@ pub mod message;
 mod options;
 pub mod session;
 pub mod transport;
+pub mod verdict;
 
 pub use auth::{AccessToken, Grant, OAuthTokenSource, StaticToken, TokenSource};
 pub use channel::ChannelPattern;
-pub use client::{Client, ClientOptions, Events, Subscription, Verdict};
+pub use client::{Client, ClientOptions, Events, Subscription};
 pub use error::{ClientError, PublishError, ServerError, TokenError, TransportError};
 pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;
 pub use liveness::Liveness;
 pub use message::{Data, Message};
+pub use verdict::{TaggedVerdict, Verdict, VerdictSender, Verdicts, verdict_channel};

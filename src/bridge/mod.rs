@@ -23,6 +23,7 @@ pub mod stats;
 
 mod b2m;
 pub mod endpoints;
+mod ledger;
 mod lifecycle;
 mod m2b;
 pub mod options;

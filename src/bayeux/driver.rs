@@ -378,7 +378,7 @@ impl Driver {
 
     fn publish_done(&mut self, id: String, result: Result<Message, PublishError>) {
         let unclaimed = match self.publishes.remove(&id) {
-            Some(reply) => reply.send(result).err(),
+            Some(reply) => reply.send(result),
             None => Some(result),
         };
         match unclaimed {

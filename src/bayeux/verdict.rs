@@ -112,9 +112,9 @@ impl Reply {
     }
 
     /// Delivers `result`; gives it back when nobody receives it any more.
-    pub(super) fn send(self, result: PublishResult) -> Result<(), PublishResult> {
+    pub(super) fn send(self, result: PublishResult) -> Option<PublishResult> {
         match self {
-            Reply::Once(tx) => tx.send(result),
+            Reply::Once(tx) => tx.send(result).err(),
             Reply::Tagged(mut reply) => reply.report(result),
         }
     }
@@ -138,16 +138,18 @@ pub(super) struct TaggedReply {
 }
 
 impl TaggedReply {
-    fn report(&mut self, result: PublishResult) -> Result<(), PublishResult> {
+    /// Sends `result`; gives it back when nobody receives it any more.
+    fn report(&mut self, result: PublishResult) -> Option<PublishResult> {
         let Some(tx) = self.tx.take() else {
-            return Err(result);
+            return Some(result);
         };
         let verdict = TaggedVerdict {
             tag: self.tag,
             result,
         };
         tx.send(verdict)
-            .map_err(|mpsc::error::SendError(back)| back.result)
+            .err()
+            .map(|mpsc::error::SendError(back)| back.result)
     }
 }
 
@@ -174,8 +176,8 @@ mod tests {
         let (sender, mut verdicts) = verdict_channel();
         let first = Reply::tagged(7, &sender);
         let second = Reply::tagged(8, &sender);
-        assert!(second.send(Err(PublishError::QueueFull(3))).is_ok());
-        assert!(first.send(Ok(accepted("/a"))).is_ok());
+        assert!(second.send(Err(PublishError::QueueFull(3))).is_none());
+        assert!(first.send(Ok(accepted("/a"))).is_none());
         let v = verdicts.try_recv().unwrap_or_else(|| panic!("a verdict"));
         assert_eq!((v.tag, v.result), (8, Err(PublishError::QueueFull(3))));
         let v = verdicts.try_recv().unwrap_or_else(|| panic!("a verdict"));
@@ -203,12 +205,12 @@ mod tests {
         drop(verdicts);
         let back = Reply::tagged(1, &sender).send(Ok(accepted("/a")));
         assert_eq!(
-            back.map_err(|r| r.map(|m| m.channel)),
-            Err(Ok("/a".to_owned()))
+            back.map(|r| r.map(|m| m.channel)),
+            Some(Ok("/a".to_owned()))
         );
         let (once, verdict) = Reply::once();
         drop(verdict);
-        assert!(once.send(Err(PublishError::Closed)).is_err());
+        assert!(once.send(Err(PublishError::Closed)).is_some());
     }
 
     #[tokio::test]

@@ -29,7 +29,6 @@ mod m2b;
 pub mod options;
 mod publisher;
 mod reload;
-mod settling;
 mod shared;
 mod shutdown;
 mod spooled;

@@ -320,9 +320,10 @@ async fn forward(
     let targets = targets(shared, &shared.routes(), &message.topic);
     let first_route = targets.first().map_or(0, |(route, _)| *route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
-    let data = match targets.is_empty() {
-        true => None,
-        false => bayeux_data(shared, &message.payload, first_route, &message.topic),
+    let data = if targets.is_empty() {
+        None
+    } else {
+        bayeux_data(shared, &message.payload, first_route, &message.topic)
     };
     let Some(data) = data else {
         mqtt.ack(message.token);

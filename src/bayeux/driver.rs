@@ -24,6 +24,7 @@ use super::message::{Data, Message};
 use super::options::ClientOptions;
 use super::session::{Lane, Output, Session};
 use super::transport::{SendFuture, Transport};
+use super::verdict::Reply;
 use crate::log_limit::{self, LogLimiter};
 
 /// What a [`Client`](super::Client) handle asks of the driver.
@@ -39,7 +40,7 @@ pub(super) enum Command {
         channel: String,
         data: Data,
         ext: Option<Map<String, Value>>,
-        reply: oneshot::Sender<Result<Message, PublishError>>,
+        reply: Reply,
     },
     Disconnect {
         done: oneshot::Sender<()>,
@@ -65,7 +66,7 @@ pub(super) struct Driver {
     commands_open: bool,
     events: mpsc::Sender<Event>,
     listeners: Vec<Listener>,
-    publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
+    publishes: HashMap<String, Reply>,
     connect_lane: Option<SendFuture>,
     other_lane: Option<SendFuture>,
     token_lane: Option<TokenFuture>,
@@ -377,7 +378,7 @@ impl Driver {
 
     fn publish_done(&mut self, id: String, result: Result<Message, PublishError>) {
         let unclaimed = match self.publishes.remove(&id) {
-            Some(reply) => reply.send(result).err(),
+            Some(reply) => reply.send(result),
             None => Some(result),
         };
         match unclaimed {

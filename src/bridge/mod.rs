@@ -24,12 +24,12 @@ pub mod stats;
 
 mod b2m;
 pub mod endpoints;
+mod ledger;
 mod lifecycle;
 mod m2b;
 pub mod options;
 mod publisher;
 mod reload;
-mod settling;
 mod shared;
 mod shutdown;
 mod spooled;

@@ -4,8 +4,9 @@
 //! publishes: `tests/peers/salesforce.js`) and a real Mosquitto, with traffic that makes every
 //! family the files use have samples (forwards, a drop, a dead letter, a lost Bayeux session);
 //! then every metric name and label in every query of both files must be in its live
-//! `/metrics`. `promtool check rules` validates the rules file where Prometheus's `promtool`
-//! is installed (`scripts/install-deps` installs it; without it the test says so).
+//! `/metrics`. `promtool check rules` validates the rules file (Prometheus's `promtool`,
+//! which `scripts/install-deps` installs; without it that test fails and says how to
+//! install it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -305,9 +306,11 @@ fn promtool_accepts_the_alert_rules() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!(
-            "NOTE: promtool is not installed, so the alert rules were not validated; \
-             scripts/install-deps installs it (Debian package `prometheus`)"
+        // A missing tool is a failure, never a silent pass: the rules would go unchecked.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not installed, so the alert rules cannot be validated; install it \
+             with scripts/install-deps (Debian package `prometheus`: \
+             `apt-get install --no-install-recommends prometheus`)"
         ),
         Err(e) => panic!("cannot run promtool: {e}"),
     }

@@ -28,7 +28,7 @@ use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
-use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
+use crate::mqtt::{ConnectionError, IncomingMessage, MqttEvent, MqttHandle, QoS};
 use settlement::bayeux_data;
 pub(crate) use settlement::{Destination, Held, Settlement, Source};
 
@@ -170,15 +170,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             shared.count_reconnect("disconnected");
             shared.readiness.mqtt_disconnected()
         }
-        MqttEvent::ConnectFailed { error, .. } => {
-            let refused = error.is_credentials_refused();
-            shared.count_reconnect(if refused {
-                "credentials_refused"
-            } else {
-                "connect_failed"
-            });
-            shared.readiness.mqtt_credentials_refused(refused);
-        }
+        MqttEvent::ConnectFailed { error, .. } => connect_failed(shared, &error),
         MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
         // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
         // acknowledged the message already (see `MqttEvent::Oversized`).
@@ -218,6 +210,18 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         _ => {}
     }
+}
+
+/// A connect attempt failed: counted as a reconnect by its cause, and readiness told whether
+/// the broker refused our credentials (reported apart from a broker that is down).
+fn connect_failed(shared: &Shared, error: &ConnectionError) {
+    let refused = error.is_credentials_refused();
+    shared.count_reconnect(if refused {
+        "credentials_refused"
+    } else {
+        "connect_failed"
+    });
+    shared.readiness.mqtt_credentials_refused(refused);
 }
 
 /// The MQTT filters the routes subscribe to, for gap reports.

@@ -156,23 +156,11 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
         },
         P::PubAck(ack) => Ev::PubAck {
             pkid: ack.pkid,
-            failure: failure(
-                ack.reason,
-                &[
-                    p5::PubAckReason::Success,
-                    p5::PubAckReason::NoMatchingSubscribers,
-                ],
-            ),
+            failure: puback_failure5(ack.reason),
         },
         P::PubRec(rec) => Ev::PubRec {
             pkid: rec.pkid,
-            failure: failure(
-                rec.reason,
-                &[
-                    p5::PubRecReason::Success,
-                    p5::PubRecReason::NoMatchingSubscribers,
-                ],
-            ),
+            failure: pubrec_failure5(rec.reason),
         },
         P::PubComp(comp) => Ev::PubComp {
             pkid: comp.pkid,
@@ -180,29 +168,60 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
         },
         P::SubAck(suback) => Ev::SubAck {
             pkid: suback.pkid,
-            codes: suback
-                .return_codes
-                .into_iter()
-                .map(|code| match code {
-                    p5::SubscribeReasonCode::Success(_) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                })
-                .collect(),
+            codes: suback_codes5(suback.return_codes),
         },
         P::UnsubAck(unsuback) => Ev::UnsubAck {
             pkid: unsuback.pkid,
-            failure: unsuback.reasons.into_iter().find_map(|reason| {
-                failure(
-                    reason,
-                    &[
-                        p5::UnsubAckReason::Success,
-                        p5::UnsubAckReason::NoSubscriptionExisted,
-                    ],
-                )
-            }),
+            failure: unsuback_failure5(unsuback.reasons),
         },
         _ => Ev::Other,
     }
+}
+
+/// A PUBACK's failure: "no matching subscribers" is a success (the broker took the message).
+fn puback_failure5(reason: p5::PubAckReason) -> Option<String> {
+    failure(
+        reason,
+        &[
+            p5::PubAckReason::Success,
+            p5::PubAckReason::NoMatchingSubscribers,
+        ],
+    )
+}
+
+/// A PUBREC's failure: "no matching subscribers" is a success (the broker took the message).
+fn pubrec_failure5(reason: p5::PubRecReason) -> Option<String> {
+    failure(
+        reason,
+        &[
+            p5::PubRecReason::Success,
+            p5::PubRecReason::NoMatchingSubscribers,
+        ],
+    )
+}
+
+/// A SUBACK's outcome per filter: granted (at any QoS), or the reason code's name.
+fn suback_codes5(codes: Vec<p5::SubscribeReasonCode>) -> Vec<Result<(), String>> {
+    codes
+        .into_iter()
+        .map(|code| match code {
+            p5::SubscribeReasonCode::Success(_) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .collect()
+}
+
+/// An UNSUBACK's first failure: "no subscription existed" is a success (none is left).
+fn unsuback_failure5(reasons: Vec<p5::UnsubAckReason>) -> Option<String> {
+    reasons.into_iter().find_map(|reason| {
+        failure(
+            reason,
+            &[
+                p5::UnsubAckReason::Success,
+                p5::UnsubAckReason::NoSubscriptionExisted,
+            ],
+        )
+    })
 }
 
 pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {

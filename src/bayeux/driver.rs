@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use super::auth::{AccessToken, TokenFuture};
-use super::channel::ChannelPattern;
+use super::channel::{ChannelIndex, ChannelPattern};
 use super::error::{PublishError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
 use super::liveness::Pulse;
@@ -51,12 +51,6 @@ struct Listener {
     tx: mpsc::Sender<Message>,
 }
 
-impl Listener {
-    fn matches(&self, channel: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(channel))
-    }
-}
-
 pub(super) struct Driver {
     session: Session,
     transport: Arc<dyn Transport>,
@@ -65,6 +59,10 @@ pub(super) struct Driver {
     commands_open: bool,
     events: mpsc::Sender<Event>,
     listeners: Vec<Listener>,
+    /// The listeners' patterns by listener position; `None` after a change to `listeners`
+    /// until the next delivery builds it again (so that many subscriptions in a row cost one
+    /// build).
+    index: Option<ChannelIndex>,
     publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
     connect_lane: Option<SendFuture>,
     other_lane: Option<SendFuture>,
@@ -107,6 +105,7 @@ impl Driver {
             commands_open: true,
             events,
             listeners: Vec::new(),
+            index: None,
             publishes: HashMap::new(),
             connect_lane: None,
             other_lane: None,
@@ -197,12 +196,14 @@ impl Driver {
                     self.session.subscribe(pattern, now);
                 }
                 self.listeners.push(Listener { patterns, tx });
+                self.index = None;
             }
             Command::Unsubscribe { pattern } => {
                 for listener in &mut self.listeners {
                     listener.patterns.retain(|p| *p != pattern);
                 }
                 self.listeners.retain(|l| !l.patterns.is_empty());
+                self.index = None;
                 self.session.unsubscribe(pattern.as_str(), now);
             }
             Command::Publish {
@@ -312,21 +313,14 @@ impl Driver {
         let mut delivered = false;
         let mut gone = Vec::new();
         // Every matching listener but the last gets a copy; the last one takes the message.
-        // (Found first, without collecting the matches: this runs for every delivery.)
-        let last = (0..self.listeners.len())
-            .rev()
-            .find(|&i| self.listeners[i].matches(&message.channel));
+        let matching = self.matching(&message.channel);
+        let last = matching.last().copied();
         let mut message = Some(message);
-        for i in 0..last.map_or(0, |last| last + 1) {
+        for i in matching {
             let copy = if Some(i) == last {
                 message.take()
-            } else if message
-                .as_ref()
-                .is_some_and(|m| self.listeners[i].matches(&m.channel))
-            {
-                message.clone()
             } else {
-                continue;
+                message.clone()
             };
             let Some(copy) = copy else { break };
             // Without a send future unless the reader is behind (then wait: back-pressure).
@@ -360,10 +354,29 @@ impl Driver {
         }
     }
 
+    /// The positions of the listeners with a pattern that matches `channel`, ascending: from
+    /// an index of their patterns (built again after the listeners changed), so that a
+    /// delivery costs the same with one subscription or ten thousand.
+    fn matching(&mut self, channel: &str) -> Vec<usize> {
+        let listeners = &self.listeners;
+        self.index
+            .get_or_insert_with(|| {
+                let mut index = ChannelIndex::new();
+                for (i, listener) in listeners.iter().enumerate() {
+                    for pattern in &listener.patterns {
+                        index.insert(pattern, i);
+                    }
+                }
+                index
+            })
+            .matches(channel)
+    }
+
     /// Drops the listeners `gone` (ascending indices) whose readers went away, and
     /// unsubscribes the patterns nobody else reads.
     fn forget(&mut self, gone: Vec<usize>) {
         let now = Instant::now().into_std();
+        self.index = None;
         for i in gone.into_iter().rev() {
             let listener = self.listeners.remove(i);
             for pattern in listener.patterns {

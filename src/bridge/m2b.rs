@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
 use super::gaps::{self, Gap, GapKind};
-use super::mapping::Route;
+use super::mapping::Routes;
 use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
 use super::settling::Settler;
 use super::shutdown::Signal;
@@ -147,11 +147,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
         // acknowledged the message already (see `MqttEvent::Oversized`).
         MqttEvent::Oversized { topic, size, limit } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared.drop_message(
                 Direction::MqttToBayeux,
                 "payload_too_large",
@@ -168,11 +164,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             count,
             reason,
         } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared
                 .stats
                 .dropped_many(Direction::MqttToBayeux, route, "receiver_full", count);
@@ -346,12 +338,9 @@ fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
 /// The routes and Bayeux channels `topic` goes to, each channel once. An untranslatable
 /// topic is dropped for that route (and, when no route takes it, acknowledged by the caller
 /// so that the broker does not deliver it again).
-fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String)> {
+fn targets(shared: &Shared, routes: &Routes, topic: &str) -> Vec<(usize, String)> {
     let mut targets: Vec<(usize, String)> = Vec::new();
-    for route in routes
-        .iter()
-        .filter(|r| r.subscribes_mqtt() && r.matches_topic(topic))
-    {
+    for route in routes.mqtt_matches(topic) {
         match route.topic_to_channel(topic) {
             Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
                 targets.push((route.number(), channel))
@@ -407,7 +396,7 @@ fn spool(
 async fn publish_all(
     shared: &Shared,
     bayeux: &Client,
-    routes: &[Route],
+    routes: &Routes,
     targets: Vec<(usize, String)>,
     data: crate::bayeux::Data,
     now: Instant,
@@ -451,10 +440,8 @@ async fn publish_all(
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
 /// the bridge also reads.
-pub(crate) fn echoes_back(routes: &[Route], channel: &str) -> bool {
-    routes
-        .iter()
-        .any(|r| r.subscribes_bayeux() && r.matches_channel(channel))
+pub(crate) fn echoes_back(routes: &Routes, channel: &str) -> bool {
+    routes.any_bayeux_match(channel)
 }
 
 pub(crate) struct Pending {
@@ -580,7 +567,7 @@ fn retry_data(
 /// same message.
 pub(crate) fn record_echo(
     shared: &Shared,
-    routes: &[Route],
+    routes: &Routes,
     channel: &str,
     data: &crate::bayeux::Data,
     fingerprint: Option<&mut Option<Vec<u8>>>,

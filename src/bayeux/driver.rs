@@ -30,7 +30,7 @@ use crate::log_limit::{self, LogLimiter};
 pub(super) enum Command {
     Subscribe {
         patterns: Vec<ChannelPattern>,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Box<Message>>,
     },
     Unsubscribe {
         pattern: ChannelPattern,
@@ -48,7 +48,7 @@ pub(super) enum Command {
 
 struct Listener {
     patterns: Vec<ChannelPattern>,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Box<Message>>,
 }
 
 pub(super) struct Driver {
@@ -324,7 +324,7 @@ impl Driver {
             };
             let Some(copy) = copy else { break };
             // Without a send future unless the reader is behind (then wait: back-pressure).
-            let sent = match self.listeners[i].tx.try_send(copy) {
+            let sent = match self.listeners[i].tx.try_send(Box::new(copy)) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(copy)) => self.listeners[i]
                     .tx
@@ -338,7 +338,7 @@ impl Driver {
                 Err(back) => {
                     gone.push(i);
                     if message.is_none() {
-                        message = Some(back);
+                        message = Some(*back);
                     }
                 }
             }

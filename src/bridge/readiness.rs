@@ -351,6 +351,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn many_missing_subscriptions_are_named_ten_at_a_time_and_counted() {
+        let channels: Vec<String> = (10..25).map(|i| format!("/c/{i}")).collect();
+        let r = Readiness::new(channels.clone(), []);
+        r.bayeux_connected(true);
+        r.mqtt_connected(false);
+        r.bayeux_confirmed("/c/10");
+        r.bayeux_confirmed("/not/wanted");
+        assert_eq!(
+            r.reasons(),
+            vec![
+                "Bayeux subscriptions not confirmed: /c/11, /c/12, /c/13, /c/14, /c/15, /c/16, \
+                 /c/17, /c/18, /c/19, /c/20 and 4 more"
+            ]
+        );
+        assert!(
+            r.status().ends_with(
+                "Bayeux connected, 1/15 subscriptions; MQTT connected, 0/0 subscriptions"
+            ),
+            "{}",
+            r.status()
+        );
+        for channel in &channels {
+            r.bayeux_confirmed(channel);
+        }
+        assert!(r.is_ready());
+    }
+
+    #[test]
     fn ready_only_with_both_sides_up_and_everything_confirmed() {
         let r = Readiness::new(["/a".to_owned()], ["t/#".to_owned()]);
         assert!(!r.is_ready());

@@ -74,7 +74,7 @@ impl PatternTrie {
     }
 
     /// The ids of the patterns that some name matches together with `segs` (see
-    /// [`super::report::overlap`]), ascending, each once. A concrete topic is a pattern of
+    /// `report::overlap`, which it is tested against), ascending, each once. A concrete topic is a pattern of
     /// literals only, so this also answers which filters match a topic.
     pub(super) fn overlapping(&self, segs: &[Seg]) -> Vec<usize> {
         let mut out = Vec::new();

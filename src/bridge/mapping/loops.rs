@@ -75,7 +75,8 @@ fn example(forth: &Route, back: &Route) -> Option<Loop> {
                 return None;
             }
             let back_channel = back.topic_to_channel(&topic).ok()?;
-            forth.matches_channel(&back_channel).then(|| Loop {
+            let loops = forth.matches_channel(&back_channel);
+            loops.then_some(Loop {
                 forth: forth.index,
                 back: back.index,
                 channel,

@@ -134,7 +134,7 @@ fn overlaps(routes: &[Route]) -> Vec<String> {
 
 /// Valid routes that are probably mistakes: two routes that forward the same message in the
 /// same direction (it is then forwarded once per route), routes that feed each other's
-/// messages back across directions (see [`super::loops`]), and keys that have no effect.
+/// messages back across directions (see [`super::find_loops`]), and keys that have no effect.
 pub fn warnings(routes: &[Route]) -> Vec<String> {
     let mut out = overlaps(routes);
     out.extend(super::loops::warnings(routes));

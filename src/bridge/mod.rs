@@ -266,6 +266,8 @@ impl Bridge {
         };
         let (bayeux_channels, mqtt_filters) = wanted(&routes);
         let stats = Arc::new(Stats::default());
+        let names = routes.iter().map(|r| r.name.clone()).collect();
+        stats.set_routes(names, config.http.per_route_metrics);
         let notifier = crate::notify::Notifier::from_env().map(Arc::new);
         if let Some(n) = &notifier {
             n.status("Connecting to the Bayeux server and the MQTT broker");

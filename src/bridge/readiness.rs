@@ -287,9 +287,10 @@ impl Readiness {
         m.ready.set(flag(ready));
     }
 
-    /// Sets every wanted subscription's gauge (after a change to many of them).
+    /// Sets every wanted subscription's gauge (after a change to many of them). None with
+    /// `http.per_route_metrics = false`: `bridge_ready` tells whether all are confirmed.
     fn mirror_subscriptions(&self) {
-        if self.stats.is_none() {
+        if !self.stats.as_ref().is_some_and(|s| s.per_route()) {
             return;
         }
         let state = self.lock();
@@ -305,7 +306,9 @@ impl Readiness {
 
     /// Sets one subscription's gauge.
     fn mirror_subscription(&self, side: &'static str, subscription: &str, confirmed: bool) {
-        let Some(stats) = &self.stats else { return };
+        let Some(stats) = self.stats.as_ref().filter(|s| s.per_route()) else {
+            return;
+        };
         let labels = SubscriptionLabels {
             side,
             subscription: subscription.to_owned(),
@@ -449,6 +452,33 @@ mod tests {
         );
         r.bayeux_liveness(live(0));
         assert!(r.is_ready());
+    }
+
+    #[test]
+    fn subscription_gauges_follow_per_route_metrics() {
+        for per_route in [true, false] {
+            let stats = Arc::new(Stats::default());
+            stats.set_routes(vec!["route[1]".into()], per_route);
+            let r = Readiness::new(["/a".to_owned(), "/b".to_owned()], [])
+                .with_stats(Arc::clone(&stats));
+            r.bayeux_connected(true);
+            r.bayeux_confirmed("/a");
+            let text = stats.metrics.encode();
+            assert_eq!(
+                text.contains(
+                    r#"bridge_subscription_confirmed{side="bayeux",subscription="/a"} 1"#
+                ),
+                per_route,
+                "{text}"
+            );
+            assert_eq!(
+                text.contains(
+                    r#"bridge_subscription_confirmed{side="bayeux",subscription="/b"} 0"#
+                ),
+                per_route,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -60,13 +60,20 @@ pub const ALL_ROUTES: &str = "all";
 /// The `route` label of each route number, and the Prometheus series a message of each
 /// route touches, looked up once instead of per message (a `Family` lookup takes a lock and
 /// hashes the labels). Replaced when the routes change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RouteTable {
     /// By route number; `[0]` is [`NO_ROUTE`]. With `per_route` off: `[NO_ROUTE, ALL_ROUTES]`.
     labels: Vec<Arc<str>>,
     per_route: bool,
     /// By direction, then as `labels`.
     series: [Vec<OnceLock<RouteSeries>>; 2],
+}
+
+impl Default for RouteTable {
+    /// Before the routes are known: per route, without names.
+    fn default() -> Self {
+        RouteTable::new(Vec::new(), true)
+    }
 }
 
 impl RouteTable {
@@ -160,6 +167,14 @@ impl Stats {
     /// `per_route` false every route counts under [`ALL_ROUTES`].
     pub fn set_routes(&self, names: Vec<String>, per_route: bool) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = RouteTable::new(names, per_route);
+    }
+
+    /// Whether series per route (and per subscription) are wanted (`http.per_route_metrics`).
+    pub fn per_route(&self) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_route
     }
 
     /// A message was taken from the source side for `route` (1-based).

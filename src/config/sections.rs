@@ -168,7 +168,9 @@ pub struct HttpConfig {
     /// Whether the message counters (`bridge_messages_*_total`) have a series per route
     /// (`route` = the route's `name`). With `false` every route counts under
     /// `route="all"`: one series per direction (and drop reason) however many routes there
-    /// are, for mapping files with thousands of routes. Default true. Changes at a restart.
+    /// are, for mapping files with thousands of routes; and no
+    /// `bridge_subscription_confirmed` series per subscription. Default true. Changes at a
+    /// restart.
     #[serde(default = "default_per_route_metrics")]
     pub per_route_metrics: bool,
 }

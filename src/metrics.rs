@@ -24,8 +24,9 @@ pub struct DirectionLabels {
 pub struct RouteLabels {
     /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
     pub direction: &'static str,
-    /// The 1-based route number (`0` when no route applies).
-    pub route: u32,
+    /// The route's `name` (default `route[<n>]`); `all` with `http.per_route_metrics =
+    /// false`, `none` when no route applies.
+    pub route: std::sync::Arc<str>,
 }
 
 /// `direction`, `route` and `reason` labels.
@@ -33,8 +34,8 @@ pub struct RouteLabels {
 pub struct DropLabels {
     /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
     pub direction: &'static str,
-    /// The 1-based route number (`0` when no route applies).
-    pub route: u32,
+    /// As in [`RouteLabels`].
+    pub route: std::sync::Arc<str>,
     /// Why, e.g. `binary_payload`, `unmapped`, `bayeux_refused`.
     pub reason: &'static str,
 }
@@ -425,7 +426,7 @@ mod tests {
         m.received
             .get_or_create(&RouteLabels {
                 direction: "bayeux_to_mqtt",
-                route: 1,
+                route: "orders".into(),
             })
             .inc();
         m.last_forward
@@ -436,18 +437,18 @@ mod tests {
         m.dropped
             .get_or_create(&DropLabels {
                 direction: "mqtt_to_bayeux",
-                route: 2,
+                route: "route[2]".into(),
                 reason: "binary_payload",
             })
             .inc();
         let text = m.encode();
         assert!(
             text.contains(
-                r#"bridge_messages_received_total{direction="bayeux_to_mqtt",route="1"} 1"#
+                r#"bridge_messages_received_total{direction="bayeux_to_mqtt",route="orders"} 1"#
             ),
             "{text}"
         );
-        assert!(text.contains(r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="2",reason="binary_payload"} 1"#));
+        assert!(text.contains(r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="route[2]",reason="binary_payload"} 1"#));
         assert!(text.contains("bridge_build_info{version="));
         assert!(text.contains("# TYPE bridge_last_forward_timestamp_seconds gauge"));
         assert!(text.ends_with("# EOF\n"));

@@ -417,7 +417,7 @@ async fn undeliverable_messages_are_dead_lettered_with_why_and_counted() {
     .iter()
     .map(|(direction, route, reason)| {
         format!(
-            "bridge_dead_letters_total{{direction=\"{direction}\",route=\"{route}\",reason=\"{reason}\"}} 1"
+            "bridge_dead_letters_total{{direction=\"{direction}\",route=\"route[{route}]\",reason=\"{reason}\"}} 1"
         )
     })
     .collect();

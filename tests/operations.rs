@@ -532,8 +532,8 @@ async fn metrics_change_as_traffic_flows() {
         .await;
     // A message counts as forwarded once the destination acknowledged it, which may be a
     // moment after the test client saw it.
-    let b2m = [("direction", B2M), ("route", "1")];
-    let m2b = [("direction", M2B), ("route", "2")];
+    let b2m = [("direction", B2M), ("route", "route[1]")];
+    let m2b = [("direction", M2B), ("route", "route[2]")];
     let n = N as f64;
     let after = http
         .scrape_until("N forwarded each way", |s| {
@@ -601,7 +601,7 @@ async fn metrics_change_as_traffic_flows() {
         .await;
     let dropped = [
         ("direction", M2B),
-        ("route", "2"),
+        ("route", "route[2]"),
         ("reason", "binary_payload"),
     ];
     let after_drop = http

@@ -326,7 +326,7 @@ impl Counting {
     fn published(&self, letter: &Undeliverable, topic: &str) {
         let labels = DropLabels {
             direction: letter.direction.as_str(),
-            route: u32::try_from(letter.route).unwrap_or(u32::MAX),
+            route: self.stats.route_label(letter.route),
             reason: letter.reason,
         };
         self.stats.metrics.dead_letters.get_or_create(&labels).inc();

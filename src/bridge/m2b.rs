@@ -22,7 +22,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
-use super::mapping::Route;
+use super::mapping::Routes;
 use super::payload::{echo_fingerprint, mqtt_ext};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
@@ -175,11 +175,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
         // acknowledged the message already (see `MqttEvent::Oversized`).
         MqttEvent::Oversized { topic, size, limit } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared.drop_message(
                 Direction::MqttToBayeux,
                 "payload_too_large",
@@ -196,11 +192,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             count,
             reason,
         } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared
                 .stats
                 .dropped_many(Direction::MqttToBayeux, route, "receiver_full", count);
@@ -372,13 +364,10 @@ fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
 /// its route. An untranslatable topic is dead-lettered or dropped for that route (and, when
 /// no route takes it, acknowledged by the caller so that the broker does not deliver it
 /// again).
-fn targets(shared: &Shared, routes: &[Route], message: &IncomingMessage) -> Vec<Destination> {
+fn targets(shared: &Shared, routes: &Routes, message: &IncomingMessage) -> Vec<Destination> {
     let topic = message.topic.as_str();
     let mut targets: Vec<Destination> = Vec::new();
-    for route in routes
-        .iter()
-        .filter(|r| r.subscribes_mqtt() && r.matches_topic(topic))
-    {
+    for route in routes.mqtt_matches(topic) {
         match route.topic_to_channel(topic) {
             Ok(channel) if !targets.iter().any(|t| t.channel == channel) => {
                 targets.push(Destination {
@@ -437,10 +426,8 @@ fn spool(
 
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
 /// the bridge also reads.
-pub(crate) fn echoes_back(routes: &[Route], channel: &str) -> bool {
-    routes
-        .iter()
-        .any(|r| r.subscribes_bayeux() && r.matches_channel(channel))
+pub(crate) fn echoes_back(routes: &Routes, channel: &str) -> bool {
+    routes.any_bayeux_match(channel)
 }
 
 /// Where taken messages go: to the Bayeux server, settled on the settlement task, or with

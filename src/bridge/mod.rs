@@ -266,6 +266,8 @@ impl Bridge {
             false => None,
         };
         let stats = Arc::new(Stats::default());
+        let names = routes.iter().map(|r| r.name.clone()).collect();
+        stats.set_routes(names, config.http.per_route_metrics);
         let (notifier, readiness) = reporters(&routes, &stats);
         let listener = match config.http.listen {
             Some(addr) => Some(crate::http::bind(addr).await?),

@@ -84,6 +84,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, d)| RouteConfig {
+                name: None,
                 bayeux: format!("/r{i}/*"),
                 mqtt: format!("r{i}/+"),
                 direction: *d,

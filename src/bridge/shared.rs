@@ -12,7 +12,7 @@ use tracing::warn;
 use super::dead_letter::{DeadLetters, Undeliverable};
 use super::echo::EchoFilter;
 use super::gaps::Pressure;
-use super::mapping::Route;
+use super::mapping::{Route, Routes};
 use super::readiness::Readiness;
 use super::replay::{self, Replay};
 use super::spooled::Spools;
@@ -52,7 +52,9 @@ impl Drop for Slot {
 /// State both pipelines share.
 pub(crate) struct Shared {
     /// The current routes (replaced by a reload).
-    routes: RwLock<Arc<Vec<Route>>>,
+    routes: RwLock<Arc<Routes>>,
+    /// `http.per_route_metrics` (read at the start).
+    per_route_metrics: bool,
     /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
     bayeux: RwLock<Client>,
     /// The Bayeux session MQTT → Bayeux publishes through when it is not `bayeux`
@@ -129,7 +131,8 @@ impl Shared {
         let v311 = config.mqtt.protocol == MqttProtocol::V311;
         let stats_for_dead_letters = Arc::clone(&stats);
         Shared {
-            routes: RwLock::new(Arc::new(Vec::new())),
+            routes: RwLock::new(Arc::new(Routes::default())),
+            per_route_metrics: config.http.per_route_metrics,
             bayeux: RwLock::new(bayeux),
             publisher: RwLock::new(None),
             stats,
@@ -169,13 +172,16 @@ impl Shared {
     }
 
     /// The current routes.
-    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
+    pub(crate) fn routes(&self) -> Arc<Routes> {
         Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Replaces the routes (indexed for the pipelines), and the names their metrics carry.
     pub(crate) fn set_routes(&self, routes: Vec<Route>) {
         self.dead_letters.set_routes(&routes);
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        let names = routes.iter().map(|r| r.name.clone()).collect();
+        self.stats.set_routes(names, self.per_route_metrics);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Routes::new(routes));
     }
 
     /// The current Bayeux client.

@@ -171,6 +171,18 @@ pub struct HttpConfig {
     /// `bridge_http_connections_refused_total`). Default 64, from 1 to 4096.
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
+    /// Whether the message counters (`bridge_messages_*_total`) have a series per route
+    /// (`route` = the route's `name`). With `false` every route counts under
+    /// `route="all"`: one series per direction (and drop reason) however many routes there
+    /// are, for mapping files with thousands of routes; and no
+    /// `bridge_subscription_confirmed` series per subscription. Default true. Changes at a
+    /// restart.
+    #[serde(default = "default_per_route_metrics")]
+    pub per_route_metrics: bool,
+}
+
+fn default_per_route_metrics() -> bool {
+    true
 }
 
 fn default_http_max_connections() -> usize {
@@ -182,6 +194,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: None,
             max_connections: default_http_max_connections(),
+            per_route_metrics: default_per_route_metrics(),
         }
     }
 }
@@ -191,6 +204,13 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A name for the route, unique among the routes: the `route` label of its metrics, and
+    /// how logs, `check` and `explain` name it beside its number. Default `route[<n>]` (`n`
+    /// counting the `[[route]]` tables from 1). At most 128 characters, none of them a
+    /// control character; not `all` or `none` (the labels of all routes together and of
+    /// messages no route took).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Bayeux channel or pattern: `/a/b`, `/a/*` (one more segment) or `/a/**` (one or more).
     /// Not `/meta/**`. Required.
     pub bayeux: String,

@@ -626,6 +626,7 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
             "at least one [[route]] is required; the bridge would forward nothing",
         ));
     }
+    let mut names = std::collections::HashMap::new();
     for (i, route) in routes.iter().enumerate() {
         if route.qos > 2 {
             return Err(Invalid::new(
@@ -637,6 +638,51 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
             json_pointer(pointer)
                 .map_err(|reason| Invalid::new(format!("route[{}].payload", i + 1), reason))?;
         }
+        if let Some(name) = &route.name {
+            route_name(name)
+                .map_err(|reason| Invalid::new(format!("route[{}].name", i + 1), reason))?;
+        }
+        let name = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route[{}]", i + 1));
+        if let Some(first) = names.insert(name, i + 1) {
+            let key = match route.name {
+                Some(_) => format!("route[{}].name", i + 1),
+                None => format!("route[{first}].name"),
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "route[{first}] and route[{}] have the same name; names must be unique \
+                     (a route without `name` is called route[<n>])",
+                    i + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The longest `route[n].name`.
+const MAX_ROUTE_NAME: usize = 128;
+
+/// Checks a `route[n].name` as written.
+fn route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty (leave the key out for route[<n>])".into());
+    }
+    if name.chars().count() > MAX_ROUTE_NAME {
+        return Err(format!("is longer than {MAX_ROUTE_NAME} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if name == "all" || name == "none" {
+        return Err(format!(
+            "{name:?} is reserved: the metrics use route=\"all\" with http.per_route_metrics \
+             = false and route=\"none\" for messages no route took"
+        ));
     }
     Ok(())
 }

@@ -503,10 +503,7 @@ fn admit(shared: &Shared, route: &Route, message: &Message) -> Option<Option<Tic
 /// topic the bridge also subscribes to can (MQTT 3.1.1 has no No Local).
 pub(crate) fn record_mqtt_echo(shared: &Shared, topic: &str, payload: &[u8]) {
     if let Some(mut echoes) = shared.mqtt_echoes()
-        && shared
-            .routes()
-            .iter()
-            .any(|r| r.subscribes_mqtt() && r.matches_topic(topic))
+        && shared.routes().mqtt_matches(topic).next().is_some()
     {
         echoes.record(topic, payload, Instant::now());
     }

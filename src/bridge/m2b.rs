@@ -285,17 +285,29 @@ fn session_lost(shared: &Arc<Shared>, session_present: bool) {
     tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
 }
 
-/// Publishes the retained `online` status (the will says `offline`).
+/// Publishes the retained `online` status (the will says `offline`); at most one at a time
+/// (see [`super::shared::Announcing`]).
 fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
-    let mqtt = mqtt.clone();
-    let topic = shared.status_topic();
+    if !shared.announcing().begin() {
+        debug!("Status online still on its way; announced again once it is done.");
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let mut mqtt = mqtt.clone();
     tokio::spawn(async move {
-        match mqtt
-            .publish(&topic, "online".into(), QoS::AtLeastOnce, true)
-            .await
-        {
-            Ok(()) => info!(%topic, "Status online."),
-            Err(e) => warn!(%topic, error = %e, "Could not publish the online status."),
+        loop {
+            let topic = shared.status_topic();
+            match mqtt
+                .publish(&topic, "online".into(), QoS::AtLeastOnce, true)
+                .await
+            {
+                Ok(()) => info!(%topic, "Status online."),
+                Err(e) => warn!(%topic, error = %e, "Could not publish the online status."),
+            }
+            if !shared.announcing().end() {
+                return;
+            }
+            mqtt = shared.mqtt();
         }
     });
 }

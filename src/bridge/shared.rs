@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) persistent_mqtt_session: AtomicBool,
     /// The MQTT session as the bridge last saw it (for `mqtt_session_lost` gaps).
     pub(crate) mqtt_session: Mutex<MqttSession>,
+    /// The retained `online` status announcements (`super::m2b::announce_online`).
+    pub(crate) announcing: Mutex<Announcing>,
     /// Bayeux messages received and never forwarded because the drain deadline passed.
     pub(crate) b2m_abandoned: std::sync::atomic::AtomicU64,
     /// MQTT messages received and not yet taken when MQTT → Bayeux stopped.
@@ -150,6 +152,7 @@ impl Shared {
             m2b_pressure: Pressure::default(),
             persistent_mqtt_session: AtomicBool::new(persistent(&config.mqtt)),
             mqtt_session: Mutex::default(),
+            announcing: Mutex::default(),
             b2m_abandoned: Default::default(),
             m2b_left_pending: Default::default(),
             log_limit: SharedLimiter::default(),
@@ -164,6 +167,10 @@ impl Shared {
     /// The MQTT session state.
     pub(crate) fn mqtt_session(&self) -> MutexGuard<'_, MqttSession> {
         self.mqtt_session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn announcing(&self) -> MutexGuard<'_, Announcing> {
+        self.announcing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `options` with the replay extension, when replay is on.
@@ -321,5 +328,58 @@ impl Shared {
                 name = letter.name(), detail = %letter.error, dead_letter_topic = %topic, "{DEAD}");
         }
         self.dead_letters.send(self.mqtt(), topic, letter);
+    }
+}
+
+/// The retained `online` status announcements: at most one publish in flight, and at most
+/// one more asked for while it is. A connection that keeps dropping before the broker
+/// acknowledges the announcement would otherwise pile up one more QoS 1 publish per
+/// CONNACK, every one of them sent again after each reconnect. One in flight is enough: the
+/// MQTT client sends it again on the next connection, after the broker published the will.
+#[derive(Debug, Default)]
+pub(crate) struct Announcing {
+    in_flight: bool,
+    again: bool,
+}
+
+impl Announcing {
+    /// A connection came up: whether to publish now (`false`: one is in flight; it is
+    /// published once more when that one ends).
+    pub(crate) fn begin(&mut self) -> bool {
+        if self.in_flight {
+            self.again = true;
+            return false;
+        }
+        self.in_flight = true;
+        true
+    }
+
+    /// The publish in flight ended: whether to publish once more (a connection came up
+    /// meanwhile, and the publish may have been acknowledged on the one before it).
+    pub(crate) fn end(&mut self) -> bool {
+        if std::mem::take(&mut self.again) {
+            return true;
+        }
+        self.in_flight = false;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Announcing;
+
+    #[test]
+    fn one_announcement_at_a_time_and_one_more_for_the_connections_meanwhile() {
+        let mut a = Announcing::default();
+        assert!(a.begin(), "the first connection publishes");
+        // Five more CONNACKs while it is on its way: no more publishes pile up.
+        for _ in 0..5 {
+            assert!(!a.begin());
+        }
+        assert!(a.end(), "published once more for the connections meanwhile");
+        assert!(!a.end(), "and then no more");
+        assert!(a.begin(), "the next connection publishes again");
+        assert!(!a.end());
     }
 }

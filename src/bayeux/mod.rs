@@ -23,6 +23,7 @@ pub mod message;
 mod options;
 pub mod session;
 pub mod transport;
+mod transports;
 
 pub use auth::{AccessToken, Grant, OAuthTokenSource, StaticToken, TokenSource};
 pub use channel::ChannelPattern;
@@ -32,3 +33,4 @@ pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;
 pub use liveness::Liveness;
 pub use message::{Data, Message};
+pub use transport::TransportChoice;

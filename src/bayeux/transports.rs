@@ -1,8 +1,11 @@
 //! Which transport carries each request: the driver's routing between the transports of
 //! one client, and the WebSocket fallback of `auto`.
 //!
-//! With [`TransportChoice::Auto`] the handshake goes over long-polling (HTTP works wherever
-//! the server is reachable) and offers `websocket` first. When the server picks it, the
+//! The handshake always goes over long-polling (every Bayeux server has it, and its reply
+//! names the server's transports even when ours are not among them, so that a configured
+//! `websocket` the server lacks is an error naming what it offers). With
+//! [`TransportChoice::WebSocket`] everything after it goes over WebSocket. With
+//! [`TransportChoice::Auto`] the handshake offers `websocket` first. When the server picks it, the
 //! session's `/meta/connect`s go over WebSocket; everything else stays on long-polling until
 //! the first connect over WebSocket has succeeded (so nothing but that connect is at risk
 //! while the WebSocket is unproven), then goes over WebSocket too. A WebSocket that fails
@@ -167,10 +170,10 @@ impl Transports {
     pub(super) fn route(&mut self, lane: Lane, messages: &mut [Message]) -> Arc<dyn Transport> {
         let transport = match (&self.ws, self.state) {
             (None, _) => Arc::clone(&self.http),
-            (Some(ws), _) if self.choice == TransportChoice::WebSocket => Arc::clone(ws),
             (Some(_), _) if messages.first().is_some_and(|m| m.channel == META_HANDSHAKE) => {
                 Arc::clone(&self.http)
             }
+            (Some(ws), _) if self.choice == TransportChoice::WebSocket => Arc::clone(ws),
             (Some(ws), Ws::Proven) => Arc::clone(ws),
             (Some(ws), Ws::Trying) if lane == Lane::Connect => {
                 self.trial = Some(messages.to_vec());
@@ -193,8 +196,9 @@ impl Transports {
         self.trial.is_some()
     }
 
-    /// The result of a request on `lane`: a failed trial connect of `auto` is a fallback.
-    /// An authentication status is not (the token is refreshed, as on any transport).
+    /// The result of a request on `lane`: a failed trial connect of `auto` is a fallback,
+    /// whatever the failure (a 401/403 on the upgrade too: the handshake over long-polling
+    /// just took the same credentials, so it is a proxy's refusal).
     pub(super) fn on_result(
         &mut self,
         lane: Lane,
@@ -204,8 +208,7 @@ impl Transports {
         if lane != Lane::Connect || self.trial.is_none() {
             return None;
         }
-        let failed = matches!(result, Err(e) if !matches!(e, TransportError::Status { status: 401 | 403 }));
-        if self.choice != TransportChoice::Auto || !failed {
+        if self.choice != TransportChoice::Auto || result.is_ok() {
             self.trial = None;
             return None;
         }
@@ -225,5 +228,117 @@ impl Transports {
     /// The name of the fallback transport.
     pub(super) fn http_name(&self) -> &'static str {
         self.http.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bayeux::transport::SendFuture;
+
+    struct Named(&'static str);
+
+    impl Transport for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn send(&self, _messages: Vec<Message>, _deadline: Duration) -> SendFuture {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn auto() -> Transports {
+        Transports::with_websocket(
+            TransportChoice::Auto,
+            Arc::new(Named("long-polling")),
+            Arc::new(Named("websocket")),
+            BackoffOptions {
+                increment: Duration::from_secs(10),
+                max: Duration::from_secs(60),
+                jitter: 0.0,
+            },
+        )
+    }
+
+    fn route(t: &mut Transports, lane: Lane, channel: &str) -> (&'static str, Option<String>) {
+        let mut messages = vec![Message::new(channel)];
+        let name = t.route(lane, &mut messages).name();
+        (name, messages.remove(0).connection_type)
+    }
+
+    #[test]
+    fn auto_tries_websocket_for_the_connect_only_until_it_has_carried_one() {
+        let mut t = auto();
+        let now = Instant::now();
+        assert_eq!(t.offered(), vec!["websocket", "long-polling"]);
+        assert_eq!(route(&mut t, Lane::Other, META_HANDSHAKE).0, "long-polling");
+        assert_eq!(t.on_handshaken("websocket", now), None);
+        assert_eq!(
+            route(&mut t, Lane::Connect, "/meta/connect"),
+            ("websocket", Some("websocket".into()))
+        );
+        assert!(t.is_trial());
+        assert_eq!(route(&mut t, Lane::Other, "/meta/subscribe").0, "long-polling");
+        assert!(t.on_result(Lane::Connect, &Ok(Vec::new()), now).is_none());
+        t.on_connected();
+        assert_eq!(route(&mut t, Lane::Other, "/a").0, "websocket");
+        assert_eq!(t.in_use().get(), Some("websocket"));
+    }
+
+    #[test]
+    fn a_failed_trial_falls_back_and_websocket_waits_for_a_handshake_after_the_backoff() {
+        let mut t = auto();
+        let now = Instant::now();
+        t.on_handshaken("websocket", now);
+        route(&mut t, Lane::Connect, "/meta/connect");
+        let failed = Err(TransportError::Status { status: 403 });
+        let fallback = t
+            .on_result(Lane::Connect, &failed, now)
+            .unwrap_or_else(|| panic!("no fallback"));
+        assert_eq!(fallback.retry_after, Duration::from_secs(10));
+        assert_eq!(
+            fallback.connect[0].connection_type.as_deref(),
+            Some("long-polling")
+        );
+        assert_eq!(t.in_use().get(), Some("long-polling"));
+        assert_eq!(route(&mut t, Lane::Connect, "/meta/connect").0, "long-polling");
+        // A handshake within the backoff stays on long-polling; one after it tries again.
+        assert_eq!(t.on_handshaken("websocket", now), Some("long-polling"));
+        assert_eq!(
+            t.on_handshaken("websocket", now + Duration::from_secs(11)),
+            None
+        );
+        assert_eq!(route(&mut t, Lane::Connect, "/meta/connect").0, "websocket");
+        // The second fallback waits longer.
+        let second = t.on_result(Lane::Connect, &failed, now);
+        assert_eq!(second.map(|f| f.retry_after), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn websocket_only_never_falls_back_and_one_transport_takes_everything() {
+        let mut t = Transports::with_websocket(
+            TransportChoice::WebSocket,
+            Arc::new(Named("long-polling")),
+            Arc::new(Named("websocket")),
+            BackoffOptions::default(),
+        );
+        let now = Instant::now();
+        assert_eq!(t.offered(), vec!["websocket"]);
+        assert_eq!(route(&mut t, Lane::Other, META_HANDSHAKE).0, "long-polling");
+        t.on_handshaken("websocket", now);
+        assert_eq!(route(&mut t, Lane::Other, "/meta/subscribe").0, "websocket");
+        route(&mut t, Lane::Connect, "/meta/connect");
+        let failed = Err(TransportError::Io("refused".into()));
+        assert!(t.on_result(Lane::Connect, &failed, now).is_none());
+
+        let mut one = Transports::single(Arc::new(Named("callback-polling")));
+        assert_eq!(one.offered(), vec!["callback-polling"]);
+        assert_eq!(route(&mut one, Lane::Other, META_HANDSHAKE).0, "callback-polling");
+        assert_eq!(
+            route(&mut one, Lane::Connect, "/meta/connect").1.as_deref(),
+            Some("callback-polling")
+        );
     }
 }

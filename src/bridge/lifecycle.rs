@@ -64,7 +64,13 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
                 readiness.bayeux_new_session()
             }
             Event::HandshakeFailed { .. } => count(&stats.metrics.reconnects, "handshake_failed"),
-            Event::Connected => readiness.bayeux_connected(true),
+            Event::Connected => {
+                // The transport of the session (after an `auto` fallback, long-polling).
+                if let Some(transport) = shared.bayeux().transport() {
+                    stats.metrics.set_transport(transport);
+                }
+                readiness.bayeux_connected(true)
+            }
             Event::ConnectFailed { next, .. } => {
                 let cause = match next {
                     bayeux::Next::Retry(_) => "connect_failed",

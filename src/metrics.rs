@@ -432,6 +432,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_transport_in_use_is_1_and_one_used_before_0() {
+        let m = Metrics::new();
+        m.set_transport("websocket");
+        assert!(m.encode().contains(r#"bridge_bayeux_transport{transport="websocket"} 1"#));
+        m.set_transport("long-polling");
+        let text = m.encode();
+        assert!(text.contains(r#"bridge_bayeux_transport{transport="long-polling"} 1"#), "{text}");
+        assert!(text.contains(r#"bridge_bayeux_transport{transport="websocket"} 0"#), "{text}");
+        assert!(!text.contains("callback-polling"), "{text}");
+    }
+
+    #[test]
     fn exposition_has_prefixed_names_labels_and_build_info() {
         let m = Metrics::new();
         m.received

@@ -28,6 +28,9 @@ use common::no_upgrade::NoUpgrade;
 use common::peers::{PeerKind, PeerServer};
 use serde_json::{Value, json};
 
+/// Generous bound for a scripted server's requests.
+const WAIT: Duration = Duration::from_secs(10);
+
 fn over(transport: TransportChoice, url: &str) -> ClientOptions {
     ClientOptions {
         transport,
@@ -254,4 +257,84 @@ async fn comment_filtered_replies_are_read_and_the_extension_is_offered_when_ask
         .collect();
     assert_eq!(handshakes.len(), 2);
     assert!(handshakes[1].messages[0]["ext"]["json-comment-filtered"].is_null());
+}
+
+// ----- the upgrade request (scripted server) --------------------------------------------
+
+/// A server that offers WebSocket, sets a session cookie at handshake and answers every
+/// upgrade with 400: what the upgrade request carries can be read from the log, and the
+/// client falls back. (Faye sets no cookie and cannot show the request it got.)
+fn offers_websocket_and_refuses_upgrades(req: &Request) -> Reply {
+    if req.header("upgrade").is_some() {
+        return Reply::Status(400, "no WebSocket here".into());
+    }
+    let replies: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|m| match m["channel"].as_str().unwrap_or("") {
+            "/meta/handshake" => {
+                let mut reply = bayeux::handshake_ok(m, "c1");
+                reply["supportedConnectionTypes"] = json!(["websocket", "long-polling"]);
+                reply
+            }
+            "/meta/connect" => bayeux::connect_ok(m, None),
+            "/meta/subscribe" => bayeux::subscribe_ok(m),
+            _ => bayeux::ok(m),
+        })
+        .collect();
+    let reply = Reply::Json(Value::Array(replies));
+    match req.channel() {
+        Some("/meta/handshake") => {
+            Reply::SetCookie("BAYEUX_BROWSER=b1; Path=/".into(), Box::new(reply))
+        }
+        Some("/meta/connect") => Reply::Delayed(Duration::from_millis(200), Box::new(reply)),
+        _ => reply,
+    }
+}
+
+#[tokio::test]
+async fn the_upgrade_carries_the_cookies_headers_and_token_and_a_4xx_falls_back() {
+    let server = FakeServer::start(offers_websocket_and_refuses_upgrades).await;
+    let options = ClientOptions {
+        headers: vec![("X-Api-Key".into(), "k-123".into())],
+        token_source: Some(std::sync::Arc::new(
+            bayeux_mqtt_bridge::bayeux::StaticToken::new("tok-456"),
+        )),
+        ..fast_options(&server.url())
+    };
+    let (client, mut events) = start(options, vec![]);
+    let _sub = subscribed(&client, &mut events, "/up/x").await;
+    let upgrades = server
+        .wait_for("an upgrade and a connect after it", WAIT, |log| {
+            let upgrade = log.iter().position(|r| r.header("upgrade").is_some());
+            upgrade.is_some_and(|at| {
+                log[at..]
+                    .iter()
+                    .any(|r| r.channel() == Some("/meta/connect"))
+            })
+        })
+        .await;
+    let upgrade = upgrades
+        .iter()
+        .find(|r| r.header("upgrade").is_some())
+        .unwrap();
+    assert_eq!(upgrade.method, "GET");
+    assert_eq!(upgrade.path, "/cometd");
+    assert!(upgrade.header("upgrade").unwrap().eq_ignore_ascii_case("websocket"));
+    assert_eq!(upgrade.header("cookie"), Some("BAYEUX_BROWSER=b1"));
+    assert_eq!(upgrade.header("x-api-key"), Some("k-123"));
+    assert_eq!(upgrade.header("authorization"), Some("Bearer tok-456"));
+    // The connect after the refused upgrade went over long-polling, naming it.
+    let after: Vec<&Request> = upgrades
+        .iter()
+        .skip_while(|r| r.header("upgrade").is_none())
+        .filter(|r| r.channel() == Some("/meta/connect"))
+        .collect();
+    assert_eq!(after[0].messages[0]["connectionType"], json!("long-polling"));
+    assert_eq!(client.transport(), Some("long-polling"));
+    assert_eq!(
+        upgrades.iter().filter(|r| r.header("upgrade").is_some()).count(),
+        1
+    );
+    client.disconnect().await;
 }

@@ -308,7 +308,12 @@ impl Metrics {
     /// Marks `name` as the Bayeux transport in use (and any other as not).
     pub fn set_transport(&self, name: &'static str) {
         for known in ["websocket", "long-polling", "callback-polling"] {
-            if known != name && self.transport.get(&TransportLabels { transport: known }).is_some() {
+            if known != name
+                && self
+                    .transport
+                    .get(&TransportLabels { transport: known })
+                    .is_some()
+            {
                 self.transport
                     .get_or_create(&TransportLabels { transport: known })
                     .set(0);
@@ -435,11 +440,20 @@ mod tests {
     fn the_transport_in_use_is_1_and_one_used_before_0() {
         let m = Metrics::new();
         m.set_transport("websocket");
-        assert!(m.encode().contains(r#"bridge_bayeux_transport{transport="websocket"} 1"#));
+        assert!(
+            m.encode()
+                .contains(r#"bridge_bayeux_transport{transport="websocket"} 1"#)
+        );
         m.set_transport("long-polling");
         let text = m.encode();
-        assert!(text.contains(r#"bridge_bayeux_transport{transport="long-polling"} 1"#), "{text}");
-        assert!(text.contains(r#"bridge_bayeux_transport{transport="websocket"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"bridge_bayeux_transport{transport="long-polling"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bridge_bayeux_transport{transport="websocket"} 0"#),
+            "{text}"
+        );
         assert!(!text.contains("callback-polling"), "{text}");
     }
 

@@ -204,7 +204,10 @@ async fn survives_server_restart_on_faye() {
 
 /// A publish made while the server is down waits in the queue and is delivered after the
 /// client reconnects.
-async fn publish_while_disconnected_is_delivered_after_reconnect(kind: PeerKind, transport: TransportChoice) {
+async fn publish_while_disconnected_is_delivered_after_reconnect(
+    kind: PeerKind,
+    transport: TransportChoice,
+) {
     let mut server = PeerServer::start_async(kind).await;
     let (client, mut events) = start(over(transport, &server.url()), vec![]);
     let mut sub = client.subscribe("/queued/x").await.unwrap();
@@ -398,10 +401,18 @@ async fn survives_server_restart_on_faye_over_callback_polling() {
 
 #[tokio::test]
 async fn publish_while_disconnected_is_delivered_after_reconnect_on_faye_over_websocket() {
-    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::Faye, TransportChoice::WebSocket).await;
+    publish_while_disconnected_is_delivered_after_reconnect(
+        PeerKind::Faye,
+        TransportChoice::WebSocket,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn publish_while_disconnected_is_delivered_after_reconnect_on_faye_over_callback_polling() {
-    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::Faye, TransportChoice::CallbackPolling).await;
+    publish_while_disconnected_is_delivered_after_reconnect(
+        PeerKind::Faye,
+        TransportChoice::CallbackPolling,
+    )
+    .await;
 }

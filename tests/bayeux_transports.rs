@@ -141,7 +141,9 @@ async fn auto_falls_back_to_long_polling_when_a_proxy_refuses_the_upgrade() {
     assert_eq!(client.transport(), Some("long-polling"));
     early.await.unwrap().expect("the early publish is answered");
     assert_eq!(
-        next_message(&mut sub, "the early publish").await.data_value(),
+        next_message(&mut sub, "the early publish")
+            .await
+            .data_value(),
         Some(json!({"n": 0}))
     );
     for n in 1..=3 {
@@ -320,7 +322,12 @@ async fn the_upgrade_carries_the_cookies_headers_and_token_and_a_4xx_falls_back(
         .unwrap();
     assert_eq!(upgrade.method, "GET");
     assert_eq!(upgrade.path, "/cometd");
-    assert!(upgrade.header("upgrade").unwrap().eq_ignore_ascii_case("websocket"));
+    assert!(
+        upgrade
+            .header("upgrade")
+            .unwrap()
+            .eq_ignore_ascii_case("websocket")
+    );
     assert_eq!(upgrade.header("cookie"), Some("BAYEUX_BROWSER=b1"));
     assert_eq!(upgrade.header("x-api-key"), Some("k-123"));
     assert_eq!(upgrade.header("authorization"), Some("Bearer tok-456"));
@@ -330,10 +337,16 @@ async fn the_upgrade_carries_the_cookies_headers_and_token_and_a_4xx_falls_back(
         .skip_while(|r| r.header("upgrade").is_none())
         .filter(|r| r.channel() == Some("/meta/connect"))
         .collect();
-    assert_eq!(after[0].messages[0]["connectionType"], json!("long-polling"));
+    assert_eq!(
+        after[0].messages[0]["connectionType"],
+        json!("long-polling")
+    );
     assert_eq!(client.transport(), Some("long-polling"));
     assert_eq!(
-        upgrades.iter().filter(|r| r.header("upgrade").is_some()).count(),
+        upgrades
+            .iter()
+            .filter(|r| r.header("upgrade").is_some())
+            .count(),
         1
     );
     client.disconnect().await;

@@ -367,7 +367,8 @@ async fn literal_single_and_multi_level_routes_forward_both_ways_cometd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_single_and_multi_level_routes_forward_both_ways_faye() {
     // `auto`: Faye offers WebSocket, so the bridge uses it both ways.
-    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::Faye, None, "websocket").await;
+    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::Faye, None, "websocket")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -982,7 +982,15 @@ async fn sub_and_pub_use_the_transport_asked_for_faye() {
 #[tokio::test]
 async fn an_unknown_transport_is_refused_naming_the_choices() {
     let out = run(
-        &["pub", "--url", "http://127.0.0.1:9/x", "--transport", "ws", "/a", "1"],
+        &[
+            "pub",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--transport",
+            "ws",
+            "/a",
+            "1",
+        ],
         &[],
     )
     .await;

@@ -1091,7 +1091,7 @@ fn check_prints_the_transport() {
              [spool]\nenabled = false\n{route}"
         )
     };
-    let default = scratch.file("default.toml", &file(""));
+    let default = scratch.file("default.toml", file(""));
     let out = common::bridge::check(&default);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert!(
@@ -1103,7 +1103,7 @@ fn check_prints_the_transport() {
     );
     let chosen = scratch.file(
         "ws.toml",
-        &file("transport = \"websocket\"\njson_comment_filtered = true\n"),
+        file("transport = \"websocket\"\njson_comment_filtered = true\n"),
     );
     let out = common::bridge::check(&chosen);
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);

@@ -145,8 +145,14 @@ fn transports(options: &ClientOptions, headers: HeaderMap) -> Result<Transports,
             .with_max_messages(max_messages);
         return Ok(Transports::single(Arc::new(transport)));
     }
-    let http = LongPolling::with_jar(url.clone(), headers.clone(), max_body, tls, Arc::clone(&jar))?
-        .with_max_messages(max_messages);
+    let http = LongPolling::with_jar(
+        url.clone(),
+        headers.clone(),
+        max_body,
+        tls,
+        Arc::clone(&jar),
+    )?
+    .with_max_messages(max_messages);
     if options.transport == TransportChoice::LongPolling {
         return Ok(Transports::single(Arc::new(http)));
     }

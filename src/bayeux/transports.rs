@@ -170,7 +170,11 @@ impl Transports {
     pub(super) fn route(&mut self, lane: Lane, messages: &mut [Message]) -> Arc<dyn Transport> {
         let transport = match (&self.ws, self.state) {
             (None, _) => Arc::clone(&self.http),
-            (Some(_), _) if messages.first().is_some_and(|m| m.channel == META_HANDSHAKE) => {
+            (Some(_), _)
+                if messages
+                    .first()
+                    .is_some_and(|m| m.channel == META_HANDSHAKE) =>
+            {
                 Arc::clone(&self.http)
             }
             (Some(ws), _) if self.choice == TransportChoice::WebSocket => Arc::clone(ws),
@@ -280,7 +284,10 @@ mod tests {
             ("websocket", Some("websocket".into()))
         );
         assert!(t.is_trial());
-        assert_eq!(route(&mut t, Lane::Other, "/meta/subscribe").0, "long-polling");
+        assert_eq!(
+            route(&mut t, Lane::Other, "/meta/subscribe").0,
+            "long-polling"
+        );
         assert!(t.on_result(Lane::Connect, &Ok(Vec::new()), now).is_none());
         t.on_connected();
         assert_eq!(route(&mut t, Lane::Other, "/a").0, "websocket");
@@ -303,7 +310,10 @@ mod tests {
             Some("long-polling")
         );
         assert_eq!(t.in_use().get(), Some("long-polling"));
-        assert_eq!(route(&mut t, Lane::Connect, "/meta/connect").0, "long-polling");
+        assert_eq!(
+            route(&mut t, Lane::Connect, "/meta/connect").0,
+            "long-polling"
+        );
         // A handshake within the backoff stays on long-polling; one after it tries again.
         assert_eq!(t.on_handshaken("websocket", now), Some("long-polling"));
         assert_eq!(
@@ -335,7 +345,10 @@ mod tests {
 
         let mut one = Transports::single(Arc::new(Named("callback-polling")));
         assert_eq!(one.offered(), vec!["callback-polling"]);
-        assert_eq!(route(&mut one, Lane::Other, META_HANDSHAKE).0, "callback-polling");
+        assert_eq!(
+            route(&mut one, Lane::Other, META_HANDSHAKE).0,
+            "callback-polling"
+        );
         assert_eq!(
             route(&mut one, Lane::Connect, "/meta/connect").1.as_deref(),
             Some("callback-polling")

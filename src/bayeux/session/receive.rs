@@ -143,12 +143,14 @@ impl Session {
     /// Whether a handshake reply leaves a transport both sides have: true when it names no
     /// `supportedConnectionTypes` or one of ours.
     fn shares_a_transport(&self, msg: &Message) -> bool {
-        msg.supported_connection_types.as_ref().is_none_or(|server| {
-            self.options
-                .connection_types
-                .iter()
-                .any(|t| server.contains(t))
-        })
+        msg.supported_connection_types
+            .as_ref()
+            .is_none_or(|server| {
+                self.options
+                    .connection_types
+                    .iter()
+                    .any(|t| server.contains(t))
+            })
     }
 
     pub(super) fn on_connect_reply(&mut self, msg: Message, now: Instant) {

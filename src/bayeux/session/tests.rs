@@ -963,7 +963,7 @@ fn offering(types: &[&str]) -> SessionOptions {
 
 #[test]
 fn the_handshake_offers_our_transports_in_order_and_the_connect_names_the_first_the_server_allows()
- {
+{
     let mut h = Harness::with(offering(&["websocket", "long-polling"]));
     let hs = h.sent(Lane::Other);
     assert_eq!(
@@ -1039,7 +1039,11 @@ fn pushed_deliveries_are_delivered_and_a_pushed_connect_reply_counts() {
         h.now,
     );
     h.collect();
-    assert!(h.out.iter().any(|o| matches!(o, Output::Deliver(m) if m.channel == "/a")));
+    assert!(
+        h.out
+            .iter()
+            .any(|o| matches!(o, Output::Deliver(m) if m.channel == "/a"))
+    );
     assert!(h.session.is_connected());
     assert_eq!(h.events(), vec![Event::Connected]);
 }

@@ -148,9 +148,8 @@ mod tests {
 
     #[test]
     fn only_the_expected_callback_wrapper_is_accepted() {
-        let ok = |body: &[u8]| {
-            unwrap_callback(body, "jsonpcallback").and_then(|json| decode(json, 10))
-        };
+        let ok =
+            |body: &[u8]| unwrap_callback(body, "jsonpcallback").and_then(|json| decode(json, 10));
         let batch = br#"[{"channel":"/a","data":1}]"#;
         for good in [
             [&b"/**/jsonpcallback("[..], batch, b");"].concat(),

@@ -184,7 +184,11 @@ impl Transport for WebSocket {
             }
             None => None,
         };
-        *self.inner.bearer.write().unwrap_or_else(PoisonError::into_inner) = value;
+        *self
+            .inner
+            .bearer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = value;
         Ok(())
     }
 
@@ -271,10 +275,7 @@ impl Waiting {
     /// answer none (pushed deliveries). Unpaired messages in a frame that answers a request
     /// go with that answer, in order.
     fn route(&mut self, messages: Vec<Message>) -> Vec<Message> {
-        let keys: Vec<Option<u64>> = messages
-            .iter()
-            .map(|m| self.claim(m))
-            .collect::<Vec<_>>();
+        let keys: Vec<Option<u64>> = messages.iter().map(|m| self.claim(m)).collect::<Vec<_>>();
         let Some(first) = keys.iter().flatten().next().copied() else {
             return messages;
         };
@@ -547,7 +548,12 @@ mod tests {
             .remove(0)
     }
 
-    fn waiting_for(ids: &[&str]) -> (Waiting, oneshot::Receiver<Result<Vec<Message>, TransportError>>) {
+    fn waiting_for(
+        ids: &[&str],
+    ) -> (
+        Waiting,
+        oneshot::Receiver<Result<Vec<Message>, TransportError>>,
+    ) {
         let mut waiting = Waiting::default();
         let (done, rx) = oneshot::channel();
         for id in ids {
@@ -576,7 +582,10 @@ mod tests {
             message(json!({"channel":"/meta/connect","id":"7","successful":true})),
         ]);
         assert!(rest.is_empty());
-        let replies = rx.try_recv().unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+        let replies = rx
+            .try_recv()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(replies.len(), 2);
         assert_eq!(replies[1].channel, "/meta/connect");
         assert!(waiting.batches.is_empty() && waiting.by_id.is_empty());
@@ -585,7 +594,9 @@ mod tests {
     #[test]
     fn a_batch_waits_for_every_reply_and_a_failure_ends_it() {
         let (mut waiting, mut rx) = waiting_for(&["1", "2"]);
-        waiting.route(vec![message(json!({"channel":"/x","id":"1","successful":true}))]);
+        waiting.route(vec![message(
+            json!({"channel":"/x","id":"1","successful":true}),
+        )]);
         assert!(rx.try_recv().is_err());
         waiting.fail(TransportError::Io("gone".into()));
         assert!(matches!(rx.try_recv(), Ok(Err(TransportError::Io(_)))));

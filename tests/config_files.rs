@@ -1114,3 +1114,30 @@ fn check_prints_the_transport() {
         out.stdout
     );
 }
+
+#[test]
+fn a_transport_salesforce_lacks_is_warned_about() {
+    let scratch = TempDir::new("sf-transport");
+    let route = "[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/+\"\ndirection = \"both\"\n";
+    let file = |transport: &str| {
+        format!(
+            "[bayeux]\nurl = \"https://example.my.salesforce.com/cometd/62.0\"\n\
+             max_request_bytes = 32768\ntransport = \"{transport}\"\n\
+             [mqtt]\nhost = \"h\"\n{route}"
+        )
+    };
+    let path = scratch.file("ws.toml", file("websocket"));
+    let (config, _) = check(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.warnings(),
+        vec![
+            "bayeux.url is a Salesforce endpoint, which offers long-polling only, but \
+             bayeux.transport is \"websocket\": the bridge will stop at its first handshake; \
+             use \"auto\" or \"long-polling\""
+                .to_owned()
+        ]
+    );
+    let path = scratch.file("auto.toml", file("auto"));
+    let (config, _) = check(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.warnings(), Vec::<String>::new());
+}

@@ -10,12 +10,12 @@
 //!
 //! A socket has no request/response pairing, so the transport makes one: [`Transport::send`]
 //! writes the batch as one frame and resolves once a reply has come for every message of it
-//! (replies are matched by message `id`). What arrives in a frame together with a reply
-//! (deliveries the server flushed with a `/meta/connect` reply) goes with that reply, in
-//! frame order, as a long-polling response would have carried it; frames without a reply
-//! (deliveries pushed while the long poll is held) go to [`Transport::pushed`]. When the
-//! deadline passes with only some replies in, those are the answer (the session treats the
-//! rest as unanswered).
+//! (replies are matched by message `id`). Everything else (deliveries, whether pushed while
+//! the long poll is held or flushed with a `/meta/connect` reply) goes to
+//! [`Transport::pushed`], in arrival order, so that deliveries keep the server's order; the
+//! deliveries of frames that arrived together go as one batch. When the deadline passes
+//! with only some replies in, those are the answer (the session treats the rest as
+//! unanswered).
 //!
 //! Failures: a closed or broken connection fails every request in flight with
 //! [`TransportError::Io`] and the next request opens a new connection. A request that gets
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use reqwest::cookie::{CookieStore, Jar};
 use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,9 +49,11 @@ use crate::bayeux::http::{redacted_url, redirect_target};
 use crate::bayeux::message::{DecodeError, Kind, Message, decode_batch_limited, encode_batch};
 use crate::tls::TlsFiles;
 
-/// Frames of pushed deliveries buffered for the driver before the socket is no longer read
+/// Batches of pushed deliveries buffered for the driver before the socket is no longer read
 /// (back-pressure reaches the server through TCP).
 const PUSHED_FRAMES: usize = 16;
+/// The most deliveries handed to the driver at once (those of frames that arrived together).
+const PUSH_BATCH: usize = 1024;
 
 /// Any byte stream a WebSocket can run over (plain TCP or TLS).
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -271,28 +273,34 @@ impl Waiting {
         self.failed.get_or_insert(error);
     }
 
-    /// Hands the messages of one frame to the requests they answer; returns those that
-    /// answer none (pushed deliveries). Unpaired messages in a frame that answers a request
-    /// go with that answer, in order.
+    /// Hands the replies among the messages of one frame to the requests they answer;
+    /// returns the rest (deliveries), in order, for [`Transport::pushed`]: every delivery
+    /// takes that one path, so deliveries keep the server's order whatever frames carry them.
     fn route(&mut self, messages: Vec<Message>) -> Vec<Message> {
-        let keys: Vec<Option<u64>> = messages.iter().map(|m| self.claim(m)).collect::<Vec<_>>();
-        let Some(first) = keys.iter().flatten().next().copied() else {
-            return messages;
-        };
-        for (message, key) in messages.into_iter().zip(keys) {
-            if let Some(batch) = self.batches.get_mut(&key.unwrap_or(first)) {
-                batch.replies.push(message);
+        let mut rest = Vec::with_capacity(messages.len());
+        let mut answered = false;
+        for message in messages {
+            match self.claim(&message) {
+                Some(key) => {
+                    answered = true;
+                    if let Some(batch) = self.batches.get_mut(&key) {
+                        batch.replies.push(message);
+                    }
+                }
+                None => rest.push(message),
             }
         }
-        for batch in self.batches.values_mut() {
-            if batch.awaited == 0
-                && let Some(done) = batch.done.take()
-            {
-                let _ = done.send(Ok(std::mem::take(&mut batch.replies)));
+        if answered {
+            for batch in self.batches.values_mut() {
+                if batch.awaited == 0
+                    && let Some(done) = batch.done.take()
+                {
+                    let _ = done.send(Ok(std::mem::take(&mut batch.replies)));
+                }
             }
+            self.batches.retain(|_, b| b.done.is_some());
         }
-        self.batches.retain(|_, b| b.done.is_some());
-        Vec::new()
+        rest
     }
 
     /// The batch `message` answers, if it is a reply to a message in flight.
@@ -493,7 +501,9 @@ impl Inner {
 }
 
 /// Reads frames until the connection ends, handing replies to their requests and the rest
-/// to `pushed`; then fails what is still in flight.
+/// to `pushed`; then fails what is still in flight. Deliveries of frames that have already
+/// arrived are handed over together (up to [`PUSH_BATCH`] messages): one wake-up of the
+/// driver for a burst, as a long-poll response would be, instead of one per frame.
 async fn read(
     mut reader: SplitStream<Socket>,
     waiting: Arc<Mutex<Waiting>>,
@@ -501,40 +511,77 @@ async fn read(
     max_messages: usize,
     max_frame: usize,
 ) {
+    let mut burst: Vec<Message> = Vec::new();
     let error = loop {
-        let text = match reader.next().await {
-            None => break TransportError::Io("the server closed the WebSocket".to_owned()),
-            Some(Err(tungstenite::Error::Capacity(_))) => {
-                break TransportError::TooLarge { cap: max_frame };
+        let next = if burst.is_empty() {
+            reader.next().await
+        } else {
+            match reader.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    // Nothing more has arrived: hand the burst over, then wait.
+                    if pushed.send(std::mem::take(&mut burst)).await.is_err() {
+                        break TransportError::Io("the client is gone".to_owned());
+                    }
+                    continue;
+                }
             }
-            Some(Err(e)) => break TransportError::Io(format!("WebSocket failed: {e}")),
-            Some(Ok(Frame::Text(text))) => text,
-            Some(Ok(Frame::Close(_))) => {
-                break TransportError::Io("the server closed the WebSocket".to_owned());
-            }
-            Some(Ok(Frame::Binary(_))) => {
-                break TransportError::Decode("a binary WebSocket frame".to_owned());
-            }
-            Some(Ok(_)) => continue,
         };
-        let messages = match decode_batch_limited(text.as_bytes(), max_messages) {
-            Ok(messages) => messages,
-            Err(DecodeError::TooMany { cap }) => break TransportError::TooManyMessages { cap },
-            Err(DecodeError::Empty) => break TransportError::Decode("empty frame".to_owned()),
-            Err(DecodeError::Invalid(why)) => break TransportError::Decode(why),
+        let messages = match frame(next, max_messages, max_frame) {
+            Ok(Some(messages)) => messages,
+            Ok(None) => continue,
+            Err(error) => break error,
         };
-        let unclaimed = waiting
+        let rest = waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .route(messages);
-        if !unclaimed.is_empty() && pushed.send(unclaimed).await.is_err() {
+        burst.extend(rest);
+        if burst.len() >= PUSH_BATCH && pushed.send(std::mem::take(&mut burst)).await.is_err() {
             break TransportError::Io("the client is gone".to_owned());
         }
     };
+    // What arrived before the failure is still delivered.
+    if !burst.is_empty() {
+        let _ = pushed.send(burst).await;
+    }
     waiting
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .fail(error);
+}
+
+/// The messages of what the socket gave: `Ok(None)` for a control frame, `Err` when the
+/// connection is over (closed, broken, or a frame that is not a Bayeux batch).
+fn frame(
+    next: Option<Result<Frame, tungstenite::Error>>,
+    max_messages: usize,
+    max_frame: usize,
+) -> Result<Option<Vec<Message>>, TransportError> {
+    let text = match next {
+        None | Some(Ok(Frame::Close(_))) => {
+            return Err(TransportError::Io(
+                "the server closed the WebSocket".to_owned(),
+            ));
+        }
+        Some(Err(tungstenite::Error::Capacity(_))) => {
+            return Err(TransportError::TooLarge { cap: max_frame });
+        }
+        Some(Err(e)) => return Err(TransportError::Io(format!("WebSocket failed: {e}"))),
+        Some(Ok(Frame::Text(text))) => text,
+        Some(Ok(Frame::Binary(_))) => {
+            return Err(TransportError::Decode(
+                "a binary WebSocket frame".to_owned(),
+            ));
+        }
+        Some(Ok(_)) => return Ok(None),
+    };
+    match decode_batch_limited(text.as_bytes(), max_messages) {
+        Ok(messages) => Ok(Some(messages)),
+        Err(DecodeError::TooMany { cap }) => Err(TransportError::TooManyMessages { cap }),
+        Err(DecodeError::Empty) => Err(TransportError::Decode("empty frame".to_owned())),
+        Err(DecodeError::Invalid(why)) => Err(TransportError::Decode(why)),
+    }
 }
 
 #[cfg(test)]
@@ -571,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_pair_by_id_and_deliveries_in_their_frame_go_along() {
+    fn replies_pair_by_id_and_every_delivery_is_pushed() {
         let (mut waiting, mut rx) = waiting_for(&["7"]);
         // A delivery carrying our own publish id is not the reply.
         let pushed = waiting.route(vec![message(json!({"channel":"/a","id":"7","data":1}))]);
@@ -581,13 +628,14 @@ mod tests {
             message(json!({"channel":"/a","data":2})),
             message(json!({"channel":"/meta/connect","id":"7","successful":true})),
         ]);
-        assert!(rest.is_empty());
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].channel, "/a");
         let replies = rx
             .try_recv()
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(replies.len(), 2);
-        assert_eq!(replies[1].channel, "/meta/connect");
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].channel, "/meta/connect");
         assert!(waiting.batches.is_empty() && waiting.by_id.is_empty());
     }
 

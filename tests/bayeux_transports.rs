@@ -351,3 +351,31 @@ async fn the_upgrade_carries_the_cookies_headers_and_token_and_a_4xx_falls_back(
     );
     client.disconnect().await;
 }
+
+// ----- wss -----------------------------------------------------------------------------
+
+/// `https://` maps to `wss://`, with the same trust (`ca_file`) and client certificate as
+/// long-polling: Faye behind a TLS proxy that requires a client certificate.
+#[tokio::test]
+async fn websocket_over_tls_uses_the_ca_file_and_shows_the_client_certificate() {
+    let pki = common::certs::Pki::generate();
+    let server = PeerServer::start_async(PeerKind::Faye).await;
+    let proxy = common::tls_proxy::TlsProxy::start(&pki.server, server.port(), Some(&pki.ca)).await;
+    let url = format!("https://localhost:{}/bayeux", proxy.port);
+    let options = ClientOptions {
+        tls: bayeux_mqtt_bridge::tls::TlsFiles {
+            ca_file: Some(pki.ca.clone()),
+            cert_file: Some(pki.client.cert.clone()),
+            key_file: Some(pki.client.key.clone()),
+        },
+        ..over(TransportChoice::WebSocket, &url)
+    };
+    let (client, mut events) = start(options, vec![]);
+    let mut sub = subscribed(&client, &mut events, "/tls/x").await;
+    delivers(&server.url(), &mut sub, "/tls/x", 1).await;
+    assert_eq!(client.transport(), Some("websocket"));
+    // The handshake (long-polling) and the WebSocket each went through the proxy's TLS.
+    assert!(proxy.handshakes() >= 2, "{} handshakes", proxy.handshakes());
+    assert_eq!(proxy.failed_handshakes(), 0);
+    client.disconnect().await;
+}

@@ -1,6 +1,6 @@
-//! The `sub` and `pub` operator tools: test a Bayeux endpoint the way `mosquitto_sub` and
-//! `mosquitto_pub` test a broker. Messages go to stdout, one compact JSON object per line;
-//! logs go to stderr.
+//! The operator tools: `sub` and `pub` test a Bayeux endpoint the way `mosquitto_sub` and
+//! `mosquitto_pub` test a broker (messages go to stdout, one compact JSON object per line;
+//! logs go to stderr); `explain` tells where a message on a channel or topic goes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use clap::Args;
 use url::Url;
 
 use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError, TransportChoice};
+use crate::bridge::mapping::Query;
 
 /// Options shared by `sub` and `pub`.
 #[derive(Debug, Args)]
@@ -65,6 +66,62 @@ pub struct PubArgs {
     /// The message's data, as JSON.
     #[arg(value_name = "JSON")]
     pub json: String,
+}
+
+/// `explain` arguments.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("name").required(true).args(["channel", "topic"])))]
+pub struct ExplainArgs {
+    /// The bridge's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// A Bayeux channel: where does a message on it go?
+    #[arg(long, value_name = "NAME")]
+    pub channel: Option<String>,
+    /// An MQTT topic: where does a message on it go?
+    #[arg(long, value_name = "NAME")]
+    pub topic: Option<String>,
+}
+
+/// Exit code of `explain` for a config file that cannot be used (as `check`).
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs `explain`: prints what each route does with a message on the channel or topic; exit
+/// 0 when at least one route forwards it, 1 when none does, 2 when the config file (or the
+/// name) cannot be used.
+pub fn explain(args: &ExplainArgs) -> ExitCode {
+    let query = match (&args.channel, &args.topic) {
+        (Some(channel), _) => match crate::bayeux::channel::validate_publish_channel(channel) {
+            Ok(_) => Query::Channel(channel.clone()),
+            Err(e) => return usage(&format!("--channel: {e}")),
+        },
+        (None, Some(topic)) => match crate::mqtt::validate_topic(topic) {
+            Ok(()) if !topic.contains(['+', '#']) => Query::Topic(topic.clone()),
+            Ok(()) => return usage("--topic: a topic name has no wildcards (`+`, `#`)"),
+            Err(reason) => return usage(&format!("--topic {topic:?}: {reason}")),
+        },
+        (None, None) => return usage("give --channel NAME or --topic NAME"),
+    };
+    let routes = crate::config::load(&args.config).and_then(|config| {
+        crate::bridge::compile_routes(&config, config.replay.enabled)
+            .map_err(|e| e.in_file(&args.config))
+    });
+    let routes = match routes {
+        Ok(routes) => routes,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let explanation = crate::bridge::mapping::explain(&routes, &query);
+    print!("{}", explanation.text);
+    match explanation.applies {
+        0 => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// A config file or argument that cannot be used: exit 2.
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn parse_header(raw: &str) -> Result<(String, String), String> {

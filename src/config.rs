@@ -189,15 +189,40 @@ choice! {
     }
 }
 
-choice! {
-    /// What a Bayeux → MQTT publish carries (`route[n].payload`).
-    pub enum PayloadMode {
-        /// `"data"`: the Bayeux message's `data`, as JSON (the default).
-        #[default]
-        Data = "data",
-        /// `"message"`: the whole Bayeux message as JSON (`channel`, `data`, `id`, `ext`, ...),
-        /// without the bridge's own `clientId`.
-        Message = "message",
+/// What a Bayeux → MQTT publish carries (`route[n].payload`): `"data"`, `"message"`, or a
+/// JSON pointer (RFC 6901) into the data such as `"/payload"`. Any other text is read as a
+/// pointer and refused by the validator unless it is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(from = "String")]
+pub enum PayloadMode {
+    /// `"data"`: the Bayeux message's `data`, as JSON (the default).
+    #[default]
+    Data,
+    /// `"message"`: the whole Bayeux message as JSON (`channel`, `data`, `id`, `ext`, ...),
+    /// without the bridge's own `clientId`.
+    Message,
+    /// `"/a/b"`: the value at this JSON pointer in the `data`; a JSON string is published as
+    /// its text.
+    Pointer(String),
+}
+
+impl From<String> for PayloadMode {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "data" => PayloadMode::Data,
+            "message" => PayloadMode::Message,
+            _ => PayloadMode::Pointer(text),
+        }
+    }
+}
+
+impl fmt::Display for PayloadMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadMode::Data => f.write_str("data"),
+            PayloadMode::Message => f.write_str("message"),
+            PayloadMode::Pointer(pointer) => f.write_str(pointer),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -164,8 +164,7 @@ pub async fn serve(
     }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut refusals = Throttle::default();
-    let mut accept_errors = Throttle::default();
-    let mut failures_in_a_row = 0u32;
+    let mut accept_failures = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -174,24 +173,11 @@ pub async fn serve(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
-                failures_in_a_row = 0;
+                accept_failures.in_a_row = 0;
                 pair
             }
             Err(e) => {
-                // Out of file descriptors and the like. Accepting again at once would fail
-                // again at once (a busy loop, and a log line each time): pause, and keep
-                // serving the connections already open.
-                metrics.accept_errors.inc();
-                failures_in_a_row = failures_in_a_row.saturating_add(1);
-                let pause = accept_pause(failures_in_a_row);
-                if let Some(failed) = accept_errors.event(Instant::now()) {
-                    warn!(
-                        error = %e,
-                        failed,
-                        pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-                        "HTTP accept failed; pausing the listener."
-                    );
-                }
+                let pause = accept_failures.failed(&e, &metrics);
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(pause) => continue,
@@ -199,18 +185,13 @@ pub async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            // At the cap: close it now, so it holds no file descriptor and the client learns
-            // at once, rather than waiting in the backlog for a slot.
-            drop(stream);
-            metrics.refused.inc();
-            if let Some(refused) = refusals.event(Instant::now()) {
-                warn!(
-                    %peer,
-                    refused,
-                    max_connections = limits.max_connections,
-                    "HTTP connection refused: http.max_connections are open."
-                );
-            }
+            refuse(
+                stream,
+                peer,
+                &mut refusals,
+                &metrics,
+                limits.max_connections,
+            );
             continue;
         };
         metrics.open.inc();
@@ -218,41 +199,102 @@ pub async fn serve(
         let endpoints = Arc::clone(&endpoints);
         tokio::spawn(async move {
             let _permit = permit;
-            let open = open;
-            let service = service_fn(move |request| {
-                let endpoints = Arc::clone(&endpoints);
-                async move { Ok::<_, Infallible>(respond(&request, endpoints.as_ref())) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let (result, lifetime_over) = tokio::select! {
-                result = connection.as_mut() => (result, false),
-                () = tokio::time::sleep(limits.connection_lifetime) => {
-                    // Let the request in progress (if any) be answered, then close; a client
-                    // that does not read its answer is dropped after the grace period.
-                    open.0.timed_out.inc();
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(limits.header_read_timeout, connection).await {
-                        Ok(result) => (result, true),
-                        Err(_) => {
-                            debug!(%peer, "HTTP connection dropped at the end of its lifetime.");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                // A header that did not arrive in time (counted once per connection).
-                if e.is_timeout() && !lifetime_over {
-                    open.0.timed_out.inc();
-                }
-                debug!(%peer, error = %e, "HTTP connection ended with an error.");
-            }
+            serve_connection(stream, peer, endpoints, limits, open).await;
         });
+    }
+}
+
+/// Accepts that failed in a row, and the throttle of their warnings.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    in_a_row: u32,
+    log: Throttle,
+}
+
+impl AcceptFailures {
+    /// Counts and (throttled) logs a failed accept; the pause before the next.
+    ///
+    /// Out of file descriptors and the like. Accepting again at once would fail again at
+    /// once (a busy loop, and a log line each time): the listener pauses, and keeps serving
+    /// the connections already open.
+    fn failed(&mut self, error: &std::io::Error, metrics: &HttpMetrics) -> Duration {
+        metrics.accept_errors.inc();
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        let pause = accept_pause(self.in_a_row);
+        if let Some(failed) = self.log.event(Instant::now()) {
+            warn!(
+                %error,
+                failed,
+                pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                "HTTP accept failed; pausing the listener."
+            );
+        }
+        pause
+    }
+}
+
+/// Closes a connection over `http.max_connections` now, so that it holds no file descriptor
+/// and the client learns at once, rather than waiting in the backlog for a slot.
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusals: &mut Throttle,
+    metrics: &HttpMetrics,
+    max_connections: usize,
+) {
+    drop(stream);
+    metrics.refused.inc();
+    if let Some(refused) = refusals.event(Instant::now()) {
+        warn!(
+            %peer,
+            refused,
+            max_connections,
+            "HTTP connection refused: http.max_connections are open."
+        );
+    }
+}
+
+/// Serves one connection until the client closes it, a request header is late, or its
+/// lifetime is over.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    endpoints: Arc<dyn Endpoints>,
+    limits: Limits,
+    open: Open,
+) {
+    let service = service_fn(move |request| {
+        let endpoints = Arc::clone(&endpoints);
+        async move { Ok::<_, Infallible>(respond(&request, endpoints.as_ref())) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let (result, lifetime_over) = tokio::select! {
+        result = connection.as_mut() => (result, false),
+        () = tokio::time::sleep(limits.connection_lifetime) => {
+            // Let the request in progress (if any) be answered, then close; a client
+            // that does not read its answer is dropped after the grace period.
+            open.0.timed_out.inc();
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.header_read_timeout, connection).await {
+                Ok(result) => (result, true),
+                Err(_) => {
+                    debug!(%peer, "HTTP connection dropped at the end of its lifetime.");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        // A header that did not arrive in time (counted once per connection).
+        if e.is_timeout() && !lifetime_over {
+            open.0.timed_out.inc();
+        }
+        debug!(%peer, error = %e, "HTTP connection ended with an error.");
     }
 }
 

@@ -47,6 +47,10 @@ enum Command {
     Run(ConfigArg),
     /// Load and validate a config file, print the compiled routes, and exit.
     Check(ConfigArg),
+    /// Tell where a message on a Bayeux channel or an MQTT topic goes: every route that takes
+    /// it, in order, and why a route that nearly matches does not. Exit 0 when at least one
+    /// route takes it, 1 when none does, 2 on a config error.
+    Explain(cli::ExplainArgs),
     /// Move damaged or incompatible spool files (in `spool.dir`) aside, report what each held,
     /// and leave healthy ones alone. Stop the bridge first.
     SpoolRecover(ConfigArg),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Check(args) => check(&args.config),
+        Command::Explain(args) => cli::explain(&args),
         Command::SpoolRecover(args) => spool_recover(&args.config),
         Command::Run(args) => run(&args.config, cli.verbose),
         Command::Health(args) => block_on(async move {

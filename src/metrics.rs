@@ -24,8 +24,9 @@ pub struct DirectionLabels {
 pub struct RouteLabels {
     /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
     pub direction: &'static str,
-    /// The 1-based route number (`0` when no route applies).
-    pub route: u32,
+    /// The route's `name` (default `route[<n>]`); `all` with `http.per_route_metrics =
+    /// false`, `none` when no route applies.
+    pub route: std::sync::Arc<str>,
 }
 
 /// `direction`, `route` and `reason` labels.
@@ -33,8 +34,8 @@ pub struct RouteLabels {
 pub struct DropLabels {
     /// `bayeux_to_mqtt` or `mqtt_to_bayeux`.
     pub direction: &'static str,
-    /// The 1-based route number (`0` when no route applies).
-    pub route: u32,
+    /// As in [`RouteLabels`].
+    pub route: std::sync::Arc<str>,
     /// Why, e.g. `binary_payload`, `unmapped`, `bayeux_refused`.
     pub reason: &'static str,
 }
@@ -109,6 +110,9 @@ pub struct Metrics {
     pub forwarded: Family<RouteLabels, Counter>,
     /// `bridge_messages_dropped_total{direction,route,reason}`.
     pub dropped: Family<DropLabels, Counter>,
+    /// `bridge_dead_letters_total{direction,route,reason}`: undeliverable messages published
+    /// to a dead-letter topic (and acknowledged by the broker).
+    pub dead_letters: Family<DropLabels, Counter>,
     /// `bridge_echoes_suppressed_total{direction}`.
     pub echoes: Family<DirectionLabels, Counter>,
     /// `bridge_publish_errors_total{side,cause}`: failed publish attempts (retried or not).
@@ -137,6 +141,9 @@ pub struct Metrics {
     pub ready: Gauge,
     /// `bridge_replay_checkpoint{channel}`: the replay id the channel resumes after.
     pub checkpoint: Family<ChannelLabels, Gauge>,
+    /// `bridge_replay_checkpoint_timestamp_seconds{channel}`: Unix time the channel's
+    /// checkpoint last advanced (its age is `time()` minus this).
+    pub checkpoint_time: Family<ChannelLabels, Gauge<f64, AtomicU64>>,
     /// `bridge_replay_checkpoint_writes_total{outcome}`.
     pub checkpoint_writes: Family<OutcomeLabels, Counter>,
     /// `bridge_replay_gaps_total{channel}`: stored replay ids the server refused.
@@ -192,6 +199,7 @@ impl Metrics {
             received: Family::default(),
             forwarded: Family::default(),
             dropped: Family::default(),
+            dead_letters: Family::default(),
             echoes: Family::default(),
             publish_errors: Family::default(),
             in_flight: Family::default(),
@@ -205,6 +213,7 @@ impl Metrics {
             last_forward: Family::default(),
             ready: Gauge::default(),
             checkpoint: Family::default(),
+            checkpoint_time: Family::default(),
             checkpoint_writes: Family::default(),
             replay_gaps: Family::default(),
             gaps: Family::default(),
@@ -249,6 +258,11 @@ impl Metrics {
             "messages_dropped",
             "Messages not forwarded, by reason",
             self.dropped.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Undeliverable messages published to a dead-letter topic, by reason",
+            self.dead_letters.clone(),
         );
         registry.register(
             "echoes_suppressed",
@@ -376,6 +390,11 @@ impl Metrics {
             self.checkpoint.clone(),
         );
         registry.register(
+            "replay_checkpoint_timestamp_seconds",
+            "Unix time the channel's checkpoint last advanced (in memory)",
+            self.checkpoint_time.clone(),
+        );
+        registry.register(
             "replay_checkpoint_writes",
             "Writes of the checkpoint file, by outcome",
             self.checkpoint_writes.clone(),
@@ -463,7 +482,7 @@ mod tests {
         m.received
             .get_or_create(&RouteLabels {
                 direction: "bayeux_to_mqtt",
-                route: 1,
+                route: "orders".into(),
             })
             .inc();
         m.last_forward
@@ -474,18 +493,18 @@ mod tests {
         m.dropped
             .get_or_create(&DropLabels {
                 direction: "mqtt_to_bayeux",
-                route: 2,
+                route: "route[2]".into(),
                 reason: "binary_payload",
             })
             .inc();
         let text = m.encode();
         assert!(
             text.contains(
-                r#"bridge_messages_received_total{direction="bayeux_to_mqtt",route="1"} 1"#
+                r#"bridge_messages_received_total{direction="bayeux_to_mqtt",route="orders"} 1"#
             ),
             "{text}"
         );
-        assert!(text.contains(r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="2",reason="binary_payload"} 1"#));
+        assert!(text.contains(r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="route[2]",reason="binary_payload"} 1"#));
         assert!(text.contains("bridge_build_info{version="));
         assert!(text.contains("# TYPE bridge_last_forward_timestamp_seconds gauge"));
         assert!(text.ends_with("# EOF\n"));

@@ -293,35 +293,17 @@ async fn wait_readyz(
     panic!("/readyz: {what} not within {within:?}; last answer {last:?}");
 }
 
-/// Starts the bridge for `url` with an HTTP listener on a free loopback port (another
-/// process may take the port between the probe and the bind: then a new one is tried).
+/// Starts the bridge for `url` with an HTTP listener on a free loopback port.
 async fn spawn_with_http(
     url: &str,
     broker: &Mosquitto,
     client: &str,
 ) -> (ConfigFile, BridgeProcess, u16) {
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
+    let toml_for = |port: u16| {
         let extra = format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n");
-        let config = ConfigFile::new(&bridge_toml(url, broker, client, &extra));
-        let bridge = BridgeProcess::spawn(&config, &[]);
-        bridge
-            .wait_until("the HTTP listener", WAIT, |lines| {
-                lines.iter().any(|l| {
-                    l.message()
-                        .is_some_and(|m| m.starts_with("HTTP listener started"))
-                        || l.is("Bridge failed.")
-                })
-            })
-            .await;
-        if !bridge.lines().iter().any(|l| l.is("Bridge failed.")) {
-            return (config, bridge, port);
-        }
-    }
-    panic!("no HTTP port the bridge could bind in 5 tries");
+        bridge_toml(url, broker, client, &extra)
+    };
+    BridgeProcess::spawn_with_http(toml_for, &[], WAIT).await
 }
 
 #[tokio::test]

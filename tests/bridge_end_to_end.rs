@@ -84,6 +84,7 @@ async fn qos2_subscriber(broker: &Mosquitto, client_id: &str, filter: &str) -> I
                         rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
                     },
                     retain: p.retain,
+                    properties: Default::default(),
                 }),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => task_subacks.push(()),
                 Ok(_) => {}
@@ -1581,7 +1582,12 @@ fn check_prints_the_routes_of_good_files_and_names_file_key_and_reason_for_bad_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_accepted() {
     let server = PeerServer::start_async(PeerKind::CometD).await;
-    let broker = Mosquitto::start_async().await;
+    // The MQTT load runs on until the bridge has exited, and what arrives meanwhile queues at
+    // the broker for the bridge's session, more the longer the exit takes on a busy machine;
+    // the test's subscriber, when it is slow to read, has a queue there too. Past Mosquitto's
+    // `max_queued_messages` (1000) the broker drops messages it has acknowledged to their
+    // publisher (with 100 this test fails so): lift the limit, the bridge is under test.
+    let broker = Mosquitto::start_configured_async(false, "max_queued_messages 0\n").await;
     let url = server.url();
     let mqtt_sub = MqttPeer::connect_with(
         mqtt_options(&broker, "e2e-load-sub"),
@@ -1607,14 +1613,24 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
     let mut bridge = BridgeProcess::spawn(&config, &[TRACE_BAYEUX_RECEIVED]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
 
-    // Two load generators, up to about 2000 messages/s each, until told to stop.
+    // Two load generators, up to about 2000 messages/s each, until told to stop. Each keeps
+    // at most MAX_OUTSTANDING messages published and not yet at the other end: more than
+    // the bridge's queue (1000), so that it is full at the SIGTERM, but a backlog bounded
+    // whatever the machine's speed (open-loop load on a busy machine piled up tens of
+    // thousands of messages, more than any drain deadline covers).
+    const MAX_OUTSTANDING: u64 = 2000;
     let stop_load = Arc::new(AtomicBool::new(false));
     let bayeux_load = {
         let (client, stop_load) = (bayeux_pub.client.clone(), Arc::clone(&stop_load));
+        let delivered = mqtt_sub.inbox.clone();
         tokio::spawn(async move {
             let mut verdicts = Vec::new();
             let mut id = 0u64;
             while !stop_load.load(Ordering::SeqCst) {
+                if id >= delivered.count() as u64 + MAX_OUTSTANDING {
+                    tokio::time::sleep(Duration::from_millis(10)).await; // pacing
+                    continue;
+                }
                 for _ in 0..20 {
                     match client
                         .publish_queued("/load/b/x", json!({ "id": id }), None)
@@ -1643,9 +1659,14 @@ async fn sigterm_under_load_exits_0_within_the_drain_deadline_and_loses_nothing_
             Arc::clone(&stop_load),
             mqtt_acked.clone(),
         );
+        let delivered = bayeux_sub.inbox.clone();
         tokio::spawn(async move {
             let mut id = 0u64;
             while !stop_load.load(Ordering::SeqCst) {
+                if id >= delivered.count() as u64 + MAX_OUTSTANDING {
+                    tokio::time::sleep(Duration::from_millis(10)).await; // pacing
+                    continue;
+                }
                 for _ in 0..20 {
                     let payload = Bytes::from(json!({ "id": id }).to_string());
                     let completion = handle

@@ -29,7 +29,7 @@ use std::time::Duration;
 use bayeux_mqtt_bridge::mqtt::QoS;
 
 use common::bayeux_peer::BayeuxPeer;
-use common::bridge::{BridgeProcess, ConfigFile};
+use common::bridge::{BridgeProcess, ConfigFile, free_port};
 use common::gate::{Gate, Mode};
 use common::mosquitto::Mosquitto;
 use common::mqtt_peer::{MqttPeer, mqtt_options};
@@ -43,13 +43,6 @@ const PER_ROUND: u64 = 10;
 const ROUND_GAP: Duration = Duration::from_millis(50);
 /// Gap between two scrapes of `/metrics` while waiting for a counter.
 const POLL: Duration = Duration::from_millis(200);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
-}
 
 /// `bridge_reconnects_total{side=SIDE,...}` summed over causes, from `/metrics`.
 async fn reconnects(http_port: u16, side: Side) -> f64 {

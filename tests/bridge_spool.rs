@@ -3,9 +3,11 @@
 //! takes one peer away from the bridge only, while the test's own clients keep talking to it.
 //!
 //! - Bayeux → MQTT: the broker's path is cut for longer than the server keeps a session that
-//!   does not poll (`--max-interval 1000`), with a queue of 5: without the spool the session
-//!   expires and what is published meanwhile is lost (see the gap test in
-//!   `tests/operations.rs`); with it, nothing is lost and the session never expires.
+//!   does not poll (`--max-interval 1000`; the server's expiry of an idle session of the
+//!   test's own marks the time), with a queue of 5: without the spool the session expires
+//!   and what is published meanwhile is lost (see the gap test in `tests/operations.rs`);
+//!   with it, the bridge keeps taking messages, nothing is lost and the session never
+//!   expires.
 //! - MQTT → Bayeux: the Bayeux server's path is cut while more arrives than the broker queues
 //!   for a client (`max_queued_messages 50`): with the spool the bridge keeps acknowledging,
 //!   so the broker drops nothing.
@@ -26,7 +28,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bayeux_mqtt_bridge::mqtt::QoS;
 use serde_json::json;
@@ -39,8 +41,6 @@ use common::mqtt_peer::{MqttPeer, mqtt_options};
 use common::peers::{PeerKind, PeerServer};
 
 const WAIT: Duration = Duration::from_secs(30);
-/// Pause between two looks at the CometD server's stderr, which announces nothing else.
-const POLL: Duration = Duration::from_millis(50);
 
 /// `RUST_LOG` with the spool intake's `Spooled.` lines (one per commit, with how many
 /// messages it made durable).
@@ -122,15 +122,16 @@ fn loss_lines(lines: &[LogLine]) -> Vec<String> {
 
 /// Waits until the CometD server says it expired a session.
 async fn wait_session_expired(server: &PeerServer, bridge: &BridgeProcess) {
-    let deadline = Instant::now() + WAIT;
-    while !server.stderr_output().contains("session expired") {
-        assert!(
-            Instant::now() < deadline,
+    if server
+        .wait_for_stderr_line(WAIT, |l| l.starts_with("session expired"))
+        .await
+        .is_none()
+    {
+        panic!(
             "the CometD server did not expire the bridge's session within {WAIT:?}; bridge \
              log:\n{}",
             bridge.tail(30)
         );
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -165,34 +166,48 @@ async fn bayeux_to_mqtt_loses_nothing_when_the_broker_is_away_longer_than_the_ba
     // The broker's path goes dead without a FIN or RST: the bridge finds out only by its
     // keep-alive, and what it writes meanwhile is lost on the way.
     gate.blackhole();
-    // 300 messages over about 3 s, three times the session's lifetime without a poll and
-    // 60 times the bridge's queue.
-    for round in 0..30u64 {
-        publisher
-            .publish_ids("/sp/x", round * 10..(round + 1) * 10)
-            .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // The outage lasts until the server has expired a session that stopped polling when it
+    // began (its own clock for "longer than the bridge's session would live without
+    // polling"), and at least 60 times the bridge's queue of 5. Each round of 5 goes out once
+    // the previous one is durable: the spool takes them all while the broker is away, and
+    // the Bayeux client never holds more than it can hand over, so it keeps polling even
+    // when a slow disk makes each commit take long.
+    let idle = server.idle_session().await;
+    let idle_expired = format!("session expired: {idle}");
+    let mut n = 0u64;
+    while n < 300 || !server.stderr_output().contains(&idle_expired) {
+        publisher.publish_ids("/sp/x", n..n + 5).await;
+        n += 5;
+        wait_spooled(&bridge, "bayeux_to_mqtt", n).await;
     }
-    wait_spooled(&bridge, "bayeux_to_mqtt", 300).await;
-    assert!(
-        !server.stderr_output().contains("session expired"),
+    eprintln!("Broker away while {n} messages were published and spooled.");
+    let expired: Vec<String> = server
+        .stderr_output()
+        .lines()
+        .filter(|l| l.starts_with("session expired: ") && !l.ends_with(&idle))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        expired,
+        Vec::<String>::new(),
         "the bridge kept its Bayeux session alive while the broker was away"
     );
     gate.open();
     subscriber
-        .wait_for_ids("every message after the outage", "sp/", 0..300)
+        .wait_for_ids("every message after the outage", "sp/", 0..n)
         .await;
     let ids: Vec<u64> = subscriber.inbox.snapshot().iter().map(|g| g.id()).collect();
     assert_eq!(late(&ids), Vec::<u64>::new(), "in order: {ids:?}");
     assert_eq!(loss_lines(&bridge.lines()), Vec::<String>::new(), "no gap");
     let (status, _) = bridge.terminate(WAIT).await;
     assert!(status.success(), "exit {status}; {}", bridge.tail(20));
-    let totals = bridge.totals("bayeux_to_mqtt");
     assert_eq!(
-        (totals.received, totals.forwarded),
-        (300, 300),
-        "{totals:?}"
+        bridge.count("Session lost; will handshake again."),
+        0,
+        "the bridge lost no Bayeux session"
     );
+    let totals = bridge.totals("bayeux_to_mqtt");
+    assert_eq!((totals.received, totals.forwarded), (n, n), "{totals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

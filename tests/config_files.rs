@@ -147,10 +147,12 @@ const ALL_KEYS: &[&str] = &[
     "bridge.queue_capacity",
     "bridge.drain_timeout_secs",
     "bridge.binary_payloads",
+    "bridge.dead_letter_topic",
     "log.level",
     "log.format",
     "log.file",
     "http.listen",
+    "http.per_route_metrics",
     "replay.enabled",
     "replay.state_dir",
     "replay.checkpoint_interval_ms",
@@ -159,12 +161,16 @@ const ALL_KEYS: &[&str] = &[
     "spool.enabled",
     "spool.dir",
     "spool.max_bytes",
+    "route.name",
     "route.bayeux",
     "route.mqtt",
     "route.direction",
     "route.qos",
     "route.retain",
     "route.payload",
+    "route.properties",
+    "route.ext_properties",
+    "route.dead_letter_topic",
 ];
 
 #[test]
@@ -214,8 +220,9 @@ fn an_unknown_key_is_refused_rather_than_ignored() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{}: route[1].directon: unknown key (known keys here: `bayeux`, `mqtt`, \
-             `direction`, `qos`, `retain`, `payload`)",
+            "{}: route[1].directon: unknown key (known keys here: `name`, `bayeux`, `mqtt`, \
+             `direction`, `qos`, `retain`, `payload`, `properties`, `ext_properties`, \
+             `dead_letter_topic`)",
             path.display()
         )
     );
@@ -505,12 +512,72 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             "unknown key (known keys here: `enabled`, `dir`, `max_bytes`)".into(),
         ),
         (
+            format!("{head}{route}payload = \"payload\"\n"),
+            vec![],
+            "route[1].payload",
+            "expected \"data\", \"message\" or a JSON pointer (RFC 6901) such as \
+             \"/payload\", found \"payload\""
+                .into(),
+        ),
+        (
+            format!("{head}{route}payload = \"/a~2b\"\n"),
+            vec![],
+            "route[1].payload",
+            "\"/a~2b\" is not a JSON pointer (RFC 6901): '~' must be followed by 0 or 1 \
+             (\"~0\" stands for '~', \"~1\" for '/')"
+                .into(),
+        ),
+        (
+            format!("{head}[bridge]\ndead_letter_topic = \"a/dead\"\n{route}"),
+            vec![],
+            "bridge.dead_letter_topic",
+            "\"a/dead\" is read by route[1] (mqtt = \"a/+\"): the bridge would forward its \
+             own dead letters; choose a topic no route subscribes to"
+                .into(),
+        ),
+        (
+            format!("{head}{route}dead_letter_topic = \"dead/#\"\n"),
+            vec![],
+            "route[1].dead_letter_topic",
+            "\"dead/#\" is not a topic name: it holds a wildcard".into(),
+        ),
+        (
             format!("{head}{route}"),
             vec![("BAYEUX_MQTT_BRIDGE__ROUTE__0__QOS", "2")],
             "route",
             "routes cannot be set from the environment (BAYEUX_MQTT_BRIDGE__ROUTE__0__QOS); \
              write them as [[route]] tables in the file"
                 .into(),
+        ),
+        (
+            format!("{head}{route}name = \"orders\"\n{route}name = \"orders\"\n"),
+            vec![],
+            "route[2].name",
+            "route[1] and route[2] have the same name; names must be unique (a route without \
+             `name` is called route[<n>])"
+                .into(),
+        ),
+        (
+            format!("{head}{route}{route}name = \"route[1]\"\n"),
+            vec![],
+            "route[2].name",
+            "route[1] and route[2] have the same name; names must be unique (a route without \
+             `name` is called route[<n>])"
+                .into(),
+        ),
+        (
+            format!("{head}{route}name = \"all\"\n"),
+            vec![],
+            "route[1].name",
+            "\"all\" is reserved: the metrics use route=\"all\" with http.per_route_metrics = \
+             false and route=\"none\" for messages no route took"
+                .into(),
+        ),
+        (
+            format!("{head}{route}name = \"\"\n"),
+            vec![],
+            "route[1].name",
+            "must not be empty (leave the key out for route[<n>])".into(),
         ),
     ];
     for (i, (content, vars, key, reason)) in table.into_iter().enumerate() {
@@ -1140,4 +1207,142 @@ fn a_transport_salesforce_lacks_is_warned_about() {
     let path = scratch.file("auto.toml", file("auto"));
     let (config, _) = check(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.warnings(), Vec::<String>::new());
+}
+
+#[test]
+fn shaping_keys_that_do_nothing_are_warned_about() {
+    let scratch = TempDir::new("config");
+    let path = scratch.file(
+        "shaping.toml",
+        r#"
+[bayeux]
+url = "http://127.0.0.1/cometd"
+[mqtt]
+host = "h"
+protocol = "3.1.1"
+[[route]]
+bayeux = "/a"
+mqtt = "a"
+direction = "bayeux_to_mqtt"
+properties = true
+ext_properties = true
+[[route]]
+bayeux = "/b"
+mqtt = "b"
+direction = "mqtt_to_bayeux"
+properties = false
+"#,
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert_eq!(
+        config.warnings(),
+        [
+            "route[1].properties = true has no effect with mqtt.protocol = \"3.1.1\", which \
+             has no properties",
+            "route[1].ext_properties has no effect: the route only forwards Bayeux → MQTT",
+            "route[2].properties has no effect: the route only forwards MQTT → Bayeux",
+        ]
+    );
+}
+
+/// Runs `bayeux-mqtt-bridge explain --config <path> <args>` to completion.
+fn explain(path: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(common::bridge::BINARY)
+        .arg("explain")
+        .arg("--config")
+        .arg(path)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run explain: {e}"));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_exits_0_when_a_route_applies_1_when_none_does_and_2_on_a_bad_config() {
+    let scratch = TempDir::new("config");
+    let head = "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n[mqtt]\nhost = \"h\"\n";
+    let path = scratch.file(
+        "explain.toml",
+        format!(
+            "{head}[[route]]\nname = \"sensors\"\nbayeux = \"/sensors/*\"\nmqtt = \"s/+\"\n\
+             direction = \"both\"\nqos = 2\n"
+        ),
+    );
+    let (code, out, err) = explain(&path, &["--channel", "/sensors/a"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(
+            "route[1] \"sensors\"  applies: /sensors/a → MQTT topic s/a\n  direction both, qos 2"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = explain(&path, &["--topic", "s/a/b"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("s/+ takes exactly one level at the `+`"),
+        "{out}"
+    );
+    let (code, out, err) = explain(&path, &["--channel", "/sensors/*"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    let (code, _, err) = explain(&path, &["--channel", "/a", "--topic", "a"]);
+    assert_eq!(code, Some(2), "{err}");
+    let bad = scratch.file(
+        "bad.toml",
+        format!("{head}[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/#\"\ndirection = \"both\"\n"),
+    );
+    let (code, out, err) = explain(&bad, &["--channel", "/a/b"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("route[1].mqtt"), "{err}");
+}
+
+#[test]
+fn check_and_explain_take_a_file_of_ten_thousand_routes() {
+    let scratch = TempDir::new("config");
+    let mut text =
+        String::from("[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n[mqtt]\nhost = \"h\"\n");
+    for i in 1..=10_000 {
+        text.push_str(&format!(
+            "[[route]]\nbayeux = \"/r/{i}/**\"\nmqtt = \"r/{i}/#\"\ndirection = \"both\"\n"
+        ));
+    }
+    // Two routes that feed each other, for the loop lint.
+    text.push_str(
+        "[[route]]\nname = \"out\"\nbayeux = \"/loop/**\"\nmqtt = \"l/#\"\n\
+         direction = \"bayeux_to_mqtt\"\n\
+         [[route]]\nname = \"back\"\nbayeux = \"/loop/in/*\"\nmqtt = \"l/+\"\n\
+         direction = \"mqtt_to_bayeux\"\n",
+    );
+    let path = scratch.file("many.toml", &text);
+    let check = common::bridge::check(&path);
+    assert_eq!(check.status.code(), Some(0), "{}", check.stderr);
+    assert!(
+        check.stdout.starts_with("10002 routes:"),
+        "{}",
+        &check.stdout[..200]
+    );
+    let warnings: Vec<&str> = check
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: route[10001] \"out\" and route[10002] \"back\" feed each other across \
+             directions: /loop/x → l/x (route[10001] \"out\"), then l/x → /loop/in/x"
+        ),
+        "{warnings:?}"
+    );
+    let (code, out, err) = explain(&path, &["--topic", "r/9876/a/b"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("route[9876]  applies: r/9876/a/b → Bayeux channel /r/9876/a/b"),
+        "{out}"
+    );
+    assert!(out.ends_with("\n1 route applies.\n"), "{out}");
 }

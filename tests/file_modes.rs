@@ -16,21 +16,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::bridge::{BridgeProcess, ConfigFile, check};
+use common::bridge::{BridgeProcess, ConfigFile, check, free_port};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
 const WAIT: Duration = Duration::from_secs(20);
 /// The secrets in the files; none may appear in any output.
 const PASSWORD: &str = "pw-4a1f0c9e-never-logged";
 const TOKEN: &str = "tok-77d2b1e3-never-logged";
-
-/// A free loopback port, where nothing will listen.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
-}
 
 /// A config with peers nobody answers for, and `extra` appended (sections of its own).
 fn toml(extra: &str) -> String {

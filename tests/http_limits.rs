@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::bridge::{BridgeProcess, ConfigFile, LogLine};
+use common::bridge::{BridgeProcess, ConfigFile, HTTP_STARTED, LogLine, free_port};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
 const WAIT: Duration = Duration::from_secs(20);
@@ -28,16 +28,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between two requests when polling an HTTP endpoint under test.
 const POLL: Duration = Duration::from_millis(50);
-/// The log line of the HTTP listener once it accepts connections.
-const HTTP_STARTED: &str = "HTTP listener started (/metrics, /livez, /readyz).";
-
-/// A free loopback port (free when asked; [`spawn_bridge`] retries if it is taken).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
-}
 
 /// A config whose peers are loopback ports nobody listens on, with the listener on
 /// `http_port` and `http_extra` lines added to `[http]`.
@@ -68,29 +58,9 @@ fn toml(http_port: u16, http_extra: &str) -> String {
     )
 }
 
-/// Runs the daemon with an HTTP listener on a free port and waits until it listens; tries
-/// another port if the bridge could not bind it (another test took it in between).
+/// Runs the daemon with an HTTP listener on a free port and waits until it listens.
 async fn spawn_bridge(http_extra: &str) -> (ConfigFile, BridgeProcess, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let config = ConfigFile::new(&toml(port, http_extra));
-        let bridge = BridgeProcess::spawn(&config, &[]);
-        let bind_failed = |l: &LogLine| {
-            l.is("Bridge failed.")
-                && l.str_field("error")
-                    .is_some_and(|e| e.contains("HTTP listener"))
-        };
-        bridge
-            .wait_until("the HTTP listener to start", WAIT, |lines| {
-                lines.iter().any(|l| l.is(HTTP_STARTED) || bind_failed(l))
-            })
-            .await;
-        if bridge.lines().iter().any(|l| l.is(HTTP_STARTED)) {
-            return (config, bridge, port);
-        }
-        eprintln!("HTTP port {port} was taken; trying another");
-    }
-    panic!("the bridge could not bind an HTTP port in 5 attempts");
+    BridgeProcess::spawn_with_http(|port| toml(port, http_extra), &[], WAIT).await
 }
 
 /// One `GET path` on a new connection: the status and body, or `None` if the connection

@@ -581,9 +581,8 @@ async fn reconnect_attempts_back_off_and_reset_after_connecting() {
     init_logs();
     let mut broker = Mosquitto::start_async().await;
     broker.kill();
-    let mut client_options = options(&broker, "backoff", Protocol::V5);
-    client_options.backoff.max = Duration::from_millis(400);
-    let (handle, events) = mqtt::start(client_options, Vec::new()).expect("valid options");
+    let (handle, events) =
+        mqtt::start(backoff_options(&broker, "backoff"), Vec::new()).expect("valid options");
     let mut client = Client { handle, events };
 
     let mut failures = Vec::new();
@@ -618,23 +617,74 @@ async fn reconnect_attempts_back_off_and_reset_after_connecting() {
     client
         .wait_for(|e| matches!(e, MqttEvent::Connected { .. }).then_some(()))
         .await;
+    // The connection must last `stable_after` to start the backoff over: that time passing
+    // is the condition under test, not a synchronisation.
+    tokio::time::sleep(STABLE_AFTER + Duration::from_millis(50)).await;
     broker.kill();
     client
         .wait_for(|e| matches!(e, MqttEvent::Disconnected { .. }).then_some(()))
         .await;
-    let first_retry = client
+    let first_retry = first_retry(&mut client).await;
+    // The disconnect took the first step (100 ms); the first failed attempt the second.
+    assert_eq!(
+        first_retry,
+        (1, Duration::from_millis(200)),
+        "backoff was reset"
+    );
+}
+
+/// `stable_after` in the backoff tests.
+const STABLE_AFTER: Duration = Duration::from_millis(300);
+
+/// Options for the backoff tests: 100 ms steps up to 400 ms, no jitter.
+fn backoff_options(broker: &Mosquitto, client_id: &str) -> mqtt::MqttOptions {
+    let mut client_options = options(broker, client_id, Protocol::V5);
+    client_options.backoff.max = Duration::from_millis(400);
+    client_options.stable_after = STABLE_AFTER;
+    client_options
+}
+
+/// The next failed attempt's number and announced wait.
+async fn first_retry(client: &mut Client) -> (u32, Duration) {
+    client
         .wait_for(|e| match e {
             MqttEvent::ConnectFailed {
                 attempt, retry_in, ..
             } => Some((attempt, retry_in)),
             _ => None,
         })
+        .await
+}
+
+/// A connection that drops right after its CONNACK (a flapping broker, another client taking
+/// the client id over) does not start the backoff over: the waits keep growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_drops_at_once_keeps_the_backoff_growing() {
+    init_logs();
+    let mut broker = Mosquitto::start_async().await;
+    broker.kill();
+    let (handle, events) =
+        mqtt::start(backoff_options(&broker, "flapping"), Vec::new()).expect("valid options");
+    let mut client = Client { handle, events };
+    // Two failures: the waits so far are 100 and 200 ms.
+    for _ in 0..2 {
+        first_retry(&mut client).await;
+    }
+    broker.restart_async().await;
+    client
+        .wait_for(|e| matches!(e, MqttEvent::Connected { .. }).then_some(()))
         .await;
-    // The disconnect took the first step (100 ms); the first failed attempt the second.
+    // At once, well within `stable_after`.
+    broker.kill();
+    client
+        .wait_for(|e| matches!(e, MqttEvent::Disconnected { .. }).then_some(()))
+        .await;
+    // The disconnect took the third step (300 ms), the next failed attempt the fourth, where
+    // a reset would have announced 200 ms.
     assert_eq!(
-        first_retry,
-        (1, Duration::from_millis(200)),
-        "backoff was reset"
+        first_retry(&mut client).await,
+        (1, Duration::from_millis(400)),
+        "the backoff went on growing after a connection that did not last"
     );
 }
 

@@ -41,9 +41,6 @@ use common::peers::{PeerKind, PeerServer};
 
 /// Longest any single expected event may take. Generous: it only bounds failures.
 const WAIT: Duration = Duration::from_secs(20);
-/// Observation window for proving that nothing (more) arrives: a stray forward on loopback
-/// would show up within milliseconds, so one second is many round trips.
-const QUIET: Duration = Duration::from_secs(1);
 /// The span the bridge's publishing Bayeux session logs in (`bridge::publisher`).
 const PUBLISHING_SESSION: &str = "publishing_session";
 /// Interval between two requests when polling an HTTP endpoint under test.
@@ -130,18 +127,6 @@ impl Setup {
 /// `bridge.queue_capacity` of the test bridges, unless a test sets another.
 const QUEUE_CAPACITY: usize = 64;
 
-/// The log line of the HTTP listener once it accepts connections.
-const HTTP_STARTED: &str = "HTTP listener started (/metrics, /livez, /readyz).";
-
-/// A free loopback port (free when asked; another process may take it before the bridge
-/// binds it, which [`spawn_bridge`] retries).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
-}
-
 /// Writes the config of `setup` with `routes` and runs the bridge on it. With an HTTP
 /// listener, picks a free port and waits until the listener started, trying another port if
 /// the bridge could not bind it (another test took it in between).
@@ -155,26 +140,17 @@ async fn spawn_bridge(
         let bridge = BridgeProcess::spawn(&config, env);
         return (config, bridge);
     }
-    for _ in 0..5 {
-        setup.http_port = Some(free_port());
-        let config = ConfigFile::new(&setup.toml(routes));
-        let bridge = BridgeProcess::spawn(&config, env);
-        let bind_failed = |l: &LogLine| {
-            l.is("Bridge failed.")
-                && l.str_field("error")
-                    .is_some_and(|e| e.contains("HTTP listener"))
-        };
-        bridge
-            .wait_until("the HTTP listener to start", WAIT, |lines| {
-                lines.iter().any(|l| l.is(HTTP_STARTED) || bind_failed(l))
-            })
-            .await;
-        if bridge.lines().iter().any(|l| l.is(HTTP_STARTED)) {
-            return (config, bridge);
-        }
-        eprintln!("HTTP port {:?} was taken; trying another", setup.http_port);
-    }
-    panic!("the bridge could not bind an HTTP port in 5 attempts");
+    // The port the bridge listens on stays in `setup` (the last one tried).
+    let (config, bridge, _) = BridgeProcess::spawn_with_http(
+        |port| {
+            setup.http_port = Some(port);
+            setup.toml(routes)
+        },
+        env,
+        WAIT,
+    )
+    .await;
+    (config, bridge)
 }
 
 /// SIGTERMs the bridge and checks that it exited 0.
@@ -556,8 +532,8 @@ async fn metrics_change_as_traffic_flows() {
         .await;
     // A message counts as forwarded once the destination acknowledged it, which may be a
     // moment after the test client saw it.
-    let b2m = [("direction", B2M), ("route", "1")];
-    let m2b = [("direction", M2B), ("route", "2")];
+    let b2m = [("direction", B2M), ("route", "route[1]")];
+    let m2b = [("direction", M2B), ("route", "route[2]")];
     let n = N as f64;
     let after = http
         .scrape_until("N forwarded each way", |s| {
@@ -625,7 +601,7 @@ async fn metrics_change_as_traffic_flows() {
         .await;
     let dropped = [
         ("direction", M2B),
-        ("route", "2"),
+        ("route", "route[2]"),
         ("reason", "binary_payload"),
     ];
     let after_drop = http
@@ -1449,12 +1425,34 @@ async fn a_changed_bayeux_url_reconnects_only_the_bayeux_side() {
         .publish("y/b", json!({ "to": "second" }).to_string())
         .await;
     sub2.wait_for("/y/b", &json!({ "to": "second" })).await;
-    // The first server is no longer read.
+    // The first server is no longer read: it says that the bridge's old session, the one
+    // subscribed to /x/*, ended, and that no other session there reads /x/* any more.
+    let ended = first
+        .wait_for_stderr_line(WAIT, |l| {
+            l.starts_with("session ended: ") && l.contains("/x/* (")
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the first server saw no end of the bridge's session reading /x/*; its \
+                 stderr:\n{}\nbridge log:\n{}",
+                first.stderr_output(),
+                bridge.tail(30)
+            )
+        });
+    assert!(
+        ended.contains("/x/* (0 others)"),
+        "another session still reads /x/* on the first server: {ended}"
+    );
+    // And what is published there now does not come through, ahead of a marker published
+    // on the second server after it.
     pub1.publish("/x/c", json!({ "server": 1, "after": true }))
         .await;
-    // Observation window, the one left in this file: the two servers share no order that a
-    // marker could lean on, and neither says when the bridge's old session on it ended.
-    tokio::time::sleep(QUIET).await;
+    pub2.publish("/x/d", json!({ "server": 2, "marker": true }))
+        .await;
+    mqtt_sub
+        .wait_for("x/d", &json!({ "server": 2, "marker": true }))
+        .await;
     assert!(
         mqtt_sub.on("x/c").is_empty(),
         "the old server's channel is still read after the reload"
@@ -1986,15 +1984,16 @@ async fn a_bayeux_session_expired_during_back_pressure_is_reported_as_a_gap() {
     broker.kill();
     publisher.publish_ids("/g/out/a", 0..40).await;
     // The bridge's session expires on the server (it writes a line when it does).
-    let deadline = Instant::now() + WAIT;
-    while !server.stderr_output().contains("session expired") {
-        assert!(
-            Instant::now() < deadline,
+    if server
+        .wait_for_stderr_line(WAIT, |l| l.starts_with("session expired"))
+        .await
+        .is_none()
+    {
+        panic!(
             "the CometD server did not expire the bridge's session within {WAIT:?}; bridge \
              log:\n{}",
             bridge.tail(30)
         );
-        tokio::time::sleep(POLL).await;
     }
 
     broker.restart_async().await;

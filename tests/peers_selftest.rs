@@ -226,3 +226,54 @@ async fn restart_waits_for_a_busy_port() {
     assert_eq!(server.port(), port);
     handshake(&http_client(), &server.url()).await;
 }
+
+/// The CometD server announces on stderr, for tests to wait for, a session that ends by
+/// `/meta/disconnect` (with its subscriptions and how many other sessions read each) and one
+/// that expires without polling ([`PeerServer::idle_session`]).
+#[tokio::test]
+async fn cometd_announces_ended_and_expired_sessions() {
+    const WAIT: Duration = Duration::from_secs(20);
+    let server =
+        PeerServer::start_with_args_async(PeerKind::CometD, &["--max-interval", "2000"]).await;
+    let url = server.url();
+    let (leaving, staying) = (http_client(), http_client());
+    let leaving_id = handshake(&leaving, &url).await;
+    let staying_id = handshake(&staying, &url).await;
+    for (client, id, subscription) in [
+        (&leaving, &leaving_id, "/a/*"),
+        (&leaving, &leaving_id, "/b"),
+        (&staying, &staying_id, "/a/*"),
+    ] {
+        let reply = post(
+            client,
+            &url,
+            json!([{ "channel": "/meta/subscribe", "clientId": id, "subscription": subscription }]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("subscribe POST to {url} failed: {e}"));
+        assert_eq!(reply[0]["successful"], true, "reply: {reply}");
+    }
+    let idle = server.idle_session().await;
+    post(
+        &leaving,
+        &url,
+        json!([{ "channel": "/meta/disconnect", "clientId": leaving_id }]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("disconnect POST to {url} failed: {e}"));
+    let prefix = format!("session ended: {leaving_id} ");
+    let ended = server
+        .wait_for_stderr_line(WAIT, |l| l.starts_with(&prefix))
+        .await
+        .unwrap_or_else(|| panic!("no end announced; stderr:\n{}", server.stderr_output()));
+    assert_eq!(ended, format!("{prefix}/a/* (1 others), /b (0 others)"));
+    let expired = format!("session expired: {idle}");
+    assert!(
+        server
+            .wait_for_stderr_line(WAIT, |l| l == expired)
+            .await
+            .is_some(),
+        "no expiry announced; stderr:\n{}",
+        server.stderr_output()
+    );
+}

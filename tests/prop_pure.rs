@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use bayeux_mqtt_bridge::bayeux::advice::{self, Advice};
-use bayeux_mqtt_bridge::bayeux::channel::{ChannelPattern, Wildcard, validate_publish_channel};
+use bayeux_mqtt_bridge::bayeux::channel::{
+    ChannelIndex, ChannelPattern, Wildcard, validate_publish_channel,
+};
 use bayeux_mqtt_bridge::bayeux::message::{DecodeError, decode_batch, encode_batch};
 use bayeux_mqtt_bridge::bayeux::{Data, Message};
 use bayeux_mqtt_bridge::bridge::mapping::{self, Direction, PayloadMode, Route};
@@ -186,12 +188,16 @@ fn route_config(
         Wildcard::Deep => ("/**", "/#"),
     };
     RouteConfig {
+        name: None,
         bayeux: format!("/{}{bayeux_tail}", prefix.join("/")),
         mqtt: format!("{}{mqtt_tail}", mqtt_prefix.join("/")),
         direction: Direction::Both,
         qos: 1,
         retain: false,
         payload: PayloadMode::Data,
+        properties: None,
+        ext_properties: false,
+        dead_letter_topic: None,
     }
 }
 
@@ -689,4 +695,110 @@ fn the_topic_name_check_follows_the_specification() {
         assert!(mqtt_topic_name_problem(bad).is_some(), "{bad:?}");
     }
     assert!(mqtt_topic_name_problem(&"a".repeat(65_536)).is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// Route indexes (issue 17): the tries answer as trying every route in turn does
+// ---------------------------------------------------------------------------------------
+
+/// A segment from a tiny alphabet, so that patterns and names collide often.
+fn tiny_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("c".to_owned())
+    ]
+}
+
+/// A name segment: the tiny alphabet, sometimes empty or an MQTT wildcard character.
+fn name_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => tiny_segment(),
+        1 => Just(String::new()),
+        1 => Just("+".to_owned()),
+    ]
+}
+
+/// A route over the tiny alphabet, any direction, with `{1}` sometimes.
+fn tiny_route_config() -> impl Strategy<Value = RouteConfig> {
+    (
+        prop::collection::vec(tiny_segment(), 1..4),
+        wildcard(),
+        prop::collection::vec(tiny_segment(), 0..3),
+        any::<bool>(),
+        prop_oneof![
+            Just(Direction::BayeuxToMqtt),
+            Just(Direction::MqttToBayeux),
+            Just(Direction::Both)
+        ],
+    )
+        .prop_map(|(prefix, w, mqtt, last, direction)| {
+            let mut mqtt = mqtt;
+            if mqtt.is_empty() && (w == Wildcard::None || !last) {
+                mqtt.push("m".to_owned());
+            }
+            let mut config = route_config(&prefix, w, &mqtt, last);
+            if mqtt.is_empty() {
+                config.mqtt = config.mqtt.trim_start_matches('/').to_owned();
+            }
+            config.direction = direction;
+            config
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_channel_index_finds_what_every_pattern_would(
+        patterns in prop::collection::vec(
+            (prop::collection::vec(tiny_segment(), 0..3), wildcard()), 1..12),
+        names in prop::collection::vec(prop::collection::vec(name_segment(), 1..5), 1..8),
+    ) {
+        let patterns: Vec<ChannelPattern> = patterns
+            .into_iter()
+            .filter_map(|(prefix, w)| {
+                let tail = match w { Wildcard::None => "", Wildcard::One => "/*", Wildcard::Deep => "/**" };
+                ChannelPattern::parse(&format!("/{}{tail}", prefix.join("/"))).ok()
+            })
+            .collect();
+        let mut index = ChannelIndex::new();
+        for (i, p) in patterns.iter().enumerate() {
+            index.insert(p, i);
+        }
+        for name in names {
+            let channel = format!("/{}", name.join("/"));
+            let linear: Vec<usize> = (0..patterns.len()).filter(|&i| patterns[i].matches(&channel)).collect();
+            prop_assert_eq!(&index.matches(&channel), &linear, "{}", channel);
+            prop_assert_eq!(index.any_match(&channel), !linear.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_route_indexes_find_the_routes_in_order_as_a_linear_search_does(
+        configs in prop::collection::vec(tiny_route_config(), 1..12),
+        names in prop::collection::vec(prop::collection::vec(name_segment(), 1..5), 1..8),
+    ) {
+        let configs: Vec<RouteConfig> = configs
+            .into_iter()
+            .filter(|c| mapping::compile(std::slice::from_ref(c)).is_ok())
+            .collect();
+        let routes = mapping::Routes::new(mapping::compile(&configs).unwrap());
+        for name in names {
+            let channel = format!("/{}", name.join("/"));
+            let linear: Vec<usize> = routes.iter()
+                .filter(|r| r.subscribes_bayeux() && r.matches_channel(&channel))
+                .map(|r| r.index)
+                .collect();
+            let indexed: Vec<usize> = routes.bayeux_matches(&channel).map(|r| r.index).collect();
+            prop_assert_eq!(&indexed, &linear, "channel {}", channel);
+            prop_assert_eq!(routes.any_bayeux_match(&channel), !linear.is_empty());
+            for topic in [name.join("/"), format!("${}", name.join("/"))] {
+                let linear: Vec<usize> = routes.iter()
+                    .filter(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
+                    .map(|r| r.index)
+                    .collect();
+                let indexed: Vec<usize> = routes.mqtt_matches(&topic).map(|r| r.index).collect();
+                prop_assert_eq!(&indexed, &linear, "topic {}", topic);
+            }
+        }
+    }
 }

@@ -56,12 +56,12 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const usage = 'usage: node bench.js --bin PATH [--messages 50000] [--repeat 3] [--paced-rate 2000] ' +
     '[--paced-seconds 5] [--bayeux-batch 50] [--bayeux-window 4] [--mosquitto-inflight 0] ' +
-    '[--max-other-load 0.25] [--only KEY,KEY…] [--json FILE] [--keep] [--server cometd|faye] ' +
-    '[--transport auto|long-polling|websocket]';
+    '[--max-other-load 0.25] [--only KEY,KEY…] [--routes N] [--json FILE] [--keep] ' +
+    '[--server cometd|faye] [--transport auto|long-polling|websocket]';
 const o = parseArgs(process.argv.slice(2), {
     bin: '', messages: 50000, repeat: 3, pacedRate: 2000, pacedSeconds: 5, mosquittoInflight: 0,
     json: '', keep: false, pidFile: '', work: '', maxOtherLoad: 0.25, bayeuxBatch: 50, bayeuxWindow: 4,
-    only: '', server: 'cometd', transport: 'auto',
+    only: '', routes: 0, server: 'cometd', transport: 'auto',
 }, usage);
 if (!o.bin) {
     fail(usage, 2);
@@ -349,6 +349,19 @@ function mqttCounter(topic, qos, count, rate) {
         '--deadline', String(counterDeadline(count, rate))]);
 }
 
+/**
+ * `--routes N`: N more routes beside the bench's own, in the shape of issue 17
+ * (`/r/<i>/**` ↔ `r/<i>/#`, direction both), which the bench's messages do not match: what
+ * routing and subscribing cost with many routes (scripts/bench-routes).
+ */
+function extraRoutes(qos) {
+    const out = [];
+    for (let i = 1; i <= o.routes; ++i) {
+        out.push(`\n[[route]]\nbayeux = "/r/${i}/**"\nmqtt = "r/${i}/#"\ndirection = "both"\nqos = ${qos}\n`);
+    }
+    return out.join('');
+}
+
 function bayeuxCounter(channel, count, rate) {
     return start(`bayeux-count-${runNumber}`, 'node', [tool('bayeux-count.js'), '--url', bayeuxUrl,
         '--channel', channel, '--count', String(count), '--deadline', String(counterDeadline(count, rate)),
@@ -414,15 +427,19 @@ bayeux = "/bench/out/**"
 mqtt = "bench/out/#"
 direction = "mqtt_to_bayeux"
 qos = ${qos}
-${spoolSection}`);
+${extraRoutes(qos)}${spoolSection}`);
     return file;
 }
 
 async function startBridge(qos, spool = false) {
     const config = bridgeConfig(qos, spool);
+    const t0 = Date.now();
     const bridge = start(`bridge-${runNumber}`, bin, ['--config', config], { stdin: 'ignore' });
     bridge.logFile = path.join(work, `bridge-${runNumber}.log`);
-    await waitFile(bridge.logFile, 'Bridge ready.', 15000, 'the bridge to be ready', bridge);
+    await waitFile(bridge.logFile, 'Bridge ready.', 15000 + o.routes * 10, 'the bridge to be ready', bridge);
+    // From the start of the process to its "Bridge ready." (both sides connected, every
+    // subscription confirmed), as the driver sees it (polling the log every few ms).
+    bridge.readySeconds = (Date.now() - t0) / 1000;
     return bridge;
 }
 
@@ -557,6 +574,7 @@ const scenarios = [
             });
             await stop(bridge, 15000);
             result.bridge = bridgeTotals(bridge.logFile);
+            result.ready_s = bridge.readySeconds;
             return result;
         },
     })),
@@ -579,6 +597,7 @@ const scenarios = [
             });
             await stop(bridge, 15000);
             result.bridge = bridgeTotals(bridge.logFile);
+            result.ready_s = bridge.readySeconds;
             return result;
         },
     })),
@@ -609,6 +628,7 @@ const scenarios = [
             });
             await stop(bridge, 15000);
             result.bridge = bridgeTotals(bridge.logFile);
+            result.ready_s = bridge.readySeconds;
             return result;
         },
     },
@@ -624,6 +644,7 @@ const scenarios = [
             });
             await stop(bridge, 15000);
             result.bridge = bridgeTotals(bridge.logFile);
+            result.ready_s = bridge.readySeconds;
             return result;
         },
     },
@@ -638,6 +659,7 @@ const scenarios = [
             });
             await stop(bridge, 15000);
             result.bridge = bridgeTotals(bridge.logFile);
+            result.ready_s = bridge.readySeconds;
             return result;
         },
     })),

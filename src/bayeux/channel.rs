@@ -20,6 +20,10 @@
 
 use std::fmt;
 
+mod index;
+
+pub use index::ChannelIndex;
+
 /// `/meta/handshake`.
 pub const META_HANDSHAKE: &str = "/meta/handshake";
 /// `/meta/connect`.

@@ -31,6 +31,7 @@ use super::transport::long_polling::LongPolling;
 use super::transport::websocket::WebSocket;
 use super::transport::{Transport, TransportChoice};
 use super::transports::{InUse, Transports};
+use super::verdict::{Reply, Verdict, VerdictSender};
 
 /// A cloneable handle to a running client. When every handle is dropped the client
 /// disconnects.
@@ -57,30 +58,13 @@ impl Events {
     }
 }
 
-/// The server's verdict on a queued publish (see [`Client::publish_queued`]).
-#[derive(Debug)]
-pub struct Verdict {
-    rx: oneshot::Receiver<Result<Message, PublishError>>,
-}
-
-impl std::future::Future for Verdict {
-    type Output = Result<Message, PublishError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(PublishError::Closed)))
-    }
-}
-
 /// Messages delivered on channels matching one pattern.
 #[derive(Debug)]
 pub struct Subscription {
     patterns: Vec<ChannelPattern>,
-    rx: mpsc::Receiver<Message>,
+    /// Boxed: a channel allocates room for 32 entries at its creation, which for a whole
+    /// `Message` would be over 10 KiB per subscription (100 MiB with 10,000 of them).
+    rx: mpsc::Receiver<Box<Message>>,
 }
 
 impl Subscription {
@@ -91,12 +75,12 @@ impl Subscription {
 
     /// The next delivery; `None` once the client has stopped or the pattern was unsubscribed.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|m| *m)
     }
 
     /// A delivery that has already arrived, without waiting.
     pub fn try_recv(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        self.rx.try_recv().ok().map(|m| *m)
     }
 
     /// [`Subscription::recv`] for hand-written futures and streams: `Ready(None)` once the
@@ -105,8 +89,22 @@ impl Subscription {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|m| m.map(|m| *m))
     }
+}
+
+/// Whether `channel` may be published to: a valid channel name without wildcards, not a
+/// `/meta/` one.
+fn publishable(channel: &str) -> Result<(), PublishError> {
+    if validate_publish_channel(channel)?.is_meta() {
+        return Err(PublishError::InvalidChannel(
+            super::channel::InvalidChannel {
+                name: channel.to_owned(),
+                reason: "/meta/ channels are the protocol's own and cannot be published to",
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// The headers of `options` for every request, each value marked sensitive: any of them may
@@ -318,27 +316,57 @@ impl Client {
         data: impl Into<Data>,
         ext: Option<Map<String, Value>>,
     ) -> Result<Verdict, PublishError> {
-        let parsed = validate_publish_channel(channel)?;
-        if parsed.is_meta() {
-            return Err(PublishError::InvalidChannel(
-                super::channel::InvalidChannel {
-                    name: channel.to_owned(),
-                    reason: "/meta/ channels are the protocol's own and cannot be published to",
-                },
-            ));
+        let (reply, verdict) = Reply::once();
+        self.enqueue(channel, data.into(), ext, reply).await?;
+        Ok(verdict)
+    }
+
+    /// Hands a publish to the client like [`Client::publish_queued`], but its verdict comes
+    /// as a [`TaggedVerdict`](super::TaggedVerdict) carrying `tag` on `verdicts`, the
+    /// channel of a [`verdict_channel`](super::verdict_channel): a caller with many
+    /// publishes in flight reads all their verdicts from one channel, with no future or
+    /// oneshot channel per message. Tags are the caller's own (the client does not look at
+    /// them).
+    ///
+    /// Every publish this accepts reports exactly once on `verdicts`: the server's reply, or
+    /// [`PublishError::Closed`] if the client stops first. One it refuses at once (an invalid
+    /// channel, a closed client) returns the error here and never reports.
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: impl Into<Data>,
+        ext: Option<Map<String, Value>>,
+        tag: u64,
+        verdicts: &VerdictSender,
+    ) -> Result<(), PublishError> {
+        let reply = Reply::tagged(tag, verdicts);
+        self.enqueue(channel, data.into(), ext, reply).await
+    }
+
+    /// Checks `channel` and queues the publish, whose verdict goes to `reply`.
+    async fn enqueue(
+        &self,
+        channel: &str,
+        data: Data,
+        ext: Option<Map<String, Value>>,
+        reply: Reply,
+    ) -> Result<(), PublishError> {
+        if let Err(e) = publishable(channel) {
+            reply.discard();
+            return Err(e);
         }
-        let (reply, verdict) = oneshot::channel();
         let command = Command::Publish {
             channel: channel.to_owned(),
-            data: data.into(),
+            data,
             ext,
             reply,
         };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| PublishError::Closed)?;
-        Ok(Verdict { rx: verdict })
+        self.commands.send(command).await.map_err(|back| {
+            if let Command::Publish { reply, .. } = back.0 {
+                reply.discard();
+            }
+            PublishError::Closed
+        })
     }
 
     /// Sends `/meta/disconnect` after anything queued and waits until the client stopped.
@@ -416,6 +444,161 @@ mod header_tests {
             "url-secret-4",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}
+
+/// Tagged publishes through a client whose transport answers in memory (no server: the
+/// protocol side is the session's, tested on its own).
+#[cfg(test)]
+mod tagged_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use serde_json::json;
+    use url::Url;
+
+    use super::*;
+    use crate::bayeux::transport::SendFuture;
+    use crate::bayeux::verdict::{TaggedVerdict, verdict_channel};
+
+    /// Accepts the handshake and the first connect (later connects are held for ever), and
+    /// every publish except those on `/refused`.
+    #[derive(Default)]
+    struct Loopback {
+        connects: AtomicUsize,
+    }
+
+    fn reply(message: &Message) -> Message {
+        let mut reply = json!({"channel": message.channel, "id": message.id, "successful": true});
+        match message.channel.as_str() {
+            "/meta/handshake" => {
+                reply["clientId"] = json!("c1");
+                reply["version"] = json!("1.0");
+                reply["supportedConnectionTypes"] = json!(["long-polling"]);
+                reply["advice"] = json!({"reconnect": "retry", "interval": 0, "timeout": 30000});
+            }
+            "/refused" => {
+                reply["successful"] = json!(false);
+                reply["error"] = json!("403::denied");
+            }
+            _ => {}
+        }
+        serde_json::from_value(reply).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    impl Transport for Loopback {
+        fn name(&self) -> &'static str {
+            "long-polling"
+        }
+
+        fn send(&self, messages: Vec<Message>, _deadline: Duration) -> SendFuture {
+            let connect = messages.iter().any(|m| m.channel == "/meta/connect");
+            if connect && self.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+                return Box::pin(std::future::pending());
+            }
+            let replies = messages.iter().map(reply).collect();
+            Box::pin(async move { Ok(replies) })
+        }
+    }
+
+    fn client() -> Client {
+        let options = ClientOptions {
+            url: Url::parse("http://127.0.0.1/cometd").unwrap_or_else(|e| panic!("{e}")),
+            ..ClientOptions::default()
+        };
+        Client::with_transport(options, Arc::new(Loopback::default())).0
+    }
+
+    async fn next(verdicts: &mut crate::bayeux::Verdicts) -> TaggedVerdict {
+        tokio::time::timeout(Duration::from_secs(10), verdicts.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no verdict"))
+            .unwrap_or_else(|| panic!("the verdict channel ended"))
+    }
+
+    #[tokio::test]
+    async fn each_tagged_publish_reports_its_verdict_once_under_its_tag() {
+        let client = client();
+        let (sender, mut verdicts) = verdict_channel();
+        for (tag, channel) in [(10, "/a"), (11, "/refused"), (12, "/b")] {
+            let sent = client
+                .publish_tagged(channel, json!({"n": tag}), None, tag, &sender)
+                .await;
+            assert_eq!(sent, Ok(()));
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let verdict = next(&mut verdicts).await;
+            got.push((verdict.tag, verdict.result.map(|m| m.channel)));
+        }
+        got.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(got[0], (10, Ok("/a".to_owned())));
+        assert!(
+            matches!(&got[1], (11, Err(PublishError::Refused(e))) if e.code == Some(403)),
+            "{got:?}"
+        );
+        assert_eq!(got[2], (12, Ok("/b".to_owned())));
+        // The plain publish still works beside them.
+        let reply = client.publish("/c", json!(1)).await.map(|m| m.channel);
+        assert_eq!(reply, Ok("/c".to_owned()));
+        assert!(verdicts.try_recv().is_none(), "each reported once");
+    }
+
+    #[tokio::test]
+    async fn a_publish_refused_at_once_returns_its_error_and_never_reports() {
+        let client = client();
+        let (sender, mut verdicts) = verdict_channel();
+        for channel in ["/a/*", "/meta/x", "no-slash"] {
+            let sent = client
+                .publish_tagged(channel, json!(1), None, 1, &sender)
+                .await;
+            assert!(
+                matches!(sent, Err(PublishError::InvalidChannel(_))),
+                "{sent:?}"
+            );
+        }
+        client.disconnect().await;
+        let sent = client
+            .publish_tagged("/a", json!(1), None, 2, &sender)
+            .await;
+        assert_eq!(sent, Err(PublishError::Closed));
+        drop(sender);
+        assert!(verdicts.recv().await.is_none(), "nothing reported");
+    }
+
+    #[tokio::test]
+    async fn publishes_the_client_never_answers_report_closed_when_it_stops() {
+        let (client, _events) = Client::with_transport(
+            ClientOptions {
+                url: Url::parse("http://127.0.0.1/cometd").unwrap_or_else(|e| panic!("{e}")),
+                ..ClientOptions::default()
+            },
+            Arc::new(Silent),
+        );
+        let (sender, mut verdicts) = verdict_channel();
+        let sent = client
+            .publish_tagged("/a", json!(1), None, 4, &sender)
+            .await;
+        assert_eq!(sent, Ok(()));
+        drop(client);
+        let verdict = next(&mut verdicts).await;
+        assert_eq!(
+            (verdict.tag, verdict.result),
+            (4, Err(PublishError::Closed))
+        );
+    }
+
+    /// Never answers: the handshake waits for ever.
+    struct Silent;
+
+    impl Transport for Silent {
+        fn name(&self) -> &'static str {
+            "long-polling"
+        }
+
+        fn send(&self, _messages: Vec<Message>, _deadline: Duration) -> SendFuture {
+            Box::pin(std::future::pending())
         }
     }
 }

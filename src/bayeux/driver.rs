@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, trace, warn};
 
 use super::auth::{AccessToken, TokenFuture};
-use super::channel::ChannelPattern;
+use super::channel::{ChannelIndex, ChannelPattern};
 use super::error::{PublishError, TokenError, TransportError};
 use super::event::{Event, Next, StopReason, Unrouted};
 use super::liveness::Pulse;
@@ -25,13 +25,14 @@ use super::options::ClientOptions;
 use super::session::{Lane, Output, Session};
 use super::transport::SendFuture;
 use super::transports::Transports;
+use super::verdict::Reply;
 use crate::log_limit::{self, LogLimiter};
 
 /// What a [`Client`](super::Client) handle asks of the driver.
 pub(super) enum Command {
     Subscribe {
         patterns: Vec<ChannelPattern>,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Box<Message>>,
     },
     Unsubscribe {
         pattern: ChannelPattern,
@@ -40,7 +41,7 @@ pub(super) enum Command {
         channel: String,
         data: Data,
         ext: Option<Map<String, Value>>,
-        reply: oneshot::Sender<Result<Message, PublishError>>,
+        reply: Reply,
     },
     Disconnect {
         done: oneshot::Sender<()>,
@@ -49,13 +50,7 @@ pub(super) enum Command {
 
 struct Listener {
     patterns: Vec<ChannelPattern>,
-    tx: mpsc::Sender<Message>,
-}
-
-impl Listener {
-    fn matches(&self, channel: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(channel))
-    }
+    tx: mpsc::Sender<Box<Message>>,
 }
 
 pub(super) struct Driver {
@@ -68,7 +63,11 @@ pub(super) struct Driver {
     commands_open: bool,
     events: mpsc::Sender<Event>,
     listeners: Vec<Listener>,
-    publishes: HashMap<String, oneshot::Sender<Result<Message, PublishError>>>,
+    /// The listeners' patterns by listener position; `None` after a change to `listeners`
+    /// until the next delivery builds it again (so that many subscriptions in a row cost one
+    /// build).
+    index: Option<ChannelIndex>,
+    publishes: HashMap<String, Reply>,
     connect_lane: Option<SendFuture>,
     other_lane: Option<SendFuture>,
     token_lane: Option<TokenFuture>,
@@ -113,6 +112,7 @@ impl Driver {
             commands_open: true,
             events,
             listeners: Vec::new(),
+            index: None,
             publishes: HashMap::new(),
             connect_lane: None,
             other_lane: None,
@@ -236,12 +236,14 @@ impl Driver {
                     self.session.subscribe(pattern, now);
                 }
                 self.listeners.push(Listener { patterns, tx });
+                self.index = None;
             }
             Command::Unsubscribe { pattern } => {
                 for listener in &mut self.listeners {
                     listener.patterns.retain(|p| *p != pattern);
                 }
                 self.listeners.retain(|l| !l.patterns.is_empty());
+                self.index = None;
                 self.session.unsubscribe(pattern.as_str(), now);
             }
             Command::Publish {
@@ -382,25 +384,18 @@ impl Driver {
         let mut delivered = false;
         let mut gone = Vec::new();
         // Every matching listener but the last gets a copy; the last one takes the message.
-        // (Found first, without collecting the matches: this runs for every delivery.)
-        let last = (0..self.listeners.len())
-            .rev()
-            .find(|&i| self.listeners[i].matches(&message.channel));
+        let matching = self.matching(&message.channel);
+        let last = matching.last().copied();
         let mut message = Some(message);
-        for i in 0..last.map_or(0, |last| last + 1) {
+        for i in matching {
             let copy = if Some(i) == last {
                 message.take()
-            } else if message
-                .as_ref()
-                .is_some_and(|m| self.listeners[i].matches(&m.channel))
-            {
-                message.clone()
             } else {
-                continue;
+                message.clone()
             };
             let Some(copy) = copy else { break };
             // Without a send future unless the reader is behind (then wait: back-pressure).
-            let sent = match self.listeners[i].tx.try_send(copy) {
+            let sent = match self.listeners[i].tx.try_send(Box::new(copy)) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(copy)) => self.listeners[i]
                     .tx
@@ -414,7 +409,7 @@ impl Driver {
                 Err(back) => {
                     gone.push(i);
                     if message.is_none() {
-                        message = Some(back);
+                        message = Some(*back);
                     }
                 }
             }
@@ -430,10 +425,29 @@ impl Driver {
         }
     }
 
+    /// The positions of the listeners with a pattern that matches `channel`, ascending: from
+    /// an index of their patterns (built again after the listeners changed), so that a
+    /// delivery costs the same with one subscription or ten thousand.
+    fn matching(&mut self, channel: &str) -> Vec<usize> {
+        let listeners = &self.listeners;
+        self.index
+            .get_or_insert_with(|| {
+                let mut index = ChannelIndex::new();
+                for (i, listener) in listeners.iter().enumerate() {
+                    for pattern in &listener.patterns {
+                        index.insert(pattern, i);
+                    }
+                }
+                index
+            })
+            .matches(channel)
+    }
+
     /// Drops the listeners `gone` (ascending indices) whose readers went away, and
     /// unsubscribes the patterns nobody else reads.
     fn forget(&mut self, gone: Vec<usize>) {
         let now = Instant::now().into_std();
+        self.index = None;
         for i in gone.into_iter().rev() {
             let listener = self.listeners.remove(i);
             for pattern in listener.patterns {
@@ -447,7 +461,7 @@ impl Driver {
 
     fn publish_done(&mut self, id: String, result: Result<Message, PublishError>) {
         let unclaimed = match self.publishes.remove(&id) {
-            Some(reply) => reply.send(result).err(),
+            Some(reply) => reply.send(result),
             None => Some(result),
         };
         match unclaimed {

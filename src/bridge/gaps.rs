@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 
 use super::Shared;
+use super::dead_letter::Undeliverable;
 use super::stats::Direction;
 use crate::metrics::GapLabels;
 use crate::mqtt::QoS;
@@ -134,6 +135,7 @@ pub(crate) async fn report(shared: &Shared, gap: &Gap, wait: Duration) {
     let mqtt = shared.mqtt();
     let status_topic = shared.status_topic();
     let payload = gap.status_message();
+    let placeholder = placeholder(shared, gap, &payload);
     let publish = mqtt.publish(&status_topic, payload.into(), QoS::AtLeastOnce, false);
     match tokio::time::timeout(wait, publish).await {
         Ok(Ok(())) => {}
@@ -144,6 +146,43 @@ pub(crate) async fn report(shared: &Shared, gap: &Gap, wait: Duration) {
             "The gap report was not acknowledged by the broker in time."
         ),
     }
+    if let Some(placeholder) = placeholder
+        && tokio::time::timeout(wait, placeholder).await.is_err()
+    {
+        warn!(
+            kind = gap.kind.as_str(),
+            "The gap's dead letter was not acknowledged by the broker in time."
+        );
+    }
+}
+
+/// With a dead-letter topic, a gap whose message count is known also goes there, as one
+/// placeholder for the messages it lost: reason the gap's kind, user property (or envelope
+/// field) `count`, and the status message as the payload. Never counted as a drop (it is not
+/// a message).
+fn placeholder(
+    shared: &Shared,
+    gap: &Gap,
+    status: &[u8],
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let count = gap.count.filter(|n| *n > 0)?;
+    let topic = shared.dead_letters.topic_for(&[], 0)?;
+    let names = gap.names.join(",");
+    let mut letter = Undeliverable {
+        direction: gap.direction,
+        reason: gap.kind.as_str(),
+        route: 0,
+        channel: None,
+        topic: None,
+        error: format!("{count} message(s) lost ({})", gap.kind.as_str()),
+        payload: bytes::Bytes::copy_from_slice(status),
+        extra: vec![("count", count.to_string())],
+    };
+    match gap.direction {
+        Direction::BayeuxToMqtt => letter.channel = Some(names),
+        Direction::MqttToBayeux => letter.topic = Some(names),
+    }
+    Some(shared.dead_letters.deliver(shared.mqtt(), topic, letter))
 }
 
 /// How long a gap report waits for the broker while the bridge runs.

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::gaps::{self, GapKind};
+use super::readiness::Readiness;
 use super::shutdown::{Shutdown, Step};
 use super::spooled::Delivery;
 use super::stats::{self, Direction, Stats};
@@ -32,17 +35,27 @@ pub(crate) fn spawn_watcher(
     tokio::spawn(watch_bayeux(events, Arc::clone(shared)))
 }
 
-/// Follows the Bayeux client's events for readiness, lost sessions and replay gaps; resolves
-/// with the reason if the client stops for good, or a replay gap stops the bridge.
+/// Follows the Bayeux client's events for metrics, readiness, lost sessions and replay gaps;
+/// resolves with the reason if the client stops for good, or a replay gap stops the bridge.
 async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> BridgeError {
     let mut lost: Option<LostSession> = None;
-    let readiness = &shared.readiness;
-    let stats = &shared.stats;
-    let count = |family: &prometheus_client::metrics::family::Family<
-        CauseLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-                 cause| {
+    while let Some(event) = events.recv().await {
+        if let Event::Stopped { reason } = &event {
+            return BridgeError::BayeuxStopped(reason.to_string());
+        }
+        count_event(&shared.stats, &event);
+        follow_readiness(&shared.readiness, &event);
+        follow_transport(&shared, &event);
+        if let Some(stop) = track_gaps(&mut lost, &shared, event).await {
+            return stop;
+        }
+    }
+    BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
+}
+
+/// Counts `event` in the metrics it belongs to (handshakes, reconnects, tokens, bad replies).
+fn count_event(stats: &Stats, event: &Event) {
+    let count = |family: &Family<CauseLabels, Counter>, cause| {
         family
             .get_or_create(&CauseLabels {
                 side: "bayeux",
@@ -50,90 +63,108 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
             })
             .inc();
     };
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Handshaken { rehandshake, .. } => {
-                count(
-                    &stats.metrics.handshakes,
-                    if rehandshake {
-                        "rehandshake"
-                    } else {
-                        "initial"
-                    },
-                );
-                readiness.bayeux_new_session()
-            }
-            Event::HandshakeFailed { .. } => count(&stats.metrics.reconnects, "handshake_failed"),
-            Event::Connected => {
-                // The transport of the session (after an `auto` fallback, long-polling).
-                if let Some(transport) = shared.bayeux().transport() {
-                    stats.metrics.set_transport(transport);
-                }
-                readiness.bayeux_connected(true)
-            }
-            Event::ConnectFailed { next, .. } => {
-                let cause = match next {
-                    bayeux::Next::Retry(_) => "connect_failed",
-                    bayeux::Next::Handshake(_) => "session_lost",
-                };
-                count(&stats.metrics.reconnects, cause);
-                readiness.bayeux_connected(false)
-            }
-            Event::Disconnected { .. } => readiness.bayeux_connected(false),
-            Event::SessionLost {
-                reason,
-                last_connected,
-                subscriptions,
-            } if !subscriptions.is_empty() => {
-                let back_pressured = shared.b2m_pressure.was_full_since(last_connected);
-                let since = last_connected.map_or_else(SystemTime::now, gaps::wall_clock);
-                lost = Some(LostSession::add(
-                    lost.take(),
-                    since,
-                    reason,
-                    subscriptions,
-                    back_pressured,
-                ));
-            }
-            Event::SubscriptionConfirmed { subscription } => {
-                readiness.bayeux_confirmed(&subscription);
-                resubscribed(&mut lost, &shared, &subscription);
-            }
-            Event::Unsubscribed { subscription, .. } => {
-                if let Some(session) = &mut lost {
-                    session.waiting.remove(&subscription);
-                }
-            }
-            Event::SubscriptionFailed {
-                subscription,
-                error,
-                ..
-            } => {
-                if let Some(stop) = subscription_failed(&shared, &subscription, &error).await {
-                    return stop;
-                }
-            }
-            Event::TokenRefreshed { .. } => {
-                let labels = OutcomeLabels { outcome: "ok" };
-                stats.metrics.tokens.get_or_create(&labels).inc();
-            }
-            Event::AuthenticationFailed { .. } => {
-                let labels = OutcomeLabels { outcome: "error" };
-                stats.metrics.tokens.get_or_create(&labels).inc();
-            }
-            Event::BadReply { error } => {
-                let cause = match error {
-                    bayeux::TransportError::TooLarge { .. } => "too_large",
-                    bayeux::TransportError::TooManyMessages { .. } => "too_many_messages",
-                    _ => "invalid",
-                };
-                count(&stats.metrics.bad_replies, cause)
-            }
-            Event::Stopped { reason } => return BridgeError::BayeuxStopped(reason.to_string()),
-            _ => {}
+    let metrics = &stats.metrics;
+    match event {
+        Event::Handshaken { rehandshake, .. } => count(
+            &metrics.handshakes,
+            if *rehandshake {
+                "rehandshake"
+            } else {
+                "initial"
+            },
+        ),
+        Event::HandshakeFailed { .. } => count(&metrics.reconnects, "handshake_failed"),
+        Event::ConnectFailed { next, .. } => {
+            let cause = match next {
+                bayeux::Next::Retry(_) => "connect_failed",
+                bayeux::Next::Handshake(_) => "session_lost",
+            };
+            count(&metrics.reconnects, cause);
         }
+        Event::TokenRefreshed { .. } => {
+            let labels = OutcomeLabels { outcome: "ok" };
+            metrics.tokens.get_or_create(&labels).inc();
+        }
+        Event::AuthenticationFailed { .. } => {
+            let labels = OutcomeLabels { outcome: "error" };
+            metrics.tokens.get_or_create(&labels).inc();
+        }
+        Event::BadReply { error } => {
+            let cause = match error {
+                bayeux::TransportError::TooLarge { .. } => "too_large",
+                bayeux::TransportError::TooManyMessages { .. } => "too_many_messages",
+                _ => "invalid",
+            };
+            count(&metrics.bad_replies, cause);
+        }
+        _ => {}
     }
-    BridgeError::BayeuxStopped("the Bayeux client ended".to_owned())
+}
+
+/// On each successful connect, marks the transport the session uses in the metrics (after
+/// an `auto` fallback, long-polling).
+fn follow_transport(shared: &Shared, event: &Event) {
+    if matches!(event, Event::Connected)
+        && let Some(transport) = shared.bayeux().transport()
+    {
+        shared.stats.metrics.set_transport(transport);
+    }
+}
+
+/// Tells readiness what `event` says about the Bayeux side: a new session, connected or not,
+/// a subscription confirmed.
+fn follow_readiness(readiness: &Readiness, event: &Event) {
+    match event {
+        Event::Handshaken { .. } => readiness.bayeux_new_session(),
+        Event::Connected => readiness.bayeux_connected(true),
+        Event::ConnectFailed { .. } | Event::Disconnected { .. } => {
+            readiness.bayeux_connected(false)
+        }
+        Event::SubscriptionConfirmed { subscription } => readiness.bayeux_confirmed(subscription),
+        _ => {}
+    }
+}
+
+/// Follows lost sessions until the new session has subscribed again (then their gap is
+/// reported), and subscriptions the server refused; returns the error when a refused replay
+/// id stops the bridge.
+async fn track_gaps(
+    lost: &mut Option<LostSession>,
+    shared: &Arc<Shared>,
+    event: Event,
+) -> Option<BridgeError> {
+    match event {
+        Event::SessionLost {
+            reason,
+            last_connected,
+            subscriptions,
+        } if !subscriptions.is_empty() => {
+            let back_pressured = shared.b2m_pressure.was_full_since(last_connected);
+            let since = last_connected.map_or_else(SystemTime::now, gaps::wall_clock);
+            *lost = Some(LostSession::add(
+                lost.take(),
+                since,
+                reason,
+                subscriptions,
+                back_pressured,
+            ));
+        }
+        Event::SubscriptionConfirmed { subscription } => {
+            resubscribed(lost, shared, &subscription);
+        }
+        Event::Unsubscribed { subscription, .. } => {
+            if let Some(session) = lost {
+                session.waiting.remove(&subscription);
+            }
+        }
+        Event::SubscriptionFailed {
+            subscription,
+            error,
+            ..
+        } => return subscription_failed(shared, &subscription, &error).await,
+        _ => {}
+    }
+    None
 }
 
 /// The new session confirmed `subscription`: once it has confirmed every subscription of

@@ -5,28 +5,32 @@
 //! without an answer is sent again by the Bayeux client itself, ahead of later ones and after
 //! a backoff (`ClientOptions::retry_publishes`, which the bridge turns on), so order holds; a
 //! duplicate is possible if the first try reached the server. Other failures (the client was
-//! replaced or stopped) are retried here with backoff. One the server refuses for good is
-//! dropped, counted and acknowledged so it does not block the messages behind it. At shutdown, unanswered messages are left
-//! unacknowledged for the broker to deliver again.
+//! replaced or stopped) are retried with backoff by the settlement task
+//! ([`settlement`]), which reads every verdict from one tagged channel. One the server
+//! refuses for good is dropped, counted and acknowledged so it does not block the messages
+//! behind it. At shutdown, unanswered messages are left unacknowledged for the broker to
+//! deliver again.
+
+mod settlement;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
+use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
-use super::mapping::Route;
-use super::payload::{echo_fingerprint, mqtt_to_bayeux_data};
-use super::settling::Settler;
+use super::mapping::Routes;
+use super::payload::{echo_fingerprint, mqtt_ext};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
-use crate::backoff::{Backoff, BackoffOptions};
-use crate::bayeux::{Client, PublishError, Verdict};
-use crate::mqtt::{IncomingMessage, MqttEvent, MqttHandle, QoS};
+use crate::mqtt::{ConnectionError, IncomingMessage, MqttEvent, MqttHandle, QoS};
+use settlement::bayeux_data;
+pub(crate) use settlement::{Destination, Held, Settlement, Source};
 
 /// A new MQTT client and its events, after a reload changed `[mqtt]`. They come as a pair,
 /// not as a change of [`Shared::mqtt`] alone: a message is acknowledged through the client
@@ -46,80 +50,112 @@ const PENDING_LIMIT: usize = 4096;
 pub(super) async fn run(
     shared: Arc<Shared>,
     mqtt: MqttHandle,
-    mut events: mpsc::Receiver<MqttEvent>,
+    events: mpsc::Receiver<MqttEvent>,
     permits: Arc<Semaphore>,
     mut stop: Signal,
     mut swaps: mpsc::Receiver<Swap>,
 ) {
-    let mut mqtt = mqtt;
-    let out = Outputs {
-        settler: Settler::start(),
-        intake: shared
-            .spools
-            .is_some()
-            .then(|| Intake::start(Arc::clone(&shared), Direction::MqttToBayeux).0),
+    let out = Outputs::start(&shared, stop.clone());
+    let mut input = Input {
+        mqtt,
+        events,
+        open: true,
+        pending: VecDeque::new(),
     };
-    let mut pending: VecDeque<IncomingMessage> = VecDeque::new();
-    let mut open = true;
-    let retries_stop = stop.clone();
-    enum Wake {
-        Stop,
-        Slot(Option<OwnedSemaphorePermit>),
-        Event(Option<MqttEvent>),
-        Swap(Swap),
-    }
     loop {
-        // Messages wait and every slot is taken: the broker holds what comes next.
-        if !pending.is_empty() && permits.available_permits() == 0 {
-            shared.m2b_pressure.full();
-        }
-        let wake = tokio::select! {
-            biased;
-            () = stop.wait() => Wake::Stop,
-            Some(swap) = swaps.recv() => Wake::Swap(swap),
-            permit = permits.clone().acquire_owned(), if !pending.is_empty() => Wake::Slot(permit.ok()),
-            event = events.recv(), if open && pending.len() < PENDING_LIMIT => Wake::Event(event),
-            else => Wake::Stop,
-        };
-        match wake {
+        match next(&shared, &permits, &mut input, &mut stop, &mut swaps).await {
             Wake::Stop | Wake::Slot(None) => break,
-            Wake::Slot(Some(permit)) => {
-                if let Some(since) = shared.m2b_pressure.relieved_since() {
-                    report_held_back(&shared, since);
-                }
-                let Some(message) = pending.pop_front() else {
-                    continue;
-                };
-                let slot = Slot::new(permit, &shared.m2b_in_flight);
-                let bayeux = shared.publisher();
-                let stop = retries_stop.clone();
-                forward(&shared, &bayeux, &mqtt, message, slot, stop, &out).await;
-            }
-            Wake::Event(None) => open = false,
-            Wake::Event(Some(MqttEvent::Message(message))) => pending.push_back(message),
-            Wake::Event(Some(event)) => lifecycle(&shared, &mqtt, event),
-            Wake::Swap((handle, new_events)) => {
-                // Messages of the old connection that were not forwarded yet are not
-                // acknowledged: the broker delivers them again on the new one.
-                debug!(
-                    dropped_pending = pending.len(),
-                    "Switching to the new MQTT client."
-                );
-                pending.clear();
-                mqtt = handle;
-                events = new_events;
-                open = true;
-            }
+            Wake::Slot(Some(permit)) => take(&shared, &mut input, permit, &out).await,
+            Wake::Event(None) => input.open = false,
+            Wake::Event(Some(MqttEvent::Message(message))) => input.pending.push_back(message),
+            Wake::Event(Some(event)) => lifecycle(&shared, &input.mqtt, event),
+            Wake::Swap(swap) => input.swap(swap),
         }
     }
     // Messages still pending are not acknowledged: the broker delivers them again.
+    let left = input.pending.len();
     shared
         .m2b_left_pending
-        .store(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        .store(left as u64, std::sync::atomic::Ordering::Relaxed);
     debug!(
-        pending = pending.len(),
+        pending = left,
         "MQTT → Bayeux pipeline stopped taking messages."
     );
+}
+
+/// Where the pipeline's messages come from: the MQTT client that delivered them, its events,
+/// and the messages received and waiting for a slot.
+struct Input {
+    mqtt: MqttHandle,
+    events: mpsc::Receiver<MqttEvent>,
+    /// Whether `events` may still bring something.
+    open: bool,
+    pending: VecDeque<IncomingMessage>,
+}
+
+impl Input {
+    /// Switches to the new MQTT client of a reload.
+    fn swap(&mut self, (mqtt, events): Swap) {
+        // Messages of the old connection that were not forwarded yet are not acknowledged:
+        // the broker delivers them again on the new one.
+        debug!(
+            dropped_pending = self.pending.len(),
+            "Switching to the new MQTT client."
+        );
+        self.pending.clear();
+        self.mqtt = mqtt;
+        self.events = events;
+        self.open = true;
+    }
+}
+
+enum Wake {
+    Stop,
+    Slot(Option<OwnedSemaphorePermit>),
+    Event(Option<MqttEvent>),
+    Swap(Swap),
+}
+
+/// Waits for what comes next: the stop, a reload's new client, a slot for the first pending
+/// message, or an event (while fewer than [`PENDING_LIMIT`] messages wait).
+async fn next(
+    shared: &Shared,
+    permits: &Arc<Semaphore>,
+    input: &mut Input,
+    stop: &mut Signal,
+    swaps: &mut mpsc::Receiver<Swap>,
+) -> Wake {
+    let waiting = !input.pending.is_empty();
+    // Messages wait and every slot is taken: the broker holds what comes next.
+    if waiting && permits.available_permits() == 0 {
+        shared.m2b_pressure.full();
+    }
+    let reading = input.open && input.pending.len() < PENDING_LIMIT;
+    tokio::select! {
+        biased;
+        () = stop.wait() => Wake::Stop,
+        Some(swap) = swaps.recv() => Wake::Swap(swap),
+        permit = permits.clone().acquire_owned(), if waiting => Wake::Slot(permit.ok()),
+        event = input.events.recv(), if reading => Wake::Event(event),
+        else => Wake::Stop,
+    }
+}
+
+/// Takes the first pending message into the slot of `permit` and forwards it.
+async fn take(
+    shared: &Arc<Shared>,
+    input: &mut Input,
+    permit: OwnedSemaphorePermit,
+    out: &Outputs,
+) {
+    if let Some(since) = shared.m2b_pressure.relieved_since() {
+        report_held_back(shared, since);
+    }
+    let Some(message) = input.pending.pop_front() else {
+        return;
+    };
+    let slot = Slot::new(permit, &shared.m2b_in_flight);
+    forward(shared, &input.mqtt, message, slot, out).await;
 }
 
 fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
@@ -134,24 +170,12 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             shared.count_reconnect("disconnected");
             shared.readiness.mqtt_disconnected()
         }
-        MqttEvent::ConnectFailed { error, .. } => {
-            let refused = error.is_credentials_refused();
-            shared.count_reconnect(if refused {
-                "credentials_refused"
-            } else {
-                "connect_failed"
-            });
-            shared.readiness.mqtt_credentials_refused(refused);
-        }
+        MqttEvent::ConnectFailed { error, .. } => connect_failed(shared, &error),
         MqttEvent::Subscribed { filter } => shared.readiness.mqtt_subscribed(&filter),
         // MQTT 3.1.1 only: the broker could not be told `mqtt.max_packet_size`. The client
         // acknowledged the message already (see `MqttEvent::Oversized`).
         MqttEvent::Oversized { topic, size, limit } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared.drop_message(
                 Direction::MqttToBayeux,
                 "payload_too_large",
@@ -168,11 +192,7 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
             count,
             reason,
         } => {
-            let route = shared
-                .routes()
-                .iter()
-                .find(|r| r.subscribes_mqtt() && r.matches_topic(&topic))
-                .map_or(0, |r| r.number());
+            let route = (shared.routes().mqtt_matches(&topic).next()).map_or(0, |r| r.number());
             shared
                 .stats
                 .dropped_many(Direction::MqttToBayeux, route, "receiver_full", count);
@@ -182,6 +202,18 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
         }
         _ => {}
     }
+}
+
+/// A connect attempt failed: counted as a reconnect by its cause, and readiness told whether
+/// the broker refused our credentials (reported apart from a broker that is down).
+fn connect_failed(shared: &Shared, error: &ConnectionError) {
+    let refused = error.is_credentials_refused();
+    shared.count_reconnect(if refused {
+        "credentials_refused"
+    } else {
+        "connect_failed"
+    });
+    shared.readiness.mqtt_credentials_refused(refused);
 }
 
 /// The MQTT filters the routes subscribe to, for gap reports.
@@ -273,59 +305,44 @@ fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
 /// it is an own echo, nothing takes it, or it cannot be converted.
 async fn forward(
     shared: &Arc<Shared>,
-    bayeux: &Client,
     mqtt: &MqttHandle,
     message: IncomingMessage,
-    permit: Slot,
-    stop: Signal,
+    slot: Slot,
     out: &Outputs,
 ) {
-    let now = Instant::now();
-    if own_echo(shared, &message, now) {
+    if own_echo(shared, &message, Instant::now()) {
         mqtt.ack(message.token);
         return;
     }
-    let routes = shared.routes();
-    let targets = targets(shared, &routes, &message.topic);
-    let first_route = targets.first().map_or(0, |(route, _)| *route);
+    let targets = targets(shared, &shared.routes(), &message);
+    let first_route = targets.first().map_or(0, |t| t.route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
-    if targets.is_empty() {
+    let data = if targets.is_empty() {
+        None
+    } else {
+        bayeux_data(shared, &message.payload, first_route, &message.topic)
+    };
+    let Some(data) = data else {
         mqtt.ack(message.token);
         return;
-    }
-    let data = match mqtt_to_bayeux_data(&message.payload, shared.binary_payloads) {
-        Ok(data) => data,
-        Err(e) => {
-            shared.drop_message(
-                Direction::MqttToBayeux,
-                "binary_payload",
-                first_route,
-                &message.topic,
-                &e.to_string(),
-            );
-            mqtt.ack(message.token);
-            return;
-        }
     };
-    if let Some(intake) = &out.intake {
-        return spool(intake, mqtt, message, permit, targets, data);
+    match out {
+        Outputs::Spool(intake) => spool(intake, mqtt, message, slot, targets, data),
+        Outputs::Bayeux(settlement) => {
+            trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
+            let IncomingMessage { payload, token, .. } = message;
+            let source = Source::Mqtt {
+                mqtt: mqtt.clone(),
+                token,
+            };
+            // A closed client is the settlement's to judge: at shutdown the broker keeps the
+            // message; a client a reload replaced is tried again through the new one.
+            let held = Held { slot, source };
+            settlement
+                .publish(shared, held, payload, &targets, data)
+                .await;
+        }
     }
-    trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Forwarding to Bayeux.");
-    let Some(verdicts) = publish_all(shared, bayeux, &routes, targets, data, now).await else {
-        return; // shutting down: the broker keeps the message
-    };
-    let shared = Arc::clone(shared);
-    let mqtt = mqtt.clone();
-    out.settler.settle(async move {
-        let _permit = permit;
-        let mut all_settled = true;
-        for pending in verdicts {
-            all_settled &= settle(&shared, pending, &message.payload, stop.clone()).await;
-        }
-        if all_settled {
-            mqtt.ack(message.token);
-        }
-    });
 }
 
 /// Whether `message` is an own publish coming back from the broker (MQTT 3.1.1 only); it is
@@ -343,27 +360,32 @@ fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
     true
 }
 
-/// The routes and Bayeux channels `topic` goes to, each channel once. An untranslatable
-/// topic is dropped for that route (and, when no route takes it, acknowledged by the caller
-/// so that the broker does not deliver it again).
-fn targets(shared: &Shared, routes: &[Route], topic: &str) -> Vec<(usize, String)> {
-    let mut targets: Vec<(usize, String)> = Vec::new();
-    for route in routes
-        .iter()
-        .filter(|r| r.subscribes_mqtt() && r.matches_topic(topic))
-    {
+/// The routes and Bayeux channels `message` goes to, each channel once, with the `ext` of
+/// its route. An untranslatable topic is dead-lettered or dropped for that route (and, when
+/// no route takes it, acknowledged by the caller so that the broker does not deliver it
+/// again).
+fn targets(shared: &Shared, routes: &Routes, message: &IncomingMessage) -> Vec<Destination> {
+    let topic = message.topic.as_str();
+    let mut targets: Vec<Destination> = Vec::new();
+    for route in routes.mqtt_matches(topic) {
         match route.topic_to_channel(topic) {
-            Ok(channel) if !targets.iter().any(|(_, c)| *c == channel) => {
-                targets.push((route.number(), channel))
+            Ok(channel) if !targets.iter().any(|t| t.channel == channel) => {
+                targets.push(Destination {
+                    route: route.number(),
+                    channel,
+                    ext: route
+                        .ext_properties
+                        .then(|| mqtt_ext(topic, &message.properties)),
+                })
             }
             Ok(_) => {}
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                e.reason(),
-                route.number(),
+            Err(e) => shared.reject(Undeliverable::from_mqtt(
                 topic,
-                &e.to_string(),
-            ),
+                message.payload.clone(),
+                route.number(),
+                e.reason(),
+                e.to_string(),
+            )),
         }
     }
     targets
@@ -376,19 +398,20 @@ fn spool(
     mqtt: &MqttHandle,
     message: IncomingMessage,
     permit: Slot,
-    targets: Vec<(usize, String)>,
+    targets: Vec<Destination>,
     data: crate::bayeux::Data,
 ) {
     trace!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), "Spooling for Bayeux.");
-    let first_route = targets.first().map_or(0, |(route, _)| *route);
+    let first_route = targets.first().map_or(0, |t| t.route);
     let entries = targets
         .into_iter()
-        .map(|(route, channel)| {
+        .map(|target| {
             ToBayeux {
-                route,
-                channel,
+                route: target.route,
+                channel: target.channel,
                 topic: message.topic.clone(),
                 data: data.clone(),
+                ext: target.ext,
             }
             .encode()
         })
@@ -401,197 +424,43 @@ fn spool(
     intake.submit(entries, then, first_route, &message.topic);
 }
 
-/// Publishes `data` on each target channel, recording it for the echo filter where it can
-/// come back; returns the verdicts to wait for, or `None` when the Bayeux client is closed
-/// (shutting down). A channel the client refuses at once is dropped and counted.
-async fn publish_all(
-    shared: &Shared,
-    bayeux: &Client,
-    routes: &[Route],
-    targets: Vec<(usize, String)>,
-    data: crate::bayeux::Data,
-    now: Instant,
-) -> Option<Vec<Pending>> {
-    // The serialized data, for the echo filter: made only when a target channel is one the
-    // bridge also reads (the only way it can come back).
-    let mut fingerprint: Option<Vec<u8>> = None;
-    let mut verdicts = Vec::with_capacity(targets.len());
-    let last = targets.len().saturating_sub(1);
-    let mut data = Some(data);
-    for (i, (route, channel)) in targets.into_iter().enumerate() {
-        let Some(value) = (if i == last { data.take() } else { data.clone() }) else {
-            break;
-        };
-        record_echo(
-            shared,
-            routes,
-            &channel,
-            &value,
-            Some(&mut fingerprint),
-            now,
-        );
-        match bayeux.publish_queued(&channel, value, None).await {
-            Ok(verdict) => verdicts.push(Pending {
-                route,
-                channel,
-                verdict,
-            }),
-            Err(PublishError::Closed) => return None,
-            Err(e) => shared.drop_message(
-                Direction::MqttToBayeux,
-                "invalid_channel",
-                route,
-                &channel,
-                &e.to_string(),
-            ),
-        }
-    }
-    Some(verdicts)
-}
-
 /// Whether a publish on `channel` can come back from the Bayeux server: only on a channel
 /// the bridge also reads.
-pub(crate) fn echoes_back(routes: &[Route], channel: &str) -> bool {
-    routes
-        .iter()
-        .any(|r| r.subscribes_bayeux() && r.matches_channel(channel))
+pub(crate) fn echoes_back(routes: &Routes, channel: &str) -> bool {
+    routes.any_bayeux_match(channel)
 }
 
-pub(crate) struct Pending {
-    pub(crate) route: usize,
-    pub(crate) channel: String,
-    pub(crate) verdict: Verdict,
+/// Where taken messages go: to the Bayeux server, settled on the settlement task, or with
+/// `[spool]` into the spool (its delivery task publishes them, `super::spooled::m2b`).
+enum Outputs {
+    Bayeux(Settlement),
+    Spool(Intake),
 }
 
-/// Where taken messages go: straight to the Bayeux server, or with `[spool]` into the spool
-/// (its delivery task publishes them, `super::spooled::m2b`).
-struct Outputs {
-    settler: Settler,
-    intake: Option<Intake>,
-}
-
-/// Waits for the verdict, retrying failed requests; returns whether the message may be
-/// acknowledged (accepted, or refused for good and counted as dropped). A retry makes the
-/// Bayeux data from the MQTT `payload` again, so that no copy is kept for the common case.
-pub(crate) async fn settle(
-    shared: &Shared,
-    pending: Pending,
-    payload: &[u8],
-    mut stop: Signal,
-) -> bool {
-    let Pending {
-        route,
-        channel,
-        verdict,
-    } = pending;
-    let mut backoff = Backoff::new(BackoffOptions {
-        max: Duration::from_secs(30),
-        ..BackoffOptions::default()
-    });
-    let mut result = verdict.await;
-    loop {
-        let e = match result {
-            Ok(_) => {
-                shared.stats.forwarded(Direction::MqttToBayeux, route);
-                return true;
-            }
-            Err(e) => e,
-        };
-        if dropped_for_good(shared, route, &channel, &e) {
-            return true;
+impl Outputs {
+    /// The outputs of a pipeline that stops at `stop`.
+    fn start(shared: &Arc<Shared>, stop: Signal) -> Outputs {
+        match shared.spools {
+            Some(_) => Outputs::Spool(Intake::start(Arc::clone(shared), Direction::MqttToBayeux).0),
+            None => Outputs::Bayeux(Settlement::start(Arc::clone(shared), stop)),
         }
-        // Shutting down: leave it to the broker. Otherwise the client was replaced by a
-        // reload (new [bayeux] settings): publish again through the current one.
-        if matches!(e, PublishError::Closed) && stop.is_set() {
-            return false;
-        }
-        shared.count_publish_error("bayeux", "transport");
-        let wait = backoff.next_delay();
-        if shared.log_limit.allow("Bayeux publish failed; retrying.") {
-            warn!(%channel, error = %e, ?wait, "Bayeux publish failed; retrying.");
-        }
-        tokio::select! {
-            () = stop.wait() => return false,
-            () = tokio::time::sleep(wait) => {}
-        }
-        // Made from the same payload the first time, so this does not fail; if it did, the
-        // message is dropped as it would have been then.
-        let Some(data) = retry_data(shared, route, &channel, payload) else {
-            return true;
-        };
-        result = shared.publisher().publish(&channel, data).await;
     }
-}
-
-/// Drops and counts a message whose publish failed for good: the server refused it, its
-/// channel is invalid, or it is over `bayeux.max_request_bytes` (it can never be sent).
-/// `false` for a failure worth retrying (closed client, transport, full queue).
-fn dropped_for_good(shared: &Shared, route: usize, channel: &str, error: &PublishError) -> bool {
-    let (reason, detail) = match error {
-        PublishError::Refused(refusal) => {
-            shared.count_publish_error("bayeux", "refused");
-            ("bayeux_refused", refusal.raw.clone())
-        }
-        PublishError::InvalidChannel(e) => ("invalid_channel", e.to_string()),
-        PublishError::TooLarge { .. } => ("payload_too_large", error.to_string()),
-        PublishError::Closed | PublishError::Transport(_) | PublishError::QueueFull(_) => {
-            return false;
-        }
-    };
-    shared.drop_message(Direction::MqttToBayeux, reason, route, channel, &detail);
-    true
-}
-
-/// The Bayeux data of a retry of `payload` on `channel`, made again from the MQTT payload and
-/// recorded for the echo filter as the first try was; `None` (counted as dropped) if it
-/// cannot be made.
-fn retry_data(
-    shared: &Shared,
-    route: usize,
-    channel: &str,
-    payload: &[u8],
-) -> Option<crate::bayeux::Data> {
-    let data = match mqtt_to_bayeux_data(payload, shared.binary_payloads) {
-        Ok(data) => data,
-        Err(e) => {
-            shared.drop_message(
-                Direction::MqttToBayeux,
-                "binary_payload",
-                route,
-                channel,
-                &e.to_string(),
-            );
-            return None;
-        }
-    };
-    record_echo(
-        shared,
-        &shared.routes(),
-        channel,
-        &data,
-        None,
-        Instant::now(),
-    );
-    Some(data)
 }
 
 /// Records a publish on `channel` for the echo filter when it can come back (the bridge also
 /// reads `channel`); `fingerprint` keeps the serialized data for the other targets of the
 /// same message.
-pub(crate) fn record_echo(
+fn record_echo(
     shared: &Shared,
-    routes: &[Route],
     channel: &str,
     data: &crate::bayeux::Data,
-    fingerprint: Option<&mut Option<Vec<u8>>>,
-    now: Instant,
+    fingerprint: &mut Option<Vec<u8>>,
 ) {
-    if !echoes_back(routes, channel) {
+    if !echoes_back(&shared.routes(), channel) {
         return;
     }
-    let mut own = None;
-    let fingerprint = fingerprint
-        .unwrap_or(&mut own)
-        .get_or_insert_with(|| echo_fingerprint(data));
-    shared.bayeux_echoes().record(channel, fingerprint, now);
+    let fingerprint = fingerprint.get_or_insert_with(|| echo_fingerprint(data));
+    shared
+        .bayeux_echoes()
+        .record(channel, fingerprint, Instant::now());
 }

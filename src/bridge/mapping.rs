@@ -45,6 +45,7 @@
 //! A channel must pass [`validate_channel_name`] (the Bayeux grammar as CometD accepts it:
 //! ASCII letters, digits, space and `- _ ! ~ ( ) $ @ . # + { }`).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::bayeux::channel::{ChannelPattern, Wildcard, validate_channel_name};
@@ -121,6 +122,8 @@ enum Level {
 pub struct Route {
     /// Position in the file, from 0 (`routes[index]`). Logs and errors use [`Route::number`].
     pub index: usize,
+    /// `route[n].name`, or `route[<n>]`: the `route` label of its metrics.
+    pub name: String,
     /// The Bayeux channel or pattern.
     pub bayeux: ChannelPattern,
     /// The MQTT filter the bridge subscribes to (for `mqtt_to_bayeux`/`both`); with `{1}`
@@ -134,6 +137,12 @@ pub struct Route {
     pub retain: bool,
     /// What a Bayeux → MQTT publish carries.
     pub payload: PayloadMode,
+    /// MQTT 5 properties on Bayeux → MQTT publishes; `None`: on with MQTT 5.
+    pub properties: Option<bool>,
+    /// MQTT → Bayeux: the topic and user properties into the Bayeux message's `ext`.
+    pub ext_properties: bool,
+    /// This route's dead-letter topic, instead of the bridge's.
+    pub dead_letter_topic: Option<String>,
     /// The MQTT side as written (may hold `{1}`).
     mqtt_template: String,
     /// Literal channel segments before the wildcard.
@@ -151,47 +160,78 @@ pub fn compile(routes: &[RouteConfig]) -> Result<Vec<Route>, MappingError> {
         .collect()
 }
 
-fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError> {
-    let err = |field, reason: String| MappingError {
+/// A [`MappingError`] of route `index` (from 0).
+fn error(index: usize, field: &'static str, reason: String) -> MappingError {
+    MappingError {
         route: index + 1,
         field,
         reason,
-    };
-    let bayeux = ChannelPattern::parse(&config.bayeux).map_err(|e| {
-        err(
-            "bayeux",
-            format!("{:?} is not a valid channel: {}", config.bayeux, e.reason),
-        )
-    })?;
+    }
+}
+
+fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError> {
+    let bayeux = bayeux_side(config).map_err(|r| error(index, "bayeux", r))?;
+    let mqtt_levels = mqtt_side(&bayeux, &config.mqtt).map_err(|r| error(index, "mqtt", r))?;
+    let mqtt_filter = filter_of(&mqtt_levels, bayeux.wildcard());
+    let bayeux_prefix = literal_prefix(&bayeux);
+    // A route that publishes to Bayeux generates channels from this prefix: a prefix outside
+    // the grammar would make every one of them invalid.
+    if config.direction != Direction::BayeuxToMqtt {
+        publishable(&bayeux, &bayeux_prefix).map_err(|r| error(index, "bayeux", r))?;
+    }
+    Ok(Route {
+        index,
+        name: (config.name.clone()).unwrap_or_else(|| format!("route[{}]", index + 1)),
+        bayeux,
+        mqtt_filter,
+        direction: config.direction,
+        qos: config.qos,
+        retain: config.retain,
+        payload: config.payload.clone(),
+        properties: config.properties,
+        ext_properties: config.ext_properties,
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        mqtt_template: config.mqtt.clone(),
+        bayeux_prefix,
+        mqtt_levels,
+    })
+}
+
+/// The Bayeux side: a valid pattern, not `/meta/`, and `/service/` only to publish to.
+fn bayeux_side(config: &RouteConfig) -> Result<ChannelPattern, String> {
+    let bayeux = ChannelPattern::parse(&config.bayeux)
+        .map_err(|e| format!("{:?} is not a valid channel: {}", config.bayeux, e.reason))?;
     if bayeux.is_meta() {
-        return Err(err(
-            "bayeux",
-            format!("{bayeux} is a /meta/ channel: those belong to the Bayeux protocol itself"),
+        return Err(format!(
+            "{bayeux} is a /meta/ channel: those belong to the Bayeux protocol itself"
         ));
     }
     if bayeux.is_service() && config.direction != Direction::MqttToBayeux {
-        return Err(err(
-            "bayeux",
-            format!(
-                "{bayeux} is a /service/ channel: nothing is broadcast there to subscribe to \
-                 (direction = \"mqtt_to_bayeux\" can publish to it)"
-            ),
+        return Err(format!(
+            "{bayeux} is a /service/ channel: nothing is broadcast there to subscribe to \
+             (direction = \"mqtt_to_bayeux\" can publish to it)"
         ));
     }
-    let mqtt_levels = mqtt_levels(&bayeux, &config.mqtt).map_err(|r| err("mqtt", r))?;
-    if let Some(c) = config.mqtt.chars().find(|&c| is_forbidden(c)) {
-        return Err(err(
-            "mqtt",
-            format!(
-                "{:?} holds U+{:04X}: control characters and Unicode non-characters are \
-                 malformed for MQTT brokers",
-                config.mqtt,
-                u32::from(c)
-            ),
+    Ok(bayeux)
+}
+
+/// The MQTT side, level by level: a valid filter whose wildcards correspond to `bayeux`'s,
+/// without characters that brokers refuse.
+fn mqtt_side(bayeux: &ChannelPattern, mqtt: &str) -> Result<Vec<Level>, String> {
+    let levels = mqtt_levels(bayeux, mqtt)?;
+    if let Some(c) = mqtt.chars().find(|&c| is_forbidden(c)) {
+        return Err(format!(
+            "{mqtt:?} holds U+{:04X}: control characters and Unicode non-characters are \
+             malformed for MQTT brokers",
+            u32::from(c)
         ));
     }
-    let wildcard = bayeux.wildcard();
-    let mqtt_filter = mqtt_levels
+    Ok(levels)
+}
+
+/// The MQTT filter of `levels`: the capture becomes `+` (`*`) or `#` (`**`).
+fn filter_of(levels: &[Level], wildcard: Wildcard) -> String {
+    levels
         .iter()
         .map(|level| match (level, wildcard) {
             (Level::Literal(text), _) => text.as_str(),
@@ -199,50 +239,52 @@ fn compile_one(index: usize, config: &RouteConfig) -> Result<Route, MappingError
             (Level::Capture, _) => "+",
         })
         .collect::<Vec<_>>()
-        .join("/");
+        .join("/")
+}
+
+/// The literal channel segments before the wildcard.
+fn literal_prefix(bayeux: &ChannelPattern) -> Vec<String> {
     let text = bayeux.as_str();
-    let literal = match wildcard {
+    let literal = match bayeux.wildcard() {
         Wildcard::None => text,
         Wildcard::One => &text[..text.len() - 2],
         Wildcard::Deep => &text[..text.len() - 3],
     };
-    let bayeux_prefix: Vec<String> = literal
+    literal
         .split('/')
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
-        .collect();
-    // A route that publishes to Bayeux generates channels from this prefix: a prefix outside
-    // the grammar would make every one of them invalid.
-    if config.direction != Direction::BayeuxToMqtt && !bayeux_prefix.is_empty() {
-        let prefix = format!("/{}", bayeux_prefix.join("/"));
-        validate_channel_name(&prefix).map_err(|e| {
-            err(
-                "bayeux",
-                format!(
-                    "{bayeux} cannot be published to: {} (the bridge publishes only names of \
-                     the Bayeux grammar as CometD accepts it)",
-                    e.reason
-                ),
-            )
-        })?;
+        .collect()
+}
+
+/// Whether channels generated under `prefix` can be published (the Bayeux grammar).
+fn publishable(bayeux: &ChannelPattern, prefix: &[String]) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
     }
-    Ok(Route {
-        index,
-        bayeux,
-        mqtt_filter,
-        direction: config.direction,
-        qos: config.qos,
-        retain: config.retain,
-        payload: config.payload,
-        mqtt_template: config.mqtt.clone(),
-        bayeux_prefix,
-        mqtt_levels,
+    validate_channel_name(&format!("/{}", prefix.join("/"))).map_err(|e| {
+        format!(
+            "{bayeux} cannot be published to: {} (the bridge publishes only names of the \
+             Bayeux grammar as CometD accepts it)",
+            e.reason
+        )
     })
 }
+
 impl Route {
     /// Route number, from 1, as in `check` output, logs and errors (`route[1]`).
     pub fn number(&self) -> usize {
         self.index + 1
+    }
+
+    /// How `check` and `explain` name the route: `route[3]`, with its name when it has one
+    /// of its own (`route[3] "orders"`).
+    pub fn label(&self) -> String {
+        let number = format!("route[{}]", self.number());
+        match self.name == number {
+            true => number,
+            false => format!("{number} {:?}", self.name),
+        }
     }
 
     /// Whether the bridge subscribes to [`Route::bayeux`] (direction `bayeux_to_mqtt` or
@@ -419,34 +461,41 @@ pub fn check_replay(routes: &[Route], max_channels: usize) -> Result<(), Mapping
 
 /// The distinct Bayeux patterns the bridge subscribes to, in route order.
 pub fn bayeux_subscriptions(routes: &[Route]) -> Vec<ChannelPattern> {
-    let mut out: Vec<ChannelPattern> = Vec::new();
-    for route in routes.iter().filter(|r| r.subscribes_bayeux()) {
-        if !out.contains(&route.bayeux) {
-            out.push(route.bayeux.clone());
-        }
-    }
-    out
+    let mut seen = HashSet::new();
+    routes
+        .iter()
+        .filter(|r| r.subscribes_bayeux() && seen.insert(&r.bayeux))
+        .map(|r| r.bayeux.clone())
+        .collect()
 }
 
 /// The distinct MQTT filters the bridge subscribes to, in route order, each with the highest
 /// QoS of the routes that share it.
 pub fn mqtt_subscriptions(routes: &[Route]) -> Vec<(String, u8)> {
     let mut out: Vec<(String, u8)> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for route in routes.iter().filter(|r| r.subscribes_mqtt()) {
-        match out
-            .iter_mut()
-            .find(|(filter, _)| *filter == route.mqtt_filter)
-        {
-            Some((_, qos)) => *qos = (*qos).max(route.qos),
-            None => out.push((route.mqtt_filter.clone(), route.qos)),
+        match at.get(route.mqtt_filter.as_str()) {
+            Some(&i) => out[i].1 = out[i].1.max(route.qos),
+            None => {
+                at.insert(&route.mqtt_filter, out.len());
+                out.push((route.mqtt_filter.clone(), route.qos));
+            }
         }
     }
     out
 }
 
+mod explain;
+mod index;
+mod loops;
 mod names;
 mod report;
 #[cfg(test)]
 mod tests;
 
+pub use explain::{Explanation, Query, explain};
+use index::PatternTrie;
+pub use index::Routes;
+pub use loops::{Loop, find as find_loops};
 pub use report::{describe, warnings};

@@ -13,6 +13,7 @@
 //! (back-pressure) instead of dropping. Every drop is logged with its reason and counted.
 
 pub mod checkpoint;
+mod dead_letter;
 pub mod echo;
 mod gaps;
 pub mod mapping;
@@ -23,12 +24,12 @@ pub mod stats;
 
 mod b2m;
 pub mod endpoints;
+mod ledger;
 mod lifecycle;
 mod m2b;
 pub mod options;
 mod publisher;
 mod reload;
-mod settling;
 mod shared;
 mod shutdown;
 mod spooled;
@@ -283,43 +284,33 @@ impl Bridge {
             true => Some(spooled::open(&config.spool).await?),
             false => None,
         };
-        let (bayeux_channels, mqtt_filters) = wanted(&routes);
         let stats = Arc::new(Stats::default());
-        let notifier = crate::notify::Notifier::from_env().map(Arc::new);
-        if let Some(n) = &notifier {
-            n.status("Connecting to the Bayeux server and the MQTT broker");
-        }
-        let readiness = Arc::new(
-            Readiness::new(bayeux_channels.clone(), mqtt_filters.clone())
-                .with_stats(Arc::clone(&stats))
-                .with_notifier(notifier.clone()),
-        );
+        let names = routes.iter().map(|r| r.name.clone()).collect();
+        stats.set_routes(names, config.http.per_route_metrics);
+        let (notifier, readiness) = reporters(&routes, &stats);
         let listener = match config.http.listen {
             Some(addr) => Some(crate::http::bind(addr).await?),
             None => None,
         };
         let (shared, mqtt_events, bayeux_events) =
             start_clients(&config, &routes, &stats, &readiness, spools)?;
-        let bayeux = shared.bayeux();
-        let replay = shared.replay.clone();
         let stop = Shutdown::default();
-        let flusher = replay.map(|r| tokio::spawn(r.run_flusher(stop.signal(Step::StopFlusher))));
+        let flusher = shared
+            .replay
+            .clone()
+            .map(|r| tokio::spawn(r.run_flusher(stop.signal(Step::StopFlusher))));
         let (fatal, fatal_rx) = mpsc::channel(1);
         shared.set_publisher(publisher::start(&config, &routes, &fatal)?);
-        let (b2m_control, b2m_control_rx) = mpsc::channel(64);
-        let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
-        let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap, fatal);
-        let initial = live.subscribe_all(&bayeux, &config.route, &routes).await?;
-        shared.set_routes(routes);
-        info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
-        let pipelines = spawn_pipelines(
+        let (live, pipelines) = start_pipelines(
             &shared,
-            initial,
-            (mqtt_events, m2b_swap_rx),
-            b2m_control_rx,
+            &config,
+            routes,
+            mqtt_events,
+            fatal,
             &stop,
             capacity,
-        );
+        )
+        .await?;
         let http = listener.map(|listener| spawn_http(listener, &shared, &config, &stop, capacity));
         // The config is valid and both clients run (connecting with backoff): the daemon does
         // its job, so systemd's start is complete. Whether the data plane is up is STATUS= and
@@ -455,6 +446,26 @@ impl Bridge {
     }
 }
 
+/// Who is told the bridge's state: systemd's notifier (when systemd started the daemon), told
+/// that the bridge is connecting, and readiness of what `routes` subscribe to, which reports
+/// to the notifier and the counters.
+fn reporters(
+    routes: &[mapping::Route],
+    stats: &Arc<Stats>,
+) -> (Option<Arc<crate::notify::Notifier>>, Arc<Readiness>) {
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        n.status("Connecting to the Bayeux server and the MQTT broker");
+    }
+    let (bayeux_channels, mqtt_filters) = wanted(routes);
+    let readiness = Arc::new(
+        Readiness::new(bayeux_channels, mqtt_filters)
+            .with_stats(Arc::clone(stats))
+            .with_notifier(notifier.clone()),
+    );
+    (notifier, readiness)
+}
+
 /// Starts the MQTT client and the Bayeux client (with `[replay]`, its extension on the
 /// checkpoints opened here) and the state both pipelines share; they connect with backoff.
 fn start_clients(
@@ -488,6 +499,37 @@ fn start_clients(
         spools,
     ));
     Ok((shared, mqtt_events, bayeux_events))
+}
+
+/// Subscribes the Bayeux → MQTT routes on the Bayeux client, makes `routes` the running
+/// ones and spawns the pipelines; returns them with what a reload needs to change them.
+async fn start_pipelines(
+    shared: &Arc<Shared>,
+    config: &Config,
+    routes: Vec<mapping::Route>,
+    mqtt_events: mpsc::Receiver<mqtt::MqttEvent>,
+    fatal: mpsc::Sender<BridgeError>,
+    stop: &Shutdown,
+    capacity: usize,
+) -> Result<(reload::Live, lifecycle::Pipelines), BridgeError> {
+    let (b2m_control, b2m_control_rx) = mpsc::channel(64);
+    let (m2b_swap, m2b_swap_rx) = mpsc::channel(1);
+    let mut live = reload::Live::new(config.clone(), b2m_control, m2b_swap, fatal);
+    let initial = live
+        .subscribe_all(&shared.bayeux(), &config.route, &routes)
+        .await?;
+    let (bayeux_channels, mqtt_filters) = wanted(&routes);
+    shared.set_routes(routes);
+    info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
+    let pipelines = spawn_pipelines(
+        shared,
+        initial,
+        (mqtt_events, m2b_swap_rx),
+        b2m_control_rx,
+        stop,
+        capacity,
+    );
+    Ok((live, pipelines))
 }
 
 /// Spawns both pipelines (and with `[spool]` the deliveries from it), each with

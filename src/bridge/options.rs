@@ -24,6 +24,9 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
     };
     options.max_queued = queued;
     options.subscription_buffer = config.bridge.queue_capacity.clamp(1, 1024);
+    // Every subscription's confirmation is an event, and a (re-)handshake confirms them all
+    // at once: the client drops events past the buffer, and readiness waits for each one.
+    options.event_buffer = options.event_buffer.max(config.route.len() + 1024);
     options.max_request_bytes = b.max_request_bytes;
     // MQTT → Bayeux keeps its order across a failed request: the client sends the failed
     // publishes again ahead of later ones (a duplicate is possible, as with any retry).
@@ -219,5 +222,16 @@ mod tests {
         assert_eq!(bayeux_options(&config(""), 1).extensions.len(), 1);
         let off = config("ack_extension = false");
         assert_eq!(bayeux_options(&off, 1).extensions.len(), 0);
+    }
+
+    #[test]
+    fn the_event_buffer_holds_a_confirmation_for_every_route() {
+        let mut many = config("");
+        let route = many.route[0].clone();
+        many.route = vec![route; 5000];
+        // 10,000 routes lost about 4,000 confirmations with the 1024 default, and the bridge
+        // never got ready.
+        assert!(bayeux_options(&many, 1).event_buffer >= 5000 + 1024);
+        assert_eq!(bayeux_options(&config(""), 1).event_buffer, 1025);
     }
 }

@@ -2,16 +2,56 @@
 //!
 //! MQTT → Bayeux: a payload that is valid JSON becomes the Bayeux `data` as is; other UTF-8
 //! text becomes a JSON string; anything else is binary, refused or wrapped as
-//! `{"base64": "..."}` by [`BinaryPolicy`]. Bayeux → MQTT: the message's `data` as JSON, or
-//! the whole message, by the route's [`PayloadMode`].
+//! `{"base64": "..."}` by [`BinaryPolicy`]. Bayeux → MQTT: the message's `data` as JSON, the
+//! whole message, or the value at a JSON pointer (RFC 6901) in the data, by the route's
+//! [`PayloadMode`]; with MQTT 5, the publish's properties ([`mqtt_properties`]) say what it is
+//! and where it came from.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde_json::Value;
 
+use serde_json::value::RawValue;
+
 use crate::bayeux::{Data, Message};
 pub use crate::config::{BinaryPolicy, PayloadMode};
+use crate::mqtt::Properties;
+
+/// A Bayeux → MQTT payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttPayload {
+    /// What is published.
+    pub bytes: Bytes,
+    /// A JSON string published as its text (`text/plain`), not as JSON.
+    pub text: bool,
+}
+
+impl MqttPayload {
+    fn json(bytes: Bytes) -> MqttPayload {
+        MqttPayload { bytes, text: false }
+    }
+}
+
+/// Why a Bayeux message has no MQTT payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// The route's JSON pointer names no value in the data.
+    #[error("the data has no value at JSON pointer {pointer:?}")]
+    PointerNotFound {
+        /// The route's pointer.
+        pointer: String,
+    },
+}
+
+impl SelectError {
+    /// The reason label of the drop or dead letter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SelectError::PointerNotFound { .. } => "pointer_not_found",
+        }
+    }
+}
 
 /// Why an MQTT payload was not forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,22 +95,130 @@ pub fn mqtt_to_bayeux_data(payload: &[u8], binary: BinaryPolicy) -> Result<Data,
 /// The MQTT payload for a Bayeux message: its `data` exactly as the server sent it (`null`
 /// when it has none), moved out of the message without copying; or with
 /// [`PayloadMode::Message`] the whole message as JSON without `clientId` (the bridge's own
-/// session id means nothing to MQTT subscribers), the message left as it was.
-pub fn bayeux_to_mqtt_payload(message: &mut Message, mode: PayloadMode) -> Bytes {
+/// session id means nothing to MQTT subscribers), the message left as it was; or with
+/// [`PayloadMode::Pointer`] the value the pointer names in the data, as the server wrote it
+/// (a JSON string as its text), the message left as it was. Only a pointer can fail.
+pub fn bayeux_to_mqtt_payload(
+    message: &mut Message,
+    mode: &PayloadMode,
+) -> Result<MqttPayload, SelectError> {
     match mode {
-        PayloadMode::Data => match message.data.take() {
+        PayloadMode::Data => Ok(MqttPayload::json(match message.data.take() {
             Some(data) => Bytes::from(data.into_json().into_boxed_bytes()),
             None => Bytes::from_static(b"null"),
-        },
-        PayloadMode::Message => {
-            let client_id = message.client_id.take();
-            // Serializing a `Message` cannot fail: every map in it has string keys.
-            let json = serde_json::to_vec(&*message)
-                .unwrap_or_else(|_| unreachable!("a Message always serializes"));
-            message.client_id = client_id;
-            Bytes::from(json)
+        })),
+        PayloadMode::Message => Ok(MqttPayload::json(whole_message(message))),
+        PayloadMode::Pointer(pointer) => {
+            let not_found = || SelectError::PointerNotFound {
+                pointer: pointer.clone(),
+            };
+            let data = message.data.as_ref().ok_or_else(not_found)?;
+            let value = select(data.json(), pointer).ok_or_else(not_found)?;
+            Ok(match serde_json::from_str::<String>(value) {
+                Ok(text) => MqttPayload {
+                    bytes: Bytes::from(text),
+                    text: true,
+                },
+                Err(_) => MqttPayload::json(Bytes::copy_from_slice(value.as_bytes())),
+            })
         }
     }
+}
+
+/// The whole message as JSON, without `clientId`.
+pub fn whole_message(message: &mut Message) -> Bytes {
+    let client_id = message.client_id.take();
+    // Serializing a `Message` cannot fail: every map in it has string keys.
+    let json = serde_json::to_vec(&*message)
+        .unwrap_or_else(|_| unreachable!("a Message always serializes"));
+    message.client_id = client_id;
+    Bytes::from(json)
+}
+
+/// The JSON text of the value `pointer` (RFC 6901, checked by the config validator) names
+/// in `json`, without parsing more than the objects and arrays on the way.
+fn select<'a>(json: &'a str, pointer: &str) -> Option<&'a str> {
+    let mut current = json.trim();
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let next: &'a RawValue = match current.as_bytes().first() {
+            Some(b'{') => {
+                let object: std::collections::HashMap<String, &'a RawValue> =
+                    serde_json::from_str(current).ok()?;
+                object.get(&token).copied()?
+            }
+            Some(b'[') => {
+                let index = array_index(&token)?;
+                let array: Vec<&'a RawValue> = serde_json::from_str(current).ok()?;
+                array.get(index).copied()?
+            }
+            _ => return None,
+        };
+        current = next.get().trim();
+    }
+    Some(current)
+}
+
+/// An array index token: digits without a leading zero (RFC 6901 §4); `-` (past the end)
+/// names no value.
+fn array_index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (token.len() > 1 && token.starts_with('0')) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// The content type of a Bayeux → MQTT payload.
+pub fn content_type(payload: &MqttPayload) -> &'static str {
+    if payload.text {
+        "text/plain"
+    } else {
+        "application/json"
+    }
+}
+
+/// The MQTT 5 properties of a Bayeux → MQTT publish: the content type, and the user
+/// properties `bayeux-channel`, `bayeux-id` (when the message has an id) and `replay-id`
+/// (when the event has one: `replay_id`, read before the data was taken).
+pub fn mqtt_properties(
+    message: &Message,
+    replay_id: Option<i64>,
+    payload: &MqttPayload,
+) -> Properties {
+    let mut user = vec![("bayeux-channel".to_owned(), message.channel.clone())];
+    if let Some(id) = &message.id {
+        user.push(("bayeux-id".to_owned(), id.clone()));
+    }
+    if let Some(replay_id) = replay_id {
+        user.push(("replay-id".to_owned(), replay_id.to_string()));
+    }
+    Properties {
+        content_type: Some(content_type(payload).to_owned()),
+        user,
+    }
+}
+
+/// The event's replay id (`data.event.replayId`), looked for only when the data's text holds
+/// `"replayId"` at all: most deliveries of most servers have none, and then their data is not
+/// parsed again.
+pub fn event_replay_id(message: &Message) -> Option<i64> {
+    message
+        .data
+        .as_ref()
+        .filter(|data| data.json().contains("\"replayId\""))
+        .and_then(|_| crate::bayeux::ext::replay::replay_id(message))
+}
+
+/// The Bayeux `ext` fields of an MQTT message (`route.ext_properties`): `mqtt-topic`, and
+/// each MQTT 5 user property (a repeated name keeps its last value).
+pub fn mqtt_ext(topic: &str, properties: &Properties) -> serde_json::Map<String, Value> {
+    let mut ext = serde_json::Map::new();
+    for (name, value) in &properties.user {
+        ext.insert(name.clone(), Value::String(value.clone()));
+    }
+    ext.insert("mqtt-topic".to_owned(), Value::String(topic.to_owned()));
+    ext
 }
 
 /// What the echo filter compares: `data` in one canonical form (compact, keys sorted,
@@ -152,6 +300,10 @@ mod tests {
         );
     }
 
+    fn bytes(message: &mut Message, mode: PayloadMode) -> Bytes {
+        bayeux_to_mqtt_payload(message, &mode).unwrap().bytes
+    }
+
     fn delivery() -> Message {
         let mut message = Message::new("/sensors/a");
         message.data = Some(json!({"t": 21.5}).into());
@@ -162,7 +314,7 @@ mod tests {
 
     #[test]
     fn data_mode_publishes_the_data_as_json() {
-        let payload = bayeux_to_mqtt_payload(&mut delivery(), PayloadMode::Data);
+        let payload = bytes(&mut delivery(), PayloadMode::Data);
         assert_eq!(&payload[..], br#"{"t":21.5}"#);
     }
 
@@ -171,7 +323,7 @@ mod tests {
         let mut message = delivery();
         let as_sent = r#"{"z": 1.50, "a": [1e3, "\u00e9"]}"#;
         message.data = Some(Data::from_json(as_sent).unwrap());
-        let payload = bayeux_to_mqtt_payload(&mut message, PayloadMode::Data);
+        let payload = bytes(&mut message, PayloadMode::Data);
         assert_eq!(&payload[..], as_sent.as_bytes());
     }
 
@@ -186,7 +338,7 @@ mod tests {
 
     #[test]
     fn data_mode_publishes_null_when_there_is_no_data() {
-        let payload = bayeux_to_mqtt_payload(&mut Message::new("/a"), PayloadMode::Data);
+        let payload = bytes(&mut Message::new("/a"), PayloadMode::Data);
         assert_eq!(&payload[..], b"null");
     }
 
@@ -194,7 +346,7 @@ mod tests {
     fn message_mode_publishes_the_whole_message_without_client_id() {
         let mut message = delivery();
         message.other.insert("EventType".into(), json!("created"));
-        let payload = bayeux_to_mqtt_payload(&mut message, PayloadMode::Message);
+        let payload = bytes(&mut message, PayloadMode::Message);
         assert_eq!(message.client_id.as_deref(), Some("secret-session"));
         let value: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(
@@ -209,9 +361,126 @@ mod tests {
         let data = mqtt_to_bayeux_data(original, BinaryPolicy::Refuse).unwrap();
         let mut message = Message::new("/a");
         message.data = Some(data);
+        assert_eq!(&bytes(&mut message, PayloadMode::Data)[..], original);
+    }
+
+    fn salesforce_event() -> Message {
+        let mut message = Message::new("/data/AccountChangeEvent");
+        let data = r#"{"schema":"s1","payload":{"Name":"Acme","Amount":1.50,"a/b":{"~k":[10,"x"]}},
+                      "event":{"replayId":42},"note":"plain"}"#;
+        message.data = Some(Data::from_json(data).unwrap());
+        message.id = Some("9".into());
+        message
+    }
+
+    #[test]
+    fn a_pointer_selects_a_value_as_the_server_wrote_it() {
+        // (pointer, expected payload, published as text)
+        let table: [(&str, &str, bool); 7] = [
+            (
+                "/payload",
+                r#"{"Name":"Acme","Amount":1.50,"a/b":{"~k":[10,"x"]}}"#,
+                false,
+            ),
+            ("/payload/Amount", "1.50", false),
+            ("/payload/a~1b/~0k", r#"[10,"x"]"#, false),
+            ("/payload/a~1b/~0k/0", "10", false),
+            ("/payload/a~1b/~0k/1", "x", true),
+            ("/event/replayId", "42", false),
+            ("/note", "plain", true),
+        ];
+        for (pointer, expected, text) in table {
+            let mut message = salesforce_event();
+            let payload =
+                bayeux_to_mqtt_payload(&mut message, &PayloadMode::Pointer(pointer.into()));
+            assert_eq!(
+                payload,
+                Ok(MqttPayload {
+                    bytes: Bytes::copy_from_slice(expected.as_bytes()),
+                    text
+                }),
+                "{pointer}"
+            );
+            assert!(message.data.is_some(), "the data stays for a dead letter");
+        }
+    }
+
+    #[test]
+    fn a_pointer_to_nothing_is_pointer_not_found() {
+        for pointer in [
+            "/missing",
+            "/payload/Name/deeper",
+            "/payload/a~1b/~0k/2",
+            "/payload/a~1b/~0k/-",
+            "/payload/a~1b/~0k/01",
+            "/payload/a~1b/~0k/x",
+            "/payload/a/b",
+        ] {
+            let err = bayeux_to_mqtt_payload(
+                &mut salesforce_event(),
+                &PayloadMode::Pointer(pointer.into()),
+            )
+            .unwrap_err();
+            assert_eq!(err.reason(), "pointer_not_found", "{pointer}");
+            assert_eq!(
+                err.to_string(),
+                format!("the data has no value at JSON pointer {pointer:?}")
+            );
+        }
+        let without_data =
+            bayeux_to_mqtt_payload(&mut Message::new("/a"), &PayloadMode::Pointer("/x".into()));
+        assert!(without_data.is_err());
+    }
+
+    #[test]
+    fn properties_name_the_channel_the_id_and_the_replay_id() {
+        let message = salesforce_event();
+        let json = MqttPayload::json(Bytes::from_static(b"{}"));
+        let properties = mqtt_properties(&message, Some(42), &json);
+        assert_eq!(properties.content_type.as_deref(), Some("application/json"));
         assert_eq!(
-            &bayeux_to_mqtt_payload(&mut message, PayloadMode::Data)[..],
-            original
+            properties.user,
+            [
+                (
+                    "bayeux-channel".to_owned(),
+                    "/data/AccountChangeEvent".to_owned()
+                ),
+                ("bayeux-id".to_owned(), "9".to_owned()),
+                ("replay-id".to_owned(), "42".to_owned()),
+            ]
         );
+        let text = MqttPayload {
+            bytes: Bytes::from_static(b"x"),
+            text: true,
+        };
+        let bare = mqtt_properties(&Message::new("/a"), None, &text);
+        assert_eq!(bare.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(bare.user, [("bayeux-channel".to_owned(), "/a".to_owned())]);
+    }
+
+    #[test]
+    fn ext_properties_carry_the_topic_and_the_user_properties() {
+        let properties = Properties {
+            content_type: None,
+            user: vec![
+                ("site".into(), "a".into()),
+                ("site".into(), "b".into()),
+                ("mqtt-topic".into(), "spoofed".into()),
+            ],
+        };
+        let ext = mqtt_ext("in/x", &properties);
+        assert_eq!(
+            Value::Object(ext),
+            json!({"site": "b", "mqtt-topic": "in/x"})
+        );
+    }
+
+    #[test]
+    fn the_replay_id_is_read_only_from_events_that_have_one() {
+        assert_eq!(event_replay_id(&salesforce_event()), Some(42));
+        assert_eq!(event_replay_id(&delivery()), None);
+        let mut text = Message::new("/a");
+        text.data = Some(json!({"note": "replayId", "event": {}}).into());
+        assert_eq!(event_replay_id(&text), None);
     }
 }

@@ -84,12 +84,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, d)| RouteConfig {
+                name: None,
                 bayeux: format!("/r{i}/*"),
                 mqtt: format!("r{i}/+"),
                 direction: *d,
                 qos: 1,
                 retain: false,
                 payload: PayloadMode::Data,
+                properties: None,
+                ext_properties: false,
+                dead_letter_topic: None,
             })
             .collect();
         mapping::compile(&configs).unwrap_or_else(|e| panic!("{e}"))

@@ -22,8 +22,11 @@ struct State {
     mqtt_connected: bool,
     /// The broker refused the credentials on the last connection attempt.
     mqtt_credentials_refused: bool,
-    bayeux_confirmed: BTreeSet<String>,
-    mqtt_subscribed: BTreeSet<String>,
+    /// The wanted subscriptions not confirmed yet (kept rather than the confirmed ones, so
+    /// that each confirmation and each readiness check costs the same with one subscription
+    /// or ten thousand).
+    bayeux_missing: BTreeSet<String>,
+    mqtt_missing: BTreeSet<String>,
     /// Why the Bayeux data plane counts as stalled, while it does (see
     /// [`Readiness::bayeux_liveness`]).
     bayeux_stalled: Option<String>,
@@ -37,11 +40,11 @@ fn status_line(s: &State, reasons: &[String]) -> String {
     if reasons.is_empty() {
         return "Forwarding: both sides connected, subscriptions confirmed".to_owned();
     }
-    let side = |name: &str, up: bool, have: &BTreeSet<String>, wanted: &BTreeSet<String>| {
+    let side = |name: &str, up: bool, missing: &BTreeSet<String>, wanted: &BTreeSet<String>| {
         format!(
             "{name} {}, {}/{} subscriptions",
             if up { "connected" } else { "not connected" },
-            have.intersection(wanted).count(),
+            wanted.len() - missing.len(),
             wanted.len()
         )
     };
@@ -51,12 +54,24 @@ fn status_line(s: &State, reasons: &[String]) -> String {
         side(
             "Bayeux",
             s.bayeux_connected,
-            &s.bayeux_confirmed,
+            &s.bayeux_missing,
             &s.bayeux_wanted
         ),
-        side("MQTT", s.mqtt_connected, &s.mqtt_subscribed, &s.mqtt_wanted),
+        side("MQTT", s.mqtt_connected, &s.mqtt_missing, &s.mqtt_wanted),
     )
 }
+
+/// Names the first [`LISTED`] of `names`, and how many more there are.
+fn listed(names: &BTreeSet<String>) -> String {
+    let first: Vec<&str> = names.iter().take(LISTED).map(String::as_str).collect();
+    match names.len().saturating_sub(LISTED) {
+        0 => first.join(", "),
+        more => format!("{} and {more} more", first.join(", ")),
+    }
+}
+
+/// How many missing subscriptions the reasons name (the rest are counted).
+const LISTED: usize = 10;
 
 /// Shared readiness state.
 #[derive(Debug)]
@@ -74,10 +89,14 @@ impl Readiness {
         bayeux: impl IntoIterator<Item = String>,
         mqtt: impl IntoIterator<Item = String>,
     ) -> Self {
+        let (bayeux_wanted, mqtt_wanted): (BTreeSet<String>, BTreeSet<String>) =
+            (bayeux.into_iter().collect(), mqtt.into_iter().collect());
         Readiness {
             state: Mutex::new(State {
-                bayeux_wanted: bayeux.into_iter().collect(),
-                mqtt_wanted: mqtt.into_iter().collect(),
+                bayeux_missing: bayeux_wanted.clone(),
+                mqtt_missing: mqtt_wanted.clone(),
+                bayeux_wanted,
+                mqtt_wanted,
                 ..State::default()
             }),
             stats: None,
@@ -96,6 +115,7 @@ impl Readiness {
     /// Mirrors the state into `stats`' gauges.
     pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
         self.stats = Some(stats);
+        self.mirror_subscriptions();
         self
     }
 
@@ -123,14 +143,17 @@ impl Readiness {
 
     /// A new Bayeux session: every subscription must be confirmed again.
     pub fn bayeux_new_session(&self) {
-        self.update(|s| s.bayeux_confirmed.clear());
+        self.update(|s| s.bayeux_missing = s.bayeux_wanted.clone());
+        self.mirror_subscriptions();
     }
 
     /// The Bayeux server confirmed `channel`.
     pub fn bayeux_confirmed(&self, channel: &str) {
-        self.update(|s| {
-            s.bayeux_confirmed.insert(channel.to_owned());
-        });
+        let mut confirmed = false;
+        self.update(|s| confirmed = s.bayeux_missing.remove(channel));
+        if confirmed {
+            self.mirror_subscription("bayeux", channel, true);
+        }
     }
 
     /// What must be subscribed from now on (after a reload). Subscriptions no longer wanted
@@ -150,13 +173,20 @@ impl Readiness {
                     .map(|b| ("bayeux", b.clone())),
             );
             gone.extend(s.mqtt_wanted.difference(&mqtt).map(|m| ("mqtt", m.clone())));
-            s.bayeux_confirmed
-                .retain(|b| bayeux.contains(b) && s.bayeux_wanted.contains(b));
-            s.mqtt_subscribed
-                .retain(|m| mqtt.contains(m) && s.mqtt_wanted.contains(m));
+            // Still confirmed: wanted before and now, and not missing before.
+            let missing =
+                |new: &BTreeSet<String>, old: &BTreeSet<String>, was: &BTreeSet<String>| {
+                    new.iter()
+                        .filter(|x| !old.contains(*x) || was.contains(*x))
+                        .cloned()
+                        .collect()
+                };
+            s.bayeux_missing = missing(&bayeux, &s.bayeux_wanted, &s.bayeux_missing);
+            s.mqtt_missing = missing(&mqtt, &s.mqtt_wanted, &s.mqtt_missing);
             s.bayeux_wanted = bayeux;
             s.mqtt_wanted = mqtt;
         });
+        self.mirror_subscriptions();
         if let Some(stats) = &self.stats {
             for (side, subscription) in gone {
                 stats
@@ -193,11 +223,12 @@ impl Readiness {
             s.mqtt_connected = true;
             s.mqtt_credentials_refused = false;
             if session_present {
-                s.mqtt_subscribed = s.mqtt_wanted.clone();
+                s.mqtt_missing.clear();
             } else {
-                s.mqtt_subscribed.clear();
+                s.mqtt_missing = s.mqtt_wanted.clone();
             }
         });
+        self.mirror_subscriptions();
     }
 
     /// The MQTT side lost its connection.
@@ -213,9 +244,11 @@ impl Readiness {
 
     /// The broker confirmed `filter`.
     pub fn mqtt_subscribed(&self, filter: &str) {
-        self.update(|s| {
-            s.mqtt_subscribed.insert(filter.to_owned());
-        });
+        let mut confirmed = false;
+        self.update(|s| confirmed = s.mqtt_missing.remove(filter));
+        if confirmed {
+            self.mirror_subscription("mqtt", filter, true);
+        }
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
@@ -251,21 +284,36 @@ impl Readiness {
         m.connected
             .get_or_create(&SideLabels { side: "mqtt" })
             .set(flag(s.mqtt_connected));
-        for (side, wanted, have) in [
-            ("bayeux", &s.bayeux_wanted, &s.bayeux_confirmed),
-            ("mqtt", &s.mqtt_wanted, &s.mqtt_subscribed),
+        m.ready.set(flag(ready));
+    }
+
+    /// Sets every wanted subscription's gauge (after a change to many of them). None with
+    /// `http.per_route_metrics = false`: `bridge_ready` tells whether all are confirmed.
+    fn mirror_subscriptions(&self) {
+        if !self.stats.as_ref().is_some_and(|s| s.per_route()) {
+            return;
+        }
+        let state = self.lock();
+        for (side, wanted, missing) in [
+            ("bayeux", &state.bayeux_wanted, &state.bayeux_missing),
+            ("mqtt", &state.mqtt_wanted, &state.mqtt_missing),
         ] {
             for subscription in wanted {
-                let labels = SubscriptionLabels {
-                    side,
-                    subscription: subscription.clone(),
-                };
-                m.subscriptions
-                    .get_or_create(&labels)
-                    .set(flag(have.contains(subscription)));
+                self.mirror_subscription(side, subscription, !missing.contains(subscription));
             }
         }
-        m.ready.set(flag(ready));
+    }
+
+    /// Sets one subscription's gauge.
+    fn mirror_subscription(&self, side: &'static str, subscription: &str, confirmed: bool) {
+        let Some(stats) = self.stats.as_ref().filter(|s| s.per_route()) else {
+            return;
+        };
+        let labels = SubscriptionLabels {
+            side,
+            subscription: subscription.to_owned(),
+        };
+        (stats.metrics.subscriptions.get_or_create(&labels)).set(i64::from(confirmed));
     }
 
     fn reasons_of(&self, s: &State) -> Vec<String> {
@@ -283,27 +331,13 @@ impl Readiness {
                 "MQTT broker not connected".to_owned()
             });
         }
-        let missing: Vec<&str> = s
-            .bayeux_wanted
-            .difference(&s.bayeux_confirmed)
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            reasons.push(format!(
-                "Bayeux subscriptions not confirmed: {}",
-                missing.join(", ")
-            ));
-        }
-        let missing: Vec<&str> = s
-            .mqtt_wanted
-            .difference(&s.mqtt_subscribed)
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            reasons.push(format!(
-                "MQTT subscriptions not confirmed: {}",
-                missing.join(", ")
-            ));
+        for (side, missing) in [("Bayeux", &s.bayeux_missing), ("MQTT", &s.mqtt_missing)] {
+            if !missing.is_empty() {
+                reasons.push(format!(
+                    "{side} subscriptions not confirmed: {}",
+                    listed(missing)
+                ));
+            }
         }
         reasons
     }
@@ -318,6 +352,34 @@ impl Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_missing_subscriptions_are_named_ten_at_a_time_and_counted() {
+        let channels: Vec<String> = (10..25).map(|i| format!("/c/{i}")).collect();
+        let r = Readiness::new(channels.clone(), []);
+        r.bayeux_connected(true);
+        r.mqtt_connected(false);
+        r.bayeux_confirmed("/c/10");
+        r.bayeux_confirmed("/not/wanted");
+        assert_eq!(
+            r.reasons(),
+            vec![
+                "Bayeux subscriptions not confirmed: /c/11, /c/12, /c/13, /c/14, /c/15, /c/16, \
+                 /c/17, /c/18, /c/19, /c/20 and 4 more"
+            ]
+        );
+        assert!(
+            r.status().ends_with(
+                "Bayeux connected, 1/15 subscriptions; MQTT connected, 0/0 subscriptions"
+            ),
+            "{}",
+            r.status()
+        );
+        for channel in &channels {
+            r.bayeux_confirmed(channel);
+        }
+        assert!(r.is_ready());
+    }
 
     #[test]
     fn ready_only_with_both_sides_up_and_everything_confirmed() {
@@ -390,6 +452,33 @@ mod tests {
         );
         r.bayeux_liveness(live(0));
         assert!(r.is_ready());
+    }
+
+    #[test]
+    fn subscription_gauges_follow_per_route_metrics() {
+        for per_route in [true, false] {
+            let stats = Arc::new(Stats::default());
+            stats.set_routes(vec!["route[1]".into()], per_route);
+            let r = Readiness::new(["/a".to_owned(), "/b".to_owned()], [])
+                .with_stats(Arc::clone(&stats));
+            r.bayeux_connected(true);
+            r.bayeux_confirmed("/a");
+            let text = stats.metrics.encode();
+            assert_eq!(
+                text.contains(
+                    r#"bridge_subscription_confirmed{side="bayeux",subscription="/a"} 1"#
+                ),
+                per_route,
+                "{text}"
+            );
+            assert_eq!(
+                text.contains(
+                    r#"bridge_subscription_confirmed{side="bayeux",subscription="/b"} 0"#
+                ),
+                per_route,
+                "{text}"
+            );
+        }
     }
 
     #[test]

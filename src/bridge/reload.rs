@@ -43,6 +43,76 @@ struct LiveRoute {
     route: Arc<Route>,
 }
 
+/// How the running Bayeux → MQTT routes compare with those of a reloaded file.
+struct RouteDiff {
+    /// Running routes that stay (their config did not change).
+    kept: Vec<LiveRoute>,
+    /// Running routes whose config is no longer in the file.
+    removed: Vec<LiveRoute>,
+    /// Routes of the file that are not running.
+    added: Vec<(RouteConfig, Route)>,
+}
+
+impl RouteDiff {
+    /// Compares the `running` routes with the Bayeux → MQTT ones among `configs`, compiled
+    /// as `routes`.
+    fn new(running: Vec<LiveRoute>, configs: &[RouteConfig], routes: &[Route]) -> RouteDiff {
+        let mut wanted: Vec<(RouteConfig, Route)> = configs
+            .iter()
+            .cloned()
+            .zip(routes.iter().cloned())
+            .filter(|(_, r)| r.subscribes_bayeux())
+            .collect();
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for live in running {
+            match wanted.iter().position(|(config, _)| *config == live.config) {
+                Some(pos) => {
+                    wanted.remove(pos);
+                    kept.push(live);
+                }
+                None => removed.push(live),
+            }
+        }
+        RouteDiff {
+            kept,
+            removed,
+            added: wanted,
+        }
+    }
+
+    /// Pairs each removed route with an added one that reads the same Bayeux pattern: a
+    /// changed route. Returns them, under the running route's key with the new config and
+    /// route, no longer among the removed and the added.
+    fn changed_in_place(&mut self) -> Vec<LiveRoute> {
+        let mut changed = Vec::new();
+        for live in std::mem::take(&mut self.removed) {
+            let same = self
+                .added
+                .iter()
+                .position(|(_, r)| r.bayeux == live.route.bayeux);
+            match same {
+                Some(pos) => {
+                    let (config, route) = self.added.remove(pos);
+                    changed.push(LiveRoute {
+                        key: live.key,
+                        config,
+                        route: Arc::new(route),
+                    });
+                }
+                None => self.removed.push(live),
+            }
+        }
+        changed
+    }
+
+    /// Whether a route that stays or is added reads `pattern`.
+    fn still_reads(&self, pattern: &str) -> bool {
+        self.kept.iter().any(|k| k.route.bayeux.as_str() == pattern)
+            || self.added.iter().any(|(_, r)| r.bayeux.as_str() == pattern)
+    }
+}
+
 /// What a reload compares against and changes.
 pub(super) struct Live {
     config: Config,
@@ -126,12 +196,49 @@ impl Live {
         }
     }
 
+    /// Applies the config in `path` (see the module docs); returns what changed.
     async fn apply(
         &mut self,
         path: &Path,
         shared: &Arc<Shared>,
         watcher: &mut JoinHandle<BridgeError>,
     ) -> Result<String, String> {
+        let (new, routes) = self.load_checked(path)?;
+        let mut summary = Vec::new();
+        if new.bayeux != self.config.bayeux {
+            self.replace_bayeux(&new, &routes, shared, watcher).await?;
+            summary
+                .push("reconnected to the Bayeux server with the new [bayeux] settings".to_owned());
+        } else {
+            summary.extend(
+                self.update_bayeux_routes(&new, &routes, &shared.bayeux())
+                    .await?,
+            );
+        }
+        if new.bayeux != self.config.bayeux || publisher::needed(&routes) != shared.has_publisher()
+        {
+            self.replace_publisher(&new, &routes, shared)?;
+        }
+        if new.mqtt != self.config.mqtt {
+            self.replace_mqtt(&new, &routes, shared).await?;
+            summary.push("reconnected to the MQTT broker with the new [mqtt] settings".to_owned());
+        } else {
+            summary.extend(self.update_mqtt_subscriptions(&routes, shared));
+        }
+        let (channels, filters) = wanted(&routes);
+        shared.set_routes(routes);
+        shared.readiness.set_wanted(channels, filters);
+        self.adopt(new);
+        if summary.is_empty() {
+            summary.push("no route changes".to_owned());
+        }
+        Ok(summary.join("; "))
+    }
+
+    /// Loads `path` and checks it as the daemon's start would, and against what cannot change
+    /// while running (`[spool]`); returns it with its routes compiled. Warns about what it
+    /// changes that takes effect only at the next restart.
+    fn load_checked(&self, path: &Path) -> Result<(Config, Vec<Route>), String> {
         let new = config::load(path).map_err(|e| e.to_string())?;
         super::preflight(&new, path).map_err(|e| e.to_string())?;
         if new.spool != self.config.spool {
@@ -163,41 +270,17 @@ impl Live {
                 );
             }
         }
-        let mut summary = Vec::new();
-        if new.bayeux != self.config.bayeux {
-            self.replace_bayeux(&new, &routes, shared, watcher).await?;
-            summary
-                .push("reconnected to the Bayeux server with the new [bayeux] settings".to_owned());
-        } else {
-            summary.extend(
-                self.update_bayeux_routes(&new, &routes, &shared.bayeux())
-                    .await?,
-            );
-        }
-        if new.bayeux != self.config.bayeux || publisher::needed(&routes) != shared.has_publisher()
-        {
-            self.replace_publisher(&new, &routes, shared)?;
-        }
-        if new.mqtt != self.config.mqtt {
-            self.replace_mqtt(&new, &routes, shared).await?;
-            summary.push("reconnected to the MQTT broker with the new [mqtt] settings".to_owned());
-        } else {
-            summary.extend(self.update_mqtt_subscriptions(&routes, shared));
-        }
-        let (channels, filters) = wanted(&routes);
-        shared.set_routes(routes);
-        shared.readiness.set_wanted(channels, filters);
-        // Sections that are not applied live keep their running values, so the next reload
-        // still sees them as changed.
+        Ok((new, routes))
+    }
+
+    /// Makes `new` the config in force, except for the sections that are not applied live:
+    /// they keep their running values, so the next reload still sees them as changed.
+    fn adopt(&mut self, new: Config) {
         let running = std::mem::replace(&mut self.config, new);
         self.config.bridge = running.bridge;
         self.config.log = running.log;
         self.config.http = running.http;
         self.config.replay = running.replay;
-        if summary.is_empty() {
-            summary.push("no route changes".to_owned());
-        }
-        Ok(summary.join("; "))
     }
 
     /// Routes diff on the running Bayeux client.
@@ -207,57 +290,43 @@ impl Live {
         routes: &[Route],
         client: &Client,
     ) -> Result<Vec<String>, String> {
-        let mut wanted: Vec<(RouteConfig, Route)> = new
-            .route
-            .iter()
-            .cloned()
-            .zip(routes.iter().cloned())
-            .filter(|(_, r)| r.subscribes_bayeux())
-            .collect();
-        let mut kept = Vec::new();
-        let mut removed = Vec::new();
-        for live in self.b2m_routes.drain(..) {
-            match wanted.iter().position(|(config, _)| *config == live.config) {
-                Some(pos) => {
-                    wanted.remove(pos);
-                    kept.push(live);
-                }
-                None => removed.push(live),
-            }
-        }
+        let mut diff = RouteDiff::new(std::mem::take(&mut self.b2m_routes), &new.route, routes);
         let mut summary = Vec::new();
+        let applied = self.apply_diff(&mut diff, client, &mut summary).await;
+        // What the pipeline reads now, also after a failure half-way: the routes kept, changed
+        // or added, and the removed ones not reached yet. A later reload compares with this,
+        // so it neither subscribes a route twice nor forgets one.
+        self.b2m_routes = diff.kept;
+        self.b2m_routes.append(&mut diff.removed);
+        applied.map(|()| summary)
+    }
+
+    /// Applies `diff` to the pipeline and `client`, moving each route into `diff.kept` once
+    /// it is read and out of `diff.removed` once it is not.
+    async fn apply_diff(
+        &mut self,
+        diff: &mut RouteDiff,
+        client: &Client,
+        summary: &mut Vec<String>,
+    ) -> Result<(), String> {
         // A changed route that still reads the same pattern keeps its subscription: nothing
         // it has buffered is lost, and the server sees no unsubscribe/subscribe.
-        let mut removed_for_good = Vec::new();
-        for live in removed {
-            let same = wanted
-                .iter()
-                .position(|(_, r)| r.bayeux == live.route.bayeux);
-            match same {
-                Some(pos) => {
-                    let (config, route) = wanted.remove(pos);
-                    let route = Arc::new(route);
-                    let replace = b2m::Control::Replace {
-                        key: live.key,
-                        route: Arc::clone(&route),
-                    };
-                    let _ = self.b2m.send(replace).await;
-                    summary.push(format!("changed the route reading {}", route.bayeux));
-                    kept.push(LiveRoute {
-                        key: live.key,
-                        config,
-                        route,
-                    });
-                }
-                None => removed_for_good.push(live),
-            }
+        for changed in diff.changed_in_place() {
+            let replace = b2m::Control::Replace {
+                key: changed.key,
+                route: Arc::clone(&changed.route),
+            };
+            let _ = self.b2m.send(replace).await;
+            summary.push(format!(
+                "changed the route reading {}",
+                changed.route.bayeux
+            ));
+            diff.kept.push(changed);
         }
-        for live in removed_for_good {
+        while let Some(live) = diff.removed.pop() {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
             let pattern = live.route.bayeux.as_str();
-            let still_used = kept.iter().any(|k| k.route.bayeux.as_str() == pattern)
-                || wanted.iter().any(|(_, r)| r.bayeux.as_str() == pattern);
-            if !still_used {
+            if !diff.still_reads(pattern) {
                 client
                     .unsubscribe(pattern)
                     .await
@@ -265,7 +334,7 @@ impl Live {
             }
             summary.push(format!("stopped reading {pattern}"));
         }
-        for (config, route) in wanted {
+        for (config, route) in std::mem::take(&mut diff.added) {
             let subscription = client
                 .subscribe(route.bayeux.as_str())
                 .await
@@ -281,10 +350,9 @@ impl Live {
                     subscription,
                 })
                 .await;
-            kept.push(LiveRoute { key, config, route });
+            diff.kept.push(LiveRoute { key, config, route });
         }
-        self.b2m_routes = kept;
-        Ok(summary)
+        Ok(())
     }
 
     /// A new Bayeux client for new `[bayeux]` settings; the old one winds down.
@@ -298,13 +366,19 @@ impl Live {
         let (client, events) =
             Client::new(shared.with_replay(bayeux_options(new, queued(new, routes))))
                 .map_err(|e| e.to_string())?;
-        for live in self.b2m_routes.drain(..) {
+        // Subscribed on the new client first: if that fails, the pipeline still reads the
+        // old one's routes and the reload is refused as a whole.
+        let old_routes = std::mem::take(&mut self.b2m_routes);
+        let subscriptions = match self.subscribe_all(&client, &new.route, routes).await {
+            Ok(subscriptions) => subscriptions,
+            Err(e) => {
+                self.b2m_routes = old_routes;
+                return Err(e.to_string());
+            }
+        };
+        for live in old_routes {
             let _ = self.b2m.send(b2m::Control::Remove { key: live.key }).await;
         }
-        let subscriptions = self
-            .subscribe_all(&client, &new.route, routes)
-            .await
-            .map_err(|e| e.to_string())?;
         for (key, route, subscription) in subscriptions {
             let _ = self
                 .b2m

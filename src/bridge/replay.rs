@@ -178,13 +178,18 @@ impl Replay {
     fn advanced(&self, advance: Option<super::checkpoint::Advance>) {
         if let Some(advance) = advance {
             self.extension.set(&advance.channel, advance.replay_id);
-            self.stats
-                .metrics
+            let labels = ChannelLabels {
+                channel: advance.channel.to_string(),
+            };
+            let metrics = &self.stats.metrics;
+            metrics
                 .checkpoint
-                .get_or_create(&ChannelLabels {
-                    channel: advance.channel.to_string(),
-                })
+                .get_or_create(&labels)
                 .set(advance.replay_id);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics.checkpoint_time.get_or_create(&labels).set(now);
         }
     }
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::dead_letter::{DeadLetters, Undeliverable};
 use super::echo::EchoFilter;
 use super::gaps::Pressure;
-use super::mapping::Route;
+use super::mapping::{Route, Routes};
 use super::readiness::Readiness;
 use super::replay::{self, Replay};
 use super::spooled::Spools;
@@ -51,7 +52,9 @@ impl Drop for Slot {
 /// State both pipelines share.
 pub(crate) struct Shared {
     /// The current routes (replaced by a reload).
-    routes: RwLock<Arc<Vec<Route>>>,
+    routes: RwLock<Arc<Routes>>,
+    /// `http.per_route_metrics` (read at the start).
+    per_route_metrics: bool,
     /// The current Bayeux client (replaced when a reload changes `[bayeux]`).
     bayeux: RwLock<Client>,
     /// The Bayeux session MQTT → Bayeux publishes through when it is not `bayeux`
@@ -93,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) m2b_left_pending: std::sync::atomic::AtomicU64,
     /// Rate limit of the warnings that can come once per message.
     pub(crate) log_limit: SharedLimiter,
+    /// Where undeliverable messages go (`dead_letter_topic`).
+    pub(crate) dead_letters: DeadLetters,
 }
 
 /// What the bridge knows of its MQTT session.
@@ -124,8 +129,10 @@ impl Shared {
         spools: Option<Spools>,
     ) -> Shared {
         let v311 = config.mqtt.protocol == MqttProtocol::V311;
+        let stats_for_dead_letters = Arc::clone(&stats);
         Shared {
-            routes: RwLock::new(Arc::new(Vec::new())),
+            routes: RwLock::new(Arc::new(Routes::default())),
+            per_route_metrics: config.http.per_route_metrics,
             bayeux: RwLock::new(bayeux),
             publisher: RwLock::new(None),
             stats,
@@ -146,6 +153,11 @@ impl Shared {
             b2m_abandoned: Default::default(),
             m2b_left_pending: Default::default(),
             log_limit: SharedLimiter::default(),
+            dead_letters: DeadLetters::new(
+                config.bridge.dead_letter_topic.clone(),
+                v311,
+                Arc::clone(&stats_for_dead_letters),
+            ),
         }
     }
 
@@ -160,12 +172,16 @@ impl Shared {
     }
 
     /// The current routes.
-    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
+    pub(crate) fn routes(&self) -> Arc<Routes> {
         Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Replaces the routes (indexed for the pipelines), and the names their metrics carry.
     pub(crate) fn set_routes(&self, routes: Vec<Route>) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.dead_letters.set_routes(&routes);
+        let names = routes.iter().map(|r| r.name.clone()).collect();
+        self.stats.set_routes(names, self.per_route_metrics);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Routes::new(routes));
     }
 
     /// The current Bayeux client.
@@ -192,6 +208,8 @@ impl Shared {
     /// Switches to a new MQTT client (a reload changed `[mqtt]`) configured by `config`.
     pub(crate) fn set_mqtt(&self, mqtt: MqttHandle, config: &MqttConfig) {
         *self.mqtt.write().unwrap_or_else(|p| p.into_inner()) = mqtt;
+        self.dead_letters
+            .set_v311(config.protocol == MqttProtocol::V311);
         *self.status_topic.write().unwrap_or_else(|p| p.into_inner()) = config.status_topic.clone();
         self.persistent_mqtt_session
             .store(persistent(config), Ordering::Relaxed);
@@ -271,5 +289,37 @@ impl Shared {
         if self.log_limit.allow(DROPPED) {
             warn!(%direction, reason, route, name, detail, "{DROPPED}");
         }
+    }
+
+    /// Whether Bayeux → MQTT publishes of `route` carry MQTT 5 properties
+    /// (`route.properties`, default on with MQTT 5).
+    pub(crate) fn properties_on(&self, route: &Route) -> bool {
+        route.properties.unwrap_or(true) && !self.dead_letters.is_v311()
+    }
+
+    /// A message that cannot be delivered: published to its dead-letter topic when there is
+    /// one (`super::dead_letter`), otherwise logged and counted as dropped
+    /// ([`Shared::drop_message`]).
+    pub(crate) fn reject(&self, letter: Undeliverable) {
+        let topic = if self.dead_letters.enabled() {
+            self.dead_letters.topic_for(&self.routes(), letter.route)
+        } else {
+            None
+        };
+        let Some(topic) = topic else {
+            return self.drop_message(
+                letter.direction,
+                letter.reason,
+                letter.route,
+                letter.name(),
+                &letter.error,
+            );
+        };
+        const DEAD: &str = "Message not delivered; publishing it to the dead-letter topic.";
+        if self.log_limit.allow(DEAD) {
+            warn!(direction = %letter.direction, reason = letter.reason, route = letter.route,
+                name = letter.name(), detail = %letter.error, dead_letter_topic = %topic, "{DEAD}");
+        }
+        self.dead_letters.send(self.mqtt(), topic, letter);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -49,15 +49,70 @@ pub struct DirectionStats {
     /// Own messages that came back and were not forwarded again.
     pub echoes: AtomicU64,
     dropped: Mutex<BTreeMap<&'static str, u64>>,
-    /// The Prometheus series a message of each route touches, looked up once instead of per
-    /// message (a `Family` lookup takes a lock and hashes the labels). Routes past the end
-    /// are looked up each time.
-    hot: [OnceLock<RouteSeries>; HOT_ROUTES],
     last_forward: OnceLock<Gauge<f64, AtomicU64>>,
 }
 
-/// Routes whose series [`DirectionStats`] keeps at hand: route numbers 0 to 31.
-const HOT_ROUTES: usize = 32;
+/// The `route` label of messages no route took (route number 0).
+pub const NO_ROUTE: &str = "none";
+/// The `route` label of every route with `http.per_route_metrics = false`.
+pub const ALL_ROUTES: &str = "all";
+
+/// The `route` label of each route number, and the Prometheus series a message of each
+/// route touches, looked up once instead of per message (a `Family` lookup takes a lock and
+/// hashes the labels). Replaced when the routes change.
+#[derive(Debug)]
+struct RouteTable {
+    /// By route number; `[0]` is [`NO_ROUTE`]. With `per_route` off: `[NO_ROUTE, ALL_ROUTES]`.
+    labels: Vec<Arc<str>>,
+    per_route: bool,
+    /// By direction, then as `labels`.
+    series: [Vec<OnceLock<RouteSeries>>; 2],
+}
+
+impl Default for RouteTable {
+    /// Before the routes are known: per route, without names.
+    fn default() -> Self {
+        RouteTable::new(Vec::new(), true)
+    }
+}
+
+impl RouteTable {
+    fn new(names: Vec<String>, per_route: bool) -> Self {
+        let names = match per_route {
+            true => names,
+            false => vec![ALL_ROUTES.to_owned()],
+        };
+        let labels: Vec<Arc<str>> = std::iter::once(NO_ROUTE.to_owned())
+            .chain(names)
+            .map(Arc::from)
+            .collect();
+        let slots = || labels.iter().map(|_| OnceLock::new()).collect();
+        RouteTable {
+            series: [slots(), slots()],
+            labels,
+            per_route,
+        }
+    }
+
+    /// Where `route` is in `labels`, if it is.
+    fn slot(&self, route: usize) -> Option<usize> {
+        let slot = match self.per_route {
+            false => route.min(1),
+            true => route,
+        };
+        (slot < self.labels.len()).then_some(slot)
+    }
+
+    /// The `route` label of route number `route`.
+    fn label(&self, route: usize) -> Arc<str> {
+        match self.slot(route).and_then(|slot| self.labels.get(slot)) {
+            Some(label) => Arc::clone(label),
+            // Before the routes are known (tests), or a number a reload removed.
+            None if route == 0 => Arc::from(NO_ROUTE),
+            None => Arc::from(format!("route[{route}]")),
+        }
+    }
+}
 
 /// `bridge_messages_received_total` and `bridge_messages_forwarded_total` of one route.
 #[derive(Debug)]
@@ -104,9 +159,24 @@ pub struct Stats {
     pub mqtt_to_bayeux: DirectionStats,
     /// The same, per route, for `/metrics`; plus connection and subscription state.
     pub metrics: Metrics,
+    routes: RwLock<RouteTable>,
 }
 
 impl Stats {
+    /// The routes' names (`names[0]` is route 1's), the `route` label of their series; with
+    /// `per_route` false every route counts under [`ALL_ROUTES`].
+    pub fn set_routes(&self, names: Vec<String>, per_route: bool) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = RouteTable::new(names, per_route);
+    }
+
+    /// Whether series per route (and per subscription) are wanted (`http.per_route_metrics`).
+    pub fn per_route(&self) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_route
+    }
+
     /// A message was taken from the source side for `route` (1-based).
     pub fn received(&self, direction: Direction, route: usize) {
         bump(&self.of(direction).received);
@@ -140,26 +210,24 @@ impl Stats {
         pick: impl Fn(&RouteSeries) -> &Counter,
         family: &Family<RouteLabels, Counter>,
     ) {
-        match self.series(direction, route) {
-            Some(series) => {
+        let table = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let labels = || RouteLabels {
+            direction: direction.as_str(),
+            route: table.label(route),
+        };
+        let cell = (table.slot(route)).and_then(|slot| table.series[direction as usize].get(slot));
+        match cell {
+            Some(cell) => {
+                let series = cell.get_or_init(|| RouteSeries {
+                    received: self.metrics.received.get_or_create(&labels()).clone(),
+                    forwarded: self.metrics.forwarded.get_or_create(&labels()).clone(),
+                });
                 pick(series).inc();
             }
             None => {
-                family.get_or_create(&route_labels(direction, route)).inc();
+                family.get_or_create(&labels()).inc();
             }
         }
-    }
-
-    /// The series of `route`, resolved on first use; `None` past [`HOT_ROUTES`].
-    fn series(&self, direction: Direction, route: usize) -> Option<&RouteSeries> {
-        let slot = self.of(direction).hot.get(route)?;
-        Some(slot.get_or_init(|| {
-            let labels = route_labels(direction, route);
-            RouteSeries {
-                received: self.metrics.received.get_or_create(&labels).clone(),
-                forwarded: self.metrics.forwarded.get_or_create(&labels).clone(),
-            }
-        }))
     }
 
     /// An own publish came back and was not forwarded again.
@@ -179,12 +247,22 @@ impl Stats {
     /// `n` messages of `route` (0: none) were dropped for `reason`.
     pub fn dropped_many(&self, direction: Direction, route: usize, reason: &'static str, n: u64) {
         self.of(direction).dropped_many(reason, n);
+        let route = self.route_label(route);
         let labels = DropLabels {
             direction: direction.as_str(),
-            route: route_label(route),
+            route,
             reason,
         };
         self.metrics.dropped.get_or_create(&labels).inc_by(n);
+    }
+
+    /// The `route` label value of `route` (0: none): its name, or `all` without per-route
+    /// series.
+    pub fn route_label(&self, route: usize) -> std::sync::Arc<str> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .label(route)
     }
 
     /// The counters of `direction`.
@@ -193,17 +271,6 @@ impl Stats {
             Direction::BayeuxToMqtt => &self.bayeux_to_mqtt,
             Direction::MqttToBayeux => &self.mqtt_to_bayeux,
         }
-    }
-}
-
-fn route_label(route: usize) -> u32 {
-    u32::try_from(route).unwrap_or(u32::MAX)
-}
-
-fn route_labels(direction: Direction, route: usize) -> RouteLabels {
-    RouteLabels {
-        direction: direction.as_str(),
-        route: route_label(route),
     }
 }
 
@@ -228,7 +295,7 @@ mod tests {
         stats.dropped(Direction::MqttToBayeux, 1, "binary_payload");
         stats.dropped(Direction::MqttToBayeux, 2, "unmapped");
         assert!(stats.metrics.encode().contains(
-            r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="1",reason="binary_payload"} 2"#
+            r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="route[1]",reason="binary_payload"} 2"#
         ));
         let d = stats.mqtt_to_bayeux.drops();
         assert_eq!(d.get("binary_payload"), Some(&2));
@@ -239,8 +306,9 @@ mod tests {
     #[test]
     fn received_and_forwarded_reach_the_route_series_for_every_route_number() {
         let stats = Stats::default();
-        // A route kept at hand and one past them, looked up each time.
-        for route in [1, HOT_ROUTES + 7] {
+        stats.set_routes(vec!["route[1]".into(), "route[2]".into()], true);
+        // A route kept at hand and one past them (a reload removed it), looked up each time.
+        for route in [1, 7] {
             for _ in 0..3 {
                 stats.received(Direction::BayeuxToMqtt, route);
             }
@@ -249,7 +317,7 @@ mod tests {
             let text = stats.metrics.encode();
             for (name, n) in [("received", 3), ("forwarded", 2)] {
                 let line = format!(
-                    r#"bridge_messages_{name}_total{{direction="bayeux_to_mqtt",route="{route}"}} {n}"#
+                    r#"bridge_messages_{name}_total{{direction="bayeux_to_mqtt",route="route[{route}]"}} {n}"#
                 );
                 assert!(text.contains(&line), "no `{line}` in\n{text}");
             }
@@ -263,5 +331,35 @@ mod tests {
         assert!(
             !text.contains(r#"bridge_last_forward_timestamp_seconds{direction="mqtt_to_bayeux"}"#)
         );
+    }
+
+    #[test]
+    fn routes_are_labelled_by_name_or_all_together() {
+        let stats = Stats::default();
+        stats.set_routes(vec!["orders".into(), "route[2]".into()], true);
+        stats.received(Direction::MqttToBayeux, 1);
+        stats.received(Direction::MqttToBayeux, 2);
+        stats.dropped(Direction::MqttToBayeux, 0, "unmapped");
+        let text = stats.metrics.encode();
+        for line in [
+            r#"bridge_messages_received_total{direction="mqtt_to_bayeux",route="orders"} 1"#,
+            r#"bridge_messages_received_total{direction="mqtt_to_bayeux",route="route[2]"} 1"#,
+            r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="none",reason="unmapped"} 1"#,
+        ] {
+            assert!(text.contains(line), "no `{line}` in\n{text}");
+        }
+        let stats = Stats::default();
+        stats.set_routes(vec!["orders".into(), "route[2]".into()], false);
+        stats.received(Direction::MqttToBayeux, 1);
+        stats.received(Direction::MqttToBayeux, 2);
+        stats.dropped(Direction::MqttToBayeux, 2, "unmapped");
+        let text = stats.metrics.encode();
+        for line in [
+            r#"bridge_messages_received_total{direction="mqtt_to_bayeux",route="all"} 2"#,
+            r#"bridge_messages_dropped_total{direction="mqtt_to_bayeux",route="all",reason="unmapped"} 1"#,
+        ] {
+            assert!(text.contains(line), "no `{line}` in\n{text}");
+        }
+        assert!(!text.contains("orders"), "{text}");
     }
 }

@@ -30,6 +30,11 @@ pub struct BridgeConfig {
     /// each time; `"inherit"` keeps the policy it was started with. Takes effect at start.
     #[serde(default)]
     pub cpu_scheduling: CpuScheduling,
+    /// MQTT topic where messages the bridge cannot deliver are published (at QoS 1, with
+    /// their original payload and why); default none: they are only logged and counted.
+    /// A route's `dead_letter_topic` overrides it. No route may subscribe to it.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 impl BridgeConfig {
@@ -46,6 +51,7 @@ impl Default for BridgeConfig {
             drain_timeout_secs: defaults::drain_timeout_secs(),
             binary_payloads: BinaryPolicy::default(),
             cpu_scheduling: CpuScheduling::default(),
+            dead_letter_topic: None,
         }
     }
 }
@@ -165,6 +171,18 @@ pub struct HttpConfig {
     /// `bridge_http_connections_refused_total`). Default 64, from 1 to 4096.
     #[serde(default = "default_http_max_connections")]
     pub max_connections: usize,
+    /// Whether the message counters (`bridge_messages_*_total`) have a series per route
+    /// (`route` = the route's `name`). With `false` every route counts under
+    /// `route="all"`: one series per direction (and drop reason) however many routes there
+    /// are, for mapping files with thousands of routes; and no
+    /// `bridge_subscription_confirmed` series per subscription. Default true. Changes at a
+    /// restart.
+    #[serde(default = "default_per_route_metrics")]
+    pub per_route_metrics: bool,
+}
+
+fn default_per_route_metrics() -> bool {
+    true
 }
 
 fn default_http_max_connections() -> usize {
@@ -176,6 +194,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: None,
             max_connections: default_http_max_connections(),
+            per_route_metrics: default_per_route_metrics(),
         }
     }
 }
@@ -185,6 +204,13 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A name for the route, unique among the routes: the `route` label of its metrics, and
+    /// how logs, `check` and `explain` name it beside its number. Default `route[<n>]` (`n`
+    /// counting the `[[route]]` tables from 1). At most 128 characters, none of them a
+    /// control character; not `all` or `none` (the labels of all routes together and of
+    /// messages no route took).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Bayeux channel or pattern: `/a/b`, `/a/*` (one more segment) or `/a/**` (one or more).
     /// Not `/meta/**`. Required.
     pub bayeux: String,
@@ -201,7 +227,20 @@ pub struct RouteConfig {
     /// Publish to MQTT with the retain flag (Bayeux → MQTT only). Default false.
     #[serde(default)]
     pub retain: bool,
-    /// What a Bayeux → MQTT publish carries: `"data"` (default) or `"message"`.
+    /// What a Bayeux → MQTT publish carries: `"data"` (default), `"message"`, or a JSON
+    /// pointer (RFC 6901) into the data such as `"/payload"`.
     #[serde(default)]
     pub payload: PayloadMode,
+    /// MQTT 5: Bayeux → MQTT publishes carry a content type and the user properties
+    /// `bayeux-channel`, `bayeux-id` and `replay-id`. Default true with MQTT 5 (`None`);
+    /// MQTT 3.1.1 has no properties.
+    #[serde(default)]
+    pub properties: Option<bool>,
+    /// MQTT → Bayeux: put `mqtt-topic` and the publish's MQTT 5 user properties into the
+    /// Bayeux message's `ext`. Default false.
+    #[serde(default)]
+    pub ext_properties: bool,
+    /// This route's dead-letter topic, instead of `bridge.dead_letter_topic`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }

@@ -12,8 +12,8 @@ use std::path::Path;
 use url::{Host, Url};
 
 use super::{
-    BayeuxConfig, BayeuxTransport, BridgeConfig, Config, LogConfig, MqttConfig, MqttProtocol,
-    OAuthConfig, OAuthGrant, RouteConfig, TlsConfig,
+    BayeuxConfig, BayeuxTransport, BridgeConfig, Config, Direction, LogConfig, MqttConfig,
+    MqttProtocol, OAuthConfig, OAuthGrant, PayloadMode, RouteConfig, TlsConfig,
 };
 
 /// The largest MQTT packet the protocol can describe (remaining length 268,435,455 plus a
@@ -58,7 +58,8 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     replay(&config.replay)?;
     spool(&config.spool)?;
     http(&config.http)?;
-    routes(&config.route)
+    routes(&config.route)?;
+    dead_letters(config)
 }
 
 /// The largest `http.max_connections`: each connection holds a file descriptor.
@@ -625,6 +626,7 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
             "at least one [[route]] is required; the bridge would forward nothing",
         ));
     }
+    let mut names = std::collections::HashMap::new();
     for (i, route) in routes.iter().enumerate() {
         if route.qos > 2 {
             return Err(Invalid::new(
@@ -632,8 +634,142 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
                 format!("must be 0, 1 or 2, found {}", route.qos),
             ));
         }
+        if let PayloadMode::Pointer(pointer) = &route.payload {
+            json_pointer(pointer)
+                .map_err(|reason| Invalid::new(format!("route[{}].payload", i + 1), reason))?;
+        }
+        if let Some(name) = &route.name {
+            route_name(name)
+                .map_err(|reason| Invalid::new(format!("route[{}].name", i + 1), reason))?;
+        }
+        let name = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route[{}]", i + 1));
+        if let Some(first) = names.insert(name, i + 1) {
+            let key = match route.name {
+                Some(_) => format!("route[{}].name", i + 1),
+                None => format!("route[{first}].name"),
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "route[{first}] and route[{}] have the same name; names must be unique \
+                     (a route without `name` is called route[<n>])",
+                    i + 1
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// The longest `route[n].name`.
+const MAX_ROUTE_NAME: usize = 128;
+
+/// Checks a `route[n].name` as written.
+fn route_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty (leave the key out for route[<n>])".into());
+    }
+    if name.chars().count() > MAX_ROUTE_NAME {
+        return Err(format!("is longer than {MAX_ROUTE_NAME} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if name == "all" || name == "none" {
+        return Err(format!(
+            "{name:?} is reserved: the metrics use route=\"all\" with http.per_route_metrics \
+             = false and route=\"none\" for messages no route took"
+        ));
+    }
+    Ok(())
+}
+
+/// An RFC 6901 JSON pointer: empty (refused here: that is `"data"`), or `/`-separated tokens
+/// in which `~` is only ever followed by `0` or `1`.
+fn json_pointer(pointer: &str) -> Result<(), String> {
+    let expected = || {
+        format!(
+            "expected \"data\", \"message\" or a JSON pointer (RFC 6901) such as \"/payload\", \
+             found {pointer:?}"
+        )
+    };
+    if !pointer.starts_with('/') {
+        return Err(expected());
+    }
+    let mut chars = pointer.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(format!(
+                "{pointer:?} is not a JSON pointer (RFC 6901): '~' must be followed by 0 or 1 \
+                 (\"~0\" stands for '~', \"~1\" for '/')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Dead-letter topics are topic names the bridge may publish to, and no route reads one
+/// (the bridge would forward its own dead letters, and its failures would loop).
+fn dead_letters(config: &Config) -> Result<(), Invalid> {
+    let bridge = config.bridge.dead_letter_topic.as_deref();
+    let mut topics: Vec<(String, &str)> = Vec::new();
+    if let Some(topic) = bridge {
+        topics.push(("bridge.dead_letter_topic".to_owned(), topic));
+    }
+    for (i, route) in config.route.iter().enumerate() {
+        if let Some(topic) = route.dead_letter_topic.as_deref() {
+            topics.push((format!("route[{}].dead_letter_topic", i + 1), topic));
+        }
+    }
+    for (key, topic) in &topics {
+        topic_name(topic).map_err(|reason| Invalid::new(key.clone(), reason))?;
+        mqtt_string(key, topic)?;
+        let reader = config.route.iter().enumerate().find(|(_, r)| {
+            r.direction != Direction::BayeuxToMqtt
+                && crate::mqtt::filter_matches(&r.mqtt.replace("{1}", "+"), topic)
+        });
+        if let Some((n, route)) = reader {
+            return Err(Invalid::new(
+                key.clone(),
+                format!(
+                    "{topic:?} is read by route[{}] (mqtt = {:?}): the bridge would forward \
+                     its own dead letters; choose a topic no route subscribes to",
+                    n + 1,
+                    route.mqtt
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Message shaping keys that do nothing where they are set.
+fn shaping_warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let v311 = config.mqtt.protocol == MqttProtocol::V311;
+    for (i, route) in config.route.iter().enumerate() {
+        let n = i + 1;
+        if route.properties == Some(true) && v311 {
+            out.push(format!(
+                "route[{n}].properties = true has no effect with mqtt.protocol = \"3.1.1\", \
+                 which has no properties"
+            ));
+        }
+        if route.properties.is_some() && route.direction == Direction::MqttToBayeux {
+            out.push(format!(
+                "route[{n}].properties has no effect: the route only forwards MQTT → Bayeux"
+            ));
+        }
+        if route.ext_properties && route.direction == Direction::BayeuxToMqtt {
+            out.push(format!(
+                "route[{n}].ext_properties has no effect: the route only forwards Bayeux → MQTT"
+            ));
+        }
+    }
+    out
 }
 
 /// Valid settings that are probably mistakes.
@@ -693,6 +829,7 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
             config.bayeux.transport
         ));
     }
+    out.extend(shaping_warnings(config));
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     if url.scheme() == "http" && !loopback && !config.bayeux.headers.is_empty() {
         out.push(

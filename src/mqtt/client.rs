@@ -15,13 +15,13 @@ use tracing::{Instrument, info_span, warn};
 use super::driver::{Driver, Shared};
 use super::engine::{Engine, publish_packet_size};
 use super::error::MqttError;
-use super::options::MqttOptions;
+use super::options::{MqttOptions, Protocol};
 use super::outcome::OutcomeSender;
 use super::tls;
 use super::topic::TopicName;
 use super::topic::{validate_filter, validate_topic};
 use super::tracker::{OutMessage, PublishReply, Tracker};
-use super::{AckToken, MqttEvent, QoS, SubscriptionSpec};
+use super::{AckToken, MqttEvent, Properties, QoS, SubscriptionSpec};
 
 /// Publishes that may wait in rumqttc's request channel at once. More callers wait in
 /// [`MqttHandle::publish_queued`] (back-pressure); the channel stays short so that acks for
@@ -148,11 +148,22 @@ impl MqttHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<PublishCompletion, MqttError> {
+        self.publish_queued_with(topic, payload, qos, retain, None)
+            .await
+    }
+
+    /// [`MqttHandle::publish_queued`] with MQTT 5 `properties` (not sent on MQTT 3.1.1).
+    pub async fn publish_queued_with(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<Arc<Properties>>,
+    ) -> Result<PublishCompletion, MqttError> {
         let (reply, completion) = oneshot::channel();
-        self.enqueue(topic.to_owned(), payload, qos, retain, |_| {
-            PublishReply::Once(reply)
-        })
-        .await?;
+        let message = Publish::new(topic.to_owned(), payload, qos, retain, properties);
+        self.enqueue(message, |_| PublishReply::Once(reply)).await?;
         Ok(PublishCompletion { rx: completion })
     }
 
@@ -165,14 +176,11 @@ impl MqttHandle {
     /// [`Outcome`]: super::Outcome
     pub async fn publish_tagged(
         &self,
-        topic: String,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
+        message: Publish,
         tag: u64,
         outcomes: &OutcomeSender,
     ) -> Result<(), MqttError> {
-        self.enqueue(topic, payload, qos, retain, |topic| {
+        self.enqueue(message, |topic| {
             PublishReply::Tagged(outcomes.promise(tag, topic.clone()))
         })
         .await
@@ -180,17 +188,25 @@ impl MqttHandle {
 
     async fn enqueue(
         &self,
-        topic: String,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
+        message: Publish,
         reply: impl FnOnce(&TopicName) -> PublishReply,
     ) -> Result<(), MqttError> {
+        let Publish {
+            topic,
+            payload,
+            qos,
+            retain,
+            mut properties,
+        } = message;
         if let Err(reason) = validate_topic(&topic) {
             return Err(MqttError::InvalidTopic { topic, reason });
         }
         let shared = &self.inner.shared;
-        let size = publish_packet_size(shared.protocol, &topic, payload.len(), qos);
+        if shared.protocol == Protocol::V311 || properties.as_ref().is_some_and(|p| p.is_empty()) {
+            properties = None;
+        }
+        let properties_len = properties.as_ref().map_or(0, |p| p.encoded_len());
+        let size = publish_packet_size(shared.protocol, &topic, payload.len(), qos, properties_len);
         let max = shared.lock().packet_limit();
         if size > max {
             return Err(MqttError::PayloadTooLarge { topic, size, max });
@@ -207,6 +223,7 @@ impl MqttHandle {
             payload,
             qos,
             retain,
+            properties,
         };
         shared.lock().enqueue_publish(message, size, reply)?;
         // The tracker gives the permit back when rumqttc takes the message off its channel.
@@ -316,6 +333,40 @@ impl MqttHandle {
         let mut stopped = self.inner.stopped.clone();
         // An error means the task is gone (e.g. its runtime shut down): stopped as well.
         let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// A publish for [`MqttHandle::publish_tagged`].
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The topic name.
+    pub topic: String,
+    /// The message body.
+    pub payload: Bytes,
+    /// Its QoS.
+    pub qos: QoS,
+    /// The retain flag.
+    pub retain: bool,
+    /// MQTT 5 properties; not sent on MQTT 3.1.1.
+    pub properties: Option<Arc<Properties>>,
+}
+
+impl Publish {
+    /// A publish of `payload` to `topic`.
+    pub fn new(
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<Arc<Properties>>,
+    ) -> Publish {
+        Publish {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tracing::{Span, debug, error, info, warn};
 
 use crate::backoff::Backoff;
@@ -84,8 +85,12 @@ pub(super) struct Driver {
     shared: Arc<Shared>,
     events: mpsc::Sender<MqttEvent>,
     backoff: Backoff,
+    /// `MqttOptions::stable_after`.
+    stable_after: Duration,
     connect_timeout: Duration,
     connected: bool,
+    /// When the current connection's CONNACK came.
+    connected_at: Option<Instant>,
     ever_connected: bool,
     failed_attempts: u32,
     /// Set once our DISCONNECT was written: the task ends.
@@ -120,8 +125,10 @@ impl Driver {
             shared,
             events,
             backoff: Backoff::new(options.backoff),
+            stable_after: options.stable_after,
             connect_timeout: options.connect_timeout,
             connected: false,
+            connected_at: None,
             ever_connected: false,
             failed_attempts: 0,
             disconnected: false,
@@ -225,7 +232,8 @@ impl Driver {
         self.connected = true;
         self.ever_connected = true;
         self.failed_attempts = 0;
-        self.backoff.reset();
+        // The backoff starts over only once this connection proved stable (see `on_error`).
+        self.connected_at = Some(Instant::now());
         info!(
             session_present,
             resent,
@@ -283,6 +291,12 @@ impl Driver {
         // tracker's order, and is handed back the same way.
         drained.publishes += std::mem::take(&mut self.backlog).len();
         self.shared.lock().on_connection_lost(drained);
+        // A connection that lasted starts the backoff over; one that dropped soon after its
+        // CONNACK (flapping) does not.
+        let lived = self.connected_at.take().map(|at| at.elapsed());
+        if lived.is_some_and(|lived| lived >= self.stable_after) {
+            self.backoff.reset();
+        }
 
         // Refused credentials stay refused until someone changes them: retrying sooner
         // than the longest interval only floods the broker's log.
@@ -292,7 +306,7 @@ impl Driver {
             self.backoff.next_delay()
         };
         if std::mem::take(&mut self.connected) {
-            warn!(%error, ?retry_in, "Lost the connection to the MQTT broker; reconnecting.");
+            warn!(%error, ?retry_in, ?lived, "Lost the connection to the MQTT broker; reconnecting.");
             self.deliver(MqttEvent::Disconnected { error }).await;
             return retry_in;
         }

@@ -28,7 +28,9 @@
 //!   survives) and shows up again as a new [`IncomingMessage`].
 //! - **Subscriptions survive session loss**: after a CONNACK without a session (and on the
 //!   first connect) the client subscribes every [`SubscriptionSpec`] itself.
-//! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset by a CONNACK.
+//! - **Reconnects back off** ([`crate::backoff`]) after every failure, reset once a
+//!   connection has lasted `MqttOptions::stable_after` (a connection that drops soon after
+//!   its CONNACK keeps the waits growing).
 //!   When the broker refuses the credentials ([`ConnectionError::CredentialsRefused`]) the
 //!   wait is the longest interval at once: retrying sooner cannot succeed.
 //!
@@ -60,7 +62,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use client::{MqttHandle, PublishCompletion, start};
+pub use client::{MqttHandle, Publish, PublishCompletion, start};
 pub use error::{ConnectionError, MqttError};
 pub use options::{MqttOptions, Protocol, TlsFiles, Will};
 pub use outcome::{Outcome, OutcomeSender, Outcomes, outcome_channel};
@@ -190,6 +192,32 @@ pub enum MqttEvent {
     },
 }
 
+/// MQTT 5 properties of a publish, outgoing or incoming. MQTT 3.1.1 has none: they are not
+/// sent, and incoming messages have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// The content type (a MIME type such as `application/json`).
+    pub content_type: Option<String>,
+    /// User properties, in order (a name may repeat).
+    pub user: Vec<(String, String)>,
+}
+
+impl Properties {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.content_type.is_none() && self.user.is_empty()
+    }
+
+    /// The encoded length of these properties in a PUBLISH, without the length prefix
+    /// (MQTT 5 §3.3.2.3: an identifier byte, then a two-byte length and the UTF-8 bytes of
+    /// each string).
+    pub(crate) fn encoded_len(&self) -> usize {
+        let content_type = self.content_type.as_ref().map_or(0, |t| 3 + t.len());
+        let user: usize = self.user.iter().map(|(k, v)| 5 + k.len() + v.len()).sum();
+        content_type + user
+    }
+}
+
 /// A message delivered by the broker.
 pub struct IncomingMessage {
     /// The topic it was published to.
@@ -200,18 +228,23 @@ pub struct IncomingMessage {
     pub qos: QoS,
     /// Whether it is a retained message (sent because we subscribed).
     pub retain: bool,
+    /// Its MQTT 5 properties (content type, user properties); empty on MQTT 3.1.1.
+    pub properties: Properties,
     /// Pass to [`MqttHandle::ack`] once the message is processed (QoS 1/2).
     pub token: AckToken,
 }
 
 impl fmt::Debug for IncomingMessage {
-    // The payload is left out: payloads are logged at TRACE only, by whoever chooses to.
+    // The payload and the user properties' values are left out: message contents are logged
+    // at TRACE only, by whoever chooses to.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncomingMessage")
             .field("topic", &self.topic)
             .field("payload_len", &self.payload.len())
             .field("qos", &self.qos)
             .field("retain", &self.retain)
+            .field("content_type", &self.properties.content_type)
+            .field("user_properties", &self.properties.user.len())
             .field("token", &self.token)
             .finish()
     }

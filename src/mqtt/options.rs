@@ -84,6 +84,11 @@ pub struct MqttOptions {
     pub last_will: Option<Will>,
     /// Reconnect backoff. Default 1 s steps up to 60 s with 20 % jitter.
     pub backoff: BackoffOptions,
+    /// How long a connection must last before its end starts the backoff over. Default 10 s.
+    /// A connection that ends sooner (a broker or proxy that accepts and then closes it,
+    /// another client taking over the client id) keeps the waits growing, so a flapping
+    /// connection does not reconnect every `backoff.increment`.
+    pub stable_after: Duration,
     /// Deadline of one connection attempt (TCP, TLS, CONNECT/CONNACK). Default 10 s.
     pub connect_timeout: Duration,
 }
@@ -111,6 +116,7 @@ impl MqttOptions {
                 max: Duration::from_secs(60),
                 jitter: 0.2,
             },
+            stable_after: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -294,6 +300,7 @@ impl fmt::Debug for MqttOptions {
             .field("tls", &self.tls)
             .field("last_will", &self.last_will)
             .field("backoff", &self.backoff)
+            .field("stable_after", &self.stable_after)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }

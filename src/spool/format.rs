@@ -4,7 +4,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+};
 
 use super::SpoolError;
 
@@ -83,6 +85,33 @@ pub(super) fn open(file: &Path) -> Result<Opened, SpoolError> {
 }
 
 fn open_checked(file: &Path) -> Result<Opened, SpoolError> {
+    let db = open_recovered(file)?;
+    let txn = db.begin_write().map_err(|e| redb_error(file, e))?;
+    let (contents, stored_next_seq) = {
+        let mut meta = txn.open_table(META).map_err(|e| redb_error(file, e))?;
+        let table = txn.open_table(ENTRIES).map_err(|e| redb_error(file, e))?;
+        check_version(file, &mut meta, &table)?;
+        let contents = scan(file, &table)?;
+        let stored = meta
+            .get(META_NEXT_SEQ)
+            .map_err(|e| redb_error(file, e))?
+            .map_or(1, |v| v.value());
+        (contents, stored)
+    };
+    txn.commit().map_err(|e| redb_error(file, e))?;
+    let next_seq = stored_next_seq.max(contents.last.map_or(1, |l| l.saturating_add(1)));
+    Ok(Opened {
+        db,
+        next_seq,
+        entries: contents.entries,
+        bytes: contents.bytes,
+        oldest: contents.oldest,
+    })
+}
+
+/// Opens (creating if absent) the file: redb recovers it after an unclean shutdown, and
+/// every checksum is checked.
+fn open_recovered(file: &Path) -> Result<Database, SpoolError> {
     let mut db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(file)
@@ -95,57 +124,63 @@ fn open_checked(file: &Path) -> Result<Opened, SpoolError> {
         ),
         Err(e) => return Err(redb_error(file, e)),
     }
-    let txn = db.begin_write().map_err(|e| redb_error(file, e))?;
-    let next_seq;
-    let (mut entries, mut bytes, mut oldest, mut last) = (0, 0, None, None);
-    {
-        let mut meta = txn.open_table(META).map_err(|e| redb_error(file, e))?;
-        let table = txn.open_table(ENTRIES).map_err(|e| redb_error(file, e))?;
-        let version = meta
-            .get(META_VERSION)
-            .map_err(|e| redb_error(file, e))?
-            .map(|v| v.value());
-        match version {
-            Some(FORMAT_VERSION) => {}
-            Some(found) => {
-                return Err(SpoolError::Incompatible {
-                    file: file.to_owned(),
-                    what: "spool format",
-                    found_version: found,
-                    supported_version: FORMAT_VERSION,
-                });
-            }
-            None if table.is_empty().map_err(|e| redb_error(file, e))? => {
-                meta.insert(META_VERSION, FORMAT_VERSION)
-                    .map_err(|e| redb_error(file, e))?;
-            }
-            None => {
-                return Err(corrupt(file, "entries without a format version".into()));
-            }
+    Ok(db)
+}
+
+/// Checks the file's format version; a new (empty) file gets [`FORMAT_VERSION`].
+fn check_version(
+    file: &Path,
+    meta: &mut Table<'_, &str, u64>,
+    entries: &Table<'_, u64, &[u8]>,
+) -> Result<(), SpoolError> {
+    let version = meta
+        .get(META_VERSION)
+        .map_err(|e| redb_error(file, e))?
+        .map(|v| v.value());
+    match version {
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(found) => Err(SpoolError::Incompatible {
+            file: file.to_owned(),
+            what: "spool format",
+            found_version: found,
+            supported_version: FORMAT_VERSION,
+        }),
+        None if entries.is_empty().map_err(|e| redb_error(file, e))? => {
+            meta.insert(META_VERSION, FORMAT_VERSION)
+                .map_err(|e| redb_error(file, e))?;
+            Ok(())
         }
-        for item in table.iter().map_err(|e| redb_error(file, e))? {
-            let (key, value) = item.map_err(|e| redb_error(file, e))?;
-            let value = value.value();
-            let (at, _) = decode(value).map_err(|r| corrupt(file, r))?;
-            oldest.get_or_insert(at);
-            entries += 1;
-            bytes += cost(value.len());
-            last = Some(key.value());
-        }
-        let stored = meta
-            .get(META_NEXT_SEQ)
-            .map_err(|e| redb_error(file, e))?
-            .map_or(1, |v| v.value());
-        next_seq = stored.max(last.map_or(1, |l: u64| l.saturating_add(1)));
+        None => Err(corrupt(file, "entries without a format version".into())),
     }
-    txn.commit().map_err(|e| redb_error(file, e))?;
-    Ok(Opened {
-        db,
-        next_seq,
-        entries,
-        bytes,
-        oldest,
-    })
+}
+
+/// What a scan of the entries found.
+struct Contents {
+    entries: u64,
+    bytes: u64,
+    oldest: Option<SystemTime>,
+    /// The last entry's sequence number.
+    last: Option<u64>,
+}
+
+/// Reads every value: each must decode; counts them and their budget bytes.
+fn scan(file: &Path, table: &Table<'_, u64, &[u8]>) -> Result<Contents, SpoolError> {
+    let mut contents = Contents {
+        entries: 0,
+        bytes: 0,
+        oldest: None,
+        last: None,
+    };
+    for item in table.iter().map_err(|e| redb_error(file, e))? {
+        let (key, value) = item.map_err(|e| redb_error(file, e))?;
+        let value = value.value();
+        let (at, _) = decode(value).map_err(|r| corrupt(file, r))?;
+        contents.oldest.get_or_insert(at);
+        contents.entries += 1;
+        contents.bytes += cost(value.len());
+        contents.last = Some(key.value());
+    }
+    Ok(contents)
 }
 
 /// How many entries of a damaged file can still be read, without changing it.

@@ -393,15 +393,13 @@ impl Writer {
                 Some(at) => requests.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             let mut appends: Appends = Vec::new();
-            let mut woken_for_removals = false;
             match first {
-                Ok(Request::Removals) => woken_for_removals = true,
+                Ok(Request::Removals) => {
+                    deadline.get_or_insert_with(|| Instant::now() + REMOVE_DELAY);
+                }
                 Ok(request) => take(request, &mut appends, &mut closing),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
-            }
-            if woken_for_removals && deadline.is_none() {
-                deadline = Some(Instant::now() + REMOVE_DELAY);
             }
             let due = deadline.is_some_and(|at| Instant::now() >= at);
             let stopping = disconnected || !closing.is_empty();
@@ -409,31 +407,14 @@ impl Writer {
                 // Removals only, not due yet: wait for company or the deadline.
                 continue;
             }
-            // Removals are taken before the channel is drained: the append of every entry
-            // removed so far was sent before its removal, so it is in this commit or an
-            // earlier one, never a later one.
-            removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
-            while let Ok(request) = requests.try_recv() {
-                take(request, &mut appends, &mut closing);
-            }
-            let stopping = disconnected || !closing.is_empty();
-            if stopping {
-                // Removals made before `close` was called, after the take above; their
-                // appends were sent before `close`, so they were drained above.
-                removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
-            }
-            if !appends.is_empty() || !removals.is_empty() {
-                let failed = self.commit(appends, &removals);
-                if failed && !stopping {
-                    // Kept for the next commit; retried after another delay.
-                    deadline = Some(Instant::now() + REMOVE_DELAY);
-                } else {
-                    removals.clear();
-                    deadline = None;
-                }
-            } else {
-                deadline = None;
-            }
+            let stopping = self.gather(
+                &requests,
+                &mut appends,
+                &mut removals,
+                &mut closing,
+                disconnected,
+            );
+            deadline = self.commit_batch(appends, &mut removals, stopping);
             if stopping {
                 break;
             }
@@ -442,6 +423,54 @@ impl Writer {
         drop(self);
         for done in closing {
             let _ = done.send(());
+        }
+    }
+
+    /// Gathers the rest of a commit: the removals made so far, and every request waiting.
+    /// True if the writer stops after it (the channel is `disconnected` or a close was asked
+    /// for); then every removal made before that is in it too.
+    fn gather(
+        &self,
+        requests: &mpsc::Receiver<Request>,
+        appends: &mut Appends,
+        removals: &mut Vec<u64>,
+        closing: &mut Vec<oneshot::Sender<()>>,
+        disconnected: bool,
+    ) -> bool {
+        // Removals are taken before the channel is drained: the append of every entry
+        // removed so far was sent before its removal, so it is in this commit or an
+        // earlier one, never a later one.
+        removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
+        while let Ok(request) = requests.try_recv() {
+            take(request, appends, closing);
+        }
+        let stopping = disconnected || !closing.is_empty();
+        if stopping {
+            // Removals made before `close` was called, after the take above; their
+            // appends were sent before `close`, so they were drained above.
+            removals.extend(std::mem::take(&mut *lock(&self.removals_in)));
+        }
+        stopping
+    }
+
+    /// Commits a batch, if there is one; the removals' deadline after it. Removals a failed
+    /// commit did not make are kept for the next and retried after another delay (unless
+    /// the writer is `stopping`).
+    fn commit_batch(
+        &mut self,
+        appends: Appends,
+        removals: &mut Vec<u64>,
+        stopping: bool,
+    ) -> Option<Instant> {
+        if appends.is_empty() && removals.is_empty() {
+            return None;
+        }
+        let failed = self.commit(appends, removals);
+        if failed && !stopping {
+            Some(Instant::now() + REMOVE_DELAY)
+        } else {
+            removals.clear();
+            None
         }
     }
 

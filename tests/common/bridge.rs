@@ -29,6 +29,21 @@ const ENV_PREFIX: &str = "BAYEUX_MQTT_BRIDGE__";
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
+/// The daemon's log line once its HTTP listener accepts connections.
+pub const HTTP_STARTED: &str = "HTTP listener started (/metrics, /livez, /readyz).";
+
+/// How many free ports [`BridgeProcess::spawn_with_http`] tries.
+const HTTP_PORT_TRIES: usize = 5;
+
+/// A free loopback port: free when asked; another process may take it before it is used
+/// (which [`BridgeProcess::spawn_with_http`] retries).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
 /// A scratch directory, removed when dropped. World-writable, so that a Mosquitto started as
 /// root (which then runs as user `mosquitto`) can write files such as a pid file there.
 #[derive(Debug)]
@@ -265,6 +280,37 @@ impl BridgeProcess {
             reader: Some(reader),
             exit: None,
         }
+    }
+
+    /// Runs the daemon on the config `toml_for(port)` writes for an HTTP listener on `port`, a
+    /// free loopback port, with `env`, and waits (at most `wait`) until it listens; tries
+    /// another port if the bridge could not bind it (another process took it in between).
+    /// Returns the config, the bridge and the port.
+    pub async fn spawn_with_http(
+        mut toml_for: impl FnMut(u16) -> String,
+        env: &[(&str, &str)],
+        wait: Duration,
+    ) -> (ConfigFile, BridgeProcess, u16) {
+        let bind_failed = |l: &LogLine| {
+            l.is("Bridge failed.")
+                && l.str_field("error")
+                    .is_some_and(|e| e.contains("HTTP listener"))
+        };
+        for _ in 0..HTTP_PORT_TRIES {
+            let port = free_port();
+            let config = ConfigFile::new(&toml_for(port));
+            let bridge = BridgeProcess::spawn(&config, env);
+            bridge
+                .wait_until("the HTTP listener to start", wait, |lines| {
+                    lines.iter().any(|l| l.is(HTTP_STARTED) || bind_failed(l))
+                })
+                .await;
+            if bridge.lines().iter().any(|l| l.is(HTTP_STARTED)) {
+                return (config, bridge, port);
+            }
+            eprintln!("HTTP port {port} was taken; trying another");
+        }
+        panic!("the bridge could not bind an HTTP port in {HTTP_PORT_TRIES} attempts");
     }
 
     /// The process id.

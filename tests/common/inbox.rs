@@ -35,6 +35,11 @@ impl<T: Clone + Debug> Inbox<T> {
         self.tx.borrow().clone()
     }
 
+    /// How many items arrived so far.
+    pub fn count(&self) -> usize {
+        self.tx.borrow().len()
+    }
+
     /// Waits until `done` holds for everything received so far.
     pub async fn wait_until(
         &self,

@@ -9,7 +9,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +17,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::bridge::free_port;
 
 /// Where Debian installs the broker.
 const BINARY: &str = "/usr/sbin/mosquitto";
@@ -360,13 +361,6 @@ pub async fn start_with_password_async(user: &str, password: &str) -> Mosquitto 
         &format!("allow_anonymous false\npassword_file {}\n", file.display()),
     )
     .await
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
 fn lock(log: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {

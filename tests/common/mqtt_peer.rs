@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bayeux_mqtt_bridge::backoff::BackoffOptions;
 use bayeux_mqtt_bridge::mqtt::{
-    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, QoS, SubscriptionSpec,
+    self, IncomingMessage, MqttEvent, MqttHandle, MqttOptions, Properties, QoS, SubscriptionSpec,
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -30,9 +30,21 @@ pub struct Got {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 properties (empty on 3.1.1).
+    pub properties: Properties,
 }
 
 impl Got {
+    /// The value of the user property `name` (the last one, if repeated).
+    pub fn user_property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .user
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
@@ -202,6 +214,46 @@ impl MqttPeer {
             .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
     }
 
+    /// Publishes at QoS 1 with MQTT 5 `properties` and waits for the broker's acknowledgement.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        properties: Properties,
+    ) {
+        let wait = self.wait;
+        let publish = async {
+            self.handle
+                .publish_queued_with(
+                    topic,
+                    payload.into(),
+                    QoS::AtLeastOnce,
+                    false,
+                    Some(std::sync::Arc::new(properties)),
+                )
+                .await?
+                .await
+        };
+        tokio::time::timeout(wait, publish)
+            .await
+            .unwrap_or_else(|_| panic!("publish to {topic}: not acknowledged within {wait:?}"))
+            .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
+    }
+
+    /// The first message that arrived on exactly `topic`, waiting for it.
+    pub async fn first_on(&self, topic: &str) -> Got {
+        self.inbox
+            .wait_until(&format!("a message on {topic}"), self.wait, |got| {
+                got.iter().any(|g| g.topic == topic)
+            })
+            .await;
+        self.inbox
+            .snapshot()
+            .into_iter()
+            .find(|g| g.topic == topic)
+            .unwrap_or_else(|| panic!("no message on {topic}"))
+    }
+
     /// Publishes `{"id": n}` for every id at QoS 1, pipelined, and waits for every PUBACK.
     pub async fn publish_ids(&self, topic: &str, ids: Range<u64>) {
         let wait = self.wait;
@@ -312,6 +364,7 @@ pub fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage)
         payload,
         qos,
         retain,
+        properties,
         token,
     } = message;
     handle.ack(token);
@@ -320,5 +373,6 @@ pub fn record(handle: &MqttHandle, inbox: &Inbox<Got>, message: IncomingMessage)
         payload,
         qos,
         retain,
+        properties,
     });
 }

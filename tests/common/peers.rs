@@ -79,6 +79,8 @@ struct Running {
     /// child exit (it runs with `--exit-on-stdin-eof`).
     _stdin: ChildStdin,
     stderr: Arc<Mutex<String>>,
+    /// Told whenever a line was added to `stderr`.
+    stderr_grew: Arc<tokio::sync::Notify>,
 }
 
 /// Why one launch attempt did not produce a listening server.
@@ -180,6 +182,57 @@ impl PeerServer {
             .as_ref()
             .map(|running| lock(&running.stderr).clone())
             .unwrap_or_default()
+    }
+
+    /// Waits, at most `timeout`, until the server has written a line to stderr for which
+    /// `matches` holds, and returns it; `None` if none came (or the server is not running).
+    /// The server announces there, for instance, a session that expired or ended
+    /// (tests/peers/server.js).
+    pub async fn wait_for_stderr_line(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let running = self.running.as_ref()?;
+        let (stderr, grew) = (&running.stderr, &running.stderr_grew);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Before looking: a line added after the look still wakes the wait below.
+            let grown = grew.notified();
+            if let Some(line) = lock(stderr).lines().find(|l| matches(l)) {
+                return Some(line.to_owned());
+            }
+            tokio::time::timeout_at(deadline, grown).await.ok()?;
+        }
+    }
+
+    /// Opens a session that never polls: one `/meta/handshake`, no `/meta/connect`. Returns
+    /// its id. CometD expires it once its `maxInterval` has passed after the handshake and
+    /// says so on stderr (`session expired: <id>`): a clock of the server's own for "longer
+    /// than a session lives without polling".
+    pub async fn idle_session(&self) -> String {
+        let handshake = serde_json::json!([{
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }]);
+        let reply: serde_json::Value = reqwest::Client::new()
+            .post(self.url())
+            .json(&handshake)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("handshake of an idle session with {}: {e}", self.url()))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("handshake reply of {}: {e}", self.url()));
+        match reply[0]["clientId"].as_str() {
+            Some(id) if reply[0]["successful"] == true => id.to_owned(),
+            _ => panic!(
+                "{} refused the idle session's handshake: {reply}",
+                self.url()
+            ),
+        }
     }
 
     /// SIGKILLs the child and waits for it to exit. Does nothing if it is
@@ -336,8 +389,10 @@ fn launch(
     // Collect stderr continuously (also keeps the pipe from filling up) and
     // echo it, so a failing test's captured output shows the server's log.
     let stderr = Arc::new(Mutex::new(String::new()));
+    let stderr_grew = Arc::new(tokio::sync::Notify::new());
     let stderr_thread = {
         let stderr = Arc::clone(&stderr);
+        let grew = Arc::clone(&stderr_grew);
         let label = format!("{} pid {}", kind.arg(), child.id());
         thread::spawn(move || {
             let mut reader = BufReader::new(stderr_pipe);
@@ -349,6 +404,7 @@ fn launch(
                     Ok(_) => {
                         eprint!("[peer {label}] {line}");
                         lock(&stderr).push_str(&line);
+                        grew.notify_waiters();
                     }
                 }
             }
@@ -416,6 +472,7 @@ fn launch(
             child,
             _stdin: stdin,
             stderr,
+            stderr_grew,
         },
         actual_port,
         path,

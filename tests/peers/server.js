@@ -16,6 +16,10 @@
 //            session expires and the client's next connect gets
 //            402::session_unknown. Default: CometD's own, 10000 ms. Each expiry
 //            writes "session expired: <id>" to stderr.
+//
+// cometd also writes "session ended: <id> <subscriptions>" to stderr when a
+// session ends by /meta/disconnect; each subscription is followed by how many
+// other sessions are still subscribed to it, e.g. "/x/* (0 others)".
 // --ack      cometd only: install cometd-nodejs-server's acknowledged-messages
 //            extension (ack-extension.js). A client that offers ext.ack:true
 //            at handshake then gets ext.ack:true in the handshake reply and a
@@ -120,11 +124,19 @@ function createCometD(options) {
     // null) lets every remote client handshake, subscribe to and publish on
     // any channel.
     const cometdServer = cometd.createCometDServer(config);
-    // A line on stderr when a session expires (no /meta/connect within maxInterval), so a
-    // test can wait for the expiry instead of sleeping.
+    // A line on stderr when a session expires (no /meta/connect within maxInterval) or ends
+    // otherwise (/meta/disconnect), so a test can wait for either instead of sleeping. An
+    // ended session's line names its subscriptions and, for each, how many other sessions
+    // are still subscribed to it: "session ended: <id> /a/* (0 others), /b (1 others)".
     cometdServer.addListener('sessionRemoved', (session, timeout) => {
         if (timeout) {
             process.stderr.write(`session expired: ${session.id}\n`);
+        } else {
+            const subscriptions = session.subscriptions.map(channel => {
+                const others = channel.subscribers.filter(s => s.id !== session.id).length;
+                return `${channel.name} (${others} others)`;
+            });
+            process.stderr.write(`session ended: ${session.id} ${subscriptions.join(', ')}\n`);
         }
     });
     if (options.ack) {

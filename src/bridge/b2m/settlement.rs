@@ -1,17 +1,20 @@
 //! Bayeux → MQTT publish outcomes: what each publish in flight holds (its queue slot, its
 //! checkpoint ticket) and how its outcome is recorded, on a task of its own.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing::{Instrument, error};
 
 use crate::bridge::checkpoint::Ticket;
+use crate::bridge::dead_letter::Undeliverable;
+use crate::bridge::ledger::Ledger;
 use crate::bridge::mapping::Route;
 use crate::bridge::spooled::Key;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot, qos_of};
-use crate::mqtt::{MqttError, MqttHandle, Outcome, OutcomeSender, QoS, outcome_channel};
+use crate::mqtt::{
+    MqttError, MqttHandle, Outcome, OutcomeSender, Properties, Publish, outcome_channel,
+};
 
 /// What a publish in flight holds until its outcome is recorded: its queue slot (released
 /// only then, so a drain that waits for every permit also waits for the checkpoints), its
@@ -22,43 +25,8 @@ pub(crate) struct Pending {
     pub(crate) route: usize,
     /// With the spool: where it is there; settled once the broker acknowledged it.
     pub(crate) key: Option<Key>,
-}
-
-/// The pipeline's publishes in flight, by tag (consecutive numbers). Outcomes may come in
-/// any order; the map holds only what is in flight (at most `queue_capacity` entries), so a
-/// publish that waits long does not make it grow with the ones that pass it.
-struct Ledger<T> {
-    next: u64,
-    entries: HashMap<u64, T>,
-}
-
-impl<T> Default for Ledger<T> {
-    fn default() -> Self {
-        Ledger {
-            next: 0,
-            entries: HashMap::new(),
-        }
-    }
-}
-
-impl<T> Ledger<T> {
-    /// Adds `entry` and returns its tag.
-    fn insert(&mut self, entry: T) -> u64 {
-        let tag = self.next;
-        self.next += 1;
-        self.entries.insert(tag, entry);
-        tag
-    }
-
-    /// Takes the entry of `tag` out, if it is still there.
-    fn take(&mut self, tag: u64) -> Option<T> {
-        self.entries.remove(&tag)
-    }
-
-    /// How many entries are still there.
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
+    /// The payload, kept for a dead letter when there can be one.
+    pub(crate) original: Option<bytes::Bytes>,
 }
 
 /// Publishes for the pipeline and records their outcomes on a task of its own, from one
@@ -111,32 +79,23 @@ impl Settlement {
         mqtt: &MqttHandle,
         topic: String,
         payload: bytes::Bytes,
+        properties: Option<Arc<Properties>>,
         route: &Route,
         pending: Pending,
     ) -> Result<(), (MqttError, Option<Pending>)> {
-        self.publish_message(
-            mqtt,
-            topic,
-            payload,
-            qos_of(route.qos),
-            route.retain,
-            pending,
-        )
-        .await
+        let message = Publish::new(topic, payload, qos_of(route.qos), route.retain, properties);
+        self.publish_message(mqtt, message, pending).await
     }
 
-    /// [`Settlement::publish`] with the QoS and retain flag given.
+    /// [`Settlement::publish`] with the QoS and retain flag given in `message`.
     pub(crate) async fn publish_message(
         &self,
         mqtt: &MqttHandle,
-        topic: String,
-        payload: bytes::Bytes,
-        qos: QoS,
-        retain: bool,
+        message: Publish,
         pending: Pending,
     ) -> Result<(), (MqttError, Option<Pending>)> {
         let tag = lock(&self.ledger).insert(pending);
-        mqtt.publish_tagged(topic, payload, qos, retain, tag, &self.outcomes)
+        mqtt.publish_tagged(message, tag, &self.outcomes)
             .await
             .map_err(|e| (e, lock(&self.ledger).take(tag)))
     }
@@ -149,6 +108,7 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
         ticket,
         route,
         key,
+        original,
     } = pending;
     let spooled = key.zip(shared.spools.as_ref());
     match &outcome.result {
@@ -174,13 +134,26 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
             }
             shared.count_publish_error("mqtt", e.reason());
             release_ticket(shared, ticket, redeliver_after_restart(e));
-            shared.drop_message(
-                Direction::BayeuxToMqtt,
-                e.reason(),
-                route,
-                outcome.topic(),
-                &e.to_string(),
-            );
+            match original {
+                // Refused by the broker: the message itself is the problem.
+                Some(payload) if !redeliver_after_restart(e) => shared.reject(Undeliverable {
+                    direction: Direction::BayeuxToMqtt,
+                    reason: e.reason(),
+                    route,
+                    channel: None,
+                    topic: Some(outcome.topic().to_owned()),
+                    error: e.to_string(),
+                    payload,
+                    extra: Vec::new(),
+                }),
+                _ => shared.drop_message(
+                    Direction::BayeuxToMqtt,
+                    e.reason(),
+                    route,
+                    outcome.topic(),
+                    &e.to_string(),
+                ),
+            }
         }
     }
     drop(slot);
@@ -202,41 +175,4 @@ pub(super) fn release_ticket(shared: &Shared, ticket: Option<Ticket>, redeliver:
 /// message itself is the problem (it would fail again).
 pub(super) fn redeliver_after_restart(e: &MqttError) -> bool {
     matches!(e, MqttError::Shutdown | MqttError::NoRuntime)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Ledger;
-
-    #[test]
-    fn the_ledger_hands_out_consecutive_tags_and_takes_entries_in_any_order() {
-        let mut ledger = Ledger::default();
-        let tags: Vec<u64> = ["a", "b", "c", "d"]
-            .into_iter()
-            .map(|e| ledger.insert(e))
-            .collect();
-        assert_eq!(tags, [0, 1, 2, 3]);
-        assert_eq!(ledger.take(2), Some("c"));
-        assert_eq!(ledger.take(2), None, "taken once only");
-        assert_eq!(ledger.take(0), Some("a"));
-        assert_eq!(ledger.take(9), None, "never handed out");
-        assert_eq!(ledger.insert("e"), 4, "tags are not reused");
-        assert_eq!(ledger.len(), 3);
-        for tag in [4, 1, 3] {
-            assert!(ledger.take(tag).is_some());
-        }
-        assert_eq!(ledger.len(), 0);
-    }
-
-    #[test]
-    fn a_publish_that_waits_long_does_not_make_the_ledger_grow() {
-        let mut ledger = Ledger::default();
-        let slow = ledger.insert(0);
-        for n in 1..10_000 {
-            let tag = ledger.insert(n);
-            assert_eq!(ledger.take(tag), Some(n));
-        }
-        assert_eq!(ledger.entries.len(), 1);
-        assert_eq!(ledger.take(slow), Some(0));
-    }
 }

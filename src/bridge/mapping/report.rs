@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::bayeux::channel::{ChannelPattern, Wildcard};
 
-use super::{Direction, PayloadMode, Route, bayeux_subscriptions, mqtt_subscriptions};
+use super::{Direction, PatternTrie, PayloadMode, Route, bayeux_subscriptions, mqtt_subscriptions};
 
 impl Route {
     /// One or two (channel, topic) pairs that show how this route rewrites names.
@@ -68,8 +68,10 @@ pub(super) fn mqtt_segs(filter: &str) -> Vec<Seg<'_>> {
         .collect()
 }
 
-/// Whether some name matches both `a` and `b`. `deep_min` is how many levels the trailing
+/// Whether some name matches both `a` and `b`: the plain pairwise rule that
+/// [`super::PatternTrie::overlapping`] is tested against. `deep_min` is how many levels the trailing
 /// deep wildcard needs: 1 for Bayeux `**`, 0 for MQTT `#` (which matches its parent).
+#[cfg(test)]
 pub(super) fn overlap(a: &[Seg], b: &[Seg], deep_min: usize) -> bool {
     // A pattern's possible lengths: exactly len, or at least len - 1 + deep_min.
     let reaches = |p: &[Seg], n: usize| match p.last() {
@@ -86,35 +88,56 @@ pub(super) fn overlap(a: &[Seg], b: &[Seg], deep_min: usize) -> bool {
     }
 }
 
-/// Valid routes that are probably mistakes: two routes that forward the same message in the
-/// same direction (it is then forwarded once per route), and keys that have no effect.
-pub fn warnings(routes: &[Route]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, a) in routes.iter().enumerate() {
-        for b in &routes[i + 1..] {
-            let (na, nb) = (a.number(), b.number());
-            if a.subscribes_bayeux()
-                && b.subscribes_bayeux()
-                && overlap(&bayeux_segs(&a.bayeux), &bayeux_segs(&b.bayeux), 1)
-            {
-                out.push(format!(
-                    "route[{na}] ({}) and route[{nb}] ({}) overlap: a Bayeux message on a \
-                     channel both match is forwarded to MQTT once per route",
-                    a.bayeux, b.bayeux
-                ));
-            }
-            if a.subscribes_mqtt()
-                && b.subscribes_mqtt()
-                && overlap(&mqtt_segs(&a.mqtt_filter), &mqtt_segs(&b.mqtt_filter), 0)
-            {
-                out.push(format!(
-                    "route[{na}] ({}) and route[{nb}] ({}) overlap: an MQTT message on a topic \
-                     both match is forwarded to Bayeux once per distinct channel",
-                    a.mqtt_filter, b.mqtt_filter
-                ));
-            }
+/// Pairs of routes that forward the same message in the same direction, in route order.
+/// Each route is looked up in a trie of the routes before it, so that the cost grows with the
+/// overlaps found, not with the square of the number of routes.
+fn overlaps(routes: &[Route]) -> Vec<String> {
+    let mut pairs: Vec<(usize, usize, bool)> = Vec::new();
+    let mut bayeux = PatternTrie::new(1);
+    let mut mqtt = PatternTrie::new(0);
+    for (b, route) in routes.iter().enumerate() {
+        if route.subscribes_bayeux() {
+            let segs = bayeux_segs(&route.bayeux);
+            pairs.extend(bayeux.overlapping(&segs).into_iter().map(|a| (a, b, false)));
+            bayeux.insert(&segs, b);
+        }
+        if route.subscribes_mqtt() {
+            let segs = mqtt_segs(&route.mqtt_filter);
+            pairs.extend(mqtt.overlapping(&segs).into_iter().map(|a| (a, b, true)));
+            mqtt.insert(&segs, b);
         }
     }
+    pairs.sort_unstable();
+    pairs
+        .into_iter()
+        .filter_map(|(a, b, mqtt)| Some((routes.get(a)?, routes.get(b)?, mqtt)))
+        .map(|(a, b, mqtt)| match mqtt {
+            false => format!(
+                "{} ({}) and {} ({}) overlap: a Bayeux message on a channel both match is \
+                 forwarded to MQTT once per route",
+                a.label(),
+                a.bayeux,
+                b.label(),
+                b.bayeux
+            ),
+            true => format!(
+                "{} ({}) and {} ({}) overlap: an MQTT message on a topic both match is \
+                 forwarded to Bayeux once per distinct channel",
+                a.label(),
+                a.mqtt_filter,
+                b.label(),
+                b.mqtt_filter
+            ),
+        })
+        .collect()
+}
+
+/// Valid routes that are probably mistakes: two routes that forward the same message in the
+/// same direction (it is then forwarded once per route), routes that feed each other's
+/// messages back across directions (see [`super::find_loops`]), and keys that have no effect.
+pub fn warnings(routes: &[Route]) -> Vec<String> {
+    let mut out = overlaps(routes);
+    out.extend(super::loops::warnings(routes));
     for route in routes.iter().filter(|r| !r.subscribes_bayeux()) {
         let n = route.number();
         if route.retain {
@@ -179,8 +202,8 @@ pub fn describe(routes: &[Route]) -> String {
 fn describe_route(out: &mut String, route: &Route) {
     let _ = write!(
         out,
-        "\nroute[{}]  {}  qos {}",
-        route.number(),
+        "\n{}  {}  qos {}",
+        route.label(),
         route.direction,
         route.qos
     );

@@ -6,12 +6,16 @@ use super::*;
 
 fn config(bayeux: &str, mqtt: &str, direction: Direction) -> RouteConfig {
     RouteConfig {
+        name: None,
         bayeux: bayeux.to_owned(),
         mqtt: mqtt.to_owned(),
         direction,
         qos: 1,
         retain: false,
         payload: PayloadMode::Data,
+        properties: None,
+        ext_properties: false,
+        dead_letter_topic: None,
     }
 }
 
@@ -316,7 +320,7 @@ fn routes_keep_their_settings_and_position() {
     let route = &routes[1];
     assert_eq!((route.index, route.number()), (1, 2));
     assert_eq!(
-        (route.qos, route.retain, route.payload),
+        (route.qos, route.retain, route.payload.clone()),
         (2, true, PayloadMode::Message)
     );
     assert_eq!(route.bayeux.as_str(), "/b");
@@ -452,13 +456,256 @@ fn overlapping_routes_in_the_same_direction_are_warned_about() {
 }
 
 #[test]
-fn mirrored_routes_in_opposite_directions_are_not_warned_about() {
+fn mirrored_routes_in_opposite_directions_are_a_loop_that_echo_suppression_covers() {
     let routes = compile(&[
         config("/a/**", "a/#", Direction::BayeuxToMqtt),
         config("/a/**", "a/#", Direction::MqttToBayeux),
     ])
     .unwrap();
-    assert!(warnings(&routes).is_empty(), "{:?}", warnings(&routes));
+    let warnings = warnings(&routes);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "route[1] and route[2] feed each other across directions: /a/x → a/x (route[1]), \
+             then a/x → /a/x (route[2]), which route[1] reads again. Echo suppression covers \
+             it within this bridge"
+        ),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_loop_lint_names_both_routes_and_a_name_that_goes_round() {
+    let mut named = config("/in/**", "x/#", Direction::BayeuxToMqtt);
+    named.name = Some("outbound".into());
+    let routes = compile(&[
+        named,
+        config("/other/*", "y/+", Direction::MqttToBayeux),
+        // Feeds route 1 back: x/<one level> → /in/deep/<level>, which /in/** reads.
+        config("/in/deep/*", "x/+", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    let loops = find_loops(&routes);
+    assert_eq!(
+        loops,
+        [Loop {
+            forth: 0,
+            back: 2,
+            channel: "/in/x".into(),
+            topic: "x/x".into(),
+            back_channel: "/in/deep/x".into(),
+        }]
+    );
+    let text = warnings(&routes).join("\n");
+    assert!(
+        text.contains("route[1] \"outbound\" and route[3] feed each other"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_both_route_alone_or_beside_disjoint_ones_is_not_a_loop() {
+    let routes = compile(&[
+        config("/a/**", "a/#", Direction::Both),
+        config("/b/**", "b/#", Direction::Both),
+        // Reads what route 1 publishes, but publishes where nobody reads.
+        config("/c/**", "a/#", Direction::MqttToBayeux),
+    ])
+    .unwrap();
+    assert_eq!(find_loops(&routes), []);
+}
+
+#[test]
+fn two_overlapping_both_routes_are_reported_once() {
+    let routes = compile(&[
+        config("/a/**", "a/#", Direction::Both),
+        config("/a/b/*", "a/b/+", Direction::Both),
+    ])
+    .unwrap();
+    let loops = find_loops(&routes);
+    assert_eq!(loops.len(), 1, "{loops:?}");
+}
+
+#[test]
+fn ten_thousand_routes_check_without_warnings() {
+    let configs: Vec<RouteConfig> = (1..=10_000)
+        .map(|i| config(&format!("/r/{i}/**"), &format!("r/{i}/#"), Direction::Both))
+        .collect();
+    let routes = compile(&configs).unwrap();
+    assert_eq!(warnings(&routes), Vec::<String>::new());
+    let text = describe(&routes);
+    assert!(text.starts_with("10000 routes:\n"));
+    let routes = Routes::new(routes);
+    let found: Vec<usize> = routes
+        .mqtt_matches("r/9999/x")
+        .map(|r| r.number())
+        .collect();
+    assert_eq!(found, [9999]);
+    let found: Vec<usize> = routes
+        .bayeux_matches("/r/17/a/b")
+        .map(|r| r.number())
+        .collect();
+    assert_eq!(found, [17]);
+    let explained = explain(&routes, &Query::Topic("r/10000/a".into()));
+    assert_eq!(explained.applies, 1, "{}", explained.text);
+}
+
+#[test]
+fn explain_lists_every_route_that_takes_a_channel_with_its_settings() {
+    let mut second = config("/s/*", "one/+", Direction::Both);
+    second.qos = 2;
+    second.retain = true;
+    second.payload = PayloadMode::Message;
+    second.name = Some("sensors".into());
+    let routes = compile(&[
+        config("/s/**", "all/#", Direction::BayeuxToMqtt),
+        second,
+        config("/s/a", "back/a", Direction::MqttToBayeux),
+        config("/t/**", "t/#", Direction::BayeuxToMqtt),
+    ])
+    .unwrap();
+    let e = explain(&routes, &Query::Channel("/s/a".into()));
+    assert_eq!(e.applies, 2, "{}", e.text);
+    let expected = "\
+Bayeux channel /s/a:
+
+route[1]  applies: /s/a → MQTT topic all/a
+  direction bayeux_to_mqtt, qos 1, retain false, payload data
+  loop prevention: not needed (no route reads all/a back)
+
+route[2] \"sensors\"  applies: /s/a → MQTT topic one/a
+  direction both, qos 2, retain true, payload message
+  loop prevention: applies (route[2] \"sensors\" read one/a back; the bridge's own publish is not forwarded again)
+
+route[3]  does not apply: its direction is mqtt_to_bayeux: it publishes to /s/a but does not subscribe to it
+
+2 routes apply.
+";
+    assert_eq!(e.text, expected);
+}
+
+#[test]
+fn explain_says_why_a_route_nearly_matches() {
+    let routes = compile(&[
+        config("/s/*", "s/+", Direction::Both),
+        config("/d/**", "d/#", Direction::Both),
+        config("/**", "all/#", Direction::BayeuxToMqtt),
+    ])
+    .unwrap();
+    let e = explain(&routes, &Query::Channel("/s/a/b".into()));
+    assert_eq!(e.applies, 1, "{}", e.text);
+    assert!(
+        e.text.contains(
+            "route[1]  does not apply: /s/* matches exactly one more segment, /s/a/b has 2; \
+             `**` would match them all"
+        ),
+        "{}",
+        e.text
+    );
+    let e = explain(&routes, &Query::Channel("/d".into()));
+    assert!(
+        e.text
+            .contains("route[2]  does not apply: /d/** needs one more segment"),
+        "{}",
+        e.text
+    );
+    let e = explain(&routes, &Query::Channel("/service/echo".into()));
+    assert_eq!(e.applies, 0, "{}", e.text);
+    assert!(
+        e.text.contains(
+            "route[3]  does not apply: /** matches, but the server answers /service/echo itself"
+        ),
+        "{}",
+        e.text
+    );
+    let e = explain(&routes, &Query::Topic("d".into()));
+    assert_eq!(e.applies, 0, "{}", e.text);
+    assert!(
+        e.text
+            .contains("d/# also matches its parent level d, but /d/** needs one more segment"),
+        "{}",
+        e.text
+    );
+    let e = explain(&routes, &Query::Topic("s/a/b".into()));
+    assert!(
+        e.text.contains("s/+ takes exactly one level at the `+`"),
+        "{}",
+        e.text
+    );
+    assert!(
+        e.text
+            .ends_with("No route applies: the bridge does not forward it.\n"),
+        "{}",
+        e.text
+    );
+    let e = explain(&routes, &Query::Topic("$SYS/d/x".into()));
+    assert_eq!(e.applies, 0, "{}", e.text);
+    let e = explain(&routes, &Query::Topic("$d/x".into()));
+    assert!(e.text.contains("starts with `$`"), "{}", e.text);
+}
+
+#[test]
+fn explain_of_a_topic_publishes_each_channel_once() {
+    let routes = compile(&[
+        config("/a/**", "x/#", Direction::MqttToBayeux),
+        config("/a/*", "x/+", Direction::Both),
+    ])
+    .unwrap();
+    let e = explain(&routes, &Query::Topic("x/1".into()));
+    assert_eq!(e.applies, 1, "{}", e.text);
+    assert!(
+        e.text
+            .contains("route[2]  does not apply: /a/1 is already a target of route[1]"),
+        "{}",
+        e.text
+    );
+    assert!(
+        e.text
+            .contains("loop prevention: applies (route[2] read /a/1 back"),
+        "{}",
+        e.text
+    );
+}
+
+mod tries {
+    use super::super::PatternTrie;
+    use super::super::report::{Seg, overlap};
+    use proptest::prelude::*;
+
+    fn seg() -> impl Strategy<Value = Seg<'static>> {
+        prop_oneof![
+            3 => Just(Seg::Literal("a")),
+            3 => Just(Seg::Literal("b")),
+            2 => Just(Seg::One),
+        ]
+    }
+
+    fn pattern() -> impl Strategy<Value = Vec<Seg<'static>>> {
+        (prop::collection::vec(seg(), 0..4), any::<bool>()).prop_map(|(mut segs, deep)| {
+            if deep || segs.is_empty() {
+                segs.push(Seg::Deep);
+            }
+            segs
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_trie_finds_the_overlaps_that_comparing_every_pair_finds(
+            patterns in prop::collection::vec(pattern(), 1..10),
+            query in pattern(),
+            deep_min in 0usize..2,
+        ) {
+            let mut trie = PatternTrie::new(deep_min);
+            for (i, p) in patterns.iter().enumerate() {
+                trie.insert(p, i);
+            }
+            let pairwise: Vec<usize> = (0..patterns.len())
+                .filter(|&i| overlap(&patterns[i], &query, deep_min))
+                .collect();
+            prop_assert_eq!(trie.overlapping(&query), pairwise, "{:?}", query);
+        }
+    }
 }
 
 #[test]

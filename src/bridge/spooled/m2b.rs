@@ -1,33 +1,31 @@
 //! MQTT → Bayeux delivery from the spool: entries in order, at most `bridge.queue_capacity`
 //! publishes awaiting a verdict; an entry leaves the spool once the Bayeux server accepted it
-//! (or refused it for good). Failed requests are retried with backoff as without the spool.
-//! See the parent module.
+//! (or refused it for good). Verdicts are settled, and failed requests retried with backoff,
+//! by the same settlement task as without the spool (`crate::bridge::m2b::Settlement`). See
+//! the parent module.
 
 use std::sync::Arc;
-use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::{debug, trace};
 
 use super::b2m::damaged;
-use super::{Item, Source, Step, ToBayeux};
-use crate::bayeux::PublishError;
+use super::{Item, Key, Source, Spools, Step, ToBayeux};
 use crate::bayeux::channel::validate_channel_name;
-use crate::bridge::m2b::{Pending, record_echo, settle};
-use crate::bridge::settling::Settler;
+use crate::bridge::m2b::{self, Destination, Held, Settlement};
 use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
 use crate::bridge::{Shared, Slot};
 
-/// Delivers until `stop` is set; verdicts still awaited then are awaited by the settling
+/// Delivers until `stop` is set; verdicts still awaited then are awaited by the settlement
 /// task (what gets none stays in the spool).
 pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut stop: Signal) {
     let Some(spools) = shared.spools.as_ref() else {
         return;
     };
-    let queue = spools.m2b.clone();
     let mut source = Source::new(spools, Direction::MqttToBayeux);
-    let settler = Settler::start();
+    let settlement = Settlement::start(Arc::clone(&shared), stop.clone());
     'reading: loop {
         let entries = match source
             .step(&permits, &mut stop, std::future::pending())
@@ -41,7 +39,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
             let (key, data) = match item {
                 Item::Message(key, data) => (key, data),
                 Item::Damaged(seq, reason) => {
-                    damaged(&shared, &queue, Direction::MqttToBayeux, seq, reason);
+                    damaged(&shared, &spools.m2b, Direction::MqttToBayeux, seq, reason);
                     continue;
                 }
             };
@@ -49,88 +47,88 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
                 source.rewind(key);
                 break;
             };
-            let message = match ToBayeux::decode(&data) {
-                Ok(message) => message,
-                Err(reason) => {
-                    spools.settled(Direction::MqttToBayeux, key);
-                    shared.drop_message(
-                        Direction::MqttToBayeux,
-                        "spool_entry_damaged",
-                        0,
-                        &format!("spool entry {}.{}", key.seq, key.index),
-                        reason,
-                    );
-                    continue;
-                }
-            };
-            let ToBayeux {
-                route,
-                channel,
-                topic,
-                data,
-            } = message;
-            // Checked again here: the entry may have been spooled by a version that did not
-            // check.
-            if let Err(e) = validate_channel_name(&channel) {
-                spools.settled(Direction::MqttToBayeux, key);
-                shared.drop_message(
-                    Direction::MqttToBayeux,
-                    "invalid_name",
-                    route,
-                    &channel,
-                    e.reason,
-                );
+            let Some(message) = decode(&shared, spools, key, &data) else {
                 continue;
-            }
-            // Recorded now, not when it was spooled: the echo comes back after this publish.
-            record_echo(
-                &shared,
-                &shared.routes(),
-                &channel,
-                &data,
-                None,
-                Instant::now(),
-            );
-            trace!(%topic, %channel, pack = key.seq, index = key.index, "Forwarding to Bayeux from the spool.");
-            let json = data.json().as_bytes().to_vec();
-            let verdict = match shared
-                .publisher()
-                .publish_queued(&channel, data, None)
-                .await
-            {
-                Ok(verdict) => verdict,
-                // Shutting down: it stays in the spool.
-                Err(PublishError::Closed) if stop.is_set() => break 'reading,
-                Err(e) => {
-                    spools.settled(Direction::MqttToBayeux, key);
-                    shared.drop_message(
-                        Direction::MqttToBayeux,
-                        "invalid_channel",
-                        route,
-                        &channel,
-                        &e.to_string(),
-                    );
-                    continue;
-                }
             };
             let slot = Slot::new(permit, &shared.m2b_in_flight);
-            let (shared, stop) = (Arc::clone(&shared), stop.clone());
-            settler.settle(async move {
-                let _slot = slot;
-                let pending = Pending {
-                    route,
-                    channel,
-                    verdict,
-                };
-                // The data is JSON text, so "the payload" it is made from again on a retry
-                // is that text.
-                if settle(&shared, pending, &json, stop).await
-                    && let Some(spools) = &shared.spools
-                {
-                    spools.settled(Direction::MqttToBayeux, key);
-                }
-            });
+            let open = publish(&shared, &settlement, key, message, slot).await;
+            if !open && stop.is_set() {
+                // Shutting down: what is not delivered stays in the spool.
+                break 'reading;
+            }
         }
     }
     debug!("MQTT → Bayeux delivery from the spool stopped.");
+}
+
+/// The Bayeux publish spooled as `data` at `key`; `None` when it cannot go out (damaged, or
+/// an invalid channel): then it is dropped, counted and settled in the spool.
+fn decode(shared: &Shared, spools: &Spools, key: Key, data: &Bytes) -> Option<ToBayeux> {
+    let message = match ToBayeux::decode(data) {
+        Ok(message) => message,
+        Err(reason) => {
+            spools.settled(Direction::MqttToBayeux, key);
+            shared.drop_message(
+                Direction::MqttToBayeux,
+                "spool_entry_damaged",
+                0,
+                &format!("spool entry {}.{}", key.seq, key.index),
+                reason,
+            );
+            return None;
+        }
+    };
+    // Checked again here: the entry may have been spooled by a version that did not check.
+    if let Err(e) = validate_channel_name(&message.channel) {
+        spools.settled(Direction::MqttToBayeux, key);
+        shared.drop_message(
+            Direction::MqttToBayeux,
+            "invalid_name",
+            message.route,
+            &message.channel,
+            e.reason,
+        );
+        return None;
+    }
+    Some(message)
+}
+
+/// Publishes the spooled `message` of `key`, which holds `slot` until it is settled; `false`
+/// when the Bayeux client was found closed.
+async fn publish(
+    shared: &Shared,
+    settlement: &Settlement,
+    key: Key,
+    message: ToBayeux,
+    slot: Slot,
+) -> bool {
+    let ToBayeux {
+        route,
+        channel,
+        topic,
+        data,
+        ext,
+    } = message;
+    trace!(%topic, %channel, pack = key.seq, index = key.index, "Forwarding to Bayeux from the spool.");
+    // The data is JSON text, so "the payload" it is made from again on a retry is that text.
+    let payload = Bytes::copy_from_slice(data.json().as_bytes());
+    let held = Held {
+        slot,
+        source: m2b::Source::Spool(key),
+    };
+    // Recorded for the echo filter now, not when it was spooled: the echo comes back after
+    // this publish.
+    settlement
+        .publish(
+            shared,
+            held,
+            payload,
+            &[Destination {
+                route,
+                channel,
+                ext,
+            }],
+            data,
+        )
+        .await
 }

@@ -2,22 +2,32 @@
 //! needs no route lookup (a route changed by a reload or a restart meanwhile does not change
 //! where a spooled message goes).
 //!
-//! Layout, all integers little-endian: a version byte ([`VERSION`]), then
-//! - Bayeux → MQTT ([`ToMqtt`]): route `u32`, QoS `u8`, retain `u8`, topic length `u32`,
-//!   topic (UTF-8), payload (the rest);
-//! - MQTT → Bayeux ([`ToBayeux`]): route `u32`, channel length `u32`, channel, source topic
-//!   length `u32`, source topic (for logs), data (JSON text, the rest).
+//! Layout, all integers little-endian, strings as a length `u32` and UTF-8: a version byte
+//! ([`VERSION`], or [`VERSION_EXTRA`] when the message has MQTT 5 properties or a Bayeux
+//! `ext`; entries without are written as before, so an older version reads them), then
+//! - Bayeux → MQTT ([`ToMqtt`]): route `u32`, QoS `u8`, retain `u8`, topic; with
+//!   [`VERSION_EXTRA`] the properties: content type flag `u8` (0/1) and string, user
+//!   property count `u32` and each name and value; then the payload (the rest);
+//! - MQTT → Bayeux ([`ToBayeux`]): route `u32`, channel, source topic (for logs); with
+//!   [`VERSION_EXTRA`] the `ext` object as JSON text; then the data (JSON text, the rest).
 //!
 //! Decoding never panics: a short or malformed entry is an error naming what is wrong, and
 //! the caller drops it and counts it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
 use crate::bayeux::Data;
-use crate::mqtt::QoS;
+use crate::mqtt::{Properties, QoS};
 
 /// The entry layout version.
 pub(super) const VERSION: u8 = 1;
+
+/// The entry layout version with MQTT 5 properties or a Bayeux `ext`.
+pub(super) const VERSION_EXTRA: u8 = 2;
 
 /// The version byte of a pack: several messages in one spool entry.
 const PACK_VERSION: u8 = 0x50;
@@ -72,6 +82,7 @@ pub(crate) struct ToMqtt {
     pub(crate) retain: bool,
     pub(crate) topic: String,
     pub(crate) payload: Bytes,
+    pub(crate) properties: Option<Arc<Properties>>,
 }
 
 /// An MQTT → Bayeux message as it will be published.
@@ -82,22 +93,37 @@ pub(crate) struct ToBayeux {
     /// The MQTT topic it came from, for logs.
     pub(crate) topic: String,
     pub(crate) data: Data,
+    /// Fields for the Bayeux message's `ext` (`route.ext_properties`).
+    pub(crate) ext: Option<Map<String, Value>>,
 }
 
 impl ToMqtt {
     pub(crate) fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(11 + self.topic.len() + self.payload.len());
-        out.put_u8(VERSION);
+        out.put_u8(if self.properties.is_some() {
+            VERSION_EXTRA
+        } else {
+            VERSION
+        });
         out.put_u32_le(route_u32(self.route));
         out.put_u8(self.qos.as_u8());
         out.put_u8(u8::from(self.retain));
         put_str(&mut out, &self.topic);
+        if let Some(properties) = &self.properties {
+            out.put_u8(u8::from(properties.content_type.is_some()));
+            put_str(&mut out, properties.content_type.as_deref().unwrap_or(""));
+            out.put_u32_le(u32::try_from(properties.user.len()).unwrap_or(u32::MAX));
+            for (name, value) in &properties.user {
+                put_str(&mut out, name);
+                put_str(&mut out, value);
+            }
+        }
         out.put_slice(&self.payload);
         out.freeze()
     }
 
     pub(crate) fn decode(entry: &Bytes) -> Result<ToMqtt, &'static str> {
-        let mut r = Reader::new(entry)?;
+        let (mut r, version) = Reader::new(entry)?;
         let route = r.u32()? as usize;
         let qos = match r.u8()? {
             0 => QoS::AtMostOnce,
@@ -111,12 +137,18 @@ impl ToMqtt {
             _ => return Err("retain flag out of range"),
         };
         let topic = r.string()?;
+        let properties = if version == VERSION_EXTRA {
+            Some(Arc::new(r.properties()?))
+        } else {
+            None
+        };
         Ok(ToMqtt {
             route,
             qos,
             retain,
             topic,
             payload: entry.slice(r.at..),
+            properties,
         })
     }
 }
@@ -126,19 +158,35 @@ impl ToBayeux {
         let json = self.data.json();
         let mut out =
             BytesMut::with_capacity(13 + self.channel.len() + self.topic.len() + json.len());
-        out.put_u8(VERSION);
+        out.put_u8(if self.ext.is_some() {
+            VERSION_EXTRA
+        } else {
+            VERSION
+        });
         out.put_u32_le(route_u32(self.route));
         put_str(&mut out, &self.channel);
         put_str(&mut out, &self.topic);
+        if let Some(ext) = &self.ext {
+            put_str(&mut out, &Value::Object(ext.clone()).to_string());
+        }
         out.put_slice(json.as_bytes());
         out.freeze()
     }
 
     pub(crate) fn decode(entry: &Bytes) -> Result<ToBayeux, &'static str> {
-        let mut r = Reader::new(entry)?;
+        let (mut r, version) = Reader::new(entry)?;
         let route = r.u32()? as usize;
         let channel = r.string()?;
         let topic = r.string()?;
+        let ext = if version == VERSION_EXTRA {
+            let text = r.string()?;
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(ext)) => Some(ext),
+                _ => return Err("ext is not a JSON object"),
+            }
+        } else {
+            None
+        };
         let json = std::str::from_utf8(&entry[r.at..]).map_err(|_| "data is not UTF-8")?;
         let data = Data::from_json(json).map_err(|_| "data is not JSON")?;
         Ok(ToBayeux {
@@ -146,6 +194,7 @@ impl ToBayeux {
             channel,
             topic,
             data,
+            ext,
         })
     }
 }
@@ -166,12 +215,35 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, &'static str> {
+    /// A reader after the version byte, and the version.
+    fn new(bytes: &'a [u8]) -> Result<(Self, u8), &'static str> {
         let mut r = Reader { bytes, at: 0 };
         match r.u8()? {
-            VERSION => Ok(r),
+            version @ (VERSION | VERSION_EXTRA) => Ok((r, version)),
             _ => Err("unknown entry version"),
         }
+    }
+
+    fn properties(&mut self) -> Result<Properties, &'static str> {
+        let has_content_type = match self.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err("content type flag out of range"),
+        };
+        let content_type = self.string()?;
+        let count = self.u32()? as usize;
+        // Each property takes at least its two 4-byte lengths: a count beyond that is damage.
+        if count > self.bytes.len().saturating_sub(self.at) / 8 {
+            return Err("user property count out of range");
+        }
+        let mut user = Vec::with_capacity(count);
+        for _ in 0..count {
+            user.push((self.string()?, self.string()?));
+        }
+        Ok(Properties {
+            content_type: has_content_type.then_some(content_type),
+            user,
+        })
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
@@ -209,6 +281,7 @@ mod tests {
             retain: true,
             topic: "a/b".to_owned(),
             payload: Bytes::from_static(b"{\"id\":1}"),
+            properties: None,
         };
         let entry = message.encode();
         assert_eq!(ToMqtt::decode(&entry), Ok(message));
@@ -254,6 +327,7 @@ mod tests {
             channel: "/c/d".to_owned(),
             topic: "c/d".to_owned(),
             data: Data::from_json(r#"{"x": [1, 2]}"#).unwrap_or_else(|e| panic!("{e}")),
+            ext: None,
         };
         let entry = message.encode();
         let back = ToBayeux::decode(&entry).unwrap_or_else(|e| panic!("{e}"));
@@ -273,5 +347,42 @@ mod tests {
             ToBayeux::decode(&entry.slice(..entry.len() - 1)).err(),
             Some("data is not JSON")
         );
+    }
+
+    #[test]
+    fn properties_and_ext_round_trip_in_the_extra_version() {
+        let message = ToMqtt {
+            route: 1,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b".to_owned(),
+            payload: Bytes::from_static(b"x"),
+            properties: Some(Arc::new(Properties {
+                content_type: Some("text/plain".into()),
+                user: vec![
+                    ("bayeux-channel".into(), "/a/b".into()),
+                    ("k".into(), "".into()),
+                ],
+            })),
+        };
+        let entry = message.encode();
+        assert_eq!(entry[0], VERSION_EXTRA);
+        assert_eq!(ToMqtt::decode(&entry), Ok(message));
+        for cut in 0..entry.len() - 1 {
+            assert!(ToMqtt::decode(&entry.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut ext = Map::new();
+        ext.insert("mqtt-topic".into(), Value::String("c/d".into()));
+        let message = ToBayeux {
+            route: 2,
+            channel: "/c/d".to_owned(),
+            topic: "c/d".to_owned(),
+            data: Data::from_json("1").unwrap_or_else(|e| panic!("{e}")),
+            ext: Some(ext.clone()),
+        };
+        let entry = message.encode();
+        assert_eq!(entry[0], VERSION_EXTRA);
+        let back = ToBayeux::decode(&entry).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((back.ext, back.data.json()), (Some(ext), "1"));
     }
 }

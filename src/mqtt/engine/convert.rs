@@ -4,7 +4,7 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use crate::mqtt::tracker::{Ev, OutMessage, Replay};
-use crate::mqtt::{ConnectionError, QoS, SubscriptionSpec};
+use crate::mqtt::{ConnectionError, Properties, QoS, SubscriptionSpec};
 
 pub(super) fn qos5(qos: QoS) -> QoS5 {
     match qos {
@@ -62,7 +62,23 @@ pub(super) fn publish5(m: OutMessage, pkid: u16, dup: bool) -> p5::Publish {
         topic: m.topic.bytes(),
         pkid,
         payload: m.payload,
-        properties: None,
+        properties: m.properties.as_deref().map(properties5),
+    }
+}
+
+fn properties5(properties: &Properties) -> p5::PublishProperties {
+    p5::PublishProperties {
+        content_type: properties.content_type.clone(),
+        user_properties: properties.user.clone(),
+        ..p5::PublishProperties::default()
+    }
+}
+
+/// What the application sees of an incoming publish's properties.
+fn from_properties5(properties: p5::PublishProperties) -> Properties {
+    Properties {
+        content_type: properties.content_type,
+        user: properties.user_properties,
     }
 }
 
@@ -136,26 +152,15 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
             qos: from_qos5(publish.qos),
             retain: publish.retain,
             pkid: publish.pkid,
+            properties: publish.properties.map(from_properties5),
         },
         P::PubAck(ack) => Ev::PubAck {
             pkid: ack.pkid,
-            failure: failure(
-                ack.reason,
-                &[
-                    p5::PubAckReason::Success,
-                    p5::PubAckReason::NoMatchingSubscribers,
-                ],
-            ),
+            failure: puback_failure5(ack.reason),
         },
         P::PubRec(rec) => Ev::PubRec {
             pkid: rec.pkid,
-            failure: failure(
-                rec.reason,
-                &[
-                    p5::PubRecReason::Success,
-                    p5::PubRecReason::NoMatchingSubscribers,
-                ],
-            ),
+            failure: pubrec_failure5(rec.reason),
         },
         P::PubComp(comp) => Ev::PubComp {
             pkid: comp.pkid,
@@ -163,29 +168,60 @@ pub(super) fn incoming5(packet: p5::Packet) -> Ev {
         },
         P::SubAck(suback) => Ev::SubAck {
             pkid: suback.pkid,
-            codes: suback
-                .return_codes
-                .into_iter()
-                .map(|code| match code {
-                    p5::SubscribeReasonCode::Success(_) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                })
-                .collect(),
+            codes: suback_codes5(suback.return_codes),
         },
         P::UnsubAck(unsuback) => Ev::UnsubAck {
             pkid: unsuback.pkid,
-            failure: unsuback.reasons.into_iter().find_map(|reason| {
-                failure(
-                    reason,
-                    &[
-                        p5::UnsubAckReason::Success,
-                        p5::UnsubAckReason::NoSubscriptionExisted,
-                    ],
-                )
-            }),
+            failure: unsuback_failure5(unsuback.reasons),
         },
         _ => Ev::Other,
     }
+}
+
+/// A PUBACK's failure: "no matching subscribers" is a success (the broker took the message).
+fn puback_failure5(reason: p5::PubAckReason) -> Option<String> {
+    failure(
+        reason,
+        &[
+            p5::PubAckReason::Success,
+            p5::PubAckReason::NoMatchingSubscribers,
+        ],
+    )
+}
+
+/// A PUBREC's failure: "no matching subscribers" is a success (the broker took the message).
+fn pubrec_failure5(reason: p5::PubRecReason) -> Option<String> {
+    failure(
+        reason,
+        &[
+            p5::PubRecReason::Success,
+            p5::PubRecReason::NoMatchingSubscribers,
+        ],
+    )
+}
+
+/// A SUBACK's outcome per filter: granted (at any QoS), or the reason code's name.
+fn suback_codes5(codes: Vec<p5::SubscribeReasonCode>) -> Vec<Result<(), String>> {
+    codes
+        .into_iter()
+        .map(|code| match code {
+            p5::SubscribeReasonCode::Success(_) => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .collect()
+}
+
+/// An UNSUBACK's first failure: "no subscription existed" is a success (none is left).
+fn unsuback_failure5(reasons: Vec<p5::UnsubAckReason>) -> Option<String> {
+    reasons.into_iter().find_map(|reason| {
+        failure(
+            reason,
+            &[
+                p5::UnsubAckReason::Success,
+                p5::UnsubAckReason::NoSubscriptionExisted,
+            ],
+        )
+    })
 }
 
 pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
@@ -203,6 +239,7 @@ pub(super) fn incoming4(packet: rumqttc::Packet) -> Ev {
             qos: from_qos4(publish.qos),
             retain: publish.retain,
             pkid: publish.pkid,
+            properties: None,
         },
         P::PubAck(ack) => Ev::PubAck {
             pkid: ack.pkid,
@@ -318,15 +355,49 @@ mod tests {
                 let mut v4 = rumqttc::Publish::from_bytes(topic, qos4(qos), payload);
                 v4.pkid = 1;
                 assert_eq!(
-                    publish_packet_size(Protocol::V5, topic, payload_len, qos),
+                    publish_packet_size(Protocol::V5, topic, payload_len, qos, 0),
                     v5.size(),
                     "v5 {payload_len} {qos:?}"
                 );
                 assert_eq!(
-                    publish_packet_size(Protocol::V311, topic, payload_len, qos),
+                    publish_packet_size(Protocol::V311, topic, payload_len, qos, 0),
                     v4.size(),
                     "v3 {payload_len} {qos:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_publish_size_with_properties_matches_rumqttc_encoding() {
+        let long = "v".repeat(200);
+        for properties in [
+            Properties {
+                content_type: Some("application/json".into()),
+                user: vec![("source-channel".into(), "/a/b".into())],
+            },
+            Properties {
+                content_type: None,
+                user: vec![("k".into(), long.clone()), ("k".into(), String::new())],
+            },
+        ] {
+            for payload_len in [0, 100, 16_300, 70_000] {
+                let payload = Bytes::from(vec![0u8; payload_len]);
+                let mut v5 = p5::Publish::new(
+                    "t",
+                    QoS5::AtLeastOnce,
+                    payload,
+                    Some(properties5(&properties)),
+                );
+                v5.pkid = 1;
+                let size = publish_packet_size(
+                    Protocol::V5,
+                    "t",
+                    payload_len,
+                    QoS::AtLeastOnce,
+                    properties.encoded_len(),
+                );
+                assert_eq!(size, v5.size(), "{payload_len} {properties:?}");
             }
         }
     }

@@ -29,7 +29,8 @@ pub(super) enum Sender {
 /// rumqttc's event loop for the chosen protocol.
 ///
 /// rumqttc's `MqttOptions` print the password in their `Debug` output (the `credentials`
-/// field). They are built in [`Engine::new`] and moved into the event loop at once; neither
+/// field). They are built for [`Engine::new`] (by [`rumqttc_options5`] or
+/// [`rumqttc_options4`]) and moved into the event loop at once; neither
 /// `Engine` nor [`Sender`] implements `Debug`, so they cannot reach a log line. Our own
 /// [`MqttOptions`] redact the password.
 pub(super) enum Engine {
@@ -37,26 +38,33 @@ pub(super) enum Engine {
     V311(Box<rumqttc::EventLoop>),
 }
 
-/// The encoded size of a PUBLISH packet without properties (MQTT 3.1.1 §3.3, 5.0 §3.3).
+/// The encoded size of a PUBLISH packet (MQTT 3.1.1 §3.3, 5.0 §3.3); `properties_len` is
+/// the encoded length of its MQTT 5 properties ([`super::Properties::encoded_len`]), not
+/// sent on 3.1.1.
 pub(super) fn publish_packet_size(
     protocol: Protocol,
     topic: &str,
     payload_len: usize,
     qos: QoS,
+    properties_len: usize,
 ) -> usize {
     let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
     let properties = match protocol {
-        Protocol::V5 => 1,
+        Protocol::V5 => varint_len(properties_len) + properties_len,
         Protocol::V311 => 0,
     };
     let remaining = 2 + topic.len() + packet_id + properties + payload_len;
-    let length_bytes = match remaining {
+    1 + varint_len(remaining) + remaining
+}
+
+/// The bytes of MQTT's variable byte integer for `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
         0..=127 => 1,
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
-    };
-    1 + length_bytes + remaining
+    }
 }
 
 /// Socket options: rumqttc's connection timeout (whole seconds) and `TCP_NODELAY`.
@@ -70,6 +78,86 @@ fn network_options(connection_timeout: u64) -> rumqttc::NetworkOptions {
     network.set_connection_timeout(connection_timeout);
     network.set_tcp_nodelay(true);
     network
+}
+
+/// rumqttc's MQTT 5 options for ours; `rumqttc_timeout` in whole seconds (see
+/// [`Engine::new`]).
+fn rumqttc_options5(
+    options: &MqttOptions,
+    transport: Transport,
+    rumqttc_timeout: u64,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(
+        options.client_id.clone(),
+        options.host.clone(),
+        options.port,
+    );
+    o.set_keep_alive(Duration::from_secs(options.keep_alive.as_secs()))
+        .set_clean_start(options.clean_start)
+        .set_manual_acks(true)
+        .set_transport(transport)
+        .set_connection_timeout(rumqttc_timeout)
+        .set_outgoing_inflight_upper_limit(options.inflight)
+        .set_receive_maximum(Some(options.inflight))
+        .set_max_packet_size(Some(
+            u32::try_from(options.max_packet_size).unwrap_or(u32::MAX),
+        ))
+        .set_session_expiry_interval(Some(
+            u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX),
+        ))
+        .set_network_options(network_options(rumqttc_timeout));
+    if let Some(username) = &options.username {
+        o.set_credentials(
+            username.clone(),
+            options.password.clone().unwrap_or_default(),
+        );
+    }
+    if let Some(will) = &options.last_will {
+        o.set_last_will(p5::LastWill::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            qos5(will.qos),
+            will.retain,
+            None,
+        ));
+    }
+    o
+}
+
+/// rumqttc's MQTT 3.1.1 options for ours (its network options are set on the event loop).
+fn rumqttc_options4(options: &MqttOptions, transport: Transport) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(
+        options.client_id.clone(),
+        options.host.clone(),
+        options.port,
+    );
+    o.set_keep_alive(Duration::from_secs(options.keep_alive.as_secs()))
+        .set_clean_session(options.clean_start)
+        .set_manual_acks(true)
+        .set_transport(transport)
+        .set_inflight(options.inflight)
+        // MQTT 3.1.1 cannot tell the broker our limit, so it sends larger messages anyway.
+        // rumqttc would refuse to decode one and drop the connection, and with a persistent
+        // session the broker sends the same message again after every reconnect (a poison
+        // message). So rumqttc reads anything the protocol can frame, and the tracker
+        // acknowledges and drops what is over `max_packet_size` (`MqttEvent::Oversized`).
+        // The broker's own limit bounds the memory one such message takes.
+        .set_max_packet_size(MQTT_MAX_PACKET, options.max_packet_size);
+    if let Some(username) = &options.username {
+        o.set_credentials(
+            username.clone(),
+            options.password.clone().unwrap_or_default(),
+        );
+    }
+    if let Some(will) = &options.last_will {
+        o.set_last_will(rumqttc::LastWill::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            qos4(will.qos),
+            will.retain,
+        ));
+    }
+    o
 }
 
 impl Engine {
@@ -86,79 +174,14 @@ impl Engine {
             Some(config) => Transport::Tls(TlsConfiguration::Rustls(config)),
             None => Transport::Tcp,
         };
-        let keep_alive = Duration::from_secs(options.keep_alive.as_secs());
         match options.protocol {
             Protocol::V5 => {
-                let mut o = rumqttc::v5::MqttOptions::new(
-                    options.client_id.clone(),
-                    options.host.clone(),
-                    options.port,
-                );
-                o.set_keep_alive(keep_alive)
-                    .set_clean_start(options.clean_start)
-                    .set_manual_acks(true)
-                    .set_transport(transport)
-                    .set_connection_timeout(rumqttc_timeout)
-                    .set_outgoing_inflight_upper_limit(options.inflight)
-                    .set_receive_maximum(Some(options.inflight))
-                    .set_max_packet_size(Some(
-                        u32::try_from(options.max_packet_size).unwrap_or(u32::MAX),
-                    ))
-                    .set_session_expiry_interval(Some(
-                        u32::try_from(options.session_expiry.as_secs()).unwrap_or(u32::MAX),
-                    ))
-                    .set_network_options(network_options(rumqttc_timeout));
-                if let Some(username) = &options.username {
-                    o.set_credentials(
-                        username.clone(),
-                        options.password.clone().unwrap_or_default(),
-                    );
-                }
-                if let Some(will) = &options.last_will {
-                    o.set_last_will(p5::LastWill::new(
-                        will.topic.clone(),
-                        will.payload.clone(),
-                        qos5(will.qos),
-                        will.retain,
-                        None,
-                    ));
-                }
+                let o = rumqttc_options5(options, transport, rumqttc_timeout);
                 let (client, event_loop) = rumqttc::v5::AsyncClient::new(o, capacity);
                 (Sender::V5(client), Engine::V5(Box::new(event_loop)))
             }
             Protocol::V311 => {
-                let mut o = rumqttc::MqttOptions::new(
-                    options.client_id.clone(),
-                    options.host.clone(),
-                    options.port,
-                );
-                o.set_keep_alive(keep_alive)
-                    .set_clean_session(options.clean_start)
-                    .set_manual_acks(true)
-                    .set_transport(transport)
-                    .set_inflight(options.inflight)
-                    // MQTT 3.1.1 cannot tell the broker our limit, so it sends larger
-                    // messages anyway. rumqttc would refuse to decode one and drop the
-                    // connection, and with a persistent session the broker sends the same
-                    // message again after every reconnect (a poison message). So rumqttc
-                    // reads anything the protocol can frame, and the tracker acknowledges
-                    // and drops what is over `max_packet_size` (`MqttEvent::Oversized`).
-                    // The broker's own limit bounds the memory one such message takes.
-                    .set_max_packet_size(MQTT_MAX_PACKET, options.max_packet_size);
-                if let Some(username) = &options.username {
-                    o.set_credentials(
-                        username.clone(),
-                        options.password.clone().unwrap_or_default(),
-                    );
-                }
-                if let Some(will) = &options.last_will {
-                    o.set_last_will(rumqttc::LastWill::new(
-                        will.topic.clone(),
-                        will.payload.clone(),
-                        qos4(will.qos),
-                        will.retain,
-                    ));
-                }
+                let o = rumqttc_options4(options, transport);
                 let (client, mut event_loop) = rumqttc::AsyncClient::new(o, capacity);
                 event_loop.set_network_options(network_options(rumqttc_timeout));
                 (Sender::V311(client), Engine::V311(Box::new(event_loop)))

@@ -4,7 +4,7 @@
 use tracing::debug;
 
 use super::{Request, Tracker};
-use crate::mqtt::{AckToken, QoS};
+use crate::mqtt::{AckToken, IncomingMessage, MqttEvent, QoS};
 
 /// An incoming QoS 1/2 message waiting for the application's ack.
 pub(super) struct Received {
@@ -43,6 +43,35 @@ impl Tracker {
             };
             self.received.pop_front();
             self.send(request);
+        }
+    }
+
+    /// The event for an incoming message of `size` bytes: the message, or, when it is over
+    /// our `max_packet_size`, `Oversized` after acknowledging it.
+    pub(super) fn deliver_or_drop_oversized(
+        &mut self,
+        message: IncomingMessage,
+        size: usize,
+    ) -> MqttEvent {
+        if size <= self.own_max_packet {
+            return MqttEvent::Message(message);
+        }
+        // Only on MQTT 3.1.1, where the broker cannot be told the limit (the engine lets
+        // rumqttc read it; see there). Acknowledged, in receive order, so that the broker
+        // does not send it again.
+        let IncomingMessage {
+            topic,
+            payload,
+            token,
+            ..
+        } = message;
+        drop(payload);
+        debug!(%topic, size, limit = self.own_max_packet, "Incoming message over max_packet_size acknowledged and dropped.");
+        self.ack(token);
+        MqttEvent::Oversized {
+            topic,
+            size,
+            limit: self.own_max_packet,
         }
     }
 

@@ -45,7 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
-use tracing::{debug, error};
+use tracing::debug;
 
 use super::error::MqttError;
 use super::options::MQTT_MAX_PACKET;
@@ -176,26 +176,9 @@ impl Tracker {
     /// the application are appended to `out`.
     pub(super) fn on_event(&mut self, event: Ev, out: &mut Vec<MqttEvent>) {
         match event {
-            Ev::OutPublish(0) => {
-                if let Some(entry) = self.pop_unbound() {
-                    if entry.message.qos != QoS::AtMostOnce {
-                        error!(topic = %entry.message.topic, "Internal error: a QoS 0 send was matched to a QoS 1/2 publish.");
-                    }
-                    self.complete(entry, Ok(()));
-                }
-            }
+            Ev::OutPublish(0) => self.on_out_publish_qos0(),
             Ev::OutPublish(pkid) => self.on_out_publish(pkid),
-            Ev::OutAwaitAck(pkid) => {
-                // rumqttc holds this publish until `pkid` is acknowledged, then reports
-                // `Outgoing::Publish(pkid)` for it. It holds only one: the driver feeds it
-                // nothing more meanwhile, so a second one would be a bug.
-                if let Some(entry) = self.pop_unbound()
-                    && let Some((_, lost)) = self.collided.replace((pkid, entry))
-                {
-                    error!(topic = %lost.message.topic, "Internal error: a second packet id collision; the first publish fails.");
-                    self.complete(lost, Err(MqttError::Shutdown));
-                }
-            }
+            Ev::OutAwaitAck(pkid) => self.on_await_ack(pkid),
             Ev::PubAck { pkid, failure } => match self.awaiting.remove(&pkid) {
                 Some(entry) => self.finish_publish(entry, failure),
                 None => debug!(pkid, "PUBACK for no publish in flight."),
@@ -225,29 +208,18 @@ impl Tracker {
                 qos,
                 retain,
                 pkid,
+                properties,
             } => {
                 let token = self.receive(qos, pkid);
-                if size > self.own_max_packet {
-                    // Only on MQTT 3.1.1, where the broker cannot be told the limit (the
-                    // engine lets rumqttc read it; see there). Acknowledged, in receive
-                    // order, so that the broker does not send it again.
-                    drop(payload);
-                    debug!(%topic, size, limit = self.own_max_packet, "Incoming message over max_packet_size acknowledged and dropped.");
-                    self.ack(token);
-                    out.push(MqttEvent::Oversized {
-                        topic,
-                        size,
-                        limit: self.own_max_packet,
-                    });
-                    return;
-                }
-                out.push(MqttEvent::Message(IncomingMessage {
+                let message = IncomingMessage {
                     topic,
                     payload,
                     qos,
                     retain,
+                    properties: properties.unwrap_or_default(),
                     token,
-                }));
+                };
+                out.push(self.deliver_or_drop_oversized(message, size));
             }
             Ev::ConnAck { .. } | Ev::OutDisconnect | Ev::Other => {}
         }

@@ -4,6 +4,7 @@
 use tracing::{error, trace};
 
 use super::{OutMessage, PublishReply, Replay, Request, Tracker};
+use crate::mqtt::QoS;
 use crate::mqtt::error::MqttError;
 
 /// A publish being tracked until the broker acknowledges it.
@@ -111,6 +112,29 @@ impl Tracker {
             error!(topic = %entry.message.topic, "Internal error: a deferred publish was sent by rumqttc.");
         }
         Some(entry)
+    }
+
+    /// rumqttc sent a QoS 0 publish: it is done.
+    pub(super) fn on_out_publish_qos0(&mut self) {
+        if let Some(entry) = self.pop_unbound() {
+            if entry.message.qos != QoS::AtMostOnce {
+                error!(topic = %entry.message.topic, "Internal error: a QoS 0 send was matched to a QoS 1/2 publish.");
+            }
+            self.complete(entry, Ok(()));
+        }
+    }
+
+    /// rumqttc took a publish whose next packet id, `pkid`, is still in flight (a collision).
+    pub(super) fn on_await_ack(&mut self, pkid: u16) {
+        // rumqttc holds this publish until `pkid` is acknowledged, then reports
+        // `Outgoing::Publish(pkid)` for it. It holds only one: the driver feeds it
+        // nothing more meanwhile, so a second one would be a bug.
+        if let Some(entry) = self.pop_unbound()
+            && let Some((_, lost)) = self.collided.replace((pkid, entry))
+        {
+            error!(topic = %lost.message.topic, "Internal error: a second packet id collision; the first publish fails.");
+            self.complete(lost, Err(MqttError::Shutdown));
+        }
     }
 
     pub(super) fn on_out_publish(&mut self, pkid: u16) {

@@ -69,6 +69,7 @@ fn message(n: u32, qos: QoS) -> OutMessage {
         payload: Bytes::from(n.to_string()),
         qos,
         retain: false,
+        properties: None,
     }
 }
 
@@ -104,6 +105,7 @@ impl Harness {
             qos: QoS::AtLeastOnce,
             retain: false,
             pkid,
+            properties: None,
         });
         match out.pop() {
             Some(MqttEvent::Message(m)) => m.token,
@@ -364,6 +366,7 @@ fn an_incoming_message_over_the_packet_limit_is_acknowledged_in_order_and_report
         qos: QoS::AtLeastOnce,
         retain: false,
         pkid: 12,
+        properties: None,
     });
     match out.as_slice() {
         [MqttEvent::Oversized { topic, size, limit }] => assert_eq!(
@@ -399,6 +402,7 @@ fn an_incoming_message_at_the_packet_limit_is_delivered() {
         qos: QoS::AtMostOnce,
         retain: false,
         pkid: 0,
+        properties: None,
     });
     assert!(matches!(out.as_slice(), [MqttEvent::Message(_)]), "{out:?}");
 }

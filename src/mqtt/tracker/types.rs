@@ -47,6 +47,8 @@ pub(in crate::mqtt) struct OutMessage {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 properties (shared: the message is cloned for each send attempt).
+    pub properties: Option<std::sync::Arc<crate::mqtt::Properties>>,
 }
 
 /// A request for rumqttc's request channel.
@@ -115,6 +117,8 @@ pub(in crate::mqtt) enum Ev {
         qos: QoS,
         retain: bool,
         pkid: u16,
+        /// MQTT 5 properties (`None` on MQTT 3.1.1, or when it has none).
+        properties: Option<crate::mqtt::Properties>,
     },
     /// `failure` is an MQTT 5 reason code other than success.
     PubAck {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError};
+use crate::bayeux::{Client, ClientError, ClientOptions, Event, PublishError, TransportChoice};
 use crate::bridge::mapping::Query;
 
 /// Options shared by `sub` and `pub`.
@@ -28,6 +28,15 @@ pub struct EndpointArgs {
     /// ignored. Should be readable by its owner only.
     #[arg(long = "header-file", value_name = "PATH")]
     pub header_files: Vec<PathBuf>,
+    /// The transport: auto (WebSocket where the server offers it and the upgrade works,
+    /// else long-polling), websocket, long-polling or callback-polling.
+    #[arg(long, value_name = "TRANSPORT", default_value = "auto", value_parser = parse_transport)]
+    pub transport: TransportChoice,
+}
+
+fn parse_transport(raw: &str) -> Result<TransportChoice, String> {
+    TransportChoice::parse(raw)
+        .ok_or_else(|| format!("expected one of {}", TransportChoice::NAMES.join(", ")))
 }
 
 /// `sub` arguments.
@@ -174,6 +183,7 @@ fn headers_of(endpoint: &EndpointArgs) -> Result<Vec<(String, String)>, String> 
 fn client_for(endpoint: &EndpointArgs) -> Result<(Client, crate::bayeux::client::Events), String> {
     let mut options = ClientOptions::new(endpoint.url.clone());
     options.headers = headers_of(endpoint)?;
+    options.transport = endpoint.transport;
     Client::new(options).map_err(|e| e.to_string())
 }
 

@@ -160,6 +160,23 @@ choice! {
 }
 
 choice! {
+    /// Which Bayeux transport the bridge uses (`bayeux.transport`).
+    pub enum BayeuxTransport {
+        /// `"auto"`: WebSocket where the server offers it and the upgrade works, else
+        /// long-polling (a WebSocket that fails before its first `/meta/connect` falls back
+        /// for that session).
+        #[default]
+        Auto = "auto",
+        /// `"websocket"`: WebSocket only (`ws://`/`wss://` on the same URL).
+        WebSocket = "websocket",
+        /// `"long-polling"`: HTTP POST long-polling only.
+        LongPolling = "long-polling",
+        /// `"callback-polling"`: JSONP over HTTP GET only.
+        CallbackPolling = "callback-polling",
+    }
+}
+
+choice! {
     /// Which way a route forwards (`route[n].direction`).
     pub enum Direction {
         /// `"bayeux_to_mqtt"`: subscribe on Bayeux, publish to MQTT.

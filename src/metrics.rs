@@ -81,6 +81,13 @@ pub struct GapLabels {
     pub direction: &'static str,
 }
 
+/// `transport` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `websocket`, `long-polling` or `callback-polling`.
+    pub transport: &'static str,
+}
+
 /// `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -123,6 +130,9 @@ pub struct Metrics {
     pub handshakes: Family<CauseLabels, Counter>,
     /// `bridge_connected{side}`: 1 while connected.
     pub connected: Family<SideLabels, Gauge>,
+    /// `bridge_bayeux_transport{transport}`: 1 for the transport the Bayeux session uses
+    /// (its last `/meta/connect` went over it), 0 for one it used before.
+    pub transport: Family<TransportLabels, Gauge>,
     /// `bridge_subscription_confirmed{side,subscription}`: 1 while confirmed.
     pub subscriptions: Family<SubscriptionLabels, Gauge>,
     /// `bridge_last_forward_timestamp_seconds{direction}`.
@@ -199,6 +209,7 @@ impl Metrics {
             handshakes: Family::default(),
             connected: Family::default(),
             subscriptions: Family::default(),
+            transport: Family::default(),
             last_forward: Family::default(),
             ready: Gauge::default(),
             checkpoint: Family::default(),
@@ -308,6 +319,25 @@ impl Metrics {
         );
     }
 
+    /// Marks `name` as the Bayeux transport in use (and any other as not).
+    pub fn set_transport(&self, name: &'static str) {
+        for known in ["websocket", "long-polling", "callback-polling"] {
+            if known != name
+                && self
+                    .transport
+                    .get(&TransportLabels { transport: known })
+                    .is_some()
+            {
+                self.transport
+                    .get_or_create(&TransportLabels { transport: known })
+                    .set(0);
+            }
+        }
+        self.transport
+            .get_or_create(&TransportLabels { transport: name })
+            .set(1);
+    }
+
     /// Registers the metrics of the connections to both sides and of readiness.
     fn register_connections(&self, registry: &mut Registry) {
         registry.register(
@@ -329,6 +359,11 @@ impl Metrics {
             "connected",
             "1 while the side is connected",
             self.connected.clone(),
+        );
+        registry.register(
+            "bayeux_transport",
+            "1 for the transport the Bayeux session uses",
+            self.transport.clone(),
         );
         registry.register(
             "subscription_confirmed",
@@ -419,6 +454,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transport_in_use_is_1_and_one_used_before_0() {
+        let m = Metrics::new();
+        m.set_transport("websocket");
+        assert!(
+            m.encode()
+                .contains(r#"bridge_bayeux_transport{transport="websocket"} 1"#)
+        );
+        m.set_transport("long-polling");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"bridge_bayeux_transport{transport="long-polling"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bridge_bayeux_transport{transport="websocket"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("callback-polling"), "{text}");
+    }
 
     #[test]
     fn exposition_has_prefixed_names_labels_and_build_info() {

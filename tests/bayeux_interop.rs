@@ -1,5 +1,8 @@
-//! The Bayeux client against real servers: npm `cometd-nodejs-server` and npm `faye`, both
-//! long-polling, started by the tests on free loopback ports (tests/peers).
+//! The Bayeux client against real servers: npm `cometd-nodejs-server` (long-polling only)
+//! and npm `faye` (long-polling, WebSocket, callback-polling), started by the tests on free
+//! loopback ports (tests/peers). The round trip, fan-out, restart and publish-while-down
+//! scenarios run over long-polling on both servers and over WebSocket and callback-polling
+//! on Faye; the rest use the default transport (`auto`: WebSocket on Faye).
 //!
 //! Every scenario runs against both servers. Where the two servers legitimately differ (the
 //! CometD Node server delivers a message once per matching server-side subscription, Faye
@@ -11,18 +14,32 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use bayeux_mqtt_bridge::bayeux::{Event, Extension, Message, PublishError};
+use bayeux_mqtt_bridge::bayeux::{
+    ClientOptions, Event, Extension, Message, PublishError, TransportChoice,
+};
 use common::bayeux_client::{confirmed, fast_options, next_message, start, wait_event};
 use common::peers::{PeerKind, PeerServer};
 use serde_json::json;
 
-async fn round_trip(kind: PeerKind) {
+/// The scenarios below name their transport; the rest of the file uses the default.
+const LONG_POLLING: TransportChoice = TransportChoice::LongPolling;
+
+/// [`fast_options`] over `transport`.
+fn over(transport: TransportChoice, url: &str) -> ClientOptions {
+    ClientOptions {
+        transport,
+        ..fast_options(url)
+    }
+}
+
+async fn round_trip(kind: PeerKind, transport: TransportChoice) {
     let server = PeerServer::start_async(kind).await;
-    let (subscriber, mut sub_events) = start(fast_options(&server.url()), vec![]);
+    let (subscriber, mut sub_events) = start(over(transport, &server.url()), vec![]);
     let mut sub = subscriber.subscribe("/chat/room").await.unwrap();
     confirmed(&mut sub_events, "/chat/room").await;
+    assert_eq!(subscriber.transport(), Some(transport.as_str()));
 
-    let (publisher, _events) = start(fast_options(&server.url()), vec![]);
+    let (publisher, _events) = start(over(transport, &server.url()), vec![]);
     let reply = publisher
         .publish("/chat/room", json!({"text": "hello", "n": 1}))
         .await;
@@ -48,19 +65,19 @@ async fn round_trip(kind: PeerKind) {
 
 #[tokio::test]
 async fn round_trip_on_cometd() {
-    round_trip(PeerKind::CometD).await;
+    round_trip(PeerKind::CometD, LONG_POLLING).await;
 }
 
 #[tokio::test]
 async fn round_trip_on_faye() {
-    round_trip(PeerKind::Faye).await;
+    round_trip(PeerKind::Faye, LONG_POLLING).await;
 }
 
 /// Every delivery goes to every local subscription that matches it, following the spec's
 /// `*` (one segment) and `**` (one or more segments) rules.
-async fn wildcard_fan_out(kind: PeerKind) {
+async fn wildcard_fan_out(kind: PeerKind, transport: TransportChoice) {
     let server = PeerServer::start_async(kind).await;
-    let (client, mut events) = start(fast_options(&server.url()), vec![]);
+    let (client, mut events) = start(over(transport, &server.url()), vec![]);
     let mut one = client.subscribe("/fan/*").await.unwrap();
     let mut deep = client.subscribe("/fan/**").await.unwrap();
     let mut exact = client.subscribe("/fan/a").await.unwrap();
@@ -129,20 +146,20 @@ async fn wildcard_fan_out(kind: PeerKind) {
 
 #[tokio::test]
 async fn wildcard_fan_out_on_cometd() {
-    wildcard_fan_out(PeerKind::CometD).await;
+    wildcard_fan_out(PeerKind::CometD, LONG_POLLING).await;
 }
 
 #[tokio::test]
 async fn wildcard_fan_out_on_faye() {
-    wildcard_fan_out(PeerKind::Faye).await;
+    wildcard_fan_out(PeerKind::Faye, LONG_POLLING).await;
 }
 
 /// The server is killed and restarted on the same port while the client is subscribed: the
 /// client finds its session gone, handshakes again, resubscribes, and receives what is
 /// published after the restart.
-async fn survives_server_restart(kind: PeerKind) {
+async fn survives_server_restart(kind: PeerKind, transport: TransportChoice) {
     let mut server = PeerServer::start_async(kind).await;
-    let (client, mut events) = start(fast_options(&server.url()), vec![]);
+    let (client, mut events) = start(over(transport, &server.url()), vec![]);
     let mut sub = client.subscribe("/restart/x").await.unwrap();
     confirmed(&mut events, "/restart/x").await;
 
@@ -165,7 +182,7 @@ async fn survives_server_restart(kind: PeerKind) {
     .await;
     confirmed(&mut events, "/restart/x").await;
 
-    let (publisher, _e) = start(fast_options(&server.url()), vec![]);
+    let (publisher, _e) = start(over(transport, &server.url()), vec![]);
     publisher
         .publish("/restart/x", json!("after restart"))
         .await
@@ -177,19 +194,22 @@ async fn survives_server_restart(kind: PeerKind) {
 
 #[tokio::test]
 async fn survives_server_restart_on_cometd() {
-    survives_server_restart(PeerKind::CometD).await;
+    survives_server_restart(PeerKind::CometD, LONG_POLLING).await;
 }
 
 #[tokio::test]
 async fn survives_server_restart_on_faye() {
-    survives_server_restart(PeerKind::Faye).await;
+    survives_server_restart(PeerKind::Faye, LONG_POLLING).await;
 }
 
 /// A publish made while the server is down waits in the queue and is delivered after the
 /// client reconnects.
-async fn publish_while_disconnected_is_delivered_after_reconnect(kind: PeerKind) {
+async fn publish_while_disconnected_is_delivered_after_reconnect(
+    kind: PeerKind,
+    transport: TransportChoice,
+) {
     let mut server = PeerServer::start_async(kind).await;
-    let (client, mut events) = start(fast_options(&server.url()), vec![]);
+    let (client, mut events) = start(over(transport, &server.url()), vec![]);
     let mut sub = client.subscribe("/queued/x").await.unwrap();
     confirmed(&mut events, "/queued/x").await;
 
@@ -218,12 +238,12 @@ async fn publish_while_disconnected_is_delivered_after_reconnect(kind: PeerKind)
 
 #[tokio::test]
 async fn publish_while_disconnected_is_delivered_after_reconnect_on_cometd() {
-    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::CometD).await;
+    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::CometD, LONG_POLLING).await;
 }
 
 #[tokio::test]
 async fn publish_while_disconnected_is_delivered_after_reconnect_on_faye() {
-    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::Faye).await;
+    publish_while_disconnected_is_delivered_after_reconnect(PeerKind::Faye, LONG_POLLING).await;
 }
 
 /// Invalid channels are reported: wildcards and `/meta/` by the client before sending,
@@ -347,4 +367,52 @@ async fn two_clients_on_one_cometd_server_each_keep_a_normal_long_poll() {
     );
     a.disconnect().await;
     b.disconnect().await;
+}
+
+#[tokio::test]
+async fn round_trip_on_faye_over_websocket() {
+    round_trip(PeerKind::Faye, TransportChoice::WebSocket).await;
+}
+
+#[tokio::test]
+async fn round_trip_on_faye_over_callback_polling() {
+    round_trip(PeerKind::Faye, TransportChoice::CallbackPolling).await;
+}
+
+#[tokio::test]
+async fn wildcard_fan_out_on_faye_over_websocket() {
+    wildcard_fan_out(PeerKind::Faye, TransportChoice::WebSocket).await;
+}
+
+#[tokio::test]
+async fn wildcard_fan_out_on_faye_over_callback_polling() {
+    wildcard_fan_out(PeerKind::Faye, TransportChoice::CallbackPolling).await;
+}
+
+#[tokio::test]
+async fn survives_server_restart_on_faye_over_websocket() {
+    survives_server_restart(PeerKind::Faye, TransportChoice::WebSocket).await;
+}
+
+#[tokio::test]
+async fn survives_server_restart_on_faye_over_callback_polling() {
+    survives_server_restart(PeerKind::Faye, TransportChoice::CallbackPolling).await;
+}
+
+#[tokio::test]
+async fn publish_while_disconnected_is_delivered_after_reconnect_on_faye_over_websocket() {
+    publish_while_disconnected_is_delivered_after_reconnect(
+        PeerKind::Faye,
+        TransportChoice::WebSocket,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn publish_while_disconnected_is_delivered_after_reconnect_on_faye_over_callback_polling() {
+    publish_while_disconnected_is_delivered_after_reconnect(
+        PeerKind::Faye,
+        TransportChoice::CallbackPolling,
+    )
+    .await;
 }

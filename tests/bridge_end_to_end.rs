@@ -12,6 +12,11 @@
 //! happen (a duplicate, an echo, a loop) is proved with a final marker message sent along
 //! the same ordered path, not with a sleep; times are taken from the bridge's own log. The
 //! only sleeps are the pacing of load generators.
+//!
+//! Transports: the bridge's default `bayeux.transport = "auto"` uses WebSocket on Faye and
+//! long-polling on the CometD Node server (which has no WebSocket), so every Faye scenario
+//! here runs over WebSocket, both directions; the route scenario checks that from the log
+//! and runs on Faye over long-polling and callback-polling too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -241,7 +246,13 @@ fn no_drops() -> BTreeMap<String, u64> {
 // 1. Both directions with literal, `*`/`+` and `**`/`#` routes
 // ---------------------------------------------------------------------------------------------
 
-async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind) {
+/// Both directions through every kind of route. `transport`: `bayeux.transport` when set
+/// (default `auto`), and the transport every Bayeux session of the bridge must log.
+async fn literal_single_and_multi_level_routes_forward_both_ways(
+    kind: PeerKind,
+    transport: Option<&str>,
+    expected: &str,
+) {
     let server = PeerServer::start_async(kind).await;
     let broker = Mosquitto::start_async().await;
     let url = server.url();
@@ -253,7 +264,7 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
     .await;
     let mqtt_pub = MqttPeer::connect_with(mqtt_options(&broker, "e2e-routes-pub"), &[], WAIT).await;
     let bayeux = BayeuxPeer::subscriber(&url, "/m2b/**", WAIT).await;
-    let config = ConfigFile::new(&bridge_toml(
+    let toml = bridge_toml(
         &url,
         &broker,
         "e2e-routes",
@@ -267,9 +278,24 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
             route("/m2b/one/*", "tob/one/+", "mqtt_to_bayeux", ""),
             route("/m2b/many/**", "tob/many/#", "mqtt_to_bayeux", ""),
         ],
-    ));
+    );
+    let toml = match transport {
+        Some(t) => toml.replacen("[bayeux]\n", &format!("[bayeux]\ntransport = \"{t}\"\n"), 1),
+        None => toml,
+    };
+    let config = ConfigFile::new(&toml);
     let mut bridge = BridgeProcess::spawn(&config, &[]);
     bridge.wait_for_log("Bridge ready.", WAIT).await;
+    let sessions: Vec<String> = bridge
+        .lines()
+        .iter()
+        .filter(|l| l.is("Session transport."))
+        .map(|l| l.str_field("transport").unwrap_or("?").to_owned())
+        .collect();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|t| t == expected),
+        "sessions over {sessions:?}, expected {expected} on {kind:?}"
+    );
 
     // Bayeux → MQTT: literal, one segment, several segments (with a prefix rewrite each).
     let b2m = [
@@ -334,12 +360,36 @@ async fn literal_single_and_multi_level_routes_forward_both_ways(kind: PeerKind)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_single_and_multi_level_routes_forward_both_ways_cometd() {
-    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::CometD).await;
+    // `auto`: the CometD Node server offers long-polling only.
+    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::CometD, None, "long-polling")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_single_and_multi_level_routes_forward_both_ways_faye() {
-    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::Faye).await;
+    // `auto`: Faye offers WebSocket, so the bridge uses it both ways.
+    literal_single_and_multi_level_routes_forward_both_ways(PeerKind::Faye, None, "websocket")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_single_and_multi_level_routes_forward_both_ways_faye_over_long_polling() {
+    literal_single_and_multi_level_routes_forward_both_ways(
+        PeerKind::Faye,
+        Some("long-polling"),
+        "long-polling",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_single_and_multi_level_routes_forward_both_ways_faye_over_callback_polling() {
+    literal_single_and_multi_level_routes_forward_both_ways(
+        PeerKind::Faye,
+        Some("callback-polling"),
+        "callback-polling",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

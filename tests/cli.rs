@@ -937,3 +937,68 @@ async fn a_bad_header_file_line_is_named_without_its_value_and_a_loose_file_is_w
     );
     assert!(server.requests().is_empty(), "a request went out");
 }
+
+// ---------------------------------------------------------------------------------------
+// --transport
+// ---------------------------------------------------------------------------------------
+
+/// `sub --transport websocket` and `pub --transport callback-polling` on Faye: each uses the
+/// transport asked for (the log names it) and the message goes through.
+#[tokio::test]
+async fn sub_and_pub_use_the_transport_asked_for_faye() {
+    let server = PeerServer::start_async(PeerKind::Faye).await;
+    let url = server.url();
+    let mut sub = subscribed(&url, &["--count", "1", "--transport", "websocket"], "/t/x").await;
+    sub.wait_stderr("the session's transport in the log", |log| {
+        log.text.contains("Session transport.") && log.text.contains("transport=websocket")
+    })
+    .await;
+    let data = json!({"over": "jsonp"});
+    let published = run(
+        &[
+            "pub",
+            "--url",
+            &url,
+            "--transport",
+            "callback-polling",
+            "-v",
+            "/t/x",
+            &data.to_string(),
+        ],
+        &[],
+    )
+    .await;
+    published.assert_success();
+    assert!(
+        published.stderr.contains("transport=callback-polling"),
+        "{}",
+        published.context()
+    );
+    let line = sub.next_line().await.expect("a line for /t/x");
+    assert_delivery(&line, "/t/x", &data);
+    sub.finish().await.assert_success();
+}
+
+#[tokio::test]
+async fn an_unknown_transport_is_refused_naming_the_choices() {
+    let out = run(
+        &[
+            "pub",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--transport",
+            "ws",
+            "/a",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out.context());
+    assert!(
+        out.stderr
+            .contains("expected one of auto, websocket, long-polling, callback-polling"),
+        "{}",
+        out.context()
+    );
+}

@@ -107,6 +107,8 @@ const ALL_KEYS: &[&str] = &[
     "bayeux.backoff_max_ms",
     "bayeux.max_request_bytes",
     "bayeux.ack_extension",
+    "bayeux.transport",
+    "bayeux.json_comment_filtered",
     "bayeux.allow_cleartext_credentials",
     "bayeux.tls.ca_file",
     "bayeux.tls.cert_file",
@@ -281,6 +283,17 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             vec![],
             "mqtt.protocol",
             "expected one of \"5\", \"3.1.1\", found \"4\"".into(),
+        ),
+        (
+            format!(
+                "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\ntransport = \"ws\"\n\
+                 [mqtt]\nhost = \"h\"\n{route}"
+            ),
+            vec![],
+            "bayeux.transport",
+            "expected one of \"auto\", \"websocket\", \"long-polling\", \"callback-polling\", \
+             found \"ws\""
+                .into(),
         ),
         (
             format!("[mqtt]\nhost = \"h\"\n{route}"),
@@ -1133,6 +1146,67 @@ fn bayeux_tls_files_are_read_relative_to_the_config_and_bad_pem_is_refused_at_st
             "case {i}: expected {expected:?}, got {message:?}"
         );
     }
+}
+
+#[test]
+fn check_prints_the_transport() {
+    let scratch = TempDir::new("transport");
+    let route = "[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/+\"\ndirection = \"both\"\n";
+    let file = |extra: &str| {
+        format!(
+            "[bayeux]\nurl = \"http://127.0.0.1/cometd\"\n{extra}[mqtt]\nhost = \"h\"\n\
+             [spool]\nenabled = false\n{route}"
+        )
+    };
+    let default = scratch.file("default.toml", file(""));
+    let out = common::bridge::check(&default);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "transport: auto (WebSocket where the server offers it, else long-polling)\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    let chosen = scratch.file(
+        "ws.toml",
+        file("transport = \"websocket\"\njson_comment_filtered = true\n"),
+    );
+    let out = common::bridge::check(&chosen);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("transport: websocket (WebSocket only); json-comment-filtered offered\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_transport_salesforce_lacks_is_warned_about() {
+    let scratch = TempDir::new("sf-transport");
+    let route = "[[route]]\nbayeux = \"/a/*\"\nmqtt = \"a/+\"\ndirection = \"both\"\n";
+    let file = |transport: &str| {
+        format!(
+            "[bayeux]\nurl = \"https://example.my.salesforce.com/cometd/62.0\"\n\
+             max_request_bytes = 32768\ntransport = \"{transport}\"\n\
+             [mqtt]\nhost = \"h\"\n{route}"
+        )
+    };
+    let path = scratch.file("ws.toml", file("websocket"));
+    let (config, _) = check(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.warnings(),
+        vec![
+            "bayeux.url is a Salesforce endpoint, which offers long-polling only, but \
+             bayeux.transport is \"websocket\": the bridge will stop at its first handshake; \
+             use \"auto\" or \"long-polling\""
+                .to_owned()
+        ]
+    );
+    let path = scratch.file("auto.toml", file("auto"));
+    let (config, _) = check(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.warnings(), Vec::<String>::new());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 // to a channel pattern; records each bench message's arrival.
 //
 //   node bayeux-count.js --url URL --channel PATTERN --count N [--idle MS] [--deadline S]
+//                        [--transport long-polling|websocket]
 //
 // Prints `ready` once the subscription is confirmed, then one JSON summary line (see
 // common.js Arrivals.summary) when N messages arrived, after --idle ms without one, or at
@@ -12,16 +13,19 @@ import { adapt } from 'cometd-nodejs-client';
 import { CometD } from 'cometd';
 import { Arrivals, cpuSeconds, exitWithParent, fail, nowUs, parseArgs, say, watchdog } from './common.js';
 
-const usage = 'usage: node bayeux-count.js --url URL --channel PATTERN --count N [--idle 3000] [--deadline 120]';
-const o = parseArgs(process.argv.slice(2), { url: '', channel: '', count: 0, idle: 3000, deadline: 120 }, usage);
+const usage = 'usage: node bayeux-count.js --url URL --channel PATTERN --count N [--idle 3000] [--deadline 120] [--transport long-polling|websocket]';
+const o = parseArgs(process.argv.slice(2), { url: '', channel: '', count: 0, idle: 3000, deadline: 120, transport: 'long-polling' }, usage);
 if (!o.url || !o.channel || !o.count) {
     fail(usage, 2);
 }
 
 adapt();
 const cometd = new CometD();
-// The CometD Node server speaks long-polling only.
-cometd.unregisterTransport('websocket');
+// --transport long-polling (the default; the CometD Node server has nothing else) leaves
+// long-polling only; websocket keeps the client's own order, WebSocket first.
+if (o.transport !== 'websocket') {
+    cometd.unregisterTransport('websocket');
+}
 cometd.configure({ url: o.url, logLevel: 'warn' });
 
 const arrivals = new Arrivals(o.count);

@@ -7,6 +7,7 @@
 // (cork/uncork), and mqtt.js keeps every QoS 1 publish until its PUBACK.
 //
 //   node bridge.js --url URL --channel /bench/in/** --port P --topic-prefix bench/in --qos 1
+//                  [--transport long-polling|websocket]
 //
 // Prints `ready` once both sides are connected and the Bayeux subscription is confirmed.
 // Stops on SIGTERM/SIGINT or when stdin closes.
@@ -16,9 +17,9 @@ import { CometD } from 'cometd';
 import mqtt from 'mqtt';
 import { exitWithParent, fail, parseArgs, say } from './common.js';
 
-const usage = 'usage: node bridge.js --url URL --channel PATTERN --port P --topic-prefix T --qos 0|1';
+const usage = 'usage: node bridge.js --url URL --channel PATTERN --port P --topic-prefix T --qos 0|1 [--transport long-polling|websocket]';
 const o = parseArgs(process.argv.slice(2), {
-    url: '', channel: '', host: '127.0.0.1', port: 1883, topicPrefix: '', qos: 1,
+    url: '', channel: '', host: '127.0.0.1', port: 1883, topicPrefix: '', qos: 1, transport: 'long-polling',
 }, usage);
 if (!o.url || !o.channel || !o.topicPrefix) {
     fail(usage, 2);
@@ -29,7 +30,11 @@ const channelPrefix = o.channel.replace(/\/\*\*?$/, '');
 
 adapt();
 const cometd = new CometD();
-cometd.unregisterTransport('websocket');
+// --transport long-polling (the default; the CometD Node server has nothing else) leaves
+// long-polling only; websocket keeps the client's own order, WebSocket first.
+if (o.transport !== 'websocket') {
+    cometd.unregisterTransport('websocket');
+}
 cometd.configure({ url: o.url, logLevel: 'warn' });
 
 const client = mqtt.connect({

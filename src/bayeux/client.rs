@@ -26,8 +26,11 @@ use super::liveness::{Liveness, Pulse};
 use super::message::{Data, Message};
 pub use super::options::ClientOptions;
 use super::session::{Session, SessionOptions};
-use super::transport::Transport;
+use super::transport::callback_polling::CallbackPolling;
 use super::transport::long_polling::LongPolling;
+use super::transport::websocket::WebSocket;
+use super::transport::{Transport, TransportChoice};
+use super::transports::{InUse, Transports};
 use super::verdict::{Reply, Verdict, VerdictSender};
 
 /// A cloneable handle to a running client. When every handle is dropped the client
@@ -38,6 +41,7 @@ pub struct Client {
     subscription_buffer: usize,
     stopped: Arc<OnceLock<StopReason>>,
     pulse: Pulse,
+    in_use: InUse,
 }
 
 /// Lifecycle events and unroutable messages, in order. Reading them is optional; if the
@@ -129,6 +133,47 @@ fn static_headers(options: &ClientOptions) -> Result<HeaderMap, ClientError> {
     Ok(headers)
 }
 
+/// The transports `options.transport` asks for, sharing one cookie jar.
+fn transports(options: &ClientOptions, headers: HeaderMap) -> Result<Transports, String> {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let (url, max_body, tls) = (&options.url, options.max_response_bytes, &options.tls);
+    let max_messages = options.max_messages_per_reply;
+    if options.transport == TransportChoice::CallbackPolling {
+        let transport = CallbackPolling::new(url.clone(), headers, max_body, tls, jar)?
+            .with_max_messages(max_messages);
+        return Ok(Transports::single(Arc::new(transport)));
+    }
+    let http = LongPolling::with_jar(
+        url.clone(),
+        headers.clone(),
+        max_body,
+        tls,
+        Arc::clone(&jar),
+    )?
+    .with_max_messages(max_messages);
+    if options.transport == TransportChoice::LongPolling {
+        return Ok(Transports::single(Arc::new(http)));
+    }
+    let ws = WebSocket::new(url, headers, jar, max_body, max_messages, tls)?;
+    Ok(Transports::with_websocket(
+        options.transport,
+        Arc::new(http),
+        Arc::new(ws),
+        options.backoff,
+    ))
+}
+
+/// The extensions, with `json-comment-filtered` offered at handshake first when asked for.
+fn with_comment_filter(options: &ClientOptions) -> Vec<Arc<dyn super::ext::Extension>> {
+    let mut extensions = options.extensions.clone();
+    if options.json_comment_filtered {
+        let mut fields = Map::new();
+        fields.insert("json-comment-filtered".to_owned(), Value::Bool(true));
+        extensions.insert(0, Arc::new(super::ext::HandshakeExt::new(fields)));
+    }
+    extensions
+}
+
 impl Client {
     /// Starts a client on the current tokio runtime. It handshakes at once and keeps its
     /// session alive until [`Client::disconnect`], the server's `reconnect: none`, or the
@@ -143,27 +188,25 @@ impl Client {
                 )));
             }
         }
-        let transport = LongPolling::with_tls(
-            options.url.clone(),
-            headers,
-            options.max_response_bytes,
-            &options.tls,
-        )
-        .map_err(ClientError::Options)?
-        .with_max_messages(options.max_messages_per_reply);
-        Ok(Self::with_transport(options, Arc::new(transport)))
+        let transports = transports(&options, headers).map_err(ClientError::Options)?;
+        Ok(Self::start(options, transports))
     }
 
-    /// Starts a client over a given transport (tests, other transports).
+    /// Starts a client over a given transport (tests, other transports); `options.transport`
+    /// is not used.
     pub fn with_transport(
         options: ClientOptions,
         transport: Arc<dyn Transport>,
     ) -> (Client, Events) {
+        Self::start(options, Transports::single(transport))
+    }
+
+    fn start(options: ClientOptions, transports: Transports) -> (Client, Events) {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let subscription_buffer = options.subscription_buffer.max(1);
         let (event_tx, event_rx) = mpsc::channel(options.event_buffer.max(1));
         let session_options = SessionOptions {
-            connection_types: vec![transport.name().to_owned()],
+            connection_types: transports.offered(),
             backoff: options.backoff,
             max_queued: options.max_queued,
             max_batch: options.max_batch,
@@ -171,7 +214,7 @@ impl Client {
             uses_tokens: options.token_source.is_some(),
             max_auth_attempts: options.max_auth_attempts,
             max_request_bytes: options.max_request_bytes,
-            extensions: options.extensions.clone(),
+            extensions: with_comment_filter(&options),
             retry_publishes: options.retry_publishes,
         };
         let span = info_span!("bayeux", server = %redacted_url(&options.url));
@@ -179,9 +222,10 @@ impl Client {
         let session = Session::new(session_options, now);
         let stopped = Arc::new(OnceLock::new());
         let pulse = Pulse::new(now, options.default_timeout + options.max_network_delay);
+        let in_use = transports.in_use();
         let driver = Driver::new(
             session,
-            transport,
+            transports,
             options,
             cmd_rx,
             event_tx,
@@ -195,6 +239,7 @@ impl Client {
                 subscription_buffer,
                 stopped,
                 pulse,
+                in_use,
             },
             Events { rx: event_rx },
         )
@@ -341,6 +386,13 @@ impl Client {
     /// goes without (see [`Liveness`]).
     pub fn liveness(&self) -> Liveness {
         self.pulse.at(Instant::now().into_std())
+    }
+
+    /// The name of the transport the session uses (`websocket`, `long-polling`,
+    /// `callback-polling`): the one its last `/meta/connect` went over, or before the first
+    /// one the transport configured. `None` until `auto` has a session.
+    pub fn transport(&self) -> Option<&'static str> {
+        self.in_use.get()
     }
 
     /// Whether the client task has ended.

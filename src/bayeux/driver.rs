@@ -23,7 +23,8 @@ use super::liveness::Pulse;
 use super::message::{Data, Message};
 use super::options::ClientOptions;
 use super::session::{Lane, Output, Session};
-use super::transport::{SendFuture, Transport};
+use super::transport::SendFuture;
+use super::transports::Transports;
 use super::verdict::Reply;
 use crate::log_limit::{self, LogLimiter};
 
@@ -54,7 +55,9 @@ struct Listener {
 
 pub(super) struct Driver {
     session: Session,
-    transport: Arc<dyn Transport>,
+    transports: Transports,
+    /// Batches a push transport received outside any reply.
+    pushed: Option<mpsc::Receiver<Vec<Message>>>,
     options: ClientOptions,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
@@ -81,6 +84,8 @@ pub(super) struct Driver {
 
 enum Wake {
     Response(Lane, Result<Vec<Message>, TransportError>),
+    /// Messages the server sent outside any reply (`None`: the transport is gone).
+    Pushed(Option<Vec<Message>>),
     Token(Result<AccessToken, TokenError>),
     Timer,
     Command(Option<Command>),
@@ -91,7 +96,7 @@ enum Wake {
 impl Driver {
     pub(super) fn new(
         session: Session,
-        transport: Arc<dyn Transport>,
+        transports: Transports,
         options: ClientOptions,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
@@ -100,7 +105,8 @@ impl Driver {
     ) -> Self {
         Driver {
             session,
-            transport,
+            pushed: transports.pushed(),
+            transports,
             options,
             commands,
             commands_open: true,
@@ -130,6 +136,7 @@ impl Driver {
             let wake = tokio::select! {
                 result = poll_lane(&mut self.other_lane) => Wake::Response(Lane::Other, result),
                 result = poll_lane(&mut self.connect_lane) => Wake::Response(Lane::Connect, result),
+                batch = poll_pushed(&mut self.pushed) => Wake::Pushed(batch),
                 result = poll_token(&mut self.token_lane) => Wake::Token(result),
                 _ = sleep_until(deadline) => Wake::Timer,
                 command = self.commands.recv(), if self.commands_open => Wake::Command(command),
@@ -137,26 +144,13 @@ impl Driver {
             };
             let now = Instant::now().into_std();
             match wake {
-                Wake::Response(lane, result) => {
-                    match lane {
-                        Lane::Other => self.other_lane = None,
-                        Lane::Connect => self.connect_lane = None,
-                    }
-                    match &result {
-                        Ok(_) => self.pulse.heard(now),
-                        Err(
-                            e @ (TransportError::TooLarge { .. }
-                            | TransportError::TooManyMessages { .. }
-                            | TransportError::Decode(_)),
-                        ) => self.emit(Event::BadReply { error: e.clone() }),
-                        Err(_) => {}
-                    }
-                    let result = result.map(|messages| self.incoming(messages));
-                    if let Err(e) = &result {
-                        debug!(?lane, error = %e, "Request failed.");
-                    }
-                    self.session.on_response(lane, result, now);
+                Wake::Response(lane, result) => self.response(lane, result, now),
+                Wake::Pushed(Some(messages)) => {
+                    self.pulse.heard(now);
+                    let messages = self.incoming(messages);
+                    self.session.on_pushed(messages, now);
                 }
+                Wake::Pushed(None) => self.pushed = None,
                 Wake::Token(result) => {
                     self.token_lane = None;
                     let result = result.and_then(|token| self.install(&token));
@@ -176,6 +170,51 @@ impl Driver {
             let _ = waiter.send(());
         }
         debug!("Bayeux client task ended.");
+    }
+
+    /// The result of the request on `lane`, for the session (or, for a failed trial of a
+    /// WebSocket, the fallback).
+    fn response(
+        &mut self,
+        lane: Lane,
+        result: Result<Vec<Message>, TransportError>,
+        now: std::time::Instant,
+    ) {
+        match lane {
+            Lane::Other => self.other_lane = None,
+            Lane::Connect => self.connect_lane = None,
+        }
+        if let Some(fallback) = self.transports.on_result(lane, &result, now) {
+            let reason = result.as_ref().err().map(ToString::to_string);
+            let to = self.transports.http_name();
+            warn!(
+                reason = reason.as_deref().unwrap_or("?"),
+                transport = to,
+                retry_websocket_after = ?fallback.retry_after,
+                "WebSocket failed before its first /meta/connect; falling back for this session."
+            );
+            self.session.set_connection_type(to);
+            let request = self
+                .transports
+                .route(Lane::Connect, &mut fallback.connect.clone());
+            let deadline = self.options.max_network_delay;
+            self.connect_lane = Some(request.send(fallback.connect, deadline));
+            return;
+        }
+        match &result {
+            Ok(_) => self.pulse.heard(now),
+            Err(
+                e @ (TransportError::TooLarge { .. }
+                | TransportError::TooManyMessages { .. }
+                | TransportError::Decode(_)),
+            ) => self.emit(Event::BadReply { error: e.clone() }),
+            Err(_) => {}
+        }
+        let result = result.map(|messages| self.incoming(messages));
+        if let Err(e) = &result {
+            debug!(?lane, error = %e, "Request failed.");
+        }
+        self.session.on_response(lane, result, now);
     }
 
     /// Tells the pulse how soon the next exchange is due with the current advice: a connect
@@ -238,7 +277,10 @@ impl Driver {
                 Output::Send { lane, messages } => self.start(lane, messages),
                 Output::Abort(Lane::Connect) => self.connect_lane = None,
                 Output::Abort(Lane::Other) => self.other_lane = None,
-                Output::Event(event) => self.emit(event),
+                Output::Event(event) => {
+                    self.follow(&event);
+                    self.emit(event);
+                }
                 Output::Deliver(message) => self.deliver(message).await,
                 Output::PublishDone { id, result } => self.publish_done(id, result),
                 Output::FetchToken => self.fetch_token(),
@@ -271,16 +313,44 @@ impl Driver {
         }
     }
 
-    /// Makes the transport send `token` from now on.
+    /// Makes the transports send `token` from now on.
     fn install(&self, token: &AccessToken) -> Result<(), TokenError> {
-        self.transport
+        self.transports
             .set_bearer_token(Some(token.secret()))
             .map_err(TokenError::Refused)
     }
 
-    fn start(&mut self, lane: Lane, messages: Vec<Message>) {
+    /// Keeps the routing in step with the session: which transport a new session uses, and
+    /// when a WebSocket has proven itself.
+    fn follow(&mut self, event: &Event) {
+        match event {
+            Event::Handshaken {
+                connection_type, ..
+            } => {
+                let now = Instant::now().into_std();
+                match self.transports.on_handshaken(connection_type, now) {
+                    Some(instead) => {
+                        info!(
+                            offered = %connection_type,
+                            transport = instead,
+                            "WebSocket fell back recently; this session stays on {instead}."
+                        );
+                        self.session.set_connection_type(instead);
+                    }
+                    None => info!(transport = %connection_type, "Session transport."),
+                }
+            }
+            Event::Connected => self.transports.on_connected(),
+            _ => {}
+        }
+    }
+
+    fn start(&mut self, lane: Lane, mut messages: Vec<Message>) {
         // The session has already applied the outgoing extension hooks.
+        let transport = self.transports.route(lane, &mut messages);
         let deadline = match lane {
+            // A WebSocket on trial: its connect asks for an immediate answer.
+            Lane::Connect if self.transports.is_trial() => self.options.max_network_delay,
             Lane::Connect => {
                 self.session
                     .advice()
@@ -291,9 +361,9 @@ impl Driver {
         };
         if tracing::enabled!(tracing::Level::DEBUG) {
             let what: Vec<String> = messages.iter().map(Message::describe).collect();
-            debug!(?lane, messages = ?what, ?deadline, "Sending.");
+            debug!(?lane, transport = transport.name(), messages = ?what, ?deadline, "Sending.");
         }
-        let request = self.transport.send(messages, deadline);
+        let request = transport.send(messages, deadline);
         match lane {
             Lane::Connect => self.connect_lane = Some(request),
             Lane::Other => self.other_lane = Some(request),
@@ -568,6 +638,13 @@ fn log_event(event: &Event) {
 async fn poll_lane(lane: &mut Option<SendFuture>) -> Result<Vec<Message>, TransportError> {
     match lane {
         Some(request) => request.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_pushed(pushed: &mut Option<mpsc::Receiver<Vec<Message>>>) -> Option<Vec<Message>> {
+    match pushed {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -183,8 +183,12 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, DecodeError> {
 /// [`decode_batch`] taking at most `max_messages` messages (at least 1): a batch with more
 /// is [`DecodeError::TooMany`], found before the message past the cap is built, so decoding
 /// never holds more than `max_messages` messages whatever the body.
+///
+/// A body wrapped as comment-filtered JSON (`/*[...]*/`, what CometD 1.x-era servers send
+/// against JSON hijacking, see [`strip_comment_filter`]) is accepted on every transport.
 pub fn decode_batch_limited(body: &[u8], max_messages: usize) -> Result<Vec<Message>, DecodeError> {
     let max_messages = max_messages.max(1);
+    let body = strip_comment_filter(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
@@ -209,6 +213,20 @@ pub fn decode_batch_limited(body: &[u8], max_messages: usize) -> Result<Vec<Mess
     })
 }
 
+/// The JSON inside a comment-filtered body: exactly one leading `/*` and one trailing `*/`
+/// (whitespace around either allowed) around the rest, which must then be JSON on its own
+/// (a second wrapper inside fails to parse). A body without the leading `/*` is returned as
+/// it is; one with `/*` but no closing `*/` is refused.
+pub fn strip_comment_filter(body: &[u8]) -> Result<&[u8], DecodeError> {
+    let trimmed = body.trim_ascii();
+    let Some(inner) = trimmed.strip_prefix(b"/*") else {
+        return Ok(body);
+    };
+    inner.strip_suffix(b"*/").ok_or_else(|| {
+        DecodeError::Invalid("comment-filtered body without a closing */".to_owned())
+    })
+}
+
 /// Encodes a batch as a JSON array (always an array, as the spec recommends).
 pub fn encode_batch(messages: &[Message]) -> Vec<u8> {
     // Serializing a struct of strings, bools and `Value`s cannot fail: `Value` keys are
@@ -228,6 +246,30 @@ pub fn is_session_meta(channel: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_comment_filtered_body_is_accepted_strictly() {
+        let wrapped = b" /*[{\"channel\":\"/a\",\"data\":\"*/\"}]*/\n";
+        let msgs = decode_batch(wrapped).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].channel, "/a");
+        assert!(decode_batch(b"/*{\"channel\":\"/b\"}*/").is_ok());
+        // Nothing else: no second wrapper, nothing after it, a closing */ required.
+        for bad in [
+            &b"/*/*[{\"channel\":\"/a\"}]*/*/"[..],
+            b"/*[{\"channel\":\"/a\"}]*/ x",
+            b"/*[{\"channel\":\"/a\"}]",
+            b"x/*[{\"channel\":\"/a\"}]*/",
+            b"/*[{\"channel\":\"/a\"}]*/*/",
+        ] {
+            assert!(
+                matches!(decode_batch(bad), Err(DecodeError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(decode_batch(b"/* */"), Err(DecodeError::Empty));
+    }
 
     #[test]
     fn decodes_an_array_and_a_bare_object() {

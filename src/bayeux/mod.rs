@@ -25,6 +25,7 @@ pub mod message;
 mod options;
 pub mod session;
 pub mod transport;
+mod transports;
 pub mod verdict;
 
 pub use auth::{AccessToken, Grant, OAuthTokenSource, StaticToken, TokenSource};
@@ -35,4 +36,5 @@ pub use event::{Event, Next, StopReason, Unrouted};
 pub use ext::Extension;
 pub use liveness::Liveness;
 pub use message::{Data, Message};
+pub use transport::TransportChoice;
 pub use verdict::{TaggedVerdict, Verdict, VerdictSender, Verdicts, verdict_channel};

@@ -12,6 +12,8 @@ use super::http::redacted_url;
 use crate::backoff::BackoffOptions;
 use crate::tls::TlsFiles;
 
+pub use super::transport::TransportChoice;
+
 /// Everything a client needs to know. `Default` gives the documented defaults and an
 /// unusable URL; set [`ClientOptions::url`].
 #[derive(Clone)]
@@ -69,6 +71,13 @@ pub struct ClientOptions {
     /// builds one) the token endpoint. Default: the system's CA bundle, no client
     /// certificate. See [`crate::tls`].
     pub tls: TlsFiles,
+    /// Which transport(s) to use. Default [`TransportChoice::Auto`]: WebSocket where the
+    /// server offers it and the upgrade works, else long-polling.
+    pub transport: TransportChoice,
+    /// Offer the `json-comment-filtered` extension in the handshake (CometD 1.x-era servers
+    /// then wrap replies as `/*[...]*/`). Wrapped replies are accepted either way. Default
+    /// `false`.
+    pub json_comment_filtered: bool,
 }
 
 impl Default for ClientOptions {
@@ -92,6 +101,8 @@ impl Default for ClientOptions {
             max_request_bytes: 0,
             retry_publishes: false,
             tls: TlsFiles::default(),
+            transport: TransportChoice::Auto,
+            json_comment_filtered: false,
         }
     }
 }
@@ -126,6 +137,8 @@ impl fmt::Debug for ClientOptions {
             .field("max_request_bytes", &self.max_request_bytes)
             .field("retry_publishes", &self.retry_publishes)
             .field("tls", &self.tls)
+            .field("transport", &self.transport)
+            .field("json_comment_filtered", &self.json_comment_filtered)
             .finish()
     }
 }

@@ -45,6 +45,7 @@ async fn watch_bayeux(mut events: bayeux::Events, shared: Arc<Shared>) -> Bridge
         }
         count_event(&shared.stats, &event);
         follow_readiness(&shared.readiness, &event);
+        follow_transport(&shared, &event);
         if let Some(stop) = track_gaps(&mut lost, &shared, event).await {
             return stop;
         }
@@ -97,6 +98,16 @@ fn count_event(stats: &Stats, event: &Event) {
             count(&metrics.bad_replies, cause);
         }
         _ => {}
+    }
+}
+
+/// On each successful connect, marks the transport the session uses in the metrics (after
+/// an `auto` fallback, long-polling).
+fn follow_transport(shared: &Shared, event: &Event) {
+    if matches!(event, Event::Connected)
+        && let Some(transport) = shared.bayeux().transport()
+    {
+        shared.stats.metrics.set_transport(transport);
     }
 }
 

@@ -115,6 +115,7 @@ pub fn compile_routes(
 pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
     let routes = compile_routes(config, config.replay.enabled)?;
     let mut text = mapping::describe(&routes);
+    text.push_str(&transport_line(&config.bayeux));
     if config.replay.enabled {
         text.push_str(&format!(
             "replay: on; checkpoints in {}, written every {} ms; channels without one start \
@@ -170,6 +171,24 @@ pub fn preflight(config: &Config, file: &std::path::Path) -> Result<String, Conf
     }
     probe_spool(config, file)?;
     Ok(description)
+}
+
+/// `check`'s line about the Bayeux transport.
+fn transport_line(bayeux: &crate::config::BayeuxConfig) -> String {
+    let what = match bayeux.transport {
+        crate::config::BayeuxTransport::Auto => {
+            "WebSocket where the server offers it, else long-polling"
+        }
+        crate::config::BayeuxTransport::WebSocket => "WebSocket only",
+        crate::config::BayeuxTransport::LongPolling => "long-polling only",
+        crate::config::BayeuxTransport::CallbackPolling => "callback-polling (JSONP) only",
+    };
+    let filtered = if bayeux.json_comment_filtered {
+        "; json-comment-filtered offered"
+    } else {
+        ""
+    };
+    format!("transport: {} ({what}){filtered}\n", bayeux.transport)
 }
 
 /// `check`'s line about `[spool]`.

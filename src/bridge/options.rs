@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::backoff::BackoffOptions;
 use crate::bayeux::auth::{Grant, OAuthTokenSource, TokenFuture, TokenSource};
-use crate::bayeux::{ClientOptions, TokenError};
-use crate::config::{Config, MqttProtocol, OAuthConfig, OAuthGrant};
+use crate::bayeux::{ClientOptions, TokenError, TransportChoice};
+use crate::config::{BayeuxTransport, Config, MqttProtocol, OAuthConfig, OAuthGrant};
 use crate::mqtt::{self, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
 
 use super::mapping::{self, Route};
@@ -37,6 +37,8 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
             .extensions
             .push(std::sync::Arc::new(crate::bayeux::ext::AckExtension::new()));
     }
+    options.transport = transport(b.transport);
+    options.json_comment_filtered = b.json_comment_filtered;
     options.tls = b.tls.as_ref().map(|t| t.files()).unwrap_or_default();
     if let Some(oauth) = &b.oauth {
         options.max_auth_attempts = oauth.max_auth_attempts;
@@ -45,6 +47,16 @@ pub fn bayeux_options(config: &Config, queued: usize) -> ClientOptions {
         options.token_source = Some(token_source(oauth, b.max_network_delay(), &options.tls));
     }
     options
+}
+
+/// The Bayeux client's name for `bayeux.transport`.
+pub fn transport(setting: BayeuxTransport) -> TransportChoice {
+    match setting {
+        BayeuxTransport::Auto => TransportChoice::Auto,
+        BayeuxTransport::WebSocket => TransportChoice::WebSocket,
+        BayeuxTransport::LongPolling => TransportChoice::LongPolling,
+        BayeuxTransport::CallbackPolling => TransportChoice::CallbackPolling,
+    }
 }
 
 /// The token source `[bayeux.oauth]` describes. One that cannot be built (a key that is PEM

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{OAuthGrant, Secret, TlsConfig, de_non_empty, de_url, defaults};
+use super::{BayeuxTransport, OAuthGrant, Secret, TlsConfig, de_non_empty, de_url, defaults};
 
 /// `[bayeux]`: the Bayeux server and how to talk to it.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -50,6 +50,15 @@ pub struct BayeuxConfig {
     /// server's handshake reply accepts it, harmless otherwise. Default `true`.
     #[serde(default = "defaults::ack_extension")]
     pub ack_extension: bool,
+    /// The transport: `"auto"` (default; WebSocket where the server offers it and the upgrade
+    /// works, else long-polling), `"websocket"`, `"long-polling"` or `"callback-polling"`.
+    #[serde(default)]
+    pub transport: BayeuxTransport,
+    /// Offer the `json-comment-filtered` extension at handshake (CometD 1.x-era servers
+    /// then wrap replies as `/*[...]*/`; wrapped replies are accepted either way). Default
+    /// `false`.
+    #[serde(default)]
+    pub json_comment_filtered: bool,
     /// `[bayeux.oauth]`: fetch (and refresh) the bearer token from an OAuth 2.0 token
     /// endpoint. Optional; may not be combined with `token_file` or an `Authorization`
     /// header.
@@ -162,6 +171,8 @@ impl fmt::Debug for BayeuxConfig {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("ack_extension", &self.ack_extension)
+            .field("transport", &self.transport)
+            .field("json_comment_filtered", &self.json_comment_filtered)
             .field("oauth", &self.oauth)
             .field("tls", &self.tls)
             .field(

@@ -12,8 +12,8 @@ use std::path::Path;
 use url::{Host, Url};
 
 use super::{
-    BayeuxConfig, BridgeConfig, Config, Direction, LogConfig, MqttConfig, MqttProtocol,
-    OAuthConfig, OAuthGrant, PayloadMode, RouteConfig, TlsConfig,
+    BayeuxConfig, BayeuxTransport, BridgeConfig, Config, Direction, LogConfig, MqttConfig,
+    MqttProtocol, OAuthConfig, OAuthGrant, PayloadMode, RouteConfig, TlsConfig,
 };
 
 /// The largest MQTT packet the protocol can describe (remaining length 268,435,455 plus a
@@ -812,6 +812,22 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
              Salesforce refuses requests over 32768 bytes; set bayeux.max_request_bytes = 32768"
                 .to_owned(),
         );
+    }
+    let salesforce = url
+        .host_str()
+        .is_some_and(|h| h.ends_with(".salesforce.com"));
+    if salesforce
+        && matches!(
+            config.bayeux.transport,
+            BayeuxTransport::WebSocket | BayeuxTransport::CallbackPolling
+        )
+    {
+        out.push(format!(
+            "bayeux.url is a Salesforce endpoint, which offers long-polling only, but \
+             bayeux.transport is \"{}\": the bridge will stop at its first handshake; use \
+             \"auto\" or \"long-polling\"",
+            config.bayeux.transport
+        ));
     }
     out.extend(shaping_warnings(config));
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));

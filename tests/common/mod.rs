@@ -10,6 +10,7 @@ pub mod gate;
 pub mod inbox;
 pub mod mosquitto;
 pub mod mqtt_peer;
+pub mod no_upgrade;
 pub mod peers;
 pub mod salesforce;
 pub mod tls_proxy;

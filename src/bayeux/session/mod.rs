@@ -393,6 +393,29 @@ impl Session {
         self.client_id.as_deref()
     }
 
+    /// The connection type negotiated at the last handshake (or set since with
+    /// [`Session::set_connection_type`]), while a session exists.
+    pub fn connection_type(&self) -> Option<&str> {
+        self.connection_type.as_deref()
+    }
+
+    /// The driver moved this session to another transport (a fallback): later
+    /// `/meta/connect`s name `connection_type`, and advice is read for it. Ignored without a
+    /// session.
+    pub fn set_connection_type(&mut self, connection_type: &str) {
+        self.drain_inbox();
+        if self.client_id.is_some() && self.connection_type.is_some() {
+            self.connection_type = Some(connection_type.to_owned());
+        }
+    }
+
+    /// Offers `connection_types` (in order of preference) from the next handshake on.
+    pub fn set_offered_connection_types(&mut self, connection_types: Vec<String>) {
+        if !connection_types.is_empty() {
+            self.options.connection_types = connection_types;
+        }
+    }
+
     /// The remembered advice.
     pub fn advice(&self) -> &Advice {
         &self.advice
@@ -583,6 +606,18 @@ impl Session {
                     }
                 }
             }
+        }
+        self.after_response(now);
+    }
+
+    /// Messages the server sent outside any reply (deliveries pushed over a socket).
+    pub fn on_pushed(&mut self, messages: Vec<Message>, now: Instant) {
+        self.drain_inbox();
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        for msg in messages {
+            self.receive(msg, now);
         }
         self.after_response(now);
     }

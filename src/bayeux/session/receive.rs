@@ -61,6 +61,15 @@ impl Session {
             self.unrouted(Unrouted::UnexpectedReply, msg);
             return;
         }
+        if !msg.is_successful() && !self.shares_a_transport(&msg) {
+            // Faye refuses a handshake offering none of its transports, naming them.
+            let server = msg.supported_connection_types.clone().unwrap_or_default();
+            self.stop(StopReason::NoCommonTransport {
+                client: self.options.connection_types.clone(),
+                server,
+            });
+            return;
+        }
         if !msg.is_successful() {
             let error = msg
                 .error
@@ -129,6 +138,19 @@ impl Session {
             connection_type,
             rehandshake,
         });
+    }
+
+    /// Whether a handshake reply leaves a transport both sides have: true when it names no
+    /// `supportedConnectionTypes` or one of ours.
+    fn shares_a_transport(&self, msg: &Message) -> bool {
+        msg.supported_connection_types
+            .as_ref()
+            .is_none_or(|server| {
+                self.options
+                    .connection_types
+                    .iter()
+                    .any(|t| server.contains(t))
+            })
     }
 
     pub(super) fn on_connect_reply(&mut self, msg: Message, now: Instant) {

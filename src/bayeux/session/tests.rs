@@ -953,3 +953,97 @@ fn multiple_clients_advice_is_reported_once_per_session() {
 }
 
 mod auth_and_size;
+
+fn offering(types: &[&str]) -> SessionOptions {
+    SessionOptions {
+        connection_types: types.iter().map(|&t| t.to_owned()).collect(),
+        ..options()
+    }
+}
+
+#[test]
+fn the_handshake_offers_our_transports_in_order_and_the_connect_names_the_first_the_server_allows()
+{
+    let mut h = Harness::with(offering(&["websocket", "long-polling"]));
+    let hs = h.sent(Lane::Other);
+    assert_eq!(
+        hs[0].supported_connection_types,
+        Some(vec!["websocket".to_owned(), "long-polling".to_owned()])
+    );
+    // The server's order does not matter; ours does.
+    h.reply(Lane::Other, vec![json!({"channel":"/meta/handshake","id":hs[0].id,"successful":true,"clientId":"c","supportedConnectionTypes":["long-polling","callback-polling","websocket"]})]);
+    assert_eq!(h.session.connection_type(), Some("websocket"));
+    let connect = h.sent(Lane::Connect);
+    assert_eq!(connect[0].connection_type.as_deref(), Some("websocket"));
+
+    let mut h = Harness::with(offering(&["websocket", "long-polling"]));
+    let hs = h.sent(Lane::Other);
+    h.reply(Lane::Other, vec![json!({"channel":"/meta/handshake","id":hs[0].id,"successful":true,"clientId":"c","supportedConnectionTypes":["long-polling"]})]);
+    let connect = h.sent(Lane::Connect);
+    assert_eq!(connect[0].connection_type.as_deref(), Some("long-polling"));
+}
+
+#[test]
+fn a_refused_handshake_naming_no_transport_of_ours_stops_and_names_the_servers() {
+    let mut h = Harness::with(offering(&["websocket"]));
+    let hs = h.sent(Lane::Other);
+    h.reply(Lane::Other, vec![json!({"channel":"/meta/handshake","id":hs[0].id,"successful":false,
+        "error":"301:websocket:Connection types not supported","supportedConnectionTypes":["long-polling","callback-polling"]})]);
+    assert_eq!(
+        h.events(),
+        vec![Event::Stopped {
+            reason: StopReason::NoCommonTransport {
+                client: vec!["websocket".into()],
+                server: vec!["long-polling".into(), "callback-polling".into()],
+            }
+        }]
+    );
+    assert!(h.session.is_stopped());
+}
+
+#[test]
+fn a_fallback_renames_the_next_connect_and_a_new_offer_applies_at_the_next_handshake() {
+    let mut h = Harness::with(offering(&["websocket", "long-polling"]));
+    let hs = h.sent(Lane::Other);
+    h.reply(Lane::Other, vec![json!({"channel":"/meta/handshake","id":hs[0].id,"successful":true,"clientId":"c","supportedConnectionTypes":["websocket","long-polling"],"advice":{"reconnect":"retry","interval":0,"timeout":30000}})]);
+    let _ws_connect = h.sent(Lane::Connect);
+    h.session.set_connection_type("long-polling");
+    h.session
+        .set_offered_connection_types(vec!["long-polling".to_owned()]);
+    h.fail(Lane::Connect);
+    h.advance(Duration::from_secs(60));
+    let connect = h.sent(Lane::Connect);
+    assert_eq!(connect[0].connection_type.as_deref(), Some("long-polling"));
+    // A lost session: the next handshake offers the new list.
+    h.reply(Lane::Connect, vec![json!({"channel":"/meta/connect","id":connect[0].id,"successful":false,"error":"402::Unknown client","advice":{"reconnect":"handshake","interval":0}})]);
+    h.advance(Duration::from_secs(60));
+    let hs = h.sent(Lane::Other);
+    assert_eq!(
+        hs[0].supported_connection_types,
+        Some(vec!["long-polling".to_owned()])
+    );
+}
+
+#[test]
+fn pushed_deliveries_are_delivered_and_a_pushed_connect_reply_counts() {
+    let mut h = Harness::with(offering(&["websocket"]));
+    let hs = h.sent(Lane::Other);
+    h.reply(Lane::Other, vec![json!({"channel":"/meta/handshake","id":hs[0].id,"successful":true,"clientId":"c","supportedConnectionTypes":["websocket"]})]);
+    let connect = h.sent(Lane::Connect);
+    h.events();
+    h.session.on_pushed(
+        vec![
+            msg(json!({"channel":"/a","data":1})),
+            msg(json!({"channel":"/meta/connect","id":connect[0].id,"successful":true})),
+        ],
+        h.now,
+    );
+    h.collect();
+    assert!(
+        h.out
+            .iter()
+            .any(|o| matches!(o, Output::Deliver(m) if m.channel == "/a"))
+    );
+    assert!(h.session.is_connected());
+    assert_eq!(h.events(), vec![Event::Connected]);
+}

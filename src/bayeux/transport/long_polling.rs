@@ -30,11 +30,11 @@ use crate::tls::TlsFiles;
 /// values are sensitive (see `Client::new`), so reqwest's `Debug` leaves them out.
 #[derive(Clone)]
 pub struct LongPolling {
-    http: reqwest::Client,
-    url: Url,
-    max_body: usize,
+    pub(super) http: reqwest::Client,
+    pub(super) url: Url,
+    pub(super) max_body: usize,
     /// The most messages taken from one reply.
-    max_messages: usize,
+    pub(super) max_messages: usize,
     /// The current `Authorization` value from a token source, marked sensitive.
     bearer: Arc<RwLock<Option<HeaderValue>>>,
 }
@@ -53,8 +53,20 @@ impl LongPolling {
         max_body: usize,
         tls: &TlsFiles,
     ) -> Result<Self, String> {
+        Self::with_jar(url, headers, max_body, tls, Arc::default())
+    }
+
+    /// [`LongPolling::with_tls`] keeping cookies in `jar` (shared with the client's other
+    /// transports, so that a WebSocket upgrade carries the session's cookies).
+    pub fn with_jar(
+        url: Url,
+        headers: HeaderMap,
+        max_body: usize,
+        tls: &TlsFiles,
+        jar: Arc<reqwest::cookie::Jar>,
+    ) -> Result<Self, String> {
         let http = http_client(&url, tls)?
-            .cookie_store(true)
+            .cookie_provider(jar)
             .default_headers(headers)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -73,6 +85,16 @@ impl LongPolling {
     pub fn with_max_messages(mut self, max_messages: usize) -> Self {
         self.max_messages = max_messages.max(1);
         self
+    }
+}
+
+impl LongPolling {
+    /// The current `Authorization` value from a token source, if any.
+    pub(super) fn bearer(&self) -> Option<HeaderValue> {
+        self.bearer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -114,12 +136,7 @@ impl Transport for LongPolling {
                 HeaderValue::from_static("application/json;charset=UTF-8"),
             )
             .body(encode_batch(&messages));
-        let bearer = self
-            .bearer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(value) = bearer {
+        if let Some(value) = self.bearer() {
             request = request.header(AUTHORIZATION, value);
         }
         let (max_body, max_messages) = (self.max_body, self.max_messages);
@@ -137,6 +154,15 @@ async fn exchange(
     max_body: usize,
     max_messages: usize,
 ) -> Result<Vec<Message>, TransportError> {
+    let body = fetch(request, max_body).await?;
+    decode(&body, max_messages)
+}
+
+/// Sends `request` and reads a `200 OK` body of at most `max_body` bytes.
+pub(super) async fn fetch(
+    request: reqwest::RequestBuilder,
+    max_body: usize,
+) -> Result<bytes::Bytes, TransportError> {
     let mut response = request.send().await.map_err(io_error)?;
     let status = response.status();
     if status.is_redirection() {
@@ -189,20 +215,28 @@ async fn exchange(
             body.into()
         }
     };
-    decode_batch_limited(&body, max_messages).map_err(|e| match e {
+    Ok(body)
+}
+
+/// Decodes a reply body, quoting its start in the error when it is not JSON at all.
+pub(super) fn decode(body: &[u8], max_messages: usize) -> Result<Vec<Message>, TransportError> {
+    decode_batch_limited(body, max_messages).map_err(|e| match e {
         DecodeError::Empty => TransportError::Decode("empty body".to_owned()),
         DecodeError::TooMany { cap } => TransportError::TooManyMessages { cap },
         // A JSON body may carry payloads, which are not for logs; a proxy's error page is
         // recognisable from its start.
-        DecodeError::Invalid(why) if looks_like_json(&body) => TransportError::Decode(why),
+        DecodeError::Invalid(why) if looks_like_json(body) => TransportError::Decode(why),
         DecodeError::Invalid(why) => {
-            TransportError::Decode(format!("{why}; body starts with {:?}", excerpt(&body)))
+            TransportError::Decode(format!("{why}; body starts with {:?}", excerpt(body)))
         }
     })
 }
 
-/// Whether `body` starts like a JSON array or object (after whitespace).
-fn looks_like_json(body: &[u8]) -> bool {
+/// Whether `body` starts like a JSON array or object (after whitespace), comment-filtered
+/// or not.
+pub(super) fn looks_like_json(body: &[u8]) -> bool {
+    let body = body.trim_ascii_start();
+    let body = body.strip_prefix(b"/*").unwrap_or(body);
     matches!(
         body.iter().find(|b| !b.is_ascii_whitespace()),
         Some(b'[' | b'{')
@@ -211,7 +245,7 @@ fn looks_like_json(body: &[u8]) -> bool {
 
 /// The first bytes of a body, as text, for error messages (a proxy's HTML error page is
 /// recognisable from its start).
-fn excerpt(body: &[u8]) -> String {
+pub(super) fn excerpt(body: &[u8]) -> String {
     const MAX: usize = 120;
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
     let mut shown: String = text
@@ -239,6 +273,7 @@ mod redirect_tests {
             b" \n[{\"channel\":\"/a\",\"data\":\"secret\"} x"
         ));
         assert!(looks_like_json(b"{\"data\":1}"));
+        assert!(looks_like_json(b"/*[{\"data\":1}"));
         assert!(!looks_like_json(b"<html>Down</html>"));
         assert!(!looks_like_json(b""));
     }

@@ -2244,54 +2244,6 @@ async fn status_topic_says_online_again_after_a_broker_restart_while_mqtt_to_bay
 // 12. Names the other side would refuse (issue 14, item 1)
 // ---------------------------------------------------------------------------------------------
 
-/// Publishes `data` on `channel` as a plain HTTP client of the CometD Node server: a
-/// handshake, then one publish in the session the `BAYEUX_BROWSER` cookie names. The
-/// project's Bayeux client refuses to publish on a channel with a control character, but
-/// cometd-nodejs-server checks nothing and relays such a channel to its subscribers, as a
-/// buggy or hostile server or publisher could; this sends one to it.
-async fn raw_cometd_publish(url: &str, channel: &str, data: Value) {
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(WAIT)
-        .build()
-        .expect("reqwest client");
-    let post = |body: Value| {
-        let request = http.post(url).json(&body);
-        async move {
-            let reply: Value = request
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("POST {body}: {e}"))
-                .json()
-                .await
-                .unwrap_or_else(|e| panic!("reply to {body}: {e}"));
-            reply
-        }
-    };
-    let handshake = post(json!([{
-        "channel": "/meta/handshake",
-        "version": "1.0",
-        "supportedConnectionTypes": ["long-polling"],
-    }]))
-    .await;
-    let client_id = handshake[0]["clientId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("handshake reply without clientId: {handshake}"))
-        .to_owned();
-    let reply = post(json!([{
-        "channel": channel,
-        "clientId": client_id,
-        "id": "1",
-        "data": data,
-    }]))
-    .await;
-    assert_eq!(
-        reply[0]["successful"],
-        json!(true),
-        "the server accepted the publish on {channel:?}: {reply}"
-    );
-}
-
 /// A wildcard route (`/poison/**` ↔ `poison/#`) receives channels whose topic Mosquitto
 /// would find malformed: a C0 control character, a C1 control character and a Unicode
 /// non-character (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4). Before the fix the bridge published
@@ -2317,7 +2269,8 @@ async fn channels_whose_topic_the_broker_would_refuse_are_dropped_counted_and_th
         "/poison/x/nc\u{fdd0}",
     ];
     for (i, channel) in bad.iter().enumerate() {
-        raw_cometd_publish(&url, channel, json!({ "id": 100 + i as u64 })).await;
+        common::bayeux_peer::raw_cometd_publish(&url, channel, json!({ "id": 100 + i as u64 }))
+            .await;
     }
     f.bayeux.publish_ids("/poison/ok", 0..5).await;
     f.mqtt_sub

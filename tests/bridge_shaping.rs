@@ -639,3 +639,61 @@ async fn a_gap_with_a_count_leaves_a_placeholder_dead_letter() {
     );
     assert!(bridge.totals("mqtt_to_bayeux").dropped.is_empty());
 }
+
+/// Bayeux → MQTT `invalid_name`: a channel whose topic the broker would refuse (a control
+/// character; the CometD Node server relays it, as a buggy or hostile server could) is never
+/// published on that topic but dead-lettered with its channel (escaped: as a user property
+/// it would make Mosquitto close the connection, and the QoS 1 dead letter would follow
+/// every reconnect, which this test found), the topic left out (there is none), and the
+/// original data; the message after it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untranslatable_bayeux_channel_is_dead_lettered() {
+    let broker = Mosquitto::start_async().await;
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let url = server.url();
+    let bayeux = BayeuxPeer::publisher(&url, WAIT);
+    let peer = MqttPeer::connect(
+        mqtt_options(&broker, "shaping-b2m-name-sub"),
+        &[DEAD, "p/#"],
+    )
+    .await;
+    let routes = "[[route]]\nbayeux = \"/p/**\"\nmqtt = \"p/#\"\ndirection = \"bayeux_to_mqtt\"\n";
+    let (_config, mut bridge) = start(&toml(
+        &url,
+        &broker,
+        "shaping-b2m-name",
+        ["", "", ""],
+        routes,
+    ))
+    .await;
+
+    common::bayeux_peer::raw_cometd_publish(&url, "/p/a\u{1}b", json!({ "n": 1 })).await;
+    bayeux.publish("/p/ok", json!({ "n": 2 })).await;
+    let letter = dead_letter(&peer, DEAD, "invalid_name").await;
+    assert_eq!(
+        (
+            letter.user_property("source"),
+            letter.user_property("channel"),
+            letter.user_property("topic"),
+            letter.user_property("route"),
+        ),
+        // Escaped: MQTT brokers refuse control characters in user properties as in topics.
+        (Some("bayeux"), Some("/p/a\\u{1}b"), None, Some("1")),
+        "{letter:?}"
+    );
+    assert_eq!(letter.json(), json!({ "n": 1 }), "the original data");
+    peer.inbox
+        .wait_until("the message after it", WAIT, |got| {
+            got.iter().any(|g| g.topic == "p/ok")
+        })
+        .await;
+    assert!(
+        peer.inbox
+            .snapshot()
+            .iter()
+            .all(|g| g.topic == DEAD || g.topic == "p/ok"),
+        "nothing else was published: {:?}",
+        peer.inbox.snapshot()
+    );
+    stop(&mut bridge).await;
+}

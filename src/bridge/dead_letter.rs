@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::mapping::Route;
+use super::payload::property_value;
 use super::stats::{Direction, Stats};
 use crate::log_limit::SharedLimiter;
 use crate::metrics::DropLabels;
@@ -165,7 +166,7 @@ pub(crate) fn properties(letter: &Undeliverable) -> Properties {
         user: letter
             .fields()
             .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
+            .map(|(name, value)| (name.to_owned(), property_value(&value)))
             .collect(),
     }
 }

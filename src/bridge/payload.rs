@@ -186,9 +186,12 @@ pub fn mqtt_properties(
     replay_id: Option<i64>,
     payload: &MqttPayload,
 ) -> Properties {
-    let mut user = vec![("bayeux-channel".to_owned(), message.channel.clone())];
+    let mut user = vec![(
+        "bayeux-channel".to_owned(),
+        property_value(&message.channel),
+    )];
     if let Some(id) = &message.id {
-        user.push(("bayeux-id".to_owned(), id.clone()));
+        user.push(("bayeux-id".to_owned(), property_value(id)));
     }
     if let Some(replay_id) = replay_id {
         user.push(("replay-id".to_owned(), replay_id.to_string()));
@@ -197,6 +200,25 @@ pub fn mqtt_properties(
         content_type: Some(content_type(payload).to_owned()),
         user,
     }
+}
+
+/// The longest user property value the bridge makes, in bytes.
+const MAX_PROPERTY_BYTES: usize = 4096;
+
+/// `value` as a user property value: characters MQTT brokers refuse in strings (control
+/// characters, non-characters) escaped as `\u{1}`, and cut at [`MAX_PROPERTY_BYTES`] (with
+/// `…`). A server's message id, a channel or an error text can hold anything; sent as is,
+/// the broker would close the connection and a QoS ≥ 1 publish would follow every reconnect.
+pub(crate) fn property_value(value: &str) -> String {
+    let escaped = crate::mqtt::escape_forbidden(value);
+    if escaped.len() <= MAX_PROPERTY_BYTES {
+        return escaped.into_owned();
+    }
+    let mut end = MAX_PROPERTY_BYTES - '…'.len_utf8();
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &escaped[..end])
 }
 
 /// The event's replay id (`data.event.replayId`), looked for only when the data's text holds
@@ -236,6 +258,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn property_values_are_escaped_and_bounded() {
+        assert_eq!(property_value("/a/b"), "/a/b");
+        assert_eq!(property_value("/a\u{1}b"), "/a\\u{1}b");
+        let long = property_value(&"ü".repeat(5000));
+        assert!(
+            long.len() <= MAX_PROPERTY_BYTES && long.ends_with('…'),
+            "{}",
+            long.len()
+        );
+    }
 
     #[test]
     fn mqtt_payloads_become_bayeux_data_by_content() {

@@ -205,6 +205,9 @@ impl MqttHandle {
         if shared.protocol == Protocol::V311 || properties.as_ref().is_some_and(|p| p.is_empty()) {
             properties = None;
         }
+        if let Some(Err(reason)) = properties.as_ref().map(|p| p.validate()) {
+            return Err(MqttError::InvalidProperty { topic, reason });
+        }
         let properties_len = properties.as_ref().map_or(0, |p| p.encoded_len());
         let size = publish_packet_size(shared.protocol, &topic, payload.len(), qos, properties_len);
         let max = shared.lock().packet_limit();

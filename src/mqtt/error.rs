@@ -20,6 +20,17 @@ pub enum MqttError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A publish's property (content type, user property name or value) is not a string an
+    /// MQTT broker accepts (see [`super::Properties::validate`]); sending it would make the
+    /// broker close the connection, and at QoS ≥ 1 the same publish would follow every
+    /// reconnect.
+    #[error("invalid MQTT property on topic {topic:?}: {reason}")]
+    InvalidProperty {
+        /// The topic of the publish.
+        topic: String,
+        /// What is wrong, naming the property.
+        reason: String,
+    },
     /// A subscription filter is malformed (see [`super::validate_filter`]).
     #[error("invalid MQTT topic filter {filter:?}: {reason}")]
     InvalidFilter {
@@ -90,6 +101,7 @@ impl MqttError {
         match self {
             MqttError::InvalidOption { .. } => "invalid_option",
             MqttError::InvalidTopic { .. } => "invalid_topic",
+            MqttError::InvalidProperty { .. } => "invalid_property",
             MqttError::InvalidFilter { .. } => "invalid_filter",
             MqttError::InvalidQoS(_) => "invalid_qos",
             MqttError::PayloadTooLarge { .. } => "payload_too_large",

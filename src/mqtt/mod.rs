@@ -66,7 +66,7 @@ pub use client::{MqttHandle, Publish, PublishCompletion, start};
 pub use error::{ConnectionError, MqttError};
 pub use options::{MqttOptions, Protocol, TlsFiles, Will};
 pub use outcome::{Outcome, OutcomeSender, Outcomes, outcome_channel};
-pub use topic::{filter_matches, is_forbidden, validate_filter, validate_topic};
+pub use topic::{escape_forbidden, filter_matches, is_forbidden, validate_filter, validate_topic};
 
 /// MQTT quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -206,6 +206,19 @@ impl Properties {
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
         self.content_type.is_none() && self.user.is_empty()
+    }
+
+    /// Checks that every string is one an MQTT broker accepts (see [`escape_forbidden`] to
+    /// make one so); the error names the property.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(content_type) = &self.content_type {
+            topic::validate_string(content_type, "the content type")?;
+        }
+        for (name, value) in &self.user {
+            topic::validate_string(name, &format!("the user property name {name:?}"))?;
+            topic::validate_string(value, &format!("the user property {name:?}"))?;
+        }
+        Ok(())
     }
 
     /// The encoded length of these properties in a PUBLISH, without the length prefix

@@ -91,6 +91,42 @@ fn check_common(value: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `value` with every character MQTT's strings must not hold ([`is_forbidden`]) written as
+/// an escape (`\u{1}`), so that it can be sent; borrowed when there is none.
+pub fn escape_forbidden(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.chars().any(is_forbidden) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if is_forbidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Checks a string sent in a property: at most 65 535 bytes, no NUL, control or
+/// non-character code point. `what` names it in the error.
+pub(crate) fn validate_string(value: &str, what: &str) -> Result<(), String> {
+    if value.len() > MAX_TOPIC_BYTES {
+        return Err(format!(
+            "{what} is {} bytes long; MQTT allows at most {MAX_TOPIC_BYTES}",
+            value.len()
+        ));
+    }
+    match value.chars().find(|&c| is_forbidden(c)) {
+        Some(c) => Err(format!(
+            "{what} contains U+{:04X} (control characters and Unicode non-characters are \
+             malformed for MQTT brokers such as Mosquitto)",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether MQTT's UTF-8 strings must not or should not hold `c`: a control character
 /// (U+0000–U+001F, U+007F–U+009F) or a Unicode non-character (U+FDD0–U+FDEF, U+xxFFFE,
 /// U+xxFFFF). Surrogates cannot occur in a Rust `str`.
@@ -130,6 +166,25 @@ impl std::fmt::Display for TopicName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forbidden_characters_are_escaped_and_clean_strings_borrowed() {
+        assert!(matches!(
+            escape_forbidden("a/b ü"),
+            std::borrow::Cow::Borrowed("a/b ü")
+        ));
+        assert_eq!(
+            escape_forbidden("/p/a\u{1}b\u{85}\u{fdd0}"),
+            "/p/a\\u{1}b\\u{85}\\u{fdd0}"
+        );
+        assert!(validate_string(&escape_forbidden("x\0y\u{1f}"), "v").is_ok());
+        let err = validate_string("x\u{1}", "the user property \"channel\"").unwrap_err();
+        assert!(
+            err.starts_with("the user property \"channel\" contains U+0001"),
+            "{err}"
+        );
+        assert!(validate_string(&"x".repeat(65_536), "v").is_err());
+    }
 
     #[test]
     fn publish_topics_without_wildcards_are_valid() {

@@ -157,3 +157,51 @@ impl BayeuxPeer {
             .await;
     }
 }
+
+/// Publishes `data` on `channel` as a plain HTTP client of the CometD Node server: a
+/// handshake, then one publish in the session the `BAYEUX_BROWSER` cookie names. The
+/// project's Bayeux client refuses to publish on a channel with a control character, but
+/// cometd-nodejs-server checks nothing and relays such a channel to its subscribers, as a
+/// buggy or hostile server or publisher could; this sends one to it.
+pub async fn raw_cometd_publish(url: &str, channel: &str, data: Value) {
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client");
+    let post = |body: Value| {
+        let request = http.post(url).json(&body);
+        async move {
+            let reply: Value = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST {body}: {e}"))
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("reply to {body}: {e}"));
+            reply
+        }
+    };
+    let handshake = post(json!([{
+        "channel": "/meta/handshake",
+        "version": "1.0",
+        "supportedConnectionTypes": ["long-polling"],
+    }]))
+    .await;
+    let client_id = handshake[0]["clientId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("handshake reply without clientId: {handshake}"))
+        .to_owned();
+    let reply = post(json!([{
+        "channel": channel,
+        "clientId": client_id,
+        "id": "1",
+        "data": data,
+    }]))
+    .await;
+    assert_eq!(
+        reply[0]["successful"],
+        json!(true),
+        "the server accepted the publish on {channel:?}: {reply}"
+    );
+}

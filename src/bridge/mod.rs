@@ -312,13 +312,7 @@ impl Bridge {
         )
         .await?;
         let http = listener.map(|listener| spawn_http(listener, &shared, &config, &stop, capacity));
-        // The config is valid and both clients run (connecting with backoff): the daemon does
-        // its job, so systemd's start is complete. Whether the data plane is up is STATUS= and
-        // /readyz; a peer down at boot must not make systemd kill and restart the daemon.
-        if let Some(n) = &notifier {
-            n.ready();
-            n.status(&readiness.status());
-        }
+        tell_started(notifier.as_deref(), &readiness);
         let watcher = spawn_watcher(bayeux_events, &shared);
         Ok(Bridge {
             shared,
@@ -464,6 +458,18 @@ fn reporters(
             .with_notifier(notifier.clone()),
     );
     (notifier, readiness)
+}
+
+/// Tells systemd that the start is complete, with the readiness as `STATUS=`.
+///
+/// The config is valid and both clients run (connecting with backoff): the daemon does its
+/// job, so systemd's start is complete. Whether the data plane is up is STATUS= and /readyz;
+/// a peer down at boot must not make systemd kill and restart the daemon.
+fn tell_started(notifier: Option<&crate::notify::Notifier>, readiness: &Readiness) {
+    if let Some(n) = notifier {
+        n.ready();
+        n.status(&readiness.status());
+    }
 }
 
 /// Starts the MQTT client and the Bayeux client (with `[replay]`, its extension on the

@@ -271,6 +271,33 @@ fn one_based(key: &str) -> String {
 
 /// Relative paths, derived defaults and secret files.
 fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<(), Invalid> {
+    resolve_paths(config, base);
+    if config.mqtt.status_topic.is_empty() {
+        config.mqtt.status_topic = format!("bayeux-mqtt-bridge/{}/status", config.mqtt.client_id);
+    }
+    drop_shadowed_headers(&mut config.bayeux.headers, overrides);
+    resolve_mqtt_password(&mut config.mqtt)?;
+    if let Some(oauth) = &mut config.bayeux.oauth {
+        if config.bayeux.token_file.is_some() {
+            return Err(Invalid::new(
+                "bayeux.oauth",
+                "set either bayeux.token_file or [bayeux.oauth], not both",
+            ));
+        }
+        if let Some(name) = authorization_header(&config.bayeux.headers) {
+            return Err(Invalid::new(
+                "bayeux.oauth",
+                format!("set either bayeux.headers.{name} or [bayeux.oauth], not both"),
+            ));
+        }
+        resolve_oauth(oauth)?;
+    }
+    resolve_token_file(&mut config.bayeux)
+}
+
+/// Makes the configured paths that are relative relative to `base` (the config file's
+/// directory).
+fn resolve_paths(config: &mut Config, base: &Path) {
     let relative = |p: &mut Option<PathBuf>| {
         if let Some(path) = p
             && path.is_relative()
@@ -300,42 +327,27 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
         relative(&mut tls.cert_file);
         relative(&mut tls.key_file);
     }
-    if config.mqtt.status_topic.is_empty() {
-        config.mqtt.status_topic = format!("bayeux-mqtt-bridge/{}/status", config.mqtt.client_id);
-    }
-    drop_shadowed_headers(&mut config.bayeux.headers, overrides);
+}
 
-    if let Some(file) = &config.mqtt.password_file {
-        if config.mqtt.password.is_some() {
+/// Reads `mqtt.password_file` into `mqtt.password`.
+fn resolve_mqtt_password(mqtt: &mut super::MqttConfig) -> Result<(), Invalid> {
+    if let Some(file) = &mqtt.password_file {
+        if mqtt.password.is_some() {
             return Err(Invalid::new(
                 "mqtt.password_file",
                 "set either mqtt.password or mqtt.password_file, not both",
             ));
         }
         let password = read_secret(file).map_err(|r| Invalid::new("mqtt.password_file", r))?;
-        config.mqtt.password = Some(Secret(password));
+        mqtt.password = Some(Secret(password));
     }
-    if let Some(oauth) = &mut config.bayeux.oauth {
-        if config.bayeux.token_file.is_some() {
-            return Err(Invalid::new(
-                "bayeux.oauth",
-                "set either bayeux.token_file or [bayeux.oauth], not both",
-            ));
-        }
-        if let Some(name) =
-            (config.bayeux.headers.keys()).find(|n| n.eq_ignore_ascii_case("authorization"))
-        {
-            return Err(Invalid::new(
-                "bayeux.oauth",
-                format!("set either bayeux.headers.{name} or [bayeux.oauth], not both"),
-            ));
-        }
-        resolve_oauth(oauth)?;
-    }
-    if let Some(file) = &config.bayeux.token_file {
-        if let Some(name) =
-            (config.bayeux.headers.keys()).find(|n| n.eq_ignore_ascii_case("authorization"))
-        {
+    Ok(())
+}
+
+/// Reads `bayeux.token_file` into an `Authorization: Bearer` header.
+fn resolve_token_file(bayeux: &mut super::BayeuxConfig) -> Result<(), Invalid> {
+    if let Some(file) = &bayeux.token_file {
+        if let Some(name) = authorization_header(&bayeux.headers) {
             return Err(Invalid::new(
                 "bayeux.token_file",
                 format!("set either bayeux.headers.{name} or bayeux.token_file, not both"),
@@ -348,12 +360,20 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
                 format!("{} holds a line break or control character", file.display()),
             ));
         }
-        config.bayeux.headers.insert(
+        bayeux.headers.insert(
             "Authorization".to_owned(),
             Secret(format!("Bearer {token}")),
         );
     }
     Ok(())
+}
+
+/// The name of the `Authorization` header in `headers`, as written (any case).
+fn authorization_header(headers: &BTreeMap<String, Secret>) -> Option<&str> {
+    headers
+        .keys()
+        .find(|n| n.eq_ignore_ascii_case("authorization"))
+        .map(String::as_str)
 }
 
 /// Reads the secret files of `[bayeux.oauth]`.

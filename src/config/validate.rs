@@ -161,35 +161,8 @@ fn backoff(section: &str, increment_ms: u64, max_ms: u64) -> Result<(), Invalid>
 }
 
 fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
-    if !matches!(c.url.scheme(), "http" | "https") {
-        return Err(Invalid::new(
-            "bayeux.url",
-            format!(
-                "must be an http:// or https:// URL, found {}://",
-                c.url.scheme()
-            ),
-        ));
-    }
-    if c.url.host_str().is_none_or(str::is_empty) {
-        return Err(Invalid::new("bayeux.url", "has no host"));
-    }
-    for (name, value) in &c.headers {
-        let key = format!("bayeux.headers.{name}");
-        if !is_header_name(name) {
-            return Err(Invalid::new(key, "is not a valid HTTP header name"));
-        }
-        // The value itself is never quoted: it may be a credential.
-        if !value
-            .expose()
-            .chars()
-            .all(|c| c == '\t' || (' '..='~').contains(&c))
-        {
-            return Err(Invalid::new(
-                key,
-                "the value may hold only printable ASCII (no line breaks or control characters)",
-            ));
-        }
-    }
+    http_url("bayeux.url", &c.url)?;
+    bayeux_headers(c)?;
     within(
         "bayeux.max_network_delay_secs",
         c.max_network_delay_secs,
@@ -226,6 +199,45 @@ fn bayeux(c: &BayeuxConfig) -> Result<(), Invalid> {
     if uses_https || c.tls.is_some() {
         let tls = c.tls.clone().unwrap_or_default();
         self::tls("bayeux.tls", &tls)?;
+    }
+    Ok(())
+}
+
+/// An `http://` or `https://` URL with a host.
+fn http_url(key: &str, url: &Url) -> Result<(), Invalid> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "must be an http:// or https:// URL, found {}://",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Invalid::new(key, "has no host"));
+    }
+    Ok(())
+}
+
+/// `bayeux.headers`: valid names, and values a header line can carry.
+fn bayeux_headers(c: &BayeuxConfig) -> Result<(), Invalid> {
+    for (name, value) in &c.headers {
+        let key = format!("bayeux.headers.{name}");
+        if !is_header_name(name) {
+            return Err(Invalid::new(key, "is not a valid HTTP header name"));
+        }
+        // The value itself is never quoted: it may be a credential.
+        if !value
+            .expose()
+            .chars()
+            .all(|c| c == '\t' || (' '..='~').contains(&c))
+        {
+            return Err(Invalid::new(
+                key,
+                "the value may hold only printable ASCII (no line breaks or control characters)",
+            ));
+        }
     }
     Ok(())
 }
@@ -323,91 +335,93 @@ fn tls(section: &str, tls: &TlsConfig) -> Result<(), Invalid> {
 }
 
 fn oauth(c: &OAuthConfig) -> Result<(), Invalid> {
-    let key = |name: &str| format!("bayeux.oauth.{name}");
-    if !matches!(c.token_url.scheme(), "http" | "https") {
-        return Err(Invalid::new(
-            key("token_url"),
-            format!(
-                "must be an http:// or https:// URL, found {}://",
-                c.token_url.scheme()
-            ),
-        ));
-    }
-    if c.token_url.host_str().is_none_or(str::is_empty) {
-        return Err(Invalid::new(key("token_url"), "has no host"));
-    }
+    http_url("bayeux.oauth.token_url", &c.token_url)?;
     within(
-        &key("max_auth_attempts"),
+        "bayeux.oauth.max_auth_attempts",
         c.max_auth_attempts.into(),
         1,
         MAX_AUTH_ATTEMPTS,
     )?;
-    let grant = format!("with grant = {:?}", c.grant.as_str());
-    let required = |name: &str, present: bool, hint: &str| {
-        if present {
-            Ok(())
-        } else {
-            Err(Invalid::new(
-                key(name),
-                format!("is required {grant}{hint}"),
-            ))
-        }
-    };
-    let unused = |name: &str, present: bool| {
-        if present {
-            Err(Invalid::new(key(name), format!("is not used {grant}")))
-        } else {
-            Ok(())
-        }
-    };
+    grant_keys(c)
+}
+
+/// The keys of `[bayeux.oauth]` that its grant requires, and those it does not use.
+fn grant_keys(c: &OAuthConfig) -> Result<(), Invalid> {
+    let grant = Grant(format!("with grant = {:?}", c.grant.as_str()));
     // A secret read from a file is reported under the key that was written.
-    let secret_key = |name: &'static str, file: bool| {
-        if file {
-            match name {
-                "client_secret" => "client_secret_file",
-                _ => "refresh_token_file",
-            }
-        } else {
-            name
-        }
+    let client_secret = match c.client_secret_file {
+        Some(_) => "client_secret_file",
+        None => "client_secret",
     };
-    let client_secret = secret_key("client_secret", c.client_secret_file.is_some());
-    let refresh_token = secret_key("refresh_token", c.refresh_token_file.is_some());
+    let refresh_token = match c.refresh_token_file {
+        Some(_) => "refresh_token_file",
+        None => "refresh_token",
+    };
     match c.grant {
         OAuthGrant::ClientCredentials => {
-            required(
+            grant.required(
                 "client_secret",
                 c.client_secret.is_some(),
                 " (or client_secret_file)",
             )?;
-            unused("username", c.username.is_some())?;
-            unused("private_key_file", c.private_key_file.is_some())?;
-            unused(refresh_token, c.refresh_token.is_some())?;
+            grant.unused("username", c.username.is_some())?;
+            grant.unused("private_key_file", c.private_key_file.is_some())?;
+            grant.unused(refresh_token, c.refresh_token.is_some())?;
         }
         OAuthGrant::JwtBearer => {
-            required(
+            grant.required(
                 "username",
                 c.username.as_deref().is_some_and(|u| !u.is_empty()),
                 "",
             )?;
-            required("private_key_file", c.private_key.is_some(), "")?;
+            grant.required("private_key_file", c.private_key.is_some(), "")?;
             if c.audience.is_empty() {
-                return Err(Invalid::new(key("audience"), "must not be empty"));
+                return Err(Invalid::new("bayeux.oauth.audience", "must not be empty"));
             }
-            unused(client_secret, c.client_secret.is_some())?;
-            unused(refresh_token, c.refresh_token.is_some())?;
+            grant.unused(client_secret, c.client_secret.is_some())?;
+            grant.unused(refresh_token, c.refresh_token.is_some())?;
         }
         OAuthGrant::RefreshToken => {
-            required(
+            grant.required(
                 "refresh_token",
                 c.refresh_token.is_some(),
                 " (or refresh_token_file)",
             )?;
-            unused("username", c.username.is_some())?;
-            unused("private_key_file", c.private_key_file.is_some())?;
+            grant.unused("username", c.username.is_some())?;
+            grant.unused("private_key_file", c.private_key_file.is_some())?;
         }
     }
     Ok(())
+}
+
+/// `with grant = "<name>"`: the reason's tail for a key of `[bayeux.oauth]` that the grant
+/// requires or does not use.
+struct Grant(String);
+
+impl Grant {
+    /// `bayeux.oauth.<name>` must be present (`hint` follows the reason).
+    fn required(&self, name: &str, present: bool, hint: &str) -> Result<(), Invalid> {
+        if present {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                format!("bayeux.oauth.{name}"),
+                format!("is required {}{hint}", self.0),
+            ))
+        }
+    }
+
+    /// `bayeux.oauth.<name>` must be absent.
+    fn unused(&self, name: &str, present: bool) -> Result<(), Invalid> {
+        if present {
+            Err(Invalid::new(
+                format!("bayeux.oauth.{name}"),
+                format!("is not used {}", self.0),
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// RFC 9110 `token`.
@@ -419,7 +433,42 @@ fn is_header_name(name: &str) -> bool {
 }
 
 fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
-    let host = c.host.trim();
+    mqtt_host(&c.host)?;
+    at_least("mqtt.port", c.port.into(), 1)?;
+    if c.client_id.is_empty() {
+        return Err(Invalid::new("mqtt.client_id", "must not be empty"));
+    }
+    mqtt_string("mqtt.client_id", &c.client_id)?;
+    mqtt_credentials(c)?;
+    keep_alive(c)?;
+    at_least("mqtt.max_packet_size", c.max_packet_size.into(), 1024)?;
+    if c.max_packet_size > MQTT_MAX_PACKET {
+        return Err(Invalid::new(
+            "mqtt.max_packet_size",
+            format!(
+                "must be at most {MQTT_MAX_PACKET}, found {}",
+                c.max_packet_size
+            ),
+        ));
+    }
+    at_least("mqtt.inflight", c.inflight.into(), 1)?;
+    within(
+        "mqtt.connect_timeout_secs",
+        c.connect_timeout_secs,
+        1,
+        MAX_SECS,
+    )?;
+    backoff("mqtt", c.backoff_increment_ms, c.backoff_max_ms)?;
+    status_topic(c)?;
+    if let Some(tls) = &c.tls {
+        self::tls("mqtt.tls", tls)?;
+    }
+    Ok(())
+}
+
+/// `mqtt.host`: a host name or IP address, not empty and not a URL.
+fn mqtt_host(host: &str) -> Result<(), Invalid> {
+    let host = host.trim();
     if host.is_empty() {
         return Err(Invalid::new("mqtt.host", "must not be empty"));
     }
@@ -435,11 +484,12 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
             "must be a host name or IP address",
         ));
     }
-    at_least("mqtt.port", c.port.into(), 1)?;
-    if c.client_id.is_empty() {
-        return Err(Invalid::new("mqtt.client_id", "must not be empty"));
-    }
-    mqtt_string("mqtt.client_id", &c.client_id)?;
+    Ok(())
+}
+
+/// `mqtt.username` and `mqtt.password`: a password only with a user name, both within
+/// MQTT's string limits.
+fn mqtt_credentials(c: &MqttConfig) -> Result<(), Invalid> {
     if c.password.is_some() && c.username.is_none() {
         // MQTT 3.1.1 forbids it; MQTT 5 allows it, but the client (rumqttc) cannot send it.
         let key = if c.password_file.is_some() {
@@ -460,6 +510,11 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
     {
         return Err(Invalid::new("mqtt.password", "is longer than 65535 bytes"));
     }
+    Ok(())
+}
+
+/// `mqtt.keep_alive_secs`, whose lower bound depends on `mqtt.protocol`.
+fn keep_alive(c: &MqttConfig) -> Result<(), Invalid> {
     // rumqttc's MQTT 5 client needs a keep-alive of at least 5 s (it refuses less).
     let min_keep_alive = match c.protocol {
         MqttProtocol::V5 => 5,
@@ -476,25 +531,12 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
             e.key,
             format!("{} with mqtt.protocol = \"{}\"", e.reason, c.protocol),
         )
-    })?;
-    at_least("mqtt.max_packet_size", c.max_packet_size.into(), 1024)?;
-    if c.max_packet_size > MQTT_MAX_PACKET {
-        return Err(Invalid::new(
-            "mqtt.max_packet_size",
-            format!(
-                "must be at most {MQTT_MAX_PACKET}, found {}",
-                c.max_packet_size
-            ),
-        ));
-    }
-    at_least("mqtt.inflight", c.inflight.into(), 1)?;
-    within(
-        "mqtt.connect_timeout_secs",
-        c.connect_timeout_secs,
-        1,
-        MAX_SECS,
-    )?;
-    backoff("mqtt", c.backoff_increment_ms, c.backoff_max_ms)?;
+    })
+}
+
+/// `mqtt.status_topic` (set, or derived from `mqtt.client_id`): a topic the bridge may
+/// publish to.
+fn status_topic(c: &MqttConfig) -> Result<(), Invalid> {
     if let Err(reason) = topic_name(&c.status_topic) {
         let derived = format!("bayeux-mqtt-bridge/{}/status", c.client_id);
         let hint = if c.status_topic == derived {
@@ -503,9 +545,6 @@ fn mqtt(c: &MqttConfig) -> Result<(), Invalid> {
             ""
         };
         return Err(Invalid::new("mqtt.status_topic", format!("{reason}{hint}")));
-    }
-    if let Some(tls) = &c.tls {
-        self::tls("mqtt.tls", tls)?;
     }
     Ok(())
 }
@@ -772,17 +811,10 @@ fn shaping_warnings(config: &Config) -> Vec<String> {
     out
 }
 
-/// Valid settings that are probably mistakes.
-pub(super) fn warnings(config: &Config) -> Vec<String> {
+/// `[mqtt]` settings that are probably mistakes: a port that does not match the TLS setting,
+/// a clean start.
+fn mqtt_warnings(mqtt: &MqttConfig) -> Vec<String> {
     let mut out = Vec::new();
-    let (bridge, mqtt) = (&config.bridge, &config.mqtt);
-    if bridge.drain_timeout_secs >= 10 {
-        out.push(format!(
-            "bridge.drain_timeout_secs = {} is not under Docker's default 10 s stop timeout: \
-             `docker stop` kills the bridge before it has drained (raise --stop-timeout)",
-            bridge.drain_timeout_secs
-        ));
-    }
     match (&mqtt.tls, mqtt.port) {
         (Some(_), 1883) => out.push(
             "[mqtt.tls] is set but mqtt.port is 1883, the usual plain-text port (TLS is \
@@ -801,6 +833,21 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
+    out
+}
+
+/// Valid settings that are probably mistakes.
+pub(super) fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let bridge = &config.bridge;
+    if bridge.drain_timeout_secs >= 10 {
+        out.push(format!(
+            "bridge.drain_timeout_secs = {} is not under Docker's default 10 s stop timeout: \
+             `docker stop` kills the bridge before it has drained (raise --stop-timeout)",
+            bridge.drain_timeout_secs
+        ));
+    }
+    out.extend(mqtt_warnings(&config.mqtt));
     let url = &config.bayeux.url;
     if url
         .host_str()

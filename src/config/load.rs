@@ -409,7 +409,7 @@ fn resolve_oauth(oauth: &mut super::OAuthConfig) -> Result<(), Invalid> {
             return Err(Invalid::new(
                 key,
                 format!(
-                    "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or                      -----BEGIN RSA PRIVATE KEY-----)",
+                    "{} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)",
                     file.display()
                 ),
             ));

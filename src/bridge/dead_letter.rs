@@ -33,6 +33,13 @@ use crate::log_limit::SharedLimiter;
 use crate::metrics::DropLabels;
 use crate::mqtt::{MqttError, MqttHandle, Properties, QoS};
 
+/// What the source of an undeliverable message is told once its dead letter is published, or
+/// failed and was counted as a drop: the acknowledgement to the broker, the settled spool
+/// entry, the replay ticket let go. Until then the message is not done, so a shutdown or
+/// crash before the broker acknowledged the dead letter delivers the message again (the
+/// broker's session, the spool, replay) rather than losing it.
+pub(crate) type Then = Box<dyn FnOnce() + Send + 'static>;
+
 /// Most dead letters waiting for the broker's acknowledgement at once.
 pub(crate) const IN_FLIGHT: usize = 256;
 
@@ -259,17 +266,19 @@ impl DeadLetters {
             .or_else(|| self.topic.clone())
     }
 
-    /// Publishes `letter` to `topic` through `mqtt` on a task of its own ([`DeadLetters::deliver`]).
-    pub(crate) fn send(&self, mqtt: MqttHandle, topic: String, letter: Undeliverable) {
+    /// Publishes `letter` to `topic` through `mqtt` on a task of its own
+    /// ([`DeadLetters::deliver`]), then runs `then` (see [`Then`]).
+    pub(crate) fn send(&self, mqtt: MqttHandle, topic: String, letter: Undeliverable, then: Then) {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.counting
                 .failed(&letter, "too many dead letters waiting for the broker");
-            return;
+            return then();
         };
         let delivery = self.deliver(mqtt, topic, letter);
         tokio::spawn(async move {
             let _permit = permit;
             delivery.await;
+            then();
         });
     }
 

@@ -23,13 +23,12 @@ use tracing::{debug, info, trace, warn};
 use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Routes;
-use super::payload::{echo_fingerprint, mqtt_ext};
+use super::payload::{echo_fingerprint, mqtt_ext, mqtt_to_bayeux_data};
 use super::shutdown::Signal;
 use super::spooled::{Intake, OnDurable, ToBayeux};
 use super::stats::Direction;
 use super::{Shared, Slot};
-use crate::mqtt::{ConnectionError, IncomingMessage, MqttEvent, MqttHandle, QoS};
-use settlement::bayeux_data;
+use crate::mqtt::{AckToken, ConnectionError, IncomingMessage, MqttEvent, MqttHandle, QoS};
 pub(crate) use settlement::{Destination, Held, Settlement, Source};
 
 /// A new MQTT client and its events, after a reload changed `[mqtt]`. They come as a pair,
@@ -326,17 +325,27 @@ async fn forward(
         mqtt.ack(message.token);
         return;
     }
-    let targets = targets(shared, &shared.routes(), &message);
+    let (targets, letters) = targets(&shared.routes(), &message);
     let first_route = targets.first().map_or(0, |t| t.route);
     shared.stats.received(Direction::MqttToBayeux, first_route);
-    let data = if targets.is_empty() {
-        None
-    } else {
-        bayeux_data(shared, &message.payload, first_route, &message.topic)
-    };
-    let Some(data) = data else {
-        mqtt.ack(message.token);
-        return;
+    // A message nothing takes is acknowledged once its dead letters (if any) are done.
+    if targets.is_empty() {
+        return reject_all(shared, letters, ack_later(mqtt, message.token));
+    }
+    // Other routes take it: it is acknowledged when they settled.
+    reject_all(shared, letters, || {});
+    let data = match mqtt_to_bayeux_data(&message.payload, shared.binary_payloads) {
+        Ok(data) => data,
+        Err(e) => {
+            let letter = Undeliverable::from_mqtt(
+                &message.topic,
+                message.payload.clone(),
+                first_route,
+                "binary_payload",
+                e.to_string(),
+            );
+            return shared.reject_then(letter, ack_later(mqtt, message.token));
+        }
     };
     match out {
         Outputs::Spool(intake) => spool(intake, mqtt, message, slot, targets, data),
@@ -373,12 +382,13 @@ fn own_echo(shared: &Shared, message: &IncomingMessage, now: Instant) -> bool {
 }
 
 /// The routes and Bayeux channels `message` goes to, each channel once, with the `ext` of
-/// its route. An untranslatable topic is dead-lettered or dropped for that route (and, when
-/// no route takes it, acknowledged by the caller so that the broker does not deliver it
-/// again).
-fn targets(shared: &Shared, routes: &Routes, message: &IncomingMessage) -> Vec<Destination> {
+/// its route; and for each route that cannot translate its topic, what to dead-letter (the
+/// caller does, and acknowledges the message once that is done when no route takes it, so
+/// that the broker does not deliver it again).
+fn targets(routes: &Routes, message: &IncomingMessage) -> (Vec<Destination>, Vec<Undeliverable>) {
     let topic = message.topic.as_str();
     let mut targets: Vec<Destination> = Vec::new();
+    let mut letters = Vec::new();
     for route in routes.mqtt_matches(topic) {
         match route.topic_to_channel(topic) {
             Ok(channel) if !targets.iter().any(|t| t.channel == channel) => {
@@ -391,7 +401,7 @@ fn targets(shared: &Shared, routes: &Routes, message: &IncomingMessage) -> Vec<D
                 })
             }
             Ok(_) => {}
-            Err(e) => shared.reject(Undeliverable::from_mqtt(
+            Err(e) => letters.push(Undeliverable::from_mqtt(
                 topic,
                 message.payload.clone(),
                 route.number(),
@@ -400,7 +410,34 @@ fn targets(shared: &Shared, routes: &Routes, message: &IncomingMessage) -> Vec<D
             )),
         }
     }
-    targets
+    (targets, letters)
+}
+
+/// Acknowledges `token` through `mqtt` when called.
+fn ack_later(mqtt: &MqttHandle, token: AckToken) -> impl FnOnce() + Send + 'static {
+    let mqtt = mqtt.clone();
+    move || mqtt.ack(token)
+}
+
+/// Dead-letters (or drops) every one of `letters`; `then` runs once all are done, at once
+/// when there is none.
+fn reject_all(shared: &Shared, letters: Vec<Undeliverable>, then: impl FnOnce() + Send + 'static) {
+    if letters.is_empty() {
+        return then();
+    }
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(letters.len()));
+    let then = Arc::new(std::sync::Mutex::new(Some(then)));
+    for letter in letters {
+        let (left, then) = (Arc::clone(&left), Arc::clone(&then));
+        shared.reject_then(letter, move || {
+            if left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                let then = then.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(then) = then {
+                    then();
+                }
+            }
+        });
+    }
 }
 
 /// Hands `message`, converted to `data`, for each of its `targets` to the spool; it is

@@ -308,26 +308,34 @@ impl Shared {
     /// one (`super::dead_letter`), otherwise logged and counted as dropped
     /// ([`Shared::drop_message`]).
     pub(crate) fn reject(&self, letter: Undeliverable) {
+        self.reject_then(letter, || {});
+    }
+
+    /// [`Shared::reject`], then `then` once the dead letter is published (or failed and was
+    /// counted), or at once without a dead-letter topic (see [`super::dead_letter::Then`]).
+    pub(crate) fn reject_then(&self, letter: Undeliverable, then: impl FnOnce() + Send + 'static) {
         let topic = if self.dead_letters.enabled() {
             self.dead_letters.topic_for(&self.routes(), letter.route)
         } else {
             None
         };
         let Some(topic) = topic else {
-            return self.drop_message(
+            self.drop_message(
                 letter.direction,
                 letter.reason,
                 letter.route,
                 letter.name(),
                 &letter.error,
             );
+            return then();
         };
         const DEAD: &str = "Message not delivered; publishing it to the dead-letter topic.";
         if self.log_limit.allow(DEAD) {
             warn!(direction = %letter.direction, reason = letter.reason, route = letter.route,
                 name = letter.name(), detail = %letter.error, dead_letter_topic = %topic, "{DEAD}");
         }
-        self.dead_letters.send(self.mqtt(), topic, letter);
+        self.dead_letters
+            .send(self.mqtt(), topic, letter, Box::new(then));
     }
 }
 

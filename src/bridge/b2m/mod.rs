@@ -28,7 +28,7 @@ use super::stats::Direction;
 use super::{Shared, Slot, qos_of};
 use crate::bayeux::{Message, Subscription};
 use crate::mqtt::{MqttError, MqttHandle, Properties};
-pub(crate) use settlement::{Pending, Settlement};
+pub(crate) use settlement::{Pending, Settlement, reject_and_release};
 use settlement::{redeliver_after_restart, release_ticket};
 
 mod settlement;
@@ -359,10 +359,7 @@ async fn forward(
         properties,
     } = match shape(shared, route, &mut message) {
         Ok(shaped) => shaped,
-        Err(letter) => {
-            release_ticket(shared, ticket, false);
-            return shared.reject(*letter);
-        }
+        Err(letter) => return reject_and_release(shared, *letter, ticket, None),
     };
     if let Some(intake) = &out.intake {
         trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
@@ -448,7 +445,7 @@ fn shape(
 /// (kept when there can be a dead letter) or dropped. Not when it was refused because the
 /// client stopped: then it comes back after the restart (with replay), or is lost.
 fn refused(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     route: &Route,
     message: &Message,
     topic: String,
@@ -461,21 +458,23 @@ fn refused(
     }
     shared.count_publish_error("mqtt", e.reason());
     let redeliver = redeliver_after_restart(&e);
-    release_ticket(shared, ticket, redeliver);
     let mut letter = Undeliverable::from_bayeux(message, route.number(), e.reason(), e.to_string());
     letter.topic = Some(topic);
     match original {
         Some(payload) if !redeliver => {
             letter.payload = payload;
-            shared.reject(letter);
+            reject_and_release(shared, letter, ticket, None);
         }
-        _ => shared.drop_message(
-            Direction::BayeuxToMqtt,
-            letter.reason,
-            letter.route,
-            &message.channel,
-            &letter.error,
-        ),
+        _ => {
+            release_ticket(shared, ticket, redeliver);
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                letter.reason,
+                letter.route,
+                &message.channel,
+                &letter.error,
+            );
+        }
     }
 }
 

@@ -102,7 +102,7 @@ impl Settlement {
 }
 
 /// Records the outcome of a publish: the checkpoint and the counters, or a drop.
-fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
+fn record_outcome(shared: &Arc<Shared>, pending: Pending, outcome: Outcome) {
     let Pending {
         slot,
         ticket,
@@ -129,34 +129,57 @@ fn record_outcome(shared: &Shared, pending: Pending, outcome: Outcome) {
             }
         }
         Err(e) => {
-            if let Some((key, spools)) = spooled {
-                spools.settled(Direction::BayeuxToMqtt, key);
-            }
             shared.count_publish_error("mqtt", e.reason());
-            release_ticket(shared, ticket, redeliver_after_restart(e));
             match original {
                 // Refused by the broker: the message itself is the problem.
-                Some(payload) if !redeliver_after_restart(e) => shared.reject(Undeliverable {
-                    direction: Direction::BayeuxToMqtt,
-                    reason: e.reason(),
-                    route,
-                    channel: None,
-                    topic: Some(outcome.topic().to_owned()),
-                    error: e.to_string(),
-                    payload,
-                    extra: Vec::new(),
-                }),
-                _ => shared.drop_message(
-                    Direction::BayeuxToMqtt,
-                    e.reason(),
-                    route,
-                    outcome.topic(),
-                    &e.to_string(),
-                ),
+                Some(payload) if !redeliver_after_restart(e) => {
+                    let letter = Undeliverable {
+                        direction: Direction::BayeuxToMqtt,
+                        reason: e.reason(),
+                        route,
+                        channel: None,
+                        topic: Some(outcome.topic().to_owned()),
+                        error: e.to_string(),
+                        payload,
+                        extra: Vec::new(),
+                    };
+                    reject_and_release(shared, letter, ticket, key);
+                }
+                _ => {
+                    if let Some((key, spools)) = spooled {
+                        spools.settled(Direction::BayeuxToMqtt, key);
+                    }
+                    release_ticket(shared, ticket, redeliver_after_restart(e));
+                    shared.drop_message(
+                        Direction::BayeuxToMqtt,
+                        e.reason(),
+                        route,
+                        outcome.topic(),
+                        &e.to_string(),
+                    );
+                }
             }
         }
     }
     drop(slot);
+}
+
+/// Dead-letters `letter` (or drops it, without a dead-letter topic); once that is done, so is
+/// the message: its replay ticket is let go (the checkpoint may pass it) and, from the
+/// spool, its entry `key` is settled. Until then a restart delivers it again.
+pub(crate) fn reject_and_release(
+    shared: &Arc<Shared>,
+    letter: Undeliverable,
+    ticket: Option<Ticket>,
+    key: Option<Key>,
+) {
+    let done = Arc::clone(shared);
+    shared.reject_then(letter, move || {
+        release_ticket(&done, ticket, false);
+        if let (Some(key), Some(spools)) = (key, &done.spools) {
+            spools.settled(Direction::BayeuxToMqtt, key);
+        }
+    });
 }
 
 /// A message that will not be forwarded: its checkpoint ticket is abandoned (the checkpoint

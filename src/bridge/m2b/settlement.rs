@@ -265,14 +265,16 @@ impl Settlement {
         let (verdicts, incoming) = verdict_channel();
         let (refused, refusals) = mpsc::unbounded_channel();
         let book = Arc::new(Mutex::new(Book::default()));
+        let (dead_lettered, lettered) = mpsc::unbounded_channel();
         let task = Task {
             shared,
             book: Arc::clone(&book),
             verdicts: verdicts.clone(),
             retries: Retries::default(),
             stop,
+            dead_lettered,
         };
-        tokio::spawn(task.run(incoming, refusals).in_current_span());
+        tokio::spawn(task.run(incoming, refusals, lettered).in_current_span());
         Settlement {
             book,
             verdicts,
@@ -408,6 +410,9 @@ struct Task {
     verdicts: VerdictSender,
     retries: Retries,
     stop: Signal,
+    /// Targets refused for good whose dead letter is done: they end then, so that their
+    /// message is acknowledged only once the dead letter is safe with the broker.
+    dead_lettered: mpsc::UnboundedSender<Target>,
 }
 
 impl Task {
@@ -415,6 +420,7 @@ impl Task {
         mut self,
         mut verdicts: Verdicts,
         mut refused: mpsc::UnboundedReceiver<TaggedVerdict>,
+        mut lettered: mpsc::UnboundedReceiver<Target>,
     ) {
         let mut open = true;
         // A copy to wait on, so that the handlers below may use the task's own.
@@ -424,6 +430,7 @@ impl Task {
             let waiting = !self.retries.is_empty();
             tokio::select! {
                 Some(verdict) = verdicts.recv() => self.verdict(verdict),
+                Some(target) = lettered.recv() => self.end(target, true),
                 verdict = refused.recv(), if open => match verdict {
                     Some(verdict) => self.verdict(verdict),
                     // The pipeline is gone: nothing new comes.
@@ -465,7 +472,13 @@ impl Task {
                 let payload = lock(&self.book).payload(&target).unwrap_or_default();
                 let letter =
                     Undeliverable::refused_by_bayeux(channel, payload, route, reason, detail);
-                self.shared.reject(letter);
+                // Ended once the dead letter is done (at once without a dead-letter topic).
+                // If this task is gone by then, the message stays unacknowledged and the
+                // broker delivers it again.
+                let done = self.dead_lettered.clone();
+                return self.shared.reject_then(letter, move || {
+                    let _ = done.send(target);
+                });
             }
             Judgement::LeftAtStop => {}
             Judgement::Retry(error) => return self.retry_later(target, &error),

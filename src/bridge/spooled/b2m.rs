@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, trace, warn};
 
 use super::{Item, Key, Source, Spools, Step, ToMqtt};
-use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo};
+use crate::bridge::b2m::{Pending, Settlement, record_mqtt_echo, reject_and_release};
 use crate::bridge::dead_letter::Undeliverable;
 use crate::bridge::shutdown::Signal;
 use crate::bridge::stats::Direction;
@@ -70,7 +70,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, permits: Arc<Semaphore>, mut st
 /// Publishes the entries of one read in order, each with a permit; stops early, rewinding
 /// `source` to the entry not published, when no permit is free or the MQTT client stopped.
 async fn deliver_read(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     spools: &Spools,
     settlement: &Settlement,
     source: &mut Source,
@@ -94,7 +94,7 @@ async fn deliver_read(
             continue;
         };
         let slot = Slot::new(permit, &shared.b2m_in_flight);
-        if publish(shared, spools, settlement, key, message, slot)
+        if publish(shared, settlement, key, message, slot)
             .await
             .is_break()
         {
@@ -138,12 +138,12 @@ fn decode_checked(shared: &Shared, spools: &Spools, key: Key, data: &Bytes) -> O
 }
 
 /// Publishes the spool entry `key` through the current MQTT client; it is settled when the
-/// broker acknowledged it. A refused publish is settled and counted as dropped; `Break` when
+/// broker acknowledged it. A refused publish is dead-lettered (or counted as dropped) and
+/// then settled; `Break` when
 /// the client was stopped (a reload replaced it, or shutdown): deliver again from here
 /// through the current one.
 async fn publish(
-    shared: &Shared,
-    spools: &Spools,
+    shared: &Arc<Shared>,
     settlement: &Settlement,
     key: Key,
     message: ToMqtt,
@@ -180,8 +180,7 @@ async fn publish(
         warn!(%topic, error = %e, "{}", crate::bridge::b2m::REFUSED);
     }
     shared.count_publish_error("mqtt", e.reason());
-    spools.settled(Direction::BayeuxToMqtt, key);
-    shared.reject(Undeliverable {
+    let letter = Undeliverable {
         direction: Direction::BayeuxToMqtt,
         reason: e.reason(),
         route,
@@ -190,7 +189,9 @@ async fn publish(
         error: e.to_string(),
         payload: original.unwrap_or_default(),
         extra: Vec::new(),
-    });
+    };
+    // The entry is settled once the dead letter is done (see `reject_and_release`).
+    reject_and_release(shared, letter, None, Some(key));
     ControlFlow::Continue(())
 }
 

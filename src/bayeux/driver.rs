@@ -544,6 +544,28 @@ fn event_name(event: &Event) -> &'static str {
 /// Logs a lifecycle event (the per-message ones go through [`Driver::log_event`]).
 fn log_event(event: &Event) {
     match event {
+        Event::Handshaken { .. }
+        | Event::HandshakeFailed { .. }
+        | Event::TokenRefreshed { .. }
+        | Event::AuthenticationFailed { .. } => log_session_event(event),
+        Event::Connected
+        | Event::ConnectFailed { .. }
+        | Event::SessionLost { .. }
+        | Event::Disconnected { .. } => log_connection_event(event),
+        Event::SubscriptionConfirmed { .. }
+        | Event::SubscriptionFailed { .. }
+        | Event::Unsubscribed { .. } => log_subscription_event(event),
+        Event::MultipleClients
+        | Event::Unrouted { .. }
+        | Event::BadReply { .. }
+        | Event::PublishFailed { .. }
+        | Event::Stopped { .. } => log_other_event(event),
+    }
+}
+
+/// Logs a handshake or token event (the others are [`log_event`]'s other groups).
+fn log_session_event(event: &Event) {
+    match event {
         Event::Handshaken {
             client_id: _,
             connection_type,
@@ -567,6 +589,13 @@ fn log_event(event: &Event) {
         } => {
             warn!(%reason, attempt, ?retry_in, "Authentication failed; will fetch a new token.")
         }
+        _ => {}
+    }
+}
+
+/// Logs a `/meta/connect` event: connected, failed, session lost or disconnected.
+fn log_connection_event(event: &Event) {
+    match event {
         Event::Connected => info!("Connected."),
         Event::ConnectFailed {
             reason,
@@ -591,6 +620,13 @@ fn log_event(event: &Event) {
             warn!(%reason, ?idle, ?subscriptions, "Session lost; will handshake again.")
         }
         Event::Disconnected { reason } => warn!(%reason, "Disconnected."),
+        _ => {}
+    }
+}
+
+/// Logs a subscribe or unsubscribe outcome.
+fn log_subscription_event(event: &Event) {
+    match event {
         Event::SubscriptionConfirmed { subscription } => info!(%subscription, "Subscribed."),
         Event::SubscriptionFailed {
             subscription,
@@ -610,6 +646,14 @@ fn log_event(event: &Event) {
         } => {
             warn!(%subscription, %error, "Unsubscribe failed.")
         }
+        _ => {}
+    }
+}
+
+/// Logs a server warning, an unroutable or bad reply, an unawaited publish failure, or the
+/// client's stop.
+fn log_other_event(event: &Event) {
+    match event {
         Event::MultipleClients => warn!(
             "The server reports several sessions sharing this client's cookie (multiple-clients advice)."
         ),
@@ -632,6 +676,7 @@ fn log_event(event: &Event) {
             reason: reason @ StopReason::AuthenticationFailed { .. },
         } => error!(%reason, "Bayeux client stopped."),
         Event::Stopped { reason } => info!(%reason, "Bayeux client stopped."),
+        _ => {}
     }
 }
 

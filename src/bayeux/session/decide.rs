@@ -26,17 +26,7 @@ impl Session {
             }
             None => (transport, Reconnect::Retry),
         };
-        if let Phase::Handshaken(link) = &mut self.phase {
-            let was_connected = *link == Link::Connected;
-            // Until a connect succeeds again, nothing but connects is sent, and each asks
-            // for an immediate answer.
-            *link = Link::Failing;
-            if was_connected {
-                self.event(Event::Disconnected {
-                    reason: reason.clone(),
-                });
-            }
-        }
+        self.link_failing(&reason);
         if action == Reconnect::None || self.advice.forbids_reconnect() {
             self.stop(StopReason::ServerRefused {
                 error: Some(reason),
@@ -54,6 +44,28 @@ impl Session {
             });
             return;
         }
+        self.retry_connect(reason, since, now);
+    }
+
+    /// Marks the link of a handshaken session failing and reports a disconnection if it was
+    /// connected.
+    fn link_failing(&mut self, reason: &str) {
+        if let Phase::Handshaken(link) = &mut self.phase {
+            let was_connected = *link == Link::Connected;
+            // Until a connect succeeds again, nothing but connects is sent, and each asks
+            // for an immediate answer.
+            *link = Link::Failing;
+            if was_connected {
+                self.event(Event::Disconnected {
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Schedules the next connect after the advised interval plus backoff, or a handshake if
+    /// by then the server will have dropped the session (unconnected since `since`).
+    fn retry_connect(&mut self, reason: String, since: Instant, now: Instant) {
         let wait = self.advice.interval() + self.connect_backoff.next_delay();
         // CometD: once the outage outlives what the server keeps a session for, the session
         // is gone and connecting again can only earn "unknown session": handshake instead.

@@ -556,58 +556,57 @@ impl Session {
         if self.phase == Phase::Stopped {
             return;
         }
-        match lane {
-            Lane::Connect => {
-                let sent_id = self.connect_id.clone();
-                match result {
-                    Ok(messages) => {
-                        // Read as outputs are polled; `finish_connect_response` at the end.
-                        self.inbox = Some(Inbox {
-                            messages: messages.into_iter(),
-                            sent_id,
-                            now,
-                        });
-                        return;
-                    }
-                    Err(e) => {
-                        self.connect_id = None;
-                        if self.is_handshaken() && self.is_auth_status(&e) {
-                            self.auth_refused(e.to_string(), now);
-                        } else if self.is_handshaken() {
-                            self.connect_failed(None, e.to_string(), now);
-                        }
-                    }
+        match (lane, result) {
+            (Lane::Connect, Ok(messages)) => {
+                // Read as outputs are polled; `finish_connect_response` at the end.
+                self.inbox = Some(Inbox {
+                    messages: messages.into_iter(),
+                    sent_id: self.connect_id.clone(),
+                    now,
+                });
+                return;
+            }
+            (Lane::Connect, Err(e)) => {
+                self.connect_id = None;
+                if self.is_handshaken() && self.is_auth_status(&e) {
+                    self.auth_refused(e.to_string(), now);
+                } else if self.is_handshaken() {
+                    self.connect_failed(None, e.to_string(), now);
                 }
             }
-            Lane::Other => {
-                let batch = self.other_batch.take().unwrap_or_default();
-                match result {
-                    Ok(messages) => {
-                        self.publish_backoff.reset();
-                        for msg in messages {
-                            self.receive(msg, now);
-                        }
-                        self.unanswered(batch, "the server sent no reply to this message", now);
-                    }
-                    Err(e) if self.is_auth_status(&e) => {
-                        // The server took nothing from this request: publishes go again in
-                        // the next session, with a new token.
-                        self.requeue_publishes(&batch);
-                        if matches!(self.phase, Phase::Handshaking | Phase::Handshaken(_)) {
-                            self.auth_refused(e.to_string(), now);
-                        }
-                        self.unanswered(batch, &e.to_string(), now);
-                    }
-                    Err(e) => {
-                        if self.options.retry_publishes {
-                            self.retry_publishes(&batch, now);
-                        }
-                        self.unanswered(batch, &e.to_string(), now);
-                    }
-                }
-            }
+            (Lane::Other, result) => self.on_other_response(result, now),
         }
         self.after_response(now);
+    }
+
+    /// The result of a request on [`Lane::Other`]: its replies, or a failure that leaves
+    /// its messages unanswered.
+    fn on_other_response(&mut self, result: Result<Vec<Message>, TransportError>, now: Instant) {
+        let batch = self.other_batch.take().unwrap_or_default();
+        match result {
+            Ok(messages) => {
+                self.publish_backoff.reset();
+                for msg in messages {
+                    self.receive(msg, now);
+                }
+                self.unanswered(batch, "the server sent no reply to this message", now);
+            }
+            Err(e) if self.is_auth_status(&e) => {
+                // The server took nothing from this request: publishes go again in
+                // the next session, with a new token.
+                self.requeue_publishes(&batch);
+                if matches!(self.phase, Phase::Handshaking | Phase::Handshaken(_)) {
+                    self.auth_refused(e.to_string(), now);
+                }
+                self.unanswered(batch, &e.to_string(), now);
+            }
+            Err(e) => {
+                if self.options.retry_publishes {
+                    self.retry_publishes(&batch, now);
+                }
+                self.unanswered(batch, &e.to_string(), now);
+            }
+        }
     }
 
     /// Messages the server sent outside any reply (deliveries pushed over a socket).

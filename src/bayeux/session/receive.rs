@@ -61,39 +61,8 @@ impl Session {
             self.unrouted(Unrouted::UnexpectedReply, msg);
             return;
         }
-        if !msg.is_successful() && !self.shares_a_transport(&msg) {
-            // Faye refuses a handshake offering none of its transports, naming them.
-            let server = msg.supported_connection_types.clone().unwrap_or_default();
-            self.stop(StopReason::NoCommonTransport {
-                client: self.options.connection_types.clone(),
-                server,
-            });
-            return;
-        }
         if !msg.is_successful() {
-            let error = msg
-                .error
-                .clone()
-                .unwrap_or_else(|| "handshake refused".to_owned());
-            if self.is_auth_refusal(&ServerError::parse(&error)) {
-                // Salesforce names the real cause in ext.sfdc.failureReason.
-                let why = failure_reason(&msg)
-                    .map(|r| format!("{error} ({r})"))
-                    .unwrap_or(error);
-                self.phase = Phase::Unconnected;
-                self.auth_refused(why, now);
-                return;
-            }
-            let own = msg
-                .advice
-                .as_ref()
-                .map(|a| Advice::from_value(a, None))
-                .unwrap_or_default();
-            if own.reconnect == Some(Reconnect::None) || own.forbids_reconnect() {
-                self.stop(StopReason::ServerRefused { error: Some(error) });
-            } else {
-                self.handshake_failed(error, now);
-            }
+            self.handshake_refused(&msg, now);
             return;
         }
         let server_types = msg.supported_connection_types.clone().unwrap_or_default();
@@ -118,6 +87,50 @@ impl Session {
             self.handshake_failed("handshake reply carried no clientId".to_owned(), now);
             return;
         };
+        self.start_session(client_id, connection_type, now);
+    }
+
+    /// An unsuccessful handshake reply: no common transport and a refusal that forbids
+    /// reconnecting stop the client, an authentication refusal fetches a new token, anything
+    /// else is retried after a backoff.
+    fn handshake_refused(&mut self, msg: &Message, now: Instant) {
+        if !self.shares_a_transport(msg) {
+            // Faye refuses a handshake offering none of its transports, naming them.
+            let server = msg.supported_connection_types.clone().unwrap_or_default();
+            self.stop(StopReason::NoCommonTransport {
+                client: self.options.connection_types.clone(),
+                server,
+            });
+            return;
+        }
+        let error = msg
+            .error
+            .clone()
+            .unwrap_or_else(|| "handshake refused".to_owned());
+        if self.is_auth_refusal(&ServerError::parse(&error)) {
+            // Salesforce names the real cause in ext.sfdc.failureReason.
+            let why = failure_reason(msg)
+                .map(|r| format!("{error} ({r})"))
+                .unwrap_or(error);
+            self.phase = Phase::Unconnected;
+            self.auth_refused(why, now);
+            return;
+        }
+        let own = msg
+            .advice
+            .as_ref()
+            .map(|a| Advice::from_value(a, None))
+            .unwrap_or_default();
+        if own.reconnect == Some(Reconnect::None) || own.forbids_reconnect() {
+            self.stop(StopReason::ServerRefused { error: Some(error) });
+        } else {
+            self.handshake_failed(error, now);
+        }
+    }
+
+    /// Enters the new session `client_id` on `connection_type`: connects at once and
+    /// subscribes again to everything the server should know.
+    fn start_session(&mut self, client_id: String, connection_type: String, now: Instant) {
         let rehandshake = self.handshakes > 0;
         self.handshakes += 1;
         self.handshakes_since_connect += 1;

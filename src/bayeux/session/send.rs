@@ -89,33 +89,57 @@ impl Session {
         let max = self.options.max_batch.max(1);
         let mut batch = Batch::new(self.options.max_request_bytes);
         if self.is_handshaken() {
-            let wanted: Vec<String> = self
-                .subs
-                .iter()
-                .filter(|(_, s)| s.state == SubState::Wanted)
-                .map(|(p, _)| p.clone())
-                .take(max)
-                .collect();
-            for pattern in wanted {
-                let id = self.new_id();
-                let mut msg = Message::new(META_SUBSCRIBE);
-                msg.client_id.clone_from(&self.client_id);
-                msg.subscription = Some(Value::String(pattern.clone()));
-                msg.id = Some(id.clone());
-                self.outgoing(&mut msg);
-                match batch.fit(&msg) {
-                    Fit::Yes(size) => {
-                        if let Some(sub) = self.subs.get_mut(&pattern) {
-                            sub.state = SubState::Sending(id.clone());
-                        }
-                        self.pending.insert(id, Pending::Subscribe(pattern));
-                        batch.push(msg, size);
+            self.batch_subscribes(&mut batch, max, now);
+        }
+        self.batch_outbox(&mut batch, max);
+        let disconnect_due = matches!(self.phase, Phase::Disconnecting { sent: false, .. });
+        if disconnect_due && self.outbox.is_empty() && batch.len() < max {
+            self.batch_disconnect(&mut batch);
+        }
+        if batch.messages.is_empty() {
+            return;
+        }
+        let ids = batch.messages.iter().filter_map(|m| m.id.clone()).collect();
+        self.other_batch = Some(ids);
+        self.outputs.push_back(Output::Send {
+            lane: Lane::Other,
+            messages: batch.messages,
+        });
+    }
+
+    /// Adds a `/meta/subscribe` for each wanted subscription (at most `max`) that fits.
+    fn batch_subscribes(&mut self, batch: &mut Batch, max: usize, now: Instant) {
+        let wanted: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.state == SubState::Wanted)
+            .map(|(p, _)| p.clone())
+            .take(max)
+            .collect();
+        for pattern in wanted {
+            let id = self.new_id();
+            let mut msg = Message::new(META_SUBSCRIBE);
+            msg.client_id.clone_from(&self.client_id);
+            msg.subscription = Some(Value::String(pattern.clone()));
+            msg.id = Some(id.clone());
+            self.outgoing(&mut msg);
+            match batch.fit(&msg) {
+                Fit::Yes(size) => {
+                    if let Some(sub) = self.subs.get_mut(&pattern) {
+                        sub.state = SubState::Sending(id.clone());
                     }
-                    Fit::NextRequest => break,
-                    Fit::Never(size) => self.subscribe_too_large(&pattern, size, batch.cap, now),
+                    self.pending.insert(id, Pending::Subscribe(pattern));
+                    batch.push(msg, size);
                 }
+                Fit::NextRequest => break,
+                Fit::Never(size) => self.subscribe_too_large(&pattern, size, batch.cap, now),
             }
         }
+    }
+
+    /// Adds outbox messages (publishes, unsubscribes) until the batch holds `max` or the
+    /// next one does not fit.
+    fn batch_outbox(&mut self, batch: &mut Batch, max: usize) {
         while batch.len() < max {
             let Some(mut msg) = self.outbox.pop_front() else {
                 break;
@@ -147,35 +171,27 @@ impl Session {
             self.pending.insert(id, pending);
             batch.push(wire, size);
         }
-        let disconnect_due = matches!(self.phase, Phase::Disconnecting { sent: false, .. });
-        if disconnect_due && self.outbox.is_empty() && batch.len() < max {
-            let id = self.new_id();
-            let mut msg = Message::new(META_DISCONNECT);
-            msg.client_id.clone_from(&self.client_id);
-            msg.id = Some(id.clone());
-            self.outgoing(&mut msg);
-            // A disconnect always fits a request of its own.
-            if let Fit::Yes(size) | Fit::Never(size) = batch.fit(&msg) {
-                if let Phase::Disconnecting { sent, .. } = &mut self.phase {
-                    *sent = true;
-                }
-                self.pending.insert(id, Pending::Disconnect);
-                batch.push(msg, size);
-                if let Some(abandoned) = self.connect_id.take() {
-                    self.abandoned_connect = Some(abandoned);
-                    self.outputs.push_back(Output::Abort(Lane::Connect));
-                }
+    }
+
+    /// Adds the requested `/meta/disconnect` and gives up the pending long poll.
+    fn batch_disconnect(&mut self, batch: &mut Batch) {
+        let id = self.new_id();
+        let mut msg = Message::new(META_DISCONNECT);
+        msg.client_id.clone_from(&self.client_id);
+        msg.id = Some(id.clone());
+        self.outgoing(&mut msg);
+        // A disconnect always fits a request of its own.
+        if let Fit::Yes(size) | Fit::Never(size) = batch.fit(&msg) {
+            if let Phase::Disconnecting { sent, .. } = &mut self.phase {
+                *sent = true;
+            }
+            self.pending.insert(id, Pending::Disconnect);
+            batch.push(msg, size);
+            if let Some(abandoned) = self.connect_id.take() {
+                self.abandoned_connect = Some(abandoned);
+                self.outputs.push_back(Output::Abort(Lane::Connect));
             }
         }
-        if batch.messages.is_empty() {
-            return;
-        }
-        let ids = batch.messages.iter().filter_map(|m| m.id.clone()).collect();
-        self.other_batch = Some(ids);
-        self.outputs.push_back(Output::Send {
-            lane: Lane::Other,
-            messages: batch.messages,
-        });
     }
 
     /// A publish or unsubscribe that can never fit the request cap.

@@ -30,6 +30,8 @@ struct State {
     /// Why the Bayeux data plane counts as stalled, while it does (see
     /// [`Readiness::bayeux_liveness`]).
     bayeux_stalled: Option<String>,
+    /// With `[cluster]`: whether the member knows its role (`None` without one).
+    cluster_role_known: Option<bool>,
     ready: bool,
     /// The last `STATUS=` sent.
     status: String,
@@ -117,6 +119,23 @@ impl Readiness {
         self.stats = Some(stats);
         self.mirror_subscriptions();
         self
+    }
+
+    /// A member of a `[cluster]`: not ready until it knows its role.
+    pub fn with_cluster(self, cluster: bool) -> Self {
+        if cluster {
+            self.lock().cluster_role_known = Some(false);
+        }
+        self
+    }
+
+    /// Whether the cluster member knows its role (see `bridge::cluster`).
+    pub fn cluster_role_known(&self, known: bool) {
+        self.update(|s| {
+            if s.cluster_role_known.is_some() {
+                s.cluster_role_known = Some(known);
+            }
+        });
     }
 
     /// Whether the bridge is ready now.
@@ -330,6 +349,9 @@ impl Readiness {
             } else {
                 "MQTT broker not connected".to_owned()
             });
+        }
+        if s.cluster_role_known == Some(false) {
+            reasons.push("cluster role not known yet (waiting for the group's records)".to_owned());
         }
         for (side, missing) in [("Bayeux", &s.bayeux_missing), ("MQTT", &s.mqtt_missing)] {
             if !missing.is_empty() {

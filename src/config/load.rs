@@ -300,6 +300,7 @@ fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<()
         relative(&mut tls.cert_file);
         relative(&mut tls.key_file);
     }
+    super::cluster::fill_defaults(config);
     if config.mqtt.status_topic.is_empty() {
         config.mqtt.status_topic = format!("bayeux-mqtt-bridge/{}/status", config.mqtt.client_id);
     }

@@ -59,6 +59,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     spool(&config.spool)?;
     http(&config.http)?;
     routes(&config.route)?;
+    super::cluster::validate(config)?;
     dead_letters(config)
 }
 

@@ -259,7 +259,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `spool`, `route`)"
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `spool`, `cluster`, `route`)"
                 .into(),
         ),
         (

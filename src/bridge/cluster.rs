@@ -168,13 +168,13 @@ pub(super) fn on_record(shared: &Arc<Shared>, mqtt: &MqttHandle, message: Incomi
         let current = cluster.incarnation(s.connection);
         match &seen {
             Seen::Online { incarnation } if *incarnation == current => s.known = s.connected,
-            Seen::Online { incarnation } if !incarnation.starts_with(&cluster.start) => {
-                if shared
-                    .log_limit
-                    .allow("Another process uses this member id.")
-                {
-                    warn!(member_id = %member, "Another process uses this member id (cluster.member_id must differ per replica), or this member restarted before the broker noticed.");
-                }
+            Seen::Online { incarnation }
+                if !incarnation.starts_with(&cluster.start)
+                    && shared
+                        .log_limit
+                        .allow("Another process uses this member id.") =>
+            {
+                warn!(member_id = %member, "Another process uses this member id (cluster.member_id must differ per replica), or this member restarted before the broker noticed.");
             }
             _ => {}
         }

@@ -52,6 +52,8 @@ impl Invalid {
 /// Checks every section; the first problem found is returned.
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     bayeux(&config.bayeux)?;
+    // Before [mqtt]: a bad group or member id would otherwise read as a bad status topic.
+    super::cluster::validate(config)?;
     mqtt(&config.mqtt)?;
     bridge(&config.bridge)?;
     log(&config.log)?;
@@ -59,7 +61,6 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     spool(&config.spool)?;
     http(&config.http)?;
     routes(&config.route)?;
-    super::cluster::validate(config)?;
     dead_letters(config)
 }
 

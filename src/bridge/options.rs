@@ -247,4 +247,46 @@ mod tests {
         assert!(bayeux_options(&many, 1).event_buffer >= 5000 + 1024);
         assert_eq!(bayeux_options(&config(""), 1).event_buffer, 1025);
     }
+
+    #[test]
+    fn a_cluster_member_shares_its_mqtt_subscriptions_and_its_will_clears_the_record() {
+        let mut c = config("");
+        let routes = mapping::compile(&c.route).expect("routes");
+        let alone = mqtt_specs(&routes, None);
+        assert_eq!(alone.len(), 1);
+        assert!(alone[0].no_local && alone[0].filter == "a");
+        assert_eq!(
+            mqtt_options(&c).last_will.expect("will").payload,
+            b"offline"
+        );
+        let cluster = crate::config::ClusterConfig {
+            group: "g".into(),
+            member_id: "m1".into(),
+            mode: crate::config::ClusterMode::ActiveStandby,
+            hot_standby: false,
+        };
+        c.mqtt.status_topic = cluster.member_topic();
+        c.cluster = Some(cluster.clone());
+        let specs = mqtt_specs(&routes, Some(&cluster));
+        let filters: Vec<(&str, bool)> = specs
+            .iter()
+            .map(|s| (s.filter.as_str(), s.no_local))
+            .collect();
+        // The records first (the own one is the role barrier, so no No Local), then the
+        // route's filter shared in the group (MQTT 5 forbids No Local there).
+        assert_eq!(
+            filters,
+            [
+                ("bayeux-mqtt-bridge/cluster/g/members/+", false),
+                ("$share/g/a", false)
+            ]
+        );
+        assert_eq!(
+            wanted(&routes, Some(&cluster)).1,
+            ["bayeux-mqtt-bridge/cluster/g/members/+", "$share/g/a"]
+        );
+        let will = mqtt_options(&c).last_will.expect("will");
+        assert_eq!(will.topic, "bayeux-mqtt-bridge/cluster/g/members/m1");
+        assert!(will.payload.is_empty() && will.retain);
+    }
 }

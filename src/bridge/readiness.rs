@@ -523,4 +523,26 @@ mod tests {
         r.set_wanted(["/a".to_owned(), "/b".to_owned()], ["t/#".to_owned()]);
         assert!(!r.is_ready());
     }
+
+    #[test]
+    fn a_cluster_member_is_ready_only_once_it_knows_its_role() {
+        let r = Readiness::new(["/a".to_owned()], ["t/#".to_owned()]).with_cluster(true);
+        r.bayeux_connected(true);
+        r.bayeux_confirmed("/a");
+        r.mqtt_connected(true);
+        assert_eq!(
+            r.reasons(),
+            vec!["cluster role not known yet (waiting for the group's records)"]
+        );
+        r.cluster_role_known(true);
+        assert!(r.is_ready());
+        r.cluster_role_known(false);
+        assert!(!r.is_ready());
+        // Without [cluster] the role is no condition.
+        let alone = Readiness::new(Vec::<String>::new(), Vec::<String>::new());
+        alone.bayeux_connected(true);
+        alone.mqtt_connected(true);
+        alone.cluster_role_known(false);
+        assert!(alone.is_ready());
+    }
 }

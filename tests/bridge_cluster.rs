@@ -24,6 +24,7 @@ use serde_json::json;
 
 use common::bayeux_peer::BayeuxPeer;
 use common::bridge::{BridgeProcess, ConfigFile, LogLine};
+use common::gate::Gate;
 use common::mosquitto::Mosquitto;
 use common::mqtt_peer::{MqttPeer, mqtt_options};
 use common::peers::{PeerKind, PeerServer};
@@ -49,7 +50,7 @@ fn route(name: &str, bayeux: &str, mqtt: &str, direction: &str) -> String {
 /// A member's config: client id `member`, `[cluster]` group `group` in `mode`.
 fn member_toml(
     url: &str,
-    broker: &Mosquitto,
+    broker: (&str, u16),
     member: &str,
     group: &str,
     mode: &str,
@@ -61,21 +62,37 @@ fn member_toml(
          keep_alive_secs = {KEEP_ALIVE_SECS}\nconnect_timeout_secs = 2\n\
          backoff_increment_ms = 100\nbackoff_max_ms = 1000\n\n\
          [cluster]\ngroup = \"{group}\"\nmode = \"{mode}\"\n\n{routes}",
-        host = broker.host(),
-        port = broker.port(),
+        host = broker.0,
+        port = broker.1,
         routes = routes.concat(),
     )
 }
 
 /// Waits until `bridge` logged `role` with exactly `members`; returns that line.
 async fn wait_role(bridge: &BridgeProcess, role: &str, members: &str) -> LogLine {
+    wait_role_from(bridge, 0, role, members).await
+}
+
+/// [`wait_role`], among the lines from the `from`th on (those logged after an event).
+async fn wait_role_from(bridge: &BridgeProcess, from: usize, role: &str, members: &str) -> LogLine {
+    let is = |l: &LogLine| {
+        l.is("Cluster role.")
+            && l.str_field("role") == Some(role)
+            && l.str_field("members") == Some(members)
+    };
     bridge
-        .wait_for_line(&format!("role {role} with members {members}"), WAIT, |l| {
-            l.is("Cluster role.")
-                && l.str_field("role") == Some(role)
-                && l.str_field("members") == Some(members)
-        })
-        .await
+        .wait_until(
+            &format!("role {role} with members {members}"),
+            WAIT,
+            |lines| lines.iter().skip(from).any(is),
+        )
+        .await;
+    bridge
+        .lines()
+        .into_iter()
+        .skip(from)
+        .find(is)
+        .expect("the line was seen")
 }
 
 /// Ids in the payloads of `bridge`'s `message` trace lines whose `field` starts with `prefix`.
@@ -131,7 +148,7 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
         .map(|m| {
             ConfigFile::new(&member_toml(
                 &url,
-                &broker,
+                (broker.host(), broker.port()),
                 m,
                 "ha",
                 "active_standby",
@@ -231,27 +248,14 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
     );
 
     // Takeover: a stream of Bayeux messages, SIGKILL of the active member in its middle.
-    let sent: Arc<Mutex<Vec<(u64, SystemTime)>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let streamer = {
-        let (sent, stop, url) = (Arc::clone(&sent), Arc::clone(&stop), url.clone());
-        tokio::spawn(async move {
-            let publisher = BayeuxPeer::publisher(&url, WAIT);
-            let mut id = 2000;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                publisher.publish("/ha/b2m/s", json!({ "id": id })).await;
-                sent.lock().unwrap().push((id, SystemTime::now()));
-                id += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let (sent, stop, streamer) = stream(&url, "/ha/b2m/s");
     mqtt_sub
         .wait_for_ids_strict("the stream under ha-a", "ha/out/", 2000..2050)
         .await;
+    let (from_b, from_c) = (bridges[1].lines().len(), bridges[2].lines().len());
     let killed_at = SystemTime::now();
     bridges[0].kill().await;
-    let took_over = wait_role(&bridges[1], "active", "ha-b,ha-c").await;
+    let took_over = wait_role_from(&bridges[1], from_b, "active", "ha-b,ha-c").await;
     let took_over_at = SystemTime::UNIX_EPOCH + took_over.timestamp().expect("a timestamp");
     let takeover = took_over_at.duration_since(killed_at).unwrap_or_default();
     let bound = Duration::from_millis(1500 * KEEP_ALIVE_SECS + 2000);
@@ -260,7 +264,7 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
         takeover <= bound,
         "takeover took {takeover:?}, over {bound:?}"
     );
-    wait_role(&bridges[2], "standby", "ha-b,ha-c").await;
+    wait_role_from(&bridges[2], from_c, "standby", "ha-b,ha-c").await;
     // Keep streaming under the new active member, then stop and mark the end.
     let first_after = sent.lock().unwrap().last().map(|(id, _)| id + 1).unwrap();
     mqtt_sub
@@ -316,6 +320,175 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
     }
 }
 
+/// The ids a stream published, each with when the server accepted it.
+type Sent = Arc<Mutex<Vec<(u64, SystemTime)>>>;
+
+/// Publishes `{"id": n}` on `channel` every 20 ms from 2000 on, recording when each was
+/// accepted by the server, until `stop`.
+fn stream(
+    url: &str,
+    channel: &'static str,
+) -> (
+    Sent,
+    Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let sent: Sent = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (task_sent, task_stop, url) = (Arc::clone(&sent), Arc::clone(&stop), url.to_owned());
+    let task = tokio::spawn(async move {
+        let publisher = BayeuxPeer::publisher(&url, WAIT);
+        let mut id = 2000;
+        while !task_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            publisher.publish(channel, json!({ "id": id })).await;
+            task_sent.lock().unwrap().push((id, SystemTime::now()));
+            id += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (sent, stop, task)
+}
+
+/// The time from `since` to when `line` was logged, by the bridge's clock.
+fn after(line: &LogLine, since: SystemTime) -> (SystemTime, Duration) {
+    let at = SystemTime::UNIX_EPOCH + line.timestamp().expect("a timestamp");
+    (at, at.duration_since(since).unwrap_or_default())
+}
+
+/// The active member's network path to the broker dies (a blackhole: no FIN, no RST, as when
+/// its host vanishes): the broker publishes its will once it notices (MQTT: 1.5 × keep-alive;
+/// Mosquitto 2.0.11: about 2 × keep-alive) and the standby takes over within 2 × keep-alive
+/// + 2 s. The cut-off member stops forwarding once it notices and holds what it has taken;
+/// when the path comes back it becomes active again through a new record and forwards those
+/// late: nothing is lost, and what the standby forwarded in its short time as active is
+/// doubled. Both are counted and printed; duplicates are bounded to that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_from_the_broker_is_replaced_within_the_keep_alive_bound() {
+    let server = PeerServer::start_async(PeerKind::CometD).await;
+    let broker = Mosquitto::start_async().await;
+    let gate = Gate::start(broker.port()).await;
+    let url = server.url();
+    let mqtt_sub = MqttPeer::connect(mqtt_options(&broker, "hk-sub"), &["hk/#"]).await;
+    let routes = [route("out", "/hk/**", "hk/#", "bayeux_to_mqtt")];
+    let ca = ConfigFile::new(&member_toml(
+        &url,
+        (broker.host(), gate.port()),
+        "hk-a",
+        "hk",
+        "active_standby",
+        &routes,
+    ));
+    let cb = ConfigFile::new(&member_toml(
+        &url,
+        (broker.host(), broker.port()),
+        "hk-b",
+        "hk",
+        "active_standby",
+        &routes,
+    ));
+    let mut a = BridgeProcess::spawn(&ca, &[]);
+    let mut b = BridgeProcess::spawn(&cb, &[]);
+    wait_role(&a, "active", "hk-a,hk-b").await;
+    wait_role(&b, "standby", "hk-a,hk-b").await;
+    a.wait_for_log("Bridge ready.", WAIT).await;
+    b.wait_for_log("Bridge ready.", WAIT).await;
+
+    let (sent, stop, streamer) = stream(&url, "/hk/s");
+    mqtt_sub
+        .wait_for_ids_strict("the stream under hk-a", "hk/", 2000..2050)
+        .await;
+    let (from_a, from_b) = (a.lines().len(), b.lines().len());
+    let cut_at = SystemTime::now();
+    gate.blackhole();
+    let (took_over_at, takeover) =
+        after(&wait_role_from(&b, from_b, "active", "hk-b").await, cut_at);
+    // MQTT asks the broker to notice within 1.5 × keep-alive; Mosquitto 2.0.11 logged "Client
+    // hk-a has exceeded timeout" only after about 2 × keep-alive (10 s with 5), and published
+    // the will then. The bound is what this broker does, plus 2 s for the rest.
+    let bound = Duration::from_millis(2000 * KEEP_ALIVE_SECS + 2000);
+    eprintln!("takeover after the cut: {takeover:?} (bound {bound:?})");
+    for line in broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("hk-a has exceeded"))
+    {
+        eprintln!("mosquitto: {line}");
+    }
+    assert!(
+        takeover <= bound,
+        "takeover took {takeover:?}, over {bound:?}"
+    );
+    let noticed = wait_role_from(&a, from_a, "unknown", "hk-a,hk-b").await;
+    let (noticed_at, noticed_after) = after(&noticed, cut_at);
+    eprintln!("hk-a noticed the cut after {noticed_after:?}");
+    gate.open();
+    let (back_at, back_after) = after(
+        &wait_role_from(&a, from_a, "active", "hk-a,hk-b").await,
+        cut_at,
+    );
+    wait_role_from(&b, from_b, "standby", "hk-a,hk-b").await;
+    eprintln!("hk-a active again after {back_after:?}");
+    let first_after = sent.lock().unwrap().last().map(|(id, _)| id + 1).unwrap();
+    mqtt_sub
+        .wait_for_ids_strict(
+            "the stream under hk-a again",
+            "hk/",
+            first_after..first_after + 50,
+        )
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    streamer.await.unwrap();
+    let marker = BayeuxPeer::publisher(&url, WAIT);
+    marker.publish_ids("/hk/end", 1..2).await;
+    mqtt_sub
+        .wait_for_ids_strict("the end marker", "hk/end", 1..2)
+        .await;
+
+    let got = mqtt_sub.ids_strict("hk/s");
+    let sent = sent.lock().unwrap().clone();
+    let lost: Vec<(u64, SystemTime)> = sent
+        .iter()
+        .filter(|(id, _)| !got.contains_key(id))
+        .copied()
+        .collect();
+    let doubled: Vec<u64> = got
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    eprintln!(
+        "stream: {} sent, {} lost {:?}, {} duplicated {:?} (cut to takeover {takeover:?}, to \
+         noticed {noticed_after:?})",
+        sent.len(),
+        lost.len(),
+        lost.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        doubled.len(),
+        doubled
+    );
+    let margin = Duration::from_millis(500);
+    for (id, at) in &lost {
+        assert!(
+            *at + margin >= cut_at && *at <= took_over_at.max(noticed_at) + margin,
+            "id {id} was lost outside the window from the cut to the takeover"
+        );
+    }
+    // hk-a came back within its hold (2 × keep-alive + connect timeout): what it had taken
+    // while it believed itself active, and the standby left, went out late, not lost.
+    assert!(lost.is_empty(), "lost although hk-a came back in time");
+    let when: BTreeMap<u64, SystemTime> = sent.iter().copied().collect();
+    for id in &doubled {
+        let at = when[id];
+        assert!(
+            at + margin >= cut_at && at <= back_at + margin,
+            "id {id} was doubled outside the window from the cut to hk-a's return"
+        );
+    }
+    for bridge in [&mut a, &mut b] {
+        let (status, _) = bridge.terminate(WAIT).await;
+        assert!(status.success(), "{}", bridge.tail(30));
+    }
+}
+
 /// `partitioned`: two members share ten routes; a third that joins takes only routes that
 /// move to it, and every route is forwarded by exactly its owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,8 +508,16 @@ async fn a_member_joining_a_partitioned_group_moves_only_its_share() {
             )
         })
         .collect();
-    let config =
-        |m: &str| ConfigFile::new(&member_toml(&url, &broker, m, "hp", "partitioned", &routes));
+    let config = |m: &str| {
+        ConfigFile::new(&member_toml(
+            &url,
+            (broker.host(), broker.port()),
+            m,
+            "hp",
+            "partitioned",
+            &routes,
+        ))
+    };
     let (ca, cb, cc) = (config("hp-a"), config("hp-b"), config("hp-c"));
     let a = BridgeProcess::spawn(&ca, &[TRACE]);
     let b = BridgeProcess::spawn(&cb, &[TRACE]);

@@ -23,12 +23,13 @@
 pub(crate) mod membership;
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::Shared;
 use super::mapping::Route;
-use crate::config::{ClusterConfig, ClusterMode, Config};
+use crate::config::{ClusterConfig, ClusterMode, Config, MqttConfig};
 use crate::metrics::{MemberLabels, RoleLabels};
 use crate::mqtt::{IncomingMessage, MqttHandle, Properties, QoS};
 use membership::{Record, Seen, View};
@@ -48,6 +49,10 @@ pub(crate) struct Cluster {
     /// Tells this process's records apart from an earlier one's.
     start: String,
     state: Mutex<State>,
+    /// Whether the role is known, for [`Cluster::decide`] to wait on.
+    known: tokio::sync::watch::Sender<bool>,
+    /// How long [`Cluster::decide`] holds a message while the role is not known.
+    hold: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +71,7 @@ struct State {
 
 impl Cluster {
     /// A member of `config`'s group, not connected yet.
-    pub(crate) fn new(config: &ClusterConfig) -> Self {
+    pub(crate) fn new(config: &ClusterConfig, mqtt: &MqttConfig) -> Self {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -78,6 +83,8 @@ impl Cluster {
                 reported: ("unknown", Vec::new(), Vec::new()),
                 ..State::default()
             }),
+            known: tokio::sync::watch::Sender::new(false),
+            hold: 2 * mqtt.keep_alive() + mqtt.connect_timeout(),
         }
     }
 
@@ -90,6 +97,18 @@ impl Cluster {
     /// and the mode gives it the route.
     pub(crate) fn forwards(&self, route: &Route) -> bool {
         self.forwards_in(&self.lock(), route)
+    }
+
+    /// [`Cluster::forwards`], once the role is known: while it is not (the broker was lost,
+    /// or the member's new record has not come back yet), the message waits, at most
+    /// 2 × keep-alive + the connect timeout. A member cut off from the broker has taken
+    /// messages it believed its own, which the standbys left: if it is still the one to
+    /// forward them once it is back, they go out late (and may double what a member that took
+    /// over meanwhile forwarded) instead of being lost; if not, they are left.
+    pub(crate) async fn decide(&self, route: &Route) -> bool {
+        let mut known = self.known.subscribe();
+        let _ = tokio::time::timeout(self.hold, known.wait_for(|k| *k)).await;
+        self.forwards(route)
     }
 
     /// Whether `properties` say that a member of this group published the message.
@@ -209,6 +228,7 @@ fn update(shared: &Arc<Shared>, mqtt: &MqttHandle, announce: bool) {
         info!(role, members = %members.join(","), routes = %owned.join(","), "Cluster role.");
     }
     shared.readiness.cluster_role_known(known);
+    cluster.known.send_replace(known);
     mirror(shared, role, &members, owned.len());
     if !changed && !announce {
         return;

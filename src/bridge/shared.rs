@@ -161,7 +161,7 @@ impl Shared {
                 v311,
                 Arc::clone(&stats_for_dead_letters),
             ),
-            cluster: config.cluster.as_ref().map(Cluster::new),
+            cluster: (config.cluster.as_ref()).map(|c| Cluster::new(c, &config.mqtt)),
         }
     }
 

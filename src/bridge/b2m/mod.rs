@@ -349,9 +349,9 @@ async fn forward(
     out: &Outputs,
 ) {
     if let Some(cluster) = &shared.cluster
-        && !cluster.forwards(route)
+        && !cluster.decide(route).await
     {
-        // Another member forwards this route (or no role yet): left to it.
+        // Another member forwards this route (or the role stayed unknown): left to it.
         shared.stats.metrics.cluster_not_forwarded.inc();
         return;
     }

@@ -2,15 +2,20 @@
 //! Mosquitto 2 broker (shared subscriptions, MQTT 5) and the real CometD Node server.
 //!
 //! - steady state: every message once per direction, `$share` spreads MQTT → Bayeux over
-//!   the members, a member's publish is not forwarded back to Bayeux by any member, and each
-//!   member is ready only once it knows its role;
+//!   the members, a member's publish is not forwarded back to Bayeux by any member, each
+//!   member is ready only once it knows its role, and `/metrics` and the member records (the
+//!   status topics) say the roles and the membership;
 //! - SIGKILL of the active member mid-stream: another takes over within
 //!   1.5 × keep-alive + 2 s, by its own log; what the takeover window lost is counted and
-//!   printed (without replay or hot standby, loss there is expected and documented);
+//!   printed (without replay or hot standby, loss there is possible and documented);
+//! - the active member's path to the broker blackholed (a host that vanishes): the takeover
+//!   within the broker's keep-alive timeout + 2 s, the cut-off member's return, and the lost
+//!   and doubled messages counted;
 //! - `partitioned`: a member that joins takes only its share of the routes.
 //!
 //! Synchronisation is by the bridges' JSON log lines (`Cluster role.`, `Bridge ready.`) and
-//! the test clients' deliveries; the only sleeps pace the load generator.
+//! the test clients' deliveries; the sleeps pace the load generator, and one bounded poll
+//! counts log lines of three processes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -156,10 +161,30 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
             ))
         })
         .collect();
-    let mut bridges: Vec<BridgeProcess> = configs
+    let mut bridges: Vec<BridgeProcess> = configs[..2]
         .iter()
         .map(|c| BridgeProcess::spawn(c, &[TRACE]))
         .collect();
+    // ha-c with /metrics.
+    let (_config_c, bridge_c, http_port) = BridgeProcess::spawn_with_http(
+        |port| {
+            format!(
+                "{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+                member_toml(
+                    &url,
+                    (broker.host(), broker.port()),
+                    "ha-c",
+                    "ha",
+                    "active_standby",
+                    &routes
+                )
+            )
+        },
+        &[TRACE],
+        WAIT,
+    )
+    .await;
+    bridges.push(bridge_c);
     for (bridge, name) in bridges.iter().zip(names) {
         bridge.wait_for_log("Bridge ready.", WAIT).await;
         ready_after_role(bridge, name);
@@ -168,6 +193,51 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
     wait_role(&bridges[0], "active", all).await;
     wait_role(&bridges[1], "standby", all).await;
     wait_role(&bridges[2], "standby", all).await;
+    // /metrics and the status topics (the member records) say each role and the membership.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics");
+    for line in [
+        "bridge_cluster_role{role=\"standby\"} 1",
+        "bridge_cluster_role{role=\"active\"} 0",
+        "bridge_cluster_member{member_id=\"ha-a\"} 1",
+        "bridge_cluster_member{member_id=\"ha-c\"} 1",
+        "bridge_cluster_routes_owned 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    let records = MqttPeer::connect(
+        mqtt_options(&broker, "ha-records"),
+        &["bayeux-mqtt-bridge/cluster/ha/members/+"],
+    )
+    .await;
+    for (member, role) in [("ha-a", "active"), ("ha-b", "standby"), ("ha-c", "standby")] {
+        let topic = format!("bayeux-mqtt-bridge/cluster/ha/members/{member}");
+        assert!(
+            records.first_on(&topic).await.retain,
+            "{member}'s record is retained"
+        );
+        // The last one published says it (one may still have been on its way).
+        records
+            .inbox
+            .wait_until(&format!("{member}'s record as {role}"), WAIT, |got| {
+                got.iter()
+                    .rev()
+                    .find(|g| g.topic == topic)
+                    .is_some_and(|g| {
+                        let record = g.json();
+                        record["role"] == role
+                            && record["members"] == json!(["ha-a", "ha-b", "ha-c"])
+                    })
+            })
+            .await;
+    }
 
     // Bayeux → MQTT: once, by the active member only.
     bayeux_pub.publish_ids("/ha/b2m/x", 0..50).await;

@@ -34,7 +34,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub mode: ClusterMode,
     /// Standbys keep a bounded replay buffer so that a takeover loses nothing. Not supported
-    /// yet: only `false` (the default) is accepted.
+    /// yet: only `false` (the default) is accepted (`true` is refused).
     #[serde(default)]
     pub hot_standby: bool,
 }

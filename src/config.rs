@@ -12,6 +12,7 @@
 //! range-checked here; `bridge::mapping::compile` checks channel and topic names.
 
 mod bayeux;
+mod cluster;
 mod load;
 mod mqtt;
 mod sections;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 pub use bayeux::{BayeuxConfig, OAuthConfig};
+pub use cluster::{ClusterConfig, MEMBER_TOPIC_ROOT};
 pub use load::{ENV_PREFIX, ENV_SEPARATOR, env_var_for, load, load_with_env};
 pub use mqtt::{MqttConfig, TlsConfig};
 pub use sections::{BridgeConfig, HttpConfig, LogConfig, ReplayConfig, RouteConfig, SpoolConfig};
@@ -251,6 +253,19 @@ choice! {
 }
 
 choice! {
+    /// How the members of a `[cluster]` share the Bayeux → MQTT routes (`cluster.mode`).
+    pub enum ClusterMode {
+        /// `"active_standby"`: the live member with the lowest `member_id` forwards them all
+        /// (the default).
+        #[default]
+        ActiveStandby = "active_standby",
+        /// `"partitioned"`: each route goes to one live member, chosen by rendezvous hashing
+        /// of the route's name.
+        Partitioned = "partitioned",
+    }
+}
+
+choice! {
     /// Log line format (`log.format`).
     pub enum LogFormat {
         /// `"text"`: human-readable lines (the default; suits journald).
@@ -298,6 +313,9 @@ pub struct Config {
     /// default.
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// `[cluster]`: replicas that share the work through the MQTT broker. Off by default.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// `[[route]]`: what is forwarded where. At least one is required. Cannot be set from the
     /// environment.
     #[serde(default)]
@@ -308,7 +326,9 @@ impl Config {
     /// Settings that are valid but probably not what was meant; `check` prints them and the
     /// daemon logs them at start.
     pub fn warnings(&self) -> Vec<String> {
-        validate::warnings(self)
+        let mut out = validate::warnings(self);
+        out.extend(cluster::warnings(self));
+        out
     }
 }
 

@@ -95,6 +95,20 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// `role` label of `bridge_cluster_role`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// `unknown`, `active`, `standby` or `partitioned`.
+    pub role: &'static str,
+}
+
+/// `member_id` label of `bridge_cluster_member`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    /// A member of the group, as this member sees it.
+    pub member_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -139,6 +153,15 @@ pub struct Metrics {
     pub last_forward: Family<DirectionLabels, Gauge<f64, AtomicU64>>,
     /// `bridge_ready`: 1 while ready.
     pub ready: Gauge,
+    /// `bridge_cluster_role{role}`: 1 for this member's role in its `[cluster]`.
+    pub cluster_role: Family<RoleLabels, Gauge>,
+    /// `bridge_cluster_member{member_id}`: 1 for each live member this member sees.
+    pub cluster_members: Family<MemberLabels, Gauge>,
+    /// `bridge_cluster_routes_owned`: Bayeux → MQTT routes this member forwards now.
+    pub cluster_routes_owned: Gauge,
+    /// `bridge_cluster_not_forwarded_total`: Bayeux messages a member received and left to
+    /// the member that owns their route.
+    pub cluster_not_forwarded: Counter,
     /// `bridge_replay_checkpoint{channel}`: the replay id the channel resumes after.
     pub checkpoint: Family<ChannelLabels, Gauge>,
     /// `bridge_replay_checkpoint_timestamp_seconds{channel}`: Unix time the channel's
@@ -212,6 +235,10 @@ impl Metrics {
             transport: Family::default(),
             last_forward: Family::default(),
             ready: Gauge::default(),
+            cluster_role: Family::default(),
+            cluster_members: Family::default(),
+            cluster_routes_owned: Gauge::default(),
+            cluster_not_forwarded: Counter::default(),
             checkpoint: Family::default(),
             checkpoint_time: Family::default(),
             checkpoint_writes: Family::default(),
@@ -379,6 +406,26 @@ impl Metrics {
             "ready",
             "1 while the bridge is ready (see /readyz)",
             self.ready.clone(),
+        );
+        registry.register(
+            "cluster_role",
+            "1 for this member's role in its [cluster] (unknown, active, standby, partitioned)",
+            self.cluster_role.clone(),
+        );
+        registry.register(
+            "cluster_member",
+            "1 for each live member of the [cluster] group this member sees",
+            self.cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_routes_owned",
+            "Bayeux → MQTT routes this member forwards now",
+            self.cluster_routes_owned.clone(),
+        );
+        registry.register(
+            "cluster_not_forwarded",
+            "Bayeux messages received and left to the member that owns their route",
+            self.cluster_not_forwarded.clone(),
         );
     }
 

@@ -161,6 +161,10 @@ const ALL_KEYS: &[&str] = &[
     "spool.enabled",
     "spool.dir",
     "spool.max_bytes",
+    "cluster.group",
+    "cluster.member_id",
+    "cluster.mode",
+    "cluster.hot_standby",
     "route.name",
     "route.bayeux",
     "route.mqtt",
@@ -257,7 +261,7 @@ fn bad_files_name_the_file_the_key_and_the_reason() {
             format!("{head}{route}[loging]\nlevel = \"info\"\n"),
             vec![],
             "loging",
-            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `spool`, `route`)"
+            "unknown key (known keys here: `bayeux`, `mqtt`, `bridge`, `log`, `http`, `replay`, `spool`, `cluster`, `route`)"
                 .into(),
         ),
         (
@@ -1345,4 +1349,132 @@ fn check_and_explain_take_a_file_of_ten_thousand_routes() {
         "{out}"
     );
     assert!(out.ends_with("\n1 route applies.\n"), "{out}");
+}
+
+/// `[cluster]` (issue 19): the defaults filled in at load, `check`'s line, and every refusal
+/// naming its key, from the one validator `check` and the daemon share.
+#[test]
+fn cluster_settings_load_print_and_refuse_what_cannot_work() {
+    let scratch = TempDir::new("config");
+    let with = |name: &str, mqtt_extra: &str, cluster: &str| {
+        let text = MINIMAL.replace(
+            "host = \"127.0.0.1\"\n",
+            &format!("host = \"127.0.0.1\"\nclient_id = \"bridge-a\"\n{mqtt_extra}\n"),
+        );
+        scratch.file(name, format!("{text}\n[cluster]\n{cluster}\n"))
+    };
+    let path = with("ok.toml", "", "group = \"orders\"\n");
+    let config = load_with_env(&path, []).unwrap();
+    let cluster = config.cluster.as_ref().unwrap();
+    assert_eq!(
+        cluster.member_id, "bridge-a",
+        "member_id defaults to mqtt.client_id"
+    );
+    assert_eq!(cluster.mode.as_str(), "active_standby");
+    assert!(!cluster.hot_standby);
+    assert_eq!(
+        config.mqtt.status_topic, "bayeux-mqtt-bridge/cluster/orders/members/bridge-a",
+        "the status topic is the member record"
+    );
+    let out = common::bridge::check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "cluster: group \"orders\", member \"bridge-a\", mode active_standby, hot_standby \
+             false; member record and status topic \
+             bayeux-mqtt-bridge/cluster/orders/members/bridge-a (cleared by the last will), \
+             members seen on bayeux-mqtt-bridge/cluster/orders/members/+; MQTT → Bayeux routes \
+             subscribe through $share/orders/<filter>"
+        ),
+        "{}",
+        out.stdout
+    );
+    let path = with(
+        "partitioned.toml",
+        "",
+        "group = \"orders\"\nmember_id = \"m-2\"\nmode = \"partitioned\"\n",
+    );
+    let config = load_with_env(&path, []).unwrap();
+    assert_eq!(
+        config.cluster.as_ref().unwrap().mode.as_str(),
+        "partitioned"
+    );
+    assert!(config.mqtt.status_topic.ends_with("/members/m-2"));
+
+    let refused = [
+        (
+            "v311.toml",
+            "protocol = \"3.1.1\"",
+            "group = \"g\"",
+            "mqtt.protocol",
+            "needs MQTT 5",
+        ),
+        (
+            "group.toml",
+            "",
+            "group = \"a/b\"",
+            "cluster.group",
+            "letters, digits",
+        ),
+        (
+            "share.toml",
+            "",
+            "group = \"a+\"",
+            "cluster.group",
+            "letters, digits",
+        ),
+        (
+            "member.toml",
+            "",
+            "group = \"g\"\nmember_id = \"x#\"",
+            "cluster.member_id",
+            "letters, digits",
+        ),
+        (
+            "status.toml",
+            "status_topic = \"mine/status\"",
+            "group = \"g\"",
+            "mqtt.status_topic",
+            "the member's record",
+        ),
+        (
+            "hot.toml",
+            "",
+            "group = \"g\"\nhot_standby = true",
+            "cluster.hot_standby",
+            "not supported yet",
+        ),
+        (
+            "mode.toml",
+            "",
+            "group = \"g\"\nmode = \"both\"",
+            "cluster.mode",
+            "expected one of",
+        ),
+        (
+            "nogroup.toml",
+            "",
+            "mode = \"partitioned\"",
+            "cluster",
+            "group",
+        ),
+    ];
+    for (name, mqtt_extra, cluster, key, reason) in refused {
+        let path = with(name, mqtt_extra, cluster);
+        let error = load_with_env(&path, []).unwrap_err().to_string();
+        assert!(
+            error.contains(key) && error.contains(reason),
+            "{name}: {error}"
+        );
+        let out = common::bridge::check(&path);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", out.stdout);
+    }
+    // A client id that cannot be a member id is named as the default's source.
+    let text = MINIMAL.replace(
+        "host = \"127.0.0.1\"\n",
+        "host = \"127.0.0.1\"\nclient_id = \"a b\"\n",
+    );
+    let path = scratch.file("client.toml", format!("{text}\n[cluster]\ngroup = \"g\"\n"));
+    let error = load_with_env(&path, []).unwrap_err().to_string();
+    assert!(error.contains("taken from mqtt.client_id"), "{error}");
 }

@@ -348,7 +348,12 @@ pub(super) async fn finish(shared: &Shared, mqtt: &MqttHandle, deadline: Instant
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(200))
     };
-    let offline = mqtt.publish(&status_topic, "offline".into(), QoS::AtLeastOnce, true);
+    // With [cluster], the empty record: the others see this member gone.
+    let payload = match shared.cluster {
+        Some(_) => bytes::Bytes::new(),
+        None => "offline".into(),
+    };
+    let offline = mqtt.publish(&status_topic, payload, QoS::AtLeastOnce, true);
     if tokio::time::timeout(left() / 2, offline).await.is_err() {
         warn!("Could not publish the offline status in time.");
     }

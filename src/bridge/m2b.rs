@@ -20,6 +20,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, trace, warn};
 
+use super::cluster;
 use super::dead_letter::Undeliverable;
 use super::gaps::{self, Gap, GapKind};
 use super::mapping::Routes;
@@ -66,6 +67,14 @@ pub(super) async fn run(
             Wake::Stop | Wake::Slot(None) => break,
             Wake::Slot(Some(permit)) => take(&shared, &mut input, permit, &out).await,
             Wake::Event(None) => input.open = false,
+            Wake::Event(Some(MqttEvent::Message(message)))
+                if shared
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.is_member_topic(&message.topic)) =>
+            {
+                cluster::on_record(&shared, &input.mqtt, message)
+            }
             Wake::Event(Some(MqttEvent::Message(message))) => input.pending.push_back(message),
             Wake::Event(Some(event)) => lifecycle(&shared, &input.mqtt, event),
             Wake::Swap(swap) => input.swap(swap),
@@ -161,12 +170,16 @@ fn lifecycle(shared: &Arc<Shared>, mqtt: &MqttHandle, event: MqttEvent) {
     match event {
         MqttEvent::Connected { session_present } => {
             shared.readiness.mqtt_connected(session_present);
-            announce_online(shared, mqtt);
+            match shared.cluster {
+                Some(_) => cluster::connected(shared, mqtt, session_present),
+                None => announce_online(shared, mqtt),
+            }
             session_lost(shared, session_present);
         }
         MqttEvent::Disconnected { .. } => {
             shared.mqtt_session().lost_at = Some(SystemTime::now());
             shared.count_reconnect("disconnected");
+            cluster::disconnected(shared, mqtt);
             shared.readiness.mqtt_disconnected()
         }
         MqttEvent::ConnectFailed { error, .. } => connect_failed(shared, &error),
@@ -284,6 +297,18 @@ fn session_lost(shared: &Arc<Shared>, session_present: bool) {
     tokio::spawn(async move { gaps::report(&shared, &gap, gaps::REPORT_TIMEOUT).await });
 }
 
+/// Whether a member of this bridge's `[cluster]` group published `message` (its user
+/// property says so): not forwarded back to Bayeux. No Local cannot do this: MQTT 5 forbids
+/// it on shared subscriptions, and the publisher may be another member.
+fn from_own_group(shared: &Shared, message: &IncomingMessage) -> bool {
+    let own = (shared.cluster.as_ref()).is_some_and(|c| c.published_by_group(&message.properties));
+    if own {
+        shared.stats.echo(Direction::MqttToBayeux);
+        debug!(topic = %message.topic, "Published by a member of the cluster group; not forwarded back.");
+    }
+    own
+}
+
 /// Publishes the retained `online` status (the will says `offline`); at most one at a time
 /// (see [`super::shared::Announcing`]).
 fn announce_online(shared: &Arc<Shared>, mqtt: &MqttHandle) {
@@ -321,7 +346,7 @@ async fn forward(
     slot: Slot,
     out: &Outputs,
 ) {
-    if own_echo(shared, &message, Instant::now()) {
+    if own_echo(shared, &message, Instant::now()) || from_own_group(shared, &message) {
         mqtt.ack(message.token);
         return;
     }

@@ -23,6 +23,7 @@ mod replay;
 pub mod stats;
 
 mod b2m;
+mod cluster;
 pub mod endpoints;
 mod ledger;
 mod lifecycle;
@@ -131,6 +132,7 @@ pub fn describe(config: &Config) -> Result<String, mapping::MappingError> {
         ));
     }
     text.push_str(&spool_line(&config.spool));
+    text.push_str(&cluster::describe(config));
     let warnings: Vec<String> = config
         .warnings()
         .into_iter()
@@ -287,7 +289,7 @@ impl Bridge {
         let stats = Arc::new(Stats::default());
         let names = routes.iter().map(|r| r.name.clone()).collect();
         stats.set_routes(names, config.http.per_route_metrics);
-        let (notifier, readiness) = reporters(&routes, &stats);
+        let (notifier, readiness) = reporters(&routes, config.cluster.as_ref(), &stats);
         let listener = match config.http.listen {
             Some(addr) => Some(crate::http::bind(addr).await?),
             None => None,
@@ -445,17 +447,19 @@ impl Bridge {
 /// to the notifier and the counters.
 fn reporters(
     routes: &[mapping::Route],
+    cluster: Option<&crate::config::ClusterConfig>,
     stats: &Arc<Stats>,
 ) -> (Option<Arc<crate::notify::Notifier>>, Arc<Readiness>) {
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
         n.status("Connecting to the Bayeux server and the MQTT broker");
     }
-    let (bayeux_channels, mqtt_filters) = wanted(routes);
+    let (bayeux_channels, mqtt_filters) = wanted(routes, cluster);
     let readiness = Arc::new(
         Readiness::new(bayeux_channels, mqtt_filters)
             .with_stats(Arc::clone(stats))
-            .with_notifier(notifier.clone()),
+            .with_notifier(notifier.clone())
+            .with_cluster(cluster.is_some()),
     );
     (notifier, readiness)
 }
@@ -482,12 +486,15 @@ fn start_clients(
     spools: Option<spooled::Spools>,
 ) -> Result<(Arc<Shared>, mpsc::Receiver<mqtt::MqttEvent>, bayeux::Events), BridgeError> {
     // No Local on every subscription: the bridge never wants its own publishes back.
-    let (mqtt, mqtt_events) = mqtt::start(mqtt_options(config), mqtt_specs(routes))?;
+    let (mqtt, mqtt_events) = mqtt::start(
+        mqtt_options(config),
+        mqtt_specs(routes, config.cluster.as_ref()),
+    )?;
     let replay = match config.replay.enabled {
         true => Some(Arc::new(Replay::open(
             &config.replay,
             Arc::clone(stats),
-            &wanted(routes).0,
+            &wanted(routes, None).0,
         )?)),
         false => None,
     };
@@ -524,7 +531,7 @@ async fn start_pipelines(
     let initial = live
         .subscribe_all(&shared.bayeux(), &config.route, &routes)
         .await?;
-    let (bayeux_channels, mqtt_filters) = wanted(&routes);
+    let (bayeux_channels, mqtt_filters) = wanted(&routes, config.cluster.as_ref());
     shared.set_routes(routes);
     info!(bayeux = ?bayeux_channels, mqtt = ?mqtt_filters, "Bridge starting.");
     let pipelines = spawn_pipelines(

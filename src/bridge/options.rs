@@ -5,7 +5,9 @@ use std::sync::Arc;
 use crate::backoff::BackoffOptions;
 use crate::bayeux::auth::{Grant, OAuthTokenSource, TokenFuture, TokenSource};
 use crate::bayeux::{ClientOptions, TokenError, TransportChoice};
-use crate::config::{BayeuxTransport, Config, MqttProtocol, OAuthConfig, OAuthGrant};
+use crate::config::{
+    BayeuxTransport, ClusterConfig, Config, MqttProtocol, OAuthConfig, OAuthGrant,
+};
 use crate::mqtt::{self, MqttOptions, QoS, SubscriptionSpec, TlsFiles, Will};
 
 use super::mapping::{self, Route};
@@ -105,7 +107,8 @@ impl TokenSource for Unusable {
     }
 }
 
-/// The MQTT client options the config asks for, with the `offline` status as the will.
+/// The MQTT client options the config asks for, with the `offline` status as the will (with
+/// `[cluster]`, a zero-length retained will that clears the member record).
 pub fn mqtt_options(config: &Config) -> MqttOptions {
     let m = &config.mqtt;
     let mut options = MqttOptions::new(m.host.clone(), m.port, m.client_id.clone());
@@ -132,11 +135,20 @@ pub fn mqtt_options(config: &Config) -> MqttOptions {
     options.tls = m.tls.as_ref().map(|t| t.files());
     options.last_will = Some(Will {
         topic: m.status_topic.clone(),
-        payload: b"offline".to_vec(),
+        payload: offline_status(config).to_vec(),
         qos: QoS::AtLeastOnce,
         retain: true,
     });
     options
+}
+
+/// What the status topic says when the bridge is gone: `offline`, or with `[cluster]`
+/// nothing (the member record is cleared).
+pub(crate) fn offline_status(config: &Config) -> &'static [u8] {
+    match config.cluster {
+        Some(_) => b"",
+        None => b"offline",
+    }
 }
 
 /// The MQTT QoS of a route's 0–2 number (validated when the routes compiled).
@@ -148,29 +160,44 @@ pub(crate) fn qos_of(qos: u8) -> QoS {
     }
 }
 
-/// The Bayeux channels and MQTT filters `routes` subscribe to.
-pub(crate) fn wanted(routes: &[Route]) -> (Vec<String>, Vec<String>) {
+/// The Bayeux channels and MQTT filters `routes` (and with `[cluster]` the member records)
+/// subscribe to.
+pub(crate) fn wanted(
+    routes: &[Route],
+    cluster: Option<&ClusterConfig>,
+) -> (Vec<String>, Vec<String>) {
     let channels = mapping::bayeux_subscriptions(routes)
         .iter()
         .map(ToString::to_string)
         .collect();
-    let filters = mapping::mqtt_subscriptions(routes)
+    let filters = mqtt_specs(routes, cluster)
         .into_iter()
-        .map(|(f, _)| f)
+        .map(|s| s.filter)
         .collect();
     (channels, filters)
 }
 
-/// The MQTT subscriptions of `routes`, all with No Local.
-pub(crate) fn mqtt_specs(routes: &[Route]) -> Vec<SubscriptionSpec> {
-    mapping::mqtt_subscriptions(routes)
+/// The MQTT subscriptions of `routes`, all with No Local; with `[cluster]` shared within the
+/// group (MQTT 5 forbids No Local there: the group's user property prevents loops instead,
+/// see `super::cluster`), and first the group's member records (without No Local: a member
+/// waits for its own record).
+pub(crate) fn mqtt_specs(
+    routes: &[Route],
+    cluster: Option<&ClusterConfig>,
+) -> Vec<SubscriptionSpec> {
+    let members = cluster.map(|c| SubscriptionSpec {
+        filter: c.members_filter(),
+        qos: QoS::AtLeastOnce,
+        no_local: false,
+    });
+    let routes = mapping::mqtt_subscriptions(routes)
         .into_iter()
         .map(|(filter, qos)| SubscriptionSpec {
-            filter,
+            filter: super::cluster::share(cluster, filter),
             qos: qos_of(qos),
-            no_local: true,
-        })
-        .collect()
+            no_local: cluster.is_none(),
+        });
+    members.into_iter().chain(routes).collect()
 }
 
 /// How many publishes the Bayeux client may queue: one per route for every message in flight.
@@ -233,5 +260,47 @@ mod tests {
         // never got ready.
         assert!(bayeux_options(&many, 1).event_buffer >= 5000 + 1024);
         assert_eq!(bayeux_options(&config(""), 1).event_buffer, 1025);
+    }
+
+    #[test]
+    fn a_cluster_member_shares_its_mqtt_subscriptions_and_its_will_clears_the_record() {
+        let mut c = config("");
+        let routes = mapping::compile(&c.route).expect("routes");
+        let alone = mqtt_specs(&routes, None);
+        assert_eq!(alone.len(), 1);
+        assert!(alone[0].no_local && alone[0].filter == "a");
+        assert_eq!(
+            mqtt_options(&c).last_will.expect("will").payload,
+            b"offline"
+        );
+        let cluster = crate::config::ClusterConfig {
+            group: "g".into(),
+            member_id: "m1".into(),
+            mode: crate::config::ClusterMode::ActiveStandby,
+            hot_standby: false,
+        };
+        c.mqtt.status_topic = cluster.member_topic();
+        c.cluster = Some(cluster.clone());
+        let specs = mqtt_specs(&routes, Some(&cluster));
+        let filters: Vec<(&str, bool)> = specs
+            .iter()
+            .map(|s| (s.filter.as_str(), s.no_local))
+            .collect();
+        // The records first (the own one is the role barrier, so no No Local), then the
+        // route's filter shared in the group (MQTT 5 forbids No Local there).
+        assert_eq!(
+            filters,
+            [
+                ("bayeux-mqtt-bridge/cluster/g/members/+", false),
+                ("$share/g/a", false)
+            ]
+        );
+        assert_eq!(
+            wanted(&routes, Some(&cluster)).1,
+            ["bayeux-mqtt-bridge/cluster/g/members/+", "$share/g/a"]
+        );
+        let will = mqtt_options(&c).last_will.expect("will");
+        assert_eq!(will.topic, "bayeux-mqtt-bridge/cluster/g/members/m1");
+        assert!(will.payload.is_empty() && will.retain);
     }
 }

@@ -30,6 +30,8 @@ struct State {
     /// Why the Bayeux data plane counts as stalled, while it does (see
     /// [`Readiness::bayeux_liveness`]).
     bayeux_stalled: Option<String>,
+    /// With `[cluster]`: whether the member knows its role (`None` without one).
+    cluster_role_known: Option<bool>,
     ready: bool,
     /// The last `STATUS=` sent.
     status: String,
@@ -117,6 +119,23 @@ impl Readiness {
         self.stats = Some(stats);
         self.mirror_subscriptions();
         self
+    }
+
+    /// A member of a `[cluster]`: not ready until it knows its role.
+    pub fn with_cluster(self, cluster: bool) -> Self {
+        if cluster {
+            self.lock().cluster_role_known = Some(false);
+        }
+        self
+    }
+
+    /// Whether the cluster member knows its role (see `bridge::cluster`).
+    pub fn cluster_role_known(&self, known: bool) {
+        self.update(|s| {
+            if s.cluster_role_known.is_some() {
+                s.cluster_role_known = Some(known);
+            }
+        });
     }
 
     /// Whether the bridge is ready now.
@@ -331,6 +350,9 @@ impl Readiness {
                 "MQTT broker not connected".to_owned()
             });
         }
+        if s.cluster_role_known == Some(false) {
+            reasons.push("cluster role not known yet (waiting for the group's records)".to_owned());
+        }
         for (side, missing) in [("Bayeux", &s.bayeux_missing), ("MQTT", &s.mqtt_missing)] {
             if !missing.is_empty() {
                 reasons.push(format!(
@@ -500,5 +522,27 @@ mod tests {
         // Re-adding /a later: not confirmed until the server says so again.
         r.set_wanted(["/a".to_owned(), "/b".to_owned()], ["t/#".to_owned()]);
         assert!(!r.is_ready());
+    }
+
+    #[test]
+    fn a_cluster_member_is_ready_only_once_it_knows_its_role() {
+        let r = Readiness::new(["/a".to_owned()], ["t/#".to_owned()]).with_cluster(true);
+        r.bayeux_connected(true);
+        r.bayeux_confirmed("/a");
+        r.mqtt_connected(true);
+        assert_eq!(
+            r.reasons(),
+            vec!["cluster role not known yet (waiting for the group's records)"]
+        );
+        r.cluster_role_known(true);
+        assert!(r.is_ready());
+        r.cluster_role_known(false);
+        assert!(!r.is_ready());
+        // Without [cluster] the role is no condition.
+        let alone = Readiness::new(Vec::<String>::new(), Vec::<String>::new());
+        alone.bayeux_connected(true);
+        alone.mqtt_connected(true);
+        alone.cluster_role_known(false);
+        assert!(alone.is_ready());
     }
 }

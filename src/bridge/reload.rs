@@ -11,6 +11,7 @@
 //!   pipelines continue on it. MQTT messages not yet forwarded stay unacknowledged and the
 //!   broker delivers them again. The Bayeux side is untouched.
 //! - `[spool]` changed: the reload is refused (the spool files are open and hold messages).
+//! - `[cluster]` changed: refused too (the member record and its will belong to the connection).
 //! - `[bridge]`, `[log]`, `[http]`, `[replay]` changed: logged; they take effect at the next
 //!   restart.
 //! - An invalid file is refused with a log line naming the file, key and reason; the running
@@ -225,7 +226,7 @@ impl Live {
         } else {
             summary.extend(self.update_mqtt_subscriptions(&routes, shared));
         }
-        let (channels, filters) = wanted(&routes);
+        let (channels, filters) = wanted(&routes, self.config.cluster.as_ref());
         shared.set_routes(routes);
         shared.readiness.set_wanted(channels, filters);
         self.adopt(new);
@@ -248,6 +249,14 @@ impl Live {
                 "{}: [spool] changed; a running bridge cannot switch spools safely: restart \
                  it to apply the change (what the current spool holds is delivered first if \
                  the directory stays the same)",
+                path.display()
+            ));
+        }
+        if new.cluster != self.config.cluster {
+            // The member record, its will and the shared subscriptions belong to the running
+            // connection and group.
+            return Err(format!(
+                "{}: [cluster] changed; restart the bridge to apply it",
                 path.display()
             ));
         }
@@ -442,7 +451,8 @@ impl Live {
         old.disconnect(SETTLE).await;
         shared.readiness.mqtt_disconnected();
         let (mqtt, events) =
-            crate::mqtt::start(options, mqtt_specs(routes)).map_err(|e| e.to_string())?;
+            crate::mqtt::start(options, mqtt_specs(routes, self.config.cluster.as_ref()))
+                .map_err(|e| e.to_string())?;
         shared.set_mqtt(mqtt.clone(), &new.mqtt);
         let _ = self.m2b.send((mqtt.clone(), events)).await;
         let _ = self.b2m.send(b2m::Control::Resume).await;
@@ -456,8 +466,9 @@ impl Live {
     /// not awaited: with the broker down they would wait for it, and a reload must never hold
     /// up a shutdown. Readiness follows the broker's confirmations.
     fn update_mqtt_subscriptions(&self, routes: &[Route], shared: &Shared) -> Vec<String> {
-        let old = mqtt_specs(&shared.routes());
-        let new = mqtt_specs(routes);
+        let cluster = self.config.cluster.as_ref();
+        let old = mqtt_specs(&shared.routes(), cluster);
+        let new = mqtt_specs(routes, cluster);
         let mut summary = Vec::new();
         for spec in old
             .iter()

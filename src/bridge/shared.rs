@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::cluster::Cluster;
 use super::dead_letter::{DeadLetters, Undeliverable};
 use super::echo::EchoFilter;
 use super::gaps::Pressure;
@@ -100,6 +101,8 @@ pub(crate) struct Shared {
     pub(crate) log_limit: SharedLimiter,
     /// Where undeliverable messages go (`dead_letter_topic`).
     pub(crate) dead_letters: DeadLetters,
+    /// With `[cluster]`: the group as this member sees it, and its role (read at the start).
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// What the bridge knows of its MQTT session.
@@ -161,6 +164,7 @@ impl Shared {
                 v311,
                 Arc::clone(&stats_for_dead_letters),
             ),
+            cluster: (config.cluster.as_ref()).map(|c| Cluster::new(c, &config.mqtt)),
         }
     }
 

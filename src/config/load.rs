@@ -272,6 +272,8 @@ fn one_based(key: &str) -> String {
 /// Relative paths, derived defaults and secret files.
 fn resolve(config: &mut Config, base: &Path, overrides: &Overrides) -> Result<(), Invalid> {
     resolve_paths(config, base);
+    // Before the status topic's default: a cluster member's status topic is its record.
+    super::cluster::fill_defaults(config);
     if config.mqtt.status_topic.is_empty() {
         config.mqtt.status_topic = format!("bayeux-mqtt-bridge/{}/status", config.mqtt.client_id);
     }

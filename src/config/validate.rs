@@ -52,6 +52,8 @@ impl Invalid {
 /// Checks every section; the first problem found is returned.
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     bayeux(&config.bayeux)?;
+    // Before [mqtt]: a bad group or member id would otherwise read as a bad status topic.
+    super::cluster::validate(config)?;
     mqtt(&config.mqtt)?;
     bridge(&config.bridge)?;
     log(&config.log)?;

@@ -348,6 +348,13 @@ async fn forward(
     slot: Slot,
     out: &Outputs,
 ) {
+    if let Some(cluster) = &shared.cluster
+        && !cluster.decide(route).await
+    {
+        // Another member forwards this route (or the role stayed unknown): left to it.
+        shared.stats.metrics.cluster_not_forwarded.inc();
+        return;
+    }
     let Some(ticket) = admit(shared, route, &message) else {
         return;
     };
@@ -432,8 +439,12 @@ fn shape(
             return Err(Box::new(letter));
         }
     };
-    let properties =
+    let mut properties =
         replay_id.map(|replay_id| Arc::new(mqtt_properties(message, replay_id, &payload)));
+    if let Some(cluster) = &shared.cluster {
+        // Other members must not forward it back to Bayeux.
+        properties = Some(cluster.mark(properties));
+    }
     Ok(Shaped {
         topic,
         payload: payload.bytes,

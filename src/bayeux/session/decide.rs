@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Lane, Link, Output, Pending, Phase, Session, SubState};
+use super::{Lane, Link, Output, Pending, Phase, Session, SubState, set_state};
 use crate::bayeux::advice::{Advice, Reconnect};
 use crate::bayeux::error::{PublishError, ServerError};
 use crate::bayeux::event::{Event, Next, StopReason};
@@ -155,7 +155,7 @@ impl Session {
         }
         for sub in self.subs.values_mut() {
             if !sub.local_only {
-                sub.state = SubState::Wanted;
+                set_state(&mut self.sub_counts, sub, SubState::Wanted);
             }
         }
     }

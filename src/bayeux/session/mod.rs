@@ -174,8 +174,50 @@ enum SubState {
     Failed { retry_at: Instant },
 }
 
+/// How many subscriptions wait to be sent (`Wanted`) or retried (`Failed`). With thousands
+/// of subscriptions, the session looks through them only when some do, not at every wake
+/// and request. Every change of a subscription's state goes through [`set_state`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SubCounts {
+    wanted: usize,
+    failed: usize,
+}
+
+impl SubCounts {
+    /// The counts of `subs`, counted.
+    fn of<'a>(subs: impl Iterator<Item = &'a Subscription>) -> SubCounts {
+        let mut counts = SubCounts::default();
+        subs.for_each(|sub| counts.add(&sub.state));
+        counts
+    }
+
+    fn add(&mut self, state: &SubState) {
+        match state {
+            SubState::Wanted => self.wanted += 1,
+            SubState::Failed { .. } => self.failed += 1,
+            SubState::Sending(_) | SubState::Confirmed => {}
+        }
+    }
+
+    fn remove(&mut self, state: &SubState) {
+        match state {
+            SubState::Wanted => self.wanted = self.wanted.saturating_sub(1),
+            SubState::Failed { .. } => self.failed = self.failed.saturating_sub(1),
+            SubState::Sending(_) | SubState::Confirmed => {}
+        }
+    }
+}
+
+/// Sets `sub`'s state, keeping `counts` (the session's) up to date.
+fn set_state(counts: &mut SubCounts, sub: &mut Subscription, state: SubState) {
+    counts.remove(&sub.state);
+    counts.add(&state);
+    sub.state = state;
+}
+
 #[derive(Debug, Clone)]
 struct Subscription {
+    /// Changed only by [`set_state`].
     state: SubState,
     failures: u32,
     /// `/service/**` patterns are local only: Faye refuses remote subscriptions to them and
@@ -207,6 +249,8 @@ pub struct Session {
     next_id: u64,
     advice: Advice,
     subs: BTreeMap<String, Subscription>,
+    /// The states of `subs`, counted.
+    sub_counts: SubCounts,
     outbox: VecDeque<Message>,
     pending: HashMap<String, Pending>,
     /// Publishes refused with "unknown session", by id: how often each was re-sent.
@@ -284,6 +328,7 @@ impl Session {
             next_id: 0,
             advice: Advice::default(),
             subs: BTreeMap::new(),
+            sub_counts: SubCounts::default(),
             outbox: VecDeque::new(),
             pending: HashMap::new(),
             requeued: HashMap::new(),
@@ -350,7 +395,12 @@ impl Session {
         if self.phase == Phase::Stopped {
             return None;
         }
-        let sub_retry = self.subs.values().filter_map(|s| match s.state {
+        debug_assert_eq!(self.sub_counts, SubCounts::of(self.subs.values()));
+        let failed = match self.sub_counts.failed {
+            0 => None,
+            _ => Some(self.subs.values()),
+        };
+        let sub_retry = failed.into_iter().flatten().filter_map(|s| match s.state {
             SubState::Failed { retry_at } => Some(retry_at),
             _ => None,
         });
@@ -370,9 +420,11 @@ impl Session {
     /// Time has passed: start what is due.
     pub fn on_timer(&mut self, now: Instant) {
         self.drain_inbox();
-        for sub in self.subs.values_mut() {
-            if matches!(sub.state, SubState::Failed { retry_at } if retry_at <= now) {
-                sub.state = SubState::Wanted;
+        if self.sub_counts.failed > 0 {
+            for sub in self.subs.values_mut() {
+                if matches!(sub.state, SubState::Failed { retry_at } if retry_at <= now) {
+                    set_state(&mut self.sub_counts, sub, SubState::Wanted);
+                }
             }
         }
         self.pump(now);
@@ -456,6 +508,7 @@ impl Session {
         } else {
             SubState::Wanted
         };
+        self.sub_counts.add(&state);
         self.subs.insert(
             pattern.to_string(),
             Subscription {
@@ -478,6 +531,7 @@ impl Session {
         let Some(sub) = self.subs.remove(pattern) else {
             return;
         };
+        self.sub_counts.remove(&sub.state);
         let on_server =
             !sub.local_only && matches!(sub.state, SubState::Confirmed | SubState::Sending(_));
         if on_server && self.is_handshaken() {

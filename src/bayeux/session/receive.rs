@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::{
     Link, MAX_PUBLISH_REQUEUES, Output, Pending, Phase, Session, SubState, linear_backoff,
+    set_state,
 };
 use crate::bayeux::advice::{Advice, Reconnect};
 use crate::bayeux::channel::{
@@ -142,7 +143,7 @@ impl Session {
         self.multiple_clients_reported = false;
         for sub in self.subs.values_mut() {
             if !sub.local_only {
-                sub.state = SubState::Wanted;
+                set_state(&mut self.sub_counts, sub, SubState::Wanted);
                 sub.failures = 0;
             }
         }
@@ -262,7 +263,7 @@ impl Session {
         }
         match error {
             None => {
-                sub.state = SubState::Confirmed;
+                set_state(&mut self.sub_counts, sub, SubState::Confirmed);
                 sub.failures = 0;
                 self.event(Event::SubscriptionConfirmed {
                     subscription: pattern.to_owned(),
@@ -270,7 +271,7 @@ impl Session {
             }
             Some(error) if ServerError::parse(&error).is_unknown_session() => {
                 // The session is gone; the re-handshake resubscribes everything.
-                sub.state = SubState::Wanted;
+                set_state(&mut self.sub_counts, sub, SubState::Wanted);
                 let interval = self.advice.interval();
                 self.rehandshake(error, interval, now);
             }
@@ -287,9 +288,8 @@ impl Session {
         sub.failures += 1;
         let attempt = sub.failures;
         let retry_in = linear_backoff(&self.sub_backoff, attempt);
-        sub.state = SubState::Failed {
-            retry_at: now + retry_in,
-        };
+        let retry_at = now + retry_in;
+        set_state(&mut self.sub_counts, sub, SubState::Failed { retry_at });
         self.event(Event::SubscriptionFailed {
             subscription: pattern.to_owned(),
             error,

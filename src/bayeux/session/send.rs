@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{Lane, Link, Output, Pending, Phase, Session, SubState};
+use super::{Lane, Link, Output, Pending, Phase, Session, SubState, set_state};
 use crate::bayeux::advice::Advice;
 use crate::bayeux::channel::{
     META_CONNECT, META_DISCONNECT, META_HANDSHAKE, META_SUBSCRIBE, META_UNSUBSCRIBE,
@@ -109,9 +109,11 @@ impl Session {
 
     /// Adds a `/meta/subscribe` for each wanted subscription (at most `max`) that fits.
     fn batch_subscribes(&mut self, batch: &mut Batch, max: usize, now: Instant) {
-        let wanted: Vec<String> = self
-            .subs
-            .iter()
+        let wanted = match self.sub_counts.wanted {
+            0 => None,
+            _ => Some(self.subs.iter()),
+        };
+        let wanted: Vec<String> = (wanted.into_iter().flatten())
             .filter(|(_, s)| s.state == SubState::Wanted)
             .map(|(p, _)| p.clone())
             .take(max)
@@ -126,7 +128,7 @@ impl Session {
             match batch.fit(&msg) {
                 Fit::Yes(size) => {
                     if let Some(sub) = self.subs.get_mut(&pattern) {
-                        sub.state = SubState::Sending(id.clone());
+                        set_state(&mut self.sub_counts, sub, SubState::Sending(id.clone()));
                     }
                     self.pending.insert(id, Pending::Subscribe(pattern));
                     batch.push(msg, size);

@@ -703,6 +703,44 @@ fn with_retry_publishes_a_failed_request_sends_its_publishes_again_first_after_a
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
 }
 
+/// The counts of subscriptions waiting to be sent or retried, which spare the session a
+/// look through every subscription at each wake, follow every change of state.
+#[test]
+fn the_counts_of_waiting_subscriptions_follow_every_change() {
+    let mut h = Harness::new();
+    let check = |h: &Harness, wanted: usize, failed: usize| {
+        assert_eq!(h.session.sub_counts, SubCounts::of(h.session.subs.values()));
+        assert_eq!(h.session.sub_counts, SubCounts { wanted, failed });
+    };
+    h.session.subscribe(&pattern("/a"), h.now);
+    h.session.subscribe(&pattern("/b"), h.now);
+    h.session.subscribe(&pattern("/service/c"), h.now);
+    check(&h, 2, 0);
+    h.accept_handshake("c1", json!({}));
+    check(&h, 0, 0);
+    let batch = h.sent(Lane::Other);
+    h.reply(Lane::Other, vec![
+        json!({"channel":"/meta/subscribe","id":batch[0].id,"successful":true,"subscription":"/a"}),
+        json!({"channel":"/meta/subscribe","id":batch[1].id,"successful":false,"error":"403::denied","subscription":"/b"}),
+    ]);
+    check(&h, 0, 1);
+    h.advance(SEC);
+    check(&h, 0, 0);
+    let retry = h.sent(Lane::Other);
+    assert_eq!(
+        retry[0].subscriptions(),
+        vec!["/b"],
+        "retried after its backoff"
+    );
+    h.fail(Lane::Other);
+    check(&h, 0, 1);
+    h.session.unsubscribe("/b", h.now);
+    check(&h, 0, 0);
+    h.session.subscribe(&pattern("/d"), h.now);
+    let _ = h.sent(Lane::Other);
+    check(&h, 0, 0);
+}
+
 #[test]
 fn service_subscriptions_stay_local() {
     let mut h = Harness::new();

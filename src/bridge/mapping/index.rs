@@ -84,6 +84,32 @@ impl PatternTrie {
         out
     }
 
+    /// The ids of the filters that match the concrete `topic`, ascending, into `out`: the
+    /// same as [`PatternTrie::overlapping`] with the topic's levels as literals, without
+    /// collecting the levels first (it runs for every message).
+    pub(super) fn topic_matches(&self, topic: &str, out: &mut Vec<usize>) {
+        self.walk_topic(&self.root, topic.split('/'), out);
+        out.sort_unstable();
+        out.dedup();
+    }
+
+    fn walk_topic(&self, node: &Node, mut levels: std::str::Split<'_, char>, out: &mut Vec<usize>) {
+        let Some(level) = levels.next() else {
+            out.extend_from_slice(&node.exact);
+            if self.deep_min == 0 {
+                out.extend_from_slice(&node.deep);
+            }
+            return;
+        };
+        out.extend_from_slice(&node.deep);
+        if let Some(child) = node.literal.get(level) {
+            self.walk_topic(child, levels.clone(), out);
+        }
+        if let Some(child) = node.one.as_deref() {
+            self.walk_topic(child, levels, out);
+        }
+    }
+
     fn walk(&self, node: &Node, segs: &[Seg], out: &mut Vec<usize>) {
         let Some((first, rest)) = segs.split_first() else {
             // The query ends here: patterns that end here, and `#` (which matches its parent).
@@ -173,13 +199,10 @@ impl Routes {
     pub fn mqtt_matches(&self, topic: &str) -> impl Iterator<Item = &Route> {
         // Route filters never start with `$` (refused when compiled), and their wildcards
         // do not match such topics: no route takes one.
-        let ids = match topic.starts_with('$') {
-            true => Vec::new(),
-            false => {
-                let levels: Vec<Seg> = topic.split('/').map(Seg::Literal).collect();
-                self.topics.overlapping(&levels)
-            }
-        };
+        let mut ids = Vec::new();
+        if !topic.starts_with('$') {
+            self.topics.topic_matches(topic, &mut ids);
+        }
         ids.into_iter().filter_map(|i| self.routes.get(i))
     }
 }

@@ -14,6 +14,20 @@ pub fn redacted_url(url: &Url) -> String {
     shown.to_string()
 }
 
+/// The `Authorization: Bearer <token>` value of `token` (`None`: no such header), marked
+/// sensitive so that no `Debug` shows it; the error never quotes the token.
+pub(crate) fn bearer_value(
+    token: Option<&str>,
+) -> Result<Option<reqwest::header::HeaderValue>, String> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token is not a valid HTTP header value".to_owned())?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
 /// The settings both HTTP clients (Bayeux and token endpoint) share: HTTP/1.1, no redirects
 /// followed (a redirect is reported: `TransportError::Redirect`), proxies from the
 /// environment, and for an `https://` URL (or with TLS files given) the TLS settings of

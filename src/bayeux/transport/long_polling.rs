@@ -22,7 +22,9 @@ use url::Url;
 
 use super::{SendFuture, Transport};
 use crate::bayeux::error::TransportError;
-use crate::bayeux::http::{describe_http_error, http_client, redacted_url, redirect_target};
+use crate::bayeux::http::{
+    bearer_value, describe_http_error, http_client, redacted_url, redirect_target,
+};
 use crate::bayeux::message::{DecodeError, Message, decode_batch_limited, encode_batch};
 use crate::tls::TlsFiles;
 
@@ -114,15 +116,7 @@ impl Transport for LongPolling {
     }
 
     fn set_bearer_token(&self, token: Option<&str>) -> Result<(), String> {
-        let value = match token {
-            Some(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| "the token is not a valid HTTP header value".to_owned())?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let value = bearer_value(token)?;
         *self.bearer.write().unwrap_or_else(PoisonError::into_inner) = value;
         Ok(())
     }

@@ -45,7 +45,7 @@ use url::Url;
 
 use super::{SendFuture, Transport};
 use crate::bayeux::error::TransportError;
-use crate::bayeux::http::{redacted_url, redirect_target};
+use crate::bayeux::http::{bearer_value, redacted_url, redirect_target};
 use crate::bayeux::message::{DecodeError, Kind, Message, decode_batch_limited, encode_batch};
 use crate::tls::TlsFiles;
 
@@ -177,15 +177,7 @@ impl Transport for WebSocket {
     }
 
     fn set_bearer_token(&self, token: Option<&str>) -> Result<(), String> {
-        let value = match token {
-            Some(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| "the token is not a valid HTTP header value".to_owned())?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let value = bearer_value(token)?;
         *self
             .inner
             .bearer

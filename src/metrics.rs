@@ -257,6 +257,7 @@ impl Metrics {
         m.register_spool(&mut registry);
         m.register_queues(&mut registry);
         m.register_connections(&mut registry);
+        m.register_cluster(&mut registry);
         m.register_replay(&mut registry);
         m.register_http(&mut registry);
         registry.register(
@@ -407,6 +408,10 @@ impl Metrics {
             "1 while the bridge is ready (see /readyz)",
             self.ready.clone(),
         );
+    }
+
+    /// The `[cluster]` families (a member's role and the membership it sees).
+    fn register_cluster(&self, registry: &mut Registry) {
         registry.register(
             "cluster_role",
             "1 for this member's role in its [cluster] (unknown, active, standby, partitioned)",

@@ -6,8 +6,9 @@
 //!   member is ready only once it knows its role, and `/metrics` and the member records (the
 //!   status topics) say the roles and the membership;
 //! - SIGKILL of the active member mid-stream: another takes over within
-//!   1.5 × keep-alive + 2 s, by its own log; what the takeover window lost is counted and
-//!   printed (without replay or hot standby, loss there is possible and documented);
+//!   1.5 × keep-alive + 2 s, by its own log; what the takeover window lost or doubled is
+//!   counted and printed, and must lie in that window (without replay or hot standby, loss
+//!   there is possible and documented);
 //! - the active member's path to the broker blackholed (a host that vanishes): the takeover
 //!   within the broker's keep-alive timeout + 2 s, the cut-off member's return, and the lost
 //!   and doubled messages counted;
@@ -380,10 +381,20 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
             "id {id} was lost outside the takeover window"
         );
     }
-    assert!(
-        doubled.is_empty(),
-        "duplicates after the takeover: {doubled:?}"
-    );
+    // Duplicates are allowed only inside the takeover window too (the issue's "duplicates,
+    // never loss"): a busy new active member may still hold messages that it received
+    // before it knew its role and that the killed one had already forwarded.
+    for id in &doubled {
+        let at = sent
+            .iter()
+            .find(|(sent_id, _)| sent_id == id)
+            .map(|(_, at)| *at);
+        assert!(
+            at.is_some_and(|at| at + Duration::from_millis(500) >= killed_at
+                && at <= took_over_at + Duration::from_millis(2000)),
+            "id {id} was duplicated outside the takeover window"
+        );
+    }
     for bridge in &mut bridges[1..] {
         let (status, _) = bridge.terminate(WAIT).await;
         assert!(status.success(), "{}", bridge.tail(30));
@@ -630,13 +641,33 @@ async fn a_member_joining_a_partitioned_group_moves_only_its_share() {
     assert_eq!(after_a.len() + after_b.len() + after_c.len(), 10);
 
     // Every route forwarded once, by its owner.
+    let before: Vec<usize> = [&a, &b, &c]
+        .iter()
+        .map(|bridge| {
+            bridge
+                .lines()
+                .iter()
+                .filter(|l| l.is("Forwarding to MQTT."))
+                .count()
+        })
+        .collect();
     for i in 0..10 {
         bayeux_pub.publish_ids(&format!("/hp/r{i}"), i..i + 1).await;
     }
     mqtt_sub
         .wait_for_ids_strict("one message per route", "hp/", 0..10)
         .await;
-    for (bridge, mine) in [(&a, &after_a), (&b, &after_b), (&c, &after_c)] {
+    for ((bridge, mine), before) in [(&a, &after_a), (&b, &after_b), (&c, &after_c)]
+        .into_iter()
+        .zip(before)
+    {
+        // The subscriber may have the messages before the test has read each member's log
+        // line about them.
+        if !mine.is_empty() {
+            bridge
+                .wait_for_nth("Forwarding to MQTT.", before + mine.len(), WAIT)
+                .await;
+        }
         let forwarded: BTreeSet<String> = traced(bridge, "Forwarding to MQTT.", "channel", "/hp/")
             .into_iter()
             .map(|id| format!("r{id}"))

@@ -369,18 +369,12 @@ async fn forward(
         Err(letter) => return reject_and_release(shared, *letter, ticket, None),
     };
     if let Some(intake) = &out.intake {
-        trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
-        let entry = ToMqtt {
-            route: route.number(),
-            qos: qos_of(route.qos),
-            retain: route.retain,
+        let shaped = Shaped {
             topic,
             payload,
             properties,
         };
-        let then = OnDurable::Bayeux { slot, ticket };
-        intake.submit(vec![entry.encode()], then, route.number(), &message.channel);
-        return;
+        return spool(intake, route, &message.channel, shaped, slot, ticket);
     }
     record_mqtt_echo(shared, &topic, &payload);
     trace!(channel = %message.channel, %topic, payload = %String::from_utf8_lossy(&payload), "Forwarding to MQTT.");
@@ -401,6 +395,34 @@ async fn forward(
         let ticket = pending.and_then(|p| p.ticket);
         refused(shared, route, &message, topic, e, ticket, original);
     }
+}
+
+/// Hands a message from `channel`, shaped for `route`, to the spool; its slot and replay
+/// ticket are released once it is durable there.
+fn spool(
+    intake: &Intake,
+    route: &Route,
+    channel: &str,
+    shaped: Shaped,
+    slot: Slot,
+    ticket: Option<Ticket>,
+) {
+    let Shaped {
+        topic,
+        payload,
+        properties,
+    } = shaped;
+    trace!(%channel, %topic, payload = %String::from_utf8_lossy(&payload), "Spooling for MQTT.");
+    let entry = ToMqtt {
+        route: route.number(),
+        qos: qos_of(route.qos),
+        retain: route.retain,
+        topic,
+        payload,
+        properties,
+    };
+    let then = OnDurable::Bayeux { slot, ticket };
+    intake.submit(vec![entry.encode()], then, route.number(), channel);
 }
 
 /// A message shaped for MQTT.

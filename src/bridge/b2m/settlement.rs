@@ -128,40 +128,53 @@ fn record_outcome(shared: &Arc<Shared>, pending: Pending, outcome: Outcome) {
                 spools.b2m_rewind.request(key);
             }
         }
-        Err(e) => {
-            shared.count_publish_error("mqtt", e.reason());
-            match original {
-                // Refused by the broker: the message itself is the problem.
-                Some(payload) if !redeliver_after_restart(e) => {
-                    let letter = Undeliverable {
-                        direction: Direction::BayeuxToMqtt,
-                        reason: e.reason(),
-                        route,
-                        channel: None,
-                        topic: Some(outcome.topic().to_owned()),
-                        error: e.to_string(),
-                        payload,
-                        extra: Vec::new(),
-                    };
-                    reject_and_release(shared, letter, ticket, key);
-                }
-                _ => {
-                    if let Some((key, spools)) = spooled {
-                        spools.settled(Direction::BayeuxToMqtt, key);
-                    }
-                    release_ticket(shared, ticket, redeliver_after_restart(e));
-                    shared.drop_message(
-                        Direction::BayeuxToMqtt,
-                        e.reason(),
-                        route,
-                        outcome.topic(),
-                        &e.to_string(),
-                    );
-                }
-            }
-        }
+        Err(e) => failed(shared, e, outcome.topic(), route, ticket, key, original),
     }
     drop(slot);
+}
+
+/// A publish the broker refused (or the client gave back, without the spool): dead-lettered
+/// with `original` when the message itself is the problem and there can be a dead letter,
+/// otherwise dropped and counted; either way done for the checkpoint and the spool.
+fn failed(
+    shared: &Arc<Shared>,
+    e: &MqttError,
+    topic: &str,
+    route: usize,
+    ticket: Option<Ticket>,
+    key: Option<Key>,
+    original: Option<bytes::Bytes>,
+) {
+    shared.count_publish_error("mqtt", e.reason());
+    match original {
+        // Refused by the broker: the message itself is the problem.
+        Some(payload) if !redeliver_after_restart(e) => {
+            let letter = Undeliverable {
+                direction: Direction::BayeuxToMqtt,
+                reason: e.reason(),
+                route,
+                channel: None,
+                topic: Some(topic.to_owned()),
+                error: e.to_string(),
+                payload,
+                extra: Vec::new(),
+            };
+            reject_and_release(shared, letter, ticket, key);
+        }
+        _ => {
+            if let (Some(key), Some(spools)) = (key, &shared.spools) {
+                spools.settled(Direction::BayeuxToMqtt, key);
+            }
+            release_ticket(shared, ticket, redeliver_after_restart(e));
+            shared.drop_message(
+                Direction::BayeuxToMqtt,
+                e.reason(),
+                route,
+                topic,
+                &e.to_string(),
+            );
+        }
+    }
 }
 
 /// Dead-letters `letter` (or drops it, without a dead-letter topic); once that is done, so is

@@ -113,6 +113,30 @@ fn traced(bridge: &BridgeProcess, message: &str, field: &str, prefix: &str) -> V
         .collect()
 }
 
+/// Messages by id, with when they were sent.
+type Timed = Vec<(u64, SystemTime)>;
+
+/// The messages of `sent` (id, send time) that never arrived and those that arrived more than
+/// once, by `got` (id → deliveries).
+fn lost_and_doubled(sent: &[(u64, SystemTime)], got: &BTreeMap<u64, usize>) -> (Timed, Timed) {
+    let lost = sent.iter().filter(|(id, _)| !got.contains_key(id));
+    let doubled = sent
+        .iter()
+        .filter(|(id, _)| got.get(id).is_some_and(|&n| n > 1));
+    (lost.copied().collect(), doubled.copied().collect())
+}
+
+/// Every one of `messages` was sent within `window` (from, to).
+fn assert_sent_within(
+    messages: &[(u64, SystemTime)],
+    (from, to): (SystemTime, SystemTime),
+    what: &str,
+) {
+    for (id, at) in messages {
+        assert!(*at >= from && *at <= to, "id {id} was {what}");
+    }
+}
+
 /// The member is ready only after it logged a known role.
 fn ready_after_role(bridge: &BridgeProcess, name: &str) {
     let lines = bridge.lines();
@@ -354,47 +378,28 @@ async fn three_members_forward_once_and_a_standby_takes_over_after_sigkill() {
 
     let got = mqtt_sub.ids_strict("ha/out/s");
     let sent = sent.lock().unwrap().clone();
-    let lost: Vec<(u64, SystemTime)> = sent
-        .iter()
-        .filter(|(id, _)| !got.contains_key(id))
-        .copied()
-        .collect();
-    let doubled: Vec<u64> = got
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(id, _)| *id)
-        .collect();
+    let (lost, doubled) = lost_and_doubled(&sent, &got);
     eprintln!(
         "stream: {} sent, {} lost (ids {:?}), {} duplicated {:?}",
         sent.len(),
         lost.len(),
         lost.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         doubled.len(),
-        doubled
+        doubled.iter().map(|(id, _)| id).collect::<Vec<_>>()
     );
     // Without replay or hot standby, the messages of the takeover window may be lost: only
     // those, published between shortly before the kill and the takeover.
-    for (id, at) in &lost {
-        assert!(
-            *at + Duration::from_millis(500) >= killed_at
-                && *at <= took_over_at + Duration::from_millis(500),
-            "id {id} was lost outside the takeover window"
-        );
-    }
+    let margin = Duration::from_millis(500);
+    let window = (killed_at - margin, took_over_at + margin);
+    assert_sent_within(&lost, window, "lost outside the takeover window");
     // Duplicates are allowed only inside the takeover window too (the issue's "duplicates,
     // never loss"): a busy new active member may still hold messages that it received
     // before it knew its role and that the killed one had already forwarded.
-    for id in &doubled {
-        let at = sent
-            .iter()
-            .find(|(sent_id, _)| sent_id == id)
-            .map(|(_, at)| *at);
-        assert!(
-            at.is_some_and(|at| at + Duration::from_millis(500) >= killed_at
-                && at <= took_over_at + Duration::from_millis(2000)),
-            "id {id} was duplicated outside the takeover window"
-        );
-    }
+    let window = (
+        killed_at - margin,
+        took_over_at + Duration::from_millis(2000),
+    );
+    assert_sent_within(&doubled, window, "duplicated outside the takeover window");
     for bridge in &mut bridges[1..] {
         let (status, _) = bridge.terminate(WAIT).await;
         assert!(status.success(), "{}", bridge.tail(30));
@@ -527,16 +532,7 @@ async fn a_member_cut_off_from_the_broker_is_replaced_within_the_keep_alive_boun
 
     let got = mqtt_sub.ids_strict("hk/s");
     let sent = sent.lock().unwrap().clone();
-    let lost: Vec<(u64, SystemTime)> = sent
-        .iter()
-        .filter(|(id, _)| !got.contains_key(id))
-        .copied()
-        .collect();
-    let doubled: Vec<u64> = got
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(id, _)| *id)
-        .collect();
+    let (lost, doubled) = lost_and_doubled(&sent, &got);
     eprintln!(
         "stream: {} sent, {} lost {:?}, {} duplicated {:?} (cut to takeover {takeover:?}, to \
          noticed {noticed_after:?})",
@@ -544,26 +540,24 @@ async fn a_member_cut_off_from_the_broker_is_replaced_within_the_keep_alive_boun
         lost.len(),
         lost.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         doubled.len(),
-        doubled
+        doubled.iter().map(|(id, _)| id).collect::<Vec<_>>()
     );
     let margin = Duration::from_millis(500);
-    for (id, at) in &lost {
-        assert!(
-            *at + margin >= cut_at && *at <= took_over_at.max(noticed_at) + margin,
-            "id {id} was lost outside the window from the cut to the takeover"
-        );
-    }
+    let window = (cut_at - margin, took_over_at.max(noticed_at) + margin);
+    assert_sent_within(
+        &lost,
+        window,
+        "lost outside the window from the cut to the takeover",
+    );
     // hk-a came back within its hold (2 × keep-alive + connect timeout): what it had taken
     // while it believed itself active, and the standby left, went out late, not lost.
     assert!(lost.is_empty(), "lost although hk-a came back in time");
-    let when: BTreeMap<u64, SystemTime> = sent.iter().copied().collect();
-    for id in &doubled {
-        let at = when[id];
-        assert!(
-            at + margin >= cut_at && at <= back_at + margin,
-            "id {id} was doubled outside the window from the cut to hk-a's return"
-        );
-    }
+    let window = (cut_at - margin, back_at + margin);
+    assert_sent_within(
+        &doubled,
+        window,
+        "doubled outside the window from the cut to hk-a's return",
+    );
     for bridge in [&mut a, &mut b] {
         let (status, _) = bridge.terminate(WAIT).await;
         assert!(status.success(), "{}", bridge.tail(30));
